@@ -1,0 +1,386 @@
+//! The `Rollout` resource: a Deployment-like pod template with a canary strategy.
+//!
+//! The shape follows Argo Rollouts where users already know it (`setWeight`,
+//! `pause`, `setCanaryScale`, `stableService`/`canaryService`), and Gateway API
+//! for traffic routing. Validation that the schema can express lives here as
+//! CEL rules so that the apiserver rejects bad input at admission with a
+//! message naming the field.
+
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// A Go-style duration such as `30s`, `5m` or `1h30m`; what `pause.duration`,
+/// `analysis.interval` and friends accept.
+const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$')";
+const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 30s, 5m or 1h";
+
+/// Desired state of a [`Rollout`].
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "Rollout",
+    namespaced,
+    status = "RolloutStatus",
+    shortname = "ro",
+    category = "sluice",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Step", type_ = "string", json_path = ".status.step"),
+    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.weights.canary"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.selector.matchLabels) || (has(self.template.metadata) && has(self.template.metadata.labels) && self.selector.matchLabels.all(k, k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k]))"
+).message("spec.selector.matchLabels must match spec.template.metadata.labels").field_path(".selector"))]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Number of desired pods across stable and canary. Defaults to 1.
+    #[serde(default = "default_replicas")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub replicas: i32,
+    /// Label selector for the pods; must match the template's labels.
+    pub selector: LabelSelector,
+    /// The pod template; a change to it starts a new revision.
+    pub template: PodTemplateSpec,
+    /// How many old ReplicaSets to keep for rollback. Defaults to 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub revision_history_limit: Option<i32>,
+    /// Seconds a step may make no progress before the rollout is aborted.
+    /// Defaults to 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("must be greater than 0"))]
+    pub progress_deadline_seconds: Option<i32>,
+    /// Pauses the rollout where it stands until set back to false.
+    #[serde(default)]
+    pub paused: bool,
+    /// How a new revision replaces the stable one.
+    pub strategy: RolloutStrategy,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// The deployment strategy; canary is the one Sluice implements.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStrategy {
+    /// Shift traffic step by step from the stable revision to the canary.
+    pub canary: CanaryStrategy,
+}
+
+/// A canary strategy: steps that move weight, pause and analyse.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStrategy {
+    /// Service whose selector the controller pins to the stable pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_service: Option<String>,
+    /// Service whose selector the controller pins to the canary pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_service: Option<String>,
+    /// Where the weights are applied. Without it, weights are approximated by
+    /// the ratio of canary to stable replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_routing: Option<TrafficRouting>,
+    /// The steps of the rollout, in order.
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("at least one step is required"))]
+    #[schemars(length(max = 100))]
+    pub steps: Vec<CanaryStep>,
+    /// Background analysis that runs from the first step until promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+    /// Seconds to keep the canary pods after an abort. Defaults to 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub abort_scale_down_delay_seconds: Option<i32>,
+    /// Seconds to keep the old stable pods after promotion. Defaults to 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub scale_down_delay_seconds: Option<i32>,
+}
+
+/// Where canary weights are written.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficRouting {
+    /// Gateway API HTTPRoutes whose backendRefs to the stable and canary
+    /// Services get the weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub http_routes: Vec<HttpRouteRef>,
+    /// Split the traffic of meshed clients (sidecars) to the stable Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshRouting>,
+}
+
+/// A reference to an HTTPRoute in the Rollout's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteRef {
+    /// Name of the HTTPRoute.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Mesh traffic splitting for a Service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshRouting {
+    /// The Service meshed clients call; defaults to `stableService`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// One step of a canary. Exactly one field is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new(
+    "[has(self.setWeight), has(self.pause), has(self.setCanaryScale), has(self.analysis)].filter(x, x).size() == 1"
+).message("a step sets exactly one of setWeight, pause, setCanaryScale, analysis"))]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStep {
+    /// Percentage of traffic (0-100) to send to the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("must be between 0 and 100"))]
+    pub set_weight: Option<i32>,
+    /// Wait for a duration, or until promoted when no duration is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseStep>,
+    /// Scale the canary independently of its traffic weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_canary_scale: Option<SetCanaryScale>,
+    /// An inline analysis that must pass before the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+}
+
+/// A pause step.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseStep {
+    /// How long to wait; absent means wait until promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub duration: Option<String>,
+}
+
+/// Canary scale, independent of traffic weight. Exactly one field is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new(
+    "[has(self.replicas), has(self.weight), has(self.matchTrafficWeight)].filter(x, x).size() == 1"
+).message("setCanaryScale sets exactly one of replicas, weight, matchTrafficWeight"))]
+#[serde(rename_all = "camelCase")]
+pub struct SetCanaryScale {
+    /// An absolute number of canary pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub replicas: Option<i32>,
+    /// A percentage (0-100) of `spec.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("must be between 0 and 100"))]
+    pub weight: Option<i32>,
+    /// Go back to scaling the canary with its traffic weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_traffic_weight: Option<bool>,
+}
+
+/// Error-rate analysis of the canary from the proxies' telemetry.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// How often the analysis is evaluated.
+    #[serde(default = "default_interval")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub interval: String,
+    /// The sliding window of telemetry each evaluation looks at.
+    #[serde(default = "default_window")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub window: String,
+    /// Highest acceptable fraction of failed requests (5xx and connection
+    /// failures), from 0 to 1.
+    #[serde(default = "default_max_error_rate")]
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be between 0 and 1"))]
+    pub max_error_rate: f64,
+    /// Highest acceptable p99 latency of the canary, as a duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    #[schemars(length(max = 32))]
+    pub max_latency_p99: Option<String>,
+    /// Fewer canary requests than this in the window make the evaluation
+    /// inconclusive, never a failure.
+    #[serde(default = "default_min_requests")]
+    #[x_kube(validation = Rule::new("self >= 1").message("must be 1 or more"))]
+    pub min_requests: i64,
+    /// Failed evaluations in a row that abort the rollout.
+    #[serde(default = "default_failure_limit")]
+    #[x_kube(validation = Rule::new("self >= 1").message("must be 1 or more"))]
+    pub failure_limit: i32,
+    /// Judge the canary against the stable revision instead of the absolute
+    /// limit alone, so that a shared downstream outage does not blame it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_with_stable: Option<StableComparison>,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        AnalysisSpec {
+            interval: default_interval(),
+            window: default_window(),
+            max_error_rate: default_max_error_rate(),
+            max_latency_p99: None,
+            min_requests: default_min_requests(),
+            failure_limit: default_failure_limit(),
+            compare_with_stable: None,
+        }
+    }
+}
+
+fn default_interval() -> String {
+    "5s".to_owned()
+}
+fn default_window() -> String {
+    "30s".to_owned()
+}
+fn default_max_error_rate() -> f64 {
+    0.05
+}
+fn default_min_requests() -> i64 {
+    20
+}
+fn default_failure_limit() -> i32 {
+    1
+}
+
+/// The comparison mode of an analysis.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StableComparison {
+    /// How far (as a fraction, 0-1) the canary's error rate may exceed the
+    /// stable's before the evaluation fails.
+    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be between 0 and 1"))]
+    pub max_error_rate_margin: f64,
+}
+
+/// Observed state of a [`Rollout`].
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Healthy`, `Progressing`, `Paused` or `Degraded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RolloutPhase>,
+    /// A sentence on what the rollout is doing or waiting for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Index of the current step in `spec.strategy.canary.steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step_index: Option<i32>,
+    /// The current step as `N/M`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// Pod-template hash of the stable revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+    /// Pod-template hash of the canary revision, while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_revision: Option<String>,
+    /// Traffic weights currently applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Weights>,
+    /// Total pods of the Rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Pods of the Rollout that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Pods of the canary revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_replicas: Option<i32>,
+    /// Pods available for at least minReadySeconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_replicas: Option<i32>,
+    /// The label selector in string form, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// When the current pause step started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_start_time: Option<Time>,
+    /// True after an abort, until the template changes or the user retries.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aborted: bool,
+    /// The latest analysis figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+    /// `Available`, `Progressing`, `Paused`, `Healthy`, `RolledBack`,
+    /// `InvalidSpec`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The phase of a rollout.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutPhase {
+    /// The stable revision serves all traffic and is available.
+    Healthy,
+    /// A canary is moving through its steps.
+    Progressing,
+    /// Waiting at a pause step or on `spec.paused`.
+    Paused,
+    /// Aborted or failed; traffic is back on the stable revision.
+    Degraded,
+}
+
+/// Weights applied to the stable and canary revisions, in percent.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Weights {
+    /// Percentage of traffic on the stable revision.
+    pub stable: i32,
+    /// Percentage of traffic on the canary revision.
+    pub canary: i32,
+}
+
+/// The figures of the latest analysis evaluation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    /// When the evaluation ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluated_at: Option<Time>,
+    /// `Successful`, `Failed` or `Inconclusive`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// Canary requests in the window.
+    #[serde(default)]
+    pub canary_requests: i64,
+    /// Stable requests in the window.
+    #[serde(default)]
+    pub stable_requests: i64,
+    /// Canary error rate in the window, as a decimal string (e.g. `0.4812`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_error_rate: Option<String>,
+    /// Stable error rate in the window, as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_error_rate: Option<String>,
+    /// Canary p99 latency in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_p99_ms: Option<i64>,
+    /// Failed evaluations in a row.
+    #[serde(default)]
+    pub consecutive_failures: i32,
+}

@@ -1,0 +1,220 @@
+#!/usr/bin/env bash
+# Installs what the local test bed needs, idempotently, and prints where it is.
+#
+#   scripts/test-bed.sh          build or reuse every binary, then print KEY=PATH lines
+#   scripts/test-bed.sh --quiet  the same without progress on stderr
+#
+# Debian packages come from apt; etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl and helm are built from their Go modules at the
+# versions pinned in scripts/versions.env, and the Gateway API CRDs are taken
+# from the sigs.k8s.io/gateway-api module. Everything is cached under
+# ${SLUICE_CACHE:-~/.cache/sluice}, keyed by version, so a warm call returns in
+# well under a second. Progress goes to stderr; stdout carries only KEY=PATH.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+quiet=0
+[ "${1:-}" = "--quiet" ] && quiet=1
+say() { [ "$quiet" = 1 ] || printf '[test-bed] %s\n' "$*" >&2; }
+die() { printf '[test-bed] error: %s\n' "$*" >&2; exit 1; }
+
+cache="${SLUICE_CACHE:-$HOME/.cache/sluice}"
+mkdir -p "$cache"
+
+k8s_bin="$cache/k8s/$K8S_VERSION/bin"
+etcd_bin="$cache/etcd/$ETCD_VERSION/bin"
+helm_bin="$cache/helm/$HELM_VERSION/bin"
+gw_dir="$cache/gateway-api/$GATEWAY_API_VERSION"
+
+print_paths() {
+  echo "ETCD=$etcd_bin/etcd"
+  echo "KUBE_APISERVER=$k8s_bin/kube-apiserver"
+  echo "KUBE_CONTROLLER_MANAGER=$k8s_bin/kube-controller-manager"
+  echo "KUBE_SCHEDULER=$k8s_bin/kube-scheduler"
+  echo "KUBECTL=$k8s_bin/kubectl"
+  echo "HELM=$helm_bin/helm"
+  echo "GATEWAY_API_CRDS=$gw_dir/standard-install.yaml"
+  echo "K8S_VERSION=$K8S_VERSION"
+}
+
+all_present() {
+  [ -x "$etcd_bin/etcd" ] && [ -x "$k8s_bin/kube-apiserver" ] &&
+    [ -x "$k8s_bin/kube-controller-manager" ] && [ -x "$k8s_bin/kube-scheduler" ] &&
+    [ -x "$k8s_bin/kubectl" ] && [ -x "$helm_bin/helm" ] &&
+    [ -s "$gw_dir/standard-install.yaml" ] && [ -f "$cache/.debian-packages-ok" ]
+}
+
+# Fast path: nothing to do, no lock needed.
+if all_present; then
+  print_paths
+  exit 0
+fi
+
+# One builder at a time: tests running in parallel wait here for the first one.
+exec 9>"$cache/.lock"
+if ! flock -n 9; then
+  say "another build holds $cache/.lock; waiting for it"
+  flock 9
+fi
+
+debian_packages() {
+  [ -f "$cache/.debian-packages-ok" ] && return 0
+  local need=()
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v iptables >/dev/null || need+=(iptables)
+  command -v curl >/dev/null || need+=(curl)
+  command -v nsenter >/dev/null || need+=(util-linux)
+  command -v flock >/dev/null || need+=(util-linux)
+  command -v openssl >/dev/null || need+=(openssl)
+  if [ "${#need[@]}" -gt 0 ]; then
+    [ "$(id -u)" = 0 ] || die "missing Debian packages: ${need[*]} (run as root or apt-get install them)"
+    say "installing Debian packages: ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
+  fi
+  touch "$cache/.debian-packages-ok"
+}
+
+need_go() {
+  command -v go >/dev/null || die "Go is required to build the Kubernetes binaries.
+Install Go 1.26 or newer (Debian: 'apt-get install golang-1.26' or the official tarball),
+put 'go' on PATH, and run this script again."
+  local v
+  v="$(go env GOVERSION | sed 's/^go//')"
+  case "$v" in
+    1.2[6-9]* | 1.[3-9]* | [2-9].*) ;;
+    *) die "Go $v is too old: Kubernetes $K8S_VERSION needs Go 1.26 or newer." ;;
+  esac
+}
+
+# Prints a line every 30 s while a long step runs, so CI logs show life.
+with_progress() {
+  local what="$1"
+  shift
+  local start=$SECONDS
+  "$@" &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    for _ in $(seq 30); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 1
+    done
+    kill -0 "$pid" 2>/dev/null && say "$what: still building ($((SECONDS - start)) s)"
+  done
+  wait "$pid" || die "$what failed"
+  say "$what: done in $((SECONDS - start)) s"
+}
+
+build_k8s() {
+  [ -x "$k8s_bin/kube-apiserver" ] && [ -x "$k8s_bin/kube-controller-manager" ] &&
+    [ -x "$k8s_bin/kube-scheduler" ] && [ -x "$k8s_bin/kubectl" ] && return 0
+  need_go
+  local rest="${K8S_VERSION#v1.}" # e.g. 36.3
+  local minor="${rest%%.*}"       # e.g. 36
+  local staging_version="v0.$rest"
+  local mod="$cache/build/k8s-$K8S_VERSION"
+  say "building Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); once per version, ~10-20 min on 2 cores"
+  rm -rf "$mod" && mkdir -p "$mod"
+  (
+    cd "$mod"
+    go mod init sluice.local/k8s-bins >/dev/null 2>&1
+    local gomod
+    gomod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
+    [ -f "$gomod" ] || die "could not download k8s.io/kubernetes@$K8S_VERSION"
+    # The kubernetes module requires its staging modules at v0.0.0 with local
+    # replaces that do not apply to us; point each at its published version.
+    local m
+    for m in $(grep -oE 'k8s\.io/[a-z0-9-]+ v0\.0\.0$' "$gomod" | awk '{print $1}' | sort -u); do
+      go mod edit -replace "$m=$m@$staging_version"
+    done
+    go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
+    for t in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+      go mod edit -tool "k8s.io/kubernetes/cmd/$t"
+    done
+    go mod tidy >&2
+  )
+  local date
+  date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  local ldf="" pkg
+  # Without these, /version says v0.0.0-master and kubectl warns of skew.
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldf+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldf+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+  done
+  mkdir -p "$k8s_bin.tmp"
+  with_progress "kubernetes $K8S_VERSION" \
+    env -C "$mod" CGO_ENABLED=0 GOBIN="$k8s_bin.tmp" go install -trimpath -ldflags "-s -w $ldf" tool
+  rm -rf "$k8s_bin" && mv "$k8s_bin.tmp" "$k8s_bin"
+}
+
+build_etcd() {
+  [ -x "$etcd_bin/etcd" ] && return 0
+  need_go
+  local mod="$cache/build/etcd-$ETCD_VERSION"
+  say "building etcd $ETCD_VERSION; once per version, a few minutes"
+  rm -rf "$mod" && mkdir -p "$mod"
+  (
+    cd "$mod"
+    go mod init sluice.local/etcd >/dev/null 2>&1
+    cat >main.go <<'GO'
+// Command etcd runs the etcd server for the Sluice test bed.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2
+    go mod tidy >&2
+  )
+  mkdir -p "$etcd_bin"
+  with_progress "etcd $ETCD_VERSION" \
+    env -C "$mod" CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$etcd_bin/etcd.tmp" .
+  mv "$etcd_bin/etcd.tmp" "$etcd_bin/etcd"
+}
+
+build_helm() {
+  [ -x "$helm_bin/helm" ] && return 0
+  need_go
+  say "building helm $HELM_VERSION; once per version, a few minutes"
+  mkdir -p "$helm_bin.tmp"
+  with_progress "helm $HELM_VERSION" \
+    env CGO_ENABLED=0 GOBIN="$helm_bin.tmp" go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  rm -rf "$helm_bin" && mv "$helm_bin.tmp" "$helm_bin"
+}
+
+fetch_gateway_api() {
+  [ -s "$gw_dir/standard-install.yaml" ] && return 0
+  need_go
+  say "fetching Gateway API $GATEWAY_API_VERSION CRDs (standard channel)"
+  local dir
+  dir="$(cd "$cache" && go mod download -json "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')"
+  [ -d "$dir/config/crd/standard" ] || die "no config/crd/standard in sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION"
+  mkdir -p "$gw_dir"
+  local f out="$gw_dir/standard-install.yaml.tmp"
+  : >"$out"
+  for f in "$dir"/config/crd/standard/*.yaml; do
+    case "$(basename "$f")" in kustomization.yaml) continue ;; esac
+    printf -- '---\n' >>"$out"
+    cat "$f" >>"$out"
+  done
+  mv "$out" "$gw_dir/standard-install.yaml"
+}
+
+debian_packages
+build_etcd
+build_helm
+fetch_gateway_api
+build_k8s
+all_present || die "build finished but some binaries are missing under $cache"
+say "test bed ready under $cache"
+print_paths

@@ -1,0 +1,174 @@
+//! Pod networking: one Linux bridge per node with a /24 of its own, and for
+//! each pod a network namespace joined to the bridge by a veth pair.
+//!
+//! Addresses come from 198.18.0.0/15, the range set aside for network test
+//! beds (RFC 2544): node `N` owns `198.18.N.0/24` and the bridge holds
+//! `198.18.N.1`, which is also where the node's apiserver listens. Nothing
+//! here is routed off the machine.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::Error;
+use crate::process::run;
+
+/// Where bridges record the process that owns them, so that a later run can
+/// clean up after a harness that was killed.
+const OWNER_DIR: &str = "/run/sluice";
+
+/// A node's bridge and the address pool of its pods.
+#[derive(Debug)]
+pub struct PodNetwork {
+    index: u8,
+    bridge: String,
+    gateway: Ipv4Addr,
+    free: Mutex<Free>,
+    owner_file: PathBuf,
+}
+
+#[derive(Debug)]
+struct Free {
+    hosts: BTreeSet<u8>,
+    next_ns: u32,
+}
+
+/// The network of one pod.
+#[derive(Debug, Clone)]
+pub struct PodNet {
+    /// The namespace's name under `/run/netns`.
+    pub netns: String,
+    /// The pod's address.
+    pub ip: Ipv4Addr,
+}
+
+impl PodNet {
+    /// Path of the namespace file, for `setns`.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.netns)
+    }
+}
+
+impl PodNetwork {
+    /// Creates a bridge with a free index, after removing those of dead harnesses.
+    pub fn create() -> Result<PodNetwork, Error> {
+        std::fs::create_dir_all(OWNER_DIR).map_err(|e| Error::io(Path::new(OWNER_DIR), e))?;
+        clean_stale();
+        for index in 0..=255u8 {
+            let bridge = format!("sluice{index}");
+            // `ip link add` fails when the name is taken: an atomic claim.
+            if run("ip", &["link", "add", &bridge, "type", "bridge"]).is_err() {
+                continue;
+            }
+            let owner_file = Path::new(OWNER_DIR).join(format!("net-{index}.pid"));
+            std::fs::write(&owner_file, std::process::id().to_string())
+                .map_err(|e| Error::io(&owner_file, e))?;
+            let gateway = Ipv4Addr::new(198, 18, index, 1);
+            let net = PodNetwork {
+                index,
+                bridge: bridge.clone(),
+                gateway,
+                free: Mutex::new(Free { hosts: (2..=254).collect(), next_ns: 0 }),
+                owner_file,
+            };
+            run("ip", &["addr", "add", &format!("{gateway}/24"), "dev", &bridge])?;
+            run("ip", &["link", "set", &bridge, "up"])?;
+            return Ok(net);
+        }
+        Err(Error::Setup("no free bridge index (sluice0..sluice255 all exist)".into()))
+    }
+
+    /// The bridge's own address: the node's InternalIP.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.gateway
+    }
+
+    /// The pod CIDR of this node.
+    pub fn pod_cidr(&self) -> String {
+        format!("198.18.{}.0/24", self.index)
+    }
+
+    /// Creates a namespace with an address on the bridge.
+    pub fn add_pod(&self) -> Result<PodNet, Error> {
+        let (host, n) = {
+            let mut free = self.free.lock().map_err(|_| Error::Setup("network state poisoned".into()))?;
+            let host = free.hosts.pop_first().ok_or_else(|| Error::Setup("pod addresses exhausted".into()))?;
+            free.next_ns += 1;
+            (host, free.next_ns)
+        };
+        let pod = PodNet {
+            netns: format!("sl{}-{n}", self.index),
+            ip: Ipv4Addr::new(198, 18, self.index, host),
+        };
+        let veth = format!("slv{}-{n}", self.index);
+        let result = (|| {
+            run("ip", &["netns", "add", &pod.netns])?;
+            run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.netns])?;
+            run("ip", &["link", "set", &veth, "master", &self.bridge, "up"])?;
+            let ns = pod.netns.as_str();
+            run("ip", &["-n", ns, "addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"])?;
+            run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+            run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+            run("ip", &["-n", ns, "route", "add", "default", "via", &self.gateway.to_string()])?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.remove_pod(&pod);
+            return Err(e);
+        }
+        Ok(pod)
+    }
+
+    /// Deletes the namespace (its veth goes with it) and frees the address.
+    pub fn remove_pod(&self, pod: &PodNet) {
+        let _ = run("ip", &["netns", "del", &pod.netns]);
+        if let Ok(mut free) = self.free.lock() {
+            free.hosts.insert(pod.ip.octets()[3]);
+        }
+    }
+}
+
+impl Drop for PodNetwork {
+    fn drop(&mut self) {
+        remove_index(self.index);
+        let _ = std::fs::remove_file(&self.owner_file);
+    }
+}
+
+/// Deletes bridge `index` and every pod namespace of it.
+fn remove_index(index: u8) {
+    let prefix = format!("sl{index}-");
+    if let Ok(list) = run("ip", &["netns", "list"]) {
+        for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if ns.starts_with(&prefix) {
+                let _ = run("ip", &["netns", "del", ns]);
+            }
+        }
+    }
+    let _ = run("ip", &["link", "del", &format!("sluice{index}")]);
+}
+
+/// Removes the bridges of harnesses that no longer run.
+fn clean_stale() {
+    let Ok(entries) = std::fs::read_dir(OWNER_DIR) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(index) = name
+            .strip_prefix("net-")
+            .and_then(|s| s.strip_suffix(".pid"))
+            .and_then(|s| s.parse::<u8>().ok())
+        else {
+            continue;
+        };
+        let pid: i32 = std::fs::read_to_string(entry.path())
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let alive = pid > 0 && Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            remove_index(index);
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}

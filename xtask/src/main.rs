@@ -1,0 +1,274 @@
+//! Project tasks, run as `cargo xtask <task>` from anywhere in the workspace.
+//!
+//! - `cargo xtask test`: every check and test, as CI runs them.
+//! - `cargo xtask demo [down] [--step N]`: the local sandbox of the hands-on.
+//! - `cargo xtask crds [--check]`: regenerate (or check) the CRD YAML.
+//! - `cargo xtask test-bed`: build or reuse the Kubernetes binaries.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Sluice project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run formatting, lint, unit and end-to-end tests (what CI runs).
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Start the local sandbox and walk the hands-on (`down` stops it).
+    Demo {
+        /// `up` (default) or `down`.
+        #[arg(default_value = "up")]
+        action: String,
+        /// Run only this part of the walkthrough.
+        #[arg(long)]
+        step: Option<u32>,
+    },
+    /// Write the CRD YAML generated from the Rust types.
+    Crds {
+        /// Only check that the committed YAML is current.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build or reuse the Kubernetes, etcd and helm binaries and print their paths.
+    TestBed,
+}
+
+fn root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs a command, echoing it, and fails with its exit status.
+fn run(what: &str, mut cmd: Command) -> Result<()> {
+    let start = Instant::now();
+    eprintln!("\n==> {what}");
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    eprintln!("<== {what}: {} in {:.1}s", if status.success() { "ok" } else { "FAILED" }, start.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn test_bed() -> Result<Command> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(root().join("scripts/test-bed.sh")).current_dir(root());
+    Ok(cmd)
+}
+
+fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
+    let start = Instant::now();
+    run("install the test bed (Debian packages, Kubernetes, etcd, helm)", {
+        let mut c = test_bed()?;
+        c.stdout(Stdio::null());
+        c
+    })?;
+    if !no_lint {
+        run("cargo fmt --check", {
+            let mut c = cargo();
+            c.args(["fmt", "--all", "--", "--check"]);
+            c
+        })?;
+    }
+    // One cargo invocation per profile builds the whole workspace: the pods'
+    // binaries must exist before the end-to-end tests start them.
+    run("build the workspace", {
+        let mut c = cargo();
+        c.args(["build", "--workspace", "--bins"]);
+        c
+    })?;
+    if !no_lint {
+        run("cargo clippy --all-targets -- -D warnings", {
+            let mut c = cargo();
+            c.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+            c
+        })?;
+    }
+    run("cargo test --workspace", {
+        let mut c = cargo();
+        c.args(["test", "--workspace"]).env("SLUICE_SKIP_CARGO_BUILD", "1");
+        if !extra.is_empty() {
+            c.arg("--").args(&extra);
+        }
+        c
+    })?;
+    eprintln!("\nall checks passed in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn task_crds(check: bool) -> Result<()> {
+    let mut c = cargo();
+    c.args(["run", "--quiet", "-p", "sluice-crds", "--bin", "sluice-crdgen"]);
+    if check {
+        c.args(["--", "--check"]);
+    }
+    run(if check { "check the CRD YAML" } else { "generate the CRD YAML" }, c)
+}
+
+/// Where the sandbox keeps its state.
+fn demo_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SLUICE_DEMO_DIR") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var_os("SLUICE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sluice")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/sluice"));
+    cache.join("demo")
+}
+
+fn running_pid(dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(dir.join("pid")).ok()?.trim().parse().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+fn kubectl(dir: &Path, args: &[&str]) -> Result<String> {
+    let paths = test_bed_paths()?;
+    let kubectl = paths.iter().find(|(k, _)| k == "KUBECTL").map(|(_, v)| v.clone()).context("no KUBECTL")?;
+    let out = Command::new(&kubectl)
+        .args(args)
+        .env("KUBECONFIG", dir.join("kubeconfig"))
+        .output()
+        .with_context(|| format!("running {kubectl}"))?;
+    if !out.status.success() {
+        bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn test_bed_paths() -> Result<Vec<(String, String)>> {
+    let out = test_bed()?.arg("--quiet").stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("scripts/test-bed.sh failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect())
+}
+
+fn demo_down(dir: &Path) -> Result<()> {
+    match running_pid(dir) {
+        Some(pid) => {
+            eprintln!("stopping the sandbox cluster (pid {pid})");
+            Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while running_pid(dir).is_some() {
+                if Instant::now() > deadline {
+                    Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        None => eprintln!("no sandbox cluster is running"),
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    eprintln!("sandbox removed");
+    Ok(())
+}
+
+fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
+    run("install the test bed (Debian packages, Kubernetes, etcd, helm)", {
+        let mut c = test_bed()?;
+        c.stdout(Stdio::null());
+        c
+    })?;
+    run("build Sluice", {
+        let mut c = cargo();
+        c.args(["build", "--workspace", "--bins"]);
+        c
+    })?;
+    if running_pid(dir).is_some() && dir.join("ready").exists() {
+        eprintln!("\n==> the sandbox cluster is already running; reusing it");
+    } else {
+        std::fs::create_dir_all(dir)?;
+        let bin = root().join("target/debug/sluice-cluster");
+        let log = std::fs::File::create(dir.join("cluster.log"))?;
+        eprintln!("\n==> start the local cluster (log: {})", dir.join("cluster.log").display());
+        let child = {
+            use std::os::unix::process::CommandExt;
+            Command::new(&bin)
+                .args(["up", "--state-dir"])
+                .arg(dir)
+                .env("SLUICE_SKIP_CARGO_BUILD", "1")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?
+        };
+        std::fs::write(dir.join("pid"), child.id().to_string())?;
+        let start = Instant::now();
+        while !dir.join("ready").exists() {
+            if running_pid(dir).is_none() {
+                bail!("the cluster exited; see {}", dir.join("cluster.log").display());
+            }
+            if start.elapsed() > Duration::from_secs(180) {
+                bail!("the cluster was not ready after 180 s; see {}", dir.join("cluster.log").display());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("<== cluster ready in {:.1}s", start.elapsed().as_secs_f64());
+    }
+    let handson = root().join("examples/handson");
+    if step.is_none_or(|s| s == 1) {
+        eprintln!("\n==> step 1: deploy demo-app `handson-blue` behind Service `handson`");
+        for f in ["00-namespace.yaml", "10-handson-blue.yaml"] {
+            print!("{}", kubectl(dir, &["apply", "--server-side", "-f", &handson.join(f).display().to_string()])?);
+        }
+        kubectl(dir, &["wait", "-n", "handson", "--for=condition=Available", "deployment/handson-blue", "--timeout=120s"])?;
+        let ips = kubectl(dir, &["get", "pods", "-n", "handson", "-l", "app=handson", "-o", "jsonpath={.items[*].status.podIP}"])?;
+        for ip in ips.split_whitespace() {
+            let out = Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{ip}:8080/")]).output()?;
+            eprintln!("    GET http://{ip}:8080/ -> {}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+    }
+    eprintln!("\n==> the cluster");
+    print!("{}", kubectl(dir, &["get", "nodes,pods,endpointslices", "-A", "-o", "wide"])?);
+    let kubeconfig = dir.join("kubeconfig");
+    let paths = test_bed_paths()?;
+    let kubectl_bin = paths.iter().find(|(k, _)| k == "KUBECTL").map(|(_, v)| v.as_str()).unwrap_or("kubectl");
+    println!(
+        "\nThe sandbox keeps running. Use it with:\n\n    export KUBECONFIG={}\n    alias kubectl={}\n    kubectl get pods -A\n    kubectl get rollouts -A\n\nStop it with `cargo xtask demo down`.",
+        kubeconfig.display(),
+        kubectl_bin,
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Test { no_lint, cargo_test_args } => task_test(no_lint, cargo_test_args),
+        Task::Demo { action, step } => match action.as_str() {
+            "up" => demo_up(&demo_dir(), step),
+            "down" => demo_down(&demo_dir()),
+            other => bail!("unknown demo action {other:?}: use `up` or `down`"),
+        },
+        Task::Crds { check } => task_crds(check),
+        Task::TestBed => run("install the test bed", test_bed()?),
+    }
+}
