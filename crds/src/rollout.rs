@@ -17,6 +17,8 @@ const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$')
 const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 30s, 5m or 1h";
 
 /// Desired state of a [`Rollout`].
+// clippy reads the repeated `type_ = ...` of printcolumn(...) as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "sluice.dev",
@@ -34,9 +36,17 @@ const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 30s, 5m or 1h"
     printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
     printcolumn(name = "Step", type_ = "string", json_path = ".status.step"),
-    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.weights.canary"),
+    printcolumn(
+        name = "Weight",
+        type_ = "integer",
+        json_path = ".status.weights.canary"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = Rule::new(
     "!has(self.selector.matchLabels) || (has(self.template.metadata) && has(self.template.metadata.labels) && self.selector.matchLabels.all(k, k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k]))"

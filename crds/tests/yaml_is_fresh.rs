@@ -7,8 +7,12 @@ fn committed_yaml_matches_the_types() {
     assert!(!files.is_empty());
     for (name, body) in files {
         let path = dir.join(&name);
-        let committed = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{} is missing ({e}); run `cargo xtask crds`", path.display()));
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{} is missing ({e}); run `cargo xtask crds`",
+                path.display()
+            )
+        });
         assert!(
             committed == body,
             "{} is stale: the Rust types generate something else; run `cargo xtask crds`",

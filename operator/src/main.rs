@@ -9,7 +9,10 @@ use kube::Api;
 use sluice_crds::Rollout;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Sluice operator: rollouts and the mesh control plane")]
+#[command(
+    version,
+    about = "Sluice operator: rollouts and the mesh control plane"
+)]
 struct Args {
     /// Only check the connection to Kubernetes and exit.
     #[arg(long)]

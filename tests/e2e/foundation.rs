@@ -19,10 +19,19 @@ use sluice_tests::wait::{deployment_available, poll, ready_endpoints};
 
 fn main() -> ExitCode {
     main_support::run(&[
-        ("crds_install_and_rollouts_print_their_columns", |c| Box::pin(crds_install(c))),
-        ("invalid_rollout_is_rejected_naming_the_field", |c| Box::pin(invalid_rollout(c))),
-        ("deployment_runs_serves_and_lists_endpoints", |c| Box::pin(deployment_serves(c))),
-        ("deleting_a_deployment_removes_pods_processes_and_namespaces", |c| Box::pin(deletion_cleans_up(c))),
+        ("crds_install_and_rollouts_print_their_columns", |c| {
+            Box::pin(crds_install(c))
+        }),
+        ("invalid_rollout_is_rejected_naming_the_field", |c| {
+            Box::pin(invalid_rollout(c))
+        }),
+        ("deployment_runs_serves_and_lists_endpoints", |c| {
+            Box::pin(deployment_serves(c))
+        }),
+        (
+            "deleting_a_deployment_removes_pods_processes_and_namespaces",
+            |c| Box::pin(deletion_cleans_up(c)),
+        ),
     ])
 }
 
@@ -114,18 +123,37 @@ async fn crds_install(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     cluster.create_namespace("crds").await?;
     let api: Api<Rollout> = Api::namespaced(cluster.client(), "crds");
     let ro: Rollout = rollout_from_yaml(&rollout_yaml("crds", "web", 20))?;
-    api.create(&PostParams::default(), &ro).await.context("creating a Rollout with kube-rs")?;
+    api.create(&PostParams::default(), &ro)
+        .await
+        .context("creating a Rollout with kube-rs")?;
     let back = api.get("web").await?;
-    ensure!(back.spec.replicas == 3, "replicas read back as {}", back.spec.replicas);
+    ensure!(
+        back.spec.replicas == 3,
+        "replicas read back as {}",
+        back.spec.replicas
+    );
     ensure!(back.spec.strategy.canary.steps.len() == 3);
     ensure!(back.spec.strategy.canary.steps[0].set_weight == Some(20));
     let analysis_default = serde_json_default_analysis()?;
     ensure!(analysis_default.interval == "5s" && analysis_default.min_requests == 20);
 
     let out = cluster.kubectl(&["get", "rollouts", "-n", "crds"], None)?;
-    let header: Vec<&str> = out.lines().next().unwrap_or("").split_whitespace().collect();
-    ensure!(header == ["NAME", "DESIRED", "READY", "STEP", "WEIGHT", "PHASE", "AGE"], "kubectl printed:\n{out}");
-    ensure!(out.lines().nth(1).is_some_and(|l| l.starts_with("web") && l.contains(" 3 ")), "kubectl printed:\n{out}");
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header == ["NAME", "DESIRED", "READY", "STEP", "WEIGHT", "PHASE", "AGE"],
+        "kubectl printed:\n{out}"
+    );
+    ensure!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("web") && l.contains(" 3 ")),
+        "kubectl printed:\n{out}"
+    );
     // The short name works too.
     cluster.kubectl(&["get", "ro", "-n", "crds", "web"], None)?;
     Ok(())
@@ -147,15 +175,20 @@ async fn invalid_rollout(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         Err(e) => e.to_string(),
     };
     ensure!(
-        err.contains("spec.strategy.canary.steps[0].setWeight") && err.contains("between 0 and 100"),
+        err.contains("spec.strategy.canary.steps[0].setWeight")
+            && err.contains("between 0 and 100"),
         "the error does not name the field: {err}"
     );
-    let mismatched = rollout_yaml("invalid", "sel", 10).replace("labels: {app: sel}", "labels: {app: other}");
+    let mismatched =
+        rollout_yaml("invalid", "sel", 10).replace("labels: {app: sel}", "labels: {app: other}");
     let err = match cluster.apply(&mismatched) {
         Ok(out) => bail!("a selector that does not match the template was accepted: {out}"),
         Err(e) => e.to_string(),
     };
-    ensure!(err.contains("spec.selector") && err.contains("must match"), "unclear error: {err}");
+    ensure!(
+        err.contains("spec.selector") && err.contains("must match"),
+        "unclear error: {err}"
+    );
     Ok(())
 }
 
@@ -169,47 +202,94 @@ async fn deployment_serves(cluster: Arc<Cluster>) -> anyhow::Result<()> {
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let list = pods.list(&ListParams::default().labels("app=blue")).await?;
-    let mut pod_ips: Vec<String> = list.items.iter().filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect();
+    let mut pod_ips: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
     pod_ips.sort();
     ensure!(pod_ips.len() == 2, "expected 2 pod IPs, got {pod_ips:?}");
-    ensure!(pod_ips[0] != pod_ips[1], "pods share an address: {pod_ips:?}");
+    ensure!(
+        pod_ips[0] != pod_ips[1],
+        "pods share an address: {pod_ips:?}"
+    );
 
-    let endpoints = poll("EndpointSlice lists both pods", TIMEOUT, Duration::from_millis(200), || async {
-        let ips = ready_endpoints(&client, ns, "blue").await?;
-        Ok((ips == pod_ips).then_some(ips))
-    })
+    let endpoints = poll(
+        "EndpointSlice lists both pods",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let ips = ready_endpoints(&client, ns, "blue").await?;
+            Ok((ips == pod_ips).then_some(ips))
+        },
+    )
     .await?;
     ensure!(endpoints == pod_ips);
 
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     for ip in &pod_ips {
-        let body = http.get(format!("http://{ip}:8080/")).send().await?.text().await?;
-        ensure!(body.trim() == "blue", "GET from the host to {ip} answered {body:?}");
+        let body = http
+            .get(format!("http://{ip}:8080/"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        ensure!(
+            body.trim() == "blue",
+            "GET from the host to {ip} answered {body:?}"
+        );
     }
 
-    poll("curl pod running", TIMEOUT, Duration::from_millis(200), || async {
-        let p = pods.get("curl").await?;
-        Ok(p.status.and_then(|s| s.phase).filter(|p| p == "Running"))
-    })
+    poll(
+        "curl pod running",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let p = pods.get("curl").await?;
+            Ok(p.status.and_then(|s| s.phase).filter(|p| p == "Running"))
+        },
+    )
     .await?;
     for ip in &pod_ips {
         let url = format!("http://{ip}:8080/color");
-        let out = cluster.exec_in_pod(ns, "curl", &["curl", "-sS", "--max-time", "5", &url]).await?;
-        ensure!(out.code == 0, "curl in the pod failed ({}): {}", out.code, out.stderr);
-        ensure!(out.stdout.trim() == "blue", "curl from the pod to {ip} answered {:?}", out.stdout);
+        let out = cluster
+            .exec_in_pod(ns, "curl", &["curl", "-sS", "--max-time", "5", &url])
+            .await?;
+        ensure!(
+            out.code == 0,
+            "curl in the pod failed ({}): {}",
+            out.code,
+            out.stderr
+        );
+        ensure!(
+            out.stdout.trim() == "blue",
+            "curl from the pod to {ip} answered {:?}",
+            out.stdout
+        );
     }
     Ok(())
 }
 
 /// The process ids inside network namespace `ns`.
 fn pids_in(netns: &str) -> anyhow::Result<BTreeSet<u32>> {
-    let out = std::process::Command::new("ip").args(["netns", "pids", netns]).output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect())
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", netns])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
 }
 
 fn netns_exists(name: &str) -> anyhow::Result<bool> {
-    let out = std::process::Command::new("ip").args(["netns", "list"]).output()?;
-    Ok(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(name)))
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(name)))
 }
 
 async fn deletion_cleans_up(cluster: Arc<Cluster>) -> anyhow::Result<()> {
@@ -219,12 +299,21 @@ async fn deletion_cleans_up(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     let client = cluster.client();
     deployment_available(&client, ns, "doomed", TIMEOUT).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let names: Vec<String> = pods.list(&ListParams::default().labels("app=doomed")).await?.items.iter().map(|p| p.name_any()).collect();
+    let names: Vec<String> = pods
+        .list(&ListParams::default().labels("app=doomed"))
+        .await?
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
     ensure!(names.len() == 2, "expected 2 pods, got {names:?}");
     let mut netns = Vec::new();
     let mut pids = BTreeSet::new();
     for name in &names {
-        let n = cluster.node().pod_netns(ns, name).with_context(|| format!("no netns for {name}"))?;
+        let n = cluster
+            .node()
+            .pod_netns(ns, name)
+            .with_context(|| format!("no netns for {name}"))?;
         let p = pids_in(&n)?;
         ensure!(!p.is_empty(), "no process in {n}");
         pids.extend(p);
@@ -232,17 +321,39 @@ async fn deletion_cleans_up(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     }
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    deployments.delete("doomed", &DeleteParams::foreground()).await?;
-    poll("pods of the deleted deployment gone", TIMEOUT, Duration::from_millis(200), || async {
-        let left = pods.list(&ListParams::default().labels("app=doomed")).await?.items.len();
-        Ok((left == 0).then_some(()))
-    })
+    deployments
+        .delete("doomed", &DeleteParams::foreground())
+        .await?;
+    poll(
+        "pods of the deleted deployment gone",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let left = pods
+                .list(&ListParams::default().labels("app=doomed"))
+                .await?
+                .items
+                .len();
+            Ok((left == 0).then_some(()))
+        },
+    )
     .await?;
-    poll("namespaces and processes gone", Duration::from_secs(10), Duration::from_millis(100), || async {
-        let ns_left: Vec<&String> = netns.iter().filter(|n| netns_exists(n).unwrap_or(true)).collect();
-        let pids_left: Vec<&u32> = pids.iter().filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()).collect();
-        Ok((ns_left.is_empty() && pids_left.is_empty()).then_some(()))
-    })
+    poll(
+        "namespaces and processes gone",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let ns_left: Vec<&String> = netns
+                .iter()
+                .filter(|n| netns_exists(n).unwrap_or(true))
+                .collect();
+            let pids_left: Vec<&u32> = pids
+                .iter()
+                .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+                .collect();
+            Ok((ns_left.is_empty() && pids_left.is_empty()).then_some(()))
+        },
+    )
     .await?;
     Ok(())
 }

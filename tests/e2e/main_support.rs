@@ -22,8 +22,14 @@ pub fn run(scenarios: &[(&'static str, Scenario)]) -> ExitCode {
         .with_test_writer()
         .init();
     let args = Arguments::from_args();
-    let selected = scenarios.iter().any(|(name, _)| args.filter.as_deref().is_none_or(|f| name.contains(f)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let selected = scenarios
+        .iter()
+        .any(|(name, _)| args.filter.as_deref().is_none_or(|f| name.contains(f)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tokio runtime: {e}");
@@ -33,7 +39,10 @@ pub fn run(scenarios: &[(&'static str, Scenario)]) -> ExitCode {
     let cluster: Result<Arc<Cluster>, String> = if args.list || !selected {
         Err("not started".into())
     } else {
-        runtime.block_on(Cluster::start()).map(Arc::new).map_err(|e| e.to_string())
+        runtime
+            .block_on(Cluster::start())
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
     };
     let handle = runtime.handle().clone();
     let trials = scenarios
@@ -42,7 +51,8 @@ pub fn run(scenarios: &[(&'static str, Scenario)]) -> ExitCode {
             let cluster = cluster.clone();
             let handle = handle.clone();
             Trial::test(name, move || {
-                let cluster = cluster.map_err(|e| Failed::from(format!("cluster did not start: {e}")))?;
+                let cluster =
+                    cluster.map_err(|e| Failed::from(format!("cluster did not start: {e}")))?;
                 let diag = cluster.clone();
                 handle
                     .block_on(scenario(cluster))

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 
+use crate::Error;
 use crate::control_plane::ControlPlane;
 use crate::node::NodeAgent;
 use crate::node::network::PodNetwork;
@@ -17,7 +18,6 @@ use crate::node::pod::ExecOutput;
 use crate::process::log_tail;
 use crate::toolchain::{Toolchain, workspace_bin_dir, workspace_root};
 use crate::wait::poll;
-use crate::Error;
 
 /// The name of the node every cluster registers.
 pub const NODE_NAME: &str = "sluice-node";
@@ -35,7 +35,10 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("server", &self.control_plane.server).field("dir", &self.path).finish()
+        f.debug_struct("Cluster")
+            .field("server", &self.control_plane.server)
+            .field("dir", &self.path)
+            .finish()
     }
 }
 
@@ -43,7 +46,10 @@ impl Cluster {
     /// Starts a fresh cluster in a temporary directory (kept when
     /// `SLUICE_KEEP_TEST_DIR` is set).
     pub async fn start() -> Result<Cluster, Error> {
-        let dir = tempfile::Builder::new().prefix("sluice-cluster-").tempdir().map_err(|e| Error::Setup(e.to_string()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-cluster-")
+            .tempdir()
+            .map_err(|e| Error::Setup(e.to_string()))?;
         let path = dir.path().to_owned();
         let keep = std::env::var_os("SLUICE_KEEP_TEST_DIR").is_some();
         let mut cluster = Self::start_in(&path).await?;
@@ -61,7 +67,8 @@ impl Cluster {
         let toolchain = Toolchain::get()?;
         let bins = workspace_bin_dir()?;
         let network = PodNetwork::create()?;
-        let control_plane = ControlPlane::start(&dir.join("control-plane"), network.gateway(), toolchain).await?;
+        let control_plane =
+            ControlPlane::start(&dir.join("control-plane"), network.gateway(), toolchain).await?;
         let client = control_plane.client().await?;
         let node = NodeAgent::start(
             client.clone(),
@@ -73,7 +80,14 @@ impl Cluster {
             &toolchain.k8s_version,
         )
         .await?;
-        Ok(Cluster { node, control_plane, client, toolchain, dir: None, path: dir.to_owned() })
+        Ok(Cluster {
+            node,
+            control_plane,
+            client,
+            toolchain,
+            dir: None,
+            path: dir.to_owned(),
+        })
     }
 
     /// An admin client.
@@ -114,28 +128,44 @@ impl Cluster {
 
     /// Server-side applies a (multi-document) manifest.
     pub fn apply(&self, yaml: &str) -> Result<String, Error> {
-        self.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(yaml))
+        self.kubectl(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            Some(yaml),
+        )
     }
 
     /// Creates namespace `name` (if missing) and waits for its `default`
     /// ServiceAccount, without which pods are refused.
     pub async fn create_namespace(&self, name: &str) -> Result<(), Error> {
-        self.apply(&format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"))?;
+        self.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
+        ))?;
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), name);
-        poll(&format!("serviceaccount {name}/default"), Duration::from_secs(30), Duration::from_millis(100), || async {
-            Ok(api.get_opt("default").await?.map(|_| ()))
-        })
+        poll(
+            &format!("serviceaccount {name}/default"),
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async { Ok(api.get_opt("default").await?.map(|_| ())) },
+        )
         .await
     }
 
     /// Installs Sluice's CRDs (the committed YAML) and waits until they are served.
     pub async fn install_crds(&self) -> Result<(), Error> {
         let dir = workspace_root().join("crds/yaml");
-        self.kubectl(&["apply", "--server-side", "-f", &dir.display().to_string()], None)?;
+        self.kubectl(
+            &["apply", "--server-side", "-f", &dir.display().to_string()],
+            None,
+        )?;
         let names: Vec<String> = std::fs::read_dir(&dir)
             .map_err(|e| Error::io(&dir, e))?
             .flatten()
-            .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".yaml")).map(str::to_owned))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".yaml"))
+                    .map(str::to_owned)
+            })
             .collect();
         self.wait_crds_established(&names).await
     }
@@ -144,29 +174,47 @@ impl Cluster {
     pub async fn install_gateway_api(&self) -> Result<(), Error> {
         let file = self.toolchain.gateway_api_crds.display().to_string();
         self.kubectl(&["apply", "--server-side", "-f", &file], None)?;
-        self.wait_crds_established(&["gateways.gateway.networking.k8s.io".into(), "httproutes.gateway.networking.k8s.io".into()])
-            .await
+        self.wait_crds_established(&[
+            "gateways.gateway.networking.k8s.io".into(),
+            "httproutes.gateway.networking.k8s.io".into(),
+        ])
+        .await
     }
 
     async fn wait_crds_established(&self, names: &[String]) -> Result<(), Error> {
         let api: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         for name in names {
-            poll(&format!("CRD {name} Established"), Duration::from_secs(30), Duration::from_millis(100), || async {
-                let crd = api.get_opt(name).await?;
-                let ok = crd
-                    .and_then(|c| c.status)
-                    .and_then(|s| s.conditions)
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
-                Ok(ok.then_some(()))
-            })
+            poll(
+                &format!("CRD {name} Established"),
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+                || async {
+                    let crd = api.get_opt(name).await?;
+                    let ok = crd
+                        .and_then(|c| c.status)
+                        .and_then(|s| s.conditions)
+                        .is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c.type_ == "Established" && c.status == "True")
+                        });
+                    Ok(ok.then_some(()))
+                },
+            )
             .await?;
         }
         Ok(())
     }
 
     /// Runs `argv` inside pod `namespace/name`, as `kubectl exec` would.
-    pub async fn exec_in_pod(&self, namespace: &str, name: &str, argv: &[&str]) -> Result<ExecOutput, Error> {
-        self.node.exec_in_pod(namespace, name, argv, Duration::from_secs(60)).await
+    pub async fn exec_in_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        argv: &[&str],
+    ) -> Result<ExecOutput, Error> {
+        self.node
+            .exec_in_pod(namespace, name, argv, Duration::from_secs(60))
+            .await
     }
 
     /// Fails with the component's log tail if any control-plane process died.
@@ -178,7 +226,12 @@ impl Cluster {
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
         for p in self.control_plane.processes() {
-            out.push_str(&format!("--- {} ({}) ---\n{}\n", p.name(), p.log_path().display(), log_tail(p.log_path(), 15)));
+            out.push_str(&format!(
+                "--- {} ({}) ---\n{}\n",
+                p.name(),
+                p.log_path().display(),
+                log_tail(p.log_path(), 15)
+            ));
         }
         out
     }
@@ -187,32 +240,66 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("[sluice-tests] a test panicked; control-plane logs:\n{}", self.diagnostics());
+            eprintln!(
+                "[sluice-tests] a test panicked; control-plane logs:\n{}",
+                self.diagnostics()
+            );
         }
         self.node.shutdown();
     }
 }
 
-fn run_tool(program: &Path, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
-    let command = format!("{} {}", program.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), args.join(" "));
+fn run_tool(
+    program: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, Error> {
+    let command = format!(
+        "{} {}",
+        program
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        args.join(" ")
+    );
     let mut child = Command::new(program)
         .args(args)
         .env("KUBECONFIG", kubeconfig)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Command { command: command.clone(), detail: e.to_string() })?;
+        .map_err(|e| Error::Command {
+            command: command.clone(),
+            detail: e.to_string(),
+        })?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).map_err(|e| Error::Command { command: command.clone(), detail: e.to_string() })?;
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| Error::Command {
+                command: command.clone(),
+                detail: e.to_string(),
+            })?;
     }
-    let out = child.wait_with_output().map_err(|e| Error::Command { command: command.clone(), detail: e.to_string() })?;
+    let out = child.wait_with_output().map_err(|e| Error::Command {
+        command: command.clone(),
+        detail: e.to_string(),
+    })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(Error::Command {
             command,
-            detail: format!("{}: {}{}", out.status, String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout)),
+            detail: format!(
+                "{}: {}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            ),
         })
     }
 }

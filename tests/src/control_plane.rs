@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
+use crate::Error;
 use crate::pki::Pki;
 use crate::process::ManagedProcess;
 use crate::toolchain::Toolchain;
 use crate::wait::poll;
-use crate::Error;
 
 /// The Service ClusterIP range of test clusters.
 pub const SERVICE_CIDR: &str = "198.19.0.0/16";
@@ -36,8 +36,11 @@ pub struct ControlPlane {
 
 /// A free TCP port on `ip` (the kernel's choice, released at once).
 pub fn free_port(ip: Ipv4Addr) -> Result<u16, Error> {
-    let l = TcpListener::bind((ip, 0)).map_err(|e| Error::Setup(format!("no free port on {ip}: {e}")))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| Error::Setup(e.to_string()))
+    let l = TcpListener::bind((ip, 0))
+        .map_err(|e| Error::Setup(format!("no free port on {ip}: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| Error::Setup(e.to_string()))
 }
 
 fn args(list: &[(&str, String)]) -> Vec<String> {
@@ -54,8 +57,20 @@ impl ControlPlane {
         let loopback = Ipv4Addr::LOCALHOST;
         let pki = Pki::generate(
             &dir.join("pki"),
-            &[bind.into(), loopback.into(), "198.19.0.1".parse().map_err(|_| Error::Setup("ip".into()))?],
-            &["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"],
+            &[
+                bind.into(),
+                loopback.into(),
+                "198.19.0.1"
+                    .parse()
+                    .map_err(|_| Error::Setup("ip".into()))?,
+            ],
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
         )?;
         let mut processes = Vec::new();
 
@@ -84,7 +99,13 @@ impl ControlPlane {
             .timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| Error::Setup(e.to_string()))?;
-        wait_healthy(&mut processes[0], &http, &format!("{etcd_url}/health"), "\"health\":\"true\"").await?;
+        wait_healthy(
+            &mut processes[0],
+            &http,
+            &format!("{etcd_url}/health"),
+            "\"health\":\"true\"",
+        )
+        .await?;
 
         // kube-apiserver
         let api_port = free_port(bind)?;
@@ -101,11 +122,17 @@ impl ControlPlane {
                 ("secure-port", api_port.to_string()),
                 ("cert-dir", dir.join("apiserver").display().to_string()),
                 ("tls-cert-file", pki.apiserver_cert.display().to_string()),
-                ("tls-private-key-file", pki.apiserver_key.display().to_string()),
+                (
+                    "tls-private-key-file",
+                    pki.apiserver_key.display().to_string(),
+                ),
                 ("client-ca-file", pki.ca_cert.display().to_string()),
                 ("service-cluster-ip-range", SERVICE_CIDR.into()),
                 ("service-account-issuer", SA_ISSUER.into()),
-                ("service-account-key-file", pki.service_account_pub.display().to_string()),
+                (
+                    "service-account-key-file",
+                    pki.service_account_pub.display().to_string(),
+                ),
                 ("service-account-signing-key-file", sa_key.clone()),
                 ("authorization-mode", "RBAC".into()),
                 ("allow-privileged", "true".into()),
@@ -124,16 +151,30 @@ impl ControlPlane {
         write_kubeconfig(&kubeconfig, dir, &server, &pki)?;
         // reqwest rather than kube::Client: kube logs every 500 of a
         // not-yet-ready apiserver as an error.
-        let identity = reqwest::Identity::from_pem(format!("{}{}", pki.admin_cert_pem, pki.admin_key_pem).as_bytes())
-            .map_err(|e| Error::Setup(format!("admin identity: {e}")))?;
+        let identity = reqwest::Identity::from_pem(
+            format!("{}{}", pki.admin_cert_pem, pki.admin_key_pem).as_bytes(),
+        )
+        .map_err(|e| Error::Setup(format!("admin identity: {e}")))?;
         let admin_http = reqwest::Client::builder()
             .identity(identity)
             .danger_accept_invalid_certs(true)
             .timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| Error::Setup(e.to_string()))?;
-        wait_healthy(&mut processes[1], &admin_http, &format!("{server}/readyz"), "ok").await?;
-        let cp = ControlPlane { server, apiserver_addr, kubeconfig, pki, processes };
+        wait_healthy(
+            &mut processes[1],
+            &admin_http,
+            &format!("{server}/readyz"),
+            "ok",
+        )
+        .await?;
+        let cp = ControlPlane {
+            server,
+            apiserver_addr,
+            kubeconfig,
+            pki,
+            processes,
+        };
         Self::start_controllers(cp, dir, &logs, tc, &http).await
     }
 
@@ -159,7 +200,10 @@ impl ControlPlane {
                 ("secure-port", kcm_port.to_string()),
                 ("cert-dir", dir.join("kcm").display().to_string()),
                 ("controllers", "*".into()),
-                ("service-account-private-key-file", cp.pki.service_account_key.display().to_string()),
+                (
+                    "service-account-private-key-file",
+                    cp.pki.service_account_key.display().to_string(),
+                ),
                 ("root-ca-file", cp.pki.ca_cert.display().to_string()),
                 ("use-service-account-credentials", "true".into()),
                 ("cluster-name", "sluice-test".into()),
@@ -184,8 +228,20 @@ impl ControlPlane {
             &logs.join("kube-scheduler.log"),
         )?;
         cp.processes.push(scheduler);
-        wait_healthy(&mut cp.processes[2], http, &format!("https://127.0.0.1:{kcm_port}/healthz"), "ok").await?;
-        wait_healthy(&mut cp.processes[3], http, &format!("https://127.0.0.1:{sched_port}/healthz"), "ok").await?;
+        wait_healthy(
+            &mut cp.processes[2],
+            http,
+            &format!("https://127.0.0.1:{kcm_port}/healthz"),
+            "ok",
+        )
+        .await?;
+        wait_healthy(
+            &mut cp.processes[3],
+            http,
+            &format!("https://127.0.0.1:{sched_port}/healthz"),
+            "ok",
+        )
+        .await?;
         Ok(cp)
     }
 
@@ -227,21 +283,36 @@ pub async fn client_from(path: &Path) -> Result<kube::Client, Error> {
     Ok(kube::Client::try_from(config)?)
 }
 
-async fn wait_healthy(p: &mut ManagedProcess, http: &reqwest::Client, url: &str, expect: &str) -> Result<(), Error> {
+async fn wait_healthy(
+    p: &mut ManagedProcess,
+    http: &reqwest::Client,
+    url: &str,
+    expect: &str,
+) -> Result<(), Error> {
     let what = format!("{} at {url}", p.name());
-    poll(&what, Duration::from_secs(60), Duration::from_millis(200), || {
-        let exited = p.exited();
-        let fut = http.get(url).send();
-        async move {
-            if let Some(status) = exited {
-                return Err(Error::Setup(format!("exited with {status}")));
+    poll(
+        &what,
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let exited = p.exited();
+            let fut = http.get(url).send();
+            async move {
+                if let Some(status) = exited {
+                    return Err(Error::Setup(format!("exited with {status}")));
+                }
+                match fut.await {
+                    Ok(resp) => Ok(resp
+                        .text()
+                        .await
+                        .ok()
+                        .filter(|t| t.contains(expect))
+                        .map(|_| ())),
+                    Err(_) => Ok(None),
+                }
             }
-            match fut.await {
-                Ok(resp) => Ok(resp.text().await.ok().filter(|t| t.contains(expect)).map(|_| ())),
-                Err(_) => Ok(None),
-            }
-        }
-    })
+        },
+    )
     .await
     .map_err(|e| p.failure(e.to_string()))
 }

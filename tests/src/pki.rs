@@ -44,7 +44,9 @@ impl Pki {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let ca_key = KeyPair::generate().map_err(pki_err)?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
-        ca_params.distinguished_name.push(DnType::CommonName, "sluice-test-ca");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "sluice-test-ca");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -54,18 +56,30 @@ impl Pki {
         let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(pki_err)?;
 
         let server_key = KeyPair::generate().map_err(pki_err)?;
-        let mut server = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .map_err(pki_err)?;
-        server.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        server.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+        let mut server =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .map_err(pki_err)?;
+        server
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver");
         server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        server.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        server.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         let server_cert = server.signed_by(&server_key, &ca).map_err(pki_err)?;
 
         let admin_key = KeyPair::generate().map_err(pki_err)?;
         let mut admin = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
-        admin.distinguished_name.push(DnType::CommonName, "sluice-admin");
-        admin.distinguished_name.push(DnType::OrganizationName, "system:masters");
+        admin
+            .distinguished_name
+            .push(DnType::CommonName, "sluice-admin");
+        admin
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
         admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         admin.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let admin_cert = admin.signed_by(&admin_key, &ca).map_err(pki_err)?;

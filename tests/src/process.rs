@@ -21,10 +21,18 @@ pub struct ManagedProcess {
 impl ManagedProcess {
     /// Starts `program args...` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self, Error> {
-        let out = File::options().create(true).append(true).open(log).map_err(|e| Error::io(log, e))?;
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| Error::io(log, e))?;
         let err = out.try_clone().map_err(|e| Error::io(log, e))?;
         let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
         // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
         unsafe {
             cmd.pre_exec(|| {
@@ -41,7 +49,11 @@ impl ManagedProcess {
             reason: format!("could not start {}: {e}", program.display()),
             log_tail: String::new(),
         })?;
-        Ok(ManagedProcess { name: name.to_owned(), child, log: log.to_owned() })
+        Ok(ManagedProcess {
+            name: name.to_owned(),
+            child,
+            log: log.to_owned(),
+        })
     }
 
     /// The component's name.
@@ -116,15 +128,24 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 
 /// Runs a short command to completion; an error carries its output.
 pub fn run(program: &str, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new(program).args(args).stdin(Stdio::null()).output().map_err(|e| {
-        Error::Command { command: format!("{program} {}", args.join(" ")), detail: e.to_string() }
-    })?;
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Command {
+            command: format!("{program} {}", args.join(" ")),
+            detail: e.to_string(),
+        })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(Error::Command {
             command: format!("{program} {}", args.join(" ")),
-            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         })
     }
 }

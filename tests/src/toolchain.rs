@@ -32,7 +32,10 @@ pub struct Toolchain {
 /// The workspace root (the directory holding the top `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().map(Path::to_path_buf).unwrap_or_else(|| manifest.to_path_buf())
+    manifest
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest.to_path_buf())
 }
 
 impl Toolchain {
@@ -55,7 +58,11 @@ impl Toolchain {
             .output()
             .map_err(|e| Error::Toolchain(format!("running {}: {e}", script.display())))?;
         if !out.status.success() {
-            return Err(Error::Toolchain(format!("{} failed ({})", script.display(), out.status)));
+            return Err(Error::Toolchain(format!(
+                "{} failed ({})",
+                script.display(),
+                out.status
+            )));
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let vars: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
@@ -102,7 +109,8 @@ fn build_workspace_bins() -> Result<PathBuf, Error> {
     if std::env::var_os("SLUICE_SKIP_CARGO_BUILD").is_none() {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-        cmd.current_dir(workspace_root()).args(["build", "--quiet", "--bins"]);
+        cmd.current_dir(workspace_root())
+            .args(["build", "--quiet", "--bins"]);
         for bin in WORKSPACE_BINS {
             cmd.args(["--bin", bin]);
         }
@@ -113,12 +121,17 @@ fn build_workspace_bins() -> Result<PathBuf, Error> {
             .status()
             .map_err(|e| Error::Toolchain(format!("running cargo build: {e}")))?;
         if !status.success() {
-            return Err(Error::Toolchain(format!("cargo build of {WORKSPACE_BINS:?} failed")));
+            return Err(Error::Toolchain(format!(
+                "cargo build of {WORKSPACE_BINS:?} failed"
+            )));
         }
     }
     for bin in WORKSPACE_BINS {
         if !dir.join(bin).exists() {
-            return Err(Error::Toolchain(format!("{} was not built", dir.join(bin).display())));
+            return Err(Error::Toolchain(format!(
+                "{} was not built",
+                dir.join(bin).display()
+            )));
         }
     }
     Ok(dir)

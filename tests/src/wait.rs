@@ -7,7 +7,12 @@ use crate::Error;
 
 /// Polls `check` every `every` until it returns `Ok(Some(value))`, an error,
 /// or `timeout` passes. `what` names the condition in the timeout error.
-pub async fn poll<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut check: F) -> Result<T, Error>
+pub async fn poll<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>, Error>>,
@@ -18,7 +23,10 @@ where
             return Ok(v);
         }
         if start.elapsed() >= timeout {
-            return Err(Error::Timeout { what: what.to_owned(), seconds: start.elapsed().as_secs_f64() });
+            return Err(Error::Timeout {
+                what: what.to_owned(),
+                seconds: start.elapsed().as_secs_f64(),
+            });
         }
         tokio::time::sleep(every).await;
     }
@@ -31,26 +39,42 @@ use kube::api::ListParams;
 
 /// Waits until Deployment `ns/name` reports `Available=True` with all
 /// replicas updated and ready.
-pub async fn deployment_available(client: &kube::Client, ns: &str, name: &str, timeout: Duration) -> Result<Deployment, Error> {
+pub async fn deployment_available(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<Deployment, Error> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    poll(&format!("deployment {ns}/{name} Available"), timeout, Duration::from_millis(200), || async {
-        let d = api.get_opt(name).await?;
-        Ok(d.filter(|d| {
-            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let st = d.status.clone().unwrap_or_default();
-            let available = st
-                .conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "Available" && c.status == "True");
-            available && st.ready_replicas.unwrap_or(0) == want && st.updated_replicas.unwrap_or(0) == want
-        }))
-    })
+    poll(
+        &format!("deployment {ns}/{name} Available"),
+        timeout,
+        Duration::from_millis(200),
+        || async {
+            let d = api.get_opt(name).await?;
+            Ok(d.filter(|d| {
+                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let st = d.status.clone().unwrap_or_default();
+                let available = st
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Available" && c.status == "True");
+                available
+                    && st.ready_replicas.unwrap_or(0) == want
+                    && st.updated_replicas.unwrap_or(0) == want
+            }))
+        },
+    )
     .await
 }
 
 /// The ready endpoint addresses of Service `ns/service`, from its EndpointSlices.
-pub async fn ready_endpoints(client: &kube::Client, ns: &str, service: &str) -> Result<Vec<String>, Error> {
+pub async fn ready_endpoints(
+    client: &kube::Client,
+    ns: &str,
+    service: &str,
+) -> Result<Vec<String>, Error> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
     let mut ips: Vec<String> = api

@@ -65,7 +65,11 @@ fn run(what: &str, mut cmd: Command) -> Result<()> {
     let start = Instant::now();
     eprintln!("\n==> {what}");
     let status = cmd.status().with_context(|| format!("starting {what}"))?;
-    eprintln!("<== {what}: {} in {:.1}s", if status.success() { "ok" } else { "FAILED" }, start.elapsed().as_secs_f64());
+    eprintln!(
+        "<== {what}: {} in {:.1}s",
+        if status.success() { "ok" } else { "FAILED" },
+        start.elapsed().as_secs_f64()
+    );
     if !status.success() {
         bail!("{what} failed ({status})");
     }
@@ -74,17 +78,21 @@ fn run(what: &str, mut cmd: Command) -> Result<()> {
 
 fn test_bed() -> Result<Command> {
     let mut cmd = Command::new("bash");
-    cmd.arg(root().join("scripts/test-bed.sh")).current_dir(root());
+    cmd.arg(root().join("scripts/test-bed.sh"))
+        .current_dir(root());
     Ok(cmd)
 }
 
 fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
     let start = Instant::now();
-    run("install the test bed (Debian packages, Kubernetes, etcd, helm)", {
-        let mut c = test_bed()?;
-        c.stdout(Stdio::null());
-        c
-    })?;
+    run(
+        "install the test bed (Debian packages, Kubernetes, etcd, helm)",
+        {
+            let mut c = test_bed()?;
+            c.stdout(Stdio::null());
+            c
+        },
+    )?;
     if !no_lint {
         run("cargo fmt --check", {
             let mut c = cargo();
@@ -102,29 +110,122 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
     if !no_lint {
         run("cargo clippy --all-targets -- -D warnings", {
             let mut c = cargo();
-            c.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+            c.args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]);
             c
         })?;
     }
-    run("cargo test --workspace", {
-        let mut c = cargo();
-        c.args(["test", "--workspace"]).env("SLUICE_SKIP_CARGO_BUILD", "1");
-        if !extra.is_empty() {
-            c.arg("--").args(&extra);
-        }
-        c
-    })?;
-    eprintln!("\nall checks passed in {:.1}s", start.elapsed().as_secs_f64());
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--no-fail-fast"])
+        .env("SLUICE_SKIP_CARGO_BUILD", "1");
+    if !extra.is_empty() {
+        c.arg("--").args(&extra);
+    }
+    let totals = run_counting("cargo test --workspace", c)?;
+    eprintln!(
+        "\nall checks passed in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    // One closing line for the whole suite (cargo prints one per test binary).
+    println!("{totals}");
     Ok(())
+}
+
+/// Test counts added up over every test binary.
+#[derive(Default, Debug)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "summary: {} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.ignored
+        )
+    }
+}
+
+/// Runs `cargo test`, passing its output through, and adds up its
+/// `test result:` lines.
+fn run_counting(what: &str, mut cmd: Command) -> Result<Totals> {
+    use std::io::{BufRead, BufReader};
+    let start = Instant::now();
+    eprintln!("\n==> {what}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let mut totals = Totals::default();
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            let Some(rest) = line.strip_prefix("test result: ") else {
+                continue;
+            };
+            for part in rest.split(';') {
+                let part = part
+                    .trim()
+                    .trim_start_matches("ok. ")
+                    .trim_start_matches("FAILED. ");
+                let Some((n, word)) = part.split_once(' ') else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                match word {
+                    "passed" => totals.passed += n,
+                    "failed" => totals.failed += n,
+                    "ignored" => totals.ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    eprintln!(
+        "<== {what}: {} in {:.1}s",
+        if status.success() { "ok" } else { "FAILED" },
+        start.elapsed().as_secs_f64()
+    );
+    if !status.success() {
+        totals.failed = totals.failed.max(1);
+        println!("{totals}");
+        bail!("{what} failed ({status})");
+    }
+    Ok(totals)
 }
 
 fn task_crds(check: bool) -> Result<()> {
     let mut c = cargo();
-    c.args(["run", "--quiet", "-p", "sluice-crds", "--bin", "sluice-crdgen"]);
+    c.args([
+        "run",
+        "--quiet",
+        "-p",
+        "sluice-crds",
+        "--bin",
+        "sluice-crdgen",
+    ]);
     if check {
         c.args(["--", "--check"]);
     }
-    run(if check { "check the CRD YAML" } else { "generate the CRD YAML" }, c)
+    run(
+        if check {
+            "check the CRD YAML"
+        } else {
+            "generate the CRD YAML"
+        },
+        c,
+    )
 }
 
 /// Where the sandbox keeps its state.
@@ -140,26 +241,41 @@ fn demo_dir() -> PathBuf {
 }
 
 fn running_pid(dir: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(dir.join("pid")).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(dir.join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
 
 fn kubectl(dir: &Path, args: &[&str]) -> Result<String> {
     let paths = test_bed_paths()?;
-    let kubectl = paths.iter().find(|(k, _)| k == "KUBECTL").map(|(_, v)| v.clone()).context("no KUBECTL")?;
+    let kubectl = paths
+        .iter()
+        .find(|(k, _)| k == "KUBECTL")
+        .map(|(_, v)| v.clone())
+        .context("no KUBECTL")?;
     let out = Command::new(&kubectl)
         .args(args)
         .env("KUBECONFIG", dir.join("kubeconfig"))
         .output()
         .with_context(|| format!("running {kubectl}"))?;
     if !out.status.success() {
-        bail!("kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn test_bed_paths() -> Result<Vec<(String, String)>> {
-    let out = test_bed()?.arg("--quiet").stderr(Stdio::inherit()).output()?;
+    let out = test_bed()?
+        .arg("--quiet")
+        .stderr(Stdio::inherit())
+        .output()?;
     if !out.status.success() {
         bail!("scripts/test-bed.sh failed");
     }
@@ -173,11 +289,15 @@ fn demo_down(dir: &Path) -> Result<()> {
     match running_pid(dir) {
         Some(pid) => {
             eprintln!("stopping the sandbox cluster (pid {pid})");
-            Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()?;
             let deadline = Instant::now() + Duration::from_secs(60);
             while running_pid(dir).is_some() {
                 if Instant::now() > deadline {
-                    Command::new("kill").args(["-KILL", &pid.to_string()]).status()?;
+                    Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status()?;
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -191,11 +311,14 @@ fn demo_down(dir: &Path) -> Result<()> {
 }
 
 fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
-    run("install the test bed (Debian packages, Kubernetes, etcd, helm)", {
-        let mut c = test_bed()?;
-        c.stdout(Stdio::null());
-        c
-    })?;
+    run(
+        "install the test bed (Debian packages, Kubernetes, etcd, helm)",
+        {
+            let mut c = test_bed()?;
+            c.stdout(Stdio::null());
+            c
+        },
+    )?;
     run("build Sluice", {
         let mut c = cargo();
         c.args(["build", "--workspace", "--bins"]);
@@ -207,7 +330,10 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
         std::fs::create_dir_all(dir)?;
         let bin = root().join("target/debug/sluice-cluster");
         let log = std::fs::File::create(dir.join("cluster.log"))?;
-        eprintln!("\n==> start the local cluster (log: {})", dir.join("cluster.log").display());
+        eprintln!(
+            "\n==> start the local cluster (log: {})",
+            dir.join("cluster.log").display()
+        );
         let child = {
             use std::os::unix::process::CommandExt;
             Command::new(&bin)
@@ -225,10 +351,16 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
         let start = Instant::now();
         while !dir.join("ready").exists() {
             if running_pid(dir).is_none() {
-                bail!("the cluster exited; see {}", dir.join("cluster.log").display());
+                bail!(
+                    "the cluster exited; see {}",
+                    dir.join("cluster.log").display()
+                );
             }
             if start.elapsed() > Duration::from_secs(180) {
-                bail!("the cluster was not ready after 180 s; see {}", dir.join("cluster.log").display());
+                bail!(
+                    "the cluster was not ready after 180 s; see {}",
+                    dir.join("cluster.log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -238,20 +370,68 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
     if step.is_none_or(|s| s == 1) {
         eprintln!("\n==> step 1: deploy demo-app `handson-blue` behind Service `handson`");
         for f in ["00-namespace.yaml", "10-handson-blue.yaml"] {
-            print!("{}", kubectl(dir, &["apply", "--server-side", "-f", &handson.join(f).display().to_string()])?);
+            print!(
+                "{}",
+                kubectl(
+                    dir,
+                    &[
+                        "apply",
+                        "--server-side",
+                        "-f",
+                        &handson.join(f).display().to_string()
+                    ]
+                )?
+            );
         }
-        kubectl(dir, &["wait", "-n", "handson", "--for=condition=Available", "deployment/handson-blue", "--timeout=120s"])?;
-        let ips = kubectl(dir, &["get", "pods", "-n", "handson", "-l", "app=handson", "-o", "jsonpath={.items[*].status.podIP}"])?;
+        kubectl(
+            dir,
+            &[
+                "wait",
+                "-n",
+                "handson",
+                "--for=condition=Available",
+                "deployment/handson-blue",
+                "--timeout=120s",
+            ],
+        )?;
+        let ips = kubectl(
+            dir,
+            &[
+                "get",
+                "pods",
+                "-n",
+                "handson",
+                "-l",
+                "app=handson",
+                "-o",
+                "jsonpath={.items[*].status.podIP}",
+            ],
+        )?;
         for ip in ips.split_whitespace() {
-            let out = Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{ip}:8080/")]).output()?;
-            eprintln!("    GET http://{ip}:8080/ -> {}", String::from_utf8_lossy(&out.stdout).trim());
+            let out = Command::new("curl")
+                .args(["-sS", "--max-time", "5", &format!("http://{ip}:8080/")])
+                .output()?;
+            eprintln!(
+                "    GET http://{ip}:8080/ -> {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
         }
     }
     eprintln!("\n==> the cluster");
-    print!("{}", kubectl(dir, &["get", "nodes,pods,endpointslices", "-A", "-o", "wide"])?);
+    print!(
+        "{}",
+        kubectl(
+            dir,
+            &["get", "nodes,pods,endpointslices", "-A", "-o", "wide"]
+        )?
+    );
     let kubeconfig = dir.join("kubeconfig");
     let paths = test_bed_paths()?;
-    let kubectl_bin = paths.iter().find(|(k, _)| k == "KUBECTL").map(|(_, v)| v.as_str()).unwrap_or("kubectl");
+    let kubectl_bin = paths
+        .iter()
+        .find(|(k, _)| k == "KUBECTL")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("kubectl");
     println!(
         "\nThe sandbox keeps running. Use it with:\n\n    export KUBECONFIG={}\n    alias kubectl={}\n    kubectl get pods -A\n    kubectl get rollouts -A\n\nStop it with `cargo xtask demo down`.",
         kubeconfig.display(),
@@ -262,7 +442,10 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().task {
-        Task::Test { no_lint, cargo_test_args } => task_test(no_lint, cargo_test_args),
+        Task::Test {
+            no_lint,
+            cargo_test_args,
+        } => task_test(no_lint, cargo_test_args),
         Task::Demo { action, step } => match action.as_str() {
             "up" => demo_up(&demo_dir(), step),
             "down" => demo_down(&demo_dir()),

@@ -67,7 +67,10 @@ fn text(status: StatusCode, body: String) -> Response<Body> {
     resp
 }
 
-async fn handle(settings: Arc<Settings>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    settings: Arc<Settings>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     // Drain the request body so keep-alive connections stay usable.
@@ -82,12 +85,18 @@ async fn handle(settings: Arc<Settings>, req: Request<Incoming>) -> Result<Respo
         "/color" => text(StatusCode::OK, format!("{}\n", settings.color)),
         _ if settings.error_rate > 0.0 && rand::random::<f64>() < settings.error_rate => text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            format!("{} failed this request on purpose (error rate {})\n", settings.color, settings.error_rate),
+            format!(
+                "{} failed this request on purpose (error rate {})\n",
+                settings.color, settings.error_rate
+            ),
         ),
         _ if method == Method::GET || method == Method::HEAD => {
             text(StatusCode::OK, format!("{}\n", settings.color))
         }
-        _ => text(StatusCode::OK, format!("{} {} {}\n", settings.color, method, path)),
+        _ => text(
+            StatusCode::OK,
+            format!("{} {} {}\n", settings.color, method, path),
+        ),
     };
     Ok(resp)
 }

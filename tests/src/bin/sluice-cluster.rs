@@ -15,7 +15,10 @@ use clap::{Parser, Subcommand};
 use sluice_tests::Cluster;
 
 #[derive(Parser)]
-#[command(version, about = "A local Kubernetes cluster whose pods run as local processes")]
+#[command(
+    version,
+    about = "A local Kubernetes cluster whose pods run as local processes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -38,15 +41,20 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let Cmd::Up { state_dir } = Cli::parse().command;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
-        std::fs::create_dir_all(&state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
         let ready = state_dir.join("ready");
         let _ = std::fs::remove_file(&ready);
         let cluster_dir = state_dir.join("cluster");
         let _ = std::fs::remove_dir_all(&cluster_dir);
         let cluster = Cluster::start_in(&cluster_dir).await?;
-        std::fs::copy(cluster.kubeconfig(), state_dir.join("kubeconfig")).context("writing kubeconfig")?;
+        std::fs::copy(cluster.kubeconfig(), state_dir.join("kubeconfig"))
+            .context("writing kubeconfig")?;
         std::fs::write(&ready, format!("{}\n", std::process::id())).context("writing ready")?;
         tracing::info!(kubeconfig = %state_dir.join("kubeconfig").display(), "cluster ready");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -29,21 +29,26 @@ pub struct ProcessSpec {
 }
 
 fn cstring(p: &Path) -> Result<CString, String> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("path {} has a NUL byte", p.display()))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| format!("path {} has a NUL byte", p.display()))
 }
 
 /// Makes sure a bind-mount target exists: a directory for a directory
 /// source, an empty file for a file source.
 fn ensure_target(m: &Mount) -> Result<(), String> {
     if m.source.is_dir() {
-        std::fs::create_dir_all(&m.target).map_err(|e| format!("mount target {}: {e}", m.target.display()))
+        std::fs::create_dir_all(&m.target)
+            .map_err(|e| format!("mount target {}: {e}", m.target.display()))
     } else if m.target.exists() {
         Ok(())
     } else {
         if let Some(parent) = m.target.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("mount target {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("mount target {}: {e}", parent.display()))?;
         }
-        File::create(&m.target).map(|_| ()).map_err(|e| format!("mount target {}: {e}", m.target.display()))
+        File::create(&m.target)
+            .map(|_| ())
+            .map_err(|e| format!("mount target {}: {e}", m.target.display()))
     }
 }
 
@@ -52,12 +57,17 @@ impl ProcessSpec {
     pub fn command(&self, stdout: Stdio, stderr: Stdio) -> Result<tokio::process::Command, String> {
         for m in &self.mounts {
             if !m.source.exists() {
-                return Err(format!("mount source {} does not exist", m.source.display()));
+                return Err(format!(
+                    "mount source {} does not exist",
+                    m.source.display()
+                ));
             }
             ensure_target(m)?;
         }
         let netns = match &self.netns {
-            Some(p) => Some(File::open(p).map_err(|e| format!("network namespace {}: {e}", p.display()))?),
+            Some(p) => {
+                Some(File::open(p).map_err(|e| format!("network namespace {}: {e}", p.display()))?)
+            }
             None => None,
         };
         let mounts: Vec<(CString, CString, bool)> = self
@@ -81,7 +91,13 @@ impl ProcessSpec {
         // it allocates nothing and takes no lock, as a forked child must.
         unsafe {
             cmd.pre_exec(move || {
-                let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+                let check = |rc: libc::c_int| {
+                    if rc == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                };
                 check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL))?;
                 // The closure owns the namespace file, so it is open until the
                 // command is dropped; O_CLOEXEC closes it in the child.
@@ -98,7 +114,13 @@ impl ProcessSpec {
                     std::ptr::null(),
                 ))?;
                 for (src, dst, ro) in &mounts {
-                    check(libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()))?;
+                    check(libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?;
                     if *ro {
                         check(libc::mount(
                             std::ptr::null(),

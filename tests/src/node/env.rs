@@ -19,11 +19,23 @@ pub async fn resolve(
 ) -> Result<Vec<(String, String)>, String> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())),
-        ("HOSTNAME".into(), pod.metadata.name.clone().unwrap_or_default()),
+        (
+            "PATH".into(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+        ),
+        (
+            "HOSTNAME".into(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        ),
         ("KUBERNETES_SERVICE_HOST".into(), apiserver.ip().to_string()),
-        ("KUBERNETES_SERVICE_PORT".into(), apiserver.port().to_string()),
-        ("KUBERNETES_SERVICE_PORT_HTTPS".into(), apiserver.port().to_string()),
+        (
+            "KUBERNETES_SERVICE_PORT".into(),
+            apiserver.port().to_string(),
+        ),
+        (
+            "KUBERNETES_SERVICE_PORT_HTTPS".into(),
+            apiserver.port().to_string(),
+        ),
     ];
     env.extend(image_env.iter().cloned());
     let set = |env: &mut Vec<(String, String)>, k: String, v: String| {
@@ -34,7 +46,10 @@ pub async fn resolve(
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {
             let optional = r.optional.unwrap_or(false);
-            match Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(&r.name).await {
+            match Api::<ConfigMap>::namespaced(client.clone(), ns)
+                .get_opt(&r.name)
+                .await
+            {
                 Ok(Some(cm)) => {
                     for (k, v) in cm.data.unwrap_or_default() {
                         set(&mut env, format!("{prefix}{k}"), v);
@@ -47,10 +62,17 @@ pub async fn resolve(
         }
         if let Some(r) = &from.secret_ref {
             let optional = r.optional.unwrap_or(false);
-            match Api::<Secret>::namespaced(client.clone(), ns).get_opt(&r.name).await {
+            match Api::<Secret>::namespaced(client.clone(), ns)
+                .get_opt(&r.name)
+                .await
+            {
                 Ok(Some(s)) => {
                     for (k, v) in s.data.unwrap_or_default() {
-                        set(&mut env, format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into_owned());
+                        set(
+                            &mut env,
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                        );
                     }
                 }
                 Ok(None) if optional => {}
@@ -62,7 +84,9 @@ pub async fn resolve(
     for var in container.env.iter().flatten() {
         let value = if let Some(from) = &var.value_from {
             if let Some(f) = &from.field_ref {
-                field(pod, &f.field_path).ok_or_else(|| format!("env {}: unsupported fieldPath {}", var.name, f.field_path))?
+                field(pod, &f.field_path).ok_or_else(|| {
+                    format!("env {}: unsupported fieldPath {}", var.name, f.field_path)
+                })?
             } else if let Some(r) = &from.config_map_key_ref {
                 let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
                     .get_opt(&r.name)
@@ -71,7 +95,12 @@ pub async fn resolve(
                 match cm.and_then(|c| c.data).and_then(|d| d.get(&r.key).cloned()) {
                     Some(v) => v,
                     None if r.optional.unwrap_or(false) => continue,
-                    None => return Err(format!("env {}: key {:?} of configmap {:?} not found", var.name, r.key, r.name)),
+                    None => {
+                        return Err(format!(
+                            "env {}: key {:?} of configmap {:?} not found",
+                            var.name, r.key, r.name
+                        ));
+                    }
                 }
             } else if let Some(r) = &from.secret_key_ref {
                 let s = Api::<Secret>::namespaced(client.clone(), ns)
@@ -81,7 +110,12 @@ pub async fn resolve(
                 match s.and_then(|s| s.data).and_then(|d| d.get(&r.key).cloned()) {
                     Some(v) => String::from_utf8_lossy(&v.0).into_owned(),
                     None if r.optional.unwrap_or(false) => continue,
-                    None => return Err(format!("env {}: key {:?} of secret {:?} not found", var.name, r.key, r.name)),
+                    None => {
+                        return Err(format!(
+                            "env {}: key {:?} of secret {:?} not found",
+                            var.name, r.key, r.name
+                        ));
+                    }
                 }
             } else if from.resource_field_ref.is_some() {
                 "0".to_owned()
@@ -111,12 +145,17 @@ pub fn field(pod: &Pod, path: &str) -> Option<String> {
         "metadata.namespace" => meta.namespace.clone()?,
         "metadata.uid" => meta.uid.clone()?,
         "spec.nodeName" => spec?.node_name.clone()?,
-        "spec.serviceAccountName" => spec?.service_account_name.clone().unwrap_or_else(|| "default".into()),
+        "spec.serviceAccountName" => spec?
+            .service_account_name
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         "status.podIP" => status?.pod_ip.clone()?,
         "status.hostIP" => status?.host_ip.clone()?,
         "metadata.labels" => format_map(meta.labels.as_ref()),
         "metadata.annotations" => format_map(meta.annotations.as_ref()),
-        p if p.starts_with("metadata.labels[") => map_entry(&meta.labels, &p["metadata.labels".len()..])?,
+        p if p.starts_with("metadata.labels[") => {
+            map_entry(&meta.labels, &p["metadata.labels".len()..])?
+        }
         p if p.starts_with("metadata.annotations[") => {
             map_entry(&meta.annotations, &p["metadata.annotations".len()..])?
         }
@@ -125,7 +164,8 @@ pub fn field(pod: &Pod, path: &str) -> Option<String> {
 }
 
 fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
-    map.map(|m| m.iter().map(|(k, v)| format!("{k}=\"{v}\"\n")).collect()).unwrap_or_default()
+    map.map(|m| m.iter().map(|(k, v)| format!("{k}=\"{v}\"\n")).collect())
+        .unwrap_or_default()
 }
 
 /// Expands `$(VAR)` from `env`; `$$(VAR)` escapes; unknown names stay as written.

@@ -40,33 +40,47 @@ fn parse(image: &str) -> (&str, &str) {
 /// Resolves `image` with the container's `command` and `args`; `bins` holds
 /// the workspace binaries. An unknown image without a command is an error
 /// whose text becomes the container's waiting message.
-pub fn resolve(image: &str, command: &[String], args: &[String], bins: &Path) -> Result<Launch, String> {
+pub fn resolve(
+    image: &str,
+    command: &[String],
+    args: &[String],
+    bins: &Path,
+) -> Result<Launch, String> {
     let (name, tag) = parse(image);
     let workspace = |bin: &str| bins.join(bin);
-    let (entrypoint, default_args, image_env): (Vec<String>, Vec<String>, Vec<(String, String)>) = match name {
-        "demo-app" | "rollouts-demo" => {
-            let mut env = Vec::new();
-            if tag != "latest" {
-                env.push(("COLOR".to_owned(), tag.to_owned()));
+    let (entrypoint, default_args, image_env): (Vec<String>, Vec<String>, Vec<(String, String)>) =
+        match name {
+            "demo-app" | "rollouts-demo" => {
+                let mut env = Vec::new();
+                if tag != "latest" {
+                    env.push(("COLOR".to_owned(), tag.to_owned()));
+                }
+                (
+                    vec![workspace("demo-app").display().to_string()],
+                    vec![],
+                    env,
+                )
             }
-            (vec![workspace("demo-app").display().to_string()], vec![], env)
-        }
-        "sluice-proxy" | "sluice-operator" => (vec![workspace(name).display().to_string()], vec![], vec![]),
-        "curl" => {
-            if command.is_empty() && args.is_empty() {
+            "sluice-proxy" | "sluice-operator" => {
+                (vec![workspace(name).display().to_string()], vec![], vec![])
+            }
+            "curl" => {
+                if command.is_empty() && args.is_empty() {
+                    (vec!["sleep".into()], vec!["infinity".into()], vec![])
+                } else {
+                    (vec!["curl".into()], vec![], vec![])
+                }
+            }
+            "busybox" | "alpine" | "debian" | "ubuntu" => {
                 (vec!["sleep".into()], vec!["infinity".into()], vec![])
-            } else {
-                (vec!["curl".into()], vec![], vec![])
             }
-        }
-        "busybox" | "alpine" | "debian" | "ubuntu" => (vec!["sleep".into()], vec!["infinity".into()], vec![]),
-        _ if !command.is_empty() => (vec![], vec![], vec![]),
-        _ => {
-            return Err(format!(
-                "image {image:?} is not mapped to a local program; known: demo-app, rollouts-demo, sluice-proxy, sluice-operator, curl, busybox (or give a command)"
-            ));
-        }
-    };
+            _ if !command.is_empty() => (vec![], vec![], vec![]),
+            _ => {
+                return Err(format!(
+                    "image {image:?} is not mapped to a local program; known: demo-app, rollouts-demo, sluice-proxy, sluice-operator, curl, busybox (or give a command)"
+                ));
+            }
+        };
     // Kubernetes semantics: command replaces the entrypoint and drops the
     // image's default args; args alone replace the default args.
     let argv: Vec<String> = if !command.is_empty() {
@@ -83,7 +97,11 @@ pub fn resolve(image: &str, command: &[String], args: &[String], bins: &Path) ->
         Some(bin @ ("demo-app" | "sluice-proxy" | "sluice-operator")) => workspace(bin),
         _ => PathBuf::from(first),
     };
-    Ok(Launch { program, args: rest.to_vec(), image_env })
+    Ok(Launch {
+        program,
+        args: rest.to_vec(),
+        image_env,
+    })
 }
 
 #[cfg(test)]
@@ -104,16 +122,37 @@ mod tests {
 
     #[test]
     fn args_replace_default_args_and_command_replaces_entrypoint() {
-        let l = resolve("sluice-proxy:dev", &[], &s(&["sidecar", "--x"]), Path::new("/b")).unwrap();
-        assert_eq!((l.program, l.args), (PathBuf::from("/b/sluice-proxy"), s(&["sidecar", "--x"])));
-        let l = resolve("curlimages/curl:8.1", &s(&["sh", "-c"]), &s(&["echo hi"]), Path::new("/b")).unwrap();
-        assert_eq!((l.program, l.args), (PathBuf::from("sh"), s(&["-c", "echo hi"])));
+        let l = resolve(
+            "sluice-proxy:dev",
+            &[],
+            &s(&["sidecar", "--x"]),
+            Path::new("/b"),
+        )
+        .unwrap();
+        assert_eq!(
+            (l.program, l.args),
+            (PathBuf::from("/b/sluice-proxy"), s(&["sidecar", "--x"]))
+        );
+        let l = resolve(
+            "curlimages/curl:8.1",
+            &s(&["sh", "-c"]),
+            &s(&["echo hi"]),
+            Path::new("/b"),
+        )
+        .unwrap();
+        assert_eq!(
+            (l.program, l.args),
+            (PathBuf::from("sh"), s(&["-c", "echo hi"]))
+        );
     }
 
     #[test]
     fn curl_image_sleeps_without_command() {
         let l = resolve("curlimages/curl", &[], &[], Path::new("/b")).unwrap();
-        assert_eq!((l.program, l.args), (PathBuf::from("sleep"), s(&["infinity"])));
+        assert_eq!(
+            (l.program, l.args),
+            (PathBuf::from("sleep"), s(&["infinity"]))
+        );
     }
 
     #[test]
@@ -126,7 +165,10 @@ mod tests {
 
     #[test]
     fn digest_and_registry_port_parse() {
-        assert_eq!(parse("localhost:5000/org/demo-app:blue"), ("demo-app", "blue"));
+        assert_eq!(
+            parse("localhost:5000/org/demo-app:blue"),
+            ("demo-app", "blue")
+        );
         assert_eq!(parse("localhost:5000/org/demo-app"), ("demo-app", "latest"));
     }
 }

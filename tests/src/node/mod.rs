@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod};
+use k8s_openapi::api::core::v1::{
+    Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo, Pod,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -54,7 +56,10 @@ pub struct NodeShared {
 
 impl std::fmt::Debug for NodeShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeShared").field("node_name", &self.node_name).field("dir", &self.dir).finish()
+        f.debug_struct("NodeShared")
+            .field("node_name", &self.node_name)
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -81,7 +86,9 @@ pub struct NodeAgent {
 
 impl std::fmt::Debug for NodeAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeAgent").field("node", &self.shared.node_name).finish()
+        f.debug_struct("NodeAgent")
+            .field("node", &self.shared.node_name)
+            .finish()
     }
 }
 
@@ -114,7 +121,11 @@ impl NodeAgent {
             tokio::spawn(heartbeat(shared.clone(), k8s_version.to_owned())),
             tokio::spawn(watch_pods(shared.clone(), pods.clone())),
         ];
-        Ok(NodeAgent { shared, pods, tasks })
+        Ok(NodeAgent {
+            shared,
+            pods,
+            tasks,
+        })
     }
 
     /// The node's name.
@@ -129,34 +140,64 @@ impl NodeAgent {
 
     /// Runs `argv` inside pod `namespace/name` (its network namespace, the
     /// mounts and environment of its first container), as `kubectl exec`.
-    pub async fn exec_in_pod(&self, namespace: &str, name: &str, argv: &[&str], timeout: Duration) -> Result<ExecOutput, Error> {
+    pub async fn exec_in_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        argv: &[&str],
+        timeout: Duration,
+    ) -> Result<ExecOutput, Error> {
         let context = {
-            let pods = self.pods.lock().map_err(|_| Error::Setup("pod map poisoned".into()))?;
+            let pods = self
+                .pods
+                .lock()
+                .map_err(|_| Error::Setup("pod map poisoned".into()))?;
             let handle = pods
                 .values()
                 .find(|h| h.key.0 == namespace && h.key.1 == name)
-                .ok_or_else(|| Error::Setup(format!("pod {namespace}/{name} does not run on this node")))?;
-            let info = handle.info.lock().map_err(|_| Error::Setup("pod info poisoned".into()))?;
-            info.exec_context
-                .clone()
-                .ok_or_else(|| Error::Setup(format!("pod {namespace}/{name} has no running container yet")))?
+                .ok_or_else(|| {
+                    Error::Setup(format!("pod {namespace}/{name} does not run on this node"))
+                })?;
+            let info = handle
+                .info
+                .lock()
+                .map_err(|_| Error::Setup("pod info poisoned".into()))?;
+            info.exec_context.clone().ok_or_else(|| {
+                Error::Setup(format!(
+                    "pod {namespace}/{name} has no running container yet"
+                ))
+            })?
         };
-        pod::exec(&context, argv.iter().map(|s| s.to_string()).collect(), Some(timeout))
-            .await
-            .map_err(|detail| Error::Command { command: argv.join(" "), detail })
+        pod::exec(
+            &context,
+            argv.iter().map(|s| s.to_string()).collect(),
+            Some(timeout),
+        )
+        .await
+        .map_err(|detail| Error::Command {
+            command: argv.join(" "),
+            detail,
+        })
     }
 
     /// The network namespace of pod `namespace/name`, if it runs here.
     pub fn pod_netns(&self, namespace: &str, name: &str) -> Option<String> {
         let pods = self.pods.lock().ok()?;
-        let h = pods.values().find(|h| h.key.0 == namespace && h.key.1 == name)?;
+        let h = pods
+            .values()
+            .find(|h| h.key.0 == namespace && h.key.1 == name)?;
         let info = h.info.lock().ok()?;
         info.net.as_ref().map(|n| n.netns.clone())
     }
 
     /// Path of a container's log file.
     pub fn container_log(&self, pod_uid: &str, container: &str) -> PathBuf {
-        self.shared.dir.join("pods").join(pod_uid).join("logs").join(format!("{container}.log"))
+        self.shared
+            .dir
+            .join("pods")
+            .join(pod_uid)
+            .join("logs")
+            .join(format!("{container}.log"))
     }
 
     /// Stops the node synchronously: kills every container's process group
@@ -210,23 +251,53 @@ fn node_status(shared: &NodeShared, k8s_version: &str) -> NodeStatus {
         capacity: Some(capacity.clone()),
         allocatable: Some(capacity),
         addresses: Some(vec![
-            NodeAddress { type_: "InternalIP".into(), address: shared.network.gateway().to_string() },
-            NodeAddress { type_: "Hostname".into(), address: shared.node_name.clone() },
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: shared.network.gateway().to_string(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: shared.node_name.clone(),
+            },
         ]),
         conditions: Some(vec![
-            cond("Ready", "True", "KubeletReady", "sluice node agent is posting ready status"),
-            cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "no memory pressure"),
-            cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "no disk pressure"),
-            cond("PIDPressure", "False", "KubeletHasSufficientPID", "no PID pressure"),
+            cond(
+                "Ready",
+                "True",
+                "KubeletReady",
+                "sluice node agent is posting ready status",
+            ),
+            cond(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "no memory pressure",
+            ),
+            cond(
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "no disk pressure",
+            ),
+            cond(
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "no PID pressure",
+            ),
         ]),
         node_info: Some(NodeSystemInfo {
-            architecture: std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            architecture: std::env::consts::ARCH
+                .replace("x86_64", "amd64")
+                .replace("aarch64", "arm64"),
             operating_system: "linux".into(),
             kubelet_version: k8s_version.to_owned(),
             kube_proxy_version: String::new(),
             container_runtime_version: "sluice-node://0.1.0".into(),
             os_image: "Sluice test node".into(),
-            kernel_version: nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+            kernel_version: nix::sys::utsname::uname()
+                .map(|u| u.release().to_string_lossy().into_owned())
+                .unwrap_or_default(),
             boot_id: String::new(),
             machine_id: String::new(),
             system_uuid: String::new(),
@@ -239,15 +310,26 @@ fn node_status(shared: &NodeShared, k8s_version: &str) -> NodeStatus {
 async fn register(shared: &NodeShared, k8s_version: &str) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(shared.client.clone());
     let labels: BTreeMap<String, String> = [
-        ("kubernetes.io/hostname".to_owned(), shared.node_name.clone()),
+        (
+            "kubernetes.io/hostname".to_owned(),
+            shared.node_name.clone(),
+        ),
         ("kubernetes.io/os".to_owned(), "linux".to_owned()),
         ("kubernetes.io/arch".to_owned(), "amd64".to_owned()),
         ("node.sluice.dev/agent".to_owned(), "true".to_owned()),
     ]
     .into();
     let node = Node {
-        metadata: ObjectMeta { name: Some(shared.node_name.clone()), labels: Some(labels), ..Default::default() },
-        spec: Some(NodeSpec { pod_cidr: Some(shared.network.pod_cidr()), pod_cidrs: Some(vec![shared.network.pod_cidr()]), ..Default::default() }),
+        metadata: ObjectMeta {
+            name: Some(shared.node_name.clone()),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        spec: Some(NodeSpec {
+            pod_cidr: Some(shared.network.pod_cidr()),
+            pod_cidrs: Some(vec![shared.network.pod_cidr()]),
+            ..Default::default()
+        }),
         status: None,
     };
     match nodes.create(&PostParams::default(), &node).await {
@@ -256,7 +338,13 @@ async fn register(shared: &NodeShared, k8s_version: &str) -> Result<(), Error> {
         Err(e) => return Err(e.into()),
     }
     let patch = serde_json::json!({ "status": node_status(shared, k8s_version) });
-    nodes.patch_status(&shared.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    nodes
+        .patch_status(
+            &shared.node_name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
     Ok(())
 }
 
@@ -270,7 +358,10 @@ async fn heartbeat(shared: Arc<NodeShared>, k8s_version: String) {
     loop {
         tick.tick().await;
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(shared.node_name.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(shared.node_name.clone()),
+                ..Default::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: Some(shared.node_name.clone()),
                 lease_duration_seconds: Some(40),
@@ -279,12 +370,22 @@ async fn heartbeat(shared: Arc<NodeShared>, k8s_version: String) {
             }),
         };
         let pp = PatchParams::apply("sluice-node-agent").force();
-        if let Err(e) = leases.patch(&shared.node_name, &pp, &Patch::Apply(&lease)).await {
+        if let Err(e) = leases
+            .patch(&shared.node_name, &pp, &Patch::Apply(&lease))
+            .await
+        {
             debug!("node lease: {e}");
         }
-        if n % 3 == 0 && n > 0 {
+        if n.is_multiple_of(3) && n > 0 {
             let patch = serde_json::json!({ "status": node_status(&shared, &k8s_version) });
-            if let Err(e) = nodes.patch_status(&shared.node_name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            if let Err(e) = nodes
+                .patch_status(
+                    &shared.node_name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
                 debug!("node status: {e}");
             }
         }
@@ -341,7 +442,11 @@ fn dispatch(shared: &Arc<NodeShared>, pods: &Arc<Mutex<PodMap>>, pod: Pod) {
         h.tx.send_replace(Some(pod));
         return;
     }
-    let terminal = pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
+    let terminal = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Succeeded" || p == "Failed");
     if terminal && pod.metadata.deletion_timestamp.is_none() {
         // A finished pod from an earlier agent: nothing to run.
         return;
@@ -350,5 +455,13 @@ fn dispatch(shared: &Arc<NodeShared>, pods: &Arc<Mutex<PodMap>>, pod: Pod) {
     let (tx, rx) = watch::channel(Some(pod));
     let info = Arc::new(Mutex::new(PodInfo::default()));
     let task = tokio::spawn(pod::run(shared.clone(), rx, info.clone()));
-    map.insert(uid, PodHandle { tx, key, info, task });
+    map.insert(
+        uid,
+        PodHandle {
+            tx,
+            key,
+            info,
+            task,
+        },
+    );
 }

@@ -69,14 +69,22 @@ impl PodNetwork {
                 index,
                 bridge: bridge.clone(),
                 gateway,
-                free: Mutex::new(Free { hosts: (2..=254).collect(), next_ns: 0 }),
+                free: Mutex::new(Free {
+                    hosts: (2..=254).collect(),
+                    next_ns: 0,
+                }),
                 owner_file,
             };
-            run("ip", &["addr", "add", &format!("{gateway}/24"), "dev", &bridge])?;
+            run(
+                "ip",
+                &["addr", "add", &format!("{gateway}/24"), "dev", &bridge],
+            )?;
             run("ip", &["link", "set", &bridge, "up"])?;
             return Ok(net);
         }
-        Err(Error::Setup("no free bridge index (sluice0..sluice255 all exist)".into()))
+        Err(Error::Setup(
+            "no free bridge index (sluice0..sluice255 all exist)".into(),
+        ))
     }
 
     /// The bridge's own address: the node's InternalIP.
@@ -92,8 +100,14 @@ impl PodNetwork {
     /// Creates a namespace with an address on the bridge.
     pub fn add_pod(&self) -> Result<PodNet, Error> {
         let (host, n) = {
-            let mut free = self.free.lock().map_err(|_| Error::Setup("network state poisoned".into()))?;
-            let host = free.hosts.pop_first().ok_or_else(|| Error::Setup("pod addresses exhausted".into()))?;
+            let mut free = self
+                .free
+                .lock()
+                .map_err(|_| Error::Setup("network state poisoned".into()))?;
+            let host = free
+                .hosts
+                .pop_first()
+                .ok_or_else(|| Error::Setup("pod addresses exhausted".into()))?;
             free.next_ns += 1;
             (host, free.next_ns)
         };
@@ -104,13 +118,41 @@ impl PodNetwork {
         let veth = format!("slv{}-{n}", self.index);
         let result = (|| {
             run("ip", &["netns", "add", &pod.netns])?;
-            run("ip", &["link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.netns])?;
+            run(
+                "ip",
+                &[
+                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
+                    &pod.netns,
+                ],
+            )?;
             run("ip", &["link", "set", &veth, "master", &self.bridge, "up"])?;
             let ns = pod.netns.as_str();
-            run("ip", &["-n", ns, "addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"])?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{}/24", pod.ip),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
             run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
             run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
-            run("ip", &["-n", ns, "route", "add", "default", "via", &self.gateway.to_string()])?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &self.gateway.to_string(),
+                ],
+            )?;
             Ok(())
         })();
         if let Err(e) = result {
@@ -151,7 +193,9 @@ fn remove_index(index: u8) {
 
 /// Removes the bridges of harnesses that no longer run.
 fn clean_stale() {
-    let Ok(entries) = std::fs::read_dir(OWNER_DIR) else { return };
+    let Ok(entries) = std::fs::read_dir(OWNER_DIR) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(index) = name

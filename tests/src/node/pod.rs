@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus, Pod, PodCondition, PodIP, PodStatus, HostIP,
+    Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+    ContainerStateWaiting, ContainerStatus, HostIP, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -64,8 +64,14 @@ struct Terminated {
 
 #[derive(Debug, Clone)]
 enum State {
-    Waiting { reason: String, message: Option<String> },
-    Running { pid: u32, started: Timestamp },
+    Waiting {
+        reason: String,
+        message: Option<String>,
+    },
+    Running {
+        pid: u32,
+        started: Timestamp,
+    },
     Terminated(Terminated),
 }
 
@@ -93,7 +99,10 @@ impl Ctr {
         Ctr {
             spec,
             kind,
-            state: State::Waiting { reason: "PodInitializing".into(), message: None },
+            state: State::Waiting {
+                reason: "PodInitializing".into(),
+                message: None,
+            },
             last: None,
             restarts: 0,
             generation: 0,
@@ -166,21 +175,39 @@ fn now() -> Timestamp {
 }
 
 /// Runs `pod` until it is deleted (or `rx` is closed), then cleans up.
-pub async fn run(shared: Arc<NodeShared>, mut rx: watch::Receiver<Option<Pod>>, info: Arc<std::sync::Mutex<PodInfo>>) {
-    let Some(pod) = rx.borrow_and_update().clone() else { return };
+pub async fn run(
+    shared: Arc<NodeShared>,
+    mut rx: watch::Receiver<Option<Pod>>,
+    info: Arc<std::sync::Mutex<PodInfo>>,
+) {
+    let Some(pod) = rx.borrow_and_update().clone() else {
+        return;
+    };
     let uid = pod.metadata.uid.clone().unwrap_or_default();
-    let key = format!("{}/{}", pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
+    let key = format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod.metadata.name.as_deref().unwrap_or("")
+    );
     let spec = pod.spec.clone().unwrap_or_default();
     let mut ctrs: Vec<Ctr> = spec
         .init_containers
         .iter()
         .flatten()
         .map(|c| {
-            let kind = if c.restart_policy.as_deref() == Some("Always") { Kind::Sidecar } else { Kind::Init };
+            let kind = if c.restart_policy.as_deref() == Some("Always") {
+                Kind::Sidecar
+            } else {
+                Kind::Init
+            };
             Ctr::new(c.clone(), kind)
         })
         .collect();
-    ctrs.extend(spec.containers.iter().map(|c| Ctr::new(c.clone(), Kind::Main)));
+    ctrs.extend(
+        spec.containers
+            .iter()
+            .map(|c| Ctr::new(c.clone(), Kind::Main)),
+    );
     let (probe_tx, mut probe_rx) = mpsc::channel(64);
     let mut rt = Runtime {
         dir: shared.dir.join("pods").join(&uid),
@@ -197,44 +224,13 @@ pub async fn run(shared: Arc<NodeShared>, mut rx: watch::Receiver<Option<Pod>>, 
         last_status: None,
         info,
     };
-    let mut sync = tokio::time::interval(VOLUME_SYNC);
-    sync.tick().await;
     // A pod already being deleted (e.g. found at an agent restart) never starts.
-    let already_deleting = rt.pod.metadata.deletion_timestamp.is_some();
-    if !already_deleting {
+    if rt.pod.metadata.deletion_timestamp.is_none() {
         info!(pod = %key, "starting pod");
         rt.setup().await;
         rt.advance().await;
         rt.write_status().await;
-    }
-    while !already_deleting {
-        let next_timer = rt.ctrs.iter().filter_map(|c| c.next_start).min();
-        let timer = async {
-            match next_timer {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            changed = rx.changed() => {
-                let gone = changed.is_err() || rx.borrow().is_none();
-                if gone {
-                    break;
-                }
-                let Some(pod) = rx.borrow_and_update().clone() else { break };
-                let deleting = pod.metadata.deletion_timestamp.is_some();
-                rt.pod = pod;
-                if deleting {
-                    break;
-                }
-            }
-            Some(Ok(exit)) = rt.exits.join_next() => rt.on_exit(exit),
-            Some(result) = probe_rx.recv() => rt.on_probe(result),
-            _ = timer => {}
-            _ = sync.tick() => rt.sync_volumes().await,
-        }
-        rt.advance().await;
-        rt.write_status().await;
+        rt.serve(&mut rx, &mut probe_rx).await;
     }
     let deleted_via_api = rx.borrow().is_some();
     info!(pod = %key, "stopping pod");
@@ -242,19 +238,66 @@ pub async fn run(shared: Arc<NodeShared>, mut rx: watch::Receiver<Option<Pod>>, 
     rt.cleanup();
     if deleted_via_api {
         // As the kubelet does: the pod object goes once its processes are gone.
-        let api: Api<Pod> = Api::namespaced(rt.shared.client.clone(), rt.pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api: Api<Pod> = Api::namespaced(
+            rt.shared.client.clone(),
+            rt.pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid: Some(uid), resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
             ..Default::default()
         };
-        if let Err(e) = api.delete(rt.pod.metadata.name.as_deref().unwrap_or(""), &dp).await {
+        if let Err(e) = api
+            .delete(rt.pod.metadata.name.as_deref().unwrap_or(""), &dp)
+            .await
+        {
             debug!(pod = %key, "final delete: {e}");
         }
     }
 }
 
 impl Runtime {
+    /// The event loop; returns when the pod is deleted or gone.
+    async fn serve(
+        &mut self,
+        rx: &mut watch::Receiver<Option<Pod>>,
+        probe_rx: &mut mpsc::Receiver<ProbeResult>,
+    ) {
+        let mut sync = tokio::time::interval(VOLUME_SYNC);
+        sync.tick().await;
+        loop {
+            let next_timer = self.ctrs.iter().filter_map(|c| c.next_start).min();
+            let timer = async {
+                match next_timer {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let Some(pod) = rx.borrow_and_update().clone() else { return };
+                    let deleting = pod.metadata.deletion_timestamp.is_some();
+                    self.pod = pod;
+                    if deleting {
+                        return;
+                    }
+                }
+                Some(Ok(exit)) = self.exits.join_next() => self.on_exit(exit),
+                Some(result) = probe_rx.recv() => self.on_probe(result),
+                _ = timer => {}
+                _ = sync.tick() => self.sync_volumes().await,
+            }
+            self.advance().await;
+            self.write_status().await;
+        }
+    }
+
     fn pod_ip(&self) -> IpAddr {
         match &self.net {
             Some(n) => IpAddr::V4(n.ip),
@@ -279,7 +322,12 @@ impl Runtime {
         let ip = self.pod_ip();
         let etc = self.dir.join("etc");
         std::fs::create_dir_all(&etc).map_err(|e| e.to_string())?;
-        let hostname = self.pod.spec.as_ref().and_then(|s| s.hostname.clone()).unwrap_or_else(|| name.clone());
+        let hostname = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| name.clone());
         std::fs::write(
             etc.join("hosts"),
             format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"),
@@ -298,7 +346,8 @@ impl Runtime {
         }
         // The IP is known now: write it before volumes, whose downward API may use it.
         self.write_status().await;
-        let volumes = PodVolumes::prepare(&self.shared.client, &self.pod, &self.dir.join("volumes")).await?;
+        let volumes =
+            PodVolumes::prepare(&self.shared.client, &self.pod, &self.dir.join("volumes")).await?;
         self.volumes = Some(volumes);
         Ok(())
     }
@@ -312,7 +361,11 @@ impl Runtime {
     }
 
     fn restart_policy(&self) -> &str {
-        self.pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always")
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            .unwrap_or("Always")
     }
 
     /// Whether the container at `i` should run again after it stopped.
@@ -340,7 +393,9 @@ impl Runtime {
 
     fn init_failed(&self) -> bool {
         self.restart_policy() == "Never"
-            && self.ctrs.iter().any(|c| c.kind == Kind::Init && matches!(&c.state, State::Terminated(t) if t.exit_code != 0))
+            && self.ctrs.iter().any(|c| {
+                c.kind == Kind::Init && matches!(&c.state, State::Terminated(t) if t.exit_code != 0)
+            })
     }
 
     /// Starts what is due: init containers in order, then the containers.
@@ -398,18 +453,39 @@ impl Runtime {
             &self.shared.bins,
         )
         .map_err(|m| ("ErrImagePull".to_owned(), m))?;
-        let env_list = env::resolve(&self.shared.client, &self.pod, c, &launch.image_env, self.shared.apiserver)
-            .await
-            .map_err(|m| ("CreateContainerConfigError".to_owned(), m))?;
+        let env_list = env::resolve(
+            &self.shared.client,
+            &self.pod,
+            c,
+            &launch.image_env,
+            self.shared.apiserver,
+        )
+        .await
+        .map_err(|m| ("CreateContainerConfigError".to_owned(), m))?;
         let lookup: BTreeMap<String, String> = env_list.iter().cloned().collect();
-        let args = launch.args.iter().map(|a| env::expand(a, &lookup)).collect();
+        let args = launch
+            .args
+            .iter()
+            .map(|a| env::expand(a, &lookup))
+            .collect();
         let program = PathBuf::from(env::expand(&launch.program.to_string_lossy(), &lookup));
         let mut mounts = vec![
-            Mount { source: self.dir.join("etc/hosts"), target: "/etc/hosts".into(), read_only: false },
-            Mount { source: self.dir.join("etc/resolv.conf"), target: "/etc/resolv.conf".into(), read_only: false },
+            Mount {
+                source: self.dir.join("etc/hosts"),
+                target: "/etc/hosts".into(),
+                read_only: false,
+            },
+            Mount {
+                source: self.dir.join("etc/resolv.conf"),
+                target: "/etc/resolv.conf".into(),
+                read_only: false,
+            },
         ];
         if let Some(v) = &self.volumes {
-            mounts.extend(v.mounts_for(c).map_err(|m| ("CreateContainerConfigError".to_owned(), m))?);
+            mounts.extend(
+                v.mounts_for(c)
+                    .map_err(|m| ("CreateContainerConfigError".to_owned(), m))?,
+            );
         }
         Ok(ProcessSpec {
             program,
@@ -429,7 +505,10 @@ impl Runtime {
             Ok(p) => p,
             Err((reason, message)) => {
                 let c = &mut self.ctrs[i];
-                c.state = State::Waiting { reason, message: Some(message) };
+                c.state = State::Waiting {
+                    reason,
+                    message: Some(message),
+                };
                 c.next_start = Some(Instant::now() + c.backoff);
                 c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
                 return;
@@ -437,17 +516,25 @@ impl Runtime {
         };
         let log_path = self.dir.join("logs").join(format!("{name}.log"));
         let spawned = (|| {
-            let out = std::fs::File::options().create(true).append(true).open(&log_path).map_err(|e| e.to_string())?;
+            let out = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(|e| e.to_string())?;
             let err = out.try_clone().map_err(|e| e.to_string())?;
             let mut cmd = pspec.command(Stdio::from(out), Stdio::from(err))?;
-            cmd.spawn().map_err(|e| format!("starting {}: {e}", pspec.program.display()))
+            cmd.spawn()
+                .map_err(|e| format!("starting {}: {e}", pspec.program.display()))
         })();
         let c = &mut self.ctrs[i];
         let mut child = match spawned {
             Ok(child) => child,
             Err(message) => {
                 warn!(container = %name, "{message}");
-                c.state = State::Waiting { reason: "RunContainerError".into(), message: Some(message) };
+                c.state = State::Waiting {
+                    reason: "RunContainerError".into(),
+                    message: Some(message),
+                };
                 c.next_start = Some(Instant::now() + c.backoff);
                 c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
                 return;
@@ -457,7 +544,10 @@ impl Runtime {
         self.shared.track_group(pid, true);
         c.generation += 1;
         c.program = Some(pspec.program.display().to_string());
-        c.state = State::Running { pid, started: now() };
+        c.state = State::Running {
+            pid,
+            started: now(),
+        };
         c.next_start = None;
         c.ready = false;
         c.probe_ok = 0;
@@ -471,12 +561,23 @@ impl Runtime {
             let status = child.wait().await;
             use std::os::unix::process::ExitStatusExt;
             let (code, signal) = match status {
-                Ok(s) => (s.code().unwrap_or(128 + s.signal().unwrap_or(0)), s.signal()),
+                Ok(s) => (
+                    s.code().unwrap_or(128 + s.signal().unwrap_or(0)),
+                    s.signal(),
+                ),
                 Err(_) => (255, None),
             };
-            Exit { container: cname, generation, code, signal }
+            Exit {
+                container: cname,
+                generation,
+                code,
+                signal,
+            }
         });
-        if c.spec.readiness_probe.is_some() || c.spec.liveness_probe.is_some() || c.spec.startup_probe.is_some() {
+        if c.spec.readiness_probe.is_some()
+            || c.spec.liveness_probe.is_some()
+            || c.spec.startup_probe.is_some()
+        {
             let handle = tokio::spawn(probe_loop(
                 c.spec.clone(),
                 generation,
@@ -486,7 +587,11 @@ impl Runtime {
             ));
             c.probes = Some(handle.abort_handle());
         }
-        if i == self.ctrs.iter().position(|c| c.kind == Kind::Main).unwrap_or(0)
+        if i == self
+            .ctrs
+            .iter()
+            .position(|c| c.kind == Kind::Main)
+            .unwrap_or(0)
             && let Ok(mut info) = self.info.lock()
         {
             info.exec_context = Some(pspec);
@@ -494,7 +599,9 @@ impl Runtime {
     }
 
     fn on_exit(&mut self, exit: Exit) {
-        let Some(i) = self.ctrs.iter().position(|c| c.spec.name == exit.container) else { return };
+        let Some(i) = self.ctrs.iter().position(|c| c.spec.name == exit.container) else {
+            return;
+        };
         let c = &mut self.ctrs[i];
         if c.generation != exit.generation {
             return;
@@ -535,7 +642,9 @@ impl Runtime {
     }
 
     fn on_probe(&mut self, r: ProbeResult) {
-        let Some(c) = self.ctrs.iter_mut().find(|c| c.spec.name == r.container) else { return };
+        let Some(c) = self.ctrs.iter_mut().find(|c| c.spec.name == r.container) else {
+            return;
+        };
         if c.generation != r.generation || !c.running() {
             return;
         }
@@ -567,7 +676,9 @@ impl Runtime {
                 }
             }
             ProbeKind::Liveness => {
-                let Some(t) = c.spec.liveness_probe.as_ref().map(probe::Timing::of) else { return };
+                let Some(t) = c.spec.liveness_probe.as_ref().map(probe::Timing::of) else {
+                    return;
+                };
                 if r.ok {
                     c.live_fail = 0;
                 } else {
@@ -588,21 +699,32 @@ impl Runtime {
         let ctr_status = |c: &Ctr| {
             let state = match &c.state {
                 State::Waiting { reason, message } => ContainerState {
-                    waiting: Some(ContainerStateWaiting { reason: Some(reason.clone()), message: message.clone() }),
+                    waiting: Some(ContainerStateWaiting {
+                        reason: Some(reason.clone()),
+                        message: message.clone(),
+                    }),
                     ..Default::default()
                 },
                 State::Running { started, .. } => ContainerState {
-                    running: Some(ContainerStateRunning { started_at: Some(Time(*started)) }),
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(Time(*started)),
+                    }),
                     ..Default::default()
                 },
-                State::Terminated(t) => ContainerState { terminated: Some(terminated(t)), ..Default::default() },
+                State::Terminated(t) => ContainerState {
+                    terminated: Some(terminated(t)),
+                    ..Default::default()
+                },
             };
             // A container waiting for its restart shows CrashLoopBackOff with its last state.
             let state = match (&c.state, c.next_start) {
                 (State::Terminated(_), Some(_)) => ContainerState {
                     waiting: Some(ContainerStateWaiting {
                         reason: Some("CrashLoopBackOff".into()),
-                        message: Some(format!("back-off {:?} restarting failed container", c.backoff)),
+                        message: Some(format!(
+                            "back-off {:?} restarting failed container",
+                            c.backoff
+                        )),
                     }),
                     ..Default::default()
                 },
@@ -612,7 +734,10 @@ impl Runtime {
                 .last
                 .as_ref()
                 .filter(|_| c.restarts > 0)
-                .map(|t| ContainerState { terminated: Some(terminated(t)), ..Default::default() });
+                .map(|t| ContainerState {
+                    terminated: Some(terminated(t)),
+                    ..Default::default()
+                });
             let ready = c.running()
                 && match c.kind {
                     Kind::Init => false,
@@ -631,28 +756,58 @@ impl Runtime {
                 ..Default::default()
             }
         };
-        let inits: Vec<ContainerStatus> =
-            self.ctrs.iter().filter(|c| c.kind != Kind::Main).map(ctr_status).collect();
-        let mains: Vec<ContainerStatus> =
-            self.ctrs.iter().filter(|c| c.kind == Kind::Main).map(ctr_status).collect();
+        let inits: Vec<ContainerStatus> = self
+            .ctrs
+            .iter()
+            .filter(|c| c.kind != Kind::Main)
+            .map(ctr_status)
+            .collect();
+        let mains: Vec<ContainerStatus> = self
+            .ctrs
+            .iter()
+            .filter(|c| c.kind == Kind::Main)
+            .map(ctr_status)
+            .collect();
         let initialized = self.ctrs.iter().all(|c| match c.kind {
             Kind::Init => c.succeeded(),
             Kind::Sidecar => c.started,
             Kind::Main => true,
         });
-        let sidecars_ready = inits.iter().zip(self.ctrs.iter().filter(|c| c.kind != Kind::Main)).all(|(s, c)| c.kind == Kind::Init || s.ready);
+        let sidecars_ready = inits
+            .iter()
+            .zip(self.ctrs.iter().filter(|c| c.kind != Kind::Main))
+            .all(|(s, c)| c.kind == Kind::Init || s.ready);
         let containers_ready = mains.iter().all(|s| s.ready) && sidecars_ready;
         let completed = self.completed();
         let phase = if self.init_failed() {
             "Failed"
         } else if completed {
-            if self.ctrs.iter().filter(|c| c.kind == Kind::Main).all(|c| c.succeeded()) { "Succeeded" } else { "Failed" }
-        } else if initialized && self.ctrs.iter().any(|c| c.kind == Kind::Main && (c.running() || c.restarts > 0)) {
+            if self
+                .ctrs
+                .iter()
+                .filter(|c| c.kind == Kind::Main)
+                .all(|c| c.succeeded())
+            {
+                "Succeeded"
+            } else {
+                "Failed"
+            }
+        } else if initialized
+            && self
+                .ctrs
+                .iter()
+                .any(|c| c.kind == Kind::Main && (c.running() || c.restarts > 0))
+        {
             "Running"
         } else {
             "Pending"
         };
-        let old_conditions = self.pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        let old_conditions = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
         let cond = |type_: &str, ok: bool, reason: Option<&str>| {
             let status = if ok { "True" } else { "False" };
             let previous = old_conditions.iter().find(|c| c.type_ == type_);
@@ -668,13 +823,40 @@ impl Runtime {
                 ..Default::default()
             }
         };
-        let mut conditions: Vec<PodCondition> =
-            old_conditions.iter().filter(|c| c.type_ == "PodScheduled").cloned().collect();
-        conditions.push(cond("PodReadyToStartContainers", self.volumes.is_some(), Some("SetupFailed")));
-        conditions.push(cond("Initialized", initialized, Some("ContainersNotInitialized")));
+        let mut conditions: Vec<PodCondition> = old_conditions
+            .iter()
+            .filter(|c| c.type_ == "PodScheduled")
+            .cloned()
+            .collect();
+        conditions.push(cond(
+            "PodReadyToStartContainers",
+            self.volumes.is_some(),
+            Some("SetupFailed"),
+        ));
+        conditions.push(cond(
+            "Initialized",
+            initialized,
+            Some("ContainersNotInitialized"),
+        ));
         let ready = containers_ready && phase == "Running";
-        conditions.push(cond("Ready", ready, Some(if completed { "PodCompleted" } else { "ContainersNotReady" })));
-        conditions.push(cond("ContainersReady", ready, Some(if completed { "PodCompleted" } else { "ContainersNotReady" })));
+        conditions.push(cond(
+            "Ready",
+            ready,
+            Some(if completed {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
+        ));
+        conditions.push(cond(
+            "ContainersReady",
+            ready,
+            Some(if completed {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            }),
+        ));
         let ip = self.pod_ip().to_string();
         let host_ip = self.shared.network.gateway().to_string();
         PodStatus {
@@ -696,16 +878,25 @@ impl Runtime {
     /// Patches the status when it differs from what was last written.
     async fn write_status(&mut self) {
         let status = self.status();
-        let Ok(value) = serde_json::to_value(&status) else { return };
+        let Ok(value) = serde_json::to_value(&status) else {
+            return;
+        };
         // Transition times change on every call; compare without them.
         let comparable = strip_times(value.clone());
         if self.last_status.as_ref() == Some(&comparable) {
             return;
         }
-        let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), self.pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api: Api<Pod> = Api::namespaced(
+            self.shared.client.clone(),
+            self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
         let patch = serde_json::json!({ "status": value });
         match api
-            .patch_status(self.pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                self.pod.metadata.name.as_deref().unwrap_or(""),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(updated) => {
@@ -723,16 +914,31 @@ impl Runtime {
             .pod
             .metadata
             .deletion_grace_period_seconds
-            .or_else(|| self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
             .unwrap_or(30)
             .clamp(0, 30) as u64;
         for kinds in [[Kind::Main, Kind::Init], [Kind::Sidecar, Kind::Sidecar]] {
-            let pids: Vec<u32> = self.ctrs.iter().filter(|c| kinds.contains(&c.kind)).filter_map(Ctr::pid).collect();
+            let pids: Vec<u32> = self
+                .ctrs
+                .iter()
+                .filter(|c| kinds.contains(&c.kind))
+                .filter_map(Ctr::pid)
+                .collect();
             for &pid in &pids {
                 signal_group(pid, libc::SIGTERM);
             }
             let deadline = Instant::now() + Duration::from_secs(grace);
-            while self.ctrs.iter().any(|c| kinds.contains(&c.kind) && c.running()) && Instant::now() < deadline {
+            while self
+                .ctrs
+                .iter()
+                .any(|c| kinds.contains(&c.kind) && c.running())
+                && Instant::now() < deadline
+            {
                 match tokio::time::timeout_at(deadline.into(), self.exits.join_next()).await {
                     Ok(Some(Ok(exit))) => self.on_exit(exit),
                     _ => break,
@@ -791,7 +997,13 @@ fn strip_times(mut v: serde_json::Value) -> serde_json::Value {
 
 /// Runs a container's probes until aborted: startup first, then readiness
 /// and liveness side by side, each on its own period.
-async fn probe_loop(c: Container, generation: u64, ip: IpAddr, exec: ProcessSpec, tx: mpsc::Sender<ProbeResult>) {
+async fn probe_loop(
+    c: Container,
+    generation: u64,
+    ip: IpAddr,
+    exec: ProcessSpec,
+    tx: mpsc::Sender<ProbeResult>,
+) {
     let send = |kind: ProbeKind, r: Result<(), String>| {
         let tx = tx.clone();
         let name = c.name.clone();
@@ -800,7 +1012,15 @@ async fn probe_loop(c: Container, generation: u64, ip: IpAddr, exec: ProcessSpec
                 Ok(()) => (true, String::new()),
                 Err(e) => (false, e),
             };
-            let _ = tx.send(ProbeResult { container: name, generation, kind, ok, detail }).await;
+            let _ = tx
+                .send(ProbeResult {
+                    container: name,
+                    generation,
+                    kind,
+                    ok,
+                    detail,
+                })
+                .await;
         }
     };
     let run_exec = |argv: Vec<String>| {
@@ -865,21 +1085,36 @@ pub struct ExecOutput {
 
 /// Runs `argv` with `context`'s namespaces, mounts and environment; killed
 /// after `timeout` (default 60 s).
-pub async fn exec(context: &ProcessSpec, argv: Vec<String>, timeout: Option<Duration>) -> Result<ExecOutput, String> {
+pub async fn exec(
+    context: &ProcessSpec,
+    argv: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<ExecOutput, String> {
     let Some((program, args)) = argv.split_first() else {
         return Err("exec: empty command".into());
     };
-    let spec = ProcessSpec { program: program.into(), args: args.to_vec(), ..context.clone() };
+    let spec = ProcessSpec {
+        program: program.into(),
+        args: args.to_vec(),
+        ..context.clone()
+    };
     let cmd = spec.command(Stdio::piped(), Stdio::piped())?;
     let mut cmd = cmd;
     let child = cmd.spawn().map_err(|e| format!("exec {program}: {e}"))?;
     let pid = child.id();
-    let waited = tokio::time::timeout(timeout.unwrap_or(Duration::from_secs(60)), child.wait_with_output()).await;
+    let waited = tokio::time::timeout(
+        timeout.unwrap_or(Duration::from_secs(60)),
+        child.wait_with_output(),
+    )
+    .await;
     match waited {
         Ok(Ok(out)) => {
             use std::os::unix::process::ExitStatusExt;
             Ok(ExecOutput {
-                code: out.status.code().unwrap_or(128 + out.status.signal().unwrap_or(0)),
+                code: out
+                    .status
+                    .code()
+                    .unwrap_or(128 + out.status.signal().unwrap_or(0)),
                 stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             })

@@ -51,7 +51,12 @@ impl Timing {
 
 /// Runs one probe; `Ok(())` on success, `Err(reason)` otherwise. `exec`
 /// probes run through `exec` (the pod's namespaces).
-pub async fn run<E, F>(probe: &Probe, container: &Container, pod_ip: IpAddr, exec: E) -> Result<(), String>
+pub async fn run<E, F>(
+    probe: &Probe,
+    container: &Container,
+    pod_ip: IpAddr,
+    exec: E,
+) -> Result<(), String>
 where
     E: FnOnce(Vec<String>) -> F,
     F: std::future::Future<Output = Result<i32, String>>,
@@ -75,17 +80,29 @@ where
             }
             let resp = req.send().await.map_err(|e| format!("GET {url}: {e}"))?;
             let code = resp.status().as_u16();
-            if (200..400).contains(&code) { Ok(()) } else { Err(format!("GET {url}: status {code}")) }
+            if (200..400).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("GET {url}: status {code}"))
+            }
         } else if let Some(t) = &probe.tcp_socket {
             let port = port(container, &t.port).ok_or("tcpSocket: unknown port")?;
-            let host: IpAddr = t.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(pod_ip);
+            let host: IpAddr = t
+                .host
+                .as_deref()
+                .and_then(|h| h.parse().ok())
+                .unwrap_or(pod_ip);
             tokio::net::TcpStream::connect((host, port))
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("connect {host}:{port}: {e}"))
         } else if let Some(e) = &probe.exec {
             let code = exec(e.command.clone().unwrap_or_default()).await?;
-            if code == 0 { Ok(()) } else { Err(format!("exec probe exited with {code}")) }
+            if code == 0 {
+                Ok(())
+            } else {
+                Err(format!("exec probe exited with {code}"))
+            }
         } else {
             Err("probe has no handler".to_owned())
         }

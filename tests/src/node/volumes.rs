@@ -48,13 +48,27 @@ pub struct PodVolumes {
 
 impl PodVolumes {
     /// Creates every volume of `pod` under `root` and fills it.
-    pub async fn prepare(client: &kube::Client, pod: &Pod, root: &Path) -> Result<PodVolumes, String> {
-        let mut vols = PodVolumes { paths: BTreeMap::new(), tokens: Vec::new() };
-        for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
+    pub async fn prepare(
+        client: &kube::Client,
+        pod: &Pod,
+        root: &Path,
+    ) -> Result<PodVolumes, String> {
+        let mut vols = PodVolumes {
+            paths: BTreeMap::new(),
+            tokens: Vec::new(),
+        };
+        for v in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+        {
             let path = if let Some(host) = &v.host_path {
                 let p = PathBuf::from(&host.path);
                 if matches!(host.type_.as_deref(), Some("DirectoryOrCreate")) {
-                    std::fs::create_dir_all(&p).map_err(|e| format!("hostPath {}: {e}", p.display()))?;
+                    std::fs::create_dir_all(&p)
+                        .map_err(|e| format!("hostPath {}: {e}", p.display()))?;
                 }
                 p
             } else {
@@ -83,7 +97,10 @@ impl PodVolumes {
                 && v.projected.is_none()
                 && v.downward_api.is_none()
             {
-                return Err(format!("volume {}: unsupported volume type on this node", v.name));
+                return Err(format!(
+                    "volume {}: unsupported volume type on this node",
+                    v.name
+                ));
             }
             vols.paths.insert(v.name.clone(), path);
         }
@@ -95,8 +112,16 @@ impl PodVolumes {
     /// changed, and renews tokens past 80% of their lifetime.
     pub async fn sync(&mut self, client: &kube::Client, pod: &Pod) -> Result<(), String> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-        for v in pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
-            let Some(dir) = self.paths.get(&v.name).cloned() else { continue };
+        for v in pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let Some(dir) = self.paths.get(&v.name).cloned() else {
+                continue;
+            };
             write_volume(client, ns, pod, v, &dir).await?;
         }
         let sa = pod
@@ -127,7 +152,8 @@ impl PodVolumes {
                 .map_err(|e| format!("token for service account {sa:?}: {e}"))?;
             let token = resp.status.and_then(|s| s.token).unwrap_or_default();
             write_atomic(&t.file, token.as_bytes(), t.mode)?;
-            t.renew_at = Some(Instant::now() + Duration::from_secs((t.expiration_seconds as u64) * 8 / 10));
+            t.renew_at =
+                Some(Instant::now() + Duration::from_secs((t.expiration_seconds as u64) * 8 / 10));
         }
         Ok(())
     }
@@ -136,10 +162,9 @@ impl PodVolumes {
     pub fn mounts_for(&self, container: &Container) -> Result<Vec<Mount>, String> {
         let mut mounts = Vec::new();
         for m in container.volume_mounts.iter().flatten() {
-            let base = self
-                .paths
-                .get(&m.name)
-                .ok_or_else(|| format!("volumeMount {}: no volume named {:?}", m.mount_path, m.name))?;
+            let base = self.paths.get(&m.name).ok_or_else(|| {
+                format!("volumeMount {}: no volume named {:?}", m.mount_path, m.name)
+            })?;
             let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
                 Some(sub) => base.join(sub),
                 None => base.clone(),
@@ -154,15 +179,39 @@ impl PodVolumes {
     }
 }
 
-async fn write_volume(client: &kube::Client, ns: &str, pod: &Pod, v: &Volume, dir: &Path) -> Result<(), String> {
+async fn write_volume(
+    client: &kube::Client,
+    ns: &str,
+    pod: &Pod,
+    v: &Volume,
+    dir: &Path,
+) -> Result<(), String> {
     if let Some(cm) = &v.config_map {
         let mode = cm.default_mode.unwrap_or(0o644) as u32;
-        write_config_map(client, ns, &cm.name, cm.items.as_deref(), cm.optional.unwrap_or(false), dir, mode).await?;
+        write_config_map(
+            client,
+            ns,
+            &cm.name,
+            cm.items.as_deref(),
+            cm.optional.unwrap_or(false),
+            dir,
+            mode,
+        )
+        .await?;
     }
     if let Some(s) = &v.secret {
         let mode = s.default_mode.unwrap_or(0o644) as u32;
         let name = s.secret_name.clone().unwrap_or_default();
-        write_secret(client, ns, &name, s.items.as_deref(), s.optional.unwrap_or(false), dir, mode).await?;
+        write_secret(
+            client,
+            ns,
+            &name,
+            s.items.as_deref(),
+            s.optional.unwrap_or(false),
+            dir,
+            mode,
+        )
+        .await?;
     }
     if let Some(d) = &v.downward_api {
         let mode = d.default_mode.unwrap_or(0o644) as u32;
@@ -191,10 +240,28 @@ async fn write_projection(
     mode: u32,
 ) -> Result<(), String> {
     if let Some(cm) = &source.config_map {
-        write_config_map(client, ns, &cm.name, cm.items.as_deref(), cm.optional.unwrap_or(false), dir, mode).await?;
+        write_config_map(
+            client,
+            ns,
+            &cm.name,
+            cm.items.as_deref(),
+            cm.optional.unwrap_or(false),
+            dir,
+            mode,
+        )
+        .await?;
     }
     if let Some(s) = &source.secret {
-        write_secret(client, ns, &s.name, s.items.as_deref(), s.optional.unwrap_or(false), dir, mode).await?;
+        write_secret(
+            client,
+            ns,
+            &s.name,
+            s.items.as_deref(),
+            s.optional.unwrap_or(false),
+            dir,
+            mode,
+        )
+        .await?;
     }
     if let Some(d) = &source.downward_api {
         for item in d.items.iter().flatten() {
@@ -221,11 +288,24 @@ async fn write_config_map(
         .await
         .map_err(|e| format!("configmap {name:?}: {e}"))?;
     let Some(cm) = cm else {
-        return if optional { Ok(()) } else { Err(format!("configmap {name:?} not found")) };
+        return if optional {
+            Ok(())
+        } else {
+            Err(format!("configmap {name:?} not found"))
+        };
     };
-    let mut data: BTreeMap<String, Vec<u8>> =
-        cm.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-    data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+    let mut data: BTreeMap<String, Vec<u8>> = cm
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    data.extend(
+        cm.binary_data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0)),
+    );
     write_keys(&data, items, dir, mode)
 }
 
@@ -243,13 +323,27 @@ async fn write_secret(
         .await
         .map_err(|e| format!("secret {name:?}: {e}"))?;
     let Some(s) = s else {
-        return if optional { Ok(()) } else { Err(format!("secret {name:?} not found")) };
+        return if optional {
+            Ok(())
+        } else {
+            Err(format!("secret {name:?} not found"))
+        };
     };
-    let data: BTreeMap<String, Vec<u8>> = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+    let data: BTreeMap<String, Vec<u8>> = s
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
     write_keys(&data, items, dir, mode)
 }
 
-fn write_keys(data: &BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>, dir: &Path, mode: u32) -> Result<(), String> {
+fn write_keys(
+    data: &BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    dir: &Path,
+    mode: u32,
+) -> Result<(), String> {
     match items {
         Some(items) => {
             for item in items {
@@ -283,6 +377,7 @@ fn write_atomic(path: &Path, body: &[u8], mode: u32) -> Result<(), String> {
     }
     let tmp = path.with_extension("sluice-tmp");
     std::fs::write(&tmp, body).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
