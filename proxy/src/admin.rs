@@ -1,0 +1,120 @@
+//! The admin endpoint: `/ready`, `/metrics` (Prometheus text) and `/config`
+//! (the running configuration as JSON).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::server::bind;
+use crate::state::Proxy;
+use crate::telemetry::TelemetryCollector;
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    r
+}
+
+/// Answers one admin request.
+pub fn answer(proxy: &Proxy, registry: &Registry, path: &str) -> Response<Full<Bytes>> {
+    match path {
+        "/ready" => {
+            if proxy.configured() {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "no configuration yet\n",
+                )
+            }
+        }
+        "/metrics" => {
+            let mut text = String::new();
+            match prometheus_client::encoding::text::encode(&mut text, registry) {
+                Ok(()) => reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("encoding metrics: {e}\n"),
+                ),
+            }
+        }
+        "/config" => {
+            let current = proxy.current();
+            let doc = serde_json::json!({ "version": current.version, "config": current.config });
+            match serde_json::to_vec_pretty(&doc) {
+                Ok(body) => reply(StatusCode::OK, "application/json", body),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
+            }
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "admin endpoints: /ready /metrics /config\n",
+        ),
+    }
+}
+
+/// Serves the admin endpoint on `addr` until `shutdown` turns true.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    addr: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listener = bind(addr)?;
+    info!(address = %addr, "admin endpoint listening");
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(TelemetryCollector(proxy.telemetry.clone())));
+    let registry = Arc::new(registry);
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!("admin accept: {e}");
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        };
+        let proxy = proxy.clone();
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let resp = answer(&proxy, &registry, req.uri().path());
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,217 @@
+//! Choosing where a request goes: a backend by weight, then an endpoint by
+//! power of two choices over outstanding requests and EWMA latency, with
+//! endpoints that refuse connections ejected for a while. All state is
+//! atomics; nothing here takes a lock.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the process started (a monotonic clock in a u64).
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// First ejection; doubles with consecutive failures up to [`EJECT_MAX_MS`].
+const EJECT_BASE_MS: u64 = 1_000;
+const EJECT_MAX_MS: u64 = 30_000;
+/// Weight of a new latency sample in the moving average.
+const EWMA_ALPHA: f64 = 0.3;
+/// What an endpoint with no samples yet is assumed to take.
+const DEFAULT_LATENCY_US: u64 = 1_000;
+
+/// One upstream address and its load.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The address.
+    pub addr: SocketAddr,
+    outstanding: AtomicU32,
+    ewma_us: AtomicU64,
+    ejected_until_ms: AtomicU64,
+    failures: AtomicU32,
+}
+
+impl Endpoint {
+    /// A fresh endpoint.
+    pub fn new(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            outstanding: AtomicU32::new(0),
+            ewma_us: AtomicU64::new(DEFAULT_LATENCY_US),
+            ejected_until_ms: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    fn cost(&self) -> f64 {
+        f64::from(self.outstanding.load(Relaxed) + 1) * self.ewma_us.load(Relaxed) as f64
+    }
+
+    /// Whether it is ejected at `now` (ms).
+    pub fn ejected(&self, now: u64) -> bool {
+        self.ejected_until_ms.load(Relaxed) > now
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.outstanding.fetch_add(1, Relaxed);
+        InFlight {
+            endpoint: self.clone(),
+        }
+    }
+
+    /// A response arrived after `latency`: fold it into the average and
+    /// clear the failure streak.
+    pub fn observe(&self, latency: Duration) {
+        let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.ewma_us.load(Relaxed) as f64;
+        let new = old + EWMA_ALPHA * (sample as f64 - old);
+        self.ewma_us.store(new.max(1.0) as u64, Relaxed);
+        self.failures.store(0, Relaxed);
+    }
+
+    /// The endpoint refused a connection: eject it, longer each time in a row.
+    pub fn eject(&self) {
+        let streak = self.failures.fetch_add(1, Relaxed).min(5);
+        let ms = (EJECT_BASE_MS << streak).min(EJECT_MAX_MS);
+        self.ejected_until_ms.store(now_ms() + ms, Relaxed);
+    }
+}
+
+/// Decrements the endpoint's outstanding count when dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    endpoint: Arc<Endpoint>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.endpoint.outstanding.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Power of two choices among the endpoints not ejected (all of them when
+/// every one is ejected, so that a total outage still probes for recovery).
+pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+    let now = now_ms();
+    let healthy = endpoints.iter().filter(|e| !e.ejected(now)).count();
+    let choose_from = |skip_ejected: bool| {
+        let n = if skip_ejected {
+            healthy
+        } else {
+            endpoints.len()
+        };
+        let nth = |k: usize| {
+            endpoints
+                .iter()
+                .filter(|e| !skip_ejected || !e.ejected(now))
+                .nth(k)
+        };
+        match n {
+            0 => None,
+            1 => nth(0),
+            _ => {
+                let a = fastrand::usize(0..n);
+                let mut b = fastrand::usize(0..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (ea, eb) = (nth(a)?, nth(b)?);
+                Some(if eb.cost() < ea.cost() { eb } else { ea })
+            }
+        }
+    };
+    if healthy > 0 {
+        choose_from(true)
+    } else {
+        choose_from(false)
+    }
+}
+
+/// A weighted choice among backends (indices into the compiled backends).
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    /// (backend index, cumulative weight up to and including it).
+    entries: Vec<(usize, u32)>,
+    total: u32,
+}
+
+impl Split {
+    /// From (backend index, weight) pairs; weights are relative, 0 allowed.
+    pub fn new(weights: impl IntoIterator<Item = (usize, u32)>) -> Split {
+        let mut total = 0u32;
+        let entries = weights
+            .into_iter()
+            .filter(|(_, w)| *w > 0)
+            .map(|(i, w)| {
+                total = total.saturating_add(w);
+                (i, total)
+            })
+            .collect();
+        Split { entries, total }
+    }
+
+    /// A backend index, or `None` when every weight is 0.
+    pub fn choose(&self) -> Option<usize> {
+        match self.entries.as_slice() {
+            [] => None,
+            [(only, _)] => Some(*only),
+            entries => {
+                let r = fastrand::u32(0..self.total);
+                let pos = entries.partition_point(|(_, cum)| *cum <= r);
+                entries.get(pos).map(|(i, _)| *i)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_follows_weights() {
+        let s = Split::new([(0, 90), (1, 10), (2, 0)]);
+        let mut counts = [0u32; 3];
+        for _ in 0..100_000 {
+            counts[s.choose().unwrap()] += 1;
+        }
+        assert_eq!(counts[2], 0);
+        let share = f64::from(counts[0]) / 100_000.0;
+        assert!((share - 0.9).abs() < 0.01, "{share}");
+        assert_eq!(Split::new([(0, 0)]).choose(), None);
+        assert_eq!(Split::new([(3, 5)]).choose(), Some(3));
+    }
+
+    #[test]
+    fn p2c_prefers_the_less_loaded_and_skips_ejected() {
+        let a = Arc::new(Endpoint::new("127.0.0.1:1".parse().unwrap()));
+        let b = Arc::new(Endpoint::new("127.0.0.1:2".parse().unwrap()));
+        let eps = vec![a.clone(), b.clone()];
+        let _busy: Vec<InFlight> = (0..10).map(|_| a.begin()).collect();
+        for _ in 0..100 {
+            assert_eq!(pick(&eps).unwrap().addr, b.addr);
+        }
+        b.eject();
+        assert!(b.ejected(now_ms()));
+        for _ in 0..100 {
+            assert_eq!(pick(&eps).unwrap().addr, a.addr);
+        }
+        a.eject();
+        // All ejected: still answers, so that recovery is noticed.
+        assert!(pick(&eps).is_some());
+        assert!(pick(&[]).is_none());
+    }
+
+    #[test]
+    fn ewma_moves_toward_samples() {
+        let e = Endpoint::new("127.0.0.1:1".parse().unwrap());
+        for _ in 0..50 {
+            e.observe(Duration::from_millis(20));
+        }
+        let v = e.ewma_us.load(Relaxed);
+        assert!((19_000..=20_000).contains(&v), "{v}");
+    }
+}

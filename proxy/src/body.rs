@@ -1,0 +1,133 @@
+//! The proxy's body types: request bodies forwarded upstream (or empty, for
+//! a retry), and response bodies streamed from upstream (or written by the
+//! proxy itself). Both count bytes into the request's telemetry cell.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::telemetry::Cell;
+
+/// A body sent upstream.
+#[derive(Debug)]
+pub enum ReqBody {
+    /// The downstream request's body, streamed.
+    Stream {
+        /// The body.
+        body: Incoming,
+        /// Where its bytes are counted.
+        cell: Arc<Cell>,
+    },
+    /// No body (a retry of a bodiless request).
+    Empty,
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Stream { body, cell } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    cell.add_bytes(data.len() as u64, 0);
+                }
+                polled
+            }
+            ReqBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Stream { body, .. } => body.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Stream { body, .. } => body.size_hint(),
+            ReqBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A body sent downstream.
+#[derive(Debug)]
+pub enum RespBody {
+    /// The upstream response's body, streamed (trailers included).
+    Stream {
+        /// The body.
+        body: Incoming,
+        /// Where its bytes are counted.
+        cell: Arc<Cell>,
+    },
+    /// A short body written by the proxy.
+    Local(Option<Bytes>),
+}
+
+impl RespBody {
+    /// A body of `text`.
+    pub fn text(text: &'static str) -> RespBody {
+        RespBody::Local(Some(Bytes::from_static(text.as_bytes())))
+    }
+
+    /// No body.
+    pub fn empty() -> RespBody {
+        RespBody::Local(None)
+    }
+
+    /// Reads the whole body (tests and small admin answers).
+    pub async fn collect_bytes(self) -> Result<Bytes, hyper::Error> {
+        Ok(self.collect().await?.to_bytes())
+    }
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RespBody::Stream { body, cell } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    cell.add_bytes(0, data.len() as u64);
+                }
+                polled
+            }
+            RespBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Stream { body, .. } => body.is_end_stream(),
+            RespBody::Local(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Stream { body, .. } => body.size_hint(),
+            RespBody::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
+            RespBody::Local(None) => SizeHint::with_exact(0),
+        }
+    }
+}

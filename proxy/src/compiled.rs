@@ -1,0 +1,263 @@
+//! A validated [`Config`] turned into what the hot path reads: route tables,
+//! weighted splits, endpoint load state and telemetry cells, all resolved to
+//! indices. A new config is compiled off the hot path and swapped in whole.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use crate::balance::{Endpoint, Split};
+use crate::config::{Config, ListenerProtocol, UpstreamProtocol};
+use crate::route::{HostMatcher, Matcher};
+use crate::telemetry::{Cell, CellKey, Telemetry};
+
+/// The running configuration.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The document it was compiled from (served on `/config`).
+    pub config: Config,
+    /// Version label (a snapshot version, or a counter for static reloads).
+    pub version: String,
+    /// Listeners, in document order.
+    pub listeners: Vec<Arc<CompiledListener>>,
+    /// Backends, in document order.
+    pub backends: Vec<Arc<CompiledBackend>>,
+}
+
+/// A backend, ready to be balanced across.
+#[derive(Debug)]
+pub struct CompiledBackend {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Upstream protocol.
+    pub protocol: UpstreamProtocol,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Endpoints with their load state (kept across reloads).
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+/// A listener with its routes.
+#[derive(Debug)]
+pub struct CompiledListener {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// HTTP or TCP.
+    pub protocol: ListenerProtocol,
+    /// HTTP routes in order.
+    pub routes: Vec<CompiledRoute>,
+    /// TCP: the weighted split, and a cell per backend (by position in `tcp_cells`).
+    pub tcp_split: Split,
+    /// TCP: telemetry per backend index.
+    pub tcp_cells: Vec<(usize, Arc<Cell>)>,
+    /// Requests that matched no route (or were malformed).
+    pub unrouted: Arc<Cell>,
+}
+
+/// An HTTP route.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Hosts it answers for.
+    pub hosts: HostMatcher,
+    /// Request matches (any).
+    pub matchers: Vec<Matcher>,
+    /// Backends by weight.
+    pub split: Split,
+    /// Response-headers deadline over all attempts.
+    pub timeout: Option<Duration>,
+    /// Retry policy.
+    pub retry: Option<RetryPolicy>,
+    /// Telemetry per backend index.
+    pub cells: Vec<(usize, Arc<Cell>)>,
+    /// Telemetry when no backend could be chosen (all weights 0).
+    pub no_backend: Arc<Cell>,
+}
+
+impl CompiledRoute {
+    /// The cell of backend `idx`.
+    pub fn cell(&self, idx: usize) -> &Arc<Cell> {
+        self.cells
+            .iter()
+            .find(|(i, _)| *i == idx)
+            .map(|(_, c)| c)
+            .unwrap_or(&self.no_backend)
+    }
+}
+
+/// Bounded retries with a budget.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first.
+    pub attempts: u32,
+    /// Shared budget of this route.
+    pub budget: Arc<RetryBudget>,
+}
+
+/// Retries earn a fraction of a token per request and spend one token each,
+/// so that retries stay a bounded share of traffic (as linkerd's budgets).
+#[derive(Debug)]
+pub struct RetryBudget {
+    /// Tokens in thousandths.
+    milli: AtomicI64,
+    earn_milli: i64,
+}
+
+/// At most this many retries can be banked (in thousandths).
+const BUDGET_CAP_MILLI: i64 = 10_000;
+
+impl RetryBudget {
+    fn new(ratio: f64) -> RetryBudget {
+        // Start with a few tokens so that the first failures can be retried.
+        RetryBudget {
+            milli: AtomicI64::new(3_000),
+            earn_milli: (ratio * 1000.0) as i64,
+        }
+    }
+
+    /// A request started: earn.
+    pub fn deposit(&self) {
+        let cur = self.milli.load(Relaxed);
+        if cur < BUDGET_CAP_MILLI {
+            self.milli.fetch_add(self.earn_milli, Relaxed);
+        }
+    }
+
+    /// Takes a token for a retry; false when the budget is spent.
+    pub fn withdraw(&self) -> bool {
+        let prev = self.milli.fetch_sub(1000, Relaxed);
+        if prev >= 1000 {
+            true
+        } else {
+            self.milli.fetch_add(1000, Relaxed);
+            false
+        }
+    }
+}
+
+/// Endpoint load state shared across reloads, keyed by backend and address.
+#[derive(Debug, Default)]
+pub struct EndpointRegistry {
+    map: Mutex<HashMap<(String, SocketAddr), Weak<Endpoint>>>,
+}
+
+impl EndpointRegistry {
+    fn get(&self, backend: &str, addr: SocketAddr) -> Arc<Endpoint> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, w| w.strong_count() > 0);
+        let key = (backend.to_owned(), addr);
+        if let Some(e) = map.get(&key).and_then(Weak::upgrade) {
+            return e;
+        }
+        let e = Arc::new(Endpoint::new(addr));
+        map.insert(key, Arc::downgrade(&e));
+        e
+    }
+}
+
+/// Compiles a validated config.
+pub fn compile(
+    config: Config,
+    version: String,
+    telemetry: &Telemetry,
+    registry: &EndpointRegistry,
+) -> Compiled {
+    let index: HashMap<&str, usize> = config
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.name.as_str(), i))
+        .collect();
+    let backends: Vec<Arc<CompiledBackend>> = config
+        .backends
+        .iter()
+        .map(|b| {
+            Arc::new(CompiledBackend {
+                name: b.name.as_str().into(),
+                protocol: b.protocol,
+                connect_timeout: b.connect_timeout,
+                endpoints: b
+                    .endpoints
+                    .iter()
+                    .map(|a| registry.get(&b.name, *a))
+                    .collect(),
+            })
+        })
+        .collect();
+    let revision =
+        |i: usize| -> Arc<str> { config.backends[i].revision.as_deref().unwrap_or("").into() };
+    let empty: Arc<str> = "".into();
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let lname: Arc<str> = l.name.as_str().into();
+            let cell = |route: &Arc<str>, backend: Option<usize>| {
+                telemetry.cell(CellKey {
+                    listener: lname.clone(),
+                    route: route.clone(),
+                    backend: backend
+                        .map(|i| backends[i].name.clone())
+                        .unwrap_or_else(|| empty.clone()),
+                    revision: backend.map(&revision).unwrap_or_else(|| empty.clone()),
+                })
+            };
+            let weighted = |refs: &[crate::config::WeightedBackend]| {
+                let pairs: Vec<(usize, u32)> = refs
+                    .iter()
+                    .filter_map(|wb| index.get(wb.name.as_str()).map(|i| (*i, wb.weight)))
+                    .collect();
+                pairs
+            };
+            let routes = l
+                .routes
+                .iter()
+                .map(|r| {
+                    let rname: Arc<str> = r.name.as_str().into();
+                    let pairs = weighted(&r.backends);
+                    CompiledRoute {
+                        hosts: HostMatcher::new(&r.hosts),
+                        matchers: r.matches.iter().map(Matcher::new).collect(),
+                        split: Split::new(pairs.iter().copied()),
+                        timeout: r.timeout,
+                        retry: r.retries.as_ref().map(|rt| RetryPolicy {
+                            attempts: rt.attempts,
+                            budget: Arc::new(RetryBudget::new(rt.budget)),
+                        }),
+                        cells: pairs
+                            .iter()
+                            .map(|(i, _)| (*i, cell(&rname, Some(*i))))
+                            .collect(),
+                        no_backend: cell(&rname, None),
+                        name: rname,
+                    }
+                })
+                .collect();
+            let tcp_pairs = weighted(&l.backends);
+            CompiledListener {
+                address: l.address,
+                protocol: l.protocol,
+                routes,
+                tcp_split: Split::new(tcp_pairs.iter().copied()),
+                tcp_cells: tcp_pairs
+                    .iter()
+                    .map(|(i, _)| (*i, cell(&empty, Some(*i))))
+                    .collect(),
+                unrouted: cell(&empty, None),
+                name: lname,
+            }
+        })
+        .map(Arc::new)
+        .collect();
+    Compiled {
+        config,
+        version,
+        listeners,
+        backends,
+    }
+}

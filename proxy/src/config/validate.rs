@@ -1,0 +1,187 @@
+//! Checks a parsed configuration beyond what its types enforce.
+
+use std::collections::HashSet;
+
+use super::ConfigError;
+use super::model::{Config, ListenerProtocol, PathMatch};
+
+fn err(path: String, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        path,
+        line: None,
+        message: message.into(),
+    }
+}
+
+/// A hostname as a route may match it: exact, or `*.` followed by a suffix.
+fn valid_host(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Validates `c`; the first problem found is returned.
+pub fn check(c: &Config) -> Result<(), ConfigError> {
+    let mut backends = HashSet::new();
+    for (i, b) in c.backends.iter().enumerate() {
+        if b.name.is_empty() {
+            return Err(err(format!("backends[{i}].name"), "must not be empty"));
+        }
+        if !backends.insert(b.name.as_str()) {
+            return Err(err(
+                format!("backends[{i}].name"),
+                format!("duplicate backend name {:?}", b.name),
+            ));
+        }
+    }
+    let mut listener_names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (li, l) in c.listeners.iter().enumerate() {
+        let lp = format!("listeners[{li}]");
+        if !listener_names.insert(l.name.as_str()) {
+            return Err(err(
+                format!("{lp}.name"),
+                format!("duplicate listener name {:?}", l.name),
+            ));
+        }
+        if !addresses.insert(l.address) {
+            return Err(err(
+                format!("{lp}.address"),
+                format!("{} is used by another listener", l.address),
+            ));
+        }
+        if let Some(a) = &c.admin
+            && a.address == l.address
+        {
+            return Err(err(
+                format!("{lp}.address"),
+                format!("{} is the admin address", l.address),
+            ));
+        }
+        match l.protocol {
+            ListenerProtocol::Http if !l.backends.is_empty() => {
+                return Err(err(
+                    format!("{lp}.backends"),
+                    "http listeners route with `routes`, not `backends`",
+                ));
+            }
+            ListenerProtocol::Tcp if !l.routes.is_empty() => {
+                return Err(err(
+                    format!("{lp}.routes"),
+                    "tcp listeners take `backends`, not `routes`",
+                ));
+            }
+            ListenerProtocol::Tcp if l.backends.is_empty() => {
+                return Err(err(
+                    format!("{lp}.backends"),
+                    "a tcp listener needs at least one backend",
+                ));
+            }
+            _ => {}
+        }
+        for (bi, wb) in l.backends.iter().enumerate() {
+            if !backends.contains(wb.name.as_str()) {
+                return Err(err(
+                    format!("{lp}.backends[{bi}].name"),
+                    format!("unknown backend {:?}", wb.name),
+                ));
+            }
+        }
+        let mut route_names = HashSet::new();
+        for (ri, r) in l.routes.iter().enumerate() {
+            let rp = format!("{lp}.routes[{ri}]");
+            if !route_names.insert(r.name.as_str()) {
+                return Err(err(
+                    format!("{rp}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                ));
+            }
+            for (hi, h) in r.hosts.iter().enumerate() {
+                if !valid_host(h) {
+                    return Err(err(
+                        format!("{rp}.hosts[{hi}]"),
+                        format!("{h:?} is not a hostname (exact, or `*.` and a suffix)"),
+                    ));
+                }
+            }
+            for (mi, m) in r.matches.iter().enumerate() {
+                let mp = format!("{rp}.match[{mi}]");
+                if let Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) = &m.path
+                    && !p.starts_with('/')
+                {
+                    return Err(err(
+                        format!("{mp}.path"),
+                        format!("{p:?} must start with /"),
+                    ));
+                }
+                if let Some(method) = &m.method
+                    && http::Method::from_bytes(method.as_bytes()).is_err()
+                {
+                    return Err(err(
+                        format!("{mp}.method"),
+                        format!("{method:?} is not an HTTP method"),
+                    ));
+                }
+                for (hi, h) in m.headers.iter().enumerate() {
+                    if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+                        return Err(err(
+                            format!("{mp}.headers[{hi}].name"),
+                            format!("{:?} is not a header name", h.name),
+                        ));
+                    }
+                }
+            }
+            if r.backends.is_empty() {
+                return Err(err(
+                    format!("{rp}.backends"),
+                    "a route needs at least one backend",
+                ));
+            }
+            for (bi, wb) in r.backends.iter().enumerate() {
+                if !backends.contains(wb.name.as_str()) {
+                    return Err(err(
+                        format!("{rp}.backends[{bi}].name"),
+                        format!("unknown backend {:?}", wb.name),
+                    ));
+                }
+            }
+            if let Some(retries) = &r.retries {
+                if retries.attempts > 10 {
+                    return Err(err(format!("{rp}.retries.attempts"), "at most 10"));
+                }
+                if !(0.0..=1.0).contains(&retries.budget) {
+                    return Err(err(
+                        format!("{rp}.retries.budget"),
+                        "must be between 0 and 1",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert!(valid_host("app.example.com"));
+        assert!(valid_host("*.example.com"));
+        assert!(valid_host("handson"));
+        assert!(!valid_host("*"));
+        assert!(!valid_host("a.*.com"));
+        assert!(!valid_host("-a.com"));
+        assert!(!valid_host("a..com"));
+    }
+}

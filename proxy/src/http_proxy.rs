@@ -1,0 +1,400 @@
+//! The HTTP forwarding service: route, pick a backend and an endpoint,
+//! forward, retry what is safe to retry, and answer with a clear local
+//! reply when nothing upstream can.
+//!
+//! It is a `tower::Service`, so that later concerns (authorization, mTLS
+//! peer identity) wrap it as layers without touching it.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+use tracing::debug;
+
+use crate::balance::pick;
+use crate::body::{ReqBody, RespBody};
+use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
+use crate::config::UpstreamProtocol;
+use crate::pool::{self, Proto, UpstreamError};
+use crate::route::{any_matches, request_host};
+use crate::state::Proxy;
+
+/// Response header naming why the proxy answered itself, as Envoy's
+/// response flags do: `NR` no route, `NB` no backend with weight, `UH` no
+/// endpoint, `UF` connect failure, `UC` upstream connection reset, `UT`
+/// upstream timeout.
+pub const FLAGS_HEADER: &str = "x-sluice-flags";
+
+/// The per-connection service.
+#[derive(Clone, Debug)]
+pub struct ProxyService {
+    proxy: Arc<Proxy>,
+    listener: Arc<str>,
+    peer: SocketAddr,
+}
+
+impl ProxyService {
+    /// A service for one downstream connection on `listener`.
+    pub fn new(proxy: Arc<Proxy>, listener: Arc<str>, peer: SocketAddr) -> ProxyService {
+        ProxyService {
+            proxy,
+            listener,
+            peer,
+        }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<RespBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(req).await) })
+    }
+}
+
+fn local_reply(status: StatusCode, flags: &'static str, body: &'static str) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::text(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        HeaderName::from_static(FLAGS_HEADER),
+        HeaderValue::from_static(flags),
+    );
+    resp
+}
+
+/// Headers that describe one hop and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Headers named by `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        if keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(n);
+    }
+    // `te` may only say `trailers` (gRPC needs it end to end).
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Everything needed to build one upstream attempt.
+struct Prepared {
+    method: Method,
+    path_and_query: http::uri::PathAndQuery,
+    authority: Option<http::uri::Authority>,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Prepared {
+    fn request(&self, proto: Proto, body: ReqBody) -> Request<ReqBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.headers_mut() = self.headers.clone();
+        match proto {
+            Proto::H1 => {
+                *req.uri_mut() = Uri::from(self.path_and_query.clone());
+                *req.version_mut() = Version::HTTP_11;
+                if !req.headers().contains_key(header::HOST)
+                    && let Some(a) = &self.authority
+                    && let Ok(v) = HeaderValue::from_str(a.as_str())
+                {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+            }
+            Proto::H2 => {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(http::uri::Scheme::HTTP);
+                parts.authority = self.authority.clone();
+                parts.path_and_query = Some(self.path_and_query.clone());
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+                *req.version_mut() = Version::HTTP_2;
+                // The authority travels as :authority in HTTP/2.
+                req.headers_mut().remove(header::HOST);
+            }
+        }
+        req
+    }
+}
+
+impl ProxyService {
+    async fn handle(&self, mut req: Request<Incoming>) -> Response<RespBody> {
+        let start = Instant::now();
+        let compiled = self.proxy.current();
+        let Some(listener) = compiled
+            .listeners
+            .iter()
+            .find(|l| l.name == self.listener)
+            .cloned()
+        else {
+            return local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NR",
+                "listener is being removed\n",
+            );
+        };
+        let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let Some(host) = request_host(&parts) else {
+            listener.unrouted.record(400, start.elapsed(), false);
+            return local_reply(StatusCode::BAD_REQUEST, "NR", "missing Host header\n");
+        };
+        let Some(route) = listener
+            .routes
+            .iter()
+            .find(|r| r.hosts.matches(host) && any_matches(&r.matchers, &parts))
+        else {
+            listener.unrouted.record(404, start.elapsed(), false);
+            return local_reply(StatusCode::NOT_FOUND, "NR", "no route matched\n");
+        };
+        let authority = parts.uri.authority().cloned().or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse().ok())
+        });
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers, upgrade.is_some());
+        append_forwarded(&mut headers, self.peer);
+        let prepared = Prepared {
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            method: parts.method,
+            authority,
+            version: parts.version,
+            headers,
+        };
+        self.forward(&compiled, &listener, route, prepared, body, upgrade, start)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        compiled: &Compiled,
+        _listener: &CompiledListener,
+        route: &CompiledRoute,
+        prepared: Prepared,
+        body: Incoming,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+        start: Instant,
+    ) -> Response<RespBody> {
+        let Some(first) = route.split.choose() else {
+            route.no_backend.record(500, start.elapsed(), false);
+            return local_reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "NB",
+                "no backend has weight for this route\n",
+            );
+        };
+        let retry = route.retry.as_ref();
+        if let Some(r) = retry {
+            r.budget.deposit();
+        }
+        let retryable = retry.is_some()
+            && idempotent(&prepared.method)
+            && body.is_end_stream()
+            && upgrade.is_none();
+        let attempts = if retryable {
+            retry.map_or(0, |r| r.attempts) + 1
+        } else {
+            1
+        };
+        let deadline = route.timeout.map(|t| start + t);
+        let mut body = Some(body);
+        let mut backend_idx = first;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= attempts;
+            let backend = &compiled.backends[backend_idx];
+            let cell = route.cell(backend_idx).clone();
+            let Some(endpoint) = pick(&backend.endpoints).cloned() else {
+                cell.record(503, start.elapsed(), true);
+                return local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UH",
+                    "no healthy endpoint for this backend\n",
+                );
+            };
+            let proto = match backend.protocol {
+                UpstreamProtocol::Http1 => Proto::H1,
+                UpstreamProtocol::Http2 => Proto::H2,
+                UpstreamProtocol::Auto if prepared.version == Version::HTTP_2 => Proto::H2,
+                UpstreamProtocol::Auto => Proto::H1,
+            };
+            let req_body = match body.take() {
+                Some(b) => ReqBody::Stream {
+                    body: b,
+                    cell: cell.clone(),
+                },
+                None => ReqBody::Empty,
+            };
+            let req = prepared.request(proto, req_body);
+            let in_flight = endpoint.begin();
+            let sent = pool::send(
+                endpoint.addr,
+                proto,
+                backend.connect_timeout,
+                req,
+                &self.proxy.telemetry,
+            );
+            let result = match deadline {
+                Some(d) => match tokio::time::timeout_at(d.into(), sent).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        cell.record(504, start.elapsed(), true);
+                        return local_reply(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "UT",
+                            "upstream request timeout\n",
+                        );
+                    }
+                },
+                None => sent.await,
+            };
+            drop(in_flight);
+            let can_retry = !last && retry.is_some_and(|r| r.budget.withdraw());
+            match result {
+                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && can_retry => {
+                    cell.record(503, start.elapsed(), false);
+                    debug!(backend = %backend.name, "503 from upstream; retrying");
+                }
+                Ok(mut resp) => {
+                    endpoint.observe(start.elapsed());
+                    cell.record(resp.status().as_u16(), start.elapsed(), false);
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(downstream) = upgrade
+                    {
+                        let upstream = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(downstream, upstream));
+                        let (parts, _) = resp.into_parts();
+                        return Response::from_parts(parts, RespBody::empty());
+                    }
+                    strip_hop_by_hop(resp.headers_mut(), false);
+                    let (parts, body) = resp.into_parts();
+                    return Response::from_parts(parts, RespBody::Stream { body, cell });
+                }
+                Err(e) if e.is_connect() => {
+                    if matches!(e, UpstreamError::Connect(..)) {
+                        endpoint.eject();
+                    }
+                    cell.record(503, start.elapsed(), true);
+                    if !can_retry {
+                        debug!(backend = %backend.name, "{e}");
+                        return local_reply(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "UF",
+                            "upstream connect error\n",
+                        );
+                    }
+                }
+                Err(e) => {
+                    debug!(backend = %backend.name, "{e}");
+                    cell.record(502, start.elapsed(), true);
+                    return local_reply(
+                        StatusCode::BAD_GATEWAY,
+                        "UC",
+                        "upstream connection reset before a response\n",
+                    );
+                }
+            }
+            // Retry on another backend draw (it may be the same one).
+            backend_idx = route.split.choose().unwrap_or(first);
+        }
+    }
+}
+
+fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+    }
+}
+
+/// Splices an upgraded (e.g. WebSocket) connection to its upstream.
+async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
+        return;
+    };
+    let mut down = TokioIo::new(down);
+    let mut up = TokioIo::new(up);
+    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+}

@@ -1,0 +1,22 @@
+//! `sluice-proxy`: the Sluice data plane, as a library so that its parts
+//! are testable on their own and the binary stays thin.
+//!
+//! A request flows: [`server`] (accept, HTTP/1.1 or HTTP/2 detection) →
+//! [`http_proxy`] (route, split, balance, forward, retry) → [`pool`]
+//! (upstream connections). Configuration arrives as a document
+//! ([`config`]) from a file ([`static_source`]) or the control plane, is
+//! compiled ([`compiled`]) and swapped in atomically ([`state`]).
+
+pub mod admin;
+pub mod balance;
+pub mod body;
+pub mod compiled;
+pub mod config;
+pub mod http_proxy;
+pub mod pool;
+pub mod route;
+pub mod server;
+pub mod state;
+pub mod static_source;
+pub mod tcp_proxy;
+pub mod telemetry;

@@ -1,0 +1,215 @@
+//! Route matching: host (exact or `*.` wildcard), path (exact or prefix),
+//! method and headers. Compiled once per config; matching a request
+//! allocates nothing.
+
+use http::{HeaderName, HeaderValue, Method, request::Parts};
+
+use crate::config::{HeaderMatch, PathMatch, RouteMatch};
+
+/// The hosts a route answers for.
+#[derive(Debug, Clone, Default)]
+pub struct HostMatcher {
+    exact: Vec<Box<str>>,
+    /// Suffixes including the dot: `*.example.com` is `.example.com`.
+    suffixes: Vec<Box<str>>,
+}
+
+impl HostMatcher {
+    /// From the route's `hosts`; empty matches every host.
+    pub fn new(hosts: &[String]) -> HostMatcher {
+        let mut m = HostMatcher::default();
+        for h in hosts {
+            let h = h.to_ascii_lowercase();
+            match h.strip_prefix('*') {
+                Some(suffix) => m.suffixes.push(suffix.into()),
+                None => m.exact.push(h.into()),
+            }
+        }
+        m
+    }
+
+    /// Whether `host` (without port, any case) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        if self.exact.is_empty() && self.suffixes.is_empty() {
+            return true;
+        }
+        self.exact.iter().any(|e| e.eq_ignore_ascii_case(host))
+            || self.suffixes.iter().any(|s| {
+                host.len() > s.len() && {
+                    let (_, tail) = host.split_at(host.len() - s.len());
+                    tail.eq_ignore_ascii_case(s)
+                }
+            })
+    }
+}
+
+/// The request's host: the `:authority` of HTTP/2 or the `Host` header,
+/// without the port.
+pub fn request_host(parts: &Parts) -> Option<&str> {
+    let raw = match parts.uri.authority() {
+        Some(a) => a.as_str(),
+        None => parts.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
+    if raw.starts_with('[') {
+        // [v6]:port
+        return raw.split_once(']').map(|(h, _)| &h[1..]);
+    }
+    Some(raw.split_once(':').map_or(raw, |(h, _)| h))
+}
+
+/// One compiled `match` entry.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    path: Option<PathMatch>,
+    method: Option<Method>,
+    headers: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+impl Matcher {
+    /// Compiles a validated match (invalid names were refused by validation
+    /// and are skipped here).
+    pub fn new(m: &RouteMatch) -> Matcher {
+        let path = m.path.clone().map(|p| match p {
+            // `/foo/` as a prefix means `/foo` at a segment boundary.
+            PathMatch::Prefix(s) if s.len() > 1 && s.ends_with('/') => {
+                PathMatch::Prefix(s.trim_end_matches('/').to_owned())
+            }
+            other => other,
+        });
+        Matcher {
+            path,
+            method: m
+                .method
+                .as_deref()
+                .and_then(|s| Method::from_bytes(s.as_bytes()).ok()),
+            headers: m
+                .headers
+                .iter()
+                .filter_map(|HeaderMatch { name, value }| {
+                    let n = HeaderName::from_bytes(name.as_bytes()).ok()?;
+                    let v = match value {
+                        Some(v) => Some(HeaderValue::from_str(v).ok()?),
+                        None => None,
+                    };
+                    Some((n, v))
+                })
+                .collect(),
+        }
+    }
+
+    /// Whether the request matches every given condition.
+    pub fn matches(&self, parts: &Parts) -> bool {
+        if let Some(m) = &self.method
+            && parts.method != *m
+        {
+            return false;
+        }
+        if let Some(p) = &self.path {
+            let path = parts.uri.path();
+            let ok = match p {
+                PathMatch::Exact(e) => path == e,
+                PathMatch::Prefix(pre) => {
+                    pre == "/"
+                        || (path.starts_with(pre.as_str())
+                            && matches!(path.as_bytes().get(pre.len()), None | Some(b'/')))
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        self.headers.iter().all(|(name, value)| match value {
+            Some(v) => parts.headers.get_all(name).iter().any(|have| have == v),
+            None => parts.headers.contains_key(name),
+        })
+    }
+}
+
+/// Whether any of `matchers` fits; an empty list fits every request.
+pub fn any_matches(matchers: &[Matcher], parts: &Parts) -> bool {
+    matchers.is_empty() || matchers.iter().any(|m| m.matches(parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn host_exact_and_wildcard() {
+        let m = HostMatcher::new(&["app.example.com".into(), "*.example.org".into()]);
+        assert!(m.matches("app.example.com"));
+        assert!(m.matches("APP.Example.com"));
+        assert!(!m.matches("other.example.com"));
+        assert!(m.matches("a.example.org"));
+        assert!(m.matches("a.b.example.org"));
+        assert!(!m.matches("example.org"));
+        assert!(!m.matches("badexample.org"));
+        assert!(HostMatcher::new(&[]).matches("anything"));
+    }
+
+    #[test]
+    fn host_from_header_or_authority() {
+        assert_eq!(
+            request_host(&parts("GET", "/", &[("host", "app.example.com:18080")])),
+            Some("app.example.com")
+        );
+        assert_eq!(
+            request_host(&parts("GET", "http://x.test/a", &[("host", "ignored")])),
+            Some("x.test")
+        );
+        assert_eq!(
+            request_host(&parts("GET", "/", &[("host", "[::1]:80")])),
+            Some("::1")
+        );
+        assert_eq!(request_host(&parts("GET", "/", &[])), None);
+    }
+
+    #[test]
+    fn path_prefix_respects_segments() {
+        let m = Matcher::new(&RouteMatch {
+            path: Some(PathMatch::Prefix("/api/".into())),
+            ..Default::default()
+        });
+        assert!(m.matches(&parts("GET", "/api", &[])));
+        assert!(m.matches(&parts("GET", "/api/v1", &[])));
+        assert!(!m.matches(&parts("GET", "/apix", &[])));
+        let exact = Matcher::new(&RouteMatch {
+            path: Some(PathMatch::Exact("/a".into())),
+            ..Default::default()
+        });
+        assert!(exact.matches(&parts("GET", "/a?q=1", &[])));
+        assert!(!exact.matches(&parts("GET", "/a/", &[])));
+    }
+
+    #[test]
+    fn method_and_headers() {
+        let m = Matcher::new(&RouteMatch {
+            method: Some("POST".into()),
+            headers: vec![
+                HeaderMatch {
+                    name: "x-env".into(),
+                    value: Some("canary".into()),
+                },
+                HeaderMatch {
+                    name: "x-user".into(),
+                    value: None,
+                },
+            ],
+            ..Default::default()
+        });
+        assert!(m.matches(&parts("POST", "/", &[("x-env", "canary"), ("x-user", "1")])));
+        assert!(!m.matches(&parts("GET", "/", &[("x-env", "canary"), ("x-user", "1")])));
+        assert!(!m.matches(&parts("POST", "/", &[("x-env", "prod"), ("x-user", "1")])));
+        assert!(!m.matches(&parts("POST", "/", &[("x-env", "canary")])));
+        assert!(any_matches(&[], &parts("DELETE", "/", &[])));
+    }
+}

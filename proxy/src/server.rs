@@ -1,0 +1,204 @@
+//! Workers and listeners.
+//!
+//! Each worker is an OS thread with a single-threaded tokio runtime and its
+//! own socket per listener (`SO_REUSEPORT`), so connections, their tasks and
+//! the upstream pools of a worker never cross threads. Workers reconcile
+//! their listeners whenever a new config is applied, and drain on shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::ListenerProtocol;
+use crate::http_proxy::ProxyService;
+use crate::state::Proxy;
+
+/// Largest request head accepted; larger gets `431` (HTTP/1.1) or a
+/// refused stream (HTTP/2), as Envoy's 60 KiB default.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Binds `addr` with `SO_REUSEPORT`, so that every worker has its own socket.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The connection builder: HTTP/1.1 and HTTP/2 detected per connection.
+fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .max_buf_size(MAX_HEADER_BYTES)
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new());
+    b.http1().header_read_timeout(Duration::from_secs(30));
+    b.http2()
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .adaptive_window(true);
+    b
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ListenerKey {
+    name: Arc<str>,
+    address: SocketAddr,
+    protocol: ListenerProtocol,
+}
+
+/// Runs one worker until `shutdown` turns true, then drains its
+/// connections for up to `drain`.
+pub async fn worker(proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+    let mut running: HashMap<ListenerKey, Running> = HashMap::new();
+    let mut changes = proxy.subscribe();
+    loop {
+        reconcile(&proxy, &mut running, drain);
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { break },
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+    // Stop accepting everywhere, then wait for the listeners to drain.
+    let tasks: Vec<_> = running
+        .drain()
+        .map(|(_, r)| {
+            let _ = r.stop.send(true);
+            r.task
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[derive(Debug)]
+struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn reconcile(proxy: &Arc<Proxy>, running: &mut HashMap<ListenerKey, Running>, drain: Duration) {
+    let compiled = proxy.current();
+    let wanted: Vec<ListenerKey> = compiled
+        .listeners
+        .iter()
+        .map(|l| ListenerKey {
+            name: l.name.clone(),
+            address: l.address,
+            protocol: l.protocol,
+        })
+        .collect();
+    running.retain(|key, r| {
+        let keep = wanted.contains(key);
+        if !keep {
+            info!(listener = %key.name, address = %key.address, "listener removed; draining");
+            let _ = r.stop.send(true);
+        }
+        keep
+    });
+    for key in wanted {
+        if running.contains_key(&key) {
+            continue;
+        }
+        match bind(key.address) {
+            Ok(listener) => {
+                info!(listener = %key.name, address = %key.address, "listening");
+                let (stop, stop_rx) = watch::channel(false);
+                let task = tokio::spawn(accept_loop(
+                    proxy.clone(),
+                    key.clone(),
+                    listener,
+                    stop_rx,
+                    drain,
+                ));
+                running.insert(key, Running { stop, task });
+            }
+            Err(e) => warn!(listener = %key.name, address = %key.address, "cannot listen: {e}"),
+        }
+    }
+}
+
+/// Accepts until stopped, then drains this listener's connections: HTTP
+/// connections finish their in-flight requests and close (HTTP/2 with a
+/// GOAWAY); TCP connections are left to end on their own until `drain`.
+async fn accept_loop(
+    proxy: Arc<Proxy>,
+    key: ListenerKey,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let builder = http_builder();
+    let graceful = GracefulShutdown::new();
+    let mut tcp_conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(listener = %key.name, "accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        proxy.telemetry.accepted_connections.fetch_add(1, Relaxed);
+        match key.protocol {
+            ListenerProtocol::Tcp => {
+                tcp_conns.spawn(counted(
+                    proxy.clone(),
+                    crate::tcp_proxy::serve(proxy.clone(), key.name.clone(), stream),
+                ));
+            }
+            ListenerProtocol::Http => {
+                let svc = TowerToHyperService::new(ProxyService::new(
+                    proxy.clone(),
+                    key.name.clone(),
+                    peer,
+                ));
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(counted(proxy.clone(), async move {
+                    let _ = conn.await;
+                }));
+            }
+        }
+    }
+    drop(listener);
+    let drained = async {
+        graceful.shutdown().await;
+        while tcp_conns.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(drain, drained).await.is_err() {
+        warn!(listener = %key.name, "drain deadline reached; closing remaining connections");
+    }
+}
+
+async fn counted(proxy: Arc<Proxy>, fut: impl std::future::Future<Output = ()>) {
+    proxy.telemetry.open_connections.fetch_add(1, Relaxed);
+    fut.await;
+    proxy.telemetry.open_connections.fetch_sub(1, Relaxed);
+}

@@ -1,0 +1,77 @@
+//! The proxy's shared state: the running configuration (swapped atomically),
+//! telemetry and endpoint load. One `Proxy` serves every worker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::compiled::{Compiled, EndpointRegistry, compile};
+use crate::config::Config;
+use crate::telemetry::Telemetry;
+
+/// Shared by the workers, the admin endpoint and the config sources.
+#[derive(Debug)]
+pub struct Proxy {
+    config: ArcSwap<Compiled>,
+    /// Counters and cells.
+    pub telemetry: Arc<Telemetry>,
+    registry: EndpointRegistry,
+    /// Bumped on every applied config; workers reconcile listeners on it.
+    changes: watch::Sender<u64>,
+    /// Whether a real configuration has been applied yet.
+    configured: AtomicBool,
+    /// Static reloads applied, for version labels.
+    generation: AtomicU64,
+}
+
+impl Proxy {
+    /// A proxy with an empty configuration (no listeners).
+    pub fn new() -> Arc<Proxy> {
+        let telemetry = Arc::new(Telemetry::default());
+        let registry = EndpointRegistry::default();
+        let empty = compile(Config::default(), "0".into(), &telemetry, &registry);
+        Arc::new(Proxy {
+            config: ArcSwap::from_pointee(empty),
+            telemetry,
+            registry,
+            changes: watch::channel(0).0,
+            configured: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// The running configuration. Requests hold this `Arc` until they
+    /// finish, so a swap never disturbs one in flight.
+    pub fn current(&self) -> Arc<Compiled> {
+        self.config.load_full()
+    }
+
+    /// Compiles and swaps in a validated config; `version` labels it (a
+    /// counter is used when `None`).
+    pub fn apply(&self, config: Config, version: Option<String>) {
+        let version =
+            version.unwrap_or_else(|| (self.generation.fetch_add(1, Relaxed) + 1).to_string());
+        let compiled = compile(config, version, &self.telemetry, &self.registry);
+        self.config.store(Arc::new(compiled));
+        self.configured.store(true, Relaxed);
+        self.telemetry.reloads_ok.fetch_add(1, Relaxed);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Counts a refused document (the running config stays).
+    pub fn refused(&self) {
+        self.telemetry.reloads_failed.fetch_add(1, Relaxed);
+    }
+
+    /// Whether any configuration has been applied.
+    pub fn configured(&self) -> bool {
+        self.configured.load(Relaxed)
+    }
+
+    /// Notified on every applied config.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}

@@ -1,0 +1,304 @@
+//! Request telemetry kept in atomic cells, one per (listener, route,
+//! backend, revision), created when a config is compiled and looked up by
+//! index on the hot path: recording a request touches only atomics, never a
+//! lock or a map. Cells outlive reloads (same key, same cell), so counters
+//! never reset; the admin endpoint encodes them as Prometheus text, and the
+//! control-plane stream reads the same cells to send deltas.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+/// Upper bounds of the latency buckets, in milliseconds (+Inf follows).
+pub const LATENCY_BUCKETS_MS: [f64; 14] = [
+    0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+/// What a cell counts for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CellKey {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Route name (empty for TCP listeners and unrouted requests).
+    pub route: Arc<str>,
+    /// Backend name (empty when no backend was chosen).
+    pub backend: Arc<str>,
+    /// Revision label of the backend, if any.
+    pub revision: Arc<str>,
+}
+
+/// Counters of one (listener, route, backend, revision).
+#[derive(Debug)]
+pub struct Cell {
+    /// Its labels.
+    pub key: CellKey,
+    /// Responses by status code (index = code - 100; 100..=599).
+    codes: Box<[AtomicU64; 500]>,
+    /// Requests that got no response from the backend (connect failure,
+    /// reset, timeout), answered by the proxy itself.
+    upstream_failures: AtomicU64,
+    latency: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    latency_sum_us: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// A copy of a cell's counters at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CellSnapshot {
+    /// Total responses (including proxy-generated failures).
+    pub requests: u64,
+    /// 5xx responses.
+    pub errors_5xx: u64,
+    /// Proxy-generated failures (no upstream response).
+    pub upstream_failures: u64,
+    /// Latency bucket counts (not cumulative), last is +Inf.
+    pub latency: Vec<u64>,
+    /// Sum of latencies in microseconds.
+    pub latency_sum_us: u64,
+}
+
+impl Cell {
+    fn new(key: CellKey) -> Cell {
+        Cell {
+            key,
+            codes: Box::new([const { AtomicU64::new(0) }; 500]),
+            upstream_failures: AtomicU64::new(0),
+            latency: [const { AtomicU64::new(0) }; LATENCY_BUCKETS_MS.len() + 1],
+            latency_sum_us: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, status: u16, latency: Duration, upstream_failure: bool) {
+        let idx = usize::from(status.clamp(100, 599) - 100);
+        self.codes[idx].fetch_add(1, Relaxed);
+        if upstream_failure {
+            self.upstream_failures.fetch_add(1, Relaxed);
+        }
+        let ms = latency.as_secs_f64() * 1000.0;
+        let bucket = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.latency[bucket].fetch_add(1, Relaxed);
+        self.latency_sum_us
+            .fetch_add(latency.as_micros() as u64, Relaxed);
+    }
+
+    /// Adds transferred bytes.
+    pub fn add_bytes(&self, inbound: u64, outbound: u64) {
+        self.bytes_in.fetch_add(inbound, Relaxed);
+        self.bytes_out.fetch_add(outbound, Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> CellSnapshot {
+        let codes: Vec<u64> = self.codes.iter().map(|c| c.load(Relaxed)).collect();
+        CellSnapshot {
+            requests: codes.iter().sum(),
+            errors_5xx: codes[400..].iter().sum(),
+            upstream_failures: self.upstream_failures.load(Relaxed),
+            latency: self.latency.iter().map(|c| c.load(Relaxed)).collect(),
+            latency_sum_us: self.latency_sum_us.load(Relaxed),
+        }
+    }
+}
+
+/// Process-wide counters, and the registry of cells.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    cells: Mutex<HashMap<CellKey, Arc<Cell>>>,
+    /// Open downstream connections.
+    pub open_connections: AtomicI64,
+    /// Accepted downstream connections.
+    pub accepted_connections: AtomicU64,
+    /// Configs applied.
+    pub reloads_ok: AtomicU64,
+    /// Configs refused.
+    pub reloads_failed: AtomicU64,
+    /// Upstream connections opened.
+    pub upstream_connects: AtomicU64,
+    /// Upstream connection attempts that failed.
+    pub upstream_connect_failures: AtomicU64,
+}
+
+impl Telemetry {
+    /// The cell for `key`, created on first use. Called when a config is
+    /// compiled, never per request.
+    pub fn cell(&self, key: CellKey) -> Arc<Cell> {
+        let mut cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        cells
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Cell::new(key)))
+            .clone()
+    }
+
+    /// Every cell, for scrapes and telemetry reports.
+    pub fn cells(&self) -> Vec<Arc<Cell>> {
+        let cells = self.cells.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<Arc<Cell>> = cells.values().cloned().collect();
+        v.sort_by(|a, b| {
+            (&a.key.listener, &a.key.route, &a.key.backend).cmp(&(
+                &b.key.listener,
+                &b.key.route,
+                &b.key.backend,
+            ))
+        });
+        v
+    }
+}
+
+/// Encodes [`Telemetry`] for a prometheus-client registry.
+#[derive(Debug)]
+pub struct TelemetryCollector(pub Arc<Telemetry>);
+
+impl Collector for TelemetryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = &self.0;
+        let cells = t.cells();
+        {
+            let mut family = encoder.encode_descriptor(
+                "sluice_requests",
+                "HTTP requests by listener, route, backend, revision and status code.",
+                None,
+                MetricType::Counter,
+            )?;
+            for cell in &cells {
+                for (i, c) in cell.codes.iter().enumerate() {
+                    let n = c.load(Relaxed);
+                    if n == 0 {
+                        continue;
+                    }
+                    let code = (i + 100).to_string();
+                    let labels = labels(&cell.key, &[("code", &code)]);
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sluice_request_duration_seconds",
+                "Time from request to upstream response headers.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for cell in &cells {
+                let counts: Vec<u64> = cell.latency.iter().map(|c| c.load(Relaxed)).collect();
+                let count: u64 = counts.iter().sum();
+                if count == 0 {
+                    continue;
+                }
+                let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_MS
+                    .iter()
+                    .map(|ms| ms / 1000.0)
+                    .chain([f64::INFINITY])
+                    .zip(counts.iter().copied())
+                    .collect();
+                let sum = cell.latency_sum_us.load(Relaxed) as f64 / 1e6;
+                let labels = labels(&cell.key, &[]);
+                family
+                    .encode_family(&labels)?
+                    .encode_histogram::<Vec<(String, String)>>(sum, count, &buckets, None)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sluice_upstream_failures",
+                "Requests answered by the proxy because the backend gave no response.",
+                None,
+                MetricType::Counter,
+            )?;
+            for cell in &cells {
+                let n = cell.upstream_failures.load(Relaxed);
+                if n > 0 {
+                    ConstCounter::new(n).encode(family.encode_family(&labels(&cell.key, &[]))?)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "sluice_bytes",
+                "Bytes proxied, by direction.",
+                None,
+                MetricType::Counter,
+            )?;
+            for cell in &cells {
+                for (dir, v) in [("in", &cell.bytes_in), ("out", &cell.bytes_out)] {
+                    let n = v.load(Relaxed);
+                    if n > 0 {
+                        ConstCounter::new(n).encode(
+                            family.encode_family(&labels(&cell.key, &[("direction", dir)]))?,
+                        )?;
+                    }
+                }
+            }
+        }
+        let gauge = ConstGauge::new(t.open_connections.load(Relaxed));
+        gauge.encode(encoder.encode_descriptor(
+            "sluice_open_connections",
+            "Open downstream connections.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        for (name, help, v) in [
+            (
+                "sluice_connections_accepted",
+                "Downstream connections accepted.",
+                &t.accepted_connections,
+            ),
+            (
+                "sluice_upstream_connects",
+                "Upstream connections opened.",
+                &t.upstream_connects,
+            ),
+            (
+                "sluice_upstream_connect_failures",
+                "Upstream connection attempts that failed.",
+                &t.upstream_connect_failures,
+            ),
+        ] {
+            ConstCounter::new(v.load(Relaxed)).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Counter,
+            )?)?;
+        }
+        let mut reloads = encoder.encode_descriptor(
+            "sluice_config_reloads",
+            "Configuration documents applied or refused.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, v) in [("applied", &t.reloads_ok), ("refused", &t.reloads_failed)] {
+            ConstCounter::new(v.load(Relaxed))
+                .encode(reloads.encode_family(&[("result", result)])?)?;
+        }
+        Ok(())
+    }
+}
+
+fn labels(key: &CellKey, extra: &[(&'static str, &str)]) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("listener".to_owned(), key.listener.to_string()),
+        ("route".to_owned(), key.route.to_string()),
+        ("backend".to_owned(), key.backend.to_string()),
+        ("revision".to_owned(), key.revision.to_string()),
+    ];
+    v.extend(
+        extra
+            .iter()
+            .map(|(k, val)| ((*k).to_owned(), (*val).to_owned())),
+    );
+    v
+}

@@ -1,0 +1,522 @@
+//! The real `sluice-proxy` binary in static mode against real clients:
+//! HTTP/1.1, HTTP/2, gRPC (tonic), WebSocket, raw TCP; weighted splits,
+//! reloads under load, retries, bad input and graceful shutdown.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn get(c: &reqwest::Client, port: u16, path: &str) -> (u16, String) {
+    let r = c
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", "app.test")
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn http1_and_http2_share_one_port() {
+    let up = upstream("blue").await;
+    let (port, admin) = (free_port(), free_port());
+    let _p = ProxyProcess::start(
+        &http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], ""),
+        addr(admin),
+    )
+    .await;
+    let (s, body) = get(&client(), port, "/").await;
+    assert_eq!((s, body.as_str()), (200, "blue"));
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve("app.test", addr(port))
+        .build()
+        .unwrap();
+    let r = h2
+        .get(format!("http://app.test:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "blue");
+}
+
+/// Sends `n` requests over `conc` keep-alive clients; counts bodies.
+async fn split(port: u16, n: usize, conc: usize) -> std::collections::HashMap<String, usize> {
+    let counts = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..conc {
+        let counts = counts.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..n / conc {
+                let (s, body) = get(&c, port, "/").await;
+                assert_eq!(s, 200);
+                *counts.lock().unwrap().entry(body).or_insert(0) += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(counts).unwrap().into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_split_is_accurate() {
+    let (blue, yellow) = (upstream("blue").await, upstream("yellow").await);
+    let (port, admin) = (free_port(), free_port());
+    let cfg = |wb, wy| {
+        http_config(
+            addr(port),
+            addr(admin),
+            &[("blue", blue.addr, wb), ("yellow", yellow.addr, wy)],
+            "",
+        )
+    };
+    let p = ProxyProcess::start(&cfg(50, 50), addr(admin)).await;
+    let counts = split(port, 10_000, 8).await;
+    let blue_share = counts["blue"] as f64 / 10_000.0;
+    assert!(
+        (blue_share - 0.5).abs() <= 0.02,
+        "50/50 gave blue {blue_share}"
+    );
+
+    let v = p.config_version().await;
+    p.rewrite(&cfg(90, 10));
+    p.wait_version_change(&v).await;
+    let counts = split(port, 10_000, 8).await;
+    let blue_share = counts["blue"] as f64 / 10_000.0;
+    assert!(
+        (blue_share - 0.9).abs() <= 0.015,
+        "90/10 gave blue {blue_share}"
+    );
+
+    // Weight 0 sends nothing.
+    let v = p.config_version().await;
+    p.rewrite(&cfg(0, 100));
+    p.wait_version_change(&v).await;
+    let counts = split(port, 1_000, 4).await;
+    assert_eq!(counts.get("blue"), None);
+    let metrics = p.metrics().await;
+    assert!(metrics.contains(r#"sluice_requests_total{listener="web",route="app",backend="yellow",revision="",code="200"}"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_fails_no_request() {
+    let (blue, yellow) = (upstream("blue").await, upstream("yellow").await);
+    let (port, admin) = (free_port(), free_port());
+    let cfg = |wb, wy| {
+        http_config(
+            addr(port),
+            addr(admin),
+            &[("blue", blue.addr, wb), ("yellow", yellow.addr, wy)],
+            "",
+        )
+    };
+    let p = ProxyProcess::start(&cfg(100, 0), addr(admin)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            let c = client();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match c
+                    .get(format!("http://127.0.0.1:{port}/"))
+                    .header("host", "app.test")
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for i in 0..6u32 {
+        let v = p.config_version().await;
+        let w = if i % 2 == 0 { (0, 100) } else { (100, 0) };
+        p.rewrite(&cfg(w.0, w.1));
+        p.wait_version_change(&v).await;
+        // Each version serves for a while under load before the next one.
+        let seen = ok.load(Ordering::Relaxed);
+        while ok.load(Ordering::Relaxed) < seen + 200 {
+            tokio::task::yield_now().await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed across reloads"
+    );
+    assert!(ok.load(Ordering::Relaxed) >= 1200);
+    // Yellow then blue took all traffic in turn.
+    assert!(blue.hits.load(Ordering::Relaxed) > 0 && yellow.hits.load(Ordering::Relaxed) > 0);
+}
+
+#[tokio::test]
+async fn grpc_unary_and_streaming_keep_trailers() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("sluice.Test", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream_from(listener)),
+    );
+    let (port, admin) = (free_port(), free_port());
+    let _p = ProxyProcess::start(
+        &http_config(addr(port), addr(admin), &[("grpc", grpc_addr, 1)], ""),
+        addr(admin),
+    )
+    .await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://app.test:{port}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| async move {
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                TcpStream::connect(addr(port)).await?,
+            ))
+        }))
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    // Unary: the status travels in the trailers.
+    let resp = client
+        .check(HealthCheckRequest {
+            service: "sluice.Test".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(resp.into_inner().status, ServingStatus::Serving as i32);
+    let err = client
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // Server streaming: updates arrive as they happen.
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: "sluice.Test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stream.next().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    reporter
+        .set_service_status("sluice.Test", tonic_health::ServingStatus::NotServing)
+        .await;
+    assert_eq!(
+        stream.next().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    server.abort();
+}
+
+fn tokio_stream_from(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<TcpStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    })
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() {
+                ws.send(msg).await.unwrap();
+            }
+        }
+    });
+    let (port, admin) = (free_port(), free_port());
+    let _p = ProxyProcess::start(
+        &http_config(addr(port), addr(admin), &[("ws", ws_addr, 1)], ""),
+        addr(admin),
+    )
+    .await;
+    let req = http::Request::builder()
+        .uri(format!("ws://127.0.0.1:{port}/chat"))
+        .header("host", "app.test")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
+        .body(())
+        .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(format!("hello {i}").into()).await.unwrap();
+        let echo = ws.next().await.unwrap().unwrap();
+        assert_eq!(echo.into_text().unwrap().as_str(), format!("hello {i}"));
+    }
+    server.abort();
+}
+
+#[tokio::test]
+async fn tcp_is_spliced() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let (port, admin) = (free_port(), free_port());
+    let cfg = format!(
+        "admin: {{address: \"127.0.0.1:{admin}\"}}\nbackends:\n  - name: echo\n    endpoints: [\"{echo_addr}\"]\nlisteners:\n  - name: db\n    address: 127.0.0.1:{port}\n    protocol: tcp\n    backends: [{{name: echo}}]\n"
+    );
+    let p = ProxyProcess::start(&cfg, addr(admin)).await;
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let read = r.read_to_end(&mut back);
+    let (_, n) = tokio::join!(write, read);
+    assert_eq!(n.unwrap(), payload.len());
+    assert_eq!(back, payload);
+    let metrics = p.metrics().await;
+    assert!(metrics.contains(r#"sluice_bytes_total{listener="db",route="",backend="echo",revision="",direction="in"} 100000"#), "{metrics}");
+    server.abort();
+}
+
+#[tokio::test]
+async fn bad_input_gets_clear_4xx_and_5xx() {
+    let up = upstream("blue").await;
+    let dead = addr(free_port());
+    let (port, admin) = (free_port(), free_port());
+    let cfg = format!(
+        "admin: {{address: \"127.0.0.1:{admin}\"}}
+backends:
+  - {{name: blue, endpoints: [\"{}\"]}}
+  - {{name: dead, endpoints: [\"{dead}\"]}}
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    routes:
+      - {{name: app, hosts: [app.test], backends: [{{name: blue}}]}}
+      - {{name: dead-route, hosts: [dead.test], backends: [{{name: dead}}]}}
+",
+        up.addr
+    );
+    let p = ProxyProcess::start(&cfg, addr(admin)).await;
+
+    // Malformed HTTP: 400.
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nBad Header\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // Unknown host: 404 saying no route matched.
+    let c = client();
+    let r = c
+        .get(format!("http://127.0.0.1:{port}/"))
+        .header("host", "nobody.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-sluice-flags"], "NR");
+    assert_eq!(r.text().await.unwrap(), "no route matched\n");
+
+    // Unreachable backend: 503 with the reason.
+    let r = c
+        .get(format!("http://127.0.0.1:{port}/"))
+        .header("host", "dead.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-sluice-flags"], "UF");
+
+    // Oversized headers: 431.
+    let big = "x".repeat(100 * 1024);
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.unwrap_or(0);
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    // Garbage that is not HTTP at all, then a half-sent request: no crash.
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(&[0u8, 159, 146, 150, 255, 13, 10, 13, 10])
+        .await
+        .unwrap();
+    let _ = s.read(&mut buf).await;
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    drop(s);
+
+    // Still serving.
+    let (status, body) = get(&c, port, "/").await;
+    assert_eq!((status, body.as_str()), (200, "blue"));
+    let m = p.metrics().await;
+    assert!(
+        m.contains(r#"backend="dead",revision="",code="503"}"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_config_is_refused_and_the_running_one_stays() {
+    let up = upstream("blue").await;
+    let (port, admin) = (free_port(), free_port());
+    let good = http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], "");
+
+    // At start-up: exit non-zero, naming the field and the line.
+    let bad = good.replace("{name: blue, weight: 1}", "{name: green, weight: 1}");
+    let mut p = ProxyProcess::spawn(&bad, addr(admin), &[]);
+    let status = p.child.wait().unwrap();
+    assert!(!status.success());
+    let log = p.log_text();
+    assert!(
+        log.contains(
+            "listeners[0].routes[0].backends[0].name (line 13): unknown backend \"green\""
+        ),
+        "{log}"
+    );
+
+    // On reload: refused, counted, and the old config keeps serving.
+    let p = ProxyProcess::start(&good, addr(admin)).await;
+    let v = p.config_version().await;
+    p.rewrite(&good.replace(
+        &format!("address: 127.0.0.1:{port}"),
+        "address: not-an-address",
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !p
+        .metrics()
+        .await
+        .contains(r#"sluice_config_reloads_total{result="refused"} 1"#)
+    {
+        assert!(Instant::now() < deadline, "refusal not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(p.config_version().await, v);
+    assert!(
+        p.log_text().contains("listeners[0].address (line 8)"),
+        "{}",
+        p.log_text()
+    );
+    let (status, body) = get(&client(), port, "/").await;
+    assert_eq!((status, body.as_str()), (200, "blue"));
+}
+
+#[tokio::test]
+async fn retries_route_around_a_dead_endpoint() {
+    let up = upstream("blue").await;
+    let dead = addr(free_port());
+    let (port, admin) = (free_port(), free_port());
+    let cfg = format!(
+        "admin: {{address: \"127.0.0.1:{admin}\"}}\nbackends:\n  - name: mixed\n    endpoints: [\"{dead}\", \"{}\"]\nlisteners:\n  - name: web\n    address: 127.0.0.1:{port}\n    routes:\n      - name: app\n        backends: [{{name: mixed}}]\n        retries: {{attempts: 2}}\n",
+        up.addr
+    );
+    let _p = ProxyProcess::start(&cfg, addr(admin)).await;
+    let c = client();
+    for _ in 0..50 {
+        let (status, body) = get(&c, port, "/").await;
+        assert_eq!((status, body.as_str()), (200, "blue"));
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let up = upstream("blue").await;
+    let (port, admin) = (free_port(), free_port());
+    let mut p = ProxyProcess::start(
+        &http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], ""),
+        addr(admin),
+    )
+    .await;
+    let slow = tokio::spawn(async move { get(&client(), port, "/slow").await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.hits.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never reached upstream"
+        );
+        tokio::task::yield_now().await;
+    }
+    p.signal(libc::SIGTERM);
+    let (status, body) = slow.await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "blue"));
+    let status = tokio::task::spawn_blocking(move || p.child.wait().map(|s| (s.success(), p)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.0, "exit status");
+    assert!(
+        TcpStream::connect(addr(port)).await.is_err(),
+        "still accepting after shutdown"
+    );
+}

@@ -1,0 +1,232 @@
+//! Test support: the real `sluice-proxy` binary on free loopback ports, and
+//! small upstream servers that say who they are.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running proxy process; killed on drop.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub config: tempfile::NamedTempFile,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl ProxyProcess {
+    /// Starts `sluice-proxy run` on `yaml` and waits for `/ready`.
+    pub async fn start(yaml: &str, admin: SocketAddr) -> ProxyProcess {
+        let p = Self::spawn(yaml, admin, &["--workers", "1"]);
+        p.wait_ready().await;
+        p
+    }
+
+    /// Starts it without waiting.
+    pub fn spawn(yaml: &str, admin: SocketAddr, extra: &[&str]) -> ProxyProcess {
+        let mut config = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        config.write_all(yaml.as_bytes()).unwrap();
+        config.flush().unwrap();
+        let log = config.path().with_extension("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
+            .args(["run", "--config"])
+            .arg(config.path())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        ProxyProcess {
+            child,
+            config,
+            admin,
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/ready", self.admin);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy not ready; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Rewrites the config file (the proxy picks it up by itself).
+    pub fn rewrite(&self, yaml: &str) {
+        let tmp = self.config.path().with_extension("tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.config.path()).unwrap();
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn config_version(&self) -> String {
+        let v: serde_json::Value = reqwest::get(format!("http://{}/config", self.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["version"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Waits for `/config` to report a version other than `old`.
+    pub async fn wait_version_change(&self, old: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.config_version().await;
+            if v != old {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "config never reloaded; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// An upstream HTTP server (HTTP/1.1 and HTTP/2) answering `name` to
+/// every request, with per-request counting; `/slow` waits 500 ms,
+/// `/status/N` answers N.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn upstream(name: &'static str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let counter = counter.clone();
+                    async move {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let path = req.uri().path().to_owned();
+                        let echo_headers = format!("{:?}", req.headers());
+                        let _ = req.into_body().collect().await;
+                        if path == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        let mut resp = Response::new(Full::new(Bytes::from(name)));
+                        if let Some(code) =
+                            path.strip_prefix("/status/").and_then(|c| c.parse().ok())
+                        {
+                            *resp.status_mut() = http::StatusCode::from_u16(code).unwrap();
+                        }
+                        if path == "/headers" {
+                            *resp.body_mut() = Full::new(Bytes::from(echo_headers));
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, hits, task }
+}
+
+/// A proxy config: one HTTP listener for host `app.test`, split across
+/// `backends` (name, endpoint, weight).
+pub fn http_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    backends: &[(&str, SocketAddr, u32)],
+    route_extra: &str,
+) -> String {
+    let mut s = format!("admin:\n  address: {admin}\nbackends:\n");
+    for (name, addr, _) in backends {
+        s.push_str(&format!("  - name: {name}\n    endpoints: [\"{addr}\"]\n"));
+    }
+    s.push_str(&format!(
+        "listeners:\n  - name: web\n    address: {listen}\n    routes:\n      - name: app\n        hosts: [app.test]\n{route_extra}        backends:\n"
+    ));
+    for (name, _, w) in backends {
+        s.push_str(&format!("          - {{name: {name}, weight: {w}}}\n"));
+    }
+    s
+}
+
+pub fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
