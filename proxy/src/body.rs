@@ -73,8 +73,18 @@ pub enum RespBody {
         /// Where its bytes are counted.
         cell: Arc<Cell>,
     },
-    /// A short body written by the proxy.
+    /// A short body written by the proxy, or a small upstream body that
+    /// had fully arrived with its headers.
     Local(Option<Bytes>),
+    /// An upstream body whose first frame was already read.
+    Prefixed {
+        /// The frame read ahead.
+        first: Option<Frame<Bytes>>,
+        /// The rest.
+        body: Incoming,
+        /// Where its bytes are counted.
+        cell: Arc<Cell>,
+    },
 }
 
 impl RespBody {
@@ -113,6 +123,21 @@ impl Body for RespBody {
                 polled
             }
             RespBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RespBody::Prefixed { first, body, cell } => {
+                if let Some(frame) = first.take() {
+                    if let Some(data) = frame.data_ref() {
+                        cell.add_bytes(0, data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    cell.add_bytes(0, data.len() as u64);
+                }
+                polled
+            }
         }
     }
 
@@ -120,6 +145,7 @@ impl Body for RespBody {
         match self {
             RespBody::Stream { body, .. } => body.is_end_stream(),
             RespBody::Local(data) => data.is_none(),
+            RespBody::Prefixed { first, body, .. } => first.is_none() && body.is_end_stream(),
         }
     }
 
@@ -128,6 +154,21 @@ impl Body for RespBody {
             RespBody::Stream { body, .. } => body.size_hint(),
             RespBody::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
             RespBody::Local(None) => SizeHint::with_exact(0),
+            RespBody::Prefixed { first, body, .. } => {
+                let mut hint = body.size_hint();
+                if let Some(n) = first
+                    .as_ref()
+                    .and_then(|f| f.data_ref())
+                    .map(|d| d.len() as u64)
+                {
+                    let upper = hint.upper().map(|u| u + n);
+                    hint.set_lower(hint.lower() + n);
+                    if let Some(u) = upper {
+                        hint.set_upper(u);
+                    }
+                }
+                hint
+            }
         }
     }
 }

@@ -148,10 +148,15 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn request(&self, proto: Proto, body: ReqBody) -> Request<ReqBody> {
+    /// Builds an attempt; `last` moves the headers instead of copying them.
+    fn request(&mut self, proto: Proto, body: ReqBody, last: bool) -> Request<ReqBody> {
         let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
-        *req.headers_mut() = self.headers.clone();
+        *req.headers_mut() = if last {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
+        };
         match proto {
             Proto::H1 => {
                 *req.uri_mut() = Uri::from(self.path_and_query.clone());
@@ -241,7 +246,7 @@ impl ProxyService {
         compiled: &Compiled,
         _listener: &CompiledListener,
         route: &CompiledRoute,
-        prepared: Prepared,
+        mut prepared: Prepared,
         body: Incoming,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         start: Instant,
@@ -297,7 +302,7 @@ impl ProxyService {
                 },
                 None => ReqBody::Empty,
             };
-            let req = prepared.request(proto, req_body);
+            let req = prepared.request(proto, req_body, last);
             let in_flight = endpoint.begin();
             let sent = pool::send(
                 endpoint.addr,
@@ -340,7 +345,7 @@ impl ProxyService {
                     }
                     strip_hop_by_hop(resp.headers_mut(), false);
                     let (parts, body) = resp.into_parts();
-                    return Response::from_parts(parts, RespBody::Stream { body, cell });
+                    return Response::from_parts(parts, small_body_now(body, cell));
                 }
                 Err(e) if e.is_connect() => {
                     if matches!(e, UpstreamError::Connect(..)) {
@@ -369,6 +374,37 @@ impl ProxyService {
             // Retry on another backend draw (it may be the same one).
             backend_idx = route.split.choose().unwrap_or(first);
         }
+    }
+}
+
+/// A small body whose bytes already arrived with the headers is sent as one
+/// piece, so that the response head and body leave in one write (one
+/// segment, one wake-up of the client) instead of two. Anything else
+/// streams.
+fn small_body_now(mut body: Incoming, cell: Arc<crate::telemetry::Cell>) -> RespBody {
+    use futures::FutureExt;
+    use http_body_util::BodyExt;
+    const SMALL: u64 = 16 * 1024;
+    if body.size_hint().exact().is_none_or(|n| n > SMALL) {
+        return RespBody::Stream { body, cell };
+    }
+    match body.frame().now_or_never() {
+        Some(Some(Ok(frame))) if body.is_end_stream() => match frame.into_data() {
+            Ok(data) => {
+                cell.add_bytes(0, data.len() as u64);
+                RespBody::Local(Some(data))
+            }
+            // A trailers frame: nothing else can follow.
+            Err(_) => RespBody::Local(None),
+        },
+        Some(None) => RespBody::Local(None),
+        Some(Some(Ok(frame))) => RespBody::Prefixed {
+            first: Some(frame),
+            body,
+            cell,
+        },
+        // Not here yet, or an error that the stream will report.
+        _ => RespBody::Stream { body, cell },
     }
 }
 

@@ -56,6 +56,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    raise_fd_limit();
     let result = match cli.command {
         Command::Run { config, runtime } => run_static(config, runtime),
     };
@@ -127,6 +128,22 @@ fn start_workers(
                 .spawn(move || runtime.block_on(server::worker(proxy, shutdown, drain)))?)
         })
         .collect()
+}
+
+/// A proxy holds two descriptors per proxied connection: lift the soft
+/// limit to the hard one, as Envoy and nginx (`worker_rlimit_nofile`) do.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on our own process with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }
 
 async fn wait_for_stop() -> anyhow::Result<()> {

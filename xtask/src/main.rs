@@ -4,6 +4,9 @@
 //! - `cargo xtask demo [down] [--step N]`: the local sandbox of the hands-on.
 //! - `cargo xtask crds [--check]`: regenerate (or check) the CRD YAML.
 //! - `cargo xtask test-bed`: build or reuse the Kubernetes binaries.
+//! - `cargo xtask bench proxy`: the proxy against nginx and HAProxy.
+
+mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -47,6 +50,11 @@ enum Task {
     },
     /// Build or reuse the Kubernetes, etcd and helm binaries and print their paths.
     TestBed,
+    /// Benchmarks: `proxy` (sluice-proxy against a direct connection, nginx and HAProxy).
+    Bench {
+        /// What to benchmark: `proxy`.
+        what: String,
+    },
 }
 
 fn root() -> PathBuf {
@@ -453,5 +461,9 @@ fn main() -> Result<()> {
         },
         Task::Crds { check } => task_crds(check),
         Task::TestBed => run("install the test bed", test_bed()?),
+        Task::Bench { what } => match what.as_str() {
+            "proxy" => bench::proxy(),
+            other => bail!("unknown benchmark {other:?}: use `proxy`"),
+        },
     }
 }

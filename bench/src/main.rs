@@ -1,0 +1,206 @@
+//! `sluice-bench`: the load tools of `cargo xtask bench`.
+//!
+//! - `rate`: an open-loop HTTP/1.1 load at a fixed rate. Latency is measured
+//!   from when each request was *due*, not when it was sent, so a stalled
+//!   proxy cannot hide its stall (no coordinated omission). Prints one JSON
+//!   line with the percentiles.
+//! - `hold`: opens N keep-alive connections, makes one request on each, and
+//!   holds them open until stdin closes, so that a proxy's memory with many
+//!   connections can be read.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+#[derive(Parser)]
+#[command(about = "Load tools for Sluice's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fixed-rate open-loop load; prints JSON percentiles.
+    Rate {
+        /// Target address.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Host header.
+        #[arg(long, default_value = "app.test")]
+        host: String,
+        /// Requests per second.
+        #[arg(long, default_value_t = 2000)]
+        rps: u32,
+        /// Seconds of load (after a 1 s warm-up that is not measured).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Keep-alive connections the load is spread over.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
+    /// Hold N idle keep-alive connections until stdin closes.
+    Hold {
+        /// Target address.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// Host header.
+        #[arg(long, default_value = "app.test")]
+        host: String,
+        /// How many connections.
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+    },
+}
+
+async fn connect(addr: SocketAddr) -> Result<http1::SendRequest<Empty<Bytes>>> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn get(sender: &mut http1::SendRequest<Empty<Bytes>>, host: &str) -> Result<()> {
+    sender.ready().await?;
+    let req = Request::get("/").header("host", host).body(Empty::new())?;
+    let resp = sender.send_request(req).await?;
+    let ok = resp.status().is_success();
+    resp.into_body().collect().await?;
+    if !ok {
+        bail!("non-2xx response");
+    }
+    Ok(())
+}
+
+/// 1,000 connections need more descriptors than the usual soft limit.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on our own process.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+async fn rate(
+    addr: SocketAddr,
+    host: String,
+    rps: u32,
+    seconds: u64,
+    connections: usize,
+) -> Result<()> {
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rps.max(1)));
+    let warmup = u64::from(rps);
+    let total = warmup + u64::from(rps) * seconds;
+    let (result_tx, mut result_rx) = mpsc::unbounded_channel::<(bool, u64, bool)>();
+    let mut queues = Vec::new();
+    for _ in 0..connections {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, bool)>();
+        queues.push(tx);
+        let mut sender = connect(addr).await?;
+        let (host, results) = (host.clone(), result_tx.clone());
+        tokio::spawn(async move {
+            while let Some((due, measured)) = rx.recv().await {
+                let ok = get(&mut sender, &host).await.is_ok();
+                let us = due.elapsed().as_micros() as u64;
+                let _ = results.send((ok, us, measured));
+            }
+        });
+    }
+    drop(result_tx);
+    let start = Instant::now();
+    for i in 0..total {
+        let due = start + interval * (i as u32);
+        tokio::time::sleep_until(due.into()).await;
+        let _ = queues[(i as usize) % connections].send((due, i >= warmup));
+    }
+    drop(queues);
+    let mut lat = Vec::with_capacity(total as usize);
+    let mut errors = 0u64;
+    while let Some((ok, us, measured)) = result_rx.recv().await {
+        if !measured {
+            continue;
+        }
+        if ok {
+            lat.push(us);
+        } else {
+            errors += 1;
+        }
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let elapsed = start.elapsed().as_secs_f64() - 1.0;
+    println!(
+        "{{\"requests\":{},\"errors\":{errors},\"achieved_rps\":{:.0},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"max_us\":{}}}",
+        lat.len(),
+        lat.len() as f64 / elapsed.max(0.001),
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        lat.last().copied().unwrap_or(0)
+    );
+    Ok(())
+}
+
+async fn hold(addr: SocketAddr, host: String, connections: usize) -> Result<()> {
+    raise_fd_limit();
+    let mut held = Vec::with_capacity(connections);
+    for i in 0..connections {
+        let mut s = connect(addr)
+            .await
+            .with_context(|| format!("connection {i}"))?;
+        get(&mut s, &host)
+            .await
+            .with_context(|| format!("request on connection {i}"))?;
+        held.push(s);
+    }
+    println!("ready {}", held.len());
+    // Hold until the parent closes our stdin.
+    let mut buf = [0u8; 64];
+    let mut stdin = tokio::io::stdin();
+    while stdin.read(&mut buf).await.unwrap_or(0) > 0 {}
+    drop(held);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match Cli::parse().cmd {
+        Cmd::Rate {
+            addr,
+            host,
+            rps,
+            seconds,
+            connections,
+        } => rt.block_on(rate(addr, host, rps, seconds, connections.max(1))),
+        Cmd::Hold {
+            addr,
+            host,
+            connections,
+        } => rt.block_on(hold(addr, host, connections)),
+    }
+}

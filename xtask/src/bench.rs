@@ -1,0 +1,450 @@
+//! `cargo xtask bench proxy`: sluice-proxy side by side with a direct
+//! connection, nginx and HAProxy (Debian's), in one run on this machine.
+//!
+//! Every proxy runs with one worker thread pinned to CPU 0; the backend (an
+//! nginx answering `200 ok`) and the load generators are pinned to CPU 1, so
+//! each proxy gets the same single core. Peak throughput comes from `wrk`
+//! (closed loop); latency at a fixed 2,000 requests/s from `sluice-bench
+//! rate` (open loop); memory from `/proc` idle and with 1,000 open
+//! keep-alive connections held by `sluice-bench hold`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, root, run};
+
+const BACKEND_PORT: u16 = 19_001;
+const PEAK_SECONDS: u32 = 10;
+const FIXED_RPS: u32 = 2_000;
+
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pinned(cpu: &str, program: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpu, program]);
+    c
+}
+
+fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Proc> {
+    let log = std::fs::File::create(log)?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Proc { name, child })
+}
+
+/// Waits until `port` answers an HTTP request with 200.
+fn wait_http(port: u16, proc: &mut Proc) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ok = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://127.0.0.1:{port}/"),
+            ])
+            .output()
+            .map(|o| o.stdout == b"200")
+            .unwrap_or(false);
+        if ok {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            bail!("{} exited ({status}) before serving", proc.name);
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not serve on port {port} within 15 s", proc.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Resident memory of `pid` and its descendants, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
+                    stack.extend(
+                        children
+                            .split_whitespace()
+                            .filter_map(|c| c.parse::<u32>().ok()),
+                    );
+                }
+            }
+        }
+    }
+    total
+}
+
+#[derive(Debug, Default, Clone)]
+struct Row {
+    name: &'static str,
+    peak_rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+    rss_idle_kib: u64,
+    rss_conns_kib: u64,
+}
+
+fn wrk_peak(port: u16, seconds: u32) -> Result<f64> {
+    let out = pinned("1", "wrk")
+        .args([
+            "-t1",
+            "-c50",
+            &format!("-d{seconds}s"),
+            &format!("http://127.0.0.1:{port}/"),
+        ])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!("wrk saw errors against port {port}:\n{text}");
+    }
+    Ok(rps)
+}
+
+fn fixed_rate(bench: &Path, port: u16) -> Result<(u64, u64, u64)> {
+    let out = pinned("1", &bench.display().to_string())
+        .args([
+            "rate",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--rps",
+            &FIXED_RPS.to_string(),
+            "--seconds",
+            "10",
+        ])
+        .output()
+        .context("running sluice-bench rate")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |k: &str| -> u64 {
+        text.split(&format!("\"{k}\":"))
+            .nth(1)
+            .and_then(|r| r.split([',', '}']).next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    if field("requests") == 0 {
+        bail!(
+            "sluice-bench rate failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((field("p50_us"), field("p99_us"), field("errors")))
+}
+
+fn hold_and_measure(bench: &Path, port: u16, pid: u32) -> Result<u64> {
+    let mut holder = pinned("1", &bench.display().to_string())
+        .args([
+            "hold",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--connections",
+            "1000",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running sluice-bench hold")?;
+    let mut line = String::new();
+    if let Some(out) = holder.stdout.take() {
+        BufReader::new(out).read_line(&mut line)?;
+    }
+    let rss = if line.starts_with("ready 1000") {
+        Ok(rss_kib(pid))
+    } else {
+        Err(anyhow::anyhow!("holder said {line:?}"))
+    };
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    rss
+}
+
+fn measure(name: &'static str, port: u16, proc: Option<&mut Proc>, bench: &Path) -> Result<Row> {
+    let pid = proc.as_ref().map(|p| p.child.id());
+    if let Some(p) = proc {
+        wait_http(port, p)?;
+    }
+    eprintln!("    {name}: warming up");
+    let rss_idle_kib = pid.map(rss_kib).unwrap_or(0);
+    wrk_peak(port, 2)?;
+    eprintln!("    {name}: peak throughput ({PEAK_SECONDS} s)");
+    let peak_rps = wrk_peak(port, PEAK_SECONDS)?;
+    eprintln!("    {name}: latency at {FIXED_RPS} rps (10 s)");
+    let (p50_us, p99_us, errors) = fixed_rate(bench, port)?;
+    let rss_conns_kib = match pid {
+        Some(pid) => {
+            eprintln!("    {name}: memory with 1,000 open connections");
+            hold_and_measure(bench, port, pid)?
+        }
+        None => 0,
+    };
+    Ok(Row {
+        name,
+        peak_rps,
+        p50_us,
+        p99_us,
+        errors,
+        rss_idle_kib,
+        rss_conns_kib,
+    })
+}
+
+fn write_configs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir.join("nginx-tmp"))?;
+    let nginx_common = "worker_processes 1;\nworker_rlimit_nofile 8192;\ndaemon off;\nmaster_process on;\nerror_log stderr warn;\nevents { worker_connections 8192; }\n";
+    let temp = format!(
+        "client_body_temp_path {d}/nginx-tmp/body; proxy_temp_path {d}/nginx-tmp/proxy; fastcgi_temp_path {d}/nginx-tmp/fcgi; uwsgi_temp_path {d}/nginx-tmp/uwsgi; scgi_temp_path {d}/nginx-tmp/scgi;",
+        d = dir.display()
+    );
+    std::fs::write(
+        dir.join("backend.conf"),
+        format!(
+            "{nginx_common}pid {d}/backend.pid;\nhttp {{ access_log off; {temp} keepalive_requests 10000000;\n  server {{ listen 127.0.0.1:{BACKEND_PORT} reuseport; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+            d = dir.display()
+        ),
+    )?;
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "{nginx_common}pid {d}/nginx.pid;\nhttp {{ access_log off; {temp} keepalive_requests 10000000;\n  upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 256; keepalive_requests 10000000; }}\n  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+            d = dir.display(),
+            port = PORTS.nginx
+        ),
+    )?;
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  http-reuse always\n  option http-keep-alive\nfrontend fe\n  bind 127.0.0.1:{}\n  default_backend be\nbackend be\n  server s1 127.0.0.1:{BACKEND_PORT}\n",
+            PORTS.haproxy
+        ),
+    )?;
+    std::fs::write(
+        dir.join("sluice.yaml"),
+        format!(
+            "backends:\n  - name: backend\n    endpoints: [\"127.0.0.1:{BACKEND_PORT}\"]\n    protocol: http1\nlisteners:\n  - name: bench\n    address: 127.0.0.1:{}\n    routes:\n      - name: all\n        backends: [{{name: backend}}]\n",
+            PORTS.sluice
+        ),
+    )?;
+    Ok(())
+}
+
+struct Ports {
+    nginx: u16,
+    haproxy: u16,
+    sluice: u16,
+}
+const PORTS: Ports = Ports {
+    nginx: 19_101,
+    haproxy: 19_102,
+    sluice: 19_103,
+};
+
+fn table(rows: &[Row]) -> String {
+    let direct = rows
+        .iter()
+        .find(|r| r.name == "direct")
+        .cloned()
+        .unwrap_or_default();
+    let get = |n: &str| {
+        rows.iter()
+            .find(|r| r.name == n)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (sluice, nginx, haproxy) = (get("sluice-proxy"), get("nginx"), get("haproxy"));
+    let mut s = String::new();
+    s.push_str("| | peak req/s (1 core) | p50 at 2,000 req/s | p99 at 2,000 req/s | added p50 | added p99 | errors | RSS idle | RSS, 1,000 conns |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let added = |v: u64, base: u64| {
+            if r.name == "direct" {
+                "-".to_owned()
+            } else {
+                format!("{} µs", v as i64 - base as i64)
+            }
+        };
+        let mem = |k: u64| {
+            if r.name == "direct" {
+                "-".to_owned()
+            } else {
+                format!("{:.1} MiB", k as f64 / 1024.0)
+            }
+        };
+        s.push_str(&format!(
+            "| {} | {:.0} | {} µs | {} µs | {} | {} | {} | {} | {} |\n",
+            r.name,
+            r.peak_rps,
+            r.p50_us,
+            r.p99_us,
+            added(r.p50_us, direct.p50_us),
+            added(r.p99_us, direct.p99_us),
+            r.errors,
+            mem(r.rss_idle_kib),
+            mem(r.rss_conns_kib),
+        ));
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    s.push_str(&format!(
+        "\nsluice/nginx throughput: {:.2}x; sluice/HAProxy throughput: {:.2}x; added p99: sluice {} µs, nginx {} µs, HAProxy {} µs\n",
+        ratio(sluice.peak_rps, nginx.peak_rps),
+        ratio(sluice.peak_rps, haproxy.peak_rps),
+        sluice.p99_us as i64 - direct.p99_us as i64,
+        nginx.p99_us as i64 - direct.p99_us as i64,
+        haproxy.p99_us as i64 - direct.p99_us as i64,
+    ));
+    s
+}
+
+/// Runs the proxy benchmark and prints (and saves) the table.
+pub fn proxy() -> Result<()> {
+    run("install nginx, HAProxy and wrk", {
+        let mut c = Command::new("bash");
+        c.arg(root().join("scripts/bench-tools.sh"));
+        c
+    })?;
+    run("build sluice-proxy and sluice-bench (release)", {
+        let mut c = cargo();
+        c.args([
+            "build",
+            "--release",
+            "-p",
+            "sluice-proxy",
+            "-p",
+            "sluice-bench",
+        ]);
+        c
+    })?;
+    let target = root().join("target");
+    let dir = target.join("bench/proxy");
+    std::fs::create_dir_all(&dir)?;
+    write_configs(&dir)?;
+    let bench: PathBuf = target.join("release/sluice-bench");
+    let proxy_bin = target.join("release/sluice-proxy");
+
+    eprintln!("\n==> backend: nginx answering 200 on 127.0.0.1:{BACKEND_PORT} (CPU 1)");
+    let mut backend = spawn(
+        "backend",
+        {
+            let mut c = pinned("1", "nginx");
+            c.args([
+                "-p",
+                &dir.display().to_string(),
+                "-c",
+                &dir.join("backend.conf").display().to_string(),
+            ]);
+            c
+        },
+        &dir.join("backend.log"),
+    )?;
+    wait_http(BACKEND_PORT, &mut backend)?;
+
+    let mut rows = Vec::new();
+    eprintln!("\n==> direct connection");
+    rows.push(measure("direct", BACKEND_PORT, None, &bench)?);
+    {
+        eprintln!("\n==> nginx (1 worker, CPU 0)");
+        let mut p = spawn(
+            "nginx",
+            {
+                let mut c = pinned("0", "nginx");
+                c.args([
+                    "-p",
+                    &dir.display().to_string(),
+                    "-c",
+                    &dir.join("nginx.conf").display().to_string(),
+                ]);
+                c
+            },
+            &dir.join("nginx.log"),
+        )?;
+        rows.push(measure("nginx", PORTS.nginx, Some(&mut p), &bench)?);
+    }
+    {
+        eprintln!("\n==> HAProxy (1 thread, CPU 0)");
+        let mut p = spawn(
+            "haproxy",
+            {
+                let mut c = pinned("0", "haproxy");
+                c.args(["-db", "-f", &dir.join("haproxy.cfg").display().to_string()]);
+                c
+            },
+            &dir.join("haproxy.log"),
+        )?;
+        rows.push(measure("haproxy", PORTS.haproxy, Some(&mut p), &bench)?);
+    }
+    {
+        eprintln!("\n==> sluice-proxy (1 worker, CPU 0)");
+        let mut p = spawn(
+            "sluice-proxy",
+            {
+                let mut c = pinned("0", &proxy_bin.display().to_string());
+                c.args([
+                    "run",
+                    "--workers",
+                    "1",
+                    "--config",
+                    &dir.join("sluice.yaml").display().to_string(),
+                ])
+                .env("RUST_LOG", "warn");
+                c
+            },
+            &dir.join("sluice.log"),
+        )?;
+        rows.push(measure("sluice-proxy", PORTS.sluice, Some(&mut p), &bench)?);
+    }
+    drop(backend);
+    let out = table(&rows);
+    println!("\n{out}");
+    let mut f = std::fs::File::create(dir.join("results.md"))?;
+    f.write_all(out.as_bytes())?;
+    eprintln!("saved to {}", dir.join("results.md").display());
+    Ok(())
+}
