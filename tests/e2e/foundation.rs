@@ -32,6 +32,14 @@ fn main() -> ExitCode {
             "deleting_a_deployment_removes_pods_processes_and_namespaces",
             |c| Box::pin(deletion_cleans_up(c)),
         ),
+        (
+            "pods_get_init_containers_volumes_env_and_a_working_token",
+            |c| Box::pin(pod_features(c)),
+        ),
+        (
+            "crashed_containers_restart_and_host_network_pods_share_the_node_ip",
+            |c| Box::pin(restarts_and_host_network(c)),
+        ),
     ])
 }
 
@@ -355,5 +363,193 @@ async fn deletion_cleans_up(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         },
     )
     .await?;
+    Ok(())
+}
+
+async fn running(pods: &Api<Pod>, name: &str) -> anyhow::Result<Pod> {
+    Ok(poll(
+        &format!("pod {name} Running"),
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let p = pods.get(name).await?;
+            let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+            Ok((phase.as_deref() == Some("Running")).then_some(p))
+        },
+    )
+    .await?)
+}
+
+async fn pod_features(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let ns = "features";
+    cluster.create_namespace(ns).await?;
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: cfg, namespace: {ns}}}
+data: {{greeting: hello}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: features, namespace: {ns}}}
+spec:
+  initContainers:
+  - name: init
+    image: busybox
+    command: [sh, -c, "echo init-ran > /srv/sluice-test-work/marker"]
+    volumeMounts: [{{name: work, mountPath: /srv/sluice-test-work}}]
+  containers:
+  - name: main
+    image: curlimages/curl:8.10.1
+    env:
+    - name: GREETING
+      valueFrom: {{configMapKeyRef: {{name: cfg, key: greeting}}}}
+    - name: POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    - name: MESSAGE
+      value: "$(GREETING) from $(POD_IP)"
+    volumeMounts:
+    - {{name: work, mountPath: /srv/sluice-test-work}}
+    - {{name: cfg, mountPath: /etc/sluice-test-cfg, readOnly: true}}
+  volumes:
+  - {{name: work, emptyDir: {{}}}}
+  - {{name: cfg, configMap: {{name: cfg}}}}
+"#
+    ))?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), ns);
+    let pod = running(&pods, "features").await?;
+    let ip = pod.status.and_then(|s| s.pod_ip).context("no pod IP")?;
+    let sh = |script: &str| {
+        let cluster = cluster.clone();
+        let script = script.to_owned();
+        async move {
+            let out = cluster
+                .exec_in_pod(ns, "features", &["sh", "-c", &script])
+                .await?;
+            ensure!(
+                out.code == 0,
+                "`{script}` exited {}: {}",
+                out.code,
+                out.stderr
+            );
+            anyhow::Ok(out.stdout.trim().to_owned())
+        }
+    };
+    ensure!(
+        sh("cat /srv/sluice-test-work/marker").await? == "init-ran",
+        "the init container's file is missing"
+    );
+    ensure!(sh("cat /etc/sluice-test-cfg/greeting").await? == "hello");
+    ensure!(sh("echo $GREETING $POD_IP").await? == format!("hello {ip}"));
+    ensure!(
+        sh("echo $MESSAGE").await? == format!("hello from {ip}"),
+        "$(VAR) was not expanded"
+    );
+    // The configMap volume is read-only, as requested.
+    let out = cluster
+        .exec_in_pod(
+            ns,
+            "features",
+            &["sh", "-c", "echo x > /etc/sluice-test-cfg/new"],
+        )
+        .await?;
+    ensure!(out.code != 0, "a readOnly volume was writable");
+    // The projected service-account token authenticates in-cluster calls.
+    let version = sh(
+        "curl -sS --max-time 5 --cacert /var/run/secrets/kubernetes.io/serviceaccount/ca.crt \
+         -H \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" \
+         https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/apis/authentication.k8s.io/v1/selfsubjectreviews \
+         -X POST -H 'Content-Type: application/json' \
+         -d '{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"SelfSubjectReview\"}'",
+    )
+    .await?;
+    ensure!(
+        version.contains("system:serviceaccount:features:default"),
+        "the token did not authenticate as the pod's service account: {version}"
+    );
+    // ConfigMap changes reach the volume, as with the kubelet.
+    cluster.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cfg, namespace: {ns}}}\ndata: {{greeting: bonjour}}\n"))?;
+    poll(
+        "configMap volume updated",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || async {
+            let v = sh("cat /etc/sluice-test-cfg/greeting")
+                .await
+                .map_err(|e| sluice_tests::Error::Setup(e.to_string()))?;
+            Ok((v == "bonjour").then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn restarts_and_host_network(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let ns = "restarts";
+    cluster.create_namespace(ns).await?;
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: crasher, namespace: {ns}}}
+spec:
+  containers:
+  - {{name: main, image: busybox, command: [sh, -c, "exit 3"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: once, namespace: {ns}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - {{name: main, image: busybox, command: [sh, -c, "exit 0"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: host, namespace: {ns}}}
+spec:
+  hostNetwork: true
+  containers:
+  - {{name: main, image: busybox}}
+"#
+    ))?;
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), ns);
+    poll(
+        "crasher restarted twice",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let p = pods.get("crasher").await?;
+            let st = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .and_then(|c| c.into_iter().next());
+            let restarted = st.as_ref().is_some_and(|s| s.restart_count >= 2);
+            let last_exit = st
+                .and_then(|s| s.last_state)
+                .and_then(|l| l.terminated)
+                .map(|t| t.exit_code);
+            Ok((restarted && last_exit == Some(3)).then_some(()))
+        },
+    )
+    .await?;
+    poll(
+        "a Never pod that exits 0 Succeeded",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let p = pods.get("once").await?;
+            Ok(p.status
+                .and_then(|s| s.phase)
+                .filter(|ph| ph == "Succeeded")
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    let host = running(&pods, "host").await?;
+    let ip = host.status.and_then(|s| s.pod_ip).unwrap_or_default();
+    ensure!(
+        ip == cluster.node().address().to_string(),
+        "hostNetwork pod has IP {ip}"
+    );
     Ok(())
 }

@@ -50,6 +50,12 @@ enum Task {
     },
     /// Build or reuse the Kubernetes, etcd and helm binaries and print their paths.
     TestBed,
+    /// Run the cargo-fuzz targets of `fuzz/` (installs cargo-fuzz into the cache).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Benchmarks: `proxy` (sluice-proxy against a direct connection, nginx and HAProxy).
     Bench {
         /// What to benchmark: `proxy`.
@@ -211,6 +217,44 @@ fn run_counting(what: &str, mut cmd: Command) -> Result<Totals> {
         bail!("{what} failed ({status})");
     }
     Ok(totals)
+}
+
+fn tools_dir() -> PathBuf {
+    let cache = std::env::var_os("SLUICE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sluice")))
+        .unwrap_or_else(|| PathBuf::from("/tmp/sluice"));
+    cache.join("tools")
+}
+
+/// Fuzzes the config parser and the route matcher. cargo-fuzz wants
+/// nightly flags; `RUSTC_BOOTSTRAP=1` lets the stable toolchain take them.
+fn task_fuzz(seconds: u64) -> Result<()> {
+    let tools = tools_dir();
+    let cargo_fuzz = tools.join("bin/cargo-fuzz");
+    if !cargo_fuzz.exists() {
+        run("install cargo-fuzz", {
+            let mut c = cargo();
+            c.args(["install", "--locked", "cargo-fuzz"])
+                .env("CARGO_INSTALL_ROOT", &tools);
+            c
+        })?;
+    }
+    for target in ["config_yaml", "route_match"] {
+        run(&format!("fuzz {target} for {seconds}s"), {
+            let mut c = Command::new(&cargo_fuzz);
+            c.current_dir(root()).env("RUSTC_BOOTSTRAP", "1").args([
+                "run",
+                "--fuzz-dir",
+                "fuzz",
+                target,
+                "--",
+                &format!("-max_total_time={seconds}"),
+            ]);
+            c
+        })?;
+    }
+    Ok(())
 }
 
 fn task_crds(check: bool) -> Result<()> {
@@ -461,6 +505,7 @@ fn main() -> Result<()> {
         },
         Task::Crds { check } => task_crds(check),
         Task::TestBed => run("install the test bed", test_bed()?),
+        Task::Fuzz { seconds } => task_fuzz(seconds),
         Task::Bench { what } => match what.as_str() {
             "proxy" => bench::proxy(),
             other => bail!("unknown benchmark {other:?}: use `proxy`"),

@@ -63,6 +63,12 @@ pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
+/// Serialises `config` as the JSON document [`from_json`] reads.
+pub fn to_json(config: &Config) -> Vec<u8> {
+    // A Config holds only strings, numbers and maps: serialising cannot fail.
+    serde_json::to_vec(config).unwrap_or_default()
+}
+
 /// serde_path_to_error writes `.` for the root.
 fn clean_path(p: &str) -> String {
     if p == "." {
