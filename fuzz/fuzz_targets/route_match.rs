@@ -27,7 +27,7 @@ fuzz_target!(|input: (String, String, String, String, String, Option<String>)| {
     let _ = any_matches(std::slice::from_ref(&matcher), &parts);
     if let Some(h) = request_host(&parts) {
         let hosts = HostMatcher::new(&[h.to_owned()]);
-        assert!(hosts.matches(&h.to_ascii_uppercase()));
-        let _ = HostMatcher::new(&[format!("*.{h}")]).matches(h);
+        assert!(hosts.matches(&h.to_ascii_uppercase(), None));
+        let _ = HostMatcher::new(&[format!("*.{h}")]).matches(h, None);
     }
 });

@@ -1,12 +1,27 @@
-//! `sluice-operator`: the rollout controller and mesh control plane.
+//! `sluice-operator`: the mesh control plane.
 //!
-//! The controllers arrive with the control-plane and rollout work; today the
-//! binary checks that it can reach the cluster and that Sluice's CRDs are
-//! served, which is what the test bed's pods need of it.
+//! ```text
+//! sluice-operator [--grpc-listen 0.0.0.0:15010] [--metrics-listen 0.0.0.0:15014]
+//! sluice-operator --check
+//! ```
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Parser;
 use kube::Api;
 use sluice_crds::Rollout;
+use sluice_operator::mesh::MeshOutput;
+use sluice_operator::metrics::{self, Metrics};
+use sluice_operator::push::{ConfigServer, Registry, Snapshots};
+use sluice_operator::traffic::{TelemetryServer, TrafficWindow};
+use sluice_operator::{status, world};
+use sluice_proto::mesh::config_discovery_server::ConfigDiscoveryServer;
+use sluice_proto::mesh::telemetry_server::TelemetryServer as TelemetryService;
+use tokio::sync::watch;
+use tracing::{error, info};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -17,6 +32,15 @@ struct Args {
     /// Only check the connection to Kubernetes and exit.
     #[arg(long)]
     check: bool,
+    /// Where proxies connect (config and telemetry streams).
+    #[arg(long, env = "SLUICE_GRPC_LISTEN", default_value = "0.0.0.0:15010")]
+    grpc_listen: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`, `/debug/traffic`.
+    #[arg(long, env = "SLUICE_METRICS_LISTEN", default_value = "0.0.0.0:15014")]
+    metrics_listen: SocketAddr,
+    /// Keepalive sent on an idle config stream.
+    #[arg(long, default_value = "5", value_name = "SECONDS")]
+    keepalive_seconds: u64,
 }
 
 #[tokio::main]
@@ -27,14 +51,78 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let client = kube::Client::try_default().await?;
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
     let version = client.apiserver_version().await?;
-    tracing::info!(kubernetes = %version.git_version, "connected");
-    let rollouts: Api<Rollout> = Api::all(client);
-    let n = rollouts.list(&Default::default()).await?.items.len();
-    tracing::info!(rollouts = n, "rollouts.sluice.dev is served");
-    if !args.check {
-        anyhow::bail!("the controllers are not built yet: run with --check");
+    info!(kubernetes = %version.git_version, "connected");
+    if args.check {
+        let rollouts: Api<Rollout> = Api::all(client);
+        let n = rollouts.list(&Default::default()).await?.items.len();
+        info!(rollouts = n, "rollouts.sluice.dev is served");
+        return Ok(());
     }
+
+    let metrics = Arc::new(Metrics::default());
+    let traffic = Arc::new(TrafficWindow::new(Duration::from_secs(300)));
+    let registry = Arc::new(Registry::new(metrics.clone()));
+    let snapshots = Snapshots::default();
+    let (output_tx, output_rx) = watch::channel(Arc::new(MeshOutput::default()));
+
+    let world = world::World::start(&client).await;
+    tokio::spawn(world::run(
+        world.clone(),
+        registry.clone(),
+        snapshots.clone(),
+        metrics.clone(),
+        output_tx,
+    ));
+    tokio::spawn(status::run(
+        client.clone(),
+        world.clone(),
+        registry.clone(),
+        snapshots.clone(),
+        output_rx,
+    ));
+    {
+        let (m, t, addr) = (metrics.clone(), traffic.clone(), args.metrics_listen);
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m, t).await {
+                error!("metrics endpoint on {addr}: {e}");
+            }
+        });
+    }
+
+    let config = ConfigServer::new(
+        snapshots,
+        registry,
+        Duration::from_secs(args.keepalive_seconds.max(1)),
+    );
+    let telemetry = TelemetryServer::new(traffic, metrics);
+    info!(address = %args.grpc_listen, "control plane listening");
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .tcp_nodelay(true)
+        .add_service(ConfigDiscoveryServer::new(config).max_decoding_message_size(16 << 20))
+        .add_service(TelemetryService::new(telemetry))
+        .serve_with_shutdown(args.grpc_listen, shutdown())
+        .await
+        .with_context(|| format!("serving gRPC on {}", args.grpc_listen))?;
+    info!("stopped");
     Ok(())
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

@@ -7,3 +7,5 @@ pub mod mesh {
     #![allow(missing_docs, clippy::all)]
     tonic::include_proto!("sluice.mesh.v1alpha1");
 }
+
+pub mod config;

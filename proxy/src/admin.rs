@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -38,7 +39,21 @@ fn reply(
 pub fn answer(proxy: &Proxy, registry: &Registry, path: &str) -> Response<Full<Bytes>> {
     match path {
         "/ready" => {
-            if proxy.configured() {
+            let t = &proxy.telemetry;
+            if proxy.configured()
+                && t.managed.load(Relaxed)
+                && !t.control_plane_connected.load(Relaxed)
+            {
+                // Fail static: keep taking traffic with the last good config.
+                reply(
+                    StatusCode::OK,
+                    "text/plain",
+                    format!(
+                        "ready; control plane disconnected: serving the last good config (version {})\n",
+                        proxy.current().version
+                    ),
+                )
+            } else if proxy.configured() {
                 reply(StatusCode::OK, "text/plain", "ready\n")
             } else {
                 reply(

@@ -4,7 +4,7 @@
 //! atomics; nothing here takes a lock.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,8 +19,13 @@ const EJECT_BASE_MS: u64 = 1_000;
 const EJECT_MAX_MS: u64 = 30_000;
 /// Weight of a new latency sample in the moving average.
 const EWMA_ALPHA: f64 = 0.3;
-/// What an endpoint with no samples yet is assumed to take.
-const DEFAULT_LATENCY_US: u64 = 1_000;
+/// An endpoint with no samples yet is assumed to be fast, so that a new
+/// endpoint (a scaled-up replica) gets tried at once instead of starving
+/// behind endpoints whose latency is known.
+const DEFAULT_LATENCY_US: u64 = 0;
+/// An endpoint's latency estimate halves for every this long without a
+/// sample, so that an endpoint that was slow once is probed again.
+const DECAY_HALF_LIFE_MS: f64 = 5_000.0;
 
 /// One upstream address and its load.
 #[derive(Debug)]
@@ -29,6 +34,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     outstanding: AtomicU32,
     ewma_us: AtomicU64,
+    /// When the last sample arrived ([`now_ms`]).
+    sampled_ms: AtomicU64,
+    /// Whether any sample arrived.
+    sampled: AtomicBool,
     ejected_until_ms: AtomicU64,
     failures: AtomicU32,
 }
@@ -40,13 +49,23 @@ impl Endpoint {
             addr,
             outstanding: AtomicU32::new(0),
             ewma_us: AtomicU64::new(DEFAULT_LATENCY_US),
+            sampled_ms: AtomicU64::new(now_ms()),
+            sampled: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             failures: AtomicU32::new(0),
         }
     }
 
-    fn cost(&self) -> f64 {
-        f64::from(self.outstanding.load(Relaxed) + 1) * self.ewma_us.load(Relaxed) as f64
+    /// The latency estimate at `now`, decayed since the last sample.
+    fn latency_us(&self, now: u64) -> f64 {
+        let idle = now.saturating_sub(self.sampled_ms.load(Relaxed)) as f64;
+        self.ewma_us.load(Relaxed) as f64 * (-idle / DECAY_HALF_LIFE_MS).exp2()
+    }
+
+    fn cost(&self, now: u64) -> f64 {
+        // At least 1 µs, so that outstanding requests still count between
+        // endpoints without samples.
+        f64::from(self.outstanding.load(Relaxed) + 1) * self.latency_us(now).max(1.0)
     }
 
     /// Whether it is ejected at `now` (ms).
@@ -66,9 +85,16 @@ impl Endpoint {
     /// clear the failure streak.
     pub fn observe(&self, latency: Duration) {
         let sample = latency.as_micros().min(u128::from(u64::MAX)) as u64;
-        let old = self.ewma_us.load(Relaxed) as f64;
-        let new = old + EWMA_ALPHA * (sample as f64 - old);
+        let now = now_ms();
+        let old = self.latency_us(now);
+        // The first sample replaces the optimistic default outright.
+        let new = if self.sampled.swap(true, Relaxed) {
+            old + EWMA_ALPHA * (sample as f64 - old)
+        } else {
+            sample as f64
+        };
         self.ewma_us.store(new.max(1.0) as u64, Relaxed);
+        self.sampled_ms.store(now, Relaxed);
         self.failures.store(0, Relaxed);
     }
 
@@ -119,7 +145,7 @@ pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
                     b += 1;
                 }
                 let (ea, eb) = (nth(a)?, nth(b)?);
-                Some(if eb.cost() < ea.cost() { eb } else { ea })
+                Some(if eb.cost(now) < ea.cost(now) { eb } else { ea })
             }
         }
     };
@@ -203,6 +229,19 @@ mod tests {
         // All ejected: still answers, so that recovery is noticed.
         assert!(pick(&eps).is_some());
         assert!(pick(&[]).is_none());
+    }
+
+    #[test]
+    fn a_new_endpoint_is_tried_at_once_and_estimates_decay() {
+        let old = Arc::new(Endpoint::new("127.0.0.1:1".parse().unwrap()));
+        old.observe(Duration::from_micros(300));
+        let new = Arc::new(Endpoint::new("127.0.0.1:2".parse().unwrap()));
+        let eps = vec![old.clone(), new.clone()];
+        assert_eq!(pick(&eps).unwrap().addr, new.addr);
+        // Ten seconds without samples: a quarter of the estimate is left.
+        let later = old.sampled_ms.load(Relaxed) + 10_000;
+        let left = old.latency_us(later);
+        assert!((74.0..=76.0).contains(&left), "{left}");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct CompiledBackend {
     pub connect_timeout: Duration,
     /// Endpoints with their load state (kept across reloads).
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Answer locally with this status instead of forwarding.
+    pub respond: Option<http::StatusCode>,
 }
 
 /// A listener with its routes.
@@ -186,6 +188,7 @@ pub fn compile(
                     .iter()
                     .map(|a| registry.get(&b.name, *a))
                     .collect(),
+                respond: b.respond.and_then(|s| http::StatusCode::from_u16(s).ok()),
             })
         })
         .collect();

@@ -24,7 +24,7 @@ use crate::body::{ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
 use crate::config::UpstreamProtocol;
 use crate::pool::{self, Proto, UpstreamError};
-use crate::route::{any_matches, request_host};
+use crate::route::{any_matches, request_authority};
 use crate::state::Proxy;
 
 /// Response header naming why the proxy answered itself, as Envoy's
@@ -203,14 +203,14 @@ impl ProxyService {
         };
         let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let Some(host) = request_host(&parts) else {
+        let Some((host, port)) = request_authority(&parts) else {
             listener.unrouted.record(400, start.elapsed(), false);
             return local_reply(StatusCode::BAD_REQUEST, "NR", "missing Host header\n");
         };
         let Some(route) = listener
             .routes
             .iter()
-            .find(|r| r.hosts.matches(host) && any_matches(&r.matchers, &parts))
+            .find(|r| r.hosts.matches(host, port) && any_matches(&r.matchers, &parts))
         else {
             listener.unrouted.record(404, start.elapsed(), false);
             return local_reply(StatusCode::NOT_FOUND, "NR", "no route matched\n");
@@ -281,6 +281,10 @@ impl ProxyService {
             let last = attempt >= attempts;
             let backend = &compiled.backends[backend_idx];
             let cell = route.cell(backend_idx).clone();
+            if let Some(status) = backend.respond {
+                cell.record(status.as_u16(), start.elapsed(), false);
+                return local_reply(status, "DR", "this backend cannot be resolved\n");
+            }
             let Some(endpoint) = pick(&backend.endpoints).cloned() else {
                 cell.record(503, start.elapsed(), true);
                 return local_reply(

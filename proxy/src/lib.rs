@@ -12,6 +12,7 @@ pub mod balance;
 pub mod body;
 pub mod compiled;
 pub mod config;
+pub mod control;
 pub mod http_proxy;
 pub mod pool;
 pub mod route;

@@ -2,17 +2,22 @@
 //!
 //! ```text
 //! sluice-proxy run --config proxy.yaml [--workers N] [--drain-timeout 10s]
+//! sluice-proxy gateway --control-plane http://HOST:15010 [--admin 0.0.0.0:15021]
+//! sluice-proxy sidecar --control-plane http://HOST:15010 [--admin 0.0.0.0:15021]
 //! ```
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sluice_proto::mesh::ProxyIdentity;
+use sluice_proto::mesh::proxy_identity::Role;
 use sluice_proxy::config::parse_duration;
 use sluice_proxy::state::Proxy;
-use sluice_proxy::{admin, server, static_source};
+use sluice_proxy::{admin, control, server, static_source};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -35,6 +40,53 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Ingress gateway: listeners and routes from Gateway API resources,
+    /// pushed by the control plane.
+    Gateway {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+    /// Sidecar: outbound routing to the mesh's Services, pushed by the
+    /// control plane.
+    Sidecar {
+        #[command(flatten)]
+        control: ControlArgs,
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    },
+}
+
+/// Where the control plane is and who this proxy is; the chart and the
+/// injector set these through the environment.
+#[derive(clap::Args, Debug)]
+struct ControlArgs {
+    /// The control plane's gRPC address.
+    #[arg(long, env = "SLUICE_CONTROL_PLANE")]
+    control_plane: String,
+    /// This pod's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// This pod's name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: String,
+    /// This pod's service account.
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
+    service_account: String,
+    /// The workload reported as the source of traffic (default: the pod
+    /// name without its ReplicaSet and pod suffixes).
+    #[arg(long, env = "SLUICE_WORKLOAD")]
+    workload: Option<String>,
+    /// Admin endpoint (`/ready`, `/metrics`, `/config`).
+    #[arg(long, env = "SLUICE_ADMIN", default_value = "0.0.0.0:15021")]
+    admin: SocketAddr,
+    /// A config stream silent for this long is reopened.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// How often traffic deltas are reported.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    report_interval: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,6 +111,8 @@ fn main() -> ExitCode {
     raise_fd_limit();
     let result = match cli.command {
         Command::Run { config, runtime } => run_static(config, runtime),
+        Command::Gateway { control, runtime } => run_managed(Role::Gateway, control, runtime),
+        Command::Sidecar { control, runtime } => run_managed(Role::Sidecar, control, runtime),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +129,66 @@ fn run_static(path: PathBuf, rt: RuntimeArgs) -> anyhow::Result<()> {
     let proxy = Proxy::new();
     let admin_addr = config.admin.as_ref().map(|a| a.address);
     proxy.apply(config, None);
+    serve(proxy.clone(), admin_addr, rt, move || {
+        tokio::spawn(static_source::watch(proxy, path, bytes));
+    })
+}
+
+fn run_managed(role: Role, args: ControlArgs, rt: RuntimeArgs) -> anyhow::Result<()> {
+    let workload = args
+        .workload
+        .clone()
+        .unwrap_or_else(|| workload_of(&args.pod_name).to_owned());
+    let settings = control::Settings {
+        endpoint: args.control_plane.clone(),
+        identity: ProxyIdentity {
+            namespace: args.namespace.clone(),
+            pod_name: args.pod_name.clone(),
+            role: role as i32,
+            service_account: args.service_account.clone(),
+            labels: Default::default(),
+            proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+        workload,
+        idle_timeout: args.idle_timeout,
+        report_interval: args.report_interval,
+    };
+    info!(
+        role = ?role,
+        control_plane = %args.control_plane,
+        pod = %format!("{}/{}", args.namespace, args.pod_name),
+        "starting; no listeners until the first snapshot"
+    );
+    let proxy = Proxy::new();
+    let admin = args.admin;
+    serve(proxy.clone(), Some(admin), rt, move || {
+        tokio::spawn(control::run_config_stream(
+            proxy.clone(),
+            settings.clone(),
+            Some(admin),
+        ));
+        tokio::spawn(control::run_reporter(proxy, settings));
+    })
+}
+
+/// `handson-blue-5d8f7c9b4-x2x9z` is workload `handson-blue`: a pod name
+/// minus the ReplicaSet hash and the pod suffix, when it has both.
+fn workload_of(pod: &str) -> &str {
+    let mut parts = pod.rsplitn(3, '-');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(_), Some(name)) => name,
+        _ => pod,
+    }
+}
+
+/// Runs the workers and the admin endpoint until SIGTERM or SIGINT; `start`
+/// spawns the config source on the main runtime.
+fn serve(
+    proxy: Arc<Proxy>,
+    admin_addr: Option<SocketAddr>,
+    rt: RuntimeArgs,
+    start: impl FnOnce(),
+) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let workers = start_workers(&proxy, rt.workers, &shutdown_rx, rt.drain_timeout)?;
     let main_rt = tokio::runtime::Builder::new_current_thread()
@@ -89,7 +203,7 @@ fn run_static(path: PathBuf, rt: RuntimeArgs) -> anyhow::Result<()> {
                 }
             });
         }
-        tokio::spawn(static_source::watch(proxy.clone(), path, bytes));
+        start();
         wait_for_stop().await
     })?;
     info!(
@@ -154,4 +268,16 @@ async fn wait_for_stop() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::workload_of;
+
+    #[test]
+    fn workload_from_pod_name() {
+        assert_eq!(workload_of("handson-blue-5d8f7c9b4-x2x9z"), "handson-blue");
+        assert_eq!(workload_of("gateway-0"), "gateway-0");
+        assert_eq!(workload_of("solo"), "solo");
+    }
 }

@@ -6,12 +6,13 @@ use http::{HeaderName, HeaderValue, Method, request::Parts};
 
 use crate::config::{HeaderMatch, PathMatch, RouteMatch};
 
-/// The hosts a route answers for.
+/// The hosts a route answers for. An entry with a port (`handson:8080`)
+/// matches only requests for that port; one without matches any port.
 #[derive(Debug, Clone, Default)]
 pub struct HostMatcher {
-    exact: Vec<Box<str>>,
+    exact: Vec<(Box<str>, Option<u16>)>,
     /// Suffixes including the dot: `*.example.com` is `.example.com`.
-    suffixes: Vec<Box<str>>,
+    suffixes: Vec<(Box<str>, Option<u16>)>,
 }
 
 impl HostMatcher {
@@ -20,22 +21,33 @@ impl HostMatcher {
         let mut m = HostMatcher::default();
         for h in hosts {
             let h = h.to_ascii_lowercase();
-            match h.strip_prefix('*') {
-                Some(suffix) => m.suffixes.push(suffix.into()),
-                None => m.exact.push(h.into()),
+            let (name, port) = match h.rsplit_once(':') {
+                Some((n, p)) if !n.contains(':') => match p.parse::<u16>() {
+                    Ok(p) => (n.to_owned(), Some(p)),
+                    Err(_) => (h.clone(), None),
+                },
+                _ => (h.clone(), None),
+            };
+            match name.strip_prefix('*') {
+                Some(suffix) => m.suffixes.push((suffix.into(), port)),
+                None => m.exact.push((name.into(), port)),
             }
         }
         m
     }
 
-    /// Whether `host` (without port, any case) matches.
-    pub fn matches(&self, host: &str) -> bool {
+    /// Whether `host` (any case) on `port` (the request's, if it named one)
+    /// matches.
+    pub fn matches(&self, host: &str, port: Option<u16>) -> bool {
         if self.exact.is_empty() && self.suffixes.is_empty() {
             return true;
         }
-        self.exact.iter().any(|e| e.eq_ignore_ascii_case(host))
-            || self.suffixes.iter().any(|s| {
-                host.len() > s.len() && {
+        let port_ok = |want: &Option<u16>| want.is_none() || *want == port;
+        self.exact
+            .iter()
+            .any(|(e, p)| port_ok(p) && e.eq_ignore_ascii_case(host))
+            || self.suffixes.iter().any(|(s, p)| {
+                port_ok(p) && host.len() > s.len() && {
                     let (_, tail) = host.split_at(host.len() - s.len());
                     tail.eq_ignore_ascii_case(s)
                 }
@@ -46,16 +58,25 @@ impl HostMatcher {
 /// The request's host: the `:authority` of HTTP/2 or the `Host` header,
 /// without the port.
 pub fn request_host(parts: &Parts) -> Option<&str> {
+    request_authority(parts).map(|(h, _)| h)
+}
+
+/// The request's host and, when it names one, its port.
+pub fn request_authority(parts: &Parts) -> Option<(&str, Option<u16>)> {
     let raw = match parts.uri.authority() {
         Some(a) => a.as_str(),
         None => parts.headers.get(http::header::HOST)?.to_str().ok()?,
     };
     let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
-    if raw.starts_with('[') {
+    if let Some(v6) = raw.strip_prefix('[') {
         // [v6]:port
-        return raw.split_once(']').map(|(h, _)| &h[1..]);
+        let (h, rest) = v6.split_once(']')?;
+        return Some((h, rest.strip_prefix(':').and_then(|p| p.parse().ok())));
     }
-    Some(raw.split_once(':').map_or(raw, |(h, _)| h))
+    Some(match raw.split_once(':') {
+        Some((h, p)) => (h, p.parse().ok()),
+        None => (raw, None),
+    })
 }
 
 /// One compiled `match` entry.
@@ -146,14 +167,24 @@ mod tests {
     #[test]
     fn host_exact_and_wildcard() {
         let m = HostMatcher::new(&["app.example.com".into(), "*.example.org".into()]);
-        assert!(m.matches("app.example.com"));
-        assert!(m.matches("APP.Example.com"));
-        assert!(!m.matches("other.example.com"));
-        assert!(m.matches("a.example.org"));
-        assert!(m.matches("a.b.example.org"));
-        assert!(!m.matches("example.org"));
-        assert!(!m.matches("badexample.org"));
-        assert!(HostMatcher::new(&[]).matches("anything"));
+        assert!(m.matches("app.example.com", None));
+        assert!(m.matches("APP.Example.com", Some(18080)));
+        assert!(!m.matches("other.example.com", None));
+        assert!(m.matches("a.example.org", None));
+        assert!(m.matches("a.b.example.org", None));
+        assert!(!m.matches("example.org", None));
+        assert!(!m.matches("badexample.org", None));
+        assert!(HostMatcher::new(&[]).matches("anything", None));
+    }
+
+    #[test]
+    fn host_with_port_matches_that_port_only() {
+        let m = HostMatcher::new(&["handson:8080".into(), "*.svc:9090".into()]);
+        assert!(m.matches("handson", Some(8080)));
+        assert!(!m.matches("handson", Some(9090)));
+        assert!(!m.matches("handson", None));
+        assert!(m.matches("a.svc", Some(9090)));
+        assert!(!m.matches("a.svc", Some(8080)));
     }
 
     #[test]
@@ -171,6 +202,14 @@ mod tests {
             Some("::1")
         );
         assert_eq!(request_host(&parts("GET", "/", &[])), None);
+        assert_eq!(
+            request_authority(&parts("GET", "/", &[("host", "handson:8080")])),
+            Some(("handson", Some(8080)))
+        );
+        assert_eq!(
+            request_authority(&parts("GET", "/", &[("host", "[::1]:80")])),
+            Some(("::1", Some(80)))
+        );
     }
 
     #[test]

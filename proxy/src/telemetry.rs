@@ -6,7 +6,7 @@
 //! control-plane stream reads the same cells to send deltas.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -130,6 +130,10 @@ pub struct Telemetry {
     pub upstream_connects: AtomicU64,
     /// Upstream connection attempts that failed.
     pub upstream_connect_failures: AtomicU64,
+    /// Whether this proxy takes its config from a control plane.
+    pub managed: AtomicBool,
+    /// Whether the config stream to the control plane is up.
+    pub control_plane_connected: AtomicBool,
 }
 
 impl Telemetry {
@@ -283,6 +287,17 @@ impl Collector for TelemetryCollector {
         for (result, v) in [("applied", &t.reloads_ok), ("refused", &t.reloads_failed)] {
             ConstCounter::new(v.load(Relaxed))
                 .encode(reloads.encode_family(&[("result", result)])?)?;
+        }
+        drop(reloads);
+        if t.managed.load(Relaxed) {
+            ConstGauge::new(i64::from(t.control_plane_connected.load(Relaxed))).encode(
+                encoder.encode_descriptor(
+                    "sluice_control_plane_connected",
+                    "1 while the config stream to the control plane is up; 0 while the proxy serves its last good config alone.",
+                    None,
+                    MetricType::Gauge,
+                )?,
+            )?;
         }
         Ok(())
     }

@@ -13,15 +13,31 @@ use sluice_tests::Cluster;
 /// A scenario: an async function of the shared cluster.
 pub type Scenario = fn(Arc<Cluster>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
-/// Runs `scenarios` against one fresh cluster and exits as cargo test does.
+/// Runs `scenarios` (in parallel) against one fresh cluster and exits as
+/// cargo test does.
+#[allow(dead_code)] // each test binary uses one of `run` and `run_sequential`
 pub fn run(scenarios: &[(&'static str, Scenario)]) -> ExitCode {
+    run_with(scenarios, false)
+}
+
+/// Runs `scenarios` one after another, in order: for scenarios that share
+/// state (a gateway, the operator) and disturb it.
+#[allow(dead_code)]
+pub fn run_sequential(scenarios: &[(&'static str, Scenario)]) -> ExitCode {
+    run_with(scenarios, true)
+}
+
+fn run_with(scenarios: &[(&'static str, Scenario)], sequential: bool) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .init();
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    if sequential {
+        args.test_threads = Some(1);
+    }
     let selected = scenarios
         .iter()
         .any(|(name, _)| args.filter.as_deref().is_none_or(|f| name.contains(f)));

@@ -40,6 +40,12 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// An HTTP request of the harness failed.
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// A check of a test failed.
+    #[error("{0}")]
+    Check(String),
     /// A command run by the harness failed.
     #[error("command `{command}` failed: {detail}")]
     Command {
@@ -48,6 +54,13 @@ pub enum Error {
         /// Exit status and output.
         detail: String,
     },
+}
+
+/// Lets a test's own checks (anyhow) run inside [`crate::wait::poll`].
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Self {
+        Error::Check(format!("{e:#}"))
+    }
 }
 
 impl Error {

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod error;
 pub mod node;
+pub mod operator;
 pub mod pki;
 pub mod process;
 pub mod toolchain;

@@ -21,6 +21,17 @@ pub struct ManagedProcess {
 impl ManagedProcess {
     /// Starts `program args...` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self, Error> {
+        Self::spawn_with_env(name, program, args, &[], log)
+    }
+
+    /// [`ManagedProcess::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Result<Self, Error> {
         let out = File::options()
             .create(true)
             .append(true)
@@ -29,6 +40,7 @@ impl ManagedProcess {
         let err = out.try_clone().map_err(|e| Error::io(log, e))?;
         let mut cmd = Command::new(program);
         cmd.args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -83,6 +95,14 @@ impl ManagedProcess {
             reason: reason.into(),
             log_tail: log_tail(&self.log, 40),
         }
+    }
+
+    /// Kills it at once (SIGKILL to its group), as a crash would.
+    pub fn kill(&mut self) {
+        let pgid = self.child.id() as libc::pid_t;
+        // SAFETY: a plain syscall on a process group we created.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM to its process group, waits up to `grace`, then SIGKILL.

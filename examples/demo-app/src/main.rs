@@ -44,6 +44,10 @@ struct Settings {
     /// Extra latency added to every `/` and `/color` response, in milliseconds.
     #[arg(long, env = "LATENCY_MS", default_value_t = 0)]
     latency_ms: u64,
+    /// Sent back in the `x-served-by` header, so clients can tell replicas
+    /// apart (a pod's `HOSTNAME` is its name).
+    #[arg(long, env = "HOSTNAME", default_value = "")]
+    served_by: String,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -81,7 +85,7 @@ async fn handle(
     if settings.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
     }
-    let resp = match path.as_str() {
+    let mut resp = match path.as_str() {
         "/color" => text(StatusCode::OK, format!("{}\n", settings.color)),
         _ if settings.error_rate > 0.0 && rand::random::<f64>() < settings.error_rate => text(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -98,6 +102,11 @@ async fn handle(
             format!("{} {} {}\n", settings.color, method, path),
         ),
     };
+    if let Ok(v) = header::HeaderValue::from_str(&settings.served_by)
+        && !settings.served_by.is_empty()
+    {
+        resp.headers_mut().insert("x-served-by", v);
+    }
     Ok(resp)
 }
 

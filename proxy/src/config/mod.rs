@@ -7,10 +7,9 @@
 //! never replaces the running one.
 
 mod lines;
-pub mod model;
 mod validate;
 
-pub use model::*;
+pub use sluice_proto::config::*;
 
 use lines::LineIndex;
 

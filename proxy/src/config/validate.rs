@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::ConfigError;
-use super::model::{Config, ListenerProtocol, PathMatch};
+use sluice_proto::config::{Config, ListenerProtocol, PathMatch};
 
 fn err(path: String, message: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -13,8 +13,18 @@ fn err(path: String, message: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A hostname as a route may match it: exact, or `*.` followed by a suffix.
+/// A hostname as a route may match it: exact, or `*.` followed by a suffix,
+/// optionally with `:port`.
 fn valid_host(h: &str) -> bool {
+    let h = match h.rsplit_once(':') {
+        Some((name, port)) => {
+            if port.parse::<u16>().is_err() {
+                return false;
+            }
+            name
+        }
+        None => h,
+    };
     let name = h.strip_prefix("*.").unwrap_or(h);
     !name.is_empty()
         && name.len() <= 253
@@ -35,6 +45,14 @@ pub fn check(c: &Config) -> Result<(), ConfigError> {
     for (i, b) in c.backends.iter().enumerate() {
         if b.name.is_empty() {
             return Err(err(format!("backends[{i}].name"), "must not be empty"));
+        }
+        if let Some(status) = b.respond
+            && !(200..=599).contains(&status)
+        {
+            return Err(err(
+                format!("backends[{i}].respond"),
+                format!("{status} is not an HTTP status between 200 and 599"),
+            ));
         }
         if !backends.insert(b.name.as_str()) {
             return Err(err(
@@ -179,6 +197,8 @@ mod tests {
         assert!(valid_host("app.example.com"));
         assert!(valid_host("*.example.com"));
         assert!(valid_host("handson"));
+        assert!(valid_host("handson.handson:8080"));
+        assert!(!valid_host("handson:http"));
         assert!(!valid_host("*"));
         assert!(!valid_host("a.*.com"));
         assert!(!valid_host("-a.com"));

@@ -117,6 +117,10 @@ impl PodNetwork {
         };
         let veth = format!("slv{}-{n}", self.index);
         let result = (|| {
+            // A harness killed mid-run may leave a veth of the same name
+            // behind (its namespace kept alive by a dying process).
+            let _ = run("ip", &["link", "del", &veth]);
+            let _ = run("ip", &["netns", "del", &pod.netns]);
             run("ip", &["netns", "add", &pod.netns])?;
             run(
                 "ip",

@@ -1,5 +1,8 @@
-//! The proxy's configuration document: the schema of the static YAML file
-//! and of the snapshots the control plane pushes (see `proxy/README.md`).
+//! The proxy's configuration document: the schema of the proxy's static
+//! YAML file and of the snapshots the control plane pushes inside
+//! [`crate::mesh::Snapshot::config_json`] (see `proxy/README.md`). It lives
+//! in the contract crate so that the operator writes exactly what the proxy
+//! reads.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -48,6 +51,15 @@ pub struct Backend {
     /// Time allowed to open a connection to an endpoint.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
+    /// The Kubernetes Service these endpoints belong to
+    /// (`namespace/name`), reported as the destination in telemetry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Answer every request sent to this backend with this status instead
+    /// of forwarding it (e.g. `500` for a Gateway API backendRef that cannot
+    /// be resolved, as the specification asks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub respond: Option<u16>,
 }
 
 fn default_connect_timeout() -> Duration {

@@ -1,0 +1,439 @@
+//! Gateway API `Gateway` + `HttpRoute` as the gateway proxies' config: one
+//! listener per port across Sluice's Gateways, routes attached by
+//! parentRefs, hostnames intersected, allowedRoutes honoured.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+
+use gateway_api::gateways::{
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+};
+use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs, HttpRouteStatusParentsParentRef};
+use kube::ResourceExt;
+use sluice_proto::config::{Config, Listener, ListenerProtocol};
+
+use super::rules::{self, Ranked};
+use super::services::ServiceIndex;
+use super::{
+    Audience, CONTROLLER_NAME, Cond, GatewayDraft, ListenerDraft, MeshInput, MeshOutput, reason,
+};
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// Fills the gateway audience's config and the Gateway API statuses.
+pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) {
+    let ours: BTreeSet<String> = input
+        .classes
+        .iter()
+        .filter(|c| c.spec.controller_name == CONTROLLER_NAME)
+        .map(|c| c.name_any())
+        .collect();
+    out.classes = input
+        .classes
+        .iter()
+        .filter(|c| ours.contains(&c.name_any()))
+        .map(|c| (c.name_any(), c.metadata.generation))
+        .collect();
+    let mut gateways: Vec<&Gateway> = input
+        .gateways
+        .iter()
+        .map(|g| &**g)
+        .filter(|g| ours.contains(&g.spec.gateway_class_name))
+        .collect();
+    gateways.sort_by_key(|g| {
+        (
+            g.creation_timestamp().map(|t| t.0),
+            g.namespace(),
+            g.name_any(),
+        )
+    });
+
+    let mut ports: BTreeMap<u16, Vec<Ranked>> = BTreeMap::new();
+    let mut backends = BTreeMap::new();
+    for gw in &gateways {
+        let gw_ns = gw.namespace().unwrap_or_default();
+        let gw_name = gw.name_any();
+        let mut listeners = Vec::new();
+        for l in &gw.spec.listeners {
+            let mut conditions = Vec::new();
+            let port = u16::try_from(l.port).ok();
+            let supported = l.protocol == "HTTP" && port.is_some();
+            if supported {
+                conditions.push(Cond::yes("Accepted", reason::ACCEPTED));
+                conditions.push(Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
+                conditions.push(Cond::no("Conflicted", "NoConflicts", ""));
+            } else {
+                conditions.push(Cond::no(
+                    "Accepted",
+                    reason::UNSUPPORTED_PROTOCOL,
+                    format!("protocol {} is not supported yet; use HTTP", l.protocol),
+                ));
+            }
+            let mut attached = 0;
+            if let (true, Some(port)) = (supported, port) {
+                // The port is opened even before a route attaches (404s).
+                ports.entry(port).or_default();
+                for route in &input.routes {
+                    let route_ns = route.namespace().unwrap_or_default();
+                    for pr in route.spec.parent_refs.iter().flatten() {
+                        if !refers_to(pr, &route_ns, &gw_ns, &gw_name) || !selects_listener(pr, l) {
+                            continue;
+                        }
+                        if !allows(l, &gw_ns, &route_ns) {
+                            continue;
+                        }
+                        let Some(hosts) = intersect(
+                            l.hostname.as_deref(),
+                            route.spec.hostnames.as_deref().unwrap_or(&[]),
+                        ) else {
+                            continue;
+                        };
+                        attached += 1;
+                        let scope = format!("{gw_ns}/{gw_name}/{}", l.name);
+                        let r = rules::translate(route, &hosts, &scope, index);
+                        backends.extend(r.backends);
+                        ports.entry(port).or_default().extend(r.routes);
+                    }
+                }
+            }
+            listeners.push(ListenerDraft {
+                name: l.name.clone(),
+                attached_routes: attached,
+                conditions,
+            });
+        }
+        out.gateways.push(GatewayDraft {
+            namespace: gw_ns,
+            name: gw_name,
+            generation: gw.metadata.generation,
+            accepted: Cond::yes("Accepted", reason::ACCEPTED),
+            listeners,
+        });
+    }
+    route_statuses(input, &gateways, index, out);
+
+    let listeners = ports
+        .into_iter()
+        .map(|(port, mut routes)| {
+            rules::sort(&mut routes);
+            Listener {
+                name: format!("gateway-{port}"),
+                address: SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                protocol: ListenerProtocol::Http,
+                routes: routes.into_iter().map(|r| r.route).collect(),
+                backends: vec![],
+            }
+        })
+        .collect();
+    out.configs.insert(
+        Audience::Gateway,
+        Config {
+            admin: None,
+            backends: backends.into_values().collect(),
+            listeners,
+        },
+    );
+}
+
+/// The parent status of every route that names one of Sluice's Gateways.
+fn route_statuses(
+    input: &MeshInput,
+    gateways: &[&Gateway],
+    index: &ServiceIndex,
+    out: &mut MeshOutput,
+) {
+    for route in &input.routes {
+        let route_ns = route.namespace().unwrap_or_default();
+        for pr in route.spec.parent_refs.iter().flatten() {
+            let Some(gw) = gateways.iter().find(|g| {
+                refers_to(
+                    pr,
+                    &route_ns,
+                    &g.namespace().unwrap_or_default(),
+                    &g.name_any(),
+                )
+            }) else {
+                continue;
+            };
+            let gw_ns = gw.namespace().unwrap_or_default();
+            let candidates: Vec<&GatewayListeners> = gw
+                .spec
+                .listeners
+                .iter()
+                .filter(|l| selects_listener(pr, l) && l.protocol == "HTTP")
+                .collect();
+            let allowed: Vec<&&GatewayListeners> = candidates
+                .iter()
+                .filter(|l| allows(l, &gw_ns, &route_ns))
+                .collect();
+            let route_hosts = route.spec.hostnames.as_deref().unwrap_or(&[]);
+            let accepted = if allowed.is_empty() {
+                Cond::no(
+                    "Accepted",
+                    reason::NOT_ALLOWED_BY_LISTENERS,
+                    format!(
+                        "no listener of Gateway {gw_ns}/{} admits routes from namespace {route_ns}",
+                        gw.name_any()
+                    ),
+                )
+            } else if allowed
+                .iter()
+                .all(|l| intersect(l.hostname.as_deref(), route_hosts).is_none())
+            {
+                Cond::no(
+                    "Accepted",
+                    reason::NO_MATCHING_LISTENER_HOSTNAME,
+                    "no listener hostname intersects the route's hostnames",
+                )
+            } else {
+                Cond::yes("Accepted", reason::ACCEPTED)
+            };
+            let resolved = rules::translate(route, &[], "status", index)
+                .unresolved
+                .unwrap_or_else(|| Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
+            push_parent(out, route, status_ref(pr), vec![accepted, resolved]);
+        }
+    }
+}
+
+/// Records one parent's conditions on a route's draft.
+pub(super) fn push_parent(
+    out: &mut MeshOutput,
+    route: &HttpRoute,
+    parent: HttpRouteStatusParentsParentRef,
+    conds: Vec<Cond>,
+) {
+    let draft = out
+        .routes
+        .entry((route.namespace().unwrap_or_default(), route.name_any()))
+        .or_default();
+    draft.generation = route.metadata.generation;
+    draft.parents.push((parent, conds));
+}
+
+/// A parentRef as status repeats it.
+pub(super) fn status_ref(pr: &HttpRouteParentRefs) -> HttpRouteStatusParentsParentRef {
+    HttpRouteStatusParentsParentRef {
+        group: pr.group.clone(),
+        kind: pr.kind.clone(),
+        name: pr.name.clone(),
+        namespace: pr.namespace.clone(),
+        port: pr.port,
+        section_name: pr.section_name.clone(),
+    }
+}
+
+/// Whether `pr` (on a route in `route_ns`) names the Gateway `ns/name`.
+fn refers_to(pr: &HttpRouteParentRefs, route_ns: &str, ns: &str, name: &str) -> bool {
+    pr.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+        && pr.kind.as_deref().unwrap_or("Gateway") == "Gateway"
+        && pr.name == name
+        && pr.namespace.as_deref().unwrap_or(route_ns) == ns
+}
+
+fn selects_listener(pr: &HttpRouteParentRefs, l: &GatewayListeners) -> bool {
+    pr.section_name.as_ref().is_none_or(|s| *s == l.name) && pr.port.is_none_or(|p| p == l.port)
+}
+
+/// allowedRoutes: `Same` (the default) or `All`; label selectors are not
+/// supported yet and admit nothing.
+fn allows(l: &GatewayListeners, gw_ns: &str, route_ns: &str) -> bool {
+    let ar = l.allowed_routes.as_ref();
+    let kinds_ok = ar.and_then(|a| a.kinds.as_ref()).is_none_or(|ks| {
+        ks.iter().any(|k| {
+            k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+        })
+    });
+    let from = ar
+        .and_then(|a| a.namespaces.as_ref())
+        .and_then(|n| n.from.clone())
+        .unwrap_or(GatewayListenersAllowedRoutesNamespacesFrom::Same);
+    kinds_ok
+        && match from {
+            GatewayListenersAllowedRoutesNamespacesFrom::All => true,
+            GatewayListenersAllowedRoutesNamespacesFrom::Same => gw_ns == route_ns,
+            GatewayListenersAllowedRoutesNamespacesFrom::Selector => false,
+        }
+}
+
+/// The hostnames a route answers on a listener: `None` when they do not
+/// intersect, an empty list for any host.
+pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
+    let Some(l) = listener else {
+        return Some(route.to_vec());
+    };
+    if route.is_empty() {
+        return Some(vec![l.to_owned()]);
+    }
+    let within = |host: &str, wildcard: &str| {
+        wildcard
+            .strip_prefix('*')
+            .is_some_and(|suffix| host.len() > suffix.len() && host.ends_with(suffix))
+    };
+    let mut hosts: Vec<String> = Vec::new();
+    for h in route {
+        let pick = if h.eq_ignore_ascii_case(l) {
+            Some(h.as_str())
+        } else if within(h, l) {
+            Some(h.as_str())
+        } else if within(l, h) {
+            Some(l)
+        } else {
+            None
+        };
+        if let Some(p) = pick
+            && !hosts.iter().any(|x| x == p)
+        {
+            hosts.push(p.to_owned());
+        }
+    }
+    (!hosts.is_empty()).then_some(hosts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::fixtures::{class, gateway, pod, route, service, slice};
+    use crate::mesh::translate;
+    use serde_json::json;
+
+    fn input() -> MeshInput {
+        MeshInput {
+            classes: vec![
+                class("sluice", CONTROLLER_NAME),
+                class("other", "example.com/x"),
+            ],
+            gateways: vec![
+                gateway(
+                    "h",
+                    "gw",
+                    "sluice",
+                    json!([{"name": "http", "port": 18080, "protocol": "HTTP", "hostname": "app.example.com"}, {"name": "tls", "port": 443, "protocol": "HTTPS"}]),
+                ),
+                gateway(
+                    "h",
+                    "foreign",
+                    "other",
+                    json!([{"name": "http", "port": 80, "protocol": "HTTP"}]),
+                ),
+            ],
+            routes: vec![
+                route(
+                    "h",
+                    "app",
+                    json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "blue", "port": 8080}]}]}),
+                ),
+                route(
+                    "h",
+                    "missing",
+                    json!({"parentRefs": [{"name": "gw", "sectionName": "http"}], "hostnames": ["app.example.com"], "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/m"}}], "backendRefs": [{"name": "nope", "port": 8080}]}]}),
+                ),
+                route(
+                    "other",
+                    "far",
+                    json!({"parentRefs": [{"name": "gw", "namespace": "h"}], "rules": [{"backendRefs": [{"name": "x", "port": 80}]}]}),
+                ),
+                route(
+                    "h",
+                    "elsewhere",
+                    json!({"parentRefs": [{"name": "gw"}], "hostnames": ["api.example.org"], "rules": [{"backendRefs": [{"name": "blue", "port": 8080}]}]}),
+                ),
+            ],
+            services: vec![service("h", "blue", &[("http", 8080, 9001)])],
+            slices: vec![slice(
+                "h",
+                "blue",
+                ("http", 9001),
+                &[("198.18.1.5", true, "b")],
+            )],
+            pods: vec![pod("h", "b", "abc")],
+            sidecar_namespaces: Default::default(),
+        }
+    }
+
+    #[test]
+    fn gateway_config_and_statuses() {
+        let out = translate(&input());
+        let cfg = &out.configs[&Audience::Gateway];
+        assert_eq!(
+            cfg.listeners.len(),
+            1,
+            "only the HTTP listener of our class"
+        );
+        let l = &cfg.listeners[0];
+        assert_eq!(l.address, "0.0.0.0:18080".parse().expect("addr"));
+        assert_eq!(l.routes.len(), 2);
+        // The longer prefix of `missing` comes first.
+        assert_eq!(l.routes[0].backends[0].name, rules::UNRESOLVED_BACKEND);
+        assert_eq!(l.routes[1].hosts, vec!["app.example.com".to_owned()]);
+        assert_eq!(l.routes[1].backends[0].name, "h/blue:8080");
+        let blue = cfg
+            .backends
+            .iter()
+            .find(|b| b.name == "h/blue:8080")
+            .expect("blue");
+        assert_eq!(
+            blue.endpoints,
+            vec!["198.18.1.5:9001".parse().expect("addr")]
+        );
+
+        assert_eq!(out.classes, vec![("sluice".to_owned(), Some(1))]);
+        assert_eq!(out.gateways.len(), 1);
+        let gw = &out.gateways[0];
+        assert_eq!(gw.listeners[0].attached_routes, 2);
+        assert_eq!(
+            gw.listeners[1].conditions[0].reason,
+            reason::UNSUPPORTED_PROTOCOL
+        );
+
+        let cond = |route: &str, kind: &str| {
+            out.routes[&(
+                if route == "far" { "other" } else { "h" }.to_owned(),
+                route.to_owned(),
+            )]
+                .parents[0]
+                .1
+                .iter()
+                .find(|c| c.kind == kind)
+                .cloned()
+                .expect("condition")
+        };
+        assert!(cond("app", "Accepted").ok);
+        assert!(cond("app", "ResolvedRefs").ok);
+        assert_eq!(
+            cond("missing", "ResolvedRefs").reason,
+            reason::BACKEND_NOT_FOUND
+        );
+        assert_eq!(
+            cond("far", "Accepted").reason,
+            reason::NOT_ALLOWED_BY_LISTENERS
+        );
+        assert_eq!(
+            cond("elsewhere", "Accepted").reason,
+            reason::NO_MATCHING_LISTENER_HOSTNAME
+        );
+    }
+
+    #[test]
+    fn hostname_intersection() {
+        let s = |v: &[&str]| v.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>();
+        assert_eq!(intersect(None, &[]), Some(vec![]));
+        assert_eq!(
+            intersect(Some("a.example.com"), &[]),
+            Some(s(&["a.example.com"]))
+        );
+        assert_eq!(
+            intersect(Some("*.example.com"), &s(&["a.example.com", "b.other.org"])),
+            Some(s(&["a.example.com"]))
+        );
+        assert_eq!(
+            intersect(Some("a.example.com"), &s(&["*.example.com"])),
+            Some(s(&["a.example.com"]))
+        );
+        assert_eq!(
+            intersect(Some("a.example.com"), &s(&["b.example.com"])),
+            None
+        );
+        assert_eq!(intersect(Some("*.example.com"), &s(&["example.com"])), None);
+    }
+}

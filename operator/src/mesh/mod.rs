@@ -1,0 +1,178 @@
+//! The mesh model: what the cluster's Gateway API resources, Services,
+//! EndpointSlices and Pods mean for each proxy, computed as a pure function
+//! of observed state so that it is unit-tested without a cluster.
+//!
+//! [`translate`] yields one proxy config per distinct audience (all gateway
+//! proxies share one; sidecars share one per namespace) and the Gateway API
+//! status each object should show.
+
+pub mod gateway;
+pub mod rules;
+pub mod services;
+pub mod sidecar;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::{HttpRoute, HttpRouteStatusParentsParentRef};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use sluice_proto::config::Config;
+
+use services::ServiceIndex;
+
+/// The `controllerName` of Sluice's GatewayClass.
+pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
+
+/// Condition reasons of the Gateway API that Sluice uses.
+pub mod reason {
+    /// Accepted.
+    pub const ACCEPTED: &str = "Accepted";
+    /// Programmed.
+    pub const PROGRAMMED: &str = "Programmed";
+    /// Refs resolved.
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    /// A backendRef names a Service that does not exist.
+    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    /// A backendRef names a kind other than Service.
+    pub const INVALID_KIND: &str = "InvalidKind";
+    /// A backendRef to another namespace without a grant.
+    pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    /// No listener admits the route.
+    pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
+    /// No listener hostname intersects the route's.
+    pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
+    /// A listener protocol Sluice does not serve.
+    pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
+    /// The data plane has not taken the config yet.
+    pub const PENDING: &str = "Pending";
+    /// The data plane refused the config.
+    pub const INVALID: &str = "Invalid";
+}
+
+/// A condition as the translation decides it; the status writer adds
+/// `observedGeneration` and keeps `lastTransitionTime` when it is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cond {
+    /// `type`.
+    pub kind: &'static str,
+    /// `status` True or False.
+    pub ok: bool,
+    /// `reason`.
+    pub reason: &'static str,
+    /// `message`.
+    pub message: String,
+}
+
+impl Cond {
+    /// A True condition whose reason is its type.
+    pub fn yes(kind: &'static str, reason: &'static str) -> Cond {
+        Cond {
+            kind,
+            ok: true,
+            reason,
+            message: String::new(),
+        }
+    }
+
+    /// A False condition.
+    pub fn no(kind: &'static str, reason: &'static str, message: impl Into<String>) -> Cond {
+        Cond {
+            kind,
+            ok: false,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Observed state, as the reflectors hold it.
+#[derive(Debug, Default, Clone)]
+pub struct MeshInput {
+    /// GatewayClasses.
+    pub classes: Vec<Arc<GatewayClass>>,
+    /// Gateways.
+    pub gateways: Vec<Arc<Gateway>>,
+    /// HTTPRoutes.
+    pub routes: Vec<Arc<HttpRoute>>,
+    /// Services.
+    pub services: Vec<Arc<Service>>,
+    /// EndpointSlices.
+    pub slices: Vec<Arc<EndpointSlice>>,
+    /// Pods.
+    pub pods: Vec<Arc<Pod>>,
+    /// Namespaces that have sidecars connected (each gets a snapshot).
+    pub sidecar_namespaces: BTreeSet<String>,
+}
+
+/// Who receives a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Audience {
+    /// Every gateway proxy.
+    Gateway,
+    /// Every sidecar in a namespace.
+    Sidecar(String),
+}
+
+/// Status the translation wants on one Gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayDraft {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// metadata.generation.
+    pub generation: Option<i64>,
+    /// Gateway-level `Accepted`.
+    pub accepted: Cond,
+    /// Per listener: name, attached routes, conditions.
+    pub listeners: Vec<ListenerDraft>,
+}
+
+/// Status of one Gateway listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerDraft {
+    /// Listener name.
+    pub name: String,
+    /// Routes attached to it.
+    pub attached_routes: i32,
+    /// `Accepted`, `ResolvedRefs`, `Conflicted`.
+    pub conditions: Vec<Cond>,
+}
+
+/// Status the translation wants on one HttpRoute: one entry per parent
+/// Sluice serves.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RouteDraft {
+    /// metadata.generation.
+    pub generation: Option<i64>,
+    /// Per parentRef: `Accepted` and `ResolvedRefs`.
+    pub parents: Vec<(HttpRouteStatusParentsParentRef, Vec<Cond>)>,
+}
+
+/// What [`translate`] computes.
+#[derive(Debug, Default)]
+pub struct MeshOutput {
+    /// One config per audience.
+    pub configs: BTreeMap<Audience, Config>,
+    /// GatewayClasses of Sluice (name, generation), all accepted.
+    pub classes: Vec<(String, Option<i64>)>,
+    /// Gateways of Sluice's classes.
+    pub gateways: Vec<GatewayDraft>,
+    /// HTTPRoutes with a parent Sluice serves, by (namespace, name).
+    pub routes: BTreeMap<(String, String), RouteDraft>,
+}
+
+/// Computes every audience's config and every status from observed state.
+pub fn translate(input: &MeshInput) -> MeshOutput {
+    let index = ServiceIndex::build(&input.services, &input.slices, &input.pods);
+    let mut out = MeshOutput::default();
+    gateway::translate(input, &index, &mut out);
+    sidecar::translate(input, &index, &mut out);
+    out
+}

@@ -1,0 +1,412 @@
+//! HttpRoute rules as proxy routes, for the gateway and the sidecars alike:
+//! matches, weighted backendRefs, timeouts, and Gateway API precedence.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gateway_api::httproutes::{
+    HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+};
+use kube::ResourceExt;
+use sluice_proto::config::{
+    Backend, HeaderMatch, PathMatch, Retries, Route, RouteMatch, WeightedBackend,
+};
+
+use super::services::ServiceIndex;
+use super::{Cond, reason};
+
+/// The backend that answers `500` for backendRefs that cannot be resolved,
+/// as the Gateway API asks.
+pub const UNRESOLVED_BACKEND: &str = "sluice/unresolved";
+
+/// A proxy route with the key that orders it among the others.
+#[derive(Debug, Clone)]
+pub struct Ranked {
+    /// Gateway API precedence, smaller first.
+    pub key: RankKey,
+    /// The route.
+    pub route: Route,
+}
+
+/// Precedence of a match (Gateway API: exact hosts before wildcards, exact
+/// paths before prefixes, longer prefixes first, then method, then more
+/// header matches, then the oldest route, then by name, then rule order).
+pub type RankKey = (
+    u8,
+    u8,
+    Reverse<usize>,
+    u8,
+    Reverse<usize>,
+    String,
+    String,
+    usize,
+    usize,
+);
+
+/// What the rules of one route produced for one parent.
+#[derive(Debug, Default)]
+pub struct RuleOutput {
+    /// Proxy routes, unsorted.
+    pub routes: Vec<Ranked>,
+    /// Backends referenced, by name.
+    pub backends: BTreeMap<String, Backend>,
+    /// `ResolvedRefs`: the first problem found with a backendRef, if any.
+    pub unresolved: Option<Cond>,
+}
+
+/// Translates `route`'s rules for a parent answering `hosts` (empty: any
+/// host); `scope` keeps route names unique within a listener.
+pub fn translate(
+    route: &HttpRoute,
+    hosts: &[String],
+    scope: &str,
+    index: &ServiceIndex,
+) -> RuleOutput {
+    let ns = route.namespace().unwrap_or_default();
+    let name = route.name_any();
+    let created = route
+        .creation_timestamp()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default();
+    let mut out = RuleOutput::default();
+    let (exact, wildcard): (Vec<String>, Vec<String>) =
+        hosts.iter().cloned().partition(|h| !h.starts_with("*."));
+    let host_groups: Vec<(u8, Vec<String>)> = if hosts.is_empty() {
+        vec![(2, vec![])]
+    } else {
+        [(0, exact), (1, wildcard)]
+            .into_iter()
+            .filter(|(_, h)| !h.is_empty())
+            .collect()
+    };
+    for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let backends = rule_backends(&ns, rule, index, &mut out);
+        let timeout = rule
+            .timeouts
+            .as_ref()
+            .and_then(|t| t.request.as_deref())
+            .and_then(|d| d.parse::<gateway_api::Duration>().ok())
+            .map(|d| Duration::from_millis(d.as_millis() as u64))
+            .filter(|d| !d.is_zero());
+        let default_match = [HttpRouteRulesMatches::default()];
+        let matches = match rule.matches.as_deref() {
+            Some(m) if !m.is_empty() => m,
+            _ => &default_match[..],
+        };
+        for (mi, m) in matches.iter().enumerate() {
+            let Some((route_match, path_rank, path_len)) = convert_match(m) else {
+                continue;
+            };
+            for (host_rank, group) in &host_groups {
+                let key = (
+                    *host_rank,
+                    path_rank,
+                    Reverse(path_len),
+                    u8::from(route_match.method.is_none()),
+                    Reverse(route_match.headers.len()),
+                    created.clone(),
+                    format!("{ns}/{name}"),
+                    ri,
+                    mi,
+                );
+                out.routes.push(Ranked {
+                    key,
+                    route: Route {
+                        name: format!("{ns}/{name}/{ri}/{mi}/{host_rank}@{scope}"),
+                        hosts: group.clone(),
+                        matches: vec![route_match.clone()],
+                        backends: backends.clone(),
+                        timeout,
+                        // As Istio does by default: two retries for connect
+                        // failures and 503s of idempotent requests.
+                        retries: Some(Retries {
+                            attempts: 2,
+                            budget: 0.2,
+                        }),
+                    },
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The weighted backends of a rule; unresolvable refs keep their weight
+/// and point at [`UNRESOLVED_BACKEND`].
+fn rule_backends(
+    ns: &str,
+    rule: &HttpRouteRules,
+    index: &ServiceIndex,
+    out: &mut RuleOutput,
+) -> Vec<WeightedBackend> {
+    let refs = rule.backend_refs.as_deref().unwrap_or(&[]);
+    if refs.is_empty() {
+        out.backends
+            .insert(UNRESOLVED_BACKEND.into(), unresolved_backend());
+        return vec![WeightedBackend {
+            name: UNRESOLVED_BACKEND.into(),
+            weight: 1,
+        }];
+    }
+    refs.iter()
+        .map(|r| {
+            let weight = r.weight.map_or(1, |w| w.max(0) as u32);
+            let name = match resolve(ns, r, index) {
+                Ok(b) => {
+                    let name = b.name.clone();
+                    out.backends.insert(name.clone(), b);
+                    name
+                }
+                Err(cond) => {
+                    out.unresolved.get_or_insert(cond);
+                    out.backends
+                        .insert(UNRESOLVED_BACKEND.into(), unresolved_backend());
+                    UNRESOLVED_BACKEND.into()
+                }
+            };
+            WeightedBackend { name, weight }
+        })
+        .collect()
+}
+
+fn unresolved_backend() -> Backend {
+    Backend {
+        name: UNRESOLVED_BACKEND.into(),
+        endpoints: vec![],
+        protocol: Default::default(),
+        revision: None,
+        connect_timeout: Duration::from_secs(2),
+        service: None,
+        respond: Some(500),
+    }
+}
+
+/// Resolves one backendRef to a Service port's backend.
+fn resolve(ns: &str, r: &HttpRouteRulesBackendRefs, index: &ServiceIndex) -> Result<Backend, Cond> {
+    let group = r.group.as_deref().unwrap_or("");
+    let kind = r.kind.as_deref().unwrap_or("Service");
+    if !group.is_empty() || kind != "Service" {
+        return Err(Cond::no(
+            "ResolvedRefs",
+            reason::INVALID_KIND,
+            format!(
+                "backendRef {}: only core Services are supported, not {group}/{kind}",
+                r.name
+            ),
+        ));
+    }
+    let target_ns = r.namespace.as_deref().unwrap_or(ns);
+    if target_ns != ns {
+        return Err(Cond::no(
+            "ResolvedRefs",
+            reason::REF_NOT_PERMITTED,
+            format!(
+                "backendRef {target_ns}/{}: references to other namespaces need a ReferenceGrant, which Sluice does not support yet",
+                r.name
+            ),
+        ));
+    }
+    let Some(svc) = index.get(target_ns, &r.name) else {
+        return Err(Cond::no(
+            "ResolvedRefs",
+            reason::BACKEND_NOT_FOUND,
+            format!("Service {target_ns}/{} does not exist", r.name),
+        ));
+    };
+    let want = r.port.and_then(|p| u16::try_from(p).ok());
+    let port = match want {
+        Some(p) => svc.ports.iter().find(|sp| sp.port == p),
+        None => None,
+    };
+    match port {
+        Some(p) => Ok(svc.backend(p)),
+        None => Err(Cond::no(
+            "ResolvedRefs",
+            reason::BACKEND_NOT_FOUND,
+            match want {
+                Some(p) => format!("Service {target_ns}/{} has no port {p}", r.name),
+                None => format!("backendRef {target_ns}/{} needs a port", r.name),
+            },
+        )),
+    }
+}
+
+/// A Gateway API match as a proxy match, with its path rank and length;
+/// `None` for what the proxy cannot match yet (regular expressions, query
+/// parameters), which is left out rather than widened.
+fn convert_match(m: &HttpRouteRulesMatches) -> Option<(RouteMatch, u8, usize)> {
+    if m.query_params.as_ref().is_some_and(|q| !q.is_empty()) {
+        return None;
+    }
+    let (path, rank, len) = match &m.path {
+        None => (PathMatch::Prefix("/".into()), 1, 1),
+        Some(p) => {
+            let value = p.value.clone().unwrap_or_else(|| "/".into());
+            let len = value.len();
+            match p
+                .r#type
+                .clone()
+                .unwrap_or(HttpRouteRulesMatchesPathType::PathPrefix)
+            {
+                HttpRouteRulesMatchesPathType::Exact => (PathMatch::Exact(value), 0, len),
+                HttpRouteRulesMatchesPathType::PathPrefix => (PathMatch::Prefix(value), 1, len),
+                HttpRouteRulesMatchesPathType::RegularExpression => return None,
+            }
+        }
+    };
+    let mut headers = Vec::new();
+    for h in m.headers.iter().flatten() {
+        if matches!(
+            h.r#type,
+            Some(HttpRouteRulesMatchesHeadersType::RegularExpression)
+        ) {
+            return None;
+        }
+        headers.push(HeaderMatch {
+            name: h.name.to_ascii_lowercase(),
+            value: Some(h.value.clone()),
+        });
+    }
+    let method = m.method.as_ref().and_then(|m| {
+        serde_json::to_value(m)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+    });
+    Some((
+        RouteMatch {
+            path: Some(path),
+            method,
+            headers,
+        },
+        rank,
+        len,
+    ))
+}
+
+/// Sorts routes by precedence.
+pub fn sort(routes: &mut [Ranked]) {
+    routes.sort_by(|a, b| a.key.cmp(&b.key));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::fixtures::{pod, route, service, slice};
+    use serde_json::json;
+
+    fn index() -> ServiceIndex {
+        ServiceIndex::build(
+            &[
+                service("h", "blue", &[("http", 8080, 8080)]),
+                service("h", "yellow", &[("http", 8080, 8080)]),
+            ],
+            &[
+                slice("h", "blue", ("http", 8080), &[("10.0.0.2", true, "b")]),
+                slice("h", "yellow", ("http", 8080), &[("10.0.0.3", true, "y")]),
+            ],
+            &[pod("h", "b", "rb"), pod("h", "y", "ry")],
+        )
+    }
+
+    #[test]
+    fn weighted_refs_and_missing_service() {
+        let r = route(
+            "h",
+            "split",
+            json!({"rules": [{"backendRefs": [
+                {"name": "blue", "port": 8080, "weight": 90},
+                {"name": "yellow", "port": 8080, "weight": 10},
+                {"name": "green", "port": 8080, "weight": 5}
+            ]}]}),
+        );
+        let out = translate(&r, &["app.example.com".into()], "gw", &index());
+        assert_eq!(out.routes.len(), 1);
+        let weights: Vec<(&str, u32)> = out.routes[0]
+            .route
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            vec![
+                ("h/blue:8080", 90),
+                ("h/yellow:8080", 10),
+                (UNRESOLVED_BACKEND, 5)
+            ]
+        );
+        let cond = out.unresolved.expect("green is missing");
+        assert_eq!(cond.reason, reason::BACKEND_NOT_FOUND);
+        assert_eq!(out.backends[UNRESOLVED_BACKEND].respond, Some(500));
+        assert_eq!(
+            out.backends["h/yellow:8080"].revision.as_deref(),
+            Some("ry")
+        );
+    }
+
+    #[test]
+    fn precedence_exact_host_exact_path_then_longer_prefix() {
+        let r = route(
+            "h",
+            "r",
+            json!({"rules": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": [{"name": "blue", "port": 8080}]},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}], "backendRefs": [{"name": "blue", "port": 8080}]},
+                {"matches": [{"path": {"type": "Exact", "value": "/api/x"}}], "backendRefs": [{"name": "yellow", "port": 8080}]},
+                {"matches": [{"path": {"type": "RegularExpression", "value": ".*"}}], "backendRefs": [{"name": "yellow", "port": 8080}]}
+            ]}),
+        );
+        let mut out = translate(
+            &r,
+            &["a.example.com".into(), "*.example.com".into()],
+            "gw",
+            &index(),
+        );
+        sort(&mut out.routes);
+        let order: Vec<(String, String)> = out
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.route.hosts[0].clone(),
+                    format!("{:?}", r.route.matches[0].path),
+                )
+            })
+            .collect();
+        assert_eq!(order.len(), 6, "the regex match is left out: {order:?}");
+        assert_eq!(
+            order[0],
+            ("a.example.com".into(), "Some(Exact(\"/api/x\"))".into())
+        );
+        assert_eq!(
+            order[1],
+            ("a.example.com".into(), "Some(Prefix(\"/api\"))".into())
+        );
+        assert_eq!(
+            order[2],
+            ("a.example.com".into(), "Some(Prefix(\"/\"))".into())
+        );
+        assert_eq!(order[3].0, "*.example.com");
+    }
+
+    #[test]
+    fn no_backend_refs_answer_500_and_cross_namespace_is_refused() {
+        let r = route(
+            "h",
+            "r",
+            json!({"rules": [{}, {"backendRefs": [{"name": "blue", "namespace": "other", "port": 8080}]}]}),
+        );
+        let out = translate(&r, &[], "gw", &index());
+        assert!(
+            out.routes
+                .iter()
+                .all(|r| r.route.backends[0].name == UNRESOLVED_BACKEND)
+        );
+        assert_eq!(
+            out.unresolved.expect("refused").reason,
+            reason::REF_NOT_PERMITTED
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! Services and their ready endpoints, joined from Services, EndpointSlices
+//! and Pods: what a backendRef or a sidecar's outbound route resolves to.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use sluice_proto::config::{Backend, UpstreamProtocol};
+
+/// Labels that name a pod's revision, most specific first.
+const REVISION_LABELS: [&str; 2] = ["rollouts-pod-template-hash", "pod-template-hash"];
+
+/// One port of a Service, with the endpoints behind it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePort {
+    /// The port's name (may be empty for single-port Services).
+    pub name: String,
+    /// The Service port clients use.
+    pub port: u16,
+    /// Ready endpoint addresses (pod IP and target port), sorted.
+    pub endpoints: Vec<SocketAddr>,
+    /// `http2` for `appProtocol: kubernetes.io/h2c` or ports named
+    /// `grpc*`/`http2*`.
+    pub protocol: UpstreamProtocol,
+}
+
+/// A Service as the mesh sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceInfo {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Its ClusterIP, if it has one.
+    pub cluster_ip: Option<IpAddr>,
+    /// Ports in spec order.
+    pub ports: Vec<ServicePort>,
+    /// The revision all its ready endpoints run, when they agree.
+    pub revision: Option<String>,
+}
+
+impl ServiceInfo {
+    /// The port clients reach without naming one: 80 if the Service has
+    /// it, else its first port.
+    pub fn default_port(&self) -> Option<&ServicePort> {
+        self.ports
+            .iter()
+            .find(|p| p.port == 80)
+            .or_else(|| self.ports.first())
+    }
+
+    /// The proxy backend for `port`.
+    pub fn backend(&self, port: &ServicePort) -> Backend {
+        Backend {
+            name: backend_name(&self.namespace, &self.name, port.port),
+            endpoints: port.endpoints.clone(),
+            protocol: port.protocol,
+            revision: self.revision.clone(),
+            connect_timeout: std::time::Duration::from_secs(2),
+            service: Some(format!("{}/{}", self.namespace, self.name)),
+            respond: None,
+        }
+    }
+}
+
+/// `namespace/name:port`: the backend of one Service port.
+pub fn backend_name(namespace: &str, name: &str, port: u16) -> String {
+    format!("{namespace}/{name}:{port}")
+}
+
+/// Services by (namespace, name).
+#[derive(Debug, Default, Clone)]
+pub struct ServiceIndex {
+    services: BTreeMap<(String, String), ServiceInfo>,
+}
+
+impl ServiceIndex {
+    /// Joins the three kinds.
+    pub fn build(
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+        pods: &[Arc<Pod>],
+    ) -> ServiceIndex {
+        let pod_revisions: BTreeMap<(String, String), String> = pods
+            .iter()
+            .filter_map(|p| {
+                let labels = p.labels();
+                let rev = REVISION_LABELS.iter().find_map(|l| labels.get(*l))?;
+                Some((
+                    (p.namespace().unwrap_or_default(), p.name_any()),
+                    rev.clone(),
+                ))
+            })
+            .collect();
+        let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+        for s in slices {
+            if let Some(svc) = s.labels().get("kubernetes.io/service-name") {
+                by_service
+                    .entry((s.namespace().unwrap_or_default(), svc.clone()))
+                    .or_default()
+                    .push(s);
+            }
+        }
+        let mut index = ServiceIndex::default();
+        for svc in services {
+            let namespace = svc.namespace().unwrap_or_default();
+            let name = svc.name_any();
+            let Some(spec) = &svc.spec else { continue };
+            let key = (namespace.clone(), name.clone());
+            let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let mut revisions = BTreeSet::new();
+            let ports = spec
+                .ports
+                .iter()
+                .flatten()
+                .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+                .filter_map(|p| {
+                    let port = u16::try_from(p.port).ok()?;
+                    let pname = p.name.clone().unwrap_or_default();
+                    let mut endpoints = BTreeSet::new();
+                    for slice in slices {
+                        let Some(target) = slice
+                            .ports
+                            .iter()
+                            .flatten()
+                            .find(|sp| sp.name.as_deref().unwrap_or("") == pname)
+                        else {
+                            continue;
+                        };
+                        let Some(target_port) = target.port.and_then(|p| u16::try_from(p).ok())
+                        else {
+                            continue;
+                        };
+                        for ep in slice.endpoints.iter().flatten() {
+                            let ready =
+                                ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                            if !ready {
+                                continue;
+                            }
+                            if let Some(pod) = ep
+                                .target_ref
+                                .as_ref()
+                                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                                && let Some(rev) = pod_revisions.get(&(
+                                    pod.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                                    pod.name.clone().unwrap_or_default(),
+                                ))
+                            {
+                                revisions.insert(rev.clone());
+                            }
+                            for a in &ep.addresses {
+                                if let Ok(ip) = a.parse::<IpAddr>() {
+                                    endpoints.insert(SocketAddr::new(ip, target_port));
+                                }
+                            }
+                        }
+                    }
+                    let h2 = p.app_protocol.as_deref() == Some("kubernetes.io/h2c")
+                        || pname.starts_with("grpc")
+                        || pname.starts_with("http2");
+                    Some(ServicePort {
+                        name: pname,
+                        port,
+                        endpoints: endpoints.into_iter().collect(),
+                        protocol: if h2 {
+                            UpstreamProtocol::Http2
+                        } else {
+                            UpstreamProtocol::Auto
+                        },
+                    })
+                })
+                .collect();
+            let cluster_ip = spec
+                .cluster_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok());
+            let revision = (revisions.len() == 1)
+                .then(|| revisions.into_iter().next())
+                .flatten();
+            index.services.insert(
+                key,
+                ServiceInfo {
+                    namespace,
+                    name,
+                    cluster_ip,
+                    ports,
+                    revision,
+                },
+            );
+        }
+        index
+    }
+
+    /// The Service `namespace/name`.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&ServiceInfo> {
+        self.services.get(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// Every Service, sorted by namespace and name.
+    pub fn iter(&self) -> impl Iterator<Item = &ServiceInfo> {
+        self.services.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::fixtures::{pod, service, slice};
+
+    #[test]
+    fn joins_ready_endpoints_and_revision() {
+        let idx = ServiceIndex::build(
+            &[service("h", "blue", &[("http", 8080, 9001)])],
+            &[slice(
+                "h",
+                "blue",
+                ("http", 9001),
+                &[("10.0.0.2", true, "b-1"), ("10.0.0.3", false, "b-2")],
+            )],
+            &[pod("h", "b-1", "abc"), pod("h", "b-2", "abc")],
+        );
+        let s = idx.get("h", "blue").expect("indexed");
+        assert_eq!(
+            s.ports[0].endpoints,
+            vec!["10.0.0.2:9001".parse().expect("addr")]
+        );
+        assert_eq!(s.revision.as_deref(), Some("abc"));
+        let b = s.backend(&s.ports[0]);
+        assert_eq!(b.name, "h/blue:8080");
+        assert_eq!(b.service.as_deref(), Some("h/blue"));
+    }
+
+    #[test]
+    fn mixed_revisions_have_none() {
+        let idx = ServiceIndex::build(
+            &[service("h", "all", &[("", 80, 8080)])],
+            &[slice(
+                "h",
+                "all",
+                ("", 8080),
+                &[("10.0.0.2", true, "a"), ("10.0.0.3", true, "b")],
+            )],
+            &[pod("h", "a", "one"), pod("h", "b", "two")],
+        );
+        let s = idx.get("h", "all").expect("indexed");
+        assert_eq!(s.ports[0].endpoints.len(), 2);
+        assert_eq!(s.revision, None);
+        assert_eq!(s.default_port().map(|p| p.port), Some(80));
+    }
+}

@@ -1,0 +1,238 @@
+//! The sidecars' outbound routing: every Service of the mesh by its DNS
+//! names and ClusterIP, split by any HttpRoute whose parentRef is the
+//! Service (the Gateway API's GAMMA mesh routing). Sidecars of one namespace
+//! share a config: they differ only in which short names resolve.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs};
+use kube::ResourceExt;
+use sluice_proto::config::{Config, Listener, ListenerProtocol, Route, WeightedBackend};
+
+use super::gateway::{push_parent, status_ref};
+use super::rules::{self, Ranked};
+use super::services::{ServiceIndex, ServiceInfo, ServicePort};
+use super::{Audience, Cond, MeshInput, MeshOutput, reason};
+
+/// Where a sidecar takes outbound traffic (the iptables redirect target).
+pub const OUTBOUND_PORT: u16 = 15001;
+
+/// Fills one config per namespace with sidecars, and GAMMA route statuses.
+pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) {
+    let gamma: Vec<(&HttpRoute, &HttpRouteParentRefs, String)> = input
+        .routes
+        .iter()
+        .flat_map(|r| {
+            let ns = r.namespace().unwrap_or_default();
+            r.spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .filter(|pr| is_service_ref(pr))
+                .map(move |pr| (&**r, pr, pr.namespace.clone().unwrap_or_else(|| ns.clone())))
+        })
+        .collect();
+    for (route, pr, svc_ns) in &gamma {
+        let accepted = match index.get(svc_ns, &pr.name) {
+            Some(_) => Cond::yes("Accepted", reason::ACCEPTED),
+            None => Cond::no(
+                "Accepted",
+                "NoMatchingParent",
+                format!("Service {svc_ns}/{} does not exist", pr.name),
+            ),
+        };
+        let resolved = rules::translate(route, &[], "status", index)
+            .unresolved
+            .unwrap_or_else(|| Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
+        push_parent(out, route, status_ref(pr), vec![accepted, resolved]);
+    }
+    for ns in &input.sidecar_namespaces {
+        out.configs.insert(
+            Audience::Sidecar(ns.clone()),
+            namespace_config(ns, index, &gamma),
+        );
+    }
+}
+
+fn is_service_ref(pr: &HttpRouteParentRefs) -> bool {
+    pr.group.as_deref() == Some("") && pr.kind.as_deref() == Some("Service")
+        || pr.group.is_none() && pr.kind.as_deref() == Some("Service")
+}
+
+/// The outbound config of sidecars in `client_ns`.
+fn namespace_config(
+    client_ns: &str,
+    index: &ServiceIndex,
+    gamma: &[(&HttpRoute, &HttpRouteParentRefs, String)],
+) -> Config {
+    let mut backends = BTreeMap::new();
+    let mut with_port: Vec<Route> = Vec::new();
+    let mut bare: Vec<Route> = Vec::new();
+    for svc in index.iter() {
+        let default_port = svc.default_port().map(|p| p.port);
+        for port in &svc.ports {
+            let backend = svc.backend(port);
+            let routes_for = |hosts: Vec<String>, scope: String, backends: &mut BTreeMap<_, _>| {
+                let mut ranked: Vec<Ranked> = Vec::new();
+                for (route, pr, svc_ns) in gamma {
+                    let route_ns = route.namespace().unwrap_or_default();
+                    // Producer routes (in the Service's namespace) apply to
+                    // every client; consumer routes only to their own namespace.
+                    let applies = *svc_ns == svc.namespace
+                        && pr.name == svc.name
+                        && pr.port.is_none_or(|p| i32::from(port.port) == p)
+                        && (route_ns == svc.namespace || route_ns == client_ns);
+                    if applies {
+                        let r = rules::translate(route, &hosts, &scope, index);
+                        backends.extend(r.backends);
+                        ranked.extend(r.routes);
+                    }
+                }
+                rules::sort(&mut ranked);
+                let mut routes: Vec<Route> = ranked.into_iter().map(|r| r.route).collect();
+                routes.push(Route {
+                    name: format!("service/{scope}"),
+                    hosts,
+                    matches: vec![],
+                    backends: vec![WeightedBackend {
+                        name: backend.name.clone(),
+                        weight: 1,
+                    }],
+                    timeout: None,
+                    retries: Some(sluice_proto::config::Retries {
+                        attempts: 2,
+                        budget: 0.2,
+                    }),
+                });
+                routes
+            };
+            let scope = format!("{}/{}:{}", svc.namespace, svc.name, port.port);
+            with_port.extend(routes_for(
+                hosts(svc, port, client_ns, true),
+                scope.clone(),
+                &mut backends,
+            ));
+            if Some(port.port) == default_port {
+                bare.extend(routes_for(
+                    hosts(svc, port, client_ns, false),
+                    format!("{scope}/default"),
+                    &mut backends,
+                ));
+            }
+            backends.insert(backend.name.clone(), backend);
+        }
+    }
+    with_port.extend(bare);
+    Config {
+        admin: None,
+        backends: backends.into_values().collect(),
+        listeners: vec![Listener {
+            name: "outbound".into(),
+            address: SocketAddr::from((Ipv4Addr::LOCALHOST, OUTBOUND_PORT)),
+            protocol: ListenerProtocol::Http,
+            routes: with_port,
+            backends: vec![],
+        }],
+    }
+}
+
+/// The names a client in `client_ns` may use for `svc` on `port`.
+fn hosts(svc: &ServiceInfo, port: &ServicePort, client_ns: &str, with_port: bool) -> Vec<String> {
+    let (ns, name) = (&svc.namespace, &svc.name);
+    let mut names = vec![
+        format!("{name}.{ns}.svc.cluster.local"),
+        format!("{name}.{ns}.svc"),
+        format!("{name}.{ns}"),
+    ];
+    if ns == client_ns {
+        names.push(name.clone());
+    }
+    if let Some(ip) = svc.cluster_ip {
+        names.push(ip.to_string());
+    }
+    if with_port {
+        names.iter().map(|n| format!("{n}:{}", port.port)).collect()
+    } else {
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::fixtures::{pod, route, service, slice};
+    use crate::mesh::translate;
+    use serde_json::json;
+
+    #[test]
+    fn services_by_name_and_gamma_split() {
+        let input = MeshInput {
+            routes: vec![route(
+                "h",
+                "split",
+                json!({
+                    "parentRefs": [{"group": "", "kind": "Service", "name": "handson", "port": 8080}],
+                    "rules": [{"backendRefs": [{"name": "blue", "port": 8080, "weight": 20}, {"name": "yellow", "port": 8080, "weight": 80}]}]
+                }),
+            )],
+            services: vec![
+                service("h", "handson", &[("http", 8080, 8080)]),
+                service("h", "blue", &[("http", 8080, 8080)]),
+                service("h", "yellow", &[("http", 8080, 8080)]),
+            ],
+            slices: vec![
+                slice(
+                    "h",
+                    "handson",
+                    ("http", 8080),
+                    &[("10.0.0.2", true, "b"), ("10.0.0.3", true, "y")],
+                ),
+                slice("h", "blue", ("http", 8080), &[("10.0.0.2", true, "b")]),
+                slice("h", "yellow", ("http", 8080), &[("10.0.0.3", true, "y")]),
+            ],
+            pods: vec![pod("h", "b", "rb"), pod("h", "y", "ry")],
+            sidecar_namespaces: ["h".to_owned(), "other".to_owned()].into(),
+            ..Default::default()
+        };
+        let out = translate(&input);
+        let own = &out.configs[&Audience::Sidecar("h".into())].listeners[0];
+        let first_handson = own
+            .routes
+            .iter()
+            .find(|r| r.hosts.iter().any(|h| h == "handson:8080"))
+            .expect("a route for handson:8080");
+        let split: Vec<(&str, u32)> = first_handson
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.weight))
+            .collect();
+        assert_eq!(split, vec![("h/blue:8080", 20), ("h/yellow:8080", 80)]);
+        // The portless names come after every port-specific route.
+        let bare = own
+            .routes
+            .iter()
+            .position(|r| r.hosts.iter().any(|h| h == "handson.h.svc"))
+            .expect("bare");
+        let last_port = own
+            .routes
+            .iter()
+            .rposition(|r| r.hosts.iter().any(|h| h.contains(':')))
+            .expect("ported");
+        assert!(bare > last_port);
+        // Another namespace gets no short names.
+        let other = &out.configs[&Audience::Sidecar("other".into())].listeners[0];
+        assert!(other.routes.iter().all(|r| {
+            !r.hosts
+                .iter()
+                .any(|h| h == "handson" || h == "handson:8080")
+        }));
+        assert!(other.routes.iter().any(|r| {
+            r.hosts
+                .iter()
+                .any(|h| h == "handson.h.svc.cluster.local:8080")
+        }));
+        let st = &out.routes[&("h".to_owned(), "split".to_owned())];
+        assert!(st.parents[0].1.iter().all(|c| c.ok));
+    }
+}

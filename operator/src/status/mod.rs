@@ -1,0 +1,285 @@
+//! Gateway API status, written as other implementations do: GatewayClass
+//! `Accepted`; Gateway `Accepted`/`Programmed` with addresses and per
+//! listener conditions; HttpRoute parent entries with `Accepted` and
+//! `ResolvedRefs`. Each object is patched (server-side apply, status
+//! subresource) only when what it shows differs from what it should.
+
+mod conditions;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::mesh::{Audience, CONTROLLER_NAME, Cond, GatewayDraft, MeshOutput, reason};
+use crate::push::{Registry, Snapshots};
+use crate::world::World;
+
+pub use conditions::to_conditions;
+
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "sluice-operator";
+
+/// Whether the gateway proxies run the current gateway snapshot.
+fn programmed(registry: &Registry, snapshots: &Snapshots) -> Cond {
+    let proxies = registry.of(&Audience::Gateway);
+    let current = snapshots.current();
+    let Some(version) = current.get(&Audience::Gateway).map(|s| s.version.clone()) else {
+        return Cond::no(
+            "Programmed",
+            reason::PENDING,
+            "computing the gateway config",
+        );
+    };
+    if proxies.is_empty() {
+        return Cond::no(
+            "Programmed",
+            reason::PENDING,
+            "no Sluice gateway proxy is connected to the control plane",
+        );
+    }
+    if proxies.iter().any(|p| p.acked.as_deref() == Some(&version)) {
+        return Cond::yes("Programmed", reason::PROGRAMMED);
+    }
+    if let Some(p) = proxies
+        .iter()
+        .find(|p| p.nacked.as_ref().is_some_and(|(v, _)| *v == version))
+    {
+        let err = p
+            .nacked
+            .as_ref()
+            .map(|(_, e)| e.as_str())
+            .unwrap_or_default();
+        return Cond::no(
+            "Programmed",
+            reason::INVALID,
+            format!("gateway proxy {} refused the config: {err}", p.pod()),
+        );
+    }
+    Cond::no(
+        "Programmed",
+        reason::PENDING,
+        format!("waiting for the gateway proxies to apply version {version}"),
+    )
+}
+
+fn gateway_status(
+    d: &GatewayDraft,
+    programmed: &Cond,
+    addresses: &[String],
+    existing: &[Condition],
+    existing_listeners: &Value,
+) -> Value {
+    let listeners: Vec<Value> = d
+        .listeners
+        .iter()
+        .map(|l| {
+            let mut conds = l.conditions.clone();
+            let accepted = conds.first().is_some_and(|c| c.ok);
+            conds.push(if accepted {
+                programmed.clone()
+            } else {
+                Cond::no(
+                    "Programmed",
+                    reason::INVALID,
+                    "the listener is not accepted",
+                )
+            });
+            let old: Vec<Condition> = existing_listeners
+                .as_array()
+                .and_then(|ls| ls.iter().find(|x| x["name"] == l.name.as_str()))
+                .and_then(|x| serde_json::from_value(x["conditions"].clone()).ok())
+                .unwrap_or_default();
+            json!({
+                "name": l.name,
+                "attachedRoutes": l.attached_routes,
+                "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}],
+                "conditions": to_conditions(&conds, d.generation, &old),
+            })
+        })
+        .collect();
+    let mut status = json!({
+        "conditions": to_conditions(&[d.accepted.clone(), programmed.clone()], d.generation, existing),
+        "listeners": listeners,
+    });
+    if !addresses.is_empty() {
+        status["addresses"] = addresses
+            .iter()
+            .map(|a| json!({"type": "IPAddress", "value": a}))
+            .collect();
+    }
+    status
+}
+
+/// Patches the status of `obj` when `desired` differs from `current`.
+async fn apply_status<K>(
+    api: Api<K>,
+    name: &str,
+    api_version: &str,
+    kind: &str,
+    current: Value,
+    desired: Value,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if current == desired {
+        return Ok(());
+    }
+    debug!(%kind, %name, "writing status");
+    let body = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}, "status": desired});
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Writes status whenever a translation or the proxies' state changes.
+pub async fn run(
+    client: Client,
+    world: World,
+    registry: Arc<Registry>,
+    snapshots: Snapshots,
+    mut output: watch::Receiver<Arc<MeshOutput>>,
+) {
+    let mut registry_changes = registry.subscribe();
+    loop {
+        tokio::select! {
+            r = output.changed() => if r.is_err() { return },
+            r = registry_changes.changed() => if r.is_err() { return },
+        }
+        // Let a burst of ACKs settle into one write.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let out = output.borrow_and_update().clone();
+        registry_changes.borrow_and_update();
+        if let Err(e) = write_all(&client, &world, &registry, &snapshots, &out).await {
+            warn!("writing Gateway API status: {e}");
+            // Conflicts and transient errors: retry on the next change, or soon.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            output.mark_changed();
+        }
+    }
+}
+
+async fn write_all(
+    client: &Client,
+    world: &World,
+    registry: &Registry,
+    snapshots: &Snapshots,
+    out: &MeshOutput,
+) -> Result<(), kube::Error> {
+    for (name, generation) in &out.classes {
+        let Some(obj) = world.class(name) else {
+            continue;
+        };
+        let existing = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let desired = json!({"conditions": to_conditions(&[Cond::yes("Accepted", reason::ACCEPTED)], *generation, &existing)});
+        let current = obj
+            .status
+            .as_ref()
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .unwrap_or_default();
+        apply_status(
+            Api::<GatewayClass>::all(client.clone()),
+            name,
+            "gateway.networking.k8s.io/v1",
+            "GatewayClass",
+            current,
+            desired,
+        )
+        .await?;
+    }
+    let programmed = programmed(registry, snapshots);
+    let mut addresses: Vec<String> = registry
+        .of(&Audience::Gateway)
+        .iter()
+        .filter_map(|p| world.pod(&p.identity.namespace, &p.identity.pod_name))
+        .filter_map(|pod| pod.status.as_ref()?.pod_ip.clone())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    for d in &out.gateways {
+        let Some(obj) = world.gateway(&d.namespace, &d.name) else {
+            continue;
+        };
+        let existing = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let current = obj
+            .status
+            .as_ref()
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .unwrap_or_default();
+        let desired = gateway_status(d, &programmed, &addresses, &existing, &current["listeners"]);
+        apply_status(
+            Api::<Gateway>::namespaced(client.clone(), &d.namespace),
+            &d.name,
+            "gateway.networking.k8s.io/v1",
+            "Gateway",
+            current,
+            desired,
+        )
+        .await?;
+    }
+    for ((ns, name), draft) in &out.routes {
+        let Some(obj) = world.route(ns, name) else {
+            continue;
+        };
+        let current = obj
+            .status
+            .as_ref()
+            .map(|s| serde_json::to_value(s).unwrap_or_default())
+            .unwrap_or_default();
+        let old_parents = obj
+            .status
+            .as_ref()
+            .map(|s| s.parents.clone())
+            .unwrap_or_default();
+        // Entries of other controllers stay as they are.
+        let mut parents: Vec<Value> = old_parents
+            .iter()
+            .filter(|p| p.controller_name != CONTROLLER_NAME)
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .collect();
+        for (parent_ref, conds) in &draft.parents {
+            let old = old_parents
+                .iter()
+                .find(|p| p.controller_name == CONTROLLER_NAME && p.parent_ref == *parent_ref)
+                .map(|p| p.conditions.clone())
+                .unwrap_or_default();
+            parents.push(json!({
+                "parentRef": parent_ref,
+                "controllerName": CONTROLLER_NAME,
+                "conditions": to_conditions(conds, draft.generation, &old),
+            }));
+        }
+        let desired = json!({"parents": parents});
+        apply_status(
+            Api::<HttpRoute>::namespaced(client.clone(), ns),
+            name,
+            "gateway.networking.k8s.io/v1",
+            "HTTPRoute",
+            current,
+            desired,
+        )
+        .await?;
+    }
+    Ok(())
+}

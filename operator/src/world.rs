@@ -1,0 +1,184 @@
+//! Observed state: one kube-runtime reflector per kind the mesh reads, and
+//! the loop that turns every change into snapshots (debounced, computed
+//! once, shared by all proxies of an audience).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::mesh::{self, MeshInput, MeshOutput};
+use crate::metrics::Metrics;
+use crate::push::{Registry, SnapshotSet, Snapshots};
+
+/// The reflectors' stores.
+#[derive(Clone)]
+pub struct World {
+    classes: Option<Store<GatewayClass>>,
+    gateways: Option<Store<Gateway>>,
+    routes: Option<Store<HttpRoute>>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
+    changed: Arc<Notify>,
+}
+
+fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    // Managed fields are large and never read.
+    .modify(|o: &mut K| o.meta_mut().managed_fields = None);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => changed.notify_one(),
+                Err(e) => warn!(kind = %K::kind(&Default::default()), "watch: {e}"),
+            }
+        }
+    });
+    reader
+}
+
+impl World {
+    /// Starts the reflectors. Gateway API kinds are watched only when their
+    /// CRDs are installed.
+    pub async fn start(client: &Client) -> World {
+        let changed = Arc::new(Notify::new());
+        let gateway_api = kube::discovery::group(client, "gateway.networking.k8s.io")
+            .await
+            .is_ok();
+        if !gateway_api {
+            warn!("the Gateway API CRDs are not installed: only mesh (sidecar) routing is served");
+        }
+        let opt = |on: bool| on.then_some(());
+        World {
+            classes: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
+            gateways: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
+            routes: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
+            services: reflect(Api::all(client.clone()), changed.clone()),
+            slices: reflect(Api::all(client.clone()), changed.clone()),
+            pods: reflect(Api::all(client.clone()), changed.clone()),
+            changed,
+        }
+    }
+
+    /// Waits until every store has listed once.
+    pub async fn ready(&self) {
+        let _ = self.services.wait_until_ready().await;
+        let _ = self.slices.wait_until_ready().await;
+        let _ = self.pods.wait_until_ready().await;
+        if let Some(s) = &self.classes {
+            let _ = s.wait_until_ready().await;
+        }
+        if let Some(s) = &self.gateways {
+            let _ = s.wait_until_ready().await;
+        }
+        if let Some(s) = &self.routes {
+            let _ = s.wait_until_ready().await;
+        }
+    }
+
+    /// The state now.
+    pub fn input(&self, registry: &Registry) -> MeshInput {
+        MeshInput {
+            classes: self.classes.as_ref().map(Store::state).unwrap_or_default(),
+            gateways: self.gateways.as_ref().map(Store::state).unwrap_or_default(),
+            routes: self.routes.as_ref().map(Store::state).unwrap_or_default(),
+            services: self.services.state(),
+            slices: self.slices.state(),
+            pods: self.pods.state(),
+            sidecar_namespaces: registry.sidecar_namespaces(),
+        }
+    }
+
+    /// A Pod by namespace and name.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
+        self.pods
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// The current HttpRoute, Gateway and GatewayClass, for status diffs.
+    pub fn route(&self, namespace: &str, name: &str) -> Option<Arc<HttpRoute>> {
+        self.routes
+            .as_ref()?
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// See [`World::route`].
+    pub fn gateway(&self, namespace: &str, name: &str) -> Option<Arc<Gateway>> {
+        self.gateways
+            .as_ref()?
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// See [`World::route`].
+    pub fn class(&self, name: &str) -> Option<Arc<GatewayClass>> {
+        self.classes.as_ref()?.get(&reflector::ObjectRef::new(name))
+    }
+}
+
+/// How long to gather a burst of changes before computing.
+const DEBOUNCE: Duration = Duration::from_millis(5);
+
+/// Recomputes and publishes snapshots on every change; sends each
+/// translation to the status writer.
+pub async fn run(
+    world: World,
+    registry: Arc<Registry>,
+    snapshots: Snapshots,
+    metrics: Arc<Metrics>,
+    output: watch::Sender<Arc<MeshOutput>>,
+) {
+    world.ready().await;
+    info!("caches synced; serving snapshots");
+    let mut registry_changes = registry.subscribe();
+    let mut namespaces = registry.sidecar_namespaces();
+    loop {
+        let start = Instant::now();
+        let input = world.input(&registry);
+        namespaces.clone_from(&input.sidecar_namespaces);
+        let out = mesh::translate(&input);
+        let published = snapshots.publish(SnapshotSet::build(&out.configs));
+        metrics
+            .compute_seconds
+            .observe(start.elapsed().as_secs_f64());
+        if published {
+            info!(elapsed = ?start.elapsed(), "published new snapshots");
+        }
+        output.send_replace(Arc::new(out));
+        // Wait for a watched change, or a new sidecar namespace.
+        loop {
+            tokio::select! {
+                _ = world.changed.notified() => break,
+                r = registry_changes.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    if registry.sidecar_namespaces() != namespaces {
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+    }
+}

@@ -1,0 +1,998 @@
+//! End-to-end: the mesh control plane. The operator (a host process) pushes
+//! config over gRPC to a real `sluice-proxy gateway` pod and to sidecars;
+//! traffic is real HTTP through them to demo-app pods.
+//!
+//! The scenarios run one after another (they share the gateway, and two of
+//! them stop the operator or make the gateway refuse a snapshot), each in a
+//! namespace and under a hostname of its own.
+
+mod main_support;
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use gateway_api::gatewayclasses::GatewayClass;
+use gateway_api::gateways::Gateway;
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DeleteParams, ListParams};
+use kube::{Api, ResourceExt};
+use sluice_tests::Cluster;
+use sluice_tests::operator::{Operator, http};
+use sluice_tests::wait::{deployment_available, poll, ready_endpoints};
+use tokio::sync::{Mutex, OnceCell};
+
+fn main() -> ExitCode {
+    main_support::run_sequential(&[
+        (
+            "gateway_routes_by_host_and_writes_gateway_api_status",
+            |c| Box::pin(logged(c, gateway_routes)),
+        ),
+        ("weighted_split_of_2000_requests_is_50_50", |c| {
+            Box::pin(logged(c, weighted_split))
+        }),
+        (
+            "patching_weights_to_0_100_switches_within_2s_without_errors",
+            |c| Box::pin(logged(c, switch_under_load)),
+        ),
+        ("scaling_and_pod_deletion_follow_endpoints", |c| {
+            Box::pin(logged(c, scaling_and_deletion))
+        }),
+        (
+            "operator_down_gateway_serves_last_config_and_converges_after_restart",
+            |c| Box::pin(logged(c, operator_restart)),
+        ),
+        (
+            "unappliable_snapshot_is_nacked_and_the_old_config_keeps_serving",
+            |c| Box::pin(logged(c, nack_keeps_old_config)),
+        ),
+        (
+            "sidecar_routes_services_by_name_and_splits_by_gamma_route",
+            |c| Box::pin(logged(c, sidecar_gamma)),
+        ),
+    ])
+}
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs a scenario; on failure, adds the operator's and the gateway
+/// proxy's last log lines to the error.
+async fn logged<F, Fut>(cluster: Arc<Cluster>, scenario: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Arc<Cluster>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let result = scenario(cluster.clone()).await;
+    let Err(e) = result else { return Ok(()) };
+    let mut logs = String::new();
+    if let Some(mesh) = MESH.get() {
+        let op = mesh.operator.lock().await;
+        let log = op.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        logs.push_str("--- sluice-operator (last 40 lines) ---\n");
+        for l in tail.into_iter().rev() {
+            logs.push_str(l);
+            logs.push('\n');
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), GATEWAY_NS);
+    if let Ok(list) = pods
+        .list(&ListParams::default().labels("app=sluice-gateway"))
+        .await
+    {
+        for p in list.items {
+            let path = cluster
+                .node()
+                .container_log(&p.uid().unwrap_or_default(), "proxy");
+            logs.push_str(&format!(
+                "--- gateway {} ---\n{}\n",
+                p.name_any(),
+                sluice_tests::process::log_tail(&path, 30)
+            ));
+        }
+    }
+    Err(e.context(logs))
+}
+const GATEWAY_NS: &str = "sluice-system";
+const GATEWAY_PORT: u16 = 18080;
+const ADMIN_PORT: u16 = 15021;
+
+/// The operator and the gateway proxy, shared by every scenario.
+struct Mesh {
+    operator: Mutex<Operator>,
+    gateway_ip: String,
+}
+
+static MESH: OnceCell<Arc<Mesh>> = OnceCell::const_new();
+
+async fn mesh(cluster: &Cluster) -> anyhow::Result<Arc<Mesh>> {
+    MESH.get_or_try_init(|| async {
+        cluster.install_gateway_api().await?;
+        let operator = Operator::start(cluster).await?;
+        cluster.create_namespace(GATEWAY_NS).await?;
+        cluster.apply(&format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: sluice-gateway, namespace: {GATEWAY_NS}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: sluice-gateway}}}}
+  template:
+    metadata: {{labels: {{app: sluice-gateway}}}}
+    spec:
+      containers:
+      - name: proxy
+        image: sluice/sluice-proxy:dev
+        args: [gateway, --workers, "1"]
+        env:
+        - {{name: SLUICE_CONTROL_PLANE, value: "{url}"}}
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - name: POD_NAMESPACE
+          valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+        readinessProbe:
+          httpGet: {{path: /ready, port: {ADMIN_PORT}}}
+          periodSeconds: 1
+"#,
+            url = operator.grpc_url()
+        ))?;
+        let client = cluster.client();
+        deployment_available(&client, GATEWAY_NS, "sluice-gateway", TIMEOUT).await?;
+        let pods: Api<Pod> = Api::namespaced(client, GATEWAY_NS);
+        let gateway_ip = pods
+            .list(&ListParams::default().labels("app=sluice-gateway"))
+            .await?
+            .items
+            .into_iter()
+            .find_map(|p| p.status?.pod_ip)
+            .context("the gateway pod has no IP")?;
+        Ok(Arc::new(Mesh {
+            operator: Mutex::new(operator),
+            gateway_ip,
+        }))
+    })
+    .await
+    .cloned()
+}
+
+/// One response, as a client saw it.
+#[derive(Debug, Clone)]
+struct Reply {
+    status: u16,
+    body: String,
+    served_by: String,
+}
+
+impl Reply {
+    fn colour(&self) -> &str {
+        self.body.trim()
+    }
+}
+
+async fn get(ip: &str, port: u16, host: &str, path: &str) -> anyhow::Result<Reply> {
+    let resp = http()
+        .get(format!("http://{ip}:{port}{path}"))
+        .header(reqwest::header::HOST, host)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let served_by = resp
+        .headers()
+        .get("x-served-by")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    Ok(Reply {
+        status,
+        body: resp.text().await?,
+        served_by,
+    })
+}
+
+/// Waits until `host` answers `want` through the gateway.
+async fn until_gateway_answers(mesh: &Mesh, host: &str, want: &str) -> anyhow::Result<()> {
+    poll(
+        &format!("the gateway to answer {want:?} for {host}"),
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            Ok(get(&mesh.gateway_ip, GATEWAY_PORT, host, "/")
+                .await
+                .ok()
+                .filter(|r| r.status == 200 && r.colour() == want)
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// `n` sequential requests; counts by colour (non-200 as `status N`).
+async fn tally(mesh: &Mesh, host: &str, n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let r = get(&mesh.gateway_ip, GATEWAY_PORT, host, "/").await?;
+        let key = if r.status == 200 {
+            r.colour().to_owned()
+        } else {
+            format!("status {}", r.status)
+        };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// A steady client: sequential requests until stopped (or 30 s / 20,000
+/// requests), each recorded with the moment it was sent.
+struct Load {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(Instant, Result<Reply, String>)>>,
+}
+
+impl Load {
+    fn start(ip: String, host: String) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline && seen.len() < 20_000
+            {
+                let at = Instant::now();
+                let r = get(&ip, GATEWAY_PORT, &host, "/")
+                    .await
+                    .map_err(|e| e.to_string());
+                seen.push((at, r));
+            }
+            seen
+        });
+        Load { stop, task }
+    }
+
+    async fn finish(self) -> anyhow::Result<Vec<(Instant, Result<Reply, String>)>> {
+        self.stop.store(true, Ordering::Relaxed);
+        Ok(self.task.await?)
+    }
+}
+
+/// Failed requests of a load run, described.
+fn failures(seen: &[(Instant, Result<Reply, String>)]) -> Vec<String> {
+    seen.iter()
+        .filter_map(|(_, r)| match r {
+            Ok(r) if r.status == 200 => None,
+            Ok(r) => Some(format!("{} {}", r.status, r.body.trim())),
+            Err(e) => Some(e.clone()),
+        })
+        .collect()
+}
+
+/// Demo-app Deployment `name` (labels app=`app`, version=`color`) and a
+/// Service of the same name selecting it.
+fn version(ns: &str, name: &str, app: &str, color: &str, replicas: i32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {app}, version: {color}}}}}
+  template:
+    metadata: {{labels: {{app: {app}, version: {color}}}}}
+    spec:
+      containers:
+      - name: app
+        image: sluice/demo-app:{color}
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe:
+          httpGet: {{path: /healthz, port: http}}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  selector: {{app: {app}, version: {color}}}
+  ports: [{{name: http, port: 8080, targetPort: http}}]
+"#
+    )
+}
+
+/// A Gateway of class `sluice` with one HTTP listener for `host`.
+fn gateway(ns: &str, name: &str, host: &str, port: u16) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {{name: http, port: {port}, protocol: HTTP, hostname: "{host}"}}
+"#
+    )
+}
+
+/// An HTTPRoute on Gateway `gw` splitting between `blue` and `yellow`.
+fn split_route(ns: &str, gw: &str, blue: u32, yellow: u32) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: handson, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: {gw}}}]
+  rules:
+  - backendRefs:
+    - {{name: handson-blue, port: 8080, weight: {blue}}}
+    - {{name: handson-yellow, port: 8080, weight: {yellow}}}
+"#
+    )
+}
+
+/// Blue and yellow behind a Gateway for `host`, split by weight.
+async fn two_versions(
+    cluster: &Cluster,
+    mesh: &Mesh,
+    ns: &str,
+    host: &str,
+    blue: u32,
+    yellow: u32,
+) -> anyhow::Result<()> {
+    cluster.create_namespace(ns).await?;
+    cluster.apply(&version(ns, "handson-blue", "handson", "blue", 1))?;
+    cluster.apply(&version(ns, "handson-yellow", "handson", "yellow", 1))?;
+    cluster.apply(&gateway(ns, "gw", host, GATEWAY_PORT))?;
+    cluster.apply(&split_route(ns, "gw", blue, yellow))?;
+    let client = cluster.client();
+    deployment_available(&client, ns, "handson-blue", TIMEOUT).await?;
+    deployment_available(&client, ns, "handson-yellow", TIMEOUT).await?;
+    if blue > 0 {
+        until_gateway_answers(mesh, host, "blue").await?;
+    }
+    if yellow > 0 {
+        until_gateway_answers(mesh, host, "yellow").await?;
+    }
+    Ok(())
+}
+
+fn condition<'a>(
+    conds: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    kind: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conds.iter().find(|c| c.type_ == kind)
+}
+
+async fn gateway_routes(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let mesh = mesh(&cluster).await?;
+    let ns = "handson";
+    cluster.create_namespace(ns).await?;
+    cluster.apply(&version(ns, "handson-blue", "handson", "blue", 1))?;
+    cluster.apply(
+        r#"apiVersion: v1
+kind: Service
+metadata: {name: handson, namespace: handson}
+spec:
+  selector: {app: handson}
+  ports: [{name: http, port: 8080, targetPort: http}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: handson, namespace: handson}
+spec:
+  parentRefs: [{name: handson-gateway}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /missing}}]
+    backendRefs: [{name: not-there, port: 8080}]
+  - backendRefs: [{name: handson, port: 8080}]
+"#,
+    )?;
+    cluster.apply(&gateway(
+        ns,
+        "handson-gateway",
+        "app.example.com",
+        GATEWAY_PORT,
+    ))?;
+    deployment_available(&cluster.client(), ns, "handson-blue", TIMEOUT).await?;
+    until_gateway_answers(&mesh, "app.example.com", "blue").await?;
+
+    let other = get(&mesh.gateway_ip, GATEWAY_PORT, "other.example.com", "/").await?;
+    ensure!(
+        other.status == 404,
+        "another host got {} {:?}",
+        other.status,
+        other.body
+    );
+    let missing = get(
+        &mesh.gateway_ip,
+        GATEWAY_PORT,
+        "app.example.com",
+        "/missing",
+    )
+    .await?;
+    ensure!(
+        missing.status == 500,
+        "a backendRef to a missing Service got {} {:?}",
+        missing.status,
+        missing.body
+    );
+
+    let client = cluster.client();
+    let classes: Api<GatewayClass> = Api::all(client.clone());
+    poll(
+        "GatewayClass sluice Accepted",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let c = classes.get("sluice").await?;
+            let conds = c.status.and_then(|s| s.conditions).unwrap_or_default();
+            Ok(condition(&conds, "Accepted")
+                .filter(|c| c.status == "True")
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    let gateways: Api<Gateway> = Api::namespaced(client.clone(), ns);
+    let gw_ip = mesh.gateway_ip.clone();
+    poll(
+        "Gateway Accepted, Programmed, with the gateway's address and one route",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let g = gateways.get("handson-gateway").await?;
+            let Some(st) = g.status else { return Ok(None) };
+            let conds = st.conditions.unwrap_or_default();
+            let ok = |k: &str| {
+                condition(&conds, k).is_some_and(|c| {
+                    c.status == "True" && c.observed_generation == g.metadata.generation
+                })
+            };
+            let addressed = st
+                .addresses
+                .unwrap_or_default()
+                .iter()
+                .any(|a| a.value == gw_ip);
+            let attached = st
+                .listeners
+                .unwrap_or_default()
+                .first()
+                .map(|l| l.attached_routes)
+                == Some(1);
+            Ok((ok("Accepted") && ok("Programmed") && addressed && attached).then_some(()))
+        },
+    )
+    .await?;
+    let routes: Api<HttpRoute> = Api::namespaced(client, ns);
+    let parent = poll(
+        "HTTPRoute parent status from sluice",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let r = routes.get("handson").await?;
+            Ok(r.status.and_then(|s| {
+                s.parents
+                    .into_iter()
+                    .find(|p| p.controller_name == "sluice.dev/gateway-controller")
+            }))
+        },
+    )
+    .await?;
+    let accepted = condition(&parent.conditions, "Accepted").context("no Accepted condition")?;
+    ensure!(accepted.status == "True", "Accepted: {accepted:?}");
+    let resolved =
+        condition(&parent.conditions, "ResolvedRefs").context("no ResolvedRefs condition")?;
+    ensure!(
+        resolved.status == "False"
+            && resolved.reason == "BackendNotFound"
+            && resolved.message.contains("not-there"),
+        "ResolvedRefs: {resolved:?}"
+    );
+    Ok(())
+}
+
+async fn weighted_split(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let mesh = mesh(&cluster).await?;
+    let host = "split.example.com";
+    two_versions(&cluster, &mesh, "split", host, 50, 50).await?;
+    let counts = tally(&mesh, host, 2000).await?;
+    for colour in ["blue", "yellow"] {
+        let n = counts.get(colour).copied().unwrap_or(0);
+        ensure!(
+            (900..=1100).contains(&n),
+            "{colour} got {n} of 2000 (want 50% ± 5%): {counts:?}"
+        );
+    }
+    ensure!(counts.len() == 2, "unexpected answers: {counts:?}");
+    Ok(())
+}
+
+async fn switch_under_load(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let mesh = mesh(&cluster).await?;
+    let (ns, host) = ("switch", "switch.example.com");
+    two_versions(&cluster, &mesh, ns, host, 50, 50).await?;
+    let load = Load::start(mesh.gateway_ip.clone(), host.into());
+    // Some traffic before the change.
+    poll(
+        "load to start",
+        TIMEOUT,
+        Duration::from_millis(50),
+        || async { Ok((!load.task.is_finished()).then_some(())) },
+    )
+    .await?;
+    let patched_at = Instant::now();
+    cluster.kubectl(
+        &["patch", "httproute", "handson", "-n", ns, "--type=json", "-p",
+          r#"[{"op":"replace","path":"/spec/rules/0/backendRefs/0/weight","value":0},{"op":"replace","path":"/spec/rules/0/backendRefs/1/weight","value":100}]"#],
+        None,
+    )?;
+    // Keep sending until yellow has answered alone for a while.
+    poll(
+        "only yellow for 200 consecutive requests",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            let r = tally(&mesh, host, 200).await?;
+            Ok((r.len() == 1 && r.contains_key("yellow")).then_some(()))
+        },
+    )
+    .await?;
+    let seen = load.finish().await?;
+    let failed = failures(&seen);
+    ensure!(
+        failed.is_empty(),
+        "{} of {} requests failed during the switch: {:?}",
+        failed.len(),
+        seen.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let last_blue = seen
+        .iter()
+        .filter(|(_, r)| r.as_ref().is_ok_and(|r| r.colour() == "blue"))
+        .map(|(at, _)| *at)
+        .max();
+    if let Some(last) = last_blue {
+        let after = last.saturating_duration_since(patched_at);
+        ensure!(
+            after < Duration::from_secs(2),
+            "blue still answered {after:?} after the patch"
+        );
+        eprintln!(
+            "switch: last blue response {after:?} after kubectl patch returned; {} requests, 0 failed",
+            seen.len()
+        );
+    }
+    ensure!(seen.len() > 50, "only {} requests were sent", seen.len());
+    Ok(())
+}
+
+/// The endpoints of `backend` in the gateway's running config.
+async fn gateway_endpoints(mesh: &Mesh, backend: &str) -> anyhow::Result<Vec<String>> {
+    let doc: serde_json::Value = http()
+        .get(format!("http://{}:{ADMIN_PORT}/config", mesh.gateway_ip))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(doc["config"]["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|b| b["name"] == backend)
+        .flat_map(|b| b["endpoints"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| e.as_str().map(str::to_owned))
+        .collect())
+}
+
+async fn scaling_and_deletion(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let mesh = mesh(&cluster).await?;
+    let (ns, host) = ("scale", "scale.example.com");
+    two_versions(&cluster, &mesh, ns, host, 0, 100).await?;
+    let client = cluster.client();
+    cluster.kubectl(
+        &[
+            "scale",
+            "deployment",
+            "handson-yellow",
+            "-n",
+            ns,
+            "--replicas=3",
+        ],
+        None,
+    )?;
+    poll(
+        "3 ready yellow endpoints",
+        TIMEOUT,
+        Duration::from_millis(50),
+        || async {
+            Ok((ready_endpoints(&client, ns, "handson-yellow").await?.len() == 3).then_some(()))
+        },
+    )
+    .await?;
+    let ready_at = Instant::now();
+    let in_gateway = poll(
+        "3 yellow endpoints in the gateway's config",
+        TIMEOUT,
+        Duration::from_millis(10),
+        || async {
+            Ok((gateway_endpoints(&mesh, "scale/handson-yellow:8080")
+                .await?
+                .len()
+                == 3)
+                .then(|| ready_at.elapsed()))
+        },
+    )
+    .await?;
+    eprintln!(
+        "scale: endpoints reached the gateway {in_gateway:?} after the EndpointSlice showed them ready"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let names: Vec<String> = pods
+        .list(&ListParams::default().labels("version=yellow"))
+        .await?
+        .items
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    ensure!(names.len() == 3, "pods: {names:?}");
+    // Every pod, the new ones included, answers within a bounded run.
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut sent = 0;
+    while !names.iter().all(|n| seen.contains_key(n)) {
+        ensure!(
+            sent < 5_000 && ready_at.elapsed() < Duration::from_secs(10),
+            "after {sent} requests only {seen:?} answered (pods {names:?})"
+        );
+        let r = get(&mesh.gateway_ip, GATEWAY_PORT, host, "/").await?;
+        *seen.entry(r.served_by).or_insert(0) += 1;
+        sent += 1;
+    }
+    let served = ready_at.elapsed();
+    ensure!(
+        served < Duration::from_secs(2),
+        "new endpoints took {served:?} to receive traffic"
+    );
+    eprintln!("scale: all 3 pods served {served:?} after their endpoints were ready");
+
+    // Delete one pod under load: once its endpoint has left the gateway's
+    // config, no request may reach it, and no request may fail.
+    let victim = names[0].clone();
+    let victim_ip = pods
+        .get(&victim)
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .context("victim has no IP")?;
+    let load = Load::start(mesh.gateway_ip.clone(), host.into());
+    pods.delete(&victim, &DeleteParams::default()).await?;
+    let gone_at = poll(
+        "the deleted pod's endpoint to leave the gateway config",
+        TIMEOUT,
+        Duration::from_millis(20),
+        || async {
+            let eps = gateway_endpoints(&mesh, "scale/handson-yellow:8080").await?;
+            Ok(
+                (!eps.is_empty() && !eps.iter().any(|e| e.starts_with(&format!("{victim_ip}:"))))
+                    .then(Instant::now),
+            )
+        },
+    )
+    .await?;
+    // Traffic for a little longer after it left.
+    poll(
+        "200 more requests after the endpoint left",
+        TIMEOUT,
+        Duration::from_millis(50),
+        || async { Ok((tally(&mesh, host, 200).await?.len() == 1).then_some(())) },
+    )
+    .await?;
+    let seen = load.finish().await?;
+    let failed = failures(&seen);
+    ensure!(
+        failed.is_empty(),
+        "{} of {} requests failed while a pod was deleted: {:?}",
+        failed.len(),
+        seen.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let late: Vec<_> = seen
+        .iter()
+        .filter(|(at, r)| *at > gone_at && r.as_ref().is_ok_and(|r| r.served_by == victim))
+        .collect();
+    ensure!(
+        late.is_empty(),
+        "{} requests reached {victim} after its endpoint was gone",
+        late.len()
+    );
+    Ok(())
+}
+
+async fn gateway_ready_text(mesh: &Mesh) -> anyhow::Result<String> {
+    Ok(http()
+        .get(format!("http://{}:{ADMIN_PORT}/ready", mesh.gateway_ip))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+async fn operator_restart(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let mesh = mesh(&cluster).await?;
+    let (ns, host) = ("restart", "restart.example.com");
+    two_versions(&cluster, &mesh, ns, host, 0, 100).await?;
+    let mut operator = mesh.operator.lock().await;
+    operator.kill();
+    poll(
+        "the gateway to notice the control plane is gone",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            Ok(gateway_ready_text(&mesh)
+                .await?
+                .contains("disconnected")
+                .then_some(()))
+        },
+    )
+    .await?;
+    let metrics = http()
+        .get(format!("http://{}:{ADMIN_PORT}/metrics", mesh.gateway_ip))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics.contains("sluice_control_plane_connected 0"),
+        "metrics do not say disconnected"
+    );
+    let counts = tally(&mesh, host, 200).await?;
+    ensure!(
+        counts.get("yellow") == Some(&200),
+        "with the operator down the gateway answered {counts:?}"
+    );
+
+    // A change made while the operator is down is applied once it is back.
+    cluster.apply(&split_route(ns, "gw", 100, 0))?;
+    let still = tally(&mesh, host, 50).await?;
+    ensure!(
+        still.get("yellow") == Some(&50),
+        "the route changed without a control plane: {still:?}"
+    );
+    operator.restart().await?;
+    drop(operator);
+    let start = Instant::now();
+    until_gateway_answers(&mesh, host, "blue").await?;
+    poll("only blue", TIMEOUT, Duration::from_millis(100), || async {
+        let r = tally(&mesh, host, 100).await?;
+        Ok((r.len() == 1 && r.contains_key("blue")).then_some(()))
+    })
+    .await?;
+    eprintln!(
+        "restart: converged {:?} after the operator was healthy again",
+        start.elapsed()
+    );
+    poll(
+        "the gateway to report the control plane connected",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async { Ok((gateway_ready_text(&mesh).await? == "ready\n").then_some(())) },
+    )
+    .await?;
+    Ok(())
+}
+
+async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let mesh = mesh(&cluster).await?;
+    let (ns, host) = ("nack", "nack.example.com");
+    two_versions(&cluster, &mesh, ns, host, 100, 0).await?;
+    let before = {
+        let op = mesh.operator.lock().await;
+        op.metric("sluice_config_nacks_total").await?.unwrap_or(0.0)
+    };
+    let version_of = || async {
+        let doc: serde_json::Value = http()
+            .get(format!("http://{}:{ADMIN_PORT}/config", mesh.gateway_ip))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok(doc["version"].as_str().unwrap_or_default().to_owned())
+    };
+    let running = version_of().await?;
+    // A listener on the gateway proxy's own admin port: valid Gateway API,
+    // but this proxy cannot apply it.
+    cluster.apply(&gateway(ns, "clash", "clash.example.com", ADMIN_PORT))?;
+    {
+        let op = mesh.operator.lock().await;
+        poll(
+            "the operator to count a NACK",
+            TIMEOUT,
+            Duration::from_millis(100),
+            || async {
+                Ok(
+                    (op.metric("sluice_config_nacks_total").await?.unwrap_or(0.0) > before)
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+        let log = op.log();
+        ensure!(
+            log.contains("NACK") && log.contains("admin address"),
+            "the operator log does not show the NACK"
+        );
+    }
+    ensure!(
+        version_of().await? == running,
+        "the gateway replaced its config with a refused one"
+    );
+    let counts = tally(&mesh, host, 100).await?;
+    ensure!(
+        counts.get("blue") == Some(&100),
+        "after the NACK the gateway answered {counts:?}"
+    );
+    let gateways: Api<Gateway> = Api::namespaced(cluster.client(), ns);
+    poll(
+        "Gateway Programmed=False (Invalid) naming the proxy's error",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let g = gateways.get("clash").await?;
+            let conds = g.status.and_then(|s| s.conditions).unwrap_or_default();
+            Ok(condition(&conds, "Programmed")
+                .filter(|c| {
+                    c.status == "False"
+                        && c.reason == "Invalid"
+                        && c.message.contains("admin address")
+                })
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    // Removing the bad Gateway lets the next snapshot through.
+    gateways.delete("clash", &DeleteParams::default()).await?;
+    poll(
+        "a new config to be applied after the fix",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async { Ok((version_of().await? != running).then_some(())) },
+    )
+    .await?;
+    let counts = tally(&mesh, host, 50).await?;
+    ensure!(
+        counts.get("blue") == Some(&50),
+        "after the fix the gateway answered {counts:?}"
+    );
+    Ok(())
+}
+
+async fn sidecar_gamma(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let mesh = mesh(&cluster).await?;
+    let ns = "mesh";
+    cluster.create_namespace(ns).await?;
+    cluster.apply(&version(ns, "handson-blue", "handson", "blue", 1))?;
+    cluster.apply(&version(ns, "handson-yellow", "handson", "yellow", 1))?;
+    let url = mesh.operator.lock().await.grpc_url();
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: handson, namespace: {ns}}}
+spec:
+  selector: {{app: handson}}
+  ports: [{{name: http, port: 8080, targetPort: http}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {ns}}}
+spec:
+  containers:
+  - name: curl
+    image: curlimages/curl:8.10.1
+  - name: sluice-proxy
+    image: sluice/sluice-proxy:dev
+    args: [sidecar, --workers, "1"]
+    env:
+    - {{name: SLUICE_CONTROL_PLANE, value: "{url}"}}
+    - name: POD_NAME
+      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+    - name: POD_NAMESPACE
+      valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+    readinessProbe:
+      httpGet: {{path: /ready, port: {ADMIN_PORT}}}
+      periodSeconds: 1
+"#
+    ))?;
+    let client = cluster.client();
+    deployment_available(&client, ns, "handson-blue", TIMEOUT).await?;
+    deployment_available(&client, ns, "handson-yellow", TIMEOUT).await?;
+    let curl = |host: &'static str| {
+        let cluster = cluster.clone();
+        async move {
+            let out = cluster
+                .exec_in_pod(
+                    ns,
+                    "client",
+                    &[
+                        "curl",
+                        "-s",
+                        "-m",
+                        "2",
+                        "-H",
+                        &format!("Host: {host}"),
+                        "http://127.0.0.1:15001/",
+                    ],
+                )
+                .await?;
+            anyhow::Ok(out.stdout.trim().to_owned())
+        }
+    };
+    // Without a route, the Service's own endpoints (both versions).
+    poll(
+        "the sidecar to route handson.mesh.svc to both versions",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..20 {
+                seen.insert(curl("handson.mesh.svc").await?);
+            }
+            Ok((seen.contains("blue") && seen.contains("yellow")).then_some(()))
+        },
+    )
+    .await?;
+    // A GAMMA route on the Service sends everything to yellow.
+    cluster.apply(&format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: handson-mesh, namespace: {ns}}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: handson, port: 8080}}]
+  rules:
+  - backendRefs:
+    - {{name: handson-blue, port: 8080, weight: 0}}
+    - {{name: handson-yellow, port: 8080, weight: 100}}
+"#
+    ))?;
+    poll(
+        "the GAMMA route to take effect for handson:8080",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            let mut all_yellow = true;
+            for _ in 0..20 {
+                all_yellow &= curl("handson:8080").await? == "yellow";
+            }
+            Ok(all_yellow.then_some(()))
+        },
+    )
+    .await?;
+    for host in ["handson.mesh.svc.cluster.local:8080", "handson"] {
+        let c = curl(host).await?;
+        ensure!(c == "yellow", "{host} answered {c:?}");
+    }
+    let unknown = cluster
+        .exec_in_pod(
+            ns,
+            "client",
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Host: nothing.mesh.svc",
+                "http://127.0.0.1:15001/",
+            ],
+        )
+        .await?;
+    if unknown.stdout.trim() != "404" {
+        bail!("an unknown service answered {}", unknown.stdout);
+    }
+    Ok(())
+}

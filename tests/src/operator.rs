@@ -1,0 +1,143 @@
+//! `sluice-operator` run beside the test bed's control plane, as a host
+//! process listening on the node's bridge address so that pods (the
+//! proxies) reach it. Tests kill and restart it to check that proxies fail
+//! static and converge again.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::control_plane::free_port;
+use crate::process::ManagedProcess;
+use crate::toolchain::workspace_bin_dir;
+use crate::{Cluster, Error};
+
+/// A running operator.
+#[derive(Debug)]
+pub struct Operator {
+    process: ManagedProcess,
+    /// Where proxies connect.
+    pub grpc: SocketAddr,
+    /// `/metrics`, `/debug/traffic`.
+    pub metrics: SocketAddr,
+    kubeconfig: PathBuf,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Starts the operator against `cluster` and waits for its metrics
+    /// endpoint to answer.
+    pub async fn start(cluster: &Cluster) -> Result<Operator, Error> {
+        let ip = cluster.node().address();
+        let grpc = SocketAddr::from((ip, free_port(ip)?));
+        let metrics = SocketAddr::from((ip, free_port(ip)?));
+        let log = cluster.dir().join("sluice-operator.log");
+        let mut op = Operator {
+            process: spawn(cluster.kubeconfig().to_owned(), grpc, metrics, &log)?,
+            grpc,
+            metrics,
+            kubeconfig: cluster.kubeconfig().to_owned(),
+            log,
+        };
+        op.wait_healthy().await?;
+        Ok(op)
+    }
+
+    /// `http://ip:port` of the gRPC endpoint, as proxies take it.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same addresses.
+    pub async fn restart(&mut self) -> Result<(), Error> {
+        self.process.kill();
+        self.process = spawn(self.kubeconfig.clone(), self.grpc, self.metrics, &self.log)?;
+        self.wait_healthy().await
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics_text(&self) -> Result<String, Error> {
+        let url = format!("http://{}/metrics", self.metrics);
+        Ok(http().get(&url).send().await?.text().await?)
+    }
+
+    /// One sample of `/metrics` (first series of that name), if present.
+    pub async fn metric(&self, name: &str) -> Result<Option<f64>, Error> {
+        let text = self.metrics_text().await?;
+        Ok(text
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok()))
+    }
+
+    async fn wait_healthy(&mut self) -> Result<(), Error> {
+        let url = format!("http://{}/healthz", self.metrics);
+        let process = &mut self.process;
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = process.exited() {
+                return Err(process.failure(format!("exited with {status}")));
+            }
+            if let Ok(r) = http().get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(process.failure("not healthy within 30 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn spawn(
+    kubeconfig: PathBuf,
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    log: &std::path::Path,
+) -> Result<ManagedProcess, Error> {
+    let bin = workspace_bin_dir()?.join("sluice-operator");
+    let kubeconfig = kubeconfig.display().to_string();
+    ManagedProcess::spawn_with_env(
+        "sluice-operator",
+        &bin,
+        &[
+            format!("--grpc-listen={grpc}"),
+            format!("--metrics-listen={metrics}"),
+            "--keepalive-seconds=2".into(),
+        ],
+        &[
+            ("KUBECONFIG", &kubeconfig),
+            ("RUST_LOG", "info,sluice_operator=debug"),
+        ],
+        log,
+    )
+}
+
+/// An HTTP client for test traffic: no proxy from the environment, short
+/// timeouts, one connection pool.
+pub fn http() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(5))
+                .connect_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap_or_default()
+        })
+        .clone()
+}
