@@ -118,41 +118,41 @@ impl Drop for InFlight {
     }
 }
 
-/// Power of two choices among the endpoints not ejected (all of them when
-/// every one is ejected, so that a total outage still probes for recovery).
-pub fn pick(endpoints: &[Arc<Endpoint>]) -> Option<&Arc<Endpoint>> {
+/// Power of two choices among the endpoints not ejected, skipping `avoid`
+/// (the endpoint a retry just failed on, as Envoy's previous-hosts
+/// predicate). When that leaves none, ejected endpoints are candidates too,
+/// so that a total outage still probes for recovery; `avoid` is taken only
+/// when it is the sole endpoint.
+pub fn pick<'a>(
+    endpoints: &'a [Arc<Endpoint>],
+    avoid: Option<&Arc<Endpoint>>,
+) -> Option<&'a Arc<Endpoint>> {
     let now = now_ms();
-    let healthy = endpoints.iter().filter(|e| !e.ejected(now)).count();
-    let choose_from = |skip_ejected: bool| {
-        let n = if skip_ejected {
-            healthy
-        } else {
-            endpoints.len()
-        };
-        let nth = |k: usize| {
-            endpoints
-                .iter()
-                .filter(|e| !skip_ejected || !e.ejected(now))
-                .nth(k)
-        };
-        match n {
-            0 => None,
-            1 => nth(0),
-            _ => {
-                let a = fastrand::usize(0..n);
-                let mut b = fastrand::usize(0..n - 1);
-                if b >= a {
-                    b += 1;
-                }
-                let (ea, eb) = (nth(a)?, nth(b)?);
-                Some(if eb.cost(now) < ea.cost(now) { eb } else { ea })
+    let not_avoided = |e: &&Arc<Endpoint>| avoid.is_none_or(|a| !Arc::ptr_eq(a, e));
+    p2c(endpoints, now, |e| not_avoided(e) && !e.ejected(now))
+        .or_else(|| p2c(endpoints, now, not_avoided))
+        .or_else(|| p2c(endpoints, now, |_| true))
+}
+
+fn p2c(
+    endpoints: &[Arc<Endpoint>],
+    now: u64,
+    usable: impl Fn(&&Arc<Endpoint>) -> bool,
+) -> Option<&Arc<Endpoint>> {
+    let n = endpoints.iter().filter(&usable).count();
+    let nth = |k: usize| endpoints.iter().filter(&usable).nth(k);
+    match n {
+        0 => None,
+        1 => nth(0),
+        _ => {
+            let a = fastrand::usize(0..n);
+            let mut b = fastrand::usize(0..n - 1);
+            if b >= a {
+                b += 1;
             }
+            let (ea, eb) = (nth(a)?, nth(b)?);
+            Some(if eb.cost(now) < ea.cost(now) { eb } else { ea })
         }
-    };
-    if healthy > 0 {
-        choose_from(true)
-    } else {
-        choose_from(false)
     }
 }
 
@@ -218,17 +218,30 @@ mod tests {
         let eps = vec![a.clone(), b.clone()];
         let _busy: Vec<InFlight> = (0..10).map(|_| a.begin()).collect();
         for _ in 0..100 {
-            assert_eq!(pick(&eps).unwrap().addr, b.addr);
+            assert_eq!(pick(&eps, None).unwrap().addr, b.addr);
         }
         b.eject();
         assert!(b.ejected(now_ms()));
         for _ in 0..100 {
-            assert_eq!(pick(&eps).unwrap().addr, a.addr);
+            assert_eq!(pick(&eps, None).unwrap().addr, a.addr);
         }
         a.eject();
         // All ejected: still answers, so that recovery is noticed.
-        assert!(pick(&eps).is_some());
-        assert!(pick(&[]).is_none());
+        assert!(pick(&eps, None).is_some());
+        assert!(pick(&[], None).is_none());
+    }
+
+    #[test]
+    fn a_retry_avoids_the_endpoint_that_just_failed() {
+        let eps: Vec<_> = (1..=3)
+            .map(|p| Arc::new(Endpoint::new(SocketAddr::from(([127, 0, 0, 1], p)))))
+            .collect();
+        for _ in 0..200 {
+            let got = pick(&eps, Some(&eps[0])).unwrap();
+            assert!(!Arc::ptr_eq(got, &eps[0]));
+        }
+        // The only endpoint is still tried.
+        assert!(pick(&eps[..1], Some(&eps[0])).is_some());
     }
 
     #[test]
@@ -237,7 +250,7 @@ mod tests {
         old.observe(Duration::from_micros(300));
         let new = Arc::new(Endpoint::new("127.0.0.1:2".parse().unwrap()));
         let eps = vec![old.clone(), new.clone()];
-        assert_eq!(pick(&eps).unwrap().addr, new.addr);
+        assert_eq!(pick(&eps, None).unwrap().addr, new.addr);
         // Ten seconds without samples: a quarter of the estimate is left.
         let later = old.sampled_ms.load(Relaxed) + 10_000;
         let left = old.latency_us(later);

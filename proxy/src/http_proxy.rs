@@ -19,7 +19,7 @@ use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use crate::balance::pick;
+use crate::balance::{Endpoint, pick};
 use crate::body::{ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
 use crate::config::UpstreamProtocol;
@@ -275,6 +275,7 @@ impl ProxyService {
         let deadline = route.timeout.map(|t| start + t);
         let mut body = Some(body);
         let mut backend_idx = first;
+        let mut failed: Option<Arc<Endpoint>> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -285,7 +286,7 @@ impl ProxyService {
                 cell.record(status.as_u16(), start.elapsed(), false);
                 return local_reply(status, "DR", "this backend cannot be resolved\n");
             }
-            let Some(endpoint) = pick(&backend.endpoints).cloned() else {
+            let Some(endpoint) = pick(&backend.endpoints, failed.as_ref()).cloned() else {
                 cell.record(503, start.elapsed(), true);
                 return local_reply(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -334,6 +335,7 @@ impl ProxyService {
             match result {
                 Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && can_retry => {
                     cell.record(503, start.elapsed(), false);
+                    failed = Some(endpoint.clone());
                     debug!(backend = %backend.name, "503 from upstream; retrying");
                 }
                 Ok(mut resp) => {
@@ -352,9 +354,12 @@ impl ProxyService {
                     return Response::from_parts(parts, small_body_now(body, cell));
                 }
                 Err(e) if e.is_connect() => {
-                    if matches!(e, UpstreamError::Connect(..)) {
+                    // Refused, unreachable or silent: out of rotation for a
+                    // while, and not this request's next try.
+                    if !matches!(e, UpstreamError::Handshake(..)) {
                         endpoint.eject();
                     }
+                    failed = Some(endpoint.clone());
                     cell.record(503, start.elapsed(), true);
                     if !can_retry {
                         debug!(backend = %backend.name, "{e}");

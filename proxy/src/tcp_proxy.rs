@@ -28,7 +28,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: Arc<str>, mut downstream: TcpStr
         .find(|(i, _)| *i == idx)
         .map(|(_, c)| c.clone())
         .unwrap_or_else(|| l.unrouted.clone());
-    let Some(endpoint) = pick(&backend.endpoints).cloned() else {
+    let Some(endpoint) = pick(&backend.endpoints, None).cloned() else {
         cell.record(503, start.elapsed(), true);
         return;
     };
