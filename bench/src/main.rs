@@ -87,17 +87,7 @@ async fn get(sender: &mut http1::SendRequest<Empty<Bytes>>, host: &str) -> Resul
 
 /// 1,000 connections need more descriptors than the usual soft limit.
 pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain getrlimit/setrlimit on our own process.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
 async fn rate(

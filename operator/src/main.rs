@@ -51,6 +51,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    // Every connected proxy holds a descriptor: thousands of proxies need
+    // more than the usual soft limit of 1,024.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!("could not raise the open-file limit: {e}");
+    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes")?;

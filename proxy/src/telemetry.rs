@@ -278,17 +278,18 @@ impl Collector for TelemetryCollector {
                 MetricType::Counter,
             )?)?;
         }
-        let mut reloads = encoder.encode_descriptor(
-            "sluice_config_reloads",
-            "Configuration documents applied or refused.",
-            None,
-            MetricType::Counter,
-        )?;
-        for (result, v) in [("applied", &t.reloads_ok), ("refused", &t.reloads_failed)] {
-            ConstCounter::new(v.load(Relaxed))
-                .encode(reloads.encode_family(&[("result", result)])?)?;
+        {
+            let mut reloads = encoder.encode_descriptor(
+                "sluice_config_reloads",
+                "Configuration documents applied or refused.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, v) in [("applied", &t.reloads_ok), ("refused", &t.reloads_failed)] {
+                ConstCounter::new(v.load(Relaxed))
+                    .encode(reloads.encode_family(&[("result", result)])?)?;
+            }
         }
-        drop(reloads);
         if t.managed.load(Relaxed) {
             ConstGauge::new(i64::from(t.control_plane_connected.load(Relaxed))).encode(
                 encoder.encode_descriptor(

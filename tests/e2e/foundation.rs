@@ -11,11 +11,11 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, ResourceExt};
 use sluice_crds::Rollout;
 use sluice_tests::Cluster;
-use sluice_tests::wait::{deployment_available, poll, ready_endpoints};
+use sluice_tests::wait::{deployment_available, pod_names, poll, ready_endpoints};
 
 fn main() -> ExitCode {
     main_support::run(&[
@@ -307,13 +307,7 @@ async fn deletion_cleans_up(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     let client = cluster.client();
     deployment_available(&client, ns, "doomed", TIMEOUT).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let names: Vec<String> = pods
-        .list(&ListParams::default().labels("app=doomed"))
-        .await?
-        .items
-        .iter()
-        .map(|p| p.name_any())
-        .collect();
+    let names = pod_names(&client, ns, "app=doomed").await?;
     ensure!(names.len() == 2, "expected 2 pods, got {names:?}");
     let mut netns = Vec::new();
     let mut pids = BTreeSet::new();

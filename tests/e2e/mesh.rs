@@ -23,7 +23,9 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use sluice_tests::Cluster;
 use sluice_tests::operator::{Operator, http};
-use sluice_tests::wait::{deployment_available, poll, ready_endpoints};
+use sluice_tests::wait::{
+    deployment_available, pod_names, pod_ready, pods_by_label, poll, ready_endpoints,
+};
 use tokio::sync::{Mutex, OnceCell};
 
 fn main() -> ExitCode {
@@ -133,25 +135,14 @@ spec:
       - name: proxy
         image: sluice/sluice-proxy:dev
         args: [gateway, --workers, "1"]
-        env:
-        - {{name: SLUICE_CONTROL_PLANE, value: "{url}"}}
-        - name: POD_NAME
-          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-        - name: POD_NAMESPACE
-          valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
-        readinessProbe:
-          httpGet: {{path: /ready, port: {ADMIN_PORT}}}
-          periodSeconds: 1
+{proxy_env}
 "#,
-            url = operator.grpc_url()
+            proxy_env = proxy_env(&operator.grpc_url(), 8)
         ))?;
         let client = cluster.client();
         deployment_available(&client, GATEWAY_NS, "sluice-gateway", TIMEOUT).await?;
-        let pods: Api<Pod> = Api::namespaced(client, GATEWAY_NS);
-        let gateway_ip = pods
-            .list(&ListParams::default().labels("app=sluice-gateway"))
+        let gateway_ip = pods_by_label(&client, GATEWAY_NS, "app=sluice-gateway")
             .await?
-            .items
             .into_iter()
             .find_map(|p| p.status?.pod_ip)
             .context("the gateway pod has no IP")?;
@@ -632,13 +623,7 @@ async fn scaling_and_deletion(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         "scale: endpoints reached the gateway {in_gateway:?} after the EndpointSlice showed them ready"
     );
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let names: Vec<String> = pods
-        .list(&ListParams::default().labels("version=yellow"))
-        .await?
-        .items
-        .iter()
-        .map(|p| p.name_any())
-        .collect();
+    let names = pod_names(&client, ns, "version=yellow").await?;
     ensure!(names.len() == 3, "pods: {names:?}");
     // Every pod, the new ones included, answers within a bounded run.
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
@@ -870,13 +855,31 @@ async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The env and readiness probe of a proxy container in managed mode (as
+/// the chart and the injector set them), indented by `indent` spaces.
+fn proxy_env(url: &str, indent: usize) -> String {
+    let yaml = format!(
+        r#"env:
+- {{name: SLUICE_CONTROL_PLANE, value: "{url}"}}
+- name: POD_NAME
+  valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+- name: POD_NAMESPACE
+  valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+readinessProbe:
+  httpGet: {{path: /ready, port: {ADMIN_PORT}}}
+  periodSeconds: 1"#
+    );
+    let pad = " ".repeat(indent);
+    yaml.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
 async fn sidecar_gamma(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     let mesh = mesh(&cluster).await?;
     let ns = "mesh";
     cluster.create_namespace(ns).await?;
     cluster.apply(&version(ns, "handson-blue", "handson", "blue", 1))?;
     cluster.apply(&version(ns, "handson-yellow", "handson", "yellow", 1))?;
-    let url = mesh.operator.lock().await.grpc_url();
+    let proxy_env = proxy_env(&mesh.operator.lock().await.grpc_url(), 4);
     cluster.apply(&format!(
         r#"apiVersion: v1
 kind: Service
@@ -895,20 +898,13 @@ spec:
   - name: sluice-proxy
     image: sluice/sluice-proxy:dev
     args: [sidecar, --workers, "1"]
-    env:
-    - {{name: SLUICE_CONTROL_PLANE, value: "{url}"}}
-    - name: POD_NAME
-      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-    - name: POD_NAMESPACE
-      valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
-    readinessProbe:
-      httpGet: {{path: /ready, port: {ADMIN_PORT}}}
-      periodSeconds: 1
+{proxy_env}
 "#
     ))?;
     let client = cluster.client();
     deployment_available(&client, ns, "handson-blue", TIMEOUT).await?;
     deployment_available(&client, ns, "handson-yellow", TIMEOUT).await?;
+    pod_ready(&client, ns, "client", TIMEOUT).await?;
     let curl = |host: &'static str| {
         let cluster = cluster.clone();
         async move {

@@ -48,6 +48,11 @@ impl Operator {
         format!("http://{}", self.grpc)
     }
 
+    /// Its process id, for reading its resource use from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Kills it with SIGKILL.
     pub fn kill(&mut self) {
         self.process.kill();

@@ -89,3 +89,55 @@ pub async fn ready_endpoints(
     ips.sort();
     Ok(ips)
 }
+
+/// The pods of namespace `ns` that carry `selector` (a label selector).
+pub async fn pods_by_label(
+    client: &kube::Client,
+    ns: &str,
+    selector: &str,
+) -> Result<Vec<k8s_openapi::api::core::v1::Pod>, Error> {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items)
+}
+
+/// The names of the pods of namespace `ns` that carry `selector`.
+pub async fn pod_names(
+    client: &kube::Client,
+    ns: &str,
+    selector: &str,
+) -> Result<Vec<String>, Error> {
+    Ok(pods_by_label(client, ns, selector)
+        .await?
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect())
+}
+
+/// Waits until pod `ns/name` is Ready (all its containers started and
+/// passing their readiness probes).
+pub async fn pod_ready(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), Error> {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), ns);
+    poll(
+        &format!("pod {ns}/{name} to be Ready"),
+        timeout,
+        Duration::from_millis(100),
+        || async {
+            let pod = api.get_opt(name).await?;
+            let ready = pod
+                .and_then(|p| p.status?.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            Ok(ready.then_some(()))
+        },
+    )
+    .await
+}

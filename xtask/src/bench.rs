@@ -448,3 +448,31 @@ pub fn proxy() -> Result<()> {
     eprintln!("saved to {}", dir.join("results.md").display());
     Ok(())
 }
+
+/// Runs the control-plane benchmark against the test bed (built release,
+/// like the operator it measures) and prints its table.
+pub fn control_plane(args: &[String]) -> Result<()> {
+    run(
+        "install the test bed (Kubernetes, etcd, Gateway API CRDs)",
+        {
+            let mut c = crate::test_bed()?;
+            c.stdout(Stdio::null());
+            c
+        },
+    )?;
+    run("build and run the control-plane benchmark (release)", {
+        let mut c = cargo();
+        c.args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "sluice-tests",
+            "--bin",
+            "sluice-control-plane-bench",
+            "--",
+        ]);
+        c.args(args);
+        c
+    })
+}

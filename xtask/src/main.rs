@@ -5,6 +5,7 @@
 //! - `cargo xtask crds [--check]`: regenerate (or check) the CRD YAML.
 //! - `cargo xtask test-bed`: build or reuse the Kubernetes binaries.
 //! - `cargo xtask bench proxy`: the proxy against nginx and HAProxy.
+//! - `cargo xtask bench control-plane`: HTTPRoute change to every proxy's ACK.
 
 mod bench;
 
@@ -56,10 +57,15 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
-    /// Benchmarks: `proxy` (sluice-proxy against a direct connection, nginx and HAProxy).
+    /// Benchmarks: `proxy` (sluice-proxy against a direct connection, nginx
+    /// and HAProxy) or `control-plane` (an HTTPRoute change to every
+    /// connected proxy's ACK, with 1, 100 and 1,000 proxies).
     Bench {
-        /// What to benchmark: `proxy`.
+        /// What to benchmark: `proxy` or `control-plane`.
         what: String,
+        /// Passed on to the benchmark (e.g. `--proxies 1,100 --changes 20`).
+        #[arg(last = true)]
+        args: Vec<String>,
     },
 }
 
@@ -506,9 +512,10 @@ fn main() -> Result<()> {
         Task::Crds { check } => task_crds(check),
         Task::TestBed => run("install the test bed", test_bed()?),
         Task::Fuzz { seconds } => task_fuzz(seconds),
-        Task::Bench { what } => match what.as_str() {
+        Task::Bench { what, args } => match what.as_str() {
             "proxy" => bench::proxy(),
-            other => bail!("unknown benchmark {other:?}: use `proxy`"),
+            "control-plane" => bench::control_plane(&args),
+            other => bail!("unknown benchmark {other:?}: use `proxy` or `control-plane`"),
         },
     }
 }

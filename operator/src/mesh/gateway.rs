@@ -272,9 +272,7 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
     };
     let mut hosts: Vec<String> = Vec::new();
     for h in route {
-        let pick = if h.eq_ignore_ascii_case(l) {
-            Some(h.as_str())
-        } else if within(h, l) {
+        let pick = if h.eq_ignore_ascii_case(l) || within(h, l) {
             Some(h.as_str())
         } else if within(l, h) {
             Some(l)

@@ -83,11 +83,15 @@ impl Totals {
     }
 }
 
+/// Latency bucket bounds (ms) as last reported, and the per-second buckets
+/// of every series.
+type Series = (Vec<f64>, HashMap<TrafficKey, VecDeque<Bucket>>);
+
 /// The window, shared by the telemetry service and its readers.
 #[derive(Debug)]
 pub struct TrafficWindow {
     span: Duration,
-    series: Mutex<(Vec<f64>, HashMap<TrafficKey, VecDeque<Bucket>>)>,
+    series: Mutex<Series>,
 }
 
 impl TrafficWindow {

@@ -1,0 +1,358 @@
+//! `cargo xtask bench control-plane`: how long an HTTPRoute change takes to
+//! reach every connected proxy.
+//!
+//! A real test-bed control plane and the real operator; the proxies are
+//! lightweight clients of the real gRPC contract (hello, decode each
+//! snapshot, ACK), so that 1,000 of them fit on one small machine. For each
+//! size, 50 weight changes are written to the API one after another; a
+//! change's time runs from just before the API write to the moment the last
+//! proxy has ACKed the snapshot carrying the new weight. The operator's RSS
+//! and CPU come from `/proc`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::json;
+use sluice_proto::config::Config;
+use sluice_proto::mesh::config_discovery_client::ConfigDiscoveryClient;
+use sluice_proto::mesh::proxy_identity::Role;
+use sluice_proto::mesh::{Ack, ProxyIdentity, ProxyMessage, config_message, proxy_message};
+use sluice_tests::Cluster;
+use sluice_tests::operator::Operator;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::ReceiverStream;
+
+const NS: &str = "bench";
+/// The backend whose weight every change sets.
+const WATCHED: &str = "bench/yellow:8080";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(Parser)]
+#[command(about = "Time from an HTTPRoute write to every proxy's ACK")]
+struct Args {
+    /// Connected proxy counts to measure, in order.
+    #[arg(long, value_delimiter = ',', default_value = "1,100,1000")]
+    proxies: Vec<usize>,
+    /// Changes per size.
+    #[arg(long, default_value_t = 50)]
+    changes: u32,
+}
+
+/// A proxy saw `weight` (ACK sent) at `at`.
+struct Seen {
+    proxy: usize,
+    weight: u32,
+    at: Instant,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    eprintln!("starting the test-bed control plane and the operator");
+    let cluster = Cluster::start().await?;
+    cluster.install_gateway_api().await?;
+    cluster.create_namespace(NS).await?;
+    cluster.apply(&resources())?;
+    let operator = Operator::start(&cluster).await?;
+    let endpoint = operator.grpc_url();
+    let routes = Api::<DynamicObject>::namespaced_with(
+        cluster.client(),
+        NS,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "gateway.networking.k8s.io",
+            "v1",
+            "HTTPRoute",
+        )),
+    );
+    let mut rows = Vec::new();
+    let mut weight = 50;
+    for &n in &args.proxies {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut sims = JoinSet::new();
+        let connecting = Instant::now();
+        // Connect in waves so that the handshakes do not all time out at once.
+        let clients: Vec<_> = futures::stream::iter(0..n)
+            .map(|i| {
+                let endpoint = endpoint.clone();
+                async move { connect(&endpoint).await.map(|c| (i, c)) }
+            })
+            .buffer_unordered(100)
+            .collect()
+            .await;
+        for c in clients {
+            let (i, client) = c?;
+            sims.spawn(simulated_proxy(i, client, tx.clone()));
+        }
+        drop(tx);
+        let mut latest = vec![None; n];
+        wait_all(&mut rx, &mut latest, weight, &mut sims).await?;
+        eprintln!(
+            "{n} proxies connected and configured in {:?}",
+            connecting.elapsed()
+        );
+        let cpu_before = cpu_ticks(operator.pid())?;
+        let wall = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..args.changes {
+            weight = if weight >= 99 { 1 } else { weight + 1 };
+            let start = Instant::now();
+            routes
+                .patch(
+                    "route",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"rules": [{"backendRefs": [
+                        {"name": "blue", "port": 8080, "weight": 100 - weight},
+                        {"name": "yellow", "port": 8080, "weight": weight},
+                    ]}]}})),
+                )
+                .await?;
+            let last = wait_all(&mut rx, &mut latest, weight, &mut sims).await?;
+            times.push(last.saturating_duration_since(start));
+        }
+        let cpu_seconds = (cpu_ticks(operator.pid())? - cpu_before) as f64 / ticks_per_second();
+        let wall = wall.elapsed().as_secs_f64();
+        times.sort();
+        let row = Row {
+            proxies: n,
+            p50: quantile(&times, 0.50),
+            p99: quantile(&times, 0.99),
+            max: times.last().copied().unwrap_or_default(),
+            rss_mib: rss_kib(operator.pid(), "VmRSS:")? as f64 / 1024.0,
+            cpu_percent: 100.0 * cpu_seconds / wall,
+        };
+        eprintln!("{}", row.line());
+        rows.push(row);
+        sims.shutdown().await;
+    }
+    println!(
+        "\nHTTPRoute weight change (API write) -> every proxy ACKed, {} changes per size",
+        args.changes
+    );
+    println!(
+        "{:>8} {:>10} {:>10} {:>10} {:>12} {:>14}",
+        "proxies", "p50", "p99", "max", "operator RSS", "operator CPU"
+    );
+    for r in &rows {
+        println!("{}", r.line());
+    }
+    println!(
+        "operator peak RSS {:.1} MiB",
+        rss_kib(operator.pid(), "VmHWM:")? as f64 / 1024.0
+    );
+    Ok(())
+}
+
+struct Row {
+    proxies: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    rss_mib: f64,
+    cpu_percent: f64,
+}
+
+impl Row {
+    fn line(&self) -> String {
+        format!(
+            "{:>8} {:>10} {:>10} {:>10} {:>8.1} MiB {:>12.1} %",
+            self.proxies,
+            format!("{:.1} ms", self.p50.as_secs_f64() * 1e3),
+            format!("{:.1} ms", self.p99.as_secs_f64() * 1e3),
+            format!("{:.1} ms", self.max.as_secs_f64() * 1e3),
+            self.rss_mib,
+            self.cpu_percent
+        )
+    }
+}
+
+/// Nearest-rank quantile of sorted durations.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Reads reports until every proxy's latest weight is `weight`; returns
+/// when the last of them got there.
+async fn wait_all(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    latest: &mut [Option<(u32, Instant)>],
+    weight: u32,
+    sims: &mut JoinSet<Result<()>>,
+) -> Result<Instant> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let done = latest.iter().all(|l| l.is_some_and(|(w, _)| w == weight));
+        if done {
+            return latest
+                .iter()
+                .flatten()
+                .map(|(_, at)| *at)
+                .max()
+                .context("no proxies");
+        }
+        tokio::select! {
+            seen = tokio::time::timeout_at(deadline.into(), rx.recv()) => match seen {
+                Ok(Some(s)) => latest[s.proxy] = Some((s.weight, s.at)),
+                Ok(None) => bail!("every simulated proxy stopped"),
+                Err(_) => {
+                    let behind = latest.iter().filter(|l| !l.is_some_and(|(w, _)| w == weight)).count();
+                    bail!("{behind} proxies did not reach weight {weight} within {DEADLINE:?}");
+                }
+            },
+            Some(ended) = sims.join_next() => {
+                bail!("a simulated proxy stopped: {:?}", ended.map_err(anyhow::Error::from).and_then(|r| r));
+            }
+        }
+    }
+}
+
+async fn connect(endpoint: &str) -> Result<ConfigDiscoveryClient<tonic::transport::Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {endpoint}"))?;
+    Ok(ConfigDiscoveryClient::new(channel))
+}
+
+/// One gateway-role proxy: hello, then decode and ACK every snapshot,
+/// reporting the watched backend's weight.
+async fn simulated_proxy(
+    id: usize,
+    mut client: ConfigDiscoveryClient<tonic::transport::Channel>,
+    seen: mpsc::UnboundedSender<Seen>,
+) -> Result<()> {
+    let (tx, rx) = mpsc::channel(4);
+    let hello = ProxyIdentity {
+        namespace: NS.into(),
+        pod_name: format!("sim-{id}"),
+        role: Role::Gateway.into(),
+        service_account: "bench".into(),
+        ..Default::default()
+    };
+    tx.send(ProxyMessage {
+        kind: Some(proxy_message::Kind::Hello(hello)),
+    })
+    .await?;
+    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+    while let Some(msg) = inbound.message().await? {
+        let Some(config_message::Kind::Snapshot(snapshot)) = msg.kind else {
+            continue;
+        };
+        let config: Config = serde_json::from_slice(&snapshot.config_json)?;
+        tx.send(ProxyMessage {
+            kind: Some(proxy_message::Kind::Ack(Ack {
+                version: snapshot.version,
+            })),
+        })
+        .await?;
+        if let Some(weight) = watched_weight(&config) {
+            let _ = seen.send(Seen {
+                proxy: id,
+                weight,
+                at: Instant::now(),
+            });
+        }
+    }
+    bail!("sim-{id}: the operator closed the stream")
+}
+
+fn watched_weight(config: &Config) -> Option<u32> {
+    config
+        .listeners
+        .iter()
+        .flat_map(|l| &l.routes)
+        .flat_map(|r| &r.backends)
+        .find(|b| b.name == WATCHED)
+        .map(|b| b.weight)
+}
+
+fn resources() -> String {
+    let mut yaml = String::new();
+    for name in ["blue", "yellow"] {
+        yaml += &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+             spec: {{selector: {{app: {name}}}, ports: [{{port: 8080}}]}}\n---\n"
+        );
+    }
+    yaml += &format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: {NS}}}
+spec:
+  gatewayClassName: sluice
+  listeners: [{{name: http, protocol: HTTP, port: 18080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: route, namespace: {NS}}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [app.bench]
+  rules:
+  - backendRefs:
+    - {{name: blue, port: 8080, weight: 50}}
+    - {{name: yellow, port: 8080, weight: 50}}
+"#
+    );
+    yaml
+}
+
+fn proc_file(pid: u32, file: &str) -> Result<String> {
+    let path = format!("/proc/{pid}/{file}");
+    std::fs::read_to_string(Path::new(&path)).with_context(|| format!("reading {path}"))
+}
+
+/// A `VmRSS:`-style line of `/proc/<pid>/status`, in KiB.
+fn rss_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = proc_file(pid, "status")?;
+    let fields: BTreeMap<&str, &str> = status
+        .lines()
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .collect();
+    fields
+        .get(field)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// User plus system CPU time of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = proc_file(pid, "stat")?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
+    let tick = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
+    Ok(tick(14).context("utime")? + tick(15).context("stime")?)
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf with a valid name has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
