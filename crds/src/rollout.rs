@@ -330,6 +330,25 @@ pub struct RolloutStatus {
     /// When the current pause step started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_start_time: Option<Time>,
+    /// When the current canary started (or was retried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_start_time: Option<Time>,
+    /// When the current step started, for the progress deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_start_time: Option<Time>,
+    /// When the canary was aborted, for its scale-down delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_time: Option<Time>,
+    /// Canary pods set by a `setCanaryScale` step, overriding the weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_scale: Option<i32>,
+    /// The stable revision before the last promotion, kept until
+    /// `scaleDownTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_stable_revision: Option<String>,
+    /// When `previousStableRevision` is scaled to 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_time: Option<Time>,
     /// True after an abort, until the template changes or the user retries.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub aborted: bool,

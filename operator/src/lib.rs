@@ -10,6 +10,7 @@
 pub mod mesh;
 pub mod metrics;
 pub mod push;
+pub mod rollout;
 pub mod status;
 pub mod traffic;
 pub mod world;

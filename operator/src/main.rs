@@ -82,6 +82,10 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         output_tx,
     ));
+    tokio::spawn(sluice_operator::rollout::run(
+        client.clone(),
+        traffic.clone(),
+    ));
     tokio::spawn(status::run(
         client.clone(),
         world.clone(),

@@ -1,0 +1,246 @@
+//! `kubectl sluice`: watch and steer Rollouts.
+//!
+//! On PATH as `kubectl-sluice`, kubectl runs it for `kubectl sluice ...`.
+//! Requests (promote, abort, retry) are an annotation the controller acts
+//! on and removes; pause and resume set `spec.paused`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use sluice_crds::{Rollout, RolloutPhase};
+use sluice_operator::rollout::{HASH_LABEL, REQUEST_ANNOTATION, ROLLOUT_LABEL};
+
+#[derive(Parser)]
+#[command(name = "kubectl sluice", about = "Watch and steer Sluice Rollouts")]
+struct Cli {
+    /// Namespace (defaults to the kubeconfig context's).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Show a rollout as a tree: revisions, ReplicaSets, pods, weights,
+    /// step and analysis.
+    Get {
+        /// Only `rollout` is known.
+        kind: String,
+        /// The Rollout.
+        name: String,
+        /// Refresh every second until interrupted.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// Finish the current pause (or, with --full, every remaining step).
+    Promote {
+        /// The Rollout.
+        name: String,
+        /// Skip all remaining steps.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Send all traffic back to stable and stop the canary.
+    Abort {
+        /// The Rollout.
+        name: String,
+    },
+    /// Start an aborted canary again from its first step.
+    Retry {
+        /// The Rollout.
+        name: String,
+    },
+    /// Hold the rollout at its current step (`spec.paused`).
+    Pause {
+        /// The Rollout.
+        name: String,
+    },
+    /// Undo `pause`.
+    Resume {
+        /// The Rollout.
+        name: String,
+    },
+    /// Wait until the rollout is Healthy (exit 0) or Degraded (exit 1).
+    Status {
+        /// The Rollout.
+        name: String,
+        /// Give up after this many seconds (exit 2).
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let client = Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let ns = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let api: Api<Rollout> = Api::namespaced(client.clone(), &ns);
+    match cli.cmd {
+        Cmd::Get { kind, name, watch } => {
+            if !matches!(kind.as_str(), "rollout" | "rollouts" | "ro") {
+                bail!("unknown kind {kind:?}: use `rollout`");
+            }
+            loop {
+                let tree = tree(&client, &ns, &name).await?;
+                if watch {
+                    // Clear the screen and redraw.
+                    print!("\x1b[2J\x1b[H{tree}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                } else {
+                    print!("{tree}");
+                    return Ok(());
+                }
+            }
+        }
+        Cmd::Promote { name, full } => {
+            request(&api, &name, if full { "promote-full" } else { "promote" }).await
+        }
+        Cmd::Abort { name } => request(&api, &name, "abort").await,
+        Cmd::Retry { name } => request(&api, &name, "retry").await,
+        Cmd::Pause { name } => set_paused(&api, &name, true).await,
+        Cmd::Resume { name } => set_paused(&api, &name, false).await,
+        Cmd::Status { name, timeout } => {
+            let deadline = Instant::now() + Duration::from_secs(timeout);
+            let mut last = String::new();
+            loop {
+                let ro = api.get(&name).await?;
+                let st = ro.status.unwrap_or_default();
+                let line = format!(
+                    "{:?}: {}",
+                    st.phase.unwrap_or(RolloutPhase::Progressing),
+                    st.message.unwrap_or_default()
+                );
+                if line != last {
+                    println!("{line}");
+                    last = line;
+                }
+                let current = st.observed_generation == ro.metadata.generation;
+                match st.phase {
+                    Some(RolloutPhase::Healthy) if current => return Ok(()),
+                    Some(RolloutPhase::Degraded) if current => std::process::exit(1),
+                    _ => {}
+                }
+                if Instant::now() > deadline {
+                    eprintln!("timed out after {timeout}s");
+                    std::process::exit(2);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+async fn request(api: &Api<Rollout>, name: &str, what: &str) -> Result<()> {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {REQUEST_ANNOTATION: what}}})),
+    )
+    .await
+    .with_context(|| format!("requesting {what} of rollout {name}"))?;
+    println!("rollout {name}: {what} requested");
+    Ok(())
+}
+
+async fn set_paused(api: &Api<Rollout>, name: &str, paused: bool) -> Result<()> {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": paused}})),
+    )
+    .await?;
+    println!(
+        "rollout {name} {}",
+        if paused { "paused" } else { "resumed" }
+    );
+    Ok(())
+}
+
+/// The rollout as text: what `get` prints.
+async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
+    let ro = Api::<Rollout>::namespaced(client.clone(), ns)
+        .get(name)
+        .await?;
+    let st = ro.status.clone().unwrap_or_default();
+    let mut out = String::new();
+    let w = st.weights.clone().unwrap_or_default();
+    out += &format!("Name:       {name}\nNamespace:  {ns}\n");
+    out += &format!(
+        "Status:     {:?}\nMessage:    {}\nStep:       {}\nWeights:    stable {}%  canary {}%\n",
+        st.phase.unwrap_or(RolloutPhase::Progressing),
+        st.message.clone().unwrap_or_default(),
+        st.step.clone().unwrap_or_default(),
+        w.stable,
+        w.canary
+    );
+    if let Some(a) = &st.analysis {
+        out += &format!(
+            "Analysis:   {} — canary {} requests, error rate {} (stable {} over {}), p99 {}\n",
+            a.verdict.as_deref().unwrap_or("-"),
+            a.canary_requests,
+            a.canary_error_rate.as_deref().unwrap_or("-"),
+            a.stable_error_rate.as_deref().unwrap_or("-"),
+            a.stable_requests,
+            a.canary_p99_ms.map_or("-".into(), |v| format!("{v} ms"))
+        );
+    }
+    let rs: Vec<ReplicaSet> = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
+        .await?
+        .items;
+    let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(HASH_LABEL))
+        .await?
+        .items;
+    let mut by_hash: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
+    for p in &pods {
+        if let Some(h) = p.labels().get(HASH_LABEL) {
+            by_hash.entry(h.clone()).or_default().push(p);
+        }
+    }
+    out += &format!("⟳ {name}\n");
+    for r in &rs {
+        let hash = r.labels().get(HASH_LABEL).cloned().unwrap_or_default();
+        let role = if st.stable_revision.as_deref() == Some(&hash) {
+            "stable"
+        } else if st.canary_revision.as_deref() == Some(&hash) {
+            "canary"
+        } else {
+            "old"
+        };
+        let s = r.status.clone().unwrap_or_default();
+        out += &format!(
+            "├── revision {hash} ({role})\n│   └── ReplicaSet {} {}/{} ready\n",
+            r.name_any(),
+            s.ready_replicas.unwrap_or(0),
+            r.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
+        );
+        for p in by_hash.get(&hash).into_iter().flatten() {
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            out += &format!(
+                "│       └── Pod {} {}\n",
+                p.name_any(),
+                if ready { "ready" } else { "not ready" }
+            );
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,107 @@
+//! The Rollout controller: one ReplicaSet per pod-template revision, traffic
+//! moved by weight through HTTPRoutes (ingress and mesh), and the canary
+//! judged from the proxies' telemetry, rolled back on its own when it fails.
+//!
+//! [`steps::decide`] is the whole decision and holds no I/O; this module
+//! observes, asks it, and applies what it says (weights first, so that a
+//! rollback takes traffic off the canary before anything else).
+
+pub mod analysis;
+mod apply;
+pub mod duration;
+pub mod steps;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use sluice_crds::Rollout;
+use tracing::{Instrument, info, warn};
+
+use crate::traffic::window::TrafficWindow;
+
+/// The label that carries a pod's revision, as Argo Rollouts names it (the
+/// mesh reads it as the telemetry revision).
+pub const HASH_LABEL: &str = "rollouts-pod-template-hash";
+/// The label that ties a ReplicaSet to its Rollout.
+pub const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
+/// The annotation `kubectl sluice` sets to promote, abort or retry.
+pub const REQUEST_ANNOTATION: &str = "sluice.dev/request";
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed.
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    /// A resource did not serialise.
+    #[error("serialising: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The object has no namespace.
+    #[error("the Rollout has no namespace")]
+    NoNamespace,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    client: Client,
+    traffic: Arc<TrafficWindow>,
+    recorder: Recorder,
+}
+
+/// Runs the controller until the process stops.
+pub async fn run(client: Client, traffic: Arc<TrafficWindow>) {
+    let rollouts: Api<Rollout> = Api::all(client.clone());
+    if let Err(e) = rollouts.list(&Default::default()).await {
+        warn!("rollouts.sluice.dev is not served ({e}); the Rollout controller is off");
+        return;
+    }
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "sluice-operator".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        client: client.clone(),
+        traffic,
+    });
+    info!("Rollout controller started");
+    Controller::new(rollouts, watcher::Config::default())
+        .owns(
+            Api::<ReplicaSet>::all(client),
+            watcher::Config::default().labels(ROLLOUT_LABEL),
+        )
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!("rollout reconcile: {e}");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = rollout.namespace().ok_or(Error::NoNamespace)?;
+    let span = tracing::info_span!("rollout", namespace = %ns, name = %rollout.name_any());
+    apply::reconcile(&rollout, &ns, &ctx).instrument(span).await
+}
+
+fn error_policy(_: Arc<Rollout>, err: &Error, _: Arc<Context>) -> Action {
+    warn!("rollout: {err}; retrying in 2s");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// The revision hash of a pod template: stable across restarts and
+/// processes (a content hash of its JSON).
+pub fn template_hash(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> String {
+    let bytes = serde_json::to_vec(template).unwrap_or_default();
+    let h = crate::push::snapshots::fnv1a(&bytes);
+    format!("{:010x}", h & 0xff_ffff_ffff)
+}
