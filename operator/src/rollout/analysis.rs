@@ -3,7 +3,7 @@
 
 use sluice_crds::rollout::{AnalysisSpec, AnalysisStatus};
 
-use super::duration::parse_duration;
+use super::duration;
 use super::steps::{Evaluation, Verdict, time};
 use crate::traffic::window::Totals;
 
@@ -81,7 +81,7 @@ fn judge(
         );
     }
     if let (Some(max), Some(p99)) = (
-        spec.max_latency_p99.as_deref().and_then(parse_duration),
+        spec.max_latency_p99.as_deref().and_then(duration),
         canary_p99_ms,
     ) && p99 > max.as_secs_f64() * 1000.0
     {

@@ -18,7 +18,7 @@ use sluice_crds::rollout::{AnalysisSpec, RolloutPhase};
 use tracing::info;
 
 use super::analysis::evaluate;
-use super::duration::parse_duration;
+use super::duration;
 use super::steps::{Decision, Evaluation, Observed, Request, decide, secs};
 use super::{Context, Error, HASH_LABEL, REQUEST_ANNOTATION, ROLLOUT_LABEL, template_hash};
 use crate::mesh::Cond;
@@ -137,7 +137,7 @@ fn evaluation_due(rollout: &Rollout, hash: &str, now: i64) -> Option<AnalysisSpe
         .and_then(|i| canary.steps.get(usize::try_from(i).ok()?))
         .and_then(|s| s.analysis.clone());
     let spec = step.or_else(|| canary.analysis.clone())?;
-    let interval = parse_duration(&spec.interval).unwrap_or(Duration::from_secs(5));
+    let interval = duration(&spec.interval).unwrap_or(Duration::from_secs(5));
     let last = status
         .analysis
         .as_ref()
@@ -154,7 +154,7 @@ fn analyse(
     spec: &AnalysisSpec,
     now: i64,
 ) -> Evaluation {
-    let window = parse_duration(&spec.window).unwrap_or(Duration::from_secs(30));
+    let window = duration(&spec.window).unwrap_or(Duration::from_secs(30));
     // Only what the canary did since it started counts.
     let since_start = status
         .canary_start_time

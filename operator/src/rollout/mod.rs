@@ -8,7 +8,6 @@
 
 pub mod analysis;
 mod apply;
-pub mod duration;
 pub mod steps;
 
 use std::sync::Arc;
@@ -104,4 +103,10 @@ pub fn template_hash(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> 
     let bytes = serde_json::to_vec(template).unwrap_or_default();
     let h = crate::push::snapshots::fnv1a(&bytes);
     format!("{:010x}", h & 0xff_ffff_ffff)
+}
+
+/// A Go-style duration from the spec (`30s`, `1m30s`); the CRD's CEL rule
+/// admits only what parses.
+pub fn duration(s: &str) -> Option<Duration> {
+    sluice_proto::config::parse_duration(s).ok()
 }

@@ -7,13 +7,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sluice_crds::rollout::{
     AnalysisStatus, CanaryStep, RolloutPhase, RolloutSpec, RolloutStatus, Weights,
 };
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-
-use super::duration::parse_duration;
+use super::duration;
 
 /// A user request, from the `sluice.dev/request` annotation that
 /// `kubectl sluice` sets.
@@ -184,10 +183,7 @@ pub fn decide(o: &Observed) -> Decision {
         st.current_step_index = Some(total);
         st.pause_start_time = None;
         st.analysis = None;
-        st.weights = Some(Weights {
-            stable: 100,
-            canary: 0,
-        });
+        st.weights = Some(all_stable());
         let healthy = ready(&stable) >= spec.replicas;
         st.phase = Some(if spec.paused {
             RolloutPhase::Paused
@@ -246,10 +242,7 @@ pub fn decide(o: &Observed) -> Decision {
         st.pause_start_time = None;
         st.aborted = false;
         st.analysis = None;
-        st.weights = Some(Weights {
-            stable: 100,
-            canary: 0,
-        });
+        st.weights = Some(all_stable());
         st.message = None;
         st.canary_start_time = Some(time(o.now));
         st.step_start_time = Some(time(o.now));
@@ -260,8 +253,7 @@ pub fn decide(o: &Observed) -> Decision {
 
     match o.request {
         Some(Request::Abort) if !st.aborted => {
-            st.aborted = true;
-            st.abort_time = Some(time(o.now));
+            abort(&mut st, o.now);
             events.push(warning(
                 "Aborted",
                 "aborted by the user; all traffic back to stable".into(),
@@ -307,8 +299,7 @@ pub fn decide(o: &Observed) -> Decision {
             0
         };
         if figures.consecutive_failures >= limit {
-            st.aborted = true;
-            st.abort_time = Some(time(o.now));
+            abort(&mut st, o.now);
             events.push(warning(
                 "AnalysisFailed",
                 format!("{}; rolling back to {stable}", e.reason),
@@ -322,46 +313,75 @@ pub fn decide(o: &Observed) -> Decision {
             .abort_scale_down_delay_seconds
             .unwrap_or(DEFAULT_ABORT_DELAY),
     );
-    if st.aborted {
+    // Where the canary stood when it was stopped.
+    struct At {
+        index: i32,
+        weight: i32,
+        scale: Option<i32>,
+    }
+    let rolled_back = |mut st: RolloutStatus, mut events: Vec<Event>, why: String, at: At| {
+        let At {
+            index,
+            weight,
+            scale: scale_override,
+        } = at;
         if weight != 0 {
             events.push(warning(
                 "RolledBack",
                 format!("canary weight {weight} -> 0; stable {stable} serves all traffic"),
             ));
         }
-        st.weights = Some(Weights {
-            stable: 100,
-            canary: 0,
-        });
+        st.weights = Some(all_stable());
         st.phase = Some(RolloutPhase::Degraded);
-        st.message = Some(format!(
-            "rolled back: {}",
-            st.analysis
-                .as_ref()
-                .filter(|a| a.verdict.as_deref() == Some("Failed"))
-                .map_or("aborted".to_owned(), |a| format!(
-                    "canary error rate {} (stable {}) over {} requests",
-                    a.canary_error_rate.as_deref().unwrap_or("?"),
-                    a.stable_error_rate.as_deref().unwrap_or("?"),
-                    a.canary_requests
-                ))
-        ));
+        st.message = Some(format!("rolled back: {why}"));
         st.current_step_index = Some(index);
         st.step = Some(format!("{index}/{total}"));
+        // The canary's pods stay for the abort delay (to inspect them), then go.
         let since = o.now - secs(&st.abort_time).unwrap_or(o.now);
-        let keep_canary = since < abort_delay;
-        requeue = Duration::from_secs((abort_delay - since).clamp(1, 30) as u64);
-        let mut replicas = vec![(stable, spec.replicas)];
-        if keep_canary {
-            replicas.push((hash, canary_pods(spec, weight.max(1), scale_override)));
+        let mut replicas = vec![(stable.clone(), spec.replicas)];
+        if since < abort_delay {
+            replicas.push((
+                hash.clone(),
+                canary_pods(spec, weight.max(1), scale_override),
+            ));
         }
-        return Decision {
+        Decision {
             status: st,
             replicas,
             canary_weight: 0,
             events,
-            requeue,
-        };
+            requeue: Duration::from_secs((abort_delay - since).clamp(1, 30) as u64),
+        }
+    };
+    if st.aborted {
+        let why = st
+            .analysis
+            .as_ref()
+            .filter(|a| a.verdict.as_deref() == Some("Failed"))
+            .map_or(
+                st.message
+                    .clone()
+                    .and_then(|m| m.strip_prefix("rolled back: ").map(str::to_owned))
+                    .unwrap_or_else(|| "aborted".to_owned()),
+                |a| {
+                    format!(
+                        "canary error rate {} (stable {}) over {} requests",
+                        a.canary_error_rate.as_deref().unwrap_or("?"),
+                        a.stable_error_rate.as_deref().unwrap_or("?"),
+                        a.canary_requests
+                    )
+                },
+            );
+        return rolled_back(
+            st,
+            events,
+            why,
+            At {
+                index,
+                weight,
+                scale: scale_override,
+            },
+        );
     }
 
     // Walk the steps as far as they allow in this pass.
@@ -384,29 +404,22 @@ pub fn decide(o: &Observed) -> Decision {
                 requeue = Duration::from_secs(2);
                 let waited = o.now - secs(&st.step_start_time).unwrap_or(o.now);
                 if waited > deadline {
-                    st.aborted = true;
-                    st.abort_time = Some(time(o.now));
+                    abort(&mut st, o.now);
                     events.push(warning(
                         "ProgressDeadlineExceeded",
                         format!("canary pods not ready within {deadline}s; rolling back"),
                     ));
-                    st.weights = Some(Weights {
-                        stable: 100,
-                        canary: 0,
-                    });
-                    st.phase = Some(RolloutPhase::Degraded);
-                    st.message = Some(format!(
-                        "rolled back: canary pods not ready within {deadline}s"
-                    ));
-                    st.current_step_index = Some(index);
-                    st.step = Some(format!("{index}/{total}"));
-                    return Decision {
-                        status: st,
-                        replicas: vec![(stable, spec.replicas), (hash, want)],
-                        canary_weight: 0,
+                    let why = format!("canary pods not ready within {deadline}s");
+                    return rolled_back(
+                        st,
                         events,
-                        requeue: Duration::from_secs(abort_delay.max(1) as u64),
-                    };
+                        why,
+                        At {
+                            index,
+                            weight,
+                            scale: scale_override,
+                        },
+                    );
                 }
                 break;
             }
@@ -420,7 +433,7 @@ pub fn decide(o: &Observed) -> Decision {
         } else if let Some(p) = &step.pause {
             let start = secs(&st.pause_start_time).unwrap_or(o.now);
             st.pause_start_time = Some(time(start));
-            match p.duration.as_deref().and_then(parse_duration) {
+            match p.duration.as_deref().and_then(duration) {
                 Some(d) => {
                     let left = start + d.as_secs().max(1) as i64 - o.now;
                     if left > 0 && o.request != Some(Request::Promote) {
@@ -494,10 +507,7 @@ pub fn decide(o: &Observed) -> Decision {
         st.step = Some(format!("{total}/{total}"));
         st.pause_start_time = None;
         st.canary_scale = None;
-        st.weights = Some(Weights {
-            stable: 100,
-            canary: 0,
-        });
+        st.weights = Some(all_stable());
         let healthy = ready(&hash) >= spec.replicas;
         st.phase = Some(if healthy {
             RolloutPhase::Healthy
@@ -516,7 +526,7 @@ pub fn decide(o: &Observed) -> Decision {
 
     // Analysis runs on its interval while the canary is live.
     if let Some(a) = &canary.analysis
-        && let Some(i) = parse_duration(&a.interval)
+        && let Some(i) = duration(&a.interval)
     {
         requeue = requeue.min(i);
     }
@@ -542,6 +552,18 @@ pub fn decide(o: &Observed) -> Decision {
         events,
         requeue,
     }
+}
+
+fn all_stable() -> Weights {
+    Weights {
+        stable: 100,
+        canary: 0,
+    }
+}
+
+fn abort(st: &mut RolloutStatus, now: i64) {
+    st.aborted = true;
+    st.abort_time = Some(time(now));
 }
 
 /// Canary pods for a traffic weight: at least one while a canary runs, so
