@@ -28,6 +28,8 @@ use sluice_tests::wait::{
 };
 use tokio::sync::{Mutex, OnceCell};
 
+mod rollouts;
+
 fn main() -> ExitCode {
     main_support::run_sequential(&[
         (
@@ -56,6 +58,18 @@ fn main() -> ExitCode {
             "sidecar_routes_services_by_name_and_splits_by_gamma_route",
             |c| Box::pin(logged(c, sidecar_gamma)),
         ),
+        ("rollout_walks_its_steps_and_is_promoted", |c| {
+            Box::pin(logged(c, rollouts::canary_steps_and_promote))
+        }),
+        ("rollout_with_a_failing_canary_rolls_back_on_its_own", |c| {
+            Box::pin(logged(c, rollouts::failing_canary_is_rolled_back))
+        }),
+        ("rollout_at_low_traffic_is_never_rolled_back", |c| {
+            Box::pin(logged(c, rollouts::low_traffic_canary_is_never_rolled_back))
+        }),
+        ("rollout_resumes_its_step_after_an_operator_restart", |c| {
+            Box::pin(logged(c, rollouts::operator_restart_resumes_the_step))
+        }),
     ])
 }
 
@@ -114,6 +128,8 @@ static MESH: OnceCell<Arc<Mesh>> = OnceCell::const_new();
 async fn mesh(cluster: &Cluster) -> anyhow::Result<Arc<Mesh>> {
     MESH.get_or_try_init(|| async {
         cluster.install_gateway_api().await?;
+        // The Rollout controller starts only when its CRD is served.
+        cluster.install_crds().await?;
         let operator = Operator::start(cluster).await?;
         cluster.create_namespace(GATEWAY_NS).await?;
         cluster.apply(&format!(

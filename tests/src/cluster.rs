@@ -263,9 +263,18 @@ fn run_tool(
             .unwrap_or_default(),
         args.join(" ")
     );
+    // The workspace's binaries first on PATH: `kubectl sluice` finds the
+    // plugin as a user's kubectl would.
+    let mut path = std::ffi::OsString::new();
+    if let Ok(bins) = crate::toolchain::workspace_bin_dir() {
+        path.push(bins);
+        path.push(":");
+    }
+    path.push(std::env::var_os("PATH").unwrap_or_default());
     let mut child = Command::new(program)
         .args(args)
         .env("KUBECONFIG", kubeconfig)
+        .env("PATH", path)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

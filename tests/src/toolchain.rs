@@ -85,7 +85,12 @@ impl Toolchain {
 }
 
 /// The binaries of this workspace that pods run (see [`crate::node::images`]).
-pub const WORKSPACE_BINS: &[&str] = &["demo-app", "sluice-proxy", "sluice-operator"];
+pub const WORKSPACE_BINS: &[&str] = &[
+    "demo-app",
+    "sluice-proxy",
+    "sluice-operator",
+    "kubectl-sluice",
+];
 
 /// Directory of this workspace's built binaries, built if needed.
 ///

@@ -1,0 +1,482 @@
+//! Rollouts end to end: a real control plane, the node agent's pods, the
+//! gateway proxy and the operator's Rollout controller.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::json;
+use sluice_crds::{Rollout, RolloutPhase};
+use sluice_tests::Cluster;
+use sluice_tests::wait::poll;
+
+use super::{GATEWAY_PORT, Load, TIMEOUT, get, mesh, tally};
+
+/// Each scenario's own host: Gateways on one port must not claim the same
+/// hostname.
+fn host(ns: &str) -> String {
+    format!("{ns}.example.com")
+}
+
+/// Services, Gateway and HTTPRoute of the hands-on, and a Rollout of
+/// demo-app `blue` with the steps of the hands-on.
+fn resources(ns: &str, steps: &str, analysis: &str) -> String {
+    let host = host(ns);
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: handson-stable, namespace: {ns}}}
+spec:
+  selector: {{app: handson}}
+  ports: [{{name: http, port: 8080, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: handson-canary, namespace: {ns}}}
+spec:
+  selector: {{app: handson}}
+  ports: [{{name: http, port: 8080, targetPort: http}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: {ns}}}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {{name: http, port: {GATEWAY_PORT}, protocol: HTTP, hostname: "{host}"}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: handson, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - backendRefs:
+    - {{name: handson-stable, port: 8080, weight: 100}}
+    - {{name: handson-canary, port: 8080, weight: 0}}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: Rollout
+metadata: {{name: handson, namespace: {ns}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: handson}}}}
+  template:
+    metadata: {{labels: {{app: handson}}}}
+    spec:
+      containers:
+      - name: app
+        image: sluice/demo-app:blue
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe:
+          httpGet: {{path: /healthz, port: http}}
+          periodSeconds: 1
+  strategy:
+    canary:
+      stableService: handson-stable
+      canaryService: handson-canary
+      trafficRouting:
+        httpRoutes: [{{name: handson}}]
+      scaleDownDelaySeconds: 2
+      abortScaleDownDelaySeconds: 2
+      steps: {steps}
+      analysis: {analysis}
+"#
+    )
+}
+
+const HANDS_ON_STEPS: &str =
+    "[{setWeight: 20}, {pause: {duration: 5s}}, {setWeight: 50}, {pause: {}}]";
+
+async fn rollout(cluster: &Cluster, ns: &str) -> anyhow::Result<Rollout> {
+    Ok(Api::<Rollout>::namespaced(cluster.client(), ns)
+        .get("handson")
+        .await?)
+}
+
+/// Waits until the Rollout's status passes `check`.
+async fn until(
+    cluster: &Cluster,
+    ns: &str,
+    what: &str,
+    check: impl Fn(&Rollout) -> bool,
+) -> anyhow::Result<Rollout> {
+    Ok(poll(what, TIMEOUT, Duration::from_millis(100), || async {
+        let ro = rollout(cluster, ns)
+            .await
+            .map_err(|e| sluice_tests::Error::Check(e.to_string()))?;
+        Ok(check(&ro).then_some(ro))
+    })
+    .await?)
+}
+
+fn weight(ro: &Rollout) -> i32 {
+    ro.status
+        .as_ref()
+        .and_then(|s| s.weights.as_ref())
+        .map_or(-1, |w| w.canary)
+}
+
+fn phase(ro: &Rollout) -> Option<RolloutPhase> {
+    ro.status.as_ref().and_then(|s| s.phase)
+}
+
+fn step_index(ro: &Rollout) -> Option<i32> {
+    ro.status.as_ref().and_then(|s| s.current_step_index)
+}
+
+/// Sets the container's image (and env), starting a new revision.
+async fn set_image(
+    cluster: &Cluster,
+    ns: &str,
+    colour: &str,
+    error_rate: f64,
+) -> anyhow::Result<()> {
+    Api::<Rollout>::namespaced(cluster.client(), ns)
+        .patch(
+            "handson",
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(json!([
+                {"op": "replace", "path": "/spec/template/spec/containers/0/image",
+                 "value": format!("sluice/demo-app:{colour}")},
+                {"op": "add", "path": "/spec/template/spec/containers/0/env",
+                 "value": [{"name": "ERROR_RATE", "value": error_rate.to_string()}]},
+            ]))?),
+        )
+        .await?;
+    Ok(())
+}
+
+/// A fresh namespace with the hands-on, `blue` Healthy behind the gateway.
+async fn healthy_blue(
+    cluster: &Arc<Cluster>,
+    ns: &str,
+    steps: &str,
+    analysis: &str,
+) -> anyhow::Result<()> {
+    let mesh = mesh(cluster).await?;
+    cluster.create_namespace(ns).await?;
+    cluster.apply(&resources(ns, steps, analysis))?;
+    cluster.kubectl(
+        &[
+            "wait",
+            "-n",
+            ns,
+            "rollout/handson",
+            "--for=condition=Healthy",
+            "--timeout=60s",
+        ],
+        None,
+    )?;
+    poll(
+        "the gateway to answer blue",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            // Refused or reset while the listener is being set up: not yet.
+            let r = get(&mesh.gateway_ip, GATEWAY_PORT, &host(ns), "/")
+                .await
+                .ok();
+            Ok(r.filter(|r| r.status == 200 && r.colour() == "blue")
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Scenarios 1 and 2: Healthy, then a canary through its steps with the
+/// observed split following the weights, and `kubectl sluice promote`.
+pub async fn canary_steps_and_promote(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let ns = "ro-steps";
+    healthy_blue(&cluster, ns, HANDS_ON_STEPS, "{}").await?;
+    let mesh = mesh(&cluster).await?;
+    set_image(&cluster, ns, "yellow", 0.0).await?;
+    until(&cluster, ns, "canary weight 20", |ro| weight(ro) == 20).await?;
+    let counts = tally(&mesh, &host(ns), 600).await?;
+    let yellow = counts.get("yellow").copied().unwrap_or(0);
+    eprintln!("rollout: at weight 20, {counts:?}");
+    ensure!(
+        (90..=150).contains(&yellow),
+        "at weight 20 of 600 requests {yellow} went to yellow: {counts:?}"
+    );
+    let ro = until(
+        &cluster,
+        ns,
+        "canary weight 50, paused until promoted",
+        |ro| weight(ro) == 50 && phase(ro) == Some(RolloutPhase::Paused),
+    )
+    .await?;
+    ensure!(step_index(&ro) == Some(3), "step {:?}", step_index(&ro));
+    let counts = tally(&mesh, &host(ns), 1000).await?;
+    let yellow = counts.get("yellow").copied().unwrap_or(0);
+    eprintln!("rollout: at weight 50, {counts:?}");
+    ensure!(
+        (450..=550).contains(&yellow),
+        "at weight 50 of 1000 requests {yellow} went to yellow: {counts:?}"
+    );
+
+    let out = cluster.kubectl(&["sluice", "-n", ns, "promote", "handson"], None)?;
+    ensure!(
+        out.contains("promote"),
+        "kubectl sluice promote said {out:?}"
+    );
+    let status = cluster.kubectl(
+        &["sluice", "-n", ns, "status", "handson", "--timeout", "60"],
+        None,
+    )?;
+    eprintln!("rollout: kubectl sluice status: {}", status.trim());
+    let ro = rollout(&cluster, ns).await?;
+    let st = ro.status.clone().context("no status")?;
+    ensure!(
+        st.canary_revision.is_none() && weight(&ro) == 0,
+        "status after promotion: {st:?}"
+    );
+    let counts = tally(&mesh, &host(ns), 100).await?;
+    ensure!(
+        counts.get("yellow") == Some(&100),
+        "after promotion: {counts:?}"
+    );
+    // The old stable (blue) scales to 0 after scaleDownDelaySeconds.
+    let stable = st.stable_revision.clone().unwrap_or_default();
+    let rs: Api<ReplicaSet> = Api::namespaced(cluster.client(), ns);
+    poll(
+        "blue's ReplicaSet to scale to 0",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let list = rs
+                .list(&ListParams::default().labels("sluice.dev/rollout=handson"))
+                .await?;
+            let others: Vec<i32> = list
+                .items
+                .iter()
+                .filter(|r| {
+                    r.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("rollouts-pod-template-hash"))
+                        != Some(&stable)
+                })
+                .map(|r| r.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0))
+                .collect();
+            Ok((!others.is_empty() && others.iter().all(|n| *n == 0)).then_some(()))
+        },
+    )
+    .await?;
+    let tree = cluster.kubectl(&["sluice", "-n", ns, "get", "rollout", "handson"], None)?;
+    ensure!(
+        tree.contains("(stable)") && tree.contains("Healthy"),
+        "kubectl sluice get:\n{tree}"
+    );
+    Ok(())
+}
+
+/// Scenario 3: a canary answering 50% errors is rolled back on its own.
+pub async fn failing_canary_is_rolled_back(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let ns = "ro-bad";
+    healthy_blue(&cluster, ns, HANDS_ON_STEPS, "{}").await?;
+    let mesh = mesh(&cluster).await?;
+    let load = Load::start(mesh.gateway_ip.clone(), host(ns));
+    set_image(&cluster, ns, "red", 0.5).await?;
+    cluster.kubectl(
+        &[
+            "wait",
+            "-n",
+            ns,
+            "rollout/handson",
+            "--for=condition=RolledBack",
+            "--timeout=60s",
+        ],
+        None,
+    )?;
+    let rolled_back_at = Instant::now();
+    // All traffic back on stable.
+    let counts = tally(&mesh, &host(ns), 200).await?;
+    let seen = load.finish().await?;
+    ensure!(
+        counts.get("blue") == Some(&200),
+        "after the rollback: {counts:?}"
+    );
+    let red: Vec<Instant> = seen
+        .iter()
+        .filter(|(_, r)| {
+            r.as_ref()
+                .is_ok_and(|r| r.status == 500 || r.colour() == "red")
+        })
+        .map(|(at, _)| *at)
+        .collect();
+    let first = red
+        .first()
+        .copied()
+        .context("the canary never got a request")?;
+    let last = red.last().copied().unwrap_or(first);
+    eprintln!(
+        "rollout: canary's first request to 100% stable: {:?} ({} canary responses; RolledBack seen {:?} after the first)",
+        last.duration_since(first),
+        red.len(),
+        rolled_back_at.duration_since(first)
+    );
+    ensure!(
+        last.duration_since(first) <= Duration::from_secs(12),
+        "rollback took {:?} from the canary's first request",
+        last.duration_since(first)
+    );
+    let ro = rollout(&cluster, ns).await?;
+    ensure!(
+        phase(&ro) == Some(RolloutPhase::Degraded) && weight(&ro) == 0,
+        "{:?}",
+        ro.status
+    );
+    let events: Api<Event> = Api::namespaced(cluster.client(), ns);
+    let why = poll(
+        "an AnalysisFailed event",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("AnalysisFailed"))
+                .and_then(|e| e.note))
+        },
+    )
+    .await?;
+    eprintln!("rollout: event: {why}");
+    ensure!(
+        why.contains("error rate"),
+        "the event does not give the error rate: {why}"
+    );
+    Ok(())
+}
+
+/// Scenario 4: a canary with errors but fewer requests than minRequests is
+/// judged Inconclusive, never rolled back.
+pub async fn low_traffic_canary_is_never_rolled_back(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let ns = "ro-quiet";
+    healthy_blue(
+        &cluster,
+        ns,
+        "[{setWeight: 50}, {pause: {}}]",
+        "{interval: 1s, minRequests: 1000}",
+    )
+    .await?;
+    let mesh = mesh(&cluster).await?;
+    set_image(&cluster, ns, "green", 0.5).await?;
+    until(&cluster, ns, "canary weight 50", |ro| weight(ro) == 50).await?;
+    let start = rollout(&cluster, ns).await?;
+    let first_eval = start
+        .status
+        .as_ref()
+        .and_then(|s| s.analysis.as_ref())
+        .and_then(|a| a.evaluated_at.clone());
+    // Light traffic: 40 requests, a few of them failing at the canary.
+    let counts = tally(&mesh, &host(ns), 40).await?;
+    eprintln!("rollout: light traffic {counts:?}");
+    // Three more evaluations, each Inconclusive, none a rollback.
+    let mut evaluations = 0;
+    let mut last = first_eval;
+    let deadline = Instant::now() + TIMEOUT;
+    while evaluations < 3 {
+        ensure!(
+            Instant::now() < deadline,
+            "only {evaluations} analysis evaluations in {TIMEOUT:?}"
+        );
+        let ro = until(&cluster, ns, "a new analysis evaluation", |ro| {
+            ro.status
+                .as_ref()
+                .and_then(|s| s.analysis.as_ref())
+                .and_then(|a| a.evaluated_at.clone())
+                != last
+        })
+        .await?;
+        let st = ro.status.clone().unwrap_or_default();
+        ensure!(!st.aborted, "rolled back at low traffic: {st:?}");
+        let a = st.analysis.clone().unwrap_or_default();
+        ensure!(
+            a.verdict.as_deref() == Some("Inconclusive"),
+            "verdict {:?} with {} requests",
+            a.verdict,
+            a.canary_requests
+        );
+        last = a.evaluated_at.clone();
+        evaluations += 1;
+    }
+    Ok(())
+}
+
+/// Scenario 5: the operator killed mid-rollout resumes from the same step.
+pub async fn operator_restart_resumes_the_step(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let ns = "ro-restart";
+    healthy_blue(&cluster, ns, HANDS_ON_STEPS, "{}").await?;
+    let mesh = mesh(&cluster).await?;
+    set_image(&cluster, ns, "yellow", 0.0).await?;
+    let before = until(&cluster, ns, "paused at step 4 with weight 50", |ro| {
+        weight(ro) == 50 && step_index(ro) == Some(3)
+    })
+    .await?;
+    {
+        let mut op = mesh.operator.lock().await;
+        op.kill();
+        op.restart().await?;
+    }
+    // A request the controller does not know is still removed once it has
+    // reconciled: proof that the restarted operator looked at the rollout.
+    let api: Api<Rollout> = Api::namespaced(cluster.client(), ns);
+    api.patch(
+        "handson",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"sluice.dev/request": "none"}}})),
+    )
+    .await?;
+    let after = until(
+        &cluster,
+        ns,
+        "the restarted operator to reconcile the rollout",
+        |ro| {
+            !ro.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("sluice.dev/request"))
+        },
+    )
+    .await?;
+    ensure!(
+        before
+            .status
+            .as_ref()
+            .and_then(|s| s.stable_revision.clone())
+            == after
+                .status
+                .as_ref()
+                .and_then(|s| s.stable_revision.clone())
+    );
+    ensure!(
+        step_index(&after) == Some(3)
+            && weight(&after) == 50
+            && phase(&after) == Some(RolloutPhase::Paused),
+        "after the restart: {:?}",
+        after.status
+    );
+    let counts = tally(&mesh, &host(ns), 400).await?;
+    let yellow = counts.get("yellow").copied().unwrap_or(0);
+    ensure!(
+        (160..=240).contains(&yellow),
+        "after the restart, at weight 50: {counts:?}"
+    );
+    cluster.kubectl(&["sluice", "-n", ns, "promote", "handson"], None)?;
+    until(&cluster, ns, "Healthy on yellow", |ro| {
+        phase(ro) == Some(RolloutPhase::Healthy)
+            && ro
+                .status
+                .as_ref()
+                .is_some_and(|s| s.canary_revision.is_none())
+    })
+    .await?;
+    Ok(())
+}
