@@ -118,6 +118,14 @@ impl Drop for InFlight {
     }
 }
 
+/// Whether any endpoint other than `avoid` is in rotation.
+pub fn usable_besides(endpoints: &[Arc<Endpoint>], avoid: &Arc<Endpoint>) -> bool {
+    let now = now_ms();
+    endpoints
+        .iter()
+        .any(|e| !Arc::ptr_eq(e, avoid) && !e.ejected(now))
+}
+
 /// Power of two choices among the endpoints not ejected, skipping `avoid`
 /// (the endpoint a retry just failed on, as Envoy's previous-hosts
 /// predicate). When that leaves none, ejected endpoints are candidates too,
@@ -179,6 +187,23 @@ impl Split {
         Split { entries, total }
     }
 
+    /// A weighted choice among the backends other than `skip`, or `None`
+    /// when no other has weight: a retry after `skip` failed with no usable
+    /// endpoint left (a canary whose only pod just went away).
+    pub fn choose_except(&self, skip: usize) -> Option<usize> {
+        let mut prev = 0;
+        let others: Vec<(usize, u32)> = self
+            .entries
+            .iter()
+            .filter_map(|&(i, cum)| {
+                let w = cum - prev;
+                prev = cum;
+                (i != skip).then_some((i, w))
+            })
+            .collect();
+        Split::new(others).choose()
+    }
+
     /// A backend index, or `None` when every weight is 0.
     pub fn choose(&self) -> Option<usize> {
         match self.entries.as_slice() {
@@ -209,6 +234,11 @@ mod tests {
         assert!((share - 0.9).abs() < 0.01, "{share}");
         assert_eq!(Split::new([(0, 0)]).choose(), None);
         assert_eq!(Split::new([(3, 5)]).choose(), Some(3));
+        let two = Split::new([(0, 50), (1, 50)]);
+        for _ in 0..100 {
+            assert_eq!(two.choose_except(0), Some(1));
+        }
+        assert_eq!(Split::new([(0, 100), (1, 0)]).choose_except(0), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use crate::balance::{Endpoint, pick};
+use crate::balance::{Endpoint, pick, usable_besides};
 use crate::body::{ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
 use crate::config::UpstreamProtocol;
@@ -380,8 +380,21 @@ impl ProxyService {
                     );
                 }
             }
-            // Retry on another backend draw (it may be the same one).
+            // Retry on another backend draw (it may be the same one), but
+            // not on a backend left with nothing but the endpoint that just
+            // failed: during a rollout that is a canary whose pod went away.
+            let failed_backend = backend_idx;
             backend_idx = route.split.choose().unwrap_or(first);
+            if backend_idx == failed_backend
+                && failed
+                    .as_ref()
+                    .is_some_and(|f| !usable_besides(&compiled.backends[backend_idx].endpoints, f))
+            {
+                backend_idx = route
+                    .split
+                    .choose_except(failed_backend)
+                    .unwrap_or(backend_idx);
+            }
         }
     }
 }

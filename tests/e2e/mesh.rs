@@ -70,6 +70,15 @@ fn main() -> ExitCode {
         ("rollout_resumes_its_step_after_an_operator_restart", |c| {
             Box::pin(logged(c, rollouts::operator_restart_resumes_the_step))
         }),
+        (
+            "rollout_twenty_healthy_canaries_at_low_traffic_none_rolled_back",
+            |c| {
+                Box::pin(logged(
+                    c,
+                    rollouts::twenty_healthy_canaries_no_false_rollback,
+                ))
+            },
+        ),
     ])
 }
 
@@ -231,7 +240,7 @@ async fn tally(mesh: &Mesh, host: &str, n: usize) -> anyhow::Result<BTreeMap<Str
         let key = if r.status == 200 {
             r.colour().to_owned()
         } else {
-            format!("status {}", r.status)
+            format!("status {} {}", r.status, r.body.trim())
         };
         *counts.entry(key).or_insert(0) += 1;
     }
@@ -877,6 +886,7 @@ fn proxy_env(url: &str, indent: usize) -> String {
     let yaml = format!(
         r#"env:
 - {{name: SLUICE_CONTROL_PLANE, value: "{url}"}}
+- {{name: RUST_LOG, value: "info,sluice_proxy::http_proxy=debug"}}
 - name: POD_NAME
   valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
 - name: POD_NAMESPACE

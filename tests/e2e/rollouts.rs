@@ -480,3 +480,73 @@ pub async fn operator_restart_resumes_the_step(cluster: Arc<Cluster>) -> anyhow:
     .await?;
     Ok(())
 }
+
+/// The target of zero false rollbacks: 20 healthy canaries in a row, each
+/// under light traffic just above `minRequests`, each judged over two
+/// evaluations; none may be rolled back.
+pub async fn twenty_healthy_canaries_no_false_rollback(
+    cluster: Arc<Cluster>,
+) -> anyhow::Result<()> {
+    let ns = "ro-twenty";
+    healthy_blue(
+        &cluster,
+        ns,
+        "[{setWeight: 50}, {pause: {}}]",
+        "{interval: 1s}",
+    )
+    .await?;
+    let mesh = mesh(&cluster).await?;
+    let api: Api<Rollout> = Api::namespaced(cluster.client(), ns);
+    let mut verdicts = std::collections::BTreeMap::<String, usize>::new();
+    for run in 0..20 {
+        let before = rollout(&cluster, ns).await?;
+        let previous = before
+            .status
+            .as_ref()
+            .and_then(|s| s.canary_revision.clone());
+        api.patch(
+            "handson",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"run": run.to_string()}}}}})),
+        )
+        .await?;
+        let started = until(&cluster, ns, "a new canary at weight 50", |ro| {
+            let st = ro.status.as_ref();
+            weight(ro) == 50
+                && st.and_then(|s| s.canary_revision.clone()).is_some()
+                && st.and_then(|s| s.canary_revision.clone()) != previous
+        })
+        .await?;
+        let counts = tally(&mesh, &host(ns), 60).await?;
+        ensure!(counts.keys().all(|k| k == "blue"), "run {run}: {counts:?}");
+        let mut last = started
+            .status
+            .as_ref()
+            .and_then(|s| s.analysis.as_ref())
+            .and_then(|a| a.evaluated_at.clone());
+        for _ in 0..2 {
+            let ro = until(&cluster, ns, "the next analysis evaluation", |ro| {
+                let st = ro.status.as_ref();
+                st.is_some_and(|s| s.aborted)
+                    || st
+                        .and_then(|s| s.analysis.as_ref())
+                        .and_then(|a| a.evaluated_at.clone())
+                        != last
+            })
+            .await?;
+            let st = ro.status.clone().unwrap_or_default();
+            ensure!(
+                !st.aborted,
+                "run {run}: a healthy canary was rolled back: {:?}",
+                st.message
+            );
+            let a = st.analysis.unwrap_or_default();
+            *verdicts
+                .entry(a.verdict.clone().unwrap_or_default())
+                .or_default() += 1;
+            last = a.evaluated_at;
+        }
+    }
+    eprintln!("rollout: 20 healthy canaries at low traffic, 0 rolled back; verdicts {verdicts:?}");
+    Ok(())
+}

@@ -542,12 +542,18 @@ pub fn decide(o: &Observed) -> Decision {
     } else {
         message
     });
+    let canary_n = canary_pods(spec, weight, scale_override);
+    // Without traffic routing the weight is the share of pods: stable gives
+    // up what the canary takes. With routing, stable keeps every pod so that
+    // an abort can move all traffic back at once.
+    let stable_n = if canary.traffic_routing.is_some() {
+        spec.replicas
+    } else {
+        (spec.replicas - canary_n).max(0)
+    };
     Decision {
         status: st,
-        replicas: vec![
-            (stable, spec.replicas),
-            (hash, canary_pods(spec, weight, scale_override)),
-        ],
+        replicas: vec![(stable, stable_n), (hash, canary_n)],
         canary_weight: weight,
         events,
         requeue,
@@ -619,6 +625,7 @@ mod tests {
                 canary: CanaryStrategy {
                     steps,
                     analysis: Some(AnalysisSpec::default()),
+                    traffic_routing: Some(Default::default()),
                     ..Default::default()
                 },
             },
@@ -861,6 +868,19 @@ mod tests {
         assert_eq!(c.status.canary_revision.as_deref(), Some("c"));
         assert_eq!(c.replicas, vec![("a".into(), 2), ("c".into(), 1)]);
         assert_eq!(c.canary_weight, 20);
+    }
+
+    #[test]
+    fn without_traffic_routing_the_weight_is_a_share_of_pods() {
+        let mut s = spec(vec![weight(25), pause(None)]);
+        s.replicas = 4;
+        s.strategy.canary.traffic_routing = None;
+        let stable = step(&s, &RolloutStatus::default(), "a", 0, None, None).status;
+        let d = step(&s, &stable, "b", 10, None, None);
+        assert_eq!(d.replicas, vec![("a".into(), 3), ("b".into(), 1)]);
+        s.strategy.canary.traffic_routing = Some(Default::default());
+        let d = step(&s, &stable, "b", 10, None, None);
+        assert_eq!(d.replicas, vec![("a".into(), 4), ("b".into(), 1)]);
     }
 
     #[test]

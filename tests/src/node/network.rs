@@ -31,6 +31,11 @@ pub struct PodNetwork {
 #[derive(Debug)]
 struct Free {
     hosts: BTreeSet<u8>,
+    /// The last address handed out: the next one is the first free one
+    /// after it (as CNI's host-local IPAM does), so that a just-freed
+    /// address is not reused while peers still hold its old neighbour
+    /// (ARP) entry and would black-hole traffic to the new pod.
+    last: u8,
     next_ns: u32,
 }
 
@@ -71,6 +76,7 @@ impl PodNetwork {
                 gateway,
                 free: Mutex::new(Free {
                     hosts: (2..=254).collect(),
+                    last: 1,
                     next_ns: 0,
                 }),
                 owner_file,
@@ -106,8 +112,13 @@ impl PodNetwork {
                 .map_err(|_| Error::Setup("network state poisoned".into()))?;
             let host = free
                 .hosts
-                .pop_first()
+                .range(free.last.saturating_add(1)..)
+                .next()
+                .or_else(|| free.hosts.first())
+                .copied()
                 .ok_or_else(|| Error::Setup("pod addresses exhausted".into()))?;
+            free.hosts.remove(&host);
+            free.last = host;
             free.next_ns += 1;
             (host, free.next_ns)
         };
