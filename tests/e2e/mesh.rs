@@ -863,13 +863,20 @@ async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         },
     )
     .await?;
-    // Removing the bad Gateway lets the next snapshot through.
+    // Removing the bad Gateway lets the next snapshot through. Its content
+    // may equal the config still running (content-hashed versions), so the
+    // sign is the proxy's ACK of it, not a new version.
+    let acks = || async {
+        let op = mesh.operator.lock().await;
+        anyhow::Ok(op.metric("sluice_config_acks_total").await?.unwrap_or(0.0))
+    };
+    let acked_before = acks().await?;
     gateways.delete("clash", &DeleteParams::default()).await?;
     poll(
-        "a new config to be applied after the fix",
+        "the gateway to ACK the config after the fix",
         TIMEOUT,
         Duration::from_millis(100),
-        || async { Ok((version_of().await? != running).then_some(())) },
+        || async { Ok((acks().await? > acked_before).then_some(())) },
     )
     .await?;
     let counts = tally(&mesh, host, 50).await?;
