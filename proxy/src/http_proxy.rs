@@ -361,8 +361,8 @@ impl ProxyService {
                     }
                     failed = Some(endpoint.clone());
                     cell.record(503, start.elapsed(), true);
+                    debug!(backend = %backend.name, attempt, retry = can_retry, "{e}");
                     if !can_retry {
-                        debug!(backend = %backend.name, "{e}");
                         return local_reply(
                             StatusCode::SERVICE_UNAVAILABLE,
                             "UF",

@@ -131,6 +131,79 @@ fn spawn(
     )
 }
 
+/// Where the gateway proxy runs.
+pub const GATEWAY_NS: &str = "sluice-system";
+/// The proxies' admin port (`/ready`, `/config`, `/metrics`).
+pub const ADMIN_PORT: u16 = 15021;
+
+/// The mesh on a test-bed cluster until the Helm chart installs it: the
+/// Gateway API and Sluice CRDs, the operator as a host process, GatewayClass
+/// `sluice`, and one gateway proxy Deployment in [`GATEWAY_NS`]. Returns the
+/// operator and the gateway pod's address.
+pub async fn start_mesh(cluster: &Cluster) -> Result<(Operator, String), Error> {
+    cluster.install_gateway_api().await?;
+    // The Rollout controller starts only when its CRD is served.
+    cluster.install_crds().await?;
+    let operator = Operator::start(cluster).await?;
+    cluster.create_namespace(GATEWAY_NS).await?;
+    cluster.apply(&format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: sluice-gateway, namespace: {GATEWAY_NS}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: sluice-gateway}}}}
+  template:
+    metadata: {{labels: {{app: sluice-gateway}}}}
+    spec:
+      containers:
+      - name: proxy
+        image: sluice/sluice-proxy:dev
+        args: [gateway, --workers, "1"]
+{proxy_env}
+"#,
+        proxy_env = proxy_env(&operator.grpc_url(), 8)
+    ))?;
+    let client = cluster.client();
+    crate::wait::deployment_available(
+        &client,
+        GATEWAY_NS,
+        "sluice-gateway",
+        Duration::from_secs(60),
+    )
+    .await?;
+    let gateway_ip = crate::wait::pods_by_label(&client, GATEWAY_NS, "app=sluice-gateway")
+        .await?
+        .into_iter()
+        .find_map(|p| p.status?.pod_ip)
+        .ok_or_else(|| Error::Check("the gateway pod has no IP".into()))?;
+    Ok((operator, gateway_ip))
+}
+
+/// The env and readiness probe of a proxy container in managed mode (as
+/// the chart and the injector set them), indented by `indent` spaces.
+pub fn proxy_env(url: &str, indent: usize) -> String {
+    let yaml = format!(
+        r#"env:
+- {{name: SLUICE_CONTROL_PLANE, value: "{url}"}}
+- {{name: RUST_LOG, value: "info,sluice_proxy::http_proxy=debug"}}
+- name: POD_NAME
+  valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+- name: POD_NAMESPACE
+  valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+readinessProbe:
+  httpGet: {{path: /ready, port: {ADMIN_PORT}}}
+  periodSeconds: 1"#
+    );
+    let pad = " ".repeat(indent);
+    yaml.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
 /// An HTTP client for test traffic: no proxy from the environment, short
 /// timeouts, one connection pool.
 pub fn http() -> reqwest::Client {

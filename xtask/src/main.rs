@@ -8,6 +8,7 @@
 //! - `cargo xtask bench control-plane`: HTTPRoute change to every proxy's ACK.
 
 mod bench;
+mod handson;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -314,9 +315,15 @@ fn kubectl(dir: &Path, args: &[&str]) -> Result<String> {
         .find(|(k, _)| k == "KUBECTL")
         .map(|(_, v)| v.clone())
         .context("no KUBECTL")?;
+    let path = format!(
+        "{}:{}",
+        root().join("target/debug").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let out = Command::new(&kubectl)
         .args(args)
         .env("KUBECONFIG", dir.join("kubeconfig"))
+        .env("PATH", path)
         .output()
         .with_context(|| format!("running {kubectl}"))?;
     if !out.status.success() {
@@ -425,54 +432,18 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
         eprintln!("<== cluster ready in {:.1}s", start.elapsed().as_secs_f64());
     }
     let handson = root().join("examples/handson");
-    if step.is_none_or(|s| s == 1) {
-        eprintln!("\n==> step 1: deploy demo-app `handson-blue` behind Service `handson`");
-        for f in ["00-namespace.yaml", "10-handson-blue.yaml"] {
-            print!(
-                "{}",
-                kubectl(
-                    dir,
-                    &[
-                        "apply",
-                        "--server-side",
-                        "-f",
-                        &handson.join(f).display().to_string()
-                    ]
-                )?
-            );
-        }
-        kubectl(
-            dir,
-            &[
-                "wait",
-                "-n",
-                "handson",
-                "--for=condition=Available",
-                "deployment/handson-blue",
-                "--timeout=120s",
-            ],
-        )?;
-        let ips = kubectl(
-            dir,
-            &[
-                "get",
-                "pods",
-                "-n",
-                "handson",
-                "-l",
-                "app=handson",
-                "-o",
-                "jsonpath={.items[*].status.podIP}",
-            ],
-        )?;
-        for ip in ips.split_whitespace() {
-            let out = Command::new("curl")
-                .args(["-sS", "--max-time", "5", &format!("http://{ip}:8080/")])
-                .output()?;
-            eprintln!(
-                "    GET http://{ip}:8080/ -> {}",
-                String::from_utf8_lossy(&out.stdout).trim()
-            );
+    let gateway_ip = std::fs::read_to_string(dir.join("gateway-ip"))
+        .context("the sandbox has no gateway-ip; `cargo xtask demo down` and start again")?
+        .trim()
+        .to_owned();
+    let demo = handson::Demo {
+        dir,
+        files: &handson,
+        gateway: gateway_ip,
+    };
+    for n in 1..=5 {
+        if step.is_none_or(|s| s == n) {
+            demo.step(n)?;
         }
     }
     eprintln!("\n==> the cluster");

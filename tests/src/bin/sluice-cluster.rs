@@ -5,8 +5,11 @@
 //! sluice-cluster up --state-dir ~/.cache/sluice/demo
 //! ```
 //!
-//! Once ready it writes `kubeconfig` and `ready` into the state directory;
-//! `cargo xtask demo` starts it in the background and waits for `ready`.
+//! With the cluster it runs the mesh (Sluice and Gateway API CRDs, the
+//! operator as a host process, the gateway proxy) until the Helm chart
+//! installs it. Once ready it writes `kubeconfig`, `gateway-ip` and `ready`
+//! into the state directory; `cargo xtask demo` starts it in the background
+//! and waits for `ready`.
 
 use std::path::PathBuf;
 
@@ -55,6 +58,8 @@ fn main() -> anyhow::Result<()> {
         let cluster = Cluster::start_in(&cluster_dir).await?;
         std::fs::copy(cluster.kubeconfig(), state_dir.join("kubeconfig"))
             .context("writing kubeconfig")?;
+        let (_operator, gateway_ip) = sluice_tests::operator::start_mesh(&cluster).await?;
+        std::fs::write(state_dir.join("gateway-ip"), &gateway_ip).context("writing gateway-ip")?;
         std::fs::write(&ready, format!("{}\n", std::process::id())).context("writing ready")?;
         tracing::info!(kubeconfig = %state_dir.join("kubeconfig").display(), "cluster ready");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
