@@ -17,6 +17,22 @@ const ROLLOUT_HOST: &str = "rollout.example.com";
 const GATEWAY_PORT: u16 = 18080;
 const NS: &str = "handson";
 
+/// Fails unless `key` got `percent`% ± 5 of `total` answers: the demo
+/// checks what it shows.
+fn share_within(
+    counts: &BTreeMap<String, usize>,
+    key: &str,
+    total: usize,
+    percent: usize,
+) -> Result<()> {
+    let got = counts.get(key).copied().unwrap_or(0) * 100;
+    let (lo, hi) = (percent.saturating_sub(5) * total, (percent + 5) * total);
+    if got < lo || got > hi {
+        bail!("expected {percent}% ± 5 {key} of {total} answers, got {counts:?}");
+    }
+    Ok(())
+}
+
 /// The sandbox and where the hands-on's files are.
 pub struct Demo<'a> {
     /// The sandbox state directory (kubeconfig).
@@ -155,6 +171,7 @@ impl Demo<'_> {
         }
         let counts = self.sample(APP_HOST, 1000)?;
         eprintln!("    1,000 requests: {counts:?}");
+        share_within(&counts, "yellow", 1000, 50)?;
         eprintln!(
             "    kubectl patch -n {NS} httproute handson --type merge --patch-file examples/handson/42-route-all-yellow.patch.yaml"
         );
@@ -177,6 +194,9 @@ impl Demo<'_> {
         let took = self.until_all(APP_HOST, "yellow")?;
         let counts = self.sample(APP_HOST, 200)?;
         eprintln!("    all yellow {took:.1?} after the patch; 200 requests: {counts:?}");
+        if counts.get("yellow") != Some(&200) {
+            bail!("after the 0/100 patch: {counts:?}");
+        }
         Ok(())
     }
 
@@ -253,8 +273,12 @@ impl Demo<'_> {
                 &format!("--for=jsonpath={{.status.weights.canary}}={w}"),
                 "--timeout=120s",
             ])?;
-            let counts = self.sample(ROLLOUT_HOST, 500)?;
-            eprintln!("    canary weight {w}%: 500 requests {counts:?}");
+            // Enough requests for ±5% at three standard deviations, within
+            // the 5 s pause of the 20% step.
+            let n = if w == "20" { 600 } else { 1000 };
+            let counts = self.sample(ROLLOUT_HOST, n)?;
+            eprintln!("    canary weight {w}%: {n} requests {counts:?}");
+            share_within(&counts, "yellow", n, w.parse()?)?;
         }
         self.kubectl(&[
             "wait",
