@@ -313,85 +313,16 @@ pub fn decide(o: &Observed) -> Decision {
             .abort_scale_down_delay_seconds
             .unwrap_or(DEFAULT_ABORT_DELAY),
     );
-    // Where the canary stood when it was stopped.
-    struct At {
-        index: i32,
-        weight: i32,
-        scale: Option<i32>,
-    }
-    let rolled_back = |mut st: RolloutStatus, mut events: Vec<Event>, why: String, at: At| {
-        let At {
-            index,
-            weight,
-            scale: scale_override,
-        } = at;
-        if weight != 0 {
-            events.push(warning(
-                "RolledBack",
-                format!("canary weight {weight} -> 0; stable {stable} serves all traffic"),
-            ));
-        }
-        st.weights = Some(all_stable());
-        st.phase = Some(RolloutPhase::Degraded);
-        st.message = Some(format!("rolled back: {why}"));
-        st.current_step_index = Some(index);
-        st.step = Some(format!("{index}/{total}"));
-        // The canary's pods stay for the abort delay (to inspect them), then go.
-        let since = o.now - secs(&st.abort_time).unwrap_or(o.now);
-        let mut replicas = vec![(stable.clone(), spec.replicas)];
-        if since < abort_delay {
-            replicas.push((
-                hash.clone(),
-                canary_pods(spec, weight.max(1), scale_override),
-            ));
-        }
-        Decision {
-            status: st,
-            replicas,
-            canary_weight: 0,
-            events,
-            requeue: Duration::from_secs((abort_delay - since).clamp(1, 30) as u64),
-        }
-    };
-    if st.aborted {
-        let why = st
-            .analysis
-            .as_ref()
-            .filter(|a| a.verdict.as_deref() == Some("Failed"))
-            .map_or(
-                st.message
-                    .clone()
-                    .and_then(|m| m.strip_prefix("rolled back: ").map(str::to_owned))
-                    .unwrap_or_else(|| "aborted".to_owned()),
-                |a| {
-                    format!(
-                        "canary error rate {} (stable {}) over {} requests",
-                        a.canary_error_rate.as_deref().unwrap_or("?"),
-                        a.stable_error_rate.as_deref().unwrap_or("?"),
-                        a.canary_requests
-                    )
-                },
-            );
-        return rolled_back(
-            st,
-            events,
-            why,
-            At {
-                index,
-                weight,
-                scale: scale_override,
-            },
-        );
-    }
-
     // Walk the steps as far as they allow in this pass.
     let mut phase = RolloutPhase::Progressing;
     let mut message = String::new();
+    // Why a progress deadline stopped the canary in this pass.
+    let mut deadline_why = None;
     let deadline = i64::from(
         spec.progress_deadline_seconds
             .unwrap_or(DEFAULT_PROGRESS_DEADLINE),
     );
-    while index < total && !spec.paused {
+    while !st.aborted && index < total && !spec.paused {
         let step: &CanaryStep = &canary.steps[index as usize];
         if let Some(w) = step.set_weight {
             let want = canary_pods(spec, w, scale_override);
@@ -409,17 +340,7 @@ pub fn decide(o: &Observed) -> Decision {
                         "ProgressDeadlineExceeded",
                         format!("canary pods not ready within {deadline}s; rolling back"),
                     ));
-                    let why = format!("canary pods not ready within {deadline}s");
-                    return rolled_back(
-                        st,
-                        events,
-                        why,
-                        At {
-                            index,
-                            weight,
-                            scale: scale_override,
-                        },
-                    );
+                    deadline_why = Some(format!("canary pods not ready within {deadline}s"));
                 }
                 break;
             }
@@ -483,6 +404,51 @@ pub fn decide(o: &Observed) -> Decision {
         }
         index += 1;
         st.step_start_time = Some(time(o.now));
+    }
+    if st.aborted {
+        let why = deadline_why.unwrap_or_else(|| {
+            st.analysis
+                .as_ref()
+                .filter(|a| a.verdict.as_deref() == Some("Failed"))
+                .map_or(
+                    st.message
+                        .clone()
+                        .and_then(|m| m.strip_prefix("rolled back: ").map(str::to_owned))
+                        .unwrap_or_else(|| "aborted".to_owned()),
+                    |a| {
+                        format!(
+                            "canary error rate {} (stable {}) over {} requests",
+                            a.canary_error_rate.as_deref().unwrap_or("?"),
+                            a.stable_error_rate.as_deref().unwrap_or("?"),
+                            a.canary_requests
+                        )
+                    },
+                )
+        });
+        if weight != 0 {
+            events.push(warning(
+                "RolledBack",
+                format!("canary weight {weight} -> 0; stable {stable} serves all traffic"),
+            ));
+        }
+        st.weights = Some(all_stable());
+        st.phase = Some(RolloutPhase::Degraded);
+        st.message = Some(format!("rolled back: {why}"));
+        st.current_step_index = Some(index);
+        st.step = Some(format!("{index}/{total}"));
+        // The canary's pods stay for the abort delay (to inspect them), then go.
+        let since = o.now - secs(&st.abort_time).unwrap_or(o.now);
+        let mut replicas = vec![(stable, spec.replicas)];
+        if since < abort_delay {
+            replicas.push((hash, canary_pods(spec, weight.max(1), scale_override)));
+        }
+        return Decision {
+            status: st,
+            replicas,
+            canary_weight: 0,
+            events,
+            requeue: Duration::from_secs((abort_delay - since).clamp(1, 30) as u64),
+        };
     }
     if spec.paused {
         phase = RolloutPhase::Paused;
