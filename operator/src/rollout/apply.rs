@@ -22,7 +22,7 @@ use super::duration;
 use super::steps::{Decision, Evaluation, Observed, Request, decide, secs};
 use super::{Context, Error, HASH_LABEL, REQUEST_ANNOTATION, ROLLOUT_LABEL, template_hash};
 use crate::mesh::Cond;
-use crate::status::{FIELD_MANAGER, to_conditions};
+use crate::status::{FIELD_MANAGER, apply_status, to_conditions};
 
 fn http_routes(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(
@@ -58,7 +58,8 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
         })
         .collect();
     let hash = template_hash(&spec.template);
-    let invalid = validate(rollout, ns, ctx).await?;
+    let services = fetch_services(rollout, ns, ctx).await?;
+    let invalid = validate(rollout, ns, ctx, &services).await?;
     let request = rollout
         .annotations()
         .get(REQUEST_ANNOTATION)
@@ -81,9 +82,9 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
 
     // Traffic first: on a rollback the canary loses its weight before
     // anything else happens.
-    apply_weights(rollout, ns, ctx, &decision).await?;
-    apply_replicasets(rollout, ns, ctx, &owned, &decision).await?;
-    apply_services(rollout, ns, ctx, &decision).await?;
+    apply_weights(rollout, ns, ctx, &services, &decision).await?;
+    apply_replicasets(rollout, ns, ctx, &owned, &hash, &decision).await?;
+    apply_services(rollout, ns, ctx, &services, &decision).await?;
     write_status(rollout, ns, ctx, &decision, &ready).await?;
     for e in &decision.events {
         info!(reason = e.reason, "{}", e.note);
@@ -103,7 +104,8 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
             tracing::warn!("recording event {}: {err}", e.reason);
         }
     }
-    if request.is_some() || rollout.annotations().contains_key(REQUEST_ANNOTATION) {
+    // Handled, or not understood: either way it has been seen.
+    if rollout.annotations().contains_key(REQUEST_ANNOTATION) {
         let api: Api<Rollout> = Api::namespaced(client.clone(), ns);
         api.patch(
             &name,
@@ -175,16 +177,39 @@ fn analyse(
     evaluate(spec, &c, &s, p99, now)
 }
 
-/// What makes a Rollout that passed the schema unable to run.
-async fn validate(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Option<String>, Error> {
+/// The Rollout's stable and canary Services that exist, by name: read
+/// once per reconcile, for validation, ports and selectors.
+type Services = BTreeMap<String, Service>;
+
+async fn fetch_services(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Services, Error> {
     let canary = &rollout.spec.strategy.canary;
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let mut out = Services::new();
+    for name in [&canary.stable_service, &canary.canary_service]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(svc) = api.get_opt(name).await? {
+            out.insert(name.clone(), svc);
+        }
+    }
+    Ok(out)
+}
+
+/// What makes a Rollout that passed the schema unable to run.
+async fn validate(
+    rollout: &Rollout,
+    ns: &str,
+    ctx: &Context,
+    services: &Services,
+) -> Result<Option<String>, Error> {
+    let canary = &rollout.spec.strategy.canary;
     for (field, svc) in [
         ("spec.strategy.canary.stableService", &canary.stable_service),
         ("spec.strategy.canary.canaryService", &canary.canary_service),
     ] {
         if let Some(svc) = svc
-            && services.get_opt(svc).await?.is_none()
+            && !services.contains_key(svc)
         {
             return Ok(Some(format!("{field}: Service {ns}/{svc} does not exist")));
         }
@@ -215,6 +240,7 @@ async fn apply_weights(
     rollout: &Rollout,
     ns: &str,
     ctx: &Context,
+    services: &Services,
     d: &Decision,
 ) -> Result<(), Error> {
     let canary = &rollout.spec.strategy.canary;
@@ -267,8 +293,8 @@ async fn apply_weights(
             "spec": {
                 "parentRefs": [{"group": "", "kind": "Service", "name": service}],
                 "rules": [{"backendRefs": [
-                    {"name": stable, "port": service_port(ctx, ns, stable).await?, "weight": 100 - w},
-                    {"name": canary_svc, "port": service_port(ctx, ns, canary_svc).await?, "weight": w},
+                    {"name": stable, "port": service_port(services, stable), "weight": 100 - w},
+                    {"name": canary_svc, "port": service_port(services, canary_svc), "weight": w},
                 ]}],
             },
         });
@@ -283,15 +309,12 @@ async fn apply_weights(
     Ok(())
 }
 
-async fn service_port(ctx: &Context, ns: &str, name: &str) -> Result<i32, Error> {
-    let svc = Api::<Service>::namespaced(ctx.client.clone(), ns)
+/// The first port of Service `name` (80 when it has none).
+fn service_port(services: &Services, name: &str) -> i32 {
+    services
         .get(name)
-        .await?;
-    Ok(svc
-        .spec
-        .and_then(|s| s.ports)
-        .and_then(|p| p.first().map(|p| p.port))
-        .unwrap_or(80))
+        .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port))
+        .unwrap_or(80)
 }
 
 /// Creates the current revision's ReplicaSet and scales every owned one to
@@ -301,29 +324,29 @@ async fn apply_replicasets(
     ns: &str,
     ctx: &Context,
     owned: &[ReplicaSet],
+    hash: &str,
     d: &Decision,
 ) -> Result<(), Error> {
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), ns);
     let name = rollout.name_any();
-    let hash = template_hash(&rollout.spec.template);
     let want: BTreeMap<&str, i32> = d.replicas.iter().map(|(h, n)| (h.as_str(), *n)).collect();
     let existing: BTreeMap<String, &ReplicaSet> = owned
         .iter()
         .filter_map(|rs| Some((rs.labels().get(HASH_LABEL)?.clone(), rs)))
         .collect();
-    if let Some(&n) = want.get(hash.as_str())
-        && !existing.contains_key(&hash)
+    if let Some(&n) = want.get(hash)
+        && !existing.contains_key(hash)
     {
         let mut template = rollout.spec.template.clone();
         let meta = template.metadata.get_or_insert_with(Default::default);
         meta.labels
             .get_or_insert_with(Default::default)
-            .insert(HASH_LABEL.into(), hash.clone());
+            .insert(HASH_LABEL.into(), hash.to_owned());
         let mut selector: LabelSelector = rollout.spec.selector.clone();
         selector
             .match_labels
             .get_or_insert_with(Default::default)
-            .insert(HASH_LABEL.into(), hash.clone());
+            .insert(HASH_LABEL.into(), hash.to_owned());
         let rs = ReplicaSet {
             metadata: ObjectMeta {
                 name: Some(format!("{name}-{hash}")),
@@ -331,7 +354,7 @@ async fn apply_replicasets(
                 labels: Some(
                     [
                         (ROLLOUT_LABEL.to_owned(), name.clone()),
-                        (HASH_LABEL.to_owned(), hash.clone()),
+                        (HASH_LABEL.to_owned(), hash.to_owned()),
                     ]
                     .into(),
                 ),
@@ -382,6 +405,7 @@ async fn apply_services(
     rollout: &Rollout,
     ns: &str,
     ctx: &Context,
+    services: &Services,
     d: &Decision,
 ) -> Result<(), Error> {
     let canary = &rollout.spec.strategy.canary;
@@ -395,7 +419,7 @@ async fn apply_services(
         let (Some(svc), Some(rev)) = (svc, rev) else {
             continue;
         };
-        let Some(current) = api.get_opt(svc).await? else {
+        let Some(current) = services.get(svc) else {
             continue;
         };
         let pinned = current
@@ -532,20 +556,11 @@ async fn write_status(
         .map(serde_json::to_value)
         .transpose()?
         .unwrap_or(Value::Null);
-    if current == status {
-        return Ok(());
-    }
-    let api: Api<Rollout> = Api::namespaced(ctx.client.clone(), ns);
-    let body = json!({
-        "apiVersion": "sluice.dev/v1alpha1",
-        "kind": "Rollout",
-        "metadata": {"name": rollout.name_any()},
-        "status": status,
-    });
-    api.patch_status(
+    apply_status(
+        Api::<Rollout>::namespaced(ctx.client.clone(), ns),
         &rollout.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
+        current,
+        status,
     )
     .await?;
     Ok(())

@@ -119,23 +119,24 @@ fn gateway_status(
     status
 }
 
-/// Patches the status of `obj` when `desired` differs from `current`.
-async fn apply_status<K>(
+/// Patches the status of `name` (server-side apply, forced, as
+/// [`FIELD_MANAGER`]) when `desired` differs from `current`: every status
+/// the operator writes goes through here.
+pub async fn apply_status<K>(
     api: Api<K>,
     name: &str,
-    api_version: &str,
-    kind: &str,
     current: Value,
     desired: Value,
 ) -> Result<(), kube::Error>
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     if current == desired {
         return Ok(());
     }
+    let kind = K::kind(&());
     debug!(%kind, %name, "writing status");
-    let body = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}, "status": desired});
+    let body = json!({"apiVersion": K::api_version(&()), "kind": kind, "metadata": {"name": name}, "status": desired});
     api.patch_status(
         name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -197,8 +198,6 @@ async fn write_all(
         apply_status(
             Api::<GatewayClass>::all(client.clone()),
             name,
-            "gateway.networking.k8s.io/v1",
-            "GatewayClass",
             current,
             desired,
         )
@@ -231,8 +230,6 @@ async fn write_all(
         apply_status(
             Api::<Gateway>::namespaced(client.clone(), &d.namespace),
             &d.name,
-            "gateway.networking.k8s.io/v1",
-            "Gateway",
             current,
             desired,
         )
@@ -274,8 +271,6 @@ async fn write_all(
         apply_status(
             Api::<HttpRoute>::namespaced(client.clone(), ns),
             name,
-            "gateway.networking.k8s.io/v1",
-            "HTTPRoute",
             current,
             desired,
         )
