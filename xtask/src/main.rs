@@ -336,7 +336,13 @@ fn kubectl(dir: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn test_bed_paths() -> Result<Vec<(String, String)>> {
+/// The test bed's tool paths (`KUBECTL=...`), from `scripts/test-bed.sh
+/// --quiet`, run once per process: the demo calls kubectl dozens of times.
+fn test_bed_paths() -> Result<&'static [(String, String)]> {
+    static PATHS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    if let Some(p) = PATHS.get() {
+        return Ok(p);
+    }
     let out = test_bed()?
         .arg("--quiet")
         .stderr(Stdio::inherit())
@@ -344,10 +350,11 @@ fn test_bed_paths() -> Result<Vec<(String, String)>> {
     if !out.status.success() {
         bail!("scripts/test-bed.sh failed");
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    let paths = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-        .collect())
+        .collect();
+    Ok(PATHS.get_or_init(|| paths))
 }
 
 fn demo_down(dir: &Path) -> Result<()> {
