@@ -119,6 +119,14 @@ fn gateway_status(
     status
 }
 
+/// An object's status as JSON (null when it has none), to compare with
+/// the one it should have.
+fn status_value<S: serde::Serialize>(status: Option<&S>) -> Value {
+    status
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or_default()
+}
+
 /// Patches the status of `name` (server-side apply, forced, as
 /// [`FIELD_MANAGER`]) when `desired` differs from `current`: every status
 /// the operator writes goes through here.
@@ -190,11 +198,7 @@ async fn write_all(
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
         let desired = json!({"conditions": to_conditions(&[Cond::yes("Accepted", reason::ACCEPTED)], *generation, &existing)});
-        let current = obj
-            .status
-            .as_ref()
-            .map(|s| serde_json::to_value(s).unwrap_or_default())
-            .unwrap_or_default();
+        let current = status_value(obj.status.as_ref());
         apply_status(
             Api::<GatewayClass>::all(client.clone()),
             name,
@@ -221,11 +225,7 @@ async fn write_all(
             .as_ref()
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
-        let current = obj
-            .status
-            .as_ref()
-            .map(|s| serde_json::to_value(s).unwrap_or_default())
-            .unwrap_or_default();
+        let current = status_value(obj.status.as_ref());
         let desired = gateway_status(d, &programmed, &addresses, &existing, &current["listeners"]);
         apply_status(
             Api::<Gateway>::namespaced(client.clone(), &d.namespace),
@@ -239,11 +239,7 @@ async fn write_all(
         let Some(obj) = world.route(ns, name) else {
             continue;
         };
-        let current = obj
-            .status
-            .as_ref()
-            .map(|s| serde_json::to_value(s).unwrap_or_default())
-            .unwrap_or_default();
+        let current = status_value(obj.status.as_ref());
         let old_parents = obj
             .status
             .as_ref()
