@@ -5,8 +5,10 @@
 //! [`generated_files`] is the single source it is written from, and a test
 //! fails when the two differ (`cargo xtask crds` rewrites them).
 
+pub mod authz;
 pub mod rollout;
 
+pub use authz::{AuthorizationPolicy, AuthorizationPolicySpec};
 pub use rollout::{Rollout, RolloutPhase, RolloutSpec, RolloutStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -19,7 +21,10 @@ pub const YAML_DIR: &str = "crds/yaml";
 
 /// Every CRD of the project as `(file name, YAML)`, in a stable order.
 pub fn generated_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
-    let crds = [post_process(Rollout::crd())];
+    let crds = [
+        post_process(AuthorizationPolicy::crd()),
+        post_process(Rollout::crd()),
+    ];
     crds.iter()
         .map(|crd| {
             let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("unnamed"));
@@ -40,6 +45,7 @@ fn post_process(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
         {
             slim_pod_template(root);
             bound_label_maps(root);
+            policy_patterns(root);
         }
     }
     crd
@@ -83,6 +89,52 @@ fn bound_label_maps(root: &mut JSONSchemaProps) {
             }
         }
     }
+}
+
+/// The schema of a list's items.
+fn items(schema: &mut JSONSchemaProps) -> Option<&mut JSONSchemaProps> {
+    match schema.items.as_mut()? {
+        JSONSchemaPropsOrArray::Schema(s) => Some(s),
+        JSONSchemaPropsOrArray::Schemas(_) => None,
+    }
+}
+
+/// Patterns on the authorization rules' strings that proxies parse (ports,
+/// address blocks, condition keys), so that a typo is refused at admission
+/// with the field's path instead of reaching a proxy.
+fn policy_patterns(root: &mut JSONSchemaProps) {
+    let Some(rule) = at(root, &["spec", "rules"]).and_then(items) else {
+        return;
+    };
+    const PORT: &str = "^[0-9]{1,5}$";
+    const CIDR: &str = "^[0-9a-fA-F:.]+(/[0-9]{1,3})?$";
+    let keys = format!(
+        "^({}|request\\.headers\\[[^\\]]+\\])$",
+        sluice_proto::authz::CONDITION_KEYS
+            .iter()
+            .map(|k| k.replace('.', "\\."))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    let mut set = |path: &[&str], pattern: &str| {
+        let mut cur = Some(&mut *rule);
+        for (i, key) in path.iter().enumerate() {
+            cur = cur.and_then(|s| at(s, &[key]));
+            // Every step but the last into a list's items: to[], from[], when[].
+            if i + 1 < path.len() && matches!(*key, "to" | "from" | "when") {
+                cur = cur.and_then(items);
+            }
+        }
+        let last = cur.and_then(|s| if s.items.is_some() { items(s) } else { Some(s) });
+        if let Some(s) = last {
+            s.pattern = Some(pattern.to_owned());
+        }
+    };
+    set(&["to", "operation", "ports"], PORT);
+    set(&["to", "operation", "notPorts"], PORT);
+    set(&["from", "source", "ipBlocks"], CIDR);
+    set(&["from", "source", "notIpBlocks"], CIDR);
+    set(&["when", "key"], &keys);
 }
 
 fn strip_descriptions(schema: &mut JSONSchemaProps) {

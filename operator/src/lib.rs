@@ -7,6 +7,7 @@
 //! Gateway API status ([`status`]); proxies stream traffic back
 //! ([`traffic`]).
 
+pub mod ca;
 pub mod mesh;
 pub mod metrics;
 pub mod push;

@@ -10,14 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use clap::Parser;
 use kube::Api;
 use sluice_crds::Rollout;
-use sluice_operator::mesh::MeshOutput;
+use sluice_operator::ca;
+use sluice_operator::mesh::{MeshOutput, MeshSettings};
 use sluice_operator::metrics::{self, Metrics};
 use sluice_operator::push::{ConfigServer, Registry, Snapshots};
 use sluice_operator::traffic::{TelemetryServer, TrafficWindow};
 use sluice_operator::{status, world};
+use sluice_proto::config::MtlsMode;
+use sluice_proto::mesh::certificates_server::CertificatesServer;
 use sluice_proto::mesh::config_discovery_server::ConfigDiscoveryServer;
 use sluice_proto::mesh::telemetry_server::TelemetryServer as TelemetryService;
 use tokio::sync::watch;
@@ -41,6 +45,27 @@ struct Args {
     /// Keepalive sent on an idle config stream.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     keepalive_seconds: u64,
+    /// The operator's namespace: the CA Secret lives here, and
+    /// AuthorizationPolicies here without a selector apply mesh-wide.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sluice-system")]
+    namespace: String,
+    /// The trust domain of workload identities (`spiffe://<it>/ns/..`).
+    #[arg(long, env = "SLUICE_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of workload certificates; proxies renew at half of it.
+    #[arg(long, env = "SLUICE_CERT_TTL", default_value = "24h", value_parser = sluice_proto::config::parse_duration)]
+    cert_ttl: Duration,
+    /// mTLS mode of namespaces without a `sluice.dev/mtls-mode` label.
+    #[arg(long, env = "SLUICE_MTLS_MODE", default_value = "PERMISSIVE", value_parser = parse_mode)]
+    mtls_mode: MtlsMode,
+}
+
+fn parse_mode(s: &str) -> Result<MtlsMode, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "STRICT" => Ok(MtlsMode::Strict),
+        "PERMISSIVE" => Ok(MtlsMode::Permissive),
+        _ => Err(format!("{s:?}: expected STRICT or PERMISSIVE")),
+    }
 }
 
 #[tokio::main]
@@ -74,7 +99,36 @@ async fn main() -> anyhow::Result<()> {
     let snapshots = Snapshots::default();
     let (output_tx, output_rx) = watch::channel(Arc::new(MeshOutput::default()));
 
-    let world = world::World::start(&client).await;
+    let ca_settings = ca::secret::CaSettings {
+        namespace: args.namespace.clone(),
+        trust_domain: args.trust_domain.clone(),
+        ttl: args.cert_ttl,
+    };
+    let authority = Arc::new(ArcSwap::from_pointee(
+        ca::secret::load_or_create(&client, &ca_settings)
+            .await
+            .context("loading the mesh CA")?,
+    ));
+    let mesh_settings = {
+        let (ns, mode) = (args.namespace.clone(), args.mtls_mode);
+        move |a: &ca::Authority| MeshSettings {
+            trust_domain: a.trust_domain.clone(),
+            roots_pem: a.roots_pem.clone(),
+            mode,
+            root_namespace: ns.clone(),
+        }
+    };
+    let world = world::World::start(&client, mesh_settings(&authority.load())).await;
+    {
+        let (w, a) = (world.clone(), authority.clone());
+        tokio::spawn(ca::secret::watch(
+            client.clone(),
+            ca_settings,
+            authority.clone(),
+            Duration::from_secs(10),
+            move || w.set_mesh(mesh_settings(&a.load())),
+        ));
+    }
     tokio::spawn(world::run(
         world.clone(),
         registry.clone(),
@@ -107,6 +161,7 @@ async fn main() -> anyhow::Result<()> {
         registry,
         Duration::from_secs(args.keepalive_seconds.max(1)),
     );
+    let certificates = ca::CertificateServer::new(client.clone(), authority, metrics.clone());
     let telemetry = TelemetryServer::new(traffic, metrics);
     info!(address = %args.grpc_listen, "control plane listening");
     tonic::transport::Server::builder()
@@ -115,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .add_service(ConfigDiscoveryServer::new(config).max_decoding_message_size(16 << 20))
         .add_service(TelemetryService::new(telemetry))
+        .add_service(CertificatesServer::new(certificates))
         .serve_with_shutdown(args.grpc_listen, shutdown())
         .await
         .with_context(|| format!("serving gRPC on {}", args.grpc_listen))?;

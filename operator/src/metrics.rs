@@ -24,6 +24,13 @@ pub struct RoleLabel {
     pub role: String,
 }
 
+/// Label of outcome counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// e.g. `issued` or `refused`.
+    pub result: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -42,6 +49,8 @@ pub struct Metrics {
     pub compute_seconds: Histogram,
     /// Telemetry reports received.
     pub telemetry_reports: Counter,
+    /// Workload certificate requests, issued or refused.
+    pub certificates: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -55,6 +64,7 @@ impl Default for Metrics {
             push_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             compute_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             telemetry_reports: Counter::default(),
+            certificates: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -91,6 +101,11 @@ impl Default for Metrics {
             "telemetry_reports",
             "Telemetry reports received from proxies",
             m.telemetry_reports.clone(),
+        );
+        registry.register(
+            "certificates",
+            "Workload certificate requests by result (issued, refused)",
+            m.certificates.clone(),
         );
         Metrics { registry, ..m }
     }

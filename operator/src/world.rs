@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures::StreamExt;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -18,9 +19,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
-use crate::mesh::{self, MeshInput, MeshOutput};
+use crate::mesh::{self, MeshInput, MeshOutput, MeshSettings};
 use crate::metrics::Metrics;
 use crate::push::{Registry, SnapshotSet, Snapshots};
+use sluice_crds::AuthorizationPolicy;
 
 /// The reflectors' stores.
 #[derive(Clone)]
@@ -31,6 +33,9 @@ pub struct World {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+    policies: Option<Store<AuthorizationPolicy>>,
+    mesh: Arc<ArcSwap<MeshSettings>>,
     changed: Arc<Notify>,
 }
 
@@ -59,15 +64,26 @@ where
 }
 
 impl World {
-    /// Starts the reflectors. Gateway API kinds are watched only when their
-    /// CRDs are installed.
-    pub async fn start(client: &Client) -> World {
+    /// Starts the reflectors. Gateway API kinds and AuthorizationPolicies
+    /// are watched only when their CRDs are installed. `mesh` holds the
+    /// mesh-wide settings (see [`World::set_mesh`]).
+    pub async fn start(client: &Client, mesh: MeshSettings) -> World {
         let changed = Arc::new(Notify::new());
         let gateway_api = kube::discovery::group(client, "gateway.networking.k8s.io")
             .await
             .is_ok();
         if !gateway_api {
             warn!("the Gateway API CRDs are not installed: only mesh (sidecar) routing is served");
+        }
+        let policies = kube::discovery::group(client, "sluice.dev")
+            .await
+            .is_ok_and(|g| {
+                g.recommended_resources()
+                    .iter()
+                    .any(|(r, _)| r.kind == "AuthorizationPolicy")
+            });
+        if !policies {
+            warn!("the AuthorizationPolicy CRD is not installed: no authorization is pushed");
         }
         let opt = |on: bool| on.then_some(());
         World {
@@ -77,6 +93,9 @@ impl World {
             services: reflect(Api::all(client.clone()), changed.clone()),
             slices: reflect(Api::all(client.clone()), changed.clone()),
             pods: reflect(Api::all(client.clone()), changed.clone()),
+            namespaces: reflect(Api::all(client.clone()), changed.clone()),
+            policies: opt(policies).map(|_| reflect(Api::all(client.clone()), changed.clone())),
+            mesh: Arc::new(ArcSwap::from_pointee(mesh)),
             changed,
         }
     }
@@ -86,6 +105,10 @@ impl World {
         let _ = self.services.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
         let _ = self.pods.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
+        if let Some(s) = &self.policies {
+            let _ = s.wait_until_ready().await;
+        }
         if let Some(s) = &self.classes {
             let _ = s.wait_until_ready().await;
         }
@@ -106,8 +129,22 @@ impl World {
             services: self.services.state(),
             slices: self.slices.state(),
             pods: self.pods.state(),
-            sidecar_namespaces: registry.sidecar_namespaces(),
+            namespaces: self.namespaces.state(),
+            policies: self.policies.as_ref().map(Store::state).unwrap_or_default(),
+            sidecar_pods: registry.sidecar_pods(),
+            mesh: (**self.mesh.load()).clone(),
         }
+    }
+
+    /// Replaces the mesh-wide settings (e.g. new CA roots) and recomputes.
+    pub fn set_mesh(&self, mesh: MeshSettings) {
+        self.mesh.store(Arc::new(mesh));
+        self.changed.notify_one();
+    }
+
+    /// The mesh-wide settings in use.
+    pub fn mesh(&self) -> Arc<MeshSettings> {
+        self.mesh.load_full()
     }
 
     /// A Pod by namespace and name.
@@ -151,13 +188,13 @@ pub async fn run(
     world.ready().await;
     info!("caches synced; serving snapshots");
     let mut registry_changes = registry.subscribe();
-    let mut namespaces = registry.sidecar_namespaces();
+    let mut pods = registry.sidecar_pods();
     loop {
         let start = Instant::now();
         let input = world.input(&registry);
-        namespaces.clone_from(&input.sidecar_namespaces);
+        pods.clone_from(&input.sidecar_pods);
         let out = mesh::translate(&input);
-        let published = snapshots.publish(SnapshotSet::build(&out.configs));
+        let published = snapshots.publish(SnapshotSet::build(&out.configs, &out.sidecars));
         metrics
             .compute_seconds
             .observe(start.elapsed().as_secs_f64());
@@ -165,7 +202,7 @@ pub async fn run(
             info!(elapsed = ?start.elapsed(), "published new snapshots");
         }
         output.send_replace(Arc::new(out));
-        // Wait for a watched change, or a new sidecar namespace.
+        // Wait for a watched change, or a sidecar (dis)connecting.
         loop {
             tokio::select! {
                 _ = world.changed.notified() => break,
@@ -173,7 +210,7 @@ pub async fn run(
                     if r.is_err() {
                         return;
                     }
-                    if registry.sidecar_namespaces() != namespaces {
+                    if registry.sidecar_pods() != pods {
                         break;
                     }
                 }

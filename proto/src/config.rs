@@ -22,6 +22,81 @@ pub struct Config {
     /// Where the proxy accepts traffic.
     #[serde(default)]
     pub listeners: Vec<Listener>,
+    /// Sidecars: traffic for the local workload, with its mTLS mode and the
+    /// authorization policies that select it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<Inbound>,
+    /// Sidecars: the mesh's trust domain and roots, for mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_tls: Option<MeshTls>,
+}
+
+/// The port where a sidecar takes inbound traffic: mTLS from other sidecars
+/// (the target port in the TLS server name, see [`inbound_server_name`]) and,
+/// with interception, redirected plaintext.
+pub const INBOUND_PORT: u16 = 15006;
+
+/// The TLS server name a client sidecar sends to reach `port` of the
+/// workload behind an inbound sidecar (Istio carries it the same way).
+pub fn inbound_server_name(port: u16) -> String {
+    format!("port-{port}.inbound.sluice")
+}
+
+/// The target port from a server name made by [`inbound_server_name`].
+pub fn inbound_port_of(server_name: &str) -> Option<u16> {
+    server_name
+        .strip_prefix("port-")?
+        .strip_suffix(".inbound.sluice")?
+        .parse()
+        .ok()
+}
+
+/// Traffic for the workload beside a sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Inbound {
+    /// Whether plaintext is accepted besides mTLS.
+    #[serde(default)]
+    pub mode: MtlsMode,
+    /// The workload's ports the sidecar accepts traffic for (it forwards
+    /// to `127.0.0.1:<port>`); a connection for any other port is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<InboundPort>,
+    /// The authorization policies selecting this workload.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<crate::authz::Policy>,
+}
+
+/// One port of the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundPort {
+    /// The port the workload listens on.
+    pub port: u16,
+    /// `http` (authorized per request) or `tcp` (per connection).
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+}
+
+/// Mutual TLS on a sidecar's inbound side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum MtlsMode {
+    /// mTLS and plaintext both accepted, so that a mesh is adopted gradually.
+    #[default]
+    Permissive,
+    /// Only mTLS from a certificate of the mesh.
+    Strict,
+}
+
+/// The mesh's identity settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshTls {
+    /// `cluster.local` in `spiffe://cluster.local/ns/<ns>/sa/<sa>`.
+    pub trust_domain: String,
+    /// Trusted roots, PEM; during a root rotation both old and new.
+    pub roots_pem: Vec<String>,
 }
 
 /// The admin endpoint.
@@ -60,6 +135,10 @@ pub struct Backend {
     /// be resolved, as the specification asks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub respond: Option<u16>,
+    /// Endpoints that run a sidecar, with the identity each must present:
+    /// they are reached over mTLS at their sidecar's [`INBOUND_PORT`].
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub mesh: std::collections::BTreeMap<SocketAddr, String>,
 }
 
 fn default_connect_timeout() -> Duration {

@@ -8,4 +8,5 @@ pub mod mesh {
     tonic::include_proto!("sluice.mesh.v1alpha1");
 }
 
+pub mod authz;
 pub mod config;

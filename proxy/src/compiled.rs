@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use crate::authz::Policies;
 use crate::balance::{Endpoint, Split};
-use crate::config::{Config, ListenerProtocol, UpstreamProtocol};
+use crate::config::{
+    Backend, Config, Listener, ListenerProtocol, MtlsMode, Route, UpstreamProtocol, WeightedBackend,
+};
 use crate::route::{HostMatcher, Matcher};
 use crate::telemetry::{Cell, CellKey, Telemetry};
 
@@ -22,8 +25,38 @@ pub struct Compiled {
     pub version: String,
     /// Listeners, in document order.
     pub listeners: Vec<Arc<CompiledListener>>,
-    /// Backends, in document order.
+    /// Backends, in document order (then the inbound side's own).
     pub backends: Vec<Arc<CompiledBackend>>,
+    /// Sidecars: the inbound side.
+    pub inbound: Option<CompiledInbound>,
+}
+
+impl Compiled {
+    /// A listener by name: a bound one, or an inbound port's.
+    pub fn listener(&self, name: &str) -> Option<&Arc<CompiledListener>> {
+        self.listeners
+            .iter()
+            .find(|l| &*l.name == name)
+            .or_else(|| {
+                self.inbound
+                    .as_ref()?
+                    .ports
+                    .values()
+                    .find(|l| &*l.name == name)
+            })
+    }
+}
+
+/// A sidecar's inbound side: one unbound listener per workload port (their
+/// routes forward to `127.0.0.1:<port>`), the mTLS mode and the policies.
+#[derive(Debug)]
+pub struct CompiledInbound {
+    /// mTLS mode.
+    pub mode: MtlsMode,
+    /// Per workload port.
+    pub ports: HashMap<u16, Arc<CompiledListener>>,
+    /// The policies selecting this workload.
+    pub policies: Arc<Policies>,
 }
 
 /// A backend, ready to be balanced across.
@@ -39,6 +72,8 @@ pub struct CompiledBackend {
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Answer locally with this status instead of forwarding.
     pub respond: Option<http::StatusCode>,
+    /// Endpoints behind a sidecar, with the identity each must present.
+    pub mesh: HashMap<SocketAddr, Arc<str>>,
 }
 
 /// A listener with its routes.
@@ -162,6 +197,61 @@ impl EndpointRegistry {
     }
 }
 
+/// The name of the unbound listener and backend of inbound port `port`.
+pub fn inbound_name(port: u16) -> String {
+    format!("inbound|{port}")
+}
+
+/// The backends and listeners the inbound side forwards with: for each
+/// workload port, `127.0.0.1:<port>`.
+fn inbound_parts(config: &Config) -> (Vec<Backend>, Vec<Listener>) {
+    let Some(inb) = &config.inbound else {
+        return (vec![], vec![]);
+    };
+    inb.ports
+        .iter()
+        .map(|p| {
+            let name = inbound_name(p.port);
+            let backend = Backend {
+                name: name.clone(),
+                endpoints: vec![SocketAddr::from(([127, 0, 0, 1], p.port))],
+                protocol: UpstreamProtocol::Auto,
+                revision: None,
+                connect_timeout: Duration::from_secs(2),
+                service: None,
+                respond: None,
+                mesh: Default::default(),
+            };
+            let to = vec![WeightedBackend {
+                name: name.clone(),
+                weight: 1,
+            }];
+            let (routes, backends) = match p.protocol {
+                ListenerProtocol::Http => (
+                    vec![Route {
+                        name: "inbound".into(),
+                        hosts: vec![],
+                        matches: vec![],
+                        backends: to,
+                        timeout: None,
+                        retries: None,
+                    }],
+                    vec![],
+                ),
+                ListenerProtocol::Tcp => (vec![], to),
+            };
+            let listener = Listener {
+                name,
+                address: SocketAddr::from(([0, 0, 0, 0], crate::config::INBOUND_PORT)),
+                protocol: p.protocol,
+                routes,
+                backends,
+            };
+            (backend, listener)
+        })
+        .unzip()
+}
+
 /// Compiles a validated config.
 pub fn compile(
     config: Config,
@@ -169,14 +259,14 @@ pub fn compile(
     telemetry: &Telemetry,
     registry: &EndpointRegistry,
 ) -> Compiled {
-    let index: HashMap<&str, usize> = config
-        .backends
+    let (inbound_backends, inbound_listeners) = inbound_parts(&config);
+    let all_backends: Vec<&Backend> = config.backends.iter().chain(&inbound_backends).collect();
+    let index: HashMap<&str, usize> = all_backends
         .iter()
         .enumerate()
         .map(|(i, b)| (b.name.as_str(), i))
         .collect();
-    let backends: Vec<Arc<CompiledBackend>> = config
-        .backends
+    let backends: Vec<Arc<CompiledBackend>> = all_backends
         .iter()
         .map(|b| {
             Arc::new(CompiledBackend {
@@ -189,78 +279,94 @@ pub fn compile(
                     .map(|a| registry.get(&b.name, *a))
                     .collect(),
                 respond: b.respond.and_then(|s| http::StatusCode::from_u16(s).ok()),
+                mesh: b
+                    .mesh
+                    .iter()
+                    .map(|(a, id)| (*a, Arc::from(id.as_str())))
+                    .collect(),
             })
         })
         .collect();
     let revision =
-        |i: usize| -> Arc<str> { config.backends[i].revision.as_deref().unwrap_or("").into() };
+        |i: usize| -> Arc<str> { all_backends[i].revision.as_deref().unwrap_or("").into() };
     let empty: Arc<str> = "".into();
-    let listeners = config
-        .listeners
-        .iter()
-        .map(|l| {
-            let lname: Arc<str> = l.name.as_str().into();
-            let cell = |route: &Arc<str>, backend: Option<usize>| {
-                telemetry.cell(CellKey {
-                    listener: lname.clone(),
-                    route: route.clone(),
-                    backend: backend
-                        .map(|i| backends[i].name.clone())
-                        .unwrap_or_else(|| empty.clone()),
-                    revision: backend.map(&revision).unwrap_or_else(|| empty.clone()),
-                })
-            };
-            let weighted = |refs: &[crate::config::WeightedBackend]| {
-                let pairs: Vec<(usize, u32)> = refs
-                    .iter()
-                    .filter_map(|wb| index.get(wb.name.as_str()).map(|i| (*i, wb.weight)))
-                    .collect();
-                pairs
-            };
-            let routes = l
-                .routes
+    let compile_listener = |l: &Listener| {
+        let lname: Arc<str> = l.name.as_str().into();
+        let cell = |route: &Arc<str>, backend: Option<usize>| {
+            telemetry.cell(CellKey {
+                listener: lname.clone(),
+                route: route.clone(),
+                backend: backend
+                    .map(|i| backends[i].name.clone())
+                    .unwrap_or_else(|| empty.clone()),
+                revision: backend.map(&revision).unwrap_or_else(|| empty.clone()),
+            })
+        };
+        let weighted = |refs: &[WeightedBackend]| {
+            let pairs: Vec<(usize, u32)> = refs
                 .iter()
-                .map(|r| {
-                    let rname: Arc<str> = r.name.as_str().into();
-                    let pairs = weighted(&r.backends);
-                    CompiledRoute {
-                        hosts: HostMatcher::new(&r.hosts),
-                        matchers: r.matches.iter().map(Matcher::new).collect(),
-                        split: Split::new(pairs.iter().copied()),
-                        timeout: r.timeout,
-                        retry: r.retries.as_ref().map(|rt| RetryPolicy {
-                            attempts: rt.attempts,
-                            budget: Arc::new(RetryBudget::new(rt.budget)),
-                        }),
-                        cells: pairs
-                            .iter()
-                            .map(|(i, _)| (*i, cell(&rname, Some(*i))))
-                            .collect(),
-                        no_backend: cell(&rname, None),
-                        name: rname,
-                    }
-                })
+                .filter_map(|wb| index.get(wb.name.as_str()).map(|i| (*i, wb.weight)))
                 .collect();
-            let tcp_pairs = weighted(&l.backends);
-            CompiledListener {
-                address: l.address,
-                protocol: l.protocol,
-                routes,
-                tcp_split: Split::new(tcp_pairs.iter().copied()),
-                tcp_cells: tcp_pairs
-                    .iter()
-                    .map(|(i, _)| (*i, cell(&empty, Some(*i))))
-                    .collect(),
-                unrouted: cell(&empty, None),
-                name: lname,
-            }
+            pairs
+        };
+        let routes = l
+            .routes
+            .iter()
+            .map(|r| {
+                let rname: Arc<str> = r.name.as_str().into();
+                let pairs = weighted(&r.backends);
+                CompiledRoute {
+                    hosts: HostMatcher::new(&r.hosts),
+                    matchers: r.matches.iter().map(Matcher::new).collect(),
+                    split: Split::new(pairs.iter().copied()),
+                    timeout: r.timeout,
+                    retry: r.retries.as_ref().map(|rt| RetryPolicy {
+                        attempts: rt.attempts,
+                        budget: Arc::new(RetryBudget::new(rt.budget)),
+                    }),
+                    cells: pairs
+                        .iter()
+                        .map(|(i, _)| (*i, cell(&rname, Some(*i))))
+                        .collect(),
+                    no_backend: cell(&rname, None),
+                    name: rname,
+                }
+            })
+            .collect();
+        let tcp_pairs = weighted(&l.backends);
+        Arc::new(CompiledListener {
+            address: l.address,
+            protocol: l.protocol,
+            routes,
+            tcp_split: Split::new(tcp_pairs.iter().copied()),
+            tcp_cells: tcp_pairs
+                .iter()
+                .map(|(i, _)| (*i, cell(&empty, Some(*i))))
+                .collect(),
+            unrouted: cell(&empty, None),
+            name: lname,
         })
-        .map(Arc::new)
-        .collect();
+    };
+    let listeners = config.listeners.iter().map(&compile_listener).collect();
+    let inbound = config.inbound.as_ref().map(|inb| CompiledInbound {
+        mode: inb.mode,
+        ports: inb
+            .ports
+            .iter()
+            .zip(&inbound_listeners)
+            .map(|(p, l)| (p.port, compile_listener(l)))
+            .collect(),
+        // Validation compiled these already; should that ever be skipped,
+        // fail closed.
+        policies: Arc::new(
+            Policies::compile(&inb.policies).unwrap_or_else(|_| Policies::deny_all()),
+        ),
+    });
     Compiled {
         config,
         version,
         listeners,
         backends,
+        inbound,
     }
 }

@@ -5,7 +5,6 @@
 //! It is a `tower::Service`, so that later concerns (authorization, mTLS
 //! peer identity) wrap it as layers without touching it.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -52,18 +51,33 @@ impl ProxyService {
     }
 }
 
+/// The destination's sidecar refused this client's connection (L4
+/// authorization): the client's own connection is closed in turn, without
+/// a response, as a direct connection would have been.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the destination refused the connection (authorization)")]
+pub struct ConnectionRefused;
+
 impl tower::Service<Request<Incoming>> for ProxyService {
     type Response = Response<RespBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RespBody>, Infallible>> + Send>>;
+    type Error = ConnectionRefused;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Response<RespBody>, ConnectionRefused>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectionRefused>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.handle(req).await) })
+        Box::pin(async move {
+            let resp = this.handle(req).await;
+            // hyper closes the connection when the service fails.
+            match resp.extensions().get::<ConnectionRefused>() {
+                Some(e) => Err(*e),
+                None => Ok(resp),
+            }
+        })
     }
 }
 
@@ -189,12 +203,7 @@ impl ProxyService {
     async fn handle(&self, mut req: Request<Incoming>) -> Response<RespBody> {
         let start = Instant::now();
         let compiled = self.proxy.current();
-        let Some(listener) = compiled
-            .listeners
-            .iter()
-            .find(|l| l.name == self.listener)
-            .cloned()
-        else {
+        let Some(listener) = compiled.listener(&self.listener).cloned() else {
             return local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "NR",
@@ -309,8 +318,17 @@ impl ProxyService {
             };
             let req = prepared.request(proto, req_body, last);
             let in_flight = endpoint.begin();
+            let mesh = backend
+                .mesh
+                .get(&endpoint.addr)
+                .filter(|_| self.proxy.identity.leaf().is_some())
+                .map(|id| (&self.proxy.identity, id));
+            let target = pool::Target {
+                addr: endpoint.addr,
+                mesh,
+            };
             let sent = pool::send(
-                endpoint.addr,
+                target,
                 proto,
                 backend.connect_timeout,
                 req,
@@ -352,6 +370,13 @@ impl ProxyService {
                     strip_hop_by_hop(resp.headers_mut(), false);
                     let (parts, body) = resp.into_parts();
                     return Response::from_parts(parts, small_body_now(body, cell));
+                }
+                Err(e) if e.is_access_denied() => {
+                    debug!(backend = %backend.name, "{e}: the destination's policy refused this workload");
+                    cell.record(403, start.elapsed(), false);
+                    let mut resp = Response::new(RespBody::empty());
+                    resp.extensions_mut().insert(ConnectionRefused);
+                    return resp;
                 }
                 Err(e) if e.is_connect() => {
                     // Refused, unreachable or silent: out of rotation for a

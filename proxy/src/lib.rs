@@ -8,12 +8,15 @@
 //! compiled ([`compiled`]) and swapped in atomically ([`state`]).
 
 pub mod admin;
+pub mod authz;
 pub mod balance;
 pub mod body;
 pub mod compiled;
 pub mod config;
 pub mod control;
 pub mod http_proxy;
+pub mod identity;
+pub mod inbound;
 pub mod pool;
 pub mod route;
 pub mod server;

@@ -87,6 +87,15 @@ struct ControlArgs {
     /// How often traffic deltas are reported.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     report_interval: Duration,
+    /// The pod's projected service-account token (audience `sluice`),
+    /// exchanged for the workload certificate. Without it the proxy has no
+    /// mesh identity and speaks plaintext.
+    #[arg(
+        long,
+        env = "SLUICE_TOKEN_FILE",
+        default_value = "/var/run/secrets/sluice.dev/token"
+    )]
+    token_file: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -159,9 +168,16 @@ fn run_managed(role: Role, args: ControlArgs, rt: RuntimeArgs) -> anyhow::Result
         pod = %format!("{}/{}", args.namespace, args.pod_name),
         "starting; no listeners until the first snapshot"
     );
+    let certificates = control::CertificateSettings {
+        endpoint: args.control_plane.clone(),
+        token_file: args.token_file.clone(),
+        namespace: args.namespace.clone(),
+        service_account: args.service_account.clone(),
+    };
     let proxy = Proxy::new();
     let admin = args.admin;
     serve(proxy.clone(), Some(admin), rt, move || {
+        tokio::spawn(control::run_certificates(proxy.clone(), certificates));
         tokio::spawn(control::run_config_stream(
             proxy.clone(),
             settings.clone(),

@@ -4,27 +4,41 @@
 //! thread-local: taking or returning a connection touches no lock shared
 //! with other workers. HTTP/1.1 connections are reused once idle; one
 //! HTTP/2 connection per endpoint carries every request, multiplexed.
+//! An endpoint behind a sidecar is reached over mTLS at the sidecar's
+//! inbound port, with the workload port in the TLS server name and the
+//! application protocol in ALPN.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::IoSlice;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::body::ReqBody;
+use crate::config::{INBOUND_PORT, inbound_server_name};
+use crate::identity::MeshIdentity;
+use crate::identity::verify::{client_config, is_access_denied};
 use crate::telemetry::Telemetry;
 
 /// Idle HTTP/1.1 connections kept per endpoint and worker.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// The protocol of one upstream request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
     /// HTTP/1.1.
     H1,
@@ -44,6 +58,9 @@ pub enum UpstreamError {
     /// The protocol handshake failed.
     #[error("handshake with {0}: {1}")]
     Handshake(SocketAddr, hyper::Error),
+    /// The mTLS handshake with the endpoint's sidecar failed.
+    #[error("mTLS to {0}: {1}")]
+    Tls(SocketAddr, std::io::Error),
     /// The connection failed after the request was sent.
     #[error("request to {0}: {1}")]
     Request(SocketAddr, hyper::Error),
@@ -57,21 +74,124 @@ impl UpstreamError {
             UpstreamError::Connect(..)
                 | UpstreamError::ConnectTimeout(..)
                 | UpstreamError::Handshake(..)
-        )
+                | UpstreamError::Tls(..)
+        ) && !self.is_access_denied()
+    }
+
+    /// Whether the endpoint's sidecar refused this peer (L4 authorization):
+    /// the client's connection is closed in turn, never retried.
+    pub fn is_access_denied(&self) -> bool {
+        match self {
+            UpstreamError::Tls(_, e) => is_access_denied(e),
+            UpstreamError::Handshake(_, e) | UpstreamError::Request(_, e) => is_access_denied(e),
+            _ => false,
+        }
     }
 }
 
+/// How to reach one endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// The endpoint (pod address and workload port).
+    pub addr: SocketAddr,
+    /// For an endpoint behind a sidecar, while this proxy holds a mesh
+    /// certificate: the identity the endpoint must present.
+    pub mesh: Option<(&'a Arc<MeshIdentity>, &'a Arc<str>)>,
+}
+
+/// A plaintext or mTLS upstream connection.
+#[derive(Debug)]
+pub enum Io {
+    /// Straight to the endpoint.
+    Plain(TcpStream),
+    /// Through the endpoint's sidecar.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Pools are keyed by endpoint and whether the connection is mTLS.
+type Key = (SocketAddr, bool);
+
+/// Client TLS configs by (expected identity, protocol).
+type TlsConfigs = HashMap<(Arc<str>, Proto), Arc<rustls::ClientConfig>>;
+
 thread_local! {
-    static H1_IDLE: RefCell<HashMap<SocketAddr, Vec<http1::SendRequest<ReqBody>>>> = RefCell::new(HashMap::new());
-    static H2_CONN: RefCell<HashMap<SocketAddr, http2::SendRequest<ReqBody>>> = RefCell::new(HashMap::new());
+    static H1_IDLE: RefCell<HashMap<Key, Vec<http1::SendRequest<ReqBody>>>> = RefCell::new(HashMap::new());
+    static H2_CONN: RefCell<HashMap<Key, http2::SendRequest<ReqBody>>> = RefCell::new(HashMap::new());
+    /// Client TLS configs per (expected identity, protocol); they read the
+    /// current certificate and roots on each handshake, so they never go stale.
+    static TLS_CONFIGS: RefCell<TlsConfigs> = RefCell::new(HashMap::new());
 }
 
 async fn connect(
-    addr: SocketAddr,
+    target: Target<'_>,
+    proto: Proto,
     timeout: Duration,
     telemetry: &Telemetry,
-) -> Result<TcpStream, UpstreamError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+) -> Result<Io, UpstreamError> {
+    let addr = target.addr;
+    let dial = match target.mesh {
+        Some(_) => SocketAddr::new(addr.ip(), INBOUND_PORT),
+        None => addr,
+    };
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(dial)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             telemetry.upstream_connect_failures.fetch_add(1, Relaxed);
@@ -84,15 +204,41 @@ async fn connect(
     };
     telemetry.upstream_connects.fetch_add(1, Relaxed);
     let _ = stream.set_nodelay(true);
-    Ok(stream)
+    let Some((identity, expected)) = target.mesh else {
+        return Ok(Io::Plain(stream));
+    };
+    let config = TLS_CONFIGS.with_borrow_mut(|m| {
+        if let Some(c) = m.get(&(expected.clone(), proto)) {
+            return Ok(c.clone());
+        }
+        let alpn: &[u8] = match proto {
+            Proto::H1 => b"http/1.1",
+            Proto::H2 => b"h2",
+        };
+        let c = client_config(identity, expected, alpn)
+            .map_err(|e| UpstreamError::Tls(addr, std::io::Error::other(e)))?;
+        m.insert((expected.clone(), proto), c.clone());
+        Ok(c)
+    })?;
+    let name = ServerName::try_from(inbound_server_name(addr.port()))
+        .map_err(|e| UpstreamError::Tls(addr, std::io::Error::other(e)))?;
+    let tls = tokio::time::timeout(timeout, TlsConnector::from(config).connect(name, stream))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout(addr))?
+        .map_err(|e| {
+            telemetry.upstream_connect_failures.fetch_add(1, Relaxed);
+            UpstreamError::Tls(addr, e)
+        })?;
+    Ok(Io::Tls(Box::new(tls)))
 }
 
 async fn connect_h1(
-    addr: SocketAddr,
+    target: Target<'_>,
     timeout: Duration,
     telemetry: &Telemetry,
 ) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
-    let stream = connect(addr, timeout, telemetry).await?;
+    let addr = target.addr;
+    let stream = connect(target, Proto::H1, timeout, telemetry).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -105,11 +251,12 @@ async fn connect_h1(
 }
 
 async fn connect_h2(
-    addr: SocketAddr,
+    target: Target<'_>,
     timeout: Duration,
     telemetry: &Telemetry,
 ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
-    let stream = connect(addr, timeout, telemetry).await?;
+    let addr = target.addr;
+    let stream = connect(target, Proto::H2, timeout, telemetry).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .adaptive_window(true)
         .handshake(TokioIo::new(stream))
@@ -121,7 +268,7 @@ async fn connect_h2(
     Ok(sender)
 }
 
-fn take_idle_h1(addr: SocketAddr) -> Option<http1::SendRequest<ReqBody>> {
+fn take_idle_h1(addr: Key) -> Option<http1::SendRequest<ReqBody>> {
     H1_IDLE.with_borrow_mut(|pool| {
         let list = pool.get_mut(&addr)?;
         list.retain(|s| !s.is_closed());
@@ -130,7 +277,7 @@ fn take_idle_h1(addr: SocketAddr) -> Option<http1::SendRequest<ReqBody>> {
     })
 }
 
-fn put_h1(addr: SocketAddr, sender: http1::SendRequest<ReqBody>) {
+fn put_h1(addr: Key, sender: http1::SendRequest<ReqBody>) {
     if sender.is_closed() {
         return;
     }
@@ -142,36 +289,38 @@ fn put_h1(addr: SocketAddr, sender: http1::SendRequest<ReqBody>) {
     });
 }
 
-/// Sends `req` to `addr`, on a pooled connection when one is free.
+/// Sends `req` to `target`, on a pooled connection when one is free.
 pub async fn send(
-    addr: SocketAddr,
+    target: Target<'_>,
     proto: Proto,
     connect_timeout: Duration,
     req: Request<ReqBody>,
     telemetry: &Telemetry,
 ) -> Result<Response<Incoming>, UpstreamError> {
+    let addr = target.addr;
+    let key = (addr, target.mesh.is_some());
     match proto {
         Proto::H1 => {
-            let mut sender = match take_idle_h1(addr) {
+            let mut sender = match take_idle_h1(key) {
                 Some(s) => s,
-                None => connect_h1(addr, connect_timeout, telemetry).await?,
+                None => connect_h1(target, connect_timeout, telemetry).await?,
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     // Busy until the body is read; `is_ready` tells when it is free.
-                    put_h1(addr, sender);
+                    put_h1(key, sender);
                     Ok(resp)
                 }
                 Err(mut e) => match e.take_message() {
                     // The pooled connection had closed before the request
                     // went out: nothing was sent, so a fresh one is safe.
                     Some(req) => {
-                        let mut fresh = connect_h1(addr, connect_timeout, telemetry).await?;
+                        let mut fresh = connect_h1(target, connect_timeout, telemetry).await?;
                         let resp = fresh
                             .send_request(req)
                             .await
                             .map_err(|e| UpstreamError::Request(addr, e))?;
-                        put_h1(addr, fresh);
+                        put_h1(key, fresh);
                         Ok(resp)
                     }
                     None => Err(UpstreamError::Request(addr, e.into_error())),
@@ -180,9 +329,9 @@ pub async fn send(
         }
         Proto::H2 => {
             let cached = H2_CONN.with_borrow_mut(|m| {
-                let s = m.get(&addr)?;
+                let s = m.get(&key)?;
                 if s.is_closed() {
-                    m.remove(&addr);
+                    m.remove(&key);
                     None
                 } else {
                     Some(s.clone())
@@ -191,8 +340,8 @@ pub async fn send(
             let mut sender = match cached {
                 Some(s) => s,
                 None => {
-                    let s = connect_h2(addr, connect_timeout, telemetry).await?;
-                    H2_CONN.with_borrow_mut(|m| m.insert(addr, s.clone()));
+                    let s = connect_h2(target, connect_timeout, telemetry).await?;
+                    H2_CONN.with_borrow_mut(|m| m.insert(key, s.clone()));
                     s
                 }
             };
@@ -200,8 +349,8 @@ pub async fn send(
                 Ok(resp) => Ok(resp),
                 Err(mut e) => match e.take_message() {
                     Some(req) => {
-                        let mut fresh = connect_h2(addr, connect_timeout, telemetry).await?;
-                        H2_CONN.with_borrow_mut(|m| m.insert(addr, fresh.clone()));
+                        let mut fresh = connect_h2(target, connect_timeout, telemetry).await?;
+                        H2_CONN.with_borrow_mut(|m| m.insert(key, fresh.clone()));
                         fresh
                             .send_request(req)
                             .await

@@ -62,6 +62,8 @@ struct ListenerKey {
     name: Arc<str>,
     address: SocketAddr,
     protocol: ListenerProtocol,
+    /// A sidecar's inbound port (see [`crate::inbound`]).
+    inbound: bool,
 }
 
 /// Runs one worker until `shutdown` turns true, then drains its
@@ -97,15 +99,24 @@ struct Running {
 
 fn reconcile(proxy: &Arc<Proxy>, running: &mut HashMap<ListenerKey, Running>, drain: Duration) {
     let compiled = proxy.current();
-    let wanted: Vec<ListenerKey> = compiled
+    let mut wanted: Vec<ListenerKey> = compiled
         .listeners
         .iter()
         .map(|l| ListenerKey {
             name: l.name.clone(),
             address: l.address,
             protocol: l.protocol,
+            inbound: false,
         })
         .collect();
+    if compiled.inbound.is_some() {
+        wanted.push(ListenerKey {
+            name: "inbound".into(),
+            address: SocketAddr::from(([0, 0, 0, 0], crate::config::INBOUND_PORT)),
+            protocol: ListenerProtocol::Http,
+            inbound: true,
+        });
+    }
     running.retain(|key, r| {
         let keep = wanted.contains(key);
         if !keep {
@@ -164,6 +175,19 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         proxy.telemetry.accepted_connections.fetch_add(1, Relaxed);
+        if key.inbound {
+            tokio::spawn(counted(
+                proxy.clone(),
+                crate::inbound::serve(
+                    proxy.clone(),
+                    stream,
+                    peer,
+                    builder.clone(),
+                    graceful.watcher(),
+                ),
+            ));
+            continue;
+        }
         match key.protocol {
             ListenerProtocol::Tcp => {
                 tcp_conns.spawn(counted(

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::compiled::{Compiled, EndpointRegistry, compile};
 use crate::config::Config;
+use crate::identity::MeshIdentity;
 use crate::telemetry::Telemetry;
 
 /// Shared by the workers, the admin endpoint and the config sources.
@@ -17,6 +18,8 @@ pub struct Proxy {
     config: ArcSwap<Compiled>,
     /// Counters and cells.
     pub telemetry: Arc<Telemetry>,
+    /// The workload certificate and mesh roots (sidecars and gateways).
+    pub identity: Arc<MeshIdentity>,
     registry: EndpointRegistry,
     /// Bumped on every applied config; workers reconcile listeners on it.
     changes: watch::Sender<u64>,
@@ -35,6 +38,7 @@ impl Proxy {
         Arc::new(Proxy {
             config: ArcSwap::from_pointee(empty),
             telemetry,
+            identity: Arc::new(MeshIdentity::default()),
             registry,
             changes: watch::channel(0).0,
             configured: AtomicBool::new(false),
@@ -53,6 +57,12 @@ impl Proxy {
     pub fn apply(&self, config: Config, version: Option<String>) {
         let version =
             version.unwrap_or_else(|| (self.generation.fetch_add(1, Relaxed) + 1).to_string());
+        if let Some(m) = &config.mesh_tls
+            && let Err(e) = self.identity.set_roots(&m.roots_pem)
+        {
+            // Validation parsed these roots already.
+            tracing::warn!("mesh roots: {e}");
+        }
         let compiled = compile(config, version, &self.telemetry, &self.registry);
         self.config.store(Arc::new(compiled));
         self.configured.store(true, Relaxed);

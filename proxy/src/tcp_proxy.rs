@@ -4,17 +4,22 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::balance::pick;
 use crate::state::Proxy;
 
-/// Serves one accepted connection on TCP listener `listener`.
-pub async fn serve(proxy: Arc<Proxy>, listener: Arc<str>, mut downstream: TcpStream) {
+/// Serves one accepted connection on TCP listener `listener` (a bound one,
+/// or an inbound port's, where `downstream` may be a TLS stream).
+pub async fn serve<S>(proxy: Arc<Proxy>, listener: Arc<str>, mut downstream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let start = Instant::now();
     let compiled = proxy.current();
-    let Some(l) = compiled.listeners.iter().find(|l| l.name == listener) else {
+    let Some(l) = compiled.listener(&listener) else {
         return;
     };
     let Some(idx) = l.tcp_split.choose() else {

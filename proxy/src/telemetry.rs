@@ -134,6 +134,22 @@ pub struct Telemetry {
     pub managed: AtomicBool,
     /// Whether the config stream to the control plane is up.
     pub control_plane_connected: AtomicBool,
+    /// Inbound HTTP requests denied by authorization (403).
+    pub authz_denied_requests: AtomicU64,
+    /// Inbound connections denied by authorization (closed).
+    pub authz_denied_connections: AtomicU64,
+    /// Requests and connections matched by an AUDIT policy.
+    pub authz_audited: AtomicU64,
+    /// Inbound plaintext connections refused by `STRICT` mTLS.
+    pub plaintext_refused: AtomicU64,
+    /// Inbound TLS handshakes that failed (bad or foreign certificate).
+    pub tls_handshake_failures: AtomicU64,
+    /// Workload certificates installed.
+    pub certificates_issued: AtomicU64,
+    /// Certificate requests that failed.
+    pub certificate_failures: AtomicU64,
+    /// The current workload certificate's notAfter (Unix seconds), 0 without one.
+    pub certificate_expiry: AtomicI64,
 }
 
 impl Telemetry {
@@ -270,6 +286,41 @@ impl Collector for TelemetryCollector {
                 "Upstream connection attempts that failed.",
                 &t.upstream_connect_failures,
             ),
+            (
+                "sluice_authz_denied_requests",
+                "Inbound HTTP requests denied by an authorization policy (403).",
+                &t.authz_denied_requests,
+            ),
+            (
+                "sluice_authz_denied_connections",
+                "Inbound connections closed by an authorization policy.",
+                &t.authz_denied_connections,
+            ),
+            (
+                "sluice_authz_audited",
+                "Requests and connections that matched an AUDIT policy.",
+                &t.authz_audited,
+            ),
+            (
+                "sluice_plaintext_refused",
+                "Inbound plaintext connections refused by STRICT mTLS.",
+                &t.plaintext_refused,
+            ),
+            (
+                "sluice_tls_handshake_failures",
+                "Inbound mTLS handshakes that failed (no, expired or foreign certificate).",
+                &t.tls_handshake_failures,
+            ),
+            (
+                "sluice_certificates_issued",
+                "Workload certificates received from the control plane.",
+                &t.certificates_issued,
+            ),
+            (
+                "sluice_certificate_failures",
+                "Workload certificate requests that failed.",
+                &t.certificate_failures,
+            ),
         ] {
             ConstCounter::new(v.load(Relaxed)).encode(encoder.encode_descriptor(
                 name,
@@ -289,6 +340,15 @@ impl Collector for TelemetryCollector {
                 ConstCounter::new(v.load(Relaxed))
                     .encode(reloads.encode_family(&[("result", result)])?)?;
             }
+        }
+        let expiry = t.certificate_expiry.load(Relaxed);
+        if expiry > 0 {
+            ConstGauge::new(expiry).encode(encoder.encode_descriptor(
+                "sluice_certificate_expiry_timestamp_seconds",
+                "When the workload certificate in use expires (Unix time).",
+                None,
+                MetricType::Gauge,
+            )?)?;
         }
         if t.managed.load(Relaxed) {
             ConstGauge::new(i64::from(t.control_plane_connected.load(Relaxed))).encode(

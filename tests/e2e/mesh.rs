@@ -22,10 +22,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use sluice_tests::Cluster;
-use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, Operator, http, proxy_env, start_mesh};
+use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, Operator, http, proxy_env, start_mesh_with};
 use sluice_tests::wait::{deployment_available, pod_names, pod_ready, poll, ready_endpoints};
 use tokio::sync::{Mutex, OnceCell};
 
+mod identity;
 mod rollouts;
 
 fn main() -> ExitCode {
@@ -68,6 +69,21 @@ fn main() -> ExitCode {
         ("rollout_resumes_its_step_after_an_operator_restart", |c| {
             Box::pin(logged(c, rollouts::operator_restart_resumes_the_step))
         }),
+        (
+            "l4_authorization_policy_denies_a_principal_at_the_connection",
+            |c| Box::pin(logged(c, identity::l4_policy_denies_a_principal)),
+        ),
+        ("l7_authorization_policy_allows_only_get", |c| {
+            Box::pin(logged(c, identity::l7_policy_allows_only_get))
+        }),
+        (
+            "certificates_are_bound_to_the_token_and_strict_refuses_plaintext",
+            |c| Box::pin(logged(c, identity::certificates_are_bound_to_identity)),
+        ),
+        (
+            "certificates_rotate_under_steady_traffic_without_failures",
+            |c| Box::pin(logged(c, identity::rotation_under_load)),
+        ),
         (
             "rollout_twenty_healthy_canaries_at_low_traffic_none_rolled_back",
             |c| {
@@ -132,7 +148,8 @@ static MESH: OnceCell<Arc<Mesh>> = OnceCell::const_new();
 
 async fn mesh(cluster: &Cluster) -> anyhow::Result<Arc<Mesh>> {
     MESH.get_or_try_init(|| async {
-        let (operator, gateway_ip) = start_mesh(cluster).await?;
+        // Certificates live seconds, so every scenario runs across rotations.
+        let (operator, gateway_ip) = start_mesh_with(cluster, &["--cert-ttl=6s"]).await?;
         Ok(Arc::new(Mesh {
             operator: Mutex::new(operator),
             gateway_ip,

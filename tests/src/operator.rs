@@ -22,22 +22,31 @@ pub struct Operator {
     pub metrics: SocketAddr,
     kubeconfig: PathBuf,
     log: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Operator {
     /// Starts the operator against `cluster` and waits for its metrics
     /// endpoint to answer.
     pub async fn start(cluster: &Cluster) -> Result<Operator, Error> {
+        Operator::start_with(cluster, &[]).await
+    }
+
+    /// [`Operator::start`] with extra flags (e.g. `--cert-ttl=6s`), kept
+    /// across restarts.
+    pub async fn start_with(cluster: &Cluster, extra: &[&str]) -> Result<Operator, Error> {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let ip = cluster.node().address();
         let grpc = SocketAddr::from((ip, free_port(ip)?));
         let metrics = SocketAddr::from((ip, free_port(ip)?));
         let log = cluster.dir().join("sluice-operator.log");
         let mut op = Operator {
-            process: spawn(cluster.kubeconfig().to_owned(), grpc, metrics, &log)?,
+            process: spawn(cluster.kubeconfig().to_owned(), grpc, metrics, &log, &extra)?,
             grpc,
             metrics,
             kubeconfig: cluster.kubeconfig().to_owned(),
             log,
+            extra,
         };
         op.wait_healthy().await?;
         Ok(op)
@@ -61,7 +70,13 @@ impl Operator {
     /// Starts it again on the same addresses.
     pub async fn restart(&mut self) -> Result<(), Error> {
         self.process.kill();
-        self.process = spawn(self.kubeconfig.clone(), self.grpc, self.metrics, &self.log)?;
+        self.process = spawn(
+            self.kubeconfig.clone(),
+            self.grpc,
+            self.metrics,
+            &self.log,
+            &self.extra,
+        )?;
         self.wait_healthy().await
     }
 
@@ -112,17 +127,21 @@ fn spawn(
     grpc: SocketAddr,
     metrics: SocketAddr,
     log: &std::path::Path,
+    extra: &[String],
 ) -> Result<ManagedProcess, Error> {
     let bin = workspace_bin_dir()?.join("sluice-operator");
     let kubeconfig = kubeconfig.display().to_string();
+    let mut args = vec![
+        format!("--grpc-listen={grpc}"),
+        format!("--metrics-listen={metrics}"),
+        "--keepalive-seconds=2".into(),
+        format!("--namespace={GATEWAY_NS}"),
+    ];
+    args.extend(extra.iter().cloned());
     ManagedProcess::spawn_with_env(
         "sluice-operator",
         &bin,
-        &[
-            format!("--grpc-listen={grpc}"),
-            format!("--metrics-listen={metrics}"),
-            "--keepalive-seconds=2".into(),
-        ],
+        &args,
         &[
             ("KUBECONFIG", &kubeconfig),
             ("RUST_LOG", "info,sluice_operator=debug"),
@@ -141,11 +160,20 @@ pub const ADMIN_PORT: u16 = 15021;
 /// `sluice`, and one gateway proxy Deployment in [`GATEWAY_NS`]. Returns the
 /// operator and the gateway pod's address.
 pub async fn start_mesh(cluster: &Cluster) -> Result<(Operator, String), Error> {
+    start_mesh_with(cluster, &[]).await
+}
+
+/// [`start_mesh`] with extra operator flags.
+pub async fn start_mesh_with(
+    cluster: &Cluster,
+    operator_flags: &[&str],
+) -> Result<(Operator, String), Error> {
     cluster.install_gateway_api().await?;
     // The Rollout controller starts only when its CRD is served.
     cluster.install_crds().await?;
-    let operator = Operator::start(cluster).await?;
+    // The operator keeps its CA Secret there.
     cluster.create_namespace(GATEWAY_NS).await?;
+    let operator = Operator::start_with(cluster, operator_flags).await?;
     cluster.apply(&format!(
         r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -196,6 +224,8 @@ pub fn proxy_env(url: &str, indent: usize) -> String {
   valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
 - name: POD_NAMESPACE
   valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+- name: SERVICE_ACCOUNT
+  valueFrom: {{fieldRef: {{fieldPath: spec.serviceAccountName}}}}
 readinessProbe:
   httpGet: {{path: /ready, port: {ADMIN_PORT}}}
   periodSeconds: 1"#

@@ -15,7 +15,7 @@ use sluice_proto::config::{Config, Listener, ListenerProtocol};
 use super::rules::{self, Ranked};
 use super::services::ServiceIndex;
 use super::{
-    Audience, CONTROLLER_NAME, Cond, GatewayDraft, ListenerDraft, MeshInput, MeshOutput, reason,
+    CONTROLLER_NAME, Cond, ConfigKey, GatewayDraft, ListenerDraft, MeshInput, MeshOutput, reason,
 };
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -126,11 +126,15 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
         })
         .collect();
     out.configs.insert(
-        Audience::Gateway,
+        ConfigKey::Gateway,
         Config {
             admin: None,
             backends: backends.into_values().collect(),
             listeners,
+            inbound: None,
+            // A gateway with a mesh certificate reaches meshed workloads
+            // over mTLS (needed for STRICT ones).
+            mesh_tls: input.mesh.mesh_tls(),
         },
     );
 }
@@ -345,14 +349,14 @@ mod tests {
                 &[("198.18.1.5", true, "b")],
             )],
             pods: vec![pod("h", "b", "abc")],
-            sidecar_namespaces: Default::default(),
+            ..Default::default()
         }
     }
 
     #[test]
     fn gateway_config_and_statuses() {
         let out = translate(&input());
-        let cfg = &out.configs[&Audience::Gateway];
+        let cfg = &out.configs[&ConfigKey::Gateway];
         assert_eq!(
             cfg.listeners.len(),
             1,

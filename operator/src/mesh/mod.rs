@@ -7,6 +7,7 @@
 //! status each object should show.
 
 pub mod gateway;
+pub mod inbound;
 pub mod rules;
 pub mod services;
 pub mod sidecar;
@@ -20,9 +21,10 @@ use std::sync::Arc;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatusParentsParentRef};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use sluice_proto::config::Config;
+use sluice_crds::AuthorizationPolicy;
+use sluice_proto::config::{Config, MeshTls, MtlsMode};
 
 use services::ServiceIndex;
 
@@ -106,17 +108,57 @@ pub struct MeshInput {
     pub slices: Vec<Arc<EndpointSlice>>,
     /// Pods.
     pub pods: Vec<Arc<Pod>>,
-    /// Namespaces that have sidecars connected (each gets a snapshot).
-    pub sidecar_namespaces: BTreeSet<String>,
+    /// Namespaces (their `sluice.dev/mtls-mode` label).
+    pub namespaces: Vec<Arc<Namespace>>,
+    /// AuthorizationPolicies.
+    pub policies: Vec<Arc<AuthorizationPolicy>>,
+    /// Sidecars connected, by (namespace, pod): each gets a snapshot.
+    pub sidecar_pods: BTreeSet<(String, String)>,
+    /// Mesh-wide identity and mTLS settings.
+    pub mesh: MeshSettings,
 }
 
-/// Who receives a snapshot.
+/// Mesh-wide settings from the operator's flags and its CA.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeshSettings {
+    /// `cluster.local` in SPIFFE IDs; empty without a CA (no mTLS).
+    pub trust_domain: String,
+    /// The roots proxies trust.
+    pub roots_pem: Vec<String>,
+    /// The mTLS mode of namespaces without a `sluice.dev/mtls-mode` label.
+    pub mode: MtlsMode,
+    /// Policies here without a selector apply to every workload.
+    pub root_namespace: String,
+}
+
+impl MeshSettings {
+    /// What proxies are told about the mesh's identities, when there is a CA.
+    pub fn mesh_tls(&self) -> Option<MeshTls> {
+        (!self.trust_domain.is_empty()).then(|| MeshTls {
+            trust_domain: self.trust_domain.clone(),
+            roots_pem: self.roots_pem.clone(),
+        })
+    }
+}
+
+/// Who receives a snapshot: what a proxy's hello says it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Audience {
     /// Every gateway proxy.
     Gateway,
-    /// Every sidecar in a namespace.
-    Sidecar(String),
+    /// The sidecar of one pod: (namespace, pod).
+    Sidecar(String, String),
+}
+
+/// One distinct config: the gateways' one, or the sidecars' of one
+/// namespace with one inbound side (pods with the same ports, mTLS mode and
+/// policies share it, so it is serialised once).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConfigKey {
+    /// The gateways' config.
+    Gateway,
+    /// (namespace, hash of the inbound side).
+    Sidecar(String, u64),
 }
 
 /// Status the translation wants on one Gateway.
@@ -158,8 +200,11 @@ pub struct RouteDraft {
 /// What [`translate`] computes.
 #[derive(Debug, Default)]
 pub struct MeshOutput {
-    /// One config per audience.
-    pub configs: BTreeMap<Audience, Config>,
+    /// Every distinct config.
+    pub configs: BTreeMap<ConfigKey, Config>,
+    /// Which config each connected sidecar gets (gateways get
+    /// [`ConfigKey::Gateway`]).
+    pub sidecars: BTreeMap<Audience, ConfigKey>,
     /// GatewayClasses of Sluice (name, generation), all accepted.
     pub classes: Vec<(String, Option<i64>)>,
     /// Gateways of Sluice's classes.
@@ -170,7 +215,12 @@ pub struct MeshOutput {
 
 /// Computes every audience's config and every status from observed state.
 pub fn translate(input: &MeshInput) -> MeshOutput {
-    let index = ServiceIndex::build(&input.services, &input.slices, &input.pods);
+    let index = ServiceIndex::build(
+        &input.services,
+        &input.slices,
+        &input.pods,
+        &input.mesh.trust_domain,
+    );
     let mut out = MeshOutput::default();
     gateway::translate(input, &index, &mut out);
     sidecar::translate(input, &index, &mut out);

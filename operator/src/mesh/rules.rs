@@ -180,6 +180,7 @@ fn unresolved_backend() -> Backend {
         connect_timeout: Duration::from_secs(2),
         service: None,
         respond: Some(500),
+        mesh: Default::default(),
     }
 }
 
@@ -307,6 +308,7 @@ mod tests {
                 slice("h", "yellow", ("http", 8080), &[("10.0.0.3", true, "y")]),
             ],
             &[pod("h", "b", "rb"), pod("h", "y", "ry")],
+            "",
         )
     }
 

@@ -25,6 +25,8 @@ pub struct ServicePort {
     /// `http2` for `appProtocol: kubernetes.io/h2c` or ports named
     /// `grpc*`/`http2*`.
     pub protocol: UpstreamProtocol,
+    /// Endpoints whose pod runs a sidecar, with the pod's SPIFFE ID.
+    pub mesh: BTreeMap<SocketAddr, String>,
 }
 
 /// A Service as the mesh sees it.
@@ -62,8 +64,24 @@ impl ServiceInfo {
             connect_timeout: std::time::Duration::from_secs(2),
             service: Some(format!("{}/{}", self.namespace, self.name)),
             respond: None,
+            mesh: port.mesh.clone(),
         }
     }
+}
+
+/// The name of the proxy container the injector adds; a pod with it is
+/// reached over mTLS.
+pub const PROXY_CONTAINER: &str = "sluice-proxy";
+
+/// Whether a pod runs Sluice's sidecar (as a container or a native
+/// sidecar init container).
+pub fn has_sidecar(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == PROXY_CONTAINER)
+    })
 }
 
 /// `namespace/name:port`: the backend of one Service port.
@@ -78,11 +96,13 @@ pub struct ServiceIndex {
 }
 
 impl ServiceIndex {
-    /// Joins the three kinds.
+    /// Joins the three kinds; with a `trust_domain`, endpoints of pods that
+    /// run a sidecar carry their SPIFFE ID.
     pub fn build(
         services: &[Arc<Service>],
         slices: &[Arc<EndpointSlice>],
         pods: &[Arc<Pod>],
+        trust_domain: &str,
     ) -> ServiceIndex {
         let pod_revisions: BTreeMap<(String, String), String> = pods
             .iter()
@@ -93,6 +113,21 @@ impl ServiceIndex {
                     (p.namespace().unwrap_or_default(), p.name_any()),
                     rev.clone(),
                 ))
+            })
+            .collect();
+        let pod_identities: BTreeMap<(String, String), String> = pods
+            .iter()
+            .filter(|_| !trust_domain.is_empty())
+            .filter(|p| has_sidecar(p))
+            .map(|p| {
+                let ns = p.namespace().unwrap_or_default();
+                let sa = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into());
+                let id = format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}");
+                ((ns, p.name_any()), id)
             })
             .collect();
         let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
@@ -121,6 +156,7 @@ impl ServiceIndex {
                     let port = u16::try_from(p.port).ok()?;
                     let pname = p.name.clone().unwrap_or_default();
                     let mut endpoints = BTreeSet::new();
+                    let mut mesh = BTreeMap::new();
                     for slice in slices {
                         let Some(target) = slice
                             .ports
@@ -140,20 +176,27 @@ impl ServiceIndex {
                             if !ready {
                                 continue;
                             }
-                            if let Some(pod) = ep
+                            let pod_key = ep
                                 .target_ref
                                 .as_ref()
                                 .filter(|r| r.kind.as_deref() == Some("Pod"))
-                                && let Some(rev) = pod_revisions.get(&(
-                                    pod.namespace.clone().unwrap_or_else(|| namespace.clone()),
-                                    pod.name.clone().unwrap_or_default(),
-                                ))
-                            {
+                                .map(|pod| {
+                                    (
+                                        pod.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                                        pod.name.clone().unwrap_or_default(),
+                                    )
+                                });
+                            if let Some(rev) = pod_key.as_ref().and_then(|k| pod_revisions.get(k)) {
                                 revisions.insert(rev.clone());
                             }
+                            let identity = pod_key.as_ref().and_then(|k| pod_identities.get(k));
                             for a in &ep.addresses {
                                 if let Ok(ip) = a.parse::<IpAddr>() {
-                                    endpoints.insert(SocketAddr::new(ip, target_port));
+                                    let addr = SocketAddr::new(ip, target_port);
+                                    endpoints.insert(addr);
+                                    if let Some(id) = identity {
+                                        mesh.insert(addr, id.clone());
+                                    }
                                 }
                             }
                         }
@@ -165,6 +208,7 @@ impl ServiceIndex {
                         name: pname,
                         port,
                         endpoints: endpoints.into_iter().collect(),
+                        mesh,
                         protocol: if h2 {
                             UpstreamProtocol::Http2
                         } else {
@@ -221,6 +265,7 @@ mod tests {
                 &[("10.0.0.2", true, "b-1"), ("10.0.0.3", false, "b-2")],
             )],
             &[pod("h", "b-1", "abc"), pod("h", "b-2", "abc")],
+            "cluster.local",
         );
         let s = idx.get("h", "blue").expect("indexed");
         assert_eq!(
@@ -244,6 +289,7 @@ mod tests {
                 &[("10.0.0.2", true, "a"), ("10.0.0.3", true, "b")],
             )],
             &[pod("h", "a", "one"), pod("h", "b", "two")],
+            "",
         );
         let s = idx.get("h", "all").expect("indexed");
         assert_eq!(s.ports[0].endpoints.len(), 2);

@@ -1,19 +1,21 @@
-//! The sidecars' outbound routing: every Service of the mesh by its DNS
+//! The sidecars' configs. Outbound: every Service of the mesh by its DNS
 //! names and ClusterIP, split by any HttpRoute whose parentRef is the
-//! Service (the Gateway API's GAMMA mesh routing). Sidecars of one namespace
-//! share a config: they differ only in which short names resolve.
+//! Service (the Gateway API's GAMMA mesh routing); the same for a whole
+//! namespace, as they differ only in which short names resolve. Inbound:
+//! per pod ([`super::inbound`]); pods with the same inbound side share one
+//! config.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs};
 use kube::ResourceExt;
-use sluice_proto::config::{Config, Listener, ListenerProtocol, Route, WeightedBackend};
+use sluice_proto::config::{Config, Inbound, Listener, ListenerProtocol, Route, WeightedBackend};
 
 use super::gateway::{push_parent, status_ref};
 use super::rules::{self, Ranked};
 use super::services::{ServiceIndex, ServiceInfo, ServicePort};
-use super::{Audience, Cond, MeshInput, MeshOutput, reason};
+use super::{Audience, Cond, ConfigKey, MeshInput, MeshOutput, reason};
 
 /// Where a sidecar takes outbound traffic (the iptables redirect target).
 pub const OUTBOUND_PORT: u16 = 15001;
@@ -47,12 +49,29 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
             .unwrap_or_else(|| Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
         push_parent(out, route, status_ref(pr), vec![accepted, resolved]);
     }
-    for ns in &input.sidecar_namespaces {
-        out.configs.insert(
-            Audience::Sidecar(ns.clone()),
-            namespace_config(ns, index, &gamma),
-        );
+    let mut outbound: BTreeMap<&str, Config> = BTreeMap::new();
+    for (ns, pod) in &input.sidecar_pods {
+        let base = outbound
+            .entry(ns.as_str())
+            .or_insert_with(|| namespace_config(ns, index, &gamma));
+        let inbound = super::inbound::for_pod(input, ns, pod);
+        let key = ConfigKey::Sidecar(ns.clone(), variant(&inbound));
+        out.configs.entry(key.clone()).or_insert_with(|| Config {
+            inbound: Some(inbound),
+            mesh_tls: input.mesh.mesh_tls(),
+            ..base.clone()
+        });
+        out.sidecars
+            .insert(Audience::Sidecar(ns.clone(), pod.clone()), key);
     }
+}
+
+/// A key for one inbound side, so that pods with equal ones share a config.
+fn variant(inbound: &Inbound) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(inbound).unwrap_or_default().hash(&mut h);
+    h.finish()
 }
 
 fn is_service_ref(pr: &HttpRouteParentRefs) -> bool {
@@ -134,6 +153,8 @@ fn namespace_config(
             routes: with_port,
             backends: vec![],
         }],
+        inbound: None,
+        mesh_tls: None,
     }
 }
 
@@ -192,11 +213,18 @@ mod tests {
                 slice("h", "yellow", ("http", 8080), &[("10.0.0.3", true, "y")]),
             ],
             pods: vec![pod("h", "b", "rb"), pod("h", "y", "ry")],
-            sidecar_namespaces: ["h".to_owned(), "other".to_owned()].into(),
+            sidecar_pods: [
+                ("h".to_owned(), "b".to_owned()),
+                ("other".to_owned(), "o".to_owned()),
+            ]
+            .into(),
             ..Default::default()
         };
         let out = translate(&input);
-        let own = &out.configs[&Audience::Sidecar("h".into())].listeners[0];
+        let config_of = |ns: &str, pod: &str| {
+            &out.configs[&out.sidecars[&Audience::Sidecar(ns.into(), pod.into())]]
+        };
+        let own = &config_of("h", "b").listeners[0];
         let first_handson = own
             .routes
             .iter()
@@ -221,7 +249,7 @@ mod tests {
             .expect("ported");
         assert!(bare > last_port);
         // Another namespace gets no short names.
-        let other = &out.configs[&Audience::Sidecar("other".into())].listeners[0];
+        let other = &config_of("other", "o").listeners[0];
         assert!(other.routes.iter().all(|r| {
             !r.hosts
                 .iter()

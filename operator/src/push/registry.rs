@@ -50,7 +50,7 @@ fn role(a: &Audience) -> RoleLabel {
     RoleLabel {
         role: match a {
             Audience::Gateway => "gateway".into(),
-            Audience::Sidecar(_) => "sidecar".into(),
+            Audience::Sidecar(..) => "sidecar".into(),
         },
     }
 }
@@ -164,12 +164,12 @@ impl Registry {
         }
     }
 
-    /// Namespaces with at least one sidecar connected.
-    pub fn sidecar_namespaces(&self) -> BTreeSet<String> {
+    /// The pods whose sidecar is connected, as (namespace, pod).
+    pub fn sidecar_pods(&self) -> BTreeSet<(String, String)> {
         self.with(|(_, map)| {
             map.values()
                 .filter_map(|p| match &p.audience {
-                    Audience::Sidecar(ns) => Some(ns.clone()),
+                    Audience::Sidecar(ns, pod) => Some((ns.clone(), pod.clone())),
                     Audience::Gateway => None,
                 })
                 .collect()

@@ -51,7 +51,7 @@ pub fn audience(id: &ProxyIdentity) -> Result<Audience, Status> {
     }
     match Role::try_from(id.role) {
         Ok(Role::Gateway) => Ok(Audience::Gateway),
-        Ok(Role::Sidecar) => Ok(Audience::Sidecar(id.namespace.clone())),
+        Ok(Role::Sidecar) => Ok(Audience::Sidecar(id.namespace.clone(), id.pod_name.clone())),
         _ => Err(Status::invalid_argument(
             "hello: role must be ROLE_SIDECAR or ROLE_GATEWAY",
         )),

@@ -8,23 +8,27 @@ use sluice_proto::config::Config;
 use sluice_proto::mesh::Snapshot;
 use tokio::sync::watch;
 
-use crate::mesh::Audience;
+use crate::mesh::{Audience, ConfigKey};
 
 /// One audience's snapshot, shared by reference by every stream that sends it.
 pub type SharedSnapshot = Arc<Snapshot>;
 
-/// Every audience's current snapshot.
+/// Every distinct config's snapshot, and which one each sidecar gets.
 #[derive(Debug, Default, Clone)]
 pub struct SnapshotSet {
-    by_audience: BTreeMap<Audience, SharedSnapshot>,
+    by_key: BTreeMap<ConfigKey, SharedSnapshot>,
+    sidecars: BTreeMap<Audience, ConfigKey>,
 }
 
 impl SnapshotSet {
     /// Serialises `configs`; the version is a hash of the bytes, so the same
     /// config always has the same version, across operator restarts too
     /// (a reconnecting proxy that already runs it just ACKs).
-    pub fn build(configs: &BTreeMap<Audience, Config>) -> SnapshotSet {
-        let by_audience = configs
+    pub fn build(
+        configs: &BTreeMap<ConfigKey, Config>,
+        sidecars: &BTreeMap<Audience, ConfigKey>,
+    ) -> SnapshotSet {
+        let by_key = configs
             .iter()
             .map(|(a, c)| {
                 // A Config holds strings, numbers and lists: serialising
@@ -40,21 +44,29 @@ impl SnapshotSet {
                 )
             })
             .collect();
-        SnapshotSet { by_audience }
+        SnapshotSet {
+            by_key,
+            sidecars: sidecars.clone(),
+        }
     }
 
     /// The snapshot for `audience`, once it has one.
     pub fn get(&self, audience: &Audience) -> Option<&SharedSnapshot> {
-        self.by_audience.get(audience)
+        let key = match audience {
+            Audience::Gateway => &ConfigKey::Gateway,
+            sidecar => self.sidecars.get(sidecar)?,
+        };
+        self.by_key.get(key)
     }
 
-    /// Whether both sets hold the same versions.
+    /// Whether both sets give every audience the same versions.
     pub fn same_versions(&self, other: &SnapshotSet) -> bool {
-        self.by_audience.len() == other.by_audience.len()
+        self.sidecars == other.sidecars
+            && self.by_key.len() == other.by_key.len()
             && self
-                .by_audience
+                .by_key
                 .iter()
-                .zip(other.by_audience.iter())
+                .zip(other.by_key.iter())
                 .all(|((a, x), (b, y))| a == b && x.version == y.version)
     }
 }
@@ -111,20 +123,18 @@ mod tests {
     #[test]
     fn versions_follow_content() {
         let mut configs = BTreeMap::new();
-        configs.insert(Audience::Gateway, Config::default());
-        let a = SnapshotSet::build(&configs);
-        let b = SnapshotSet::build(&configs);
+        let mut sidecars = BTreeMap::new();
+        configs.insert(ConfigKey::Gateway, Config::default());
+        let a = SnapshotSet::build(&configs, &sidecars);
+        let b = SnapshotSet::build(&configs, &sidecars);
         assert!(a.same_versions(&b));
         let snapshots = Snapshots::default();
         assert!(snapshots.publish(a));
         assert!(!snapshots.publish(b), "same content is not re-published");
-        configs.insert(Audience::Sidecar("h".into()), Config::default());
-        assert!(snapshots.publish(SnapshotSet::build(&configs)));
-        assert!(
-            snapshots
-                .current()
-                .get(&Audience::Sidecar("h".into()))
-                .is_some()
-        );
+        let pod = Audience::Sidecar("h".into(), "p".into());
+        configs.insert(ConfigKey::Sidecar("h".into(), 1), Config::default());
+        sidecars.insert(pod.clone(), ConfigKey::Sidecar("h".into(), 1));
+        assert!(snapshots.publish(SnapshotSet::build(&configs, &sidecars)));
+        assert!(snapshots.current().get(&pod).is_some());
     }
 }

@@ -41,6 +41,28 @@ fn valid_host(h: &str) -> bool {
 
 /// Validates `c`; the first problem found is returned.
 pub fn check(c: &Config) -> Result<(), ConfigError> {
+    if let Some(m) = &c.mesh_tls {
+        if m.trust_domain.is_empty() {
+            return Err(err("mesh_tls.trust_domain".into(), "must not be empty"));
+        }
+        crate::identity::parse_roots(&m.roots_pem)
+            .map_err(|e| err("mesh_tls.roots_pem".into(), e.to_string()))?;
+    }
+    if let Some(inb) = &c.inbound {
+        let mut seen = HashSet::new();
+        for (i, p) in inb.ports.iter().enumerate() {
+            if p.port == 0 || !seen.insert(p.port) {
+                return Err(err(
+                    format!("inbound.ports[{i}].port"),
+                    format!("{} is zero or listed twice", p.port),
+                ));
+            }
+        }
+        crate::authz::Policies::compile(&inb.policies).map_err(|e| {
+            let (path, message) = e.split_once(": ").unwrap_or(("inbound.policies", &e));
+            err(path.to_owned(), message.to_owned())
+        })?;
+    }
     let mut backends = HashSet::new();
     for (i, b) in c.backends.iter().enumerate() {
         if b.name.is_empty() {

@@ -5,12 +5,14 @@
 //! good config (fail static).
 
 mod backoff;
+mod certificates;
 mod config_stream;
 mod report;
 
 use std::time::Duration;
 
 pub use backoff::Backoff;
+pub use certificates::{CertificateSettings, run_certificates};
 pub use config_stream::run_config_stream;
 pub use report::run_reporter;
 

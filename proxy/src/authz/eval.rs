@@ -1,0 +1,1025 @@
+//! Authorization policy evaluation with Istio's semantics, as pure code:
+//!
+//! 1. any matching DENY policy denies;
+//! 2. with no ALLOW policy on the workload, allow;
+//! 3. any matching ALLOW policy allows;
+//! 4. otherwise deny (an ALLOW policy without rules allows nothing).
+//!
+//! HTTP-only fields (`hosts`, `methods`, `paths`, `request.headers[...]`)
+//! applied to opaque TCP: an ALLOW rule with them never matches, a DENY
+//! rule ignores them. Before a connection's first request is read only the
+//! connection's attributes are known: [`Traffic::Connection`] denies when the
+//! outcome is already certain and defers otherwise.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use sluice_proto::authz::{Action, CONDITION_KEYS, Condition, HEADER_KEY_PREFIX, Policy};
+
+/// A compiled string matcher.
+#[derive(Debug, Clone, PartialEq)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Present,
+}
+
+impl Pattern {
+    fn new(s: &str, lowercase: bool) -> Pattern {
+        let s = if lowercase {
+            s.to_ascii_lowercase()
+        } else {
+            s.to_owned()
+        };
+        if s == "*" {
+            Pattern::Present
+        } else if let Some(p) = s.strip_suffix('*') {
+            Pattern::Prefix(p.to_owned())
+        } else if let Some(p) = s.strip_prefix('*') {
+            Pattern::Suffix(p.to_owned())
+        } else {
+            Pattern::Exact(s)
+        }
+    }
+
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            Pattern::Exact(e) => v == e,
+            Pattern::Prefix(p) => v.starts_with(p.as_str()),
+            Pattern::Suffix(p) => v.ends_with(p.as_str()),
+            Pattern::Present => true,
+        }
+    }
+}
+
+/// A list and its negation: the value must match one of `yes` (when
+/// given) and none of `no`.
+#[derive(Debug, Clone)]
+struct Field<T> {
+    yes: Vec<T>,
+    no: Vec<T>,
+}
+
+impl<T> Default for Field<T> {
+    fn default() -> Self {
+        Field {
+            yes: Vec::new(),
+            no: Vec::new(),
+        }
+    }
+}
+
+impl<T> Field<T> {
+    fn is_empty(&self) -> bool {
+        self.yes.is_empty() && self.no.is_empty()
+    }
+
+    /// `None` as the value (e.g. no principal on plaintext): a positive
+    /// list fails, a negative one holds.
+    fn check(&self, value: Option<&dyn Fn(&T) -> bool>) -> bool {
+        match value {
+            None => self.yes.is_empty(),
+            Some(m) => (self.yes.is_empty() || self.yes.iter().any(m)) && !self.no.iter().any(m),
+        }
+    }
+}
+
+fn strings(yes: &[String], no: &[String], lowercase: bool) -> Field<Pattern> {
+    Field {
+        yes: yes.iter().map(|s| Pattern::new(s, lowercase)).collect(),
+        no: no.iter().map(|s| Pattern::new(s, lowercase)).collect(),
+    }
+}
+
+fn ports(field: &str, yes: &[String], no: &[String]) -> Result<Field<u16>, String> {
+    let parse = |v: &[String]| {
+        v.iter()
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| format!("{field}: {p:?} is not a port number"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Field {
+        yes: parse(yes)?,
+        no: parse(no)?,
+    })
+}
+
+/// An address block: `10.0.0.0/8`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    fn parse(s: &str) -> Result<Cidr, String> {
+        let (ip, bits) = match s.split_once('/') {
+            Some((ip, b)) => (ip, Some(b)),
+            None => (s, None),
+        };
+        let net: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or CIDR block"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+        };
+        Ok(Cidr { net, bits })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let to_bits = |a: IpAddr| -> (u128, u8) {
+            match a {
+                IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32),
+                IpAddr::V6(v) => (u128::from(v), 128),
+            }
+        };
+        let ((net, nw), (addr, aw)) = (to_bits(self.net), to_bits(ip.to_canonical()));
+        if nw != aw {
+            return false;
+        }
+        let mask = if self.bits == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.bits))
+        };
+        net & mask == addr & mask
+    }
+}
+
+fn cidrs(field: &str, yes: &[String], no: &[String]) -> Result<Field<Cidr>, String> {
+    let parse = |v: &[String]| {
+        v.iter()
+            .map(|s| Cidr::parse(s).map_err(|e| format!("{field}: {e}")))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(Field {
+        yes: parse(yes)?,
+        no: parse(no)?,
+    })
+}
+
+/// The attribute a `when` condition reads.
+#[derive(Debug, Clone)]
+enum Key {
+    Header(http::HeaderName),
+    SourceIp,
+    SourceNamespace,
+    SourcePrincipal,
+    DestinationPort,
+}
+
+#[derive(Debug, Clone)]
+enum When {
+    Strings(Key, Field<Pattern>),
+    Ip(Field<Cidr>),
+    Port(Field<u16>),
+}
+
+fn when(c: &Condition, path: &str) -> Result<When, String> {
+    let key = if let Some(rest) = c.key.strip_prefix(HEADER_KEY_PREFIX) {
+        let name = rest
+            .strip_suffix(']')
+            .ok_or_else(|| format!("{path}.key: {:?} lacks the closing ]", c.key))?;
+        Key::Header(
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("{path}.key: {name:?} is not a header name"))?,
+        )
+    } else {
+        match c.key.as_str() {
+            "source.ip" => Key::SourceIp,
+            "source.namespace" => Key::SourceNamespace,
+            "source.principal" => Key::SourcePrincipal,
+            "destination.port" => Key::DestinationPort,
+            other => {
+                return Err(format!(
+                    "{path}.key: {other:?} is not supported (use {} or {HEADER_KEY_PREFIX}<name>])",
+                    CONDITION_KEYS.join(", ")
+                ));
+            }
+        }
+    };
+    Ok(match key {
+        Key::SourceIp => When::Ip(cidrs(path, &c.values, &c.not_values)?),
+        Key::DestinationPort => When::Port(ports(path, &c.values, &c.not_values)?),
+        k => When::Strings(k, strings(&c.values, &c.not_values, false)),
+    })
+}
+
+#[derive(Debug, Clone, Default)]
+struct Source {
+    principals: Field<Pattern>,
+    namespaces: Field<Pattern>,
+    ip_blocks: Field<Cidr>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Operation {
+    hosts: Field<Pattern>,
+    ports: Field<u16>,
+    methods: Field<Pattern>,
+    paths: Field<Pattern>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Rule {
+    from: Vec<Source>,
+    to: Vec<Operation>,
+    when: Vec<When>,
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    name: Arc<str>,
+    rules: Vec<Rule>,
+}
+
+/// The policies selecting one workload, compiled once per config.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    deny: Vec<Compiled>,
+    allow: Vec<Compiled>,
+    audit: Vec<Compiled>,
+}
+
+/// The request's HTTP attributes.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpAttributes<'a> {
+    /// Method.
+    pub method: &'a str,
+    /// Path without the query.
+    pub path: &'a str,
+    /// Host (or `:authority`).
+    pub host: &'a str,
+    /// Headers.
+    pub headers: &'a http::HeaderMap,
+}
+
+/// What is being authorized.
+#[derive(Debug, Clone, Copy)]
+pub enum Traffic<'a> {
+    /// A new connection to an HTTP port, before any request.
+    Connection,
+    /// A connection to an opaque TCP port.
+    Tcp,
+    /// One HTTP request.
+    Http(HttpAttributes<'a>),
+}
+
+/// The peer and destination.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    /// The peer's address.
+    pub ip: IpAddr,
+    /// Its mTLS principal (`td/ns/x/sa/y`), none on plaintext.
+    pub principal: Option<&'a str>,
+    /// The workload port it targets.
+    pub port: u16,
+}
+
+impl Peer<'_> {
+    fn namespace(&self) -> Option<&str> {
+        let p = self.principal?;
+        let rest = &p[p.find("/ns/")? + 4..];
+        Some(rest.split('/').next().unwrap_or(rest))
+    }
+}
+
+/// The outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on.
+    Allow,
+    /// Refused; the policy that decided (`(no ALLOW policy matched)` when
+    /// an ALLOW set matched nothing).
+    Deny(Arc<str>),
+    /// Connection phase: only the requests can decide.
+    Defer,
+}
+
+/// A verdict and whether an AUDIT policy matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// An AUDIT policy matched.
+    pub audited: bool,
+}
+
+/// Three-valued match: `Unknown` when HTTP fields decide but no request has
+/// been read yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tri {
+    Yes,
+    No,
+    Unknown,
+}
+
+impl Tri {
+    fn and(self, other: Tri) -> Tri {
+        match (self, other) {
+            (Tri::No, _) | (_, Tri::No) => Tri::No,
+            (Tri::Unknown, _) | (_, Tri::Unknown) => Tri::Unknown,
+            _ => Tri::Yes,
+        }
+    }
+
+    fn or(self, other: Tri) -> Tri {
+        match (self, other) {
+            (Tri::Yes, _) | (_, Tri::Yes) => Tri::Yes,
+            (Tri::Unknown, _) | (_, Tri::Unknown) => Tri::Unknown,
+            _ => Tri::No,
+        }
+    }
+
+    fn of(b: bool) -> Tri {
+        if b { Tri::Yes } else { Tri::No }
+    }
+}
+
+/// How a field that only HTTP has counts, by action and traffic.
+fn http_field(
+    present: bool,
+    action: Action,
+    traffic: &Traffic<'_>,
+    f: impl FnOnce() -> bool,
+) -> Tri {
+    if !present {
+        return Tri::Yes;
+    }
+    match traffic {
+        Traffic::Http(_) => Tri::of(f()),
+        Traffic::Connection => Tri::Unknown,
+        Traffic::Tcp if action == Action::Allow => Tri::No,
+        Traffic::Tcp => Tri::Yes,
+    }
+}
+
+impl Policies {
+    /// Compiles `policies`; a malformed value is an error naming its field.
+    pub fn compile(policies: &[Policy]) -> Result<Policies, String> {
+        let mut out = Policies::default();
+        for (pi, p) in policies.iter().enumerate() {
+            let mut rules = Vec::new();
+            for (ri, r) in p.rules.iter().enumerate() {
+                let base = format!("inbound.policies[{pi}].rules[{ri}]");
+                let mut rule = Rule::default();
+                for (fi, f) in r.from.iter().enumerate() {
+                    let s = &f.source;
+                    rule.from.push(Source {
+                        principals: strings(&s.principals, &s.not_principals, false),
+                        namespaces: strings(&s.namespaces, &s.not_namespaces, false),
+                        ip_blocks: cidrs(
+                            &format!("{base}.from[{fi}].source.ipBlocks"),
+                            &s.ip_blocks,
+                            &s.not_ip_blocks,
+                        )?,
+                    });
+                }
+                for (ti, t) in r.to.iter().enumerate() {
+                    let o = &t.operation;
+                    rule.to.push(Operation {
+                        hosts: strings(&o.hosts, &o.not_hosts, true),
+                        ports: ports(
+                            &format!("{base}.to[{ti}].operation.ports"),
+                            &o.ports,
+                            &o.not_ports,
+                        )?,
+                        methods: strings(&o.methods, &o.not_methods, false),
+                        paths: strings(&o.paths, &o.not_paths, false),
+                    });
+                }
+                for (wi, w) in r.when.iter().enumerate() {
+                    rule.when.push(when(w, &format!("{base}.when[{wi}]"))?);
+                }
+                rules.push(rule);
+            }
+            let c = Compiled {
+                name: p.name.as_str().into(),
+                rules,
+            };
+            match p.action {
+                Action::Allow => out.allow.push(c),
+                Action::Deny => out.deny.push(c),
+                Action::Audit => out.audit.push(c),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Allows nothing: what a workload gets if its policies could not be
+    /// compiled.
+    pub fn deny_all() -> Policies {
+        Policies {
+            allow: vec![Compiled {
+                name: "(invalid policies)".into(),
+                rules: vec![],
+            }],
+            ..Policies::default()
+        }
+    }
+
+    /// Whether no policy selects the workload (everything is allowed).
+    pub fn is_empty(&self) -> bool {
+        self.deny.is_empty() && self.allow.is_empty() && self.audit.is_empty()
+    }
+
+    /// Decides for `peer` and `traffic`.
+    pub fn decide(&self, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Decision {
+        let audited = self
+            .audit
+            .iter()
+            .any(|p| matches(p, Action::Audit, peer, traffic) == Tri::Yes);
+        let mut verdict = Verdict::Allow;
+        let mut deny_unknown = false;
+        for p in &self.deny {
+            match matches(p, Action::Deny, peer, traffic) {
+                Tri::Yes => {
+                    return Decision {
+                        verdict: Verdict::Deny(p.name.clone()),
+                        audited,
+                    };
+                }
+                Tri::Unknown => deny_unknown = true,
+                Tri::No => {}
+            }
+        }
+        if !self.allow.is_empty() {
+            let any = self
+                .allow
+                .iter()
+                .map(|p| matches(p, Action::Allow, peer, traffic))
+                .fold(Tri::No, Tri::or);
+            verdict = match any {
+                Tri::Yes => Verdict::Allow,
+                Tri::No => Verdict::Deny("(no ALLOW policy matched)".into()),
+                Tri::Unknown => Verdict::Defer,
+            };
+        }
+        if verdict == Verdict::Allow && deny_unknown {
+            verdict = Verdict::Defer;
+        }
+        Decision { verdict, audited }
+    }
+}
+
+fn matches(p: &Compiled, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
+    p.rules
+        .iter()
+        .map(|r| rule(r, action, peer, traffic))
+        .fold(Tri::No, Tri::or)
+}
+
+fn rule(r: &Rule, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
+    let any = |v: Vec<Tri>| {
+        if v.is_empty() {
+            Tri::Yes
+        } else {
+            v.into_iter().fold(Tri::No, Tri::or)
+        }
+    };
+    let http = match traffic {
+        Traffic::Http(h) => Some(*h),
+        _ => None,
+    };
+    let from = any(r.from.iter().map(|s| source(s, peer)).collect());
+    let to = any(r
+        .to
+        .iter()
+        .map(|o| {
+            let port = Tri::of(o.ports.check(Some(&|p: &u16| *p == peer.port)));
+            let hosts = http_field(!o.hosts.is_empty(), action, traffic, || {
+                let host = http
+                    .map(|h| h.host.to_ascii_lowercase())
+                    .unwrap_or_default();
+                let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+                o.hosts
+                    .check(Some(&|m: &Pattern| m.matches(&host) || m.matches(bare)))
+            });
+            let methods = http_field(!o.methods.is_empty(), action, traffic, || {
+                let m = http.map_or("", |h| h.method);
+                o.methods.check(Some(&|p: &Pattern| p.matches(m)))
+            });
+            let paths = http_field(!o.paths.is_empty(), action, traffic, || {
+                let path = http.map_or("", |h| h.path);
+                o.paths.check(Some(&|p: &Pattern| p.matches(path)))
+            });
+            port.and(hosts).and(methods).and(paths)
+        })
+        .collect());
+    let when = r
+        .when
+        .iter()
+        .map(|w| condition(w, action, peer, traffic))
+        .fold(Tri::Yes, Tri::and);
+    from.and(to).and(when)
+}
+
+fn source(s: &Source, peer: &Peer<'_>) -> Tri {
+    let strings = |f: &Field<Pattern>, v: Option<&str>| match v {
+        Some(v) => f.check(Some(&|p: &Pattern| p.matches(v))),
+        None => f.check(None),
+    };
+    Tri::of(
+        strings(&s.principals, peer.principal)
+            && strings(&s.namespaces, peer.namespace())
+            && s.ip_blocks.check(Some(&|c: &Cidr| c.contains(peer.ip))),
+    )
+}
+
+fn condition(w: &When, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
+    match w {
+        When::Ip(f) => Tri::of(f.check(Some(&|c: &Cidr| c.contains(peer.ip)))),
+        When::Port(f) => Tri::of(f.check(Some(&|p: &u16| *p == peer.port))),
+        When::Strings(Key::Header(name), f) => http_field(true, action, traffic, || {
+            let Traffic::Http(h) = traffic else {
+                return false;
+            };
+            let values: Vec<&str> = h
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            if values.is_empty() {
+                f.check(None)
+            } else {
+                values
+                    .iter()
+                    .any(|v| f.check(Some(&|p: &Pattern| p.matches(v))))
+            }
+        }),
+        When::Strings(key, f) => {
+            let v = match key {
+                Key::SourceNamespace => peer.namespace(),
+                Key::SourcePrincipal => peer.principal,
+                _ => None,
+            };
+            Tri::of(match v {
+                Some(v) => f.check(Some(&|p: &Pattern| p.matches(v))),
+                None => f.check(None),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policies(v: serde_json::Value) -> Policies {
+        let list: Vec<Policy> = serde_json::from_value(v).expect("policies");
+        Policies::compile(&list).expect("compiles")
+    }
+
+    const CURL: &str = "cluster.local/ns/handson/sa/curl";
+    const DENY_SA: &str = "cluster.local/ns/handson/sa/curl-deny";
+
+    fn peer(principal: Option<&str>) -> Peer<'_> {
+        Peer {
+            ip: "10.0.0.7".parse().expect("ip"),
+            principal,
+            port: 8080,
+        }
+    }
+
+    fn req<'a>(method: &'a str, path: &'a str, headers: &'a http::HeaderMap) -> Traffic<'a> {
+        Traffic::Http(HttpAttributes {
+            method,
+            path,
+            host: "handson:8080",
+            headers,
+        })
+    }
+
+    fn deny(name: &str) -> Verdict {
+        Verdict::Deny(name.into())
+    }
+
+    fn no_allow() -> Verdict {
+        deny("(no ALLOW policy matched)")
+    }
+
+    #[test]
+    fn the_evaluation_table() {
+        let h = http::HeaderMap::new();
+        let mut with_user = http::HeaderMap::new();
+        with_user.insert("x-user", http::HeaderValue::from_static("admin-1"));
+        let get = req("GET", "/", &h);
+        let post = req("POST", "/", &h);
+        let delete = req("DELETE", "/id/123", &h);
+        let deny_curl_deny = json!([{"name": "h/deny", "action": "DENY",
+            "rules": [{"from": [{"source": {"principals": [DENY_SA]}}], "to": [{"operation": {"ports": ["8080"]}}]}]}]);
+        let allow_get = json!([{"name": "h/get", "action": "ALLOW",
+            "rules": [{"from": [{"source": {"principals": [CURL]}}], "to": [{"operation": {"methods": ["GET"]}}]}]}]);
+        let rows: Vec<(&str, Policies, Peer<'_>, Traffic<'_>, Verdict)> = vec![
+            (
+                "no policy allows",
+                policies(json!([])),
+                peer(Some(CURL)),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "a matching DENY denies",
+                policies(deny_curl_deny.clone()),
+                peer(Some(DENY_SA)),
+                get,
+                deny("h/deny"),
+            ),
+            (
+                "a DENY that does not match allows",
+                policies(deny_curl_deny.clone()),
+                peer(Some(CURL)),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "L4 DENY decides at the connection",
+                policies(deny_curl_deny.clone()),
+                peer(Some(DENY_SA)),
+                Traffic::Connection,
+                deny("h/deny"),
+            ),
+            (
+                "L4 DENY denies TCP",
+                policies(deny_curl_deny.clone()),
+                peer(Some(DENY_SA)),
+                Traffic::Tcp,
+                deny("h/deny"),
+            ),
+            (
+                "principals need mTLS",
+                policies(deny_curl_deny),
+                peer(None),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "a matching ALLOW allows",
+                policies(allow_get.clone()),
+                peer(Some(CURL)),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "ALLOW set, POST matches none",
+                policies(allow_get.clone()),
+                peer(Some(CURL)),
+                post,
+                no_allow(),
+            ),
+            (
+                "ALLOW set, DELETE matches none",
+                policies(allow_get.clone()),
+                peer(Some(CURL)),
+                delete,
+                no_allow(),
+            ),
+            (
+                "ALLOW set, other principal",
+                policies(allow_get.clone()),
+                peer(Some(DENY_SA)),
+                get,
+                no_allow(),
+            ),
+            (
+                "ALLOW set, connection deferred to requests",
+                policies(allow_get.clone()),
+                peer(Some(CURL)),
+                Traffic::Connection,
+                Verdict::Defer,
+            ),
+            (
+                "ALLOW set, connection from a stranger denied early",
+                policies(allow_get.clone()),
+                peer(Some(DENY_SA)),
+                Traffic::Connection,
+                no_allow(),
+            ),
+            (
+                "HTTP fields in ALLOW never match TCP",
+                policies(allow_get),
+                peer(Some(CURL)),
+                Traffic::Tcp,
+                no_allow(),
+            ),
+            (
+                "HTTP fields in DENY are ignored for TCP",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"to": [{"operation": {"methods": ["POST"], "ports": ["8080"]}}]}]}]),
+                ),
+                peer(None),
+                Traffic::Tcp,
+                deny("h/d"),
+            ),
+            (
+                "DENY with HTTP fields defers a connection",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"to": [{"operation": {"methods": ["POST"]}}]}]}]),
+                ),
+                peer(None),
+                Traffic::Connection,
+                Verdict::Defer,
+            ),
+            (
+                "DENY before ALLOW",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{}]}, {"name": "h/d", "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}]),
+                ),
+                peer(None),
+                req("GET", "/admin/x", &h),
+                deny("h/d"),
+            ),
+            (
+                "an empty rule matches everything",
+                policies(json!([{"name": "h/a", "action": "ALLOW", "rules": [{}]}])),
+                peer(None),
+                post,
+                Verdict::Allow,
+            ),
+            (
+                "ALLOW without rules allows nothing",
+                policies(json!([{"name": "h/none", "action": "ALLOW"}])),
+                peer(Some(CURL)),
+                get,
+                no_allow(),
+            ),
+            (
+                "DENY without rules denies nothing",
+                policies(json!([{"name": "h/none", "action": "DENY"}])),
+                peer(Some(CURL)),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "AUDIT never blocks",
+                policies(json!([{"name": "h/au", "action": "AUDIT", "rules": [{}]}])),
+                peer(None),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "notPrincipals matches plaintext",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"from": [{"source": {"notPrincipals": ["*"]}}]}]}]),
+                ),
+                peer(None),
+                get,
+                deny("h/d"),
+            ),
+            (
+                "notPrincipals spares mTLS peers",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"from": [{"source": {"notPrincipals": ["*"]}}]}]}]),
+                ),
+                peer(Some(CURL)),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "principal prefix",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/handson/*"]}}]}]}]),
+                ),
+                peer(Some(DENY_SA)),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "namespaces from the principal",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{"from": [{"source": {"namespaces": ["handson"]}}]}]}]),
+                ),
+                peer(Some(CURL)),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "notNamespaces",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"from": [{"source": {"notNamespaces": ["handson"]}}]}]}]),
+                ),
+                peer(Some("cluster.local/ns/other/sa/x")),
+                get,
+                deny("h/d"),
+            ),
+            (
+                "ipBlocks CIDR",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/24"]}}]}]}]),
+                ),
+                peer(None),
+                Traffic::Tcp,
+                deny("h/d"),
+            ),
+            (
+                "notIpBlocks",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"from": [{"source": {"notIpBlocks": ["10.0.0.7"]}}]}]}]),
+                ),
+                peer(None),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "ports that do not match",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"to": [{"operation": {"ports": ["9090"]}}]}]}]),
+                ),
+                peer(None),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "notPorts",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"to": [{"operation": {"notPorts": ["9090"]}}]}]}]),
+                ),
+                peer(None),
+                get,
+                deny("h/d"),
+            ),
+            (
+                "path suffix",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["*.php"]}}]}]}]),
+                ),
+                peer(None),
+                req("GET", "/x/index.php", &h),
+                deny("h/d"),
+            ),
+            (
+                "notPaths",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{"to": [{"operation": {"notPaths": ["/private*"]}}]}]}]),
+                ),
+                peer(None),
+                req("GET", "/private/1", &h),
+                no_allow(),
+            ),
+            (
+                "notMethods",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{"to": [{"operation": {"notMethods": ["DELETE"]}}]}]}]),
+                ),
+                peer(None),
+                delete,
+                no_allow(),
+            ),
+            (
+                "hosts ignore case and port",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{"to": [{"operation": {"hosts": ["HANDSON"]}}]}]}]),
+                ),
+                peer(None),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "notHosts",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{"to": [{"operation": {"notHosts": ["handson*"]}}]}]}]),
+                ),
+                peer(None),
+                get,
+                no_allow(),
+            ),
+            (
+                "header condition prefix",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{"when": [{"key": "request.headers[x-user]", "values": ["admin-*"]}]}]}]),
+                ),
+                peer(None),
+                req("GET", "/", &with_user),
+                Verdict::Allow,
+            ),
+            (
+                "header condition, header absent",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{"when": [{"key": "request.headers[x-user]", "values": ["*"]}]}]}]),
+                ),
+                peer(None),
+                get,
+                no_allow(),
+            ),
+            (
+                "header notValues",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"when": [{"key": "request.headers[x-user]", "notValues": ["admin-*"]}]}]}]),
+                ),
+                peer(None),
+                req("GET", "/", &with_user),
+                Verdict::Allow,
+            ),
+            (
+                "source.namespace condition",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"when": [{"key": "source.namespace", "values": ["handson"]}]}]}]),
+                ),
+                peer(Some(CURL)),
+                Traffic::Tcp,
+                deny("h/d"),
+            ),
+            (
+                "source.ip and destination.port conditions",
+                policies(
+                    json!([{"name": "h/d", "action": "DENY", "rules": [{"when": [{"key": "source.ip", "values": ["10.0.0.0/8"]}, {"key": "destination.port", "values": ["8080"]}]}]}]),
+                ),
+                peer(None),
+                get,
+                deny("h/d"),
+            ),
+            (
+                "from entries are alternatives",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{"from": [{"source": {"principals": ["x"]}}, {"source": {"namespaces": ["handson"]}}]}]}]),
+                ),
+                peer(Some(CURL)),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "rules are alternatives",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{"to": [{"operation": {"methods": ["PUT"]}}]}, {"to": [{"operation": {"methods": ["GET"]}}]}]}]),
+                ),
+                peer(None),
+                get,
+                Verdict::Allow,
+            ),
+            (
+                "one of several ALLOW policies is enough",
+                policies(
+                    json!([{"name": "h/a", "action": "ALLOW", "rules": [{"to": [{"operation": {"methods": ["PUT"]}}]}]}, {"name": "h/b", "action": "ALLOW", "rules": [{"to": [{"operation": {"paths": ["/"]}}]}]}]),
+                ),
+                peer(None),
+                get,
+                Verdict::Allow,
+            ),
+        ];
+        let mut failures = Vec::new();
+        for (name, p, peer, traffic, want) in &rows {
+            let got = p.decide(peer, traffic).verdict;
+            if got != *want {
+                failures.push(format!("{name}: got {got:?}, want {want:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn audit_is_reported() {
+        let p = policies(
+            json!([{"name": "h/au", "action": "AUDIT", "rules": [{"to": [{"operation": {"ports": ["8080"]}}]}]}]),
+        );
+        assert!(p.decide(&peer(None), &Traffic::Tcp).audited);
+    }
+
+    #[test]
+    fn malformed_values_name_their_field() {
+        let bad = |v: serde_json::Value| {
+            let list: Vec<Policy> = serde_json::from_value(v).expect("shape");
+            Policies::compile(&list).expect_err("refused")
+        };
+        let e =
+            bad(json!([{"name": "a", "rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}]));
+        assert!(
+            e.contains("inbound.policies[0].rules[0].to[0].operation.ports"),
+            "{e}"
+        );
+        let e = bad(
+            json!([{"name": "a", "rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/40"]}}]}]}]),
+        );
+        assert!(e.contains("ipBlocks"), "{e}");
+        let e =
+            bad(json!([{"name": "a", "rules": [{"when": [{"key": "request.auth.claims[iss]"}]}]}]));
+        assert!(e.contains("when[0].key"), "{e}");
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c = Cidr::parse("10.1.0.0/16").expect("cidr");
+        assert!(c.contains("10.1.200.3".parse().expect("ip")));
+        assert!(!c.contains("10.2.0.1".parse().expect("ip")));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .expect("all")
+                .contains("1.2.3.4".parse().expect("ip"))
+        );
+        assert!(
+            Cidr::parse("::1")
+                .expect("v6")
+                .contains("::1".parse().expect("ip"))
+        );
+    }
+}

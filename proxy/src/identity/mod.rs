@@ -1,0 +1,159 @@
+//! The proxy's workload identity: its current certificate and the mesh's
+//! trust roots, both swapped atomically, and the rustls pieces that read
+//! them on every handshake. A rotated certificate or a new root set applies
+//! to the next handshake; open connections are not disturbed.
+
+pub mod verify;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor};
+use rustls::sign::CertifiedKey;
+
+/// Why a certificate or root could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// PEM that holds no certificate, or a malformed one.
+    #[error("invalid certificate PEM: {0}")]
+    Pem(String),
+    /// A root that cannot anchor a chain.
+    #[error("invalid trust root: {0}")]
+    Root(String),
+    /// A key rustls cannot sign with.
+    #[error("unusable private key: {0}")]
+    Key(String),
+    /// A certificate without a `spiffe://` URI SAN.
+    #[error("the certificate has no spiffe:// URI SAN")]
+    NoSpiffeId,
+}
+
+/// The certificate this proxy presents.
+#[derive(Debug)]
+pub struct Leaf {
+    /// Chain and key, as rustls wants them.
+    pub certified: Arc<CertifiedKey>,
+    /// `spiffe://<td>/ns/<ns>/sa/<sa>`.
+    pub spiffe_id: String,
+    /// When it expires.
+    pub not_after: SystemTime,
+}
+
+/// Trust anchors, parsed once per root change.
+#[derive(Debug, Default)]
+pub struct Roots {
+    /// For chain validation.
+    pub anchors: Vec<TrustAnchor<'static>>,
+    /// As received, to notice when nothing changed.
+    pub pem: Vec<String>,
+}
+
+/// Shared by every worker; read on handshakes only, never per request.
+#[derive(Debug)]
+pub struct MeshIdentity {
+    provider: Arc<CryptoProvider>,
+    leaf: ArcSwapOption<Leaf>,
+    roots: ArcSwap<Roots>,
+}
+
+impl Default for MeshIdentity {
+    fn default() -> Self {
+        MeshIdentity {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            leaf: ArcSwapOption::empty(),
+            roots: ArcSwap::from_pointee(Roots::default()),
+        }
+    }
+}
+
+impl MeshIdentity {
+    /// The crypto provider every TLS config of the proxy uses.
+    pub fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
+    }
+
+    /// The current certificate, once one has been issued.
+    pub fn leaf(&self) -> Option<Arc<Leaf>> {
+        self.leaf.load_full()
+    }
+
+    /// The current roots.
+    pub fn roots(&self) -> Arc<Roots> {
+        self.roots.load_full()
+    }
+
+    /// Replaces the trust roots (old and new both during a rotation).
+    /// Unchanged PEM is a no-op.
+    pub fn set_roots(&self, pem: &[String]) -> Result<(), IdentityError> {
+        if self.roots.load().pem == pem {
+            return Ok(());
+        }
+        let roots = parse_roots(pem)?;
+        self.roots.store(Arc::new(roots));
+        Ok(())
+    }
+
+    /// Installs a newly issued chain (leaf first) and its key; returns the
+    /// leaf's notAfter.
+    pub fn set_leaf(
+        &self,
+        chain_pem: &[String],
+        key_der: Vec<u8>,
+    ) -> Result<SystemTime, IdentityError> {
+        let chain = chain_pem
+            .iter()
+            .map(|p| parse_certs(p))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        let leaf = chain
+            .first()
+            .ok_or_else(|| IdentityError::Pem("empty chain".into()))?;
+        let (spiffe_id, not_after) = verify::describe(leaf)?;
+        let key = PrivateKeyDer::Pkcs8(key_der.into());
+        let signing = self
+            .provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| IdentityError::Key(e.to_string()))?;
+        let certified = Arc::new(CertifiedKey::new(chain, signing));
+        self.leaf.store(Some(Arc::new(Leaf {
+            certified,
+            spiffe_id,
+            not_after,
+        })));
+        Ok(not_after)
+    }
+}
+
+/// Every certificate in a PEM text.
+pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| IdentityError::Pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(IdentityError::Pem("no CERTIFICATE block".into()));
+    }
+    Ok(certs)
+}
+
+/// Parses root PEMs into trust anchors (what config validation checks too).
+pub fn parse_roots(pem: &[String]) -> Result<Roots, IdentityError> {
+    let mut anchors = Vec::new();
+    for p in pem {
+        for der in parse_certs(p)? {
+            let anchor = webpki::anchor_from_trusted_cert(&der)
+                .map_err(|e| IdentityError::Root(format!("{e:?}")))?
+                .to_owned();
+            anchors.push(anchor);
+        }
+    }
+    Ok(Roots {
+        anchors,
+        pem: pem.to_vec(),
+    })
+}

@@ -1,0 +1,241 @@
+//! A sidecar's inbound side, on [`INBOUND_PORT`]: mTLS from other sidecars
+//! (the workload port in the TLS server name) and, in `PERMISSIVE` mode,
+//! plaintext redirected by the pod's iptables rules (the workload port from
+//! `SO_ORIGINAL_DST`). Each connection is authorized once before any byte
+//! reaches the workload (peer identity, address, port) and, on HTTP ports,
+//! every request again; allowed traffic goes to `127.0.0.1:<port>`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::LazyConfigAcceptor;
+use tracing::debug;
+
+use crate::authz::{Authorize, PeerInfo, Policies, Traffic, Verdict};
+use crate::compiled::CompiledListener;
+use crate::config::{INBOUND_PORT, ListenerProtocol, MtlsMode, inbound_port_of};
+use crate::http_proxy::ProxyService;
+use crate::identity::verify::{describe, principal, server_config};
+use crate::state::Proxy;
+
+/// Time allowed for a client's first bytes and its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one connection accepted on the inbound port.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) {
+    let compiled = proxy.current();
+    let Some(inbound) = &compiled.inbound else {
+        return;
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    let telemetry = &proxy.telemetry;
+    let policies = inbound.policies.clone();
+    // 0x16: a TLS handshake record.
+    if first[0] == 0x16 {
+        let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+        let Ok(Ok(start)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await else {
+            telemetry.tls_handshake_failures.fetch_add(1, Relaxed);
+            return;
+        };
+        let port = start.client_hello().server_name().and_then(inbound_port_of);
+        let Some((port, listener)) =
+            port.and_then(|p| inbound.ports.get(&p).map(|l| (p, l.clone())))
+        else {
+            debug!(%peer, "mTLS for a port this workload does not serve");
+            telemetry.tls_handshake_failures.fetch_add(1, Relaxed);
+            return;
+        };
+        let (p, t) = (policies.clone(), proxy.telemetry.clone());
+        let traffic = traffic_of(&listener);
+        let ip = peer.ip();
+        let check = Box::new(move |principal: &str| {
+            let info = PeerInfo {
+                ip,
+                principal: Some(principal.into()),
+                port,
+            };
+            allowed_connection(&p, &info, traffic, &t)
+        });
+        let Ok(config) = server_config(&proxy.identity, check) else {
+            return;
+        };
+        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                debug!(%peer, "inbound mTLS handshake: {e}");
+                if !crate::identity::verify::is_access_denied(&e) {
+                    telemetry.tls_handshake_failures.fetch_add(1, Relaxed);
+                }
+                return;
+            }
+            Err(_) => {
+                telemetry.tls_handshake_failures.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        let principal = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| describe(c).ok())
+            .map(|(id, _)| Arc::from(principal(&id)));
+        let info = PeerInfo {
+            ip,
+            principal,
+            port,
+        };
+        serve_port(proxy.clone(), listener, info, tls, builder, watcher).await;
+    } else {
+        if inbound.mode == MtlsMode::Strict {
+            debug!(%peer, "plaintext refused: STRICT mTLS");
+            telemetry.plaintext_refused.fetch_add(1, Relaxed);
+            return;
+        }
+        // Without a redirect there is no workload port to forward to.
+        let Some((port, listener)) =
+            original_port(&stream).and_then(|p| inbound.ports.get(&p).map(|l| (p, l.clone())))
+        else {
+            return;
+        };
+        let info = PeerInfo {
+            ip: peer.ip(),
+            principal: None,
+            port,
+        };
+        if !allowed_connection(&inbound.policies, &info, traffic_of(&listener), telemetry) {
+            return;
+        }
+        serve_port(proxy.clone(), listener, info, stream, builder, watcher).await;
+    }
+}
+
+fn traffic_of(l: &CompiledListener) -> Traffic<'static> {
+    match l.protocol {
+        ListenerProtocol::Tcp => Traffic::Tcp,
+        ListenerProtocol::Http => Traffic::Connection,
+    }
+}
+
+/// The connection-level decision; counts denials and audits.
+fn allowed_connection(
+    policies: &Policies,
+    info: &PeerInfo,
+    traffic: Traffic<'_>,
+    telemetry: &crate::telemetry::Telemetry,
+) -> bool {
+    if policies.is_empty() {
+        return true;
+    }
+    let d = policies.decide(&info.peer(), &traffic);
+    if d.audited {
+        telemetry.authz_audited.fetch_add(1, Relaxed);
+    }
+    if let Verdict::Deny(policy) = &d.verdict {
+        debug!(%policy, principal = ?info.principal, port = info.port, "connection denied");
+        telemetry.authz_denied_connections.fetch_add(1, Relaxed);
+        return false;
+    }
+    true
+}
+
+/// Serves an authorized connection until it ends, or until a new policy
+/// set no longer allows it (then it is closed, as Envoy drains a listener
+/// whose filters changed): a policy applies to pooled connections too.
+async fn serve_port<S>(
+    proxy: Arc<Proxy>,
+    listener: Arc<CompiledListener>,
+    info: PeerInfo,
+    io: S,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let traffic = traffic_of(&listener);
+    let info = Arc::new(info);
+    let served = async {
+        match listener.protocol {
+            ListenerProtocol::Tcp => {
+                crate::tcp_proxy::serve(proxy.clone(), listener.name.clone(), io).await;
+            }
+            ListenerProtocol::Http => {
+                let peer = SocketAddr::new(info.ip, 0);
+                let svc = Authorize::new(
+                    ProxyService::new(proxy.clone(), listener.name.clone(), peer),
+                    proxy.clone(),
+                    info.clone(),
+                );
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
+                    .into_owned();
+                let _ = watcher.watch(conn).await;
+            }
+        }
+    };
+    tokio::select! {
+        () = served => {}
+        () = revoked(&proxy, &info, traffic) => {
+            debug!(principal = ?info.principal, port = info.port, "a new policy denies this open connection; closing it");
+        }
+    }
+}
+
+/// Resolves once the running policies deny this connection.
+async fn revoked(proxy: &Proxy, info: &PeerInfo, traffic: Traffic<'static>) {
+    let mut changes = proxy.subscribe();
+    while changes.changed().await.is_ok() {
+        let compiled = proxy.current();
+        let allowed = compiled
+            .inbound
+            .as_ref()
+            .is_some_and(|inb| allowed_connection(&inb.policies, info, traffic, &proxy.telemetry));
+        if !allowed {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+/// The workload port a redirected connection was addressed to
+/// (`SO_ORIGINAL_DST`); none when the connection came to the inbound port
+/// directly.
+fn original_port(stream: &TcpStream) -> Option<u16> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain getsockopt into a sockaddr_in of the size we pass.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            (&raw mut addr).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    let port = u16::from_be(addr.sin_port);
+    (port != INBOUND_PORT).then_some(port)
+}

@@ -1,0 +1,605 @@
+//! End-to-end: workload identity, mTLS and AuthorizationPolicy. Pods with a
+//! sidecar and a projected token (audience `sluice`) get certificates from
+//! the operator's CA; sidecars talk mTLS; policies are enforced on the
+//! destination's inbound side.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use rcgen::{CertificateParams, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sluice_proto::mesh::SignRequest;
+use sluice_proto::mesh::certificates_client::CertificatesClient;
+use sluice_tests::Cluster;
+use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, http, proxy_env};
+use sluice_tests::wait::{deployment_available, pod_ready, pods_by_label, poll};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+use super::{TIMEOUT, mesh};
+
+const NS: &str = "authz";
+const TD: &str = "cluster.local";
+
+/// The sidecar container and its token volume mount, indented by `indent`.
+fn sidecar(url: &str, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    format!(
+        "{pad}- name: sluice-proxy\n{pad}  image: sluice/sluice-proxy:dev\n{pad}  args: [sidecar, --workers, \"1\"]\n{pad}  volumeMounts: [{{name: sluice-token, mountPath: /var/run/secrets/sluice.dev}}]\n{}",
+        proxy_env(url, indent + 2)
+    )
+}
+
+/// The projected token volume a sidecar exchanges for its certificate.
+fn token_volume(indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    format!(
+        "{pad}volumes:\n{pad}- name: sluice-token\n{pad}  projected: {{sources: [{{serviceAccountToken: {{audience: sluice, path: token, expirationSeconds: 3600}}}}]}}\n"
+    )
+}
+
+/// A client pod: curl and a sidecar, under service account `sa`.
+fn client_pod(url: &str, name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}, namespace: {NS}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  serviceAccountName: {name}\n  containers:\n  - name: curl\n    image: curlimages/curl:8.10.1\n{}{}",
+        sidecar(url, 2),
+        token_volume(2)
+    )
+}
+
+/// The namespace: `handson` (blue, with a sidecar) and the client pods
+/// `curl`, `curl-allow` and `curl-deny`, each with its own service account.
+async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
+    static DONE: OnceCell<()> = OnceCell::const_new();
+    DONE.get_or_try_init(|| async {
+        let mesh = mesh(cluster).await?;
+        let url = mesh.operator.lock().await.grpc_url();
+        cluster.create_namespace(NS).await?;
+        cluster.apply(&format!(
+            r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: handson, namespace: {NS}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: handson-blue, namespace: {NS}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: handson, version: blue}}}}
+  template:
+    metadata: {{labels: {{app: handson, version: blue}}}}
+    spec:
+      serviceAccountName: handson
+      containers:
+      - name: app
+        image: sluice/demo-app:blue
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe:
+          httpGet: {{path: /healthz, port: http}}
+          periodSeconds: 1
+{sidecar}{volumes}---
+apiVersion: v1
+kind: Service
+metadata: {{name: handson, namespace: {NS}}}
+spec:
+  selector: {{app: handson}}
+  ports: [{{name: http, port: 8080, targetPort: http}}]
+"#,
+            sidecar = sidecar(&url, 6),
+            volumes = token_volume(6),
+        ))?;
+        for name in ["curl", "curl-allow", "curl-deny"] {
+            cluster.apply(&client_pod(&url, name))?;
+        }
+        let client = cluster.client();
+        deployment_available(&client, NS, "handson-blue", TIMEOUT).await?;
+        for name in ["curl", "curl-allow", "curl-deny"] {
+            pod_ready(&client, NS, name, TIMEOUT).await?;
+        }
+        // Every sidecar has its certificate and the mesh path answers.
+        for name in ["curl", "curl-allow", "curl-deny"] {
+            poll(
+                &format!("{name} to reach handson over mTLS"),
+                TIMEOUT,
+                Duration::from_millis(200),
+                || async { Ok((call(cluster, name, "GET", "/").await?.0 == "200").then_some(())) },
+            )
+            .await?;
+        }
+        anyhow::Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// `curl` from `pod` through its sidecar to `handson:8080`: (status, body);
+/// status `000` when the connection closed without a response.
+async fn call(
+    cluster: &Cluster,
+    pod: &str,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(String, String)> {
+    let url = format!("http://127.0.0.1:15001{path}");
+    let mut argv = vec![
+        "curl",
+        "-s",
+        "-m",
+        "2",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+        "-H",
+        "Host: handson:8080",
+    ];
+    if method == "POST" {
+        argv.extend(["-d", "{}"]);
+    }
+    argv.push(&url);
+    let out = cluster.exec_in_pod(NS, pod, &argv).await?;
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", &out.stdout));
+    Ok((code.trim().to_owned(), body.to_owned()))
+}
+
+async fn handson_ip(cluster: &Cluster) -> anyhow::Result<String> {
+    pods_by_label(&cluster.client(), NS, "app=handson")
+        .await?
+        .into_iter()
+        .find_map(|p| p.status?.pod_ip)
+        .context("the handson pod has no IP")
+}
+
+/// One counter from a proxy's `/metrics`.
+async fn proxy_metric(ip: &str, name: &str) -> anyhow::Result<f64> {
+    let text = http()
+        .get(format!("http://{ip}:{ADMIN_PORT}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+async fn pod_ip(cluster: &Cluster, name: &str) -> anyhow::Result<String> {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client(), NS);
+    pods.get(name)
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .context("no pod IP")
+}
+
+fn policy(name: &str, body: &str) -> String {
+    format!(
+        "apiVersion: sluice.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{app: handson}}}}\n{body}"
+    )
+}
+
+async fn delete_policy(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
+    let api: Api<sluice_crds::AuthorizationPolicy> = Api::namespaced(cluster.client(), NS);
+    api.delete(name, &DeleteParams::default()).await?;
+    Ok(())
+}
+
+/// Hands-on step 5: an L4 DENY on `curl-deny`'s identity closes its
+/// connections within 2 s; `curl-allow` keeps working; deleting the policy
+/// restores both.
+pub async fn l4_policy_denies_a_principal(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    setup(&cluster).await?;
+    for pod in ["curl-allow", "curl-deny"] {
+        let (code, body) = call(&cluster, pod, "GET", "/").await?;
+        ensure!(code == "200", "{pod} before the policy: {code} {body}");
+    }
+    let applied = Instant::now();
+    cluster.apply(&policy(
+        "deny-curl-deny",
+        &format!(
+            "  action: DENY\n  rules:\n  - from: [{{source: {{principals: [\"{TD}/ns/{NS}/sa/curl-deny\"]}}}}]\n    to: [{{operation: {{ports: [\"8080\"]}}}}]\n"
+        ),
+    ))?;
+    poll(
+        "curl-deny to be refused at the connection",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { Ok((call(&cluster, "curl-deny", "GET", "/").await?.0 == "000").then_some(())) },
+    )
+    .await?;
+    let took = applied.elapsed();
+    println!(
+        "L4 DENY effective {} ms after the apply returned",
+        took.as_millis()
+    );
+    ensure!(
+        took <= Duration::from_secs(2),
+        "the DENY policy took {took:?} (target 2 s)"
+    );
+    // Stays refused (no HTTP status at all), and the other identity is fine.
+    for _ in 0..5 {
+        let (code, body) = call(&cluster, "curl-deny", "GET", "/").await?;
+        ensure!(code == "000", "curl-deny got an HTTP answer: {code} {body}");
+        let (code, body) = call(&cluster, "curl-allow", "GET", "/").await?;
+        ensure!(code == "200", "curl-allow under the policy: {code} {body}");
+    }
+    let denied = proxy_metric(
+        &handson_ip(&cluster).await?,
+        "sluice_authz_denied_connections_total",
+    )
+    .await?;
+    ensure!(
+        denied >= 1.0,
+        "the handson sidecar counted {denied} denied connections"
+    );
+    delete_policy(&cluster, "deny-curl-deny").await?;
+    poll(
+        "curl-deny to be served again",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { Ok((call(&cluster, "curl-deny", "GET", "/").await?.0 == "200").then_some(())) },
+    )
+    .await?;
+    let (code, _) = call(&cluster, "curl-allow", "GET", "/").await?;
+    ensure!(code == "200", "curl-allow after the delete: {code}");
+    Ok(())
+}
+
+/// Hands-on step 6: an ALLOW policy for `GET` from `curl`: GET 200, POST
+/// and DELETE 403 `RBAC: access denied`.
+pub async fn l7_policy_allows_only_get(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    setup(&cluster).await?;
+    let (code, _) = call(&cluster, "curl", "POST", "/").await?;
+    ensure!(code == "200", "POST before the policy: {code}");
+    cluster.apply(&policy(
+        "get-only",
+        &format!(
+            "  action: ALLOW\n  rules:\n  - from: [{{source: {{principals: [\"{TD}/ns/{NS}/sa/curl\"]}}}}]\n    to: [{{operation: {{methods: [GET]}}}}]\n"
+        ),
+    ))?;
+    poll(
+        "POST to be denied",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { Ok((call(&cluster, "curl", "POST", "/").await?.0 == "403").then_some(())) },
+    )
+    .await?;
+    let (code, body) = call(&cluster, "curl", "GET", "/").await?;
+    ensure!(code == "200" && body.trim() == "blue", "GET: {code} {body}");
+    for (method, path) in [("POST", "/"), ("DELETE", "/id/123")] {
+        let (code, body) = call(&cluster, "curl", method, path).await?;
+        ensure!(
+            code == "403" && body == "RBAC: access denied",
+            "{method} {path}: {code} {body:?}"
+        );
+    }
+    // Another identity matches no ALLOW rule at all: refused before a request.
+    let (code, _) = call(&cluster, "curl-allow", "GET", "/").await?;
+    ensure!(
+        code == "000",
+        "curl-allow under an ALLOW for curl only: {code}"
+    );
+    delete_policy(&cluster, "get-only").await?;
+    poll(
+        "POST to be allowed again",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { Ok((call(&cluster, "curl", "POST", "/").await?.0 == "200").then_some(())) },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A token of service account `sa` for `audience`.
+async fn token(cluster: &Cluster, sa: &str, audience: &str) -> anyhow::Result<String> {
+    let api: Api<ServiceAccount> = Api::namespaced(cluster.client(), NS);
+    let req = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_owned()]),
+            expiration_seconds: Some(600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    api.create_token_request(sa, &PostParams::default(), &req)
+        .await?
+        .status
+        .and_then(|s| s.token)
+        .context("no token")
+}
+
+fn csr(id: &str) -> anyhow::Result<String> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = vec![SanType::URI(id.try_into()?)];
+    Ok(p.serialize_request(&key)?.pem()?)
+}
+
+/// A client certificate for the TLS checks: `(chain, key)`.
+struct ClientCert {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+/// A leaf for `id` signed by `issuer`, valid from `from` to `to` (seconds
+/// relative to now).
+fn leaf(
+    id: &str,
+    issuer: &rcgen::Issuer<'_, KeyPair>,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<ClientCert> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::default();
+    p.subject_alt_names = vec![SanType::URI(id.try_into()?)];
+    p.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    let now = time_now();
+    p.not_before = now + rcgen_duration(from);
+    p.not_after = now + rcgen_duration(to);
+    let cert = p.signed_by(&key, issuer)?;
+    Ok(ClientCert {
+        chain: vec![cert.der().clone()],
+        key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    })
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn rcgen_duration(secs: i64) -> time::Duration {
+    time::Duration::seconds(secs)
+}
+
+/// Accepts any server certificate: these checks are about what the
+/// sidecar accepts from clients.
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// GET / over TLS to the handson sidecar's inbound port, presenting
+/// `cert` (or none): the status line, or the error.
+async fn tls_get(ip: &str, cert: Option<ClientCert>) -> Result<String, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)));
+    let mut config = match cert {
+        Some(c) => builder
+            .with_client_auth_cert(c.chain, c.key)
+            .map_err(|e| e.to_string())?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = ServerName::try_from(sluice_proto::config::inbound_server_name(8080))
+        .map_err(|e| e.to_string())?;
+    let io = async {
+        let tcp = tokio::net::TcpStream::connect((ip, sluice_proto::config::INBOUND_PORT)).await?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: handson\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        tls.read_to_end(&mut buf).await?;
+        std::io::Result::Ok(buf)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), io).await {
+        Err(_) => Err("timed out".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(buf)) if buf.is_empty() => Err("closed without a response".into()),
+        Ok(Ok(buf)) => Ok(String::from_utf8_lossy(&buf)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()),
+    }
+}
+
+/// Identity checks: a token of one service account gets no certificate for
+/// another; certificates from a foreign root or expired ones are refused;
+/// `STRICT` refuses clients without a mesh certificate.
+pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    setup(&cluster).await?;
+    let mesh = mesh(&cluster).await?;
+    let url = mesh.operator.lock().await.grpc_url();
+    let mut ca = CertificatesClient::connect(url).await?;
+    let allow_token = token(&cluster, "curl-allow", "sluice").await?;
+    let own = ca
+        .sign(SignRequest {
+            csr_pem: csr(&format!("spiffe://{TD}/ns/{NS}/sa/curl-allow"))?,
+            token: allow_token.clone(),
+        })
+        .await;
+    ensure!(own.is_ok(), "its own identity was refused: {own:?}");
+    let other = ca
+        .sign(SignRequest {
+            csr_pem: csr(&format!("spiffe://{TD}/ns/{NS}/sa/curl-deny"))?,
+            token: allow_token,
+        })
+        .await;
+    match other {
+        Err(s) if s.code() == tonic::Code::PermissionDenied => {}
+        other => bail!("curl-allow's token got curl-deny's identity: {other:?}"),
+    }
+    let wrong_audience = ca
+        .sign(SignRequest {
+            csr_pem: csr(&format!("spiffe://{TD}/ns/{NS}/sa/curl-allow"))?,
+            token: token(&cluster, "curl-allow", "some-other-audience").await?,
+        })
+        .await;
+    match wrong_audience {
+        Err(s) if s.code() == tonic::Code::Unauthenticated => {}
+        other => bail!("a token for another audience was accepted: {other:?}"),
+    }
+
+    // Client certificates at the handson sidecar's inbound port.
+    let ip = handson_ip(&cluster).await?;
+    let secret: Secret = Api::namespaced(cluster.client(), GATEWAY_NS)
+        .get("sluice-ca")
+        .await?;
+    let data = secret.data.unwrap_or_default();
+    let pem = |k: &str| -> anyhow::Result<String> {
+        Ok(String::from_utf8(
+            data.get(k).context("CA secret key")?.0.clone(),
+        )?)
+    };
+    let mesh_ca =
+        rcgen::Issuer::from_ca_cert_pem(&pem("ca.crt")?, KeyPair::from_pem(&pem("ca.key")?)?)?;
+    let id = format!("spiffe://{TD}/ns/{NS}/sa/curl-allow");
+    let good = tls_get(&ip, Some(leaf(&id, &mesh_ca, -60, 600)?)).await;
+    ensure!(
+        good.as_deref().is_ok_and(|l| l.contains(" 200")),
+        "a valid mesh certificate was not served: {good:?}"
+    );
+    let expired = tls_get(&ip, Some(leaf(&id, &mesh_ca, -600, -60)?)).await;
+    ensure!(
+        expired.is_err(),
+        "an expired certificate was served: {expired:?}"
+    );
+    let foreign_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut foreign_params = CertificateParams::default();
+    foreign_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let foreign = rcgen::Issuer::new(foreign_params, foreign_key);
+    let foreign_leaf = tls_get(&ip, Some(leaf(&id, &foreign, -60, 600)?)).await;
+    ensure!(
+        foreign_leaf.is_err(),
+        "a certificate of a foreign root was served: {foreign_leaf:?}"
+    );
+    let none = tls_get(&ip, None).await;
+    ensure!(
+        none.is_err(),
+        "TLS without a client certificate was served: {none:?}"
+    );
+    println!("refused: expired {expired:?}; foreign root {foreign_leaf:?}; none {none:?}");
+
+    // STRICT: plaintext to the inbound port is refused and counted; mesh
+    // clients keep working.
+    let refused_before = proxy_metric(&ip, "sluice_plaintext_refused_total").await?;
+    let plaintext = || async {
+        http()
+            .get(format!(
+                "http://{ip}:{}/",
+                sluice_proto::config::INBOUND_PORT
+            ))
+            .header("host", "handson")
+            .send()
+            .await
+    };
+    ensure!(
+        plaintext().await.is_err(),
+        "plaintext without a redirect was served"
+    );
+    ensure!(
+        proxy_metric(&ip, "sluice_plaintext_refused_total").await? == refused_before,
+        "PERMISSIVE counted plaintext as refused"
+    );
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NS}\n  labels: {{sluice.dev/mtls-mode: STRICT}}\n"
+    ))?;
+    let result = poll(
+        "STRICT to refuse plaintext",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let _ = plaintext().await;
+            Ok(
+                (proxy_metric(&ip, "sluice_plaintext_refused_total").await? > refused_before)
+                    .then_some(()),
+            )
+        },
+    )
+    .await;
+    let (code, _) = call(&cluster, "curl-allow", "GET", "/").await?;
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NS}\n  labels: {{sluice.dev/mtls-mode: PERMISSIVE}}\n"
+    ))?;
+    result?;
+    ensure!(code == "200", "a mesh client under STRICT: {code}");
+    Ok(())
+}
+
+/// Certificates live seconds (`--cert-ttl` of this test's operator) and are
+/// renewed at half-life; a steady stream of requests sees no failure.
+pub async fn rotation_under_load(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    setup(&cluster).await?;
+    let client_ip = pod_ip(&cluster, "curl-allow").await?;
+    let server_ip = handson_ip(&cluster).await?;
+    let issued =
+        |ip: String| async move { proxy_metric(&ip, "sluice_certificates_issued_total").await };
+    let (client_before, server_before) = (
+        issued(client_ip.clone()).await?,
+        issued(server_ip.clone()).await?,
+    );
+    let start = Instant::now();
+    let mut failures = Vec::new();
+    let mut n = 0;
+    // A steady pace across ~4 renewals (TTL 6 s, renewed every 3 s);
+    // bounded at 300 requests and 20 s.
+    let mut pace = tokio::time::interval(Duration::from_millis(40));
+    while n < 300 && start.elapsed() < Duration::from_secs(20) {
+        pace.tick().await;
+        n += 1;
+        let (code, body) = call(&cluster, "curl-allow", "GET", "/").await?;
+        if code != "200" {
+            failures.push(format!("#{n} at {:?}: {code} {body}", start.elapsed()));
+        }
+    }
+    let (client_after, server_after) = (issued(client_ip).await?, issued(server_ip).await?);
+    println!(
+        "rotation: {n} requests in {:?}, {} failed; certificates issued meanwhile: client {}, server {}",
+        start.elapsed(),
+        failures.len(),
+        client_after - client_before,
+        server_after - server_before
+    );
+    ensure!(failures.is_empty(), "failed during rotation: {failures:?}");
+    ensure!(
+        client_after - client_before >= 2.0 && server_after - server_before >= 2.0,
+        "too few rotations to prove anything: client {client_before}→{client_after}, server {server_before}→{server_after}"
+    );
+    Ok(())
+}
