@@ -7,6 +7,8 @@
 //! - `hold`: opens N keep-alive connections, makes one request on each, and
 //!   holds them open until stdin closes, so that a proxy's memory with many
 //!   connections can be read.
+//! - `certs`: writes a mesh root and two workload certificates (`client`,
+//!   `server`) for the mTLS rows, as the operator's CA would issue them.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -61,6 +63,45 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
     },
+    /// Write `roots.pem`, `client.{crt,key}` and `server.{crt,key}` to DIR
+    /// (trust domain `bench.local`, namespace `bench`).
+    Certs {
+        /// Output directory.
+        dir: std::path::PathBuf,
+    },
+}
+
+/// A root and two leaves, `spiffe://bench.local/ns/bench/sa/<name>`.
+fn certs(dir: &std::path::Path) -> Result<()> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose, SanType,
+    };
+    std::fs::create_dir_all(dir)?;
+    let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut root = CertificateParams::default();
+    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    root.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let root_cert = root.self_signed(&root_key)?;
+    std::fs::write(dir.join("roots.pem"), root_cert.pem())?;
+    let issuer = Issuer::new(root, root_key);
+    for name in ["client", "server"] {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut p = CertificateParams::default();
+        let id = format!("spiffe://bench.local/ns/bench/sa/{name}");
+        p.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &issuer)?;
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem())?;
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+    }
+    Ok(())
 }
 
 async fn connect(addr: SocketAddr) -> Result<http1::SendRequest<Empty<Bytes>>> {
@@ -192,5 +233,6 @@ fn main() -> Result<()> {
             host,
             connections,
         } => rt.block_on(hold(addr, host, connections)),
+        Cmd::Certs { dir } => certs(&dir),
     }
 }

@@ -14,11 +14,11 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use kube::Api;
 use sluice_crds::Rollout;
-use sluice_operator::ca;
 use sluice_operator::mesh::{MeshOutput, MeshSettings};
 use sluice_operator::metrics::{self, Metrics};
 use sluice_operator::push::{ConfigServer, Registry, Snapshots};
 use sluice_operator::traffic::{TelemetryServer, TrafficWindow};
+use sluice_operator::{ca, inject};
 use sluice_operator::{status, world};
 use sluice_proto::config::MtlsMode;
 use sluice_proto::mesh::certificates_server::CertificatesServer;
@@ -55,6 +55,27 @@ struct Args {
     /// Lifetime of workload certificates; proxies renew at half of it.
     #[arg(long, env = "SLUICE_CERT_TTL", default_value = "24h", value_parser = sluice_proto::config::parse_duration)]
     cert_ttl: Duration,
+    /// Serve the sidecar injection webhook (HTTPS) here.
+    #[arg(long, env = "SLUICE_WEBHOOK_LISTEN")]
+    webhook_listen: Option<SocketAddr>,
+    /// Names (DNS or IP) in the webhook's serving certificate; default
+    /// `sluice-operator.<namespace>.svc`.
+    #[arg(long, env = "SLUICE_WEBHOOK_NAMES", value_delimiter = ',')]
+    webhook_names: Vec<String>,
+    /// The proxy image injected sidecars run.
+    #[arg(
+        long,
+        env = "SLUICE_PROXY_IMAGE",
+        default_value = "sluice/sluice-proxy:dev"
+    )]
+    proxy_image: String,
+    /// The control plane's address as injected sidecars reach it; default
+    /// `http://sluice-operator.<namespace>.svc:15010`.
+    #[arg(long, env = "SLUICE_PROXY_CONTROL_PLANE")]
+    proxy_control_plane: Option<String>,
+    /// `RUST_LOG` of injected sidecars.
+    #[arg(long, env = "SLUICE_PROXY_LOG", default_value = "info")]
+    proxy_log: String,
     /// mTLS mode of namespaces without a `sluice.dev/mtls-mode` label.
     #[arg(long, env = "SLUICE_MTLS_MODE", default_value = "PERMISSIVE", value_parser = parse_mode)]
     mtls_mode: MtlsMode,
@@ -119,6 +140,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let world = world::World::start(&client, mesh_settings(&authority.load())).await;
+    let roots_changed = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(inject::webhook::keep_ca_bundle_current(
+        client.clone(),
+        authority.clone(),
+        roots_changed.clone(),
+    ));
     {
         let (w, a) = (world.clone(), authority.clone());
         tokio::spawn(ca::secret::watch(
@@ -126,8 +153,35 @@ async fn main() -> anyhow::Result<()> {
             ca_settings,
             authority.clone(),
             Duration::from_secs(10),
-            move || w.set_mesh(mesh_settings(&a.load())),
+            move || {
+                w.set_mesh(mesh_settings(&a.load()));
+                roots_changed.notify_one();
+            },
         ));
+    }
+    if let Some(addr) = args.webhook_listen {
+        let names = if args.webhook_names.is_empty() {
+            vec![format!("sluice-operator.{}.svc", args.namespace)]
+        } else {
+            args.webhook_names.clone()
+        };
+        let cert = authority
+            .load()
+            .serving_cert(&names)
+            .context("the webhook's serving certificate")?;
+        let settings = inject::InjectSettings {
+            image: args.proxy_image.clone(),
+            control_plane: args
+                .proxy_control_plane
+                .clone()
+                .unwrap_or_else(|| format!("http://sluice-operator.{}.svc:15010", args.namespace)),
+            log_level: args.proxy_log.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = inject::webhook::serve(addr, cert, settings).await {
+                error!("injection webhook: {e}");
+            }
+        });
     }
     tokio::spawn(world::run(
         world.clone(),

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sluice_proto::mesh::ProxyIdentity;
 use sluice_proto::mesh::proxy_identity::Role;
@@ -37,6 +38,13 @@ enum Command {
         /// The configuration file (schema: proxy/README.md).
         #[arg(long, short)]
         config: PathBuf,
+        /// A workload certificate chain (PEM) for mesh mTLS, with `--key`;
+        /// the roots that verify peers come from the config's `mesh_tls`.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The certificate's private key (PKCS#8 PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
@@ -119,7 +127,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     raise_fd_limit();
     let result = match cli.command {
-        Command::Run { config, runtime } => run_static(config, runtime),
+        Command::Run {
+            config,
+            cert,
+            key,
+            runtime,
+        } => run_static(config, cert.zip(key), runtime),
         Command::Gateway { control, runtime } => run_managed(Role::Gateway, control, runtime),
         Command::Sidecar { control, runtime } => run_managed(Role::Sidecar, control, runtime),
     };
@@ -133,9 +146,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_static(path: PathBuf, rt: RuntimeArgs) -> anyhow::Result<()> {
+fn run_static(
+    path: PathBuf,
+    identity: Option<(PathBuf, PathBuf)>,
+    rt: RuntimeArgs,
+) -> anyhow::Result<()> {
     let (config, bytes) = static_source::load(&path)?;
     let proxy = Proxy::new();
+    if let Some((cert, key)) = identity {
+        let read = |p: &PathBuf| {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+        };
+        proxy.identity.set_leaf_pem(&read(&cert)?, &read(&key)?)?;
+    }
     let admin_addr = config.admin.as_ref().map(|a| a.address);
     proxy.apply(config, None);
     serve(proxy.clone(), admin_addr, rt, move || {

@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sluice_proto::mesh::SignRequest;
 use sluice_proto::mesh::certificates_client::CertificatesClient;
 use sluice_tests::Cluster;
-use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, http, proxy_env};
+use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, http};
 use sluice_tests::wait::{deployment_available, pod_ready, pods_by_label, poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
@@ -26,40 +26,30 @@ use super::{TIMEOUT, mesh};
 const NS: &str = "authz";
 const TD: &str = "cluster.local";
 
-/// The sidecar container and its token volume mount, indented by `indent`.
-fn sidecar(url: &str, indent: usize) -> String {
-    let pad = " ".repeat(indent);
+/// The namespace, opted into injection, with an mTLS mode.
+fn namespace(mode: &str) -> String {
     format!(
-        "{pad}- name: sluice-proxy\n{pad}  image: sluice/sluice-proxy:dev\n{pad}  args: [sidecar, --workers, \"1\"]\n{pad}  volumeMounts: [{{name: sluice-token, mountPath: /var/run/secrets/sluice.dev}}]\n{}",
-        proxy_env(url, indent + 2)
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NS}\n  labels: {{sluice.dev/inject: enabled, sluice.dev/mtls-mode: {mode}}}\n"
     )
 }
 
-/// The projected token volume a sidecar exchanges for its certificate.
-fn token_volume(indent: usize) -> String {
-    let pad = " ".repeat(indent);
+/// A client pod (curl) under its own service account; the injector adds
+/// the sidecar.
+fn client_pod(name: &str) -> String {
     format!(
-        "{pad}volumes:\n{pad}- name: sluice-token\n{pad}  projected: {{sources: [{{serviceAccountToken: {{audience: sluice, path: token, expirationSeconds: 3600}}}}]}}\n"
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}, namespace: {NS}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  serviceAccountName: {name}\n  containers:\n  - name: curl\n    image: curlimages/curl:8.10.1\n"
     )
 }
 
-/// A client pod: curl and a sidecar, under service account `sa`.
-fn client_pod(url: &str, name: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}, namespace: {NS}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  serviceAccountName: {name}\n  containers:\n  - name: curl\n    image: curlimages/curl:8.10.1\n{}{}",
-        sidecar(url, 2),
-        token_volume(2)
-    )
-}
-
-/// The namespace: `handson` (blue, with a sidecar) and the client pods
-/// `curl`, `curl-allow` and `curl-deny`, each with its own service account.
+/// The namespace, opted into injection: `handson` (blue) and the client
+/// pods `curl`, `curl-allow` and `curl-deny`, each with its own service
+/// account; none of the manifests mentions a sidecar.
 async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
     static DONE: OnceCell<()> = OnceCell::const_new();
     DONE.get_or_try_init(|| async {
-        let mesh = mesh(cluster).await?;
-        let url = mesh.operator.lock().await.grpc_url();
+        mesh(cluster).await?;
         cluster.create_namespace(NS).await?;
+        cluster.apply(&namespace("PERMISSIVE"))?;
         cluster.apply(&format!(
             r#"apiVersion: v1
 kind: ServiceAccount
@@ -82,19 +72,17 @@ spec:
         readinessProbe:
           httpGet: {{path: /healthz, port: http}}
           periodSeconds: 1
-{sidecar}{volumes}---
+---
 apiVersion: v1
 kind: Service
 metadata: {{name: handson, namespace: {NS}}}
 spec:
   selector: {{app: handson}}
   ports: [{{name: http, port: 8080, targetPort: http}}]
-"#,
-            sidecar = sidecar(&url, 6),
-            volumes = token_volume(6),
+"#
         ))?;
         for name in ["curl", "curl-allow", "curl-deny"] {
-            cluster.apply(&client_pod(&url, name))?;
+            cluster.apply(&client_pod(name))?;
         }
         let client = cluster.client();
         deployment_available(&client, NS, "handson-blue", TIMEOUT).await?;
@@ -114,6 +102,75 @@ spec:
         anyhow::Ok(())
     })
     .await?;
+    Ok(())
+}
+
+/// Injection: the labelled namespace's pods got the proxy as a native
+/// sidecar, an opted-out pod did not, and a request goes through both
+/// proxies (their metrics count it) over mTLS.
+pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    setup(&cluster).await?;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client(), NS);
+    let handson = pods_by_label(&cluster.client(), NS, "app=handson")
+        .await?
+        .into_iter()
+        .next()
+        .context("no handson pod")?;
+    let spec = handson.spec.clone().context("no spec")?;
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "sluice-proxy")
+        .context("handson has no sluice-proxy init container")?;
+    ensure!(
+        sidecar.restart_policy.as_deref() == Some("Always"),
+        "the sidecar is not native: {:?}",
+        sidecar.restart_policy
+    );
+    ensure!(
+        spec.containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            == ["app"],
+        "the app's containers changed: {:?}",
+        spec.containers.iter().map(|c| &c.name).collect::<Vec<_>>()
+    );
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: opted-out\n  namespace: {NS}\n  annotations: {{sluice.dev/inject: \"false\"}}\nspec:\n  containers:\n  - {{name: curl, image: curlimages/curl:8.10.1}}\n"
+    ))?;
+    let opted = pods.get("opted-out").await?;
+    let inits = opted
+        .spec
+        .and_then(|s| s.init_containers)
+        .unwrap_or_default();
+    ensure!(inits.is_empty(), "an opted-out pod was injected: {inits:?}");
+    pods.delete("opted-out", &DeleteParams::default()).await?;
+
+    let server_ip = handson.status.and_then(|s| s.pod_ip).context("no IP")?;
+    let client_ip = pod_ip(&cluster, "curl").await?;
+    let inbound = |ip: String| async move {
+        proxy_metric_matching(&ip, "sluice_requests_total", "listener=\"inbound|8080\"").await
+    };
+    let outbound = |ip: String| async move {
+        proxy_metric_matching(&ip, "sluice_requests_total", "listener=\"outbound\"").await
+    };
+    let (in_before, out_before) = (
+        inbound(server_ip.clone()).await?,
+        outbound(client_ip.clone()).await?,
+    );
+    for _ in 0..10 {
+        let (code, body) = call(&cluster, "curl", "GET", "/").await?;
+        ensure!(code == "200" && body.trim() == "blue", "{code} {body}");
+    }
+    let (in_after, out_after) = (inbound(server_ip).await?, outbound(client_ip).await?);
+    ensure!(
+        out_after - out_before >= 10.0 && in_after - in_before >= 10.0,
+        "10 requests: client sidecar counted {}, server sidecar {}",
+        out_after - out_before,
+        in_after - in_before
+    );
     Ok(())
 }
 
@@ -155,8 +212,13 @@ async fn handson_ip(cluster: &Cluster) -> anyhow::Result<String> {
         .context("the handson pod has no IP")
 }
 
-/// One counter from a proxy's `/metrics`.
+/// One counter from a proxy's `/metrics` (summed over its series).
 async fn proxy_metric(ip: &str, name: &str) -> anyhow::Result<f64> {
+    proxy_metric_matching(ip, name, "").await
+}
+
+/// The sum of a counter's series whose labels contain `labels`.
+async fn proxy_metric_matching(ip: &str, name: &str, labels: &str) -> anyhow::Result<f64> {
     let text = http()
         .get(format!("http://{ip}:{ADMIN_PORT}/metrics"))
         .send()
@@ -166,6 +228,7 @@ async fn proxy_metric(ip: &str, name: &str) -> anyhow::Result<f64> {
     Ok(text
         .lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter(|l| l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
 }
@@ -537,9 +600,7 @@ pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow
         proxy_metric(&ip, "sluice_plaintext_refused_total").await? == refused_before,
         "PERMISSIVE counted plaintext as refused"
     );
-    cluster.apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NS}\n  labels: {{sluice.dev/mtls-mode: STRICT}}\n"
-    ))?;
+    cluster.apply(&namespace("STRICT"))?;
     let result = poll(
         "STRICT to refuse plaintext",
         Duration::from_secs(10),
@@ -554,9 +615,7 @@ pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow
     )
     .await;
     let (code, _) = call(&cluster, "curl-allow", "GET", "/").await?;
-    cluster.apply(&format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {NS}\n  labels: {{sluice.dev/mtls-mode: PERMISSIVE}}\n"
-    ))?;
+    cluster.apply(&namespace("PERMISSIVE"))?;
     result?;
     ensure!(code == "200", "a mesh client under STRICT: {code}");
     Ok(())

@@ -70,6 +70,10 @@ fn main() -> ExitCode {
             Box::pin(logged(c, rollouts::operator_restart_resumes_the_step))
         }),
         (
+            "injection_adds_a_native_sidecar_and_traffic_goes_through_both_proxies",
+            |c| Box::pin(logged(c, identity::injection_adds_a_native_sidecar)),
+        ),
+        (
             "l4_authorization_policy_denies_a_principal_at_the_connection",
             |c| Box::pin(logged(c, identity::l4_policy_denies_a_principal)),
         ),

@@ -20,6 +20,8 @@ pub struct Operator {
     pub grpc: SocketAddr,
     /// `/metrics`, `/debug/traffic`.
     pub metrics: SocketAddr,
+    /// The sidecar injection webhook (HTTPS).
+    pub webhook: SocketAddr,
     kubeconfig: PathBuf,
     log: PathBuf,
     extra: Vec<String>,
@@ -34,16 +36,25 @@ impl Operator {
 
     /// [`Operator::start`] with extra flags (e.g. `--cert-ttl=6s`), kept
     /// across restarts.
-    pub async fn start_with(cluster: &Cluster, extra: &[&str]) -> Result<Operator, Error> {
-        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+    pub async fn start_with(cluster: &Cluster, extra_flags: &[&str]) -> Result<Operator, Error> {
         let ip = cluster.node().address();
         let grpc = SocketAddr::from((ip, free_port(ip)?));
         let metrics = SocketAddr::from((ip, free_port(ip)?));
+        let webhook = SocketAddr::from((ip, free_port(ip)?));
+        // Injected sidecars reach the operator where this harness runs it.
+        let mut extra: Vec<String> = vec![
+            format!("--webhook-listen={webhook}"),
+            format!("--webhook-names={ip}"),
+            format!("--proxy-control-plane=http://{grpc}"),
+            "--proxy-log=info,sluice_proxy::http_proxy=debug".into(),
+        ];
+        extra.extend(extra_flags.iter().map(|s| (*s).to_owned()));
         let log = cluster.dir().join("sluice-operator.log");
         let mut op = Operator {
             process: spawn(cluster.kubeconfig().to_owned(), grpc, metrics, &log, &extra)?,
             grpc,
             metrics,
+            webhook,
             kubeconfig: cluster.kubeconfig().to_owned(),
             log,
             extra,
@@ -174,6 +185,7 @@ pub async fn start_mesh_with(
     // The operator keeps its CA Secret there.
     cluster.create_namespace(GATEWAY_NS).await?;
     let operator = Operator::start_with(cluster, operator_flags).await?;
+    install_injector(cluster, &operator).await?;
     cluster.apply(&format!(
         r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -211,6 +223,54 @@ spec:
         .find_map(|p| p.status?.pod_ip)
         .ok_or_else(|| Error::Check("the gateway pod has no IP".into()))?;
     Ok((operator, gateway_ip))
+}
+
+/// The injection webhook's configuration, as the chart declares it but
+/// pointing at the operator's host address; the operator fills in its
+/// `caBundle`, which this waits for.
+async fn install_injector(cluster: &Cluster, operator: &Operator) -> Result<(), Error> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    cluster.apply(&format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {{name: sluice-injector}}
+webhooks:
+- name: inject.sluice.dev
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Fail
+  reinvocationPolicy: IfNeeded
+  timeoutSeconds: 10
+  clientConfig: {{url: "https://{addr}/inject"}}
+  rules: [{{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}}]
+  namespaceSelector:
+    matchExpressions:
+    - {{key: sluice.dev/inject, operator: In, values: [enabled]}}
+    - {{key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system, {GATEWAY_NS}]}}
+"#,
+        addr = operator.webhook
+    ))?;
+    let api: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(cluster.client());
+    // The operator watches the configuration and sets the bundle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = api.get("sluice-injector").await?;
+        let set = c.webhooks.iter().flatten().all(|w| {
+            w.client_config
+                .ca_bundle
+                .as_ref()
+                .is_some_and(|b| !b.0.is_empty())
+        });
+        if set {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Check(
+                "the operator did not set the injector's caBundle within 30 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The env and readiness probe of a proxy container in managed mode (as

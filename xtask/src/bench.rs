@@ -7,6 +7,12 @@
 //! (closed loop); latency at a fixed 2,000 requests/s from `sluice-bench
 //! rate` (open loop); memory from `/proc` idle and with 1,000 open
 //! keep-alive connections held by `sluice-bench hold`.
+//!
+//! The mesh rows chain two sluice proxies (a client sidecar and a server
+//! sidecar, both on CPU 0) in front of the same backend: plaintext between
+//! them, mTLS between them (certificates from `sluice-bench certs`), and
+//! mTLS with a 100-rule ALLOW policy on the server side whose last rule is
+//! the one that matches.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -280,12 +286,69 @@ struct Ports {
     nginx: u16,
     haproxy: u16,
     sluice: u16,
+    /// Client sidecar → server sidecar's plain listener.
+    chain_plain: u16,
+    /// The server sidecar's plain listener.
+    server_plain: u16,
+    /// Client sidecar → server sidecar's inbound port, mTLS.
+    chain_mtls: u16,
 }
 const PORTS: Ports = Ports {
     nginx: 19_101,
     haproxy: 19_102,
     sluice: 19_103,
+    chain_plain: 19_104,
+    server_plain: 19_105,
+    chain_mtls: 19_106,
 };
+
+/// The two sidecars' configs: the client's, and the server's without and
+/// with the 100-rule policy.
+fn write_mesh_configs(dir: &Path) -> Result<()> {
+    let roots = std::fs::read_to_string(dir.join("certs/roots.pem"))?;
+    // PEM is base64, dashes and newlines: a YAML double-quoted string.
+    let mesh_tls = format!(
+        "mesh_tls:\n  trust_domain: bench.local\n  roots_pem: [\"{}\"]\n",
+        roots.replace('\n', "\\n")
+    );
+    std::fs::write(
+        dir.join("sluice-client.yaml"),
+        format!(
+            "backends:\n  - name: server-plain\n    endpoints: [\"127.0.0.1:{sp}\"]\n    protocol: http1\n  - name: server-mtls\n    endpoints: [\"127.0.0.1:{BACKEND_PORT}\"]\n    protocol: http1\n    mesh: {{\"127.0.0.1:{BACKEND_PORT}\": \"spiffe://bench.local/ns/bench/sa/server\"}}\nlisteners:\n  - name: plain\n    address: 127.0.0.1:{cp}\n    routes: [{{name: all, backends: [{{name: server-plain}}]}}]\n  - name: mtls\n    address: 127.0.0.1:{cm}\n    routes: [{{name: all, backends: [{{name: server-mtls}}]}}]\n{mesh_tls}",
+            sp = PORTS.server_plain,
+            cp = PORTS.chain_plain,
+            cm = PORTS.chain_mtls,
+        ),
+    )?;
+    let server = |policies: &str| {
+        format!(
+            "backends:\n  - name: backend\n    endpoints: [\"127.0.0.1:{BACKEND_PORT}\"]\n    protocol: http1\nlisteners:\n  - name: plain\n    address: 127.0.0.1:{sp}\n    routes: [{{name: all, backends: [{{name: backend}}]}}]\ninbound:\n  ports: [{{port: {BACKEND_PORT}}}]\n  policies: {policies}\n{mesh_tls}",
+            sp = PORTS.server_plain,
+        )
+    };
+    std::fs::write(dir.join("sluice-server.yaml"), server("[]"))?;
+    // 99 rules for other callers, then the one that matches.
+    let rules: Vec<String> = (0..100)
+        .map(|i| {
+            let who = if i == 99 {
+                "bench.local/ns/bench/sa/client".to_owned()
+            } else {
+                format!("bench.local/ns/other/sa/client-{i}")
+            };
+            format!(
+                "{{from: [{{source: {{principals: [\"{who}\"]}}}}], to: [{{operation: {{methods: [GET], paths: [\"/*\"]}}}}]}}"
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.join("sluice-server-authz.yaml"),
+        server(&format!(
+            "[{{name: bench/allow-100, action: ALLOW, rules: [{}]}}]",
+            rules.join(", ")
+        )),
+    )?;
+    Ok(())
+}
 
 fn table(rows: &[Row]) -> String {
     let direct = rows
@@ -300,6 +363,7 @@ fn table(rows: &[Row]) -> String {
             .unwrap_or_default()
     };
     let (sluice, nginx, haproxy) = (get("sluice-proxy"), get("nginx"), get("haproxy"));
+    let (plain, mtls, authz) = (get(MESH_ROWS[0]), get(MESH_ROWS[1]), get(MESH_ROWS[2]));
     let mut s = String::new();
     s.push_str("| | peak req/s (1 core) | p50 at 2,000 req/s | p99 at 2,000 req/s | added p50 | added p99 | errors | RSS idle | RSS, 1,000 conns |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -340,7 +404,43 @@ fn table(rows: &[Row]) -> String {
         nginx.p99_us as i64 - direct.p99_us as i64,
         haproxy.p99_us as i64 - direct.p99_us as i64,
     ));
+    if plain.peak_rps > 0.0 {
+        s.push_str(&format!(
+            "two sidecars, mTLS/plaintext throughput: {:.2}x (added p99 {} µs); mTLS + 100-rule policy/plaintext: {:.2}x (added p99 {} µs)\n",
+            ratio(mtls.peak_rps, plain.peak_rps),
+            mtls.p99_us as i64 - plain.p99_us as i64,
+            ratio(authz.peak_rps, plain.peak_rps),
+            authz.p99_us as i64 - plain.p99_us as i64,
+        ));
+    }
     s
+}
+
+/// The mesh rows' names: plaintext, mTLS, mTLS with the policy.
+const MESH_ROWS: [&str; 3] = [
+    "2 sidecars, plaintext",
+    "2 sidecars, mTLS",
+    "2 sidecars, mTLS + 100-rule policy",
+];
+
+/// Starts a sluice proxy on CPU 0 with `config` (and a certificate).
+fn sluice(bin: &Path, dir: &Path, config: &str, cert: Option<&str>) -> Result<Proc> {
+    let mut c = pinned("0", &bin.display().to_string());
+    c.args([
+        "run",
+        "--workers",
+        "1",
+        "--config",
+        &dir.join(config).display().to_string(),
+    ])
+    .env("RUST_LOG", "warn");
+    if let Some(name) = cert {
+        c.arg("--cert")
+            .arg(dir.join(format!("certs/{name}.crt")))
+            .arg("--key")
+            .arg(dir.join(format!("certs/{name}.key")));
+    }
+    spawn("sluice-proxy", c, &dir.join(format!("{config}.log")))
 }
 
 /// Runs the proxy benchmark and prints (and saves) the table.
@@ -439,6 +539,40 @@ pub fn proxy() -> Result<()> {
             &dir.join("sluice.log"),
         )?;
         rows.push(measure("sluice-proxy", PORTS.sluice, Some(&mut p), &bench)?);
+    }
+    {
+        run("mesh certificates", {
+            let mut c = Command::new(&bench);
+            c.arg("certs").arg(dir.join("certs"));
+            c
+        })?;
+        write_mesh_configs(&dir)?;
+        let mut client = sluice(&proxy_bin, &dir, "sluice-client.yaml", Some("client"))?;
+        {
+            eprintln!("\n==> two sluice sidecars (1 worker each, both on CPU 0)");
+            let mut server = sluice(&proxy_bin, &dir, "sluice-server.yaml", Some("server"))?;
+            wait_http(PORTS.server_plain, &mut server)?;
+            rows.push(measure(
+                MESH_ROWS[0],
+                PORTS.chain_plain,
+                Some(&mut client),
+                &bench,
+            )?);
+            rows.push(measure(
+                MESH_ROWS[1],
+                PORTS.chain_mtls,
+                Some(&mut client),
+                &bench,
+            )?);
+        }
+        let mut server = sluice(&proxy_bin, &dir, "sluice-server-authz.yaml", Some("server"))?;
+        wait_http(PORTS.server_plain, &mut server)?;
+        rows.push(measure(
+            MESH_ROWS[2],
+            PORTS.chain_mtls,
+            Some(&mut client),
+            &bench,
+        )?);
     }
     drop(backend);
     let out = table(&rows);

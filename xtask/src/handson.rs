@@ -49,13 +49,8 @@ impl Demo<'_> {
         match n {
             1 => self.ingress(),
             2 => self.weighted(),
-            3 | 4 => {
-                eprintln!(
-                    "\n==> step {n}: {} authorization: arrives with AuthorizationPolicy (mTLS identities); skipped",
-                    if n == 3 { "L4" } else { "L7" }
-                );
-                Ok(())
-            }
+            3 => self.l4(),
+            4 => self.l7(),
             5 => self.rollout(),
             _ => bail!("there is no step {n}: steps are 1 to 5"),
         }
@@ -197,6 +192,149 @@ impl Demo<'_> {
         if counts.get("yellow") != Some(&200) {
             bail!("after the 0/100 patch: {counts:?}");
         }
+        Ok(())
+    }
+
+    /// `curl` in `pod` through its sidecar to `handson:8080`: (status,
+    /// body); status `000` when the connection closed without an answer.
+    /// The sandbox has no kubelet API, so `sluice-cluster exec` stands in
+    /// for `kubectl exec`.
+    fn curl(&self, pod: &str, method: &str, path: &str) -> Result<(String, String)> {
+        let mut cmd = Command::new(crate::root().join("target/debug/sluice-cluster"));
+        cmd.args(["exec", "--state-dir"]).arg(self.dir).args([
+            NS,
+            pod,
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Host: handson:8080",
+        ]);
+        cmd.arg(format!("http://127.0.0.1:15001{path}"));
+        let out = cmd.output().context("running sluice-cluster exec")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        Ok((code.trim().to_owned(), body.to_owned()))
+    }
+
+    /// Polls `curl` until `pod` gets `want`; returns how long it took.
+    fn until_status(&self, pod: &str, method: &str, want: &str) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let (code, _) = self.curl(pod, method, "/")?;
+            if code == want {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("{pod} {method}: expected {want} within 60 s, last {code}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The three clients, injected, each with a certificate.
+    fn clients(&self) -> Result<()> {
+        self.apply("50-clients.yaml")?;
+        self.kubectl(&[
+            "wait",
+            "-n",
+            NS,
+            "--for=condition=Ready",
+            "pod/curl",
+            "pod/curl-allow",
+            "pod/curl-deny",
+            "--timeout=120s",
+        ])?;
+        print!(
+            "{}",
+            self.kubectl(&[
+                "get", "pods", "-n", NS, "-o",
+                "custom-columns=POD:.metadata.name,SERVICEACCOUNT:.spec.serviceAccountName,INIT:.spec.initContainers[*].name,CONTAINERS:.spec.containers[*].name",
+            ])?
+        );
+        for pod in ["curl", "curl-allow", "curl-deny"] {
+            self.until_status(pod, "GET", "200")?;
+        }
+        Ok(())
+    }
+
+    fn l4(&self) -> Result<()> {
+        eprintln!(
+            "\n==> step 3: L4 authorization — curl-deny's identity refused on port 8080, curl-allow served"
+        );
+        self.clients()?;
+        let show = |pod: &str| -> Result<String> {
+            let (code, body) = self.curl(pod, "GET", "/")?;
+            let said = if code == "000" {
+                "(connection closed, no HTTP status)"
+            } else {
+                body.trim()
+            };
+            eprintln!(
+                "    kubectl exec -n {NS} {pod} -- curl -H 'Host: handson:8080' http://127.0.0.1:15001/ -> {code} {said}"
+            );
+            Ok(code)
+        };
+        show("curl-allow")?;
+        show("curl-deny")?;
+        let start = Instant::now();
+        self.apply("51-deny-curl-deny.yaml")?;
+        let took = self.until_status("curl-deny", "GET", "000")?;
+        eprintln!(
+            "    curl-deny refused {took:.1?} after the apply (from the apply: {:.1?})",
+            start.elapsed()
+        );
+        let (allow, deny) = (show("curl-allow")?, show("curl-deny")?);
+        if allow != "200" || deny != "000" {
+            bail!("under the DENY policy: curl-allow {allow}, curl-deny {deny}");
+        }
+        eprintln!("    kubectl delete -f examples/handson/51-deny-curl-deny.yaml");
+        let path = self
+            .files
+            .join("51-deny-curl-deny.yaml")
+            .display()
+            .to_string();
+        self.kubectl(&["delete", "-f", &path])?;
+        self.until_status("curl-deny", "GET", "200")?;
+        Ok(())
+    }
+
+    fn l7(&self) -> Result<()> {
+        eprintln!("\n==> step 4: L7 authorization — only GET from curl; POST and DELETE get 403");
+        self.clients()?;
+        self.apply("52-allow-get-only.yaml")?;
+        let took = self.until_status("curl", "POST", "403")?;
+        eprintln!("    in effect {took:.1?} after the apply");
+        let mut seen = Vec::new();
+        for (method, path) in [("GET", "/"), ("POST", "/"), ("DELETE", "/id/123")] {
+            let (code, body) = self.curl("curl", method, path)?;
+            eprintln!(
+                "    kubectl exec -n {NS} curl -- curl -X {method} -H 'Host: handson:8080' http://127.0.0.1:15001{path} -> {code} {}",
+                body.trim()
+            );
+            seen.push((code, body));
+        }
+        let ok = seen[0].0 == "200"
+            && seen[1..]
+                .iter()
+                .all(|(c, b)| c == "403" && b == "RBAC: access denied");
+        if !ok {
+            bail!("under the GET-only policy: {seen:?}");
+        }
+        eprintln!("    kubectl delete -f examples/handson/52-allow-get-only.yaml");
+        let path = self
+            .files
+            .join("52-allow-get-only.yaml")
+            .display()
+            .to_string();
+        self.kubectl(&["delete", "-f", &path])?;
+        self.until_status("curl", "POST", "200")?;
         Ok(())
     }
 

@@ -186,6 +186,49 @@ impl Authority {
     }
 }
 
+/// A serving certificate and its key, PEM.
+pub struct ServingCert {
+    /// Leaf first, then any intermediates.
+    pub chain_pem: Vec<String>,
+    /// PKCS#8.
+    pub key_pem: String,
+}
+
+impl Authority {
+    /// A one-year serving certificate for the operator's own HTTPS
+    /// endpoints (the injection webhook), for these DNS names and IPs.
+    pub fn serving_cert(&self, names: &[String]) -> Result<ServingCert, CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
+        params.distinguished_name = dn;
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n.as_str().try_into().map(SanType::DnsName),
+            })
+            .collect::<Result<_, _>>()?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(1);
+        params.not_after = now + time::Duration::days(365);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&fastrand_serial()));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let mut chain_pem = vec![cert.pem()];
+        chain_pem.extend(self.chain_pem.iter().cloned());
+        Ok(ServingCert {
+            chain_pem,
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
 /// A positive 16-byte serial.
 fn fastrand_serial() -> [u8; 16] {
     let mut b = [0u8; 16];

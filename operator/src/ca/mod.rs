@@ -10,5 +10,5 @@ pub mod authority;
 pub mod secret;
 pub mod server;
 
-pub use authority::{Authority, CaError};
+pub use authority::{Authority, CaError, ServingCert};
 pub use server::CertificateServer;

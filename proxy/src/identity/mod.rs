@@ -130,6 +130,20 @@ impl MeshIdentity {
     }
 }
 
+impl MeshIdentity {
+    /// Installs a chain and a PKCS#8 key read from PEM files (static mode,
+    /// where no control plane issues certificates).
+    pub fn set_leaf_pem(
+        &self,
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<SystemTime, IdentityError> {
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| IdentityError::Key(e.to_string()))?;
+        self.set_leaf(&[chain_pem.to_owned()], key.secret_pkcs8_der().to_vec())
+    }
+}
+
 /// Every certificate in a PEM text.
 pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())

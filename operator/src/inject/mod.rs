@@ -1,0 +1,180 @@
+//! Sidecar injection: a pod created in a namespace labelled
+//! `sluice.dev/inject=enabled` gets the proxy as a Kubernetes native sidecar
+//! (an init container with `restartPolicy: Always`, so it is ready before the
+//! app starts and does not keep a Job alive), the projected token it trades
+//! for its certificate, and the env it needs. [`patch`] is pure and
+//! idempotent; [`webhook`] serves it to the API server.
+
+pub mod webhook;
+
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::{Value, json};
+
+use crate::mesh::services::{PROXY_CONTAINER, has_sidecar};
+
+/// The namespace label that opts a namespace in.
+pub const NAMESPACE_LABEL: &str = "sluice.dev/inject";
+/// The pod annotation that opts a pod out (`"false"`).
+pub const POD_ANNOTATION: &str = "sluice.dev/inject";
+/// Set on injected pods.
+pub const STATUS_ANNOTATION: &str = "sluice.dev/status";
+/// Where the proxy reads its token (its `--token-file` default).
+pub const TOKEN_DIR: &str = "/var/run/secrets/sluice.dev";
+
+/// What injected sidecars run and where they connect.
+#[derive(Debug, Clone)]
+pub struct InjectSettings {
+    /// The proxy image.
+    pub image: String,
+    /// The control plane's gRPC URL as pods reach it.
+    pub control_plane: String,
+    /// `RUST_LOG` of the proxy.
+    pub log_level: String,
+}
+
+/// The JSON Patch (RFC 6902) that injects the sidecar into `pod`, or none
+/// when it has one already or opted out.
+pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
+    let opted_out = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(POD_ANNOTATION))
+        .is_some_and(|v| v == "false");
+    if opted_out || has_sidecar(pod) {
+        return None;
+    }
+    let spec = pod.spec.as_ref()?;
+    let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
+    let env = |name: &str, v: Value| {
+        let mut e = json!({"name": name});
+        if let (Some(obj), Some(src)) = (e.as_object_mut(), v.as_object()) {
+            obj.extend(src.clone());
+        }
+        e
+    };
+    let sidecar = json!({
+        "name": PROXY_CONTAINER,
+        "image": settings.image,
+        "args": ["sidecar"],
+        "restartPolicy": "Always",
+        "env": [
+            env("SLUICE_CONTROL_PLANE", json!({"value": settings.control_plane})),
+            env("RUST_LOG", json!({"value": settings.log_level})),
+            env("POD_NAME", field("metadata.name")),
+            env("POD_NAMESPACE", field("metadata.namespace")),
+            env("SERVICE_ACCOUNT", field("spec.serviceAccountName")),
+        ],
+        "ports": [{"name": "sluice-admin", "containerPort": 15021}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 15021}, "periodSeconds": 1},
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
+        "securityContext": {"runAsUser": 1337, "runAsNonRoot": true, "allowPrivilegeEscalation": false},
+        "volumeMounts": [{"name": "sluice-token", "mountPath": TOKEN_DIR, "readOnly": true}],
+    });
+    let volume = json!({
+        "name": "sluice-token",
+        "projected": {"sources": [{"serviceAccountToken": {
+            "audience": crate::ca::server::TOKEN_AUDIENCE, "path": "token", "expirationSeconds": 3600
+        }}]}
+    });
+    let mut ops = Vec::new();
+    // The proxy goes first, so that it is up before any other init step.
+    if spec.init_containers.as_ref().is_none_or(Vec::is_empty) {
+        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]}));
+    } else {
+        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar}));
+    }
+    if spec.volumes.as_ref().is_none_or(Vec::is_empty) {
+        ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [volume]}));
+    } else {
+        ops.push(json!({"op": "add", "path": "/spec/volumes/-", "value": volume}));
+    }
+    if pod.metadata.annotations.is_none() {
+        ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {}}));
+    }
+    ops.push(json!({"op": "add", "path": "/metadata/annotations/sluice.dev~1status", "value": "injected"}));
+    Some(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> InjectSettings {
+        InjectSettings {
+            image: "sluice/sluice-proxy:dev".into(),
+            control_plane: "http://cp:15010".into(),
+            log_level: "info".into(),
+        }
+    }
+
+    fn pod(v: Value) -> Pod {
+        serde_json::from_value(v).expect("pod")
+    }
+
+    fn apply(p: &Pod, ops: Vec<Value>) -> Pod {
+        let mut doc = serde_json::to_value(p).expect("json");
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).expect("patch");
+        json_patch::patch(&mut doc, &patch).expect("applies");
+        serde_json::from_value(doc).expect("still a pod")
+    }
+
+    #[test]
+    fn injects_a_native_sidecar_once() {
+        let p = pod(
+            json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "app", "image": "x"}]}}),
+        );
+        let injected = apply(&p, patch(&p, &settings()).expect("a patch"));
+        let spec = injected.spec.as_ref().expect("spec");
+        let inits = spec.init_containers.as_ref().expect("init containers");
+        assert_eq!(inits[0].name, PROXY_CONTAINER);
+        assert_eq!(inits[0].restart_policy.as_deref(), Some("Always"));
+        assert!(
+            spec.volumes
+                .as_ref()
+                .is_some_and(|v| v.iter().any(|v| v.name == "sluice-token"))
+        );
+        assert_eq!(
+            injected
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(STATUS_ANNOTATION))
+                .map(String::as_str),
+            Some("injected")
+        );
+        // Idempotent: an injected pod is left alone.
+        assert!(patch(&injected, &settings()).is_none());
+    }
+
+    #[test]
+    fn keeps_existing_init_containers_and_volumes_after_the_proxy() {
+        let p = pod(
+            json!({"metadata": {"name": "a", "annotations": {"x": "y"}}, "spec": {
+            "initContainers": [{"name": "migrate", "image": "m"}],
+            "containers": [{"name": "app", "image": "x"}],
+            "volumes": [{"name": "data", "emptyDir": {}}]}}),
+        );
+        let injected = apply(&p, patch(&p, &settings()).expect("a patch"));
+        let spec = injected.spec.expect("spec");
+        let names: Vec<String> = spec
+            .init_containers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec![PROXY_CONTAINER.to_owned(), "migrate".to_owned()]
+        );
+        assert_eq!(spec.volumes.unwrap_or_default().len(), 2);
+    }
+
+    #[test]
+    fn a_pod_can_opt_out() {
+        let p = pod(
+            json!({"metadata": {"name": "a", "annotations": {POD_ANNOTATION: "false"}}, "spec": {"containers": [{"name": "app"}]}}),
+        );
+        assert!(patch(&p, &settings()).is_none());
+    }
+}

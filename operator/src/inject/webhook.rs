@@ -1,0 +1,171 @@
+//! The mutating admission webhook: HTTPS with a serving certificate from
+//! the mesh CA, `POST /inject` answering AdmissionReviews with the
+//! injection patch, and the webhook configuration's `caBundle` kept equal
+//! to the mesh roots.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::{Api, Client};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tracing::{debug, info, warn};
+
+use super::{InjectSettings, patch};
+use crate::ca::ServingCert;
+
+/// The MutatingWebhookConfiguration whose `caBundle` the operator keeps.
+pub const CONFIGURATION_NAME: &str = "sluice-injector";
+
+/// Why the webhook could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The serving certificate is unusable.
+    #[error("serving certificate: {0}")]
+    Certificate(String),
+    /// The address is taken.
+    #[error("listening on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+}
+
+async fn inject(
+    State(settings): State<Arc<InjectSettings>>,
+    Json(review): Json<AdmissionReview<Pod>>,
+) -> Json<AdmissionReview<DynamicObject>> {
+    let req: AdmissionRequest<Pod> = match review.try_into() {
+        Ok(r) => r,
+        Err(e) => return Json(AdmissionResponse::invalid(e.to_string()).into_review()),
+    };
+    let resp = AdmissionResponse::from(&req);
+    let Some(ops) = req.object.as_ref().and_then(|pod| patch(pod, &settings)) else {
+        return Json(resp.into_review());
+    };
+    debug!(namespace = ?req.namespace, "injecting the sidecar");
+    let resp = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops))
+        .map_err(|e| e.to_string())
+        .and_then(|p| resp.clone().with_patch(p).map_err(|e| e.to_string()));
+    match resp {
+        Ok(r) => Json(r.into_review()),
+        Err(e) => Json(AdmissionResponse::invalid(e).into_review()),
+    }
+}
+
+/// Serves the webhook on `addr` with `cert` until the process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    cert: ServingCert,
+    settings: InjectSettings,
+) -> Result<(), WebhookError> {
+    let bad = |e: String| WebhookError::Certificate(e);
+    let chain = cert
+        .chain_pem
+        .iter()
+        .map(|p| CertificateDer::from_pem_slice(p.as_bytes()).map_err(|e| bad(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key =
+        PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| bad(e.to_string()))?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let app = Router::new()
+        .route("/inject", post(inject))
+        .with_state(Arc::new(settings));
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| WebhookError::Listen(addr, e))?;
+    info!(address = %addr, "injection webhook listening");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    debug!("webhook TLS: {e}");
+                    return;
+                }
+            };
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+                .await;
+        });
+    }
+}
+
+/// Keeps [`CONFIGURATION_NAME`]'s `caBundle` equal to the mesh roots:
+/// whenever the configuration is created or changed (e.g. by `helm
+/// upgrade`), and when the roots change (`roots_changed`).
+pub async fn keep_ca_bundle_current(
+    client: Client,
+    authority: Arc<arc_swap::ArcSwap<crate::ca::Authority>>,
+    roots_changed: Arc<tokio::sync::Notify>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let config = watcher::Config::default().fields(&format!("metadata.name={CONFIGURATION_NAME}"));
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    debug!("watching {CONFIGURATION_NAME}: {e}");
+                    continue;
+                }
+                None => return,
+            },
+            () = roots_changed.notified() => {}
+        }
+        keep_ca_bundle(&client, &authority.load().roots_pem).await;
+    }
+}
+
+/// Sets every webhook's `caBundle` in [`CONFIGURATION_NAME`] to `roots`
+/// (when the configuration exists: the chart creates it).
+pub async fn keep_ca_bundle(client: &Client, roots: &[String]) {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let bundle = k8s_openapi::ByteString(roots.concat().into_bytes());
+    let current = match api.get_opt(CONFIGURATION_NAME).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return,
+        Err(e) => {
+            warn!("reading {CONFIGURATION_NAME}: {e}");
+            return;
+        }
+    };
+    let mut wanted = current.clone();
+    for w in wanted.webhooks.iter_mut().flatten() {
+        w.client_config.ca_bundle = Some(bundle.clone());
+    }
+    if wanted == current {
+        return;
+    }
+    match api
+        .replace(CONFIGURATION_NAME, &Default::default(), &wanted)
+        .await
+    {
+        Ok(_) => info!("{CONFIGURATION_NAME}: caBundle set to the mesh roots"),
+        Err(e) => warn!("updating {CONFIGURATION_NAME}: {e}"),
+    }
+}
