@@ -44,7 +44,7 @@ all_present() {
   [ -x "$etcd_bin/etcd" ] && [ -x "$k8s_bin/kube-apiserver" ] &&
     [ -x "$k8s_bin/kube-controller-manager" ] && [ -x "$k8s_bin/kube-scheduler" ] &&
     [ -x "$k8s_bin/kubectl" ] && [ -x "$helm_bin/helm" ] &&
-    [ -s "$gw_dir/standard-install.yaml" ] && [ -f "$cache/.debian-packages-ok" ]
+    [ -s "$gw_dir/standard-install.yaml" ] && [ -f "$cache/.debian-packages-v2-ok" ]
 }
 
 # Fast path: nothing to do, no lock needed.
@@ -61,7 +61,7 @@ if ! flock -n 9; then
 fi
 
 debian_packages() {
-  [ -f "$cache/.debian-packages-ok" ] && return 0
+  [ -f "$cache/.debian-packages-v2-ok" ] && return 0
   local need=()
   command -v ip >/dev/null || need+=(iproute2)
   command -v iptables >/dev/null || need+=(iptables)
@@ -69,13 +69,15 @@ debian_packages() {
   command -v nsenter >/dev/null || need+=(util-linux)
   command -v flock >/dev/null || need+=(util-linux)
   command -v openssl >/dev/null || need+=(openssl)
+  # The dashboard's browser tests drive headless Chromium.
+  command -v chromium >/dev/null || need+=(chromium)
   if [ "${#need[@]}" -gt 0 ]; then
     [ "$(id -u)" = 0 ] || die "missing Debian packages: ${need[*]} (run as root or apt-get install them)"
     say "installing Debian packages: ${need[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
   fi
-  touch "$cache/.debian-packages-ok"
+  touch "$cache/.debian-packages-v2-ok"
 }
 
 need_go() {

@@ -8,6 +8,7 @@
 //! ([`traffic`]).
 
 pub mod ca;
+pub mod dashboard;
 pub mod inject;
 pub mod mesh;
 pub mod metrics;

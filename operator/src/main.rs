@@ -18,7 +18,7 @@ use sluice_operator::mesh::{MeshOutput, MeshSettings};
 use sluice_operator::metrics::{self, Metrics};
 use sluice_operator::push::{ConfigServer, Registry, Snapshots};
 use sluice_operator::traffic::{TelemetryServer, TrafficWindow};
-use sluice_operator::{ca, inject};
+use sluice_operator::{ca, dashboard, inject};
 use sluice_operator::{status, world};
 use sluice_proto::config::MtlsMode;
 use sluice_proto::mesh::certificates_server::CertificatesServer;
@@ -76,6 +76,16 @@ struct Args {
     /// `RUST_LOG` of injected sidecars.
     #[arg(long, env = "SLUICE_PROXY_LOG", default_value = "info")]
     proxy_log: String,
+    /// The dashboard (empty: off).
+    #[arg(long, env = "SLUICE_DASHBOARD_LISTEN", default_value = "0.0.0.0:20001")]
+    dashboard_listen: String,
+    /// Token the dashboard asks of clients outside loopback; without one it
+    /// answers loopback only.
+    #[arg(long, env = "SLUICE_DASHBOARD_TOKEN")]
+    dashboard_token: Option<String>,
+    /// Offer promote/abort on the dashboard.
+    #[arg(long, env = "SLUICE_DASHBOARD_ACTIONS")]
+    dashboard_actions: bool,
     /// mTLS mode of namespaces without a `sluice.dev/mtls-mode` label.
     #[arg(long, env = "SLUICE_MTLS_MODE", default_value = "PERMISSIVE", value_parser = parse_mode)]
     mtls_mode: MtlsMode,
@@ -212,9 +222,30 @@ async fn main() -> anyhow::Result<()> {
 
     let config = ConfigServer::new(
         snapshots,
-        registry,
+        registry.clone(),
         Duration::from_secs(args.keepalive_seconds.max(1)),
     );
+    if !args.dashboard_listen.is_empty() {
+        let addr: SocketAddr = args
+            .dashboard_listen
+            .parse()
+            .with_context(|| format!("--dashboard-listen {:?}", args.dashboard_listen))?;
+        let settings = dashboard::DashboardSettings {
+            token: args.dashboard_token.clone(),
+            actions: args.dashboard_actions,
+        };
+        let (c, w, r, t) = (
+            client.clone(),
+            world.clone(),
+            registry.clone(),
+            traffic.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = dashboard::serve(addr, c, w, r, t, settings).await {
+                error!("dashboard on {addr}: {e}");
+            }
+        });
+    }
     let certificates = ca::CertificateServer::new(client.clone(), authority, metrics.clone());
     let telemetry = TelemetryServer::new(traffic, metrics);
     info!(address = %args.grpc_listen, "control plane listening");

@@ -302,6 +302,23 @@ pub async fn l4_policy_denies_a_principal(cluster: Arc<Cluster>) -> anyhow::Resu
         denied >= 1.0,
         "the handson sidecar counted {denied} denied connections"
     );
+    // The dashboard lists the policy on the workload with the sidecar's count.
+    let dashboard = mesh(&cluster).await?.operator.lock().await.dashboard;
+    let rows: serde_json::Value = http()
+        .get(format!("http://{dashboard}/api/policies?namespace={NS}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let row = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["workload"] == "handson (blue)"))
+        .context("no handson row on the dashboard")?;
+    ensure!(
+        row["denied"].as_u64().unwrap_or(0) >= 1
+            && row["policies"].to_string().contains("authz/deny-curl-deny"),
+        "dashboard policies row: {row}"
+    );
     delete_policy(&cluster, "deny-curl-deny").await?;
     poll(
         "curl-deny to be served again",

@@ -26,6 +26,7 @@ use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, Operator, http, proxy_env, 
 use sluice_tests::wait::{deployment_available, pod_names, pod_ready, poll, ready_endpoints};
 use tokio::sync::{Mutex, OnceCell};
 
+mod dashboard;
 mod identity;
 mod rollouts;
 
@@ -69,6 +70,10 @@ fn main() -> ExitCode {
         ("rollout_resumes_its_step_after_an_operator_restart", |c| {
             Box::pin(logged(c, rollouts::operator_restart_resumes_the_step))
         }),
+        (
+            "dashboard_in_chromium_shows_the_split_and_a_rollback",
+            |c| Box::pin(logged(c, dashboard::shows_the_split_and_a_rollback)),
+        ),
         (
             "injection_adds_a_native_sidecar_and_traffic_goes_through_both_proxies",
             |c| Box::pin(logged(c, identity::injection_adds_a_native_sidecar)),

@@ -22,6 +22,9 @@ pub struct Operator {
     pub metrics: SocketAddr,
     /// The sidecar injection webhook (HTTPS).
     pub webhook: SocketAddr,
+    /// The dashboard, on loopback (no token needed there): port 20001 when
+    /// it is free.
+    pub dashboard: SocketAddr,
     kubeconfig: PathBuf,
     log: PathBuf,
     extra: Vec<String>,
@@ -41,9 +44,15 @@ impl Operator {
         let grpc = SocketAddr::from((ip, free_port(ip)?));
         let metrics = SocketAddr::from((ip, free_port(ip)?));
         let webhook = SocketAddr::from((ip, free_port(ip)?));
+        let lo = std::net::Ipv4Addr::LOCALHOST;
+        let dashboard = match std::net::TcpListener::bind((lo, 20001)) {
+            Ok(_) => SocketAddr::from((lo, 20001)),
+            Err(_) => SocketAddr::from((lo, free_port(lo)?)),
+        };
         // Injected sidecars reach the operator where this harness runs it.
         let mut extra: Vec<String> = vec![
             format!("--webhook-listen={webhook}"),
+            format!("--dashboard-listen={dashboard}"),
             format!("--webhook-names={ip}"),
             format!("--proxy-control-plane=http://{grpc}"),
             "--proxy-log=info,sluice_proxy::http_proxy=debug".into(),
@@ -55,6 +64,7 @@ impl Operator {
             grpc,
             metrics,
             webhook,
+            dashboard,
             kubeconfig: cluster.kubeconfig().to_owned(),
             log,
             extra,

@@ -468,8 +468,11 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
         .find(|(k, _)| k == "KUBECTL")
         .map(|(_, v)| v.as_str())
         .unwrap_or("kubectl");
+    let dashboard = std::fs::read_to_string(dir.join("dashboard-url"))
+        .map(|u| u.trim().to_owned())
+        .unwrap_or_else(|_| "(not started)".into());
     println!(
-        "\nThe sandbox keeps running. Use it with:\n\n    export KUBECONFIG={}\n    alias kubectl={}\n    kubectl get pods -A\n    kubectl get rollouts -A\n\nStop it with `cargo xtask demo down`.",
+        "\nThe sandbox keeps running. Use it with:\n\n    export KUBECONFIG={}\n    alias kubectl={}\n    kubectl get pods -A\n    kubectl get rollouts -A\n\nThe dashboard (the mesh graph, rollouts, policies): {dashboard}\n\nStop it with `cargo xtask demo down`.",
         kubeconfig.display(),
         kubectl_bin,
     );

@@ -103,7 +103,8 @@ impl TrafficWindow {
         }
     }
 
-    fn now() -> u64 {
+    /// Unix seconds now, the clock buckets are keyed by.
+    pub fn now() -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())

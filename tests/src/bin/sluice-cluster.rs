@@ -174,7 +174,12 @@ fn main() -> anyhow::Result<()> {
         let cluster = std::sync::Arc::new(Cluster::start_in(&cluster_dir).await?);
         std::fs::copy(cluster.kubeconfig(), state_dir.join("kubeconfig"))
             .context("writing kubeconfig")?;
-        let (_operator, gateway_ip) = sluice_tests::operator::start_mesh(&cluster).await?;
+        let (operator, gateway_ip) = sluice_tests::operator::start_mesh(&cluster).await?;
+        std::fs::write(
+            state_dir.join("dashboard-url"),
+            format!("http://{}/?namespace=handson\n", operator.dashboard),
+        )
+        .context("writing dashboard-url")?;
         std::fs::write(state_dir.join("gateway-ip"), &gateway_ip).context("writing gateway-ip")?;
         let exec_server = {
             let (c, socket) = (cluster.clone(), state_dir.join("exec.sock"));

@@ -1,0 +1,392 @@
+//! The dashboard: a read-only view of the mesh and the rollouts, served by
+//! the operator from its own state (reflectors and the telemetry window; no
+//! Prometheus). Three static files embedded in the binary and a JSON API
+//! under `/api/`:
+//!
+//! - `GET /api/config`: namespaces, whether actions are enabled;
+//! - `GET /api/graph?namespace=`: the workload graph with live req/s,
+//!   shares and error rates;
+//! - `GET /api/rollouts?namespace=`: steps, weights, analysis series,
+//!   conditions and events;
+//! - `GET /api/policies?namespace=`: the AuthorizationPolicies selecting
+//!   each workload;
+//! - `POST /api/rollouts/{namespace}/{name}/{promote|abort}` when actions
+//!   are enabled.
+//!
+//! Requests from loopback need no login; from elsewhere they need the
+//! configured token (`Authorization: Bearer`, or `?token=` for a browser),
+//! and without a token the dashboard answers loopback only.
+
+pub mod model;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde::Deserialize;
+use serde_json::json;
+use sluice_crds::Rollout;
+
+use crate::push::Registry;
+use crate::traffic::TrafficWindow;
+use crate::world::World;
+use model::{Point, graph, rollout_view};
+
+/// Seconds of traffic the graph sums.
+const GRAPH_WINDOW: u64 = 30;
+/// The analysis chart: this many buckets of this many seconds (5 min).
+const SERIES_BUCKETS: u64 = 60;
+const SERIES_STEP: u64 = 5;
+
+/// Who may do what.
+#[derive(Debug, Clone)]
+pub struct DashboardSettings {
+    /// Required from non-loopback clients; none: loopback only.
+    pub token: Option<String>,
+    /// Whether promote/abort are offered.
+    pub actions: bool,
+}
+
+#[derive(Clone)]
+struct AppState {
+    client: Client,
+    world: World,
+    registry: Arc<Registry>,
+    traffic: Arc<TrafficWindow>,
+    settings: Arc<DashboardSettings>,
+}
+
+#[derive(Deserialize)]
+struct NsQuery {
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
+/// Whether a request may see the dashboard.
+pub fn authorized(peer: SocketAddr, headers: &HeaderMap, query: &str, token: Option<&str>) -> bool {
+    if peer.ip().is_loopback() {
+        return true;
+    }
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return false;
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let in_query = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .any(|(k, v)| k == "token" && v == token);
+    bearer == Some(token) || in_query
+}
+
+async fn guard(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    if authorized(peer, req.headers(), &query, s.settings.token.as_deref()) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::FORBIDDEN,
+            "the dashboard needs its token from outside loopback (dashboard.token in the chart)\n",
+        )
+            .into_response()
+    }
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+}
+
+async fn config(State(s): State<AppState>) -> impl IntoResponse {
+    let input = s.world.input(&s.registry);
+    let mut namespaces: Vec<String> = input.namespaces.iter().map(|n| n.name_any()).collect();
+    namespaces.sort();
+    axum::Json(json!({"actions": s.settings.actions, "namespaces": namespaces}))
+}
+
+fn namespace(q: &NsQuery) -> String {
+    q.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+async fn graph_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> impl IntoResponse {
+    let ns = namespace(&q);
+    let totals = s.traffic.sum(
+        Duration::from_secs(GRAPH_WINDOW),
+        |k| k.namespace == ns || k.source_namespace == ns,
+        Clone::clone,
+    );
+    let pods = s.world.input(&s.registry).pods;
+    axum::Json(graph(&ns, GRAPH_WINDOW, &totals, &pods))
+}
+
+async fn rollouts_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> impl IntoResponse {
+    let ns = namespace(&q);
+    let Ok(list) = Api::<Rollout>::namespaced(s.client.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+    else {
+        return axum::Json(json!([]));
+    };
+    let events_api: Api<Event> = Api::namespaced(s.client.clone(), &ns);
+    let now = TrafficWindow::now();
+    let mut views = Vec::new();
+    for ro in list.items {
+        let canary = &ro.spec.strategy.canary;
+        let services: Vec<String> = [&canary.stable_service, &canary.canary_service]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        let mut series: BTreeMap<String, Vec<Point>> = BTreeMap::new();
+        for i in (0..SERIES_BUCKETS).rev() {
+            let end = now.saturating_sub(i * SERIES_STEP);
+            let by_rev = s.traffic.sum_at(
+                end,
+                Duration::from_secs(SERIES_STEP),
+                |k| k.namespace == ns && services.contains(&k.service),
+                |k| k.revision.clone(),
+            );
+            for (rev, t) in by_rev {
+                series.entry(rev).or_default().push(Point {
+                    t: end,
+                    requests: t.requests,
+                    error_rate: t.error_rate(),
+                });
+            }
+        }
+        let fields = format!(
+            "involvedObject.kind=Rollout,involvedObject.name={}",
+            ro.name_any()
+        );
+        let mut events: Vec<Event> = events_api
+            .list(&ListParams::default().fields(&fields))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        events.sort_by_key(|e| e.last_timestamp.clone().map(|t| t.0));
+        let events = events
+            .iter()
+            .rev()
+            .take(10)
+            .map(|e| {
+                json!({
+                    "type": e.type_,
+                    "reason": e.reason,
+                    "message": e.message,
+                    "time": e.last_timestamp.as_ref().map(|t| t.0.to_string()),
+                })
+            })
+            .collect();
+        views.push(rollout_view(&ro, series, events));
+    }
+    axum::Json(json!(views))
+}
+
+/// The proxy's admin port, where its `/metrics` are.
+const PROXY_ADMIN_PORT: u16 = 15021;
+
+/// Denied requests and connections counted by the sidecar at `ip` (read
+/// from its admin endpoint; none when it does not answer within 500 ms).
+async fn denied_at(ip: String) -> Option<u64> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: axum::http::Uri = format!("http://{ip}:{PROXY_ADMIN_PORT}/metrics")
+        .parse()
+        .ok()?;
+    let fetch = async {
+        let resp = client.get(uri).await.ok()?;
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some(String::from_utf8_lossy(&body).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_millis(500), fetch)
+        .await
+        .ok()??;
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.starts_with("sluice_authz_denied_requests_total ")
+                    || l.starts_with("sluice_authz_denied_connections_total ")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64,
+    )
+}
+
+async fn policies_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> impl IntoResponse {
+    let ns = namespace(&q);
+    let input = s.world.input(&s.registry);
+    // Denials as the workload's sidecars count them, read concurrently.
+    let meshed: Vec<(String, String)> = input
+        .pods
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(&ns))
+        .filter(|p| crate::mesh::services::has_sidecar(p))
+        .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
+        .collect();
+    let counts =
+        futures::future::join_all(meshed.iter().map(|(_, ip)| denied_at(ip.clone()))).await;
+    let denied: BTreeMap<String, u64> = meshed
+        .into_iter()
+        .zip(counts)
+        .filter_map(|((pod, _), n)| Some((pod, n?)))
+        .collect();
+    // One row per workload (pods with the same app/version labels).
+    let mut rows: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for pod in input
+        .pods
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(&ns))
+    {
+        let labels = pod.labels();
+        let workload = match (labels.get("app"), labels.get("version")) {
+            (Some(a), Some(v)) => format!("{a} ({v})"),
+            (Some(a), None) => a.clone(),
+            _ => pod.name_any(),
+        };
+        let inbound = crate::mesh::inbound::for_pod(&input, &ns, &pod.name_any());
+        let row = rows.entry(workload.clone()).or_insert_with(|| {
+            json!({
+                "workload": workload,
+                "sidecar": crate::mesh::services::has_sidecar(pod),
+                "mtlsMode": inbound.mode,
+                "policies": inbound.policies.iter().map(|p| json!({"name": p.name, "action": p.action, "rules": p.rules.len()})).collect::<Vec<_>>(),
+                "denied": 0,
+            })
+        });
+        if let Some(n) = denied.get(&pod.name_any()) {
+            row["denied"] = json!(row["denied"].as_u64().unwrap_or(0) + n);
+        }
+    }
+    axum::Json(json!(rows.into_values().collect::<Vec<_>>()))
+}
+
+async fn action(
+    State(s): State<AppState>,
+    Path((ns, name, what)): Path<(String, String, String)>,
+) -> Response {
+    if !s.settings.actions {
+        return (
+            StatusCode::FORBIDDEN,
+            "actions are disabled (dashboard.actions in the chart)\n",
+        )
+            .into_response();
+    }
+    if what != "promote" && what != "abort" {
+        return (StatusCode::NOT_FOUND, "actions: promote, abort\n").into_response();
+    }
+    let api: Api<Rollout> = Api::namespaced(s.client.clone(), &ns);
+    let patch = json!({"metadata": {"annotations": {crate::rollout::REQUEST_ANNOTATION: what}}});
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => (StatusCode::ACCEPTED, format!("{what} requested\n")).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Serves the dashboard on `addr` until the process ends.
+pub async fn serve(
+    addr: SocketAddr,
+    client: Client,
+    world: World,
+    registry: Arc<Registry>,
+    traffic: Arc<TrafficWindow>,
+    settings: DashboardSettings,
+) -> std::io::Result<()> {
+    let state = AppState {
+        client,
+        world,
+        registry,
+        traffic,
+        settings: Arc::new(settings),
+    };
+    let app = Router::new()
+        .route(
+            "/",
+            get(|| async {
+                asset(
+                    "text/html; charset=utf-8",
+                    include_str!("assets/index.html"),
+                )
+            }),
+        )
+        .route(
+            "/app.js",
+            get(|| async {
+                asset(
+                    "text/javascript; charset=utf-8",
+                    include_str!("assets/app.js"),
+                )
+            }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset("text/css; charset=utf-8", include_str!("assets/style.css")) }),
+        )
+        .route("/api/config", get(config))
+        .route("/api/graph", get(graph_api))
+        .route("/api/rollouts", get(rollouts_api))
+        .route("/api/policies", get(policies_api))
+        .route("/api/rollouts/{ns}/{name}/{action}", post(action))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(address = %addr, "dashboard listening");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_open_elsewhere_needs_the_token() {
+        let h = HeaderMap::new();
+        let local: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let remote: SocketAddr = "10.0.0.9:9".parse().expect("addr");
+        assert!(authorized(local, &h, "", None));
+        assert!(!authorized(remote, &h, "", None));
+        assert!(!authorized(remote, &h, "", Some("s3cret")));
+        assert!(authorized(
+            remote,
+            &h,
+            "namespace=x&token=s3cret",
+            Some("s3cret")
+        ));
+        let mut bearer = HeaderMap::new();
+        bearer.insert(
+            header::AUTHORIZATION,
+            "Bearer s3cret".parse().expect("value"),
+        );
+        assert!(authorized(remote, &bearer, "", Some("s3cret")));
+        assert!(!authorized(remote, &bearer, "", Some("other")));
+    }
+}
