@@ -19,6 +19,12 @@ use kube::CustomResourceExt;
 /// Where the generated YAML lives, relative to the workspace root.
 pub const YAML_DIR: &str = "crds/yaml";
 
+/// The Helm chart's copy (Helm installs `crds/` before the templates).
+pub const CHART_CRDS_DIR: &str = "charts/sluice/crds";
+
+/// Every directory the generated YAML is written to.
+pub const OUTPUT_DIRS: [&str; 2] = [YAML_DIR, CHART_CRDS_DIR];
+
 /// Every CRD of the project as `(file name, YAML)`, in a stable order.
 pub fn generated_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
     let crds = [

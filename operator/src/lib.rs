@@ -10,6 +10,7 @@
 pub mod ca;
 pub mod dashboard;
 pub mod inject;
+pub mod leader;
 pub mod mesh;
 pub mod metrics;
 pub mod push;

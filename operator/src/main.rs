@@ -18,7 +18,7 @@ use sluice_operator::mesh::{MeshOutput, MeshSettings};
 use sluice_operator::metrics::{self, Metrics};
 use sluice_operator::push::{ConfigServer, Registry, Snapshots};
 use sluice_operator::traffic::{TelemetryServer, TrafficWindow};
-use sluice_operator::{ca, dashboard, inject};
+use sluice_operator::{ca, dashboard, inject, leader};
 use sluice_operator::{status, world};
 use sluice_proto::config::MtlsMode;
 use sluice_proto::mesh::certificates_server::CertificatesServer;
@@ -86,9 +86,54 @@ struct Args {
     /// Offer promote/abort on the dashboard.
     #[arg(long, env = "SLUICE_DASHBOARD_ACTIONS")]
     dashboard_actions: bool,
+    /// Elect a leader among replicas (a Lease named `sluice-operator`):
+    /// only the leader runs the Rollout controller and writes status.
+    #[arg(long, env = "SLUICE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// This replica's name in the Lease (default: POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    leader_identity: Option<String>,
+    /// A lease not renewed for this long is taken over by another replica.
+    #[arg(long, default_value = "15s", value_parser = sluice_proto::config::parse_duration)]
+    lease_duration: Duration,
+    /// The leader exits when it could not renew for this long.
+    #[arg(long, default_value = "10s", value_parser = sluice_proto::config::parse_duration)]
+    renew_deadline: Duration,
+    /// The Deployment that runs this operator: the CA Secret and the Lease
+    /// it creates are owned by it, so `helm uninstall` removes them.
+    #[arg(long, env = "SLUICE_OWNER_DEPLOYMENT")]
+    owner_deployment: Option<String>,
     /// mTLS mode of namespaces without a `sluice.dev/mtls-mode` label.
     #[arg(long, env = "SLUICE_MTLS_MODE", default_value = "PERMISSIVE", value_parser = parse_mode)]
     mtls_mode: MtlsMode,
+}
+
+/// An owner reference to Deployment `name` in `namespace`.
+async fn owner_of(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::Resource;
+    let d = Api::<Deployment>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .with_context(|| format!("reading the owner Deployment {namespace}/{name}"))?;
+    d.controller_owner_ref(&())
+        .map(|mut o| {
+            o.controller = Some(false);
+            o.block_owner_deletion = Some(false);
+            o
+        })
+        .context("the owner Deployment has no uid")
+}
+
+/// The host name, for a replica outside a pod.
+fn default_identity() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "sluice-operator".into())
 }
 
 fn parse_mode(s: &str) -> Result<MtlsMode, String> {
@@ -130,10 +175,15 @@ async fn main() -> anyhow::Result<()> {
     let snapshots = Snapshots::default();
     let (output_tx, output_rx) = watch::channel(Arc::new(MeshOutput::default()));
 
+    let owner = match &args.owner_deployment {
+        Some(name) => Some(owner_of(&client, &args.namespace, name).await?),
+        None => None,
+    };
     let ca_settings = ca::secret::CaSettings {
         namespace: args.namespace.clone(),
         trust_domain: args.trust_domain.clone(),
         ttl: args.cert_ttl,
+        owner: owner.clone(),
     };
     let authority = Arc::new(ArcSwap::from_pointee(
         ca::secret::load_or_create(&client, &ca_settings)
@@ -200,17 +250,34 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         output_tx,
     ));
-    tokio::spawn(sluice_operator::rollout::run(
-        client.clone(),
-        traffic.clone(),
-    ));
-    tokio::spawn(status::run(
-        client.clone(),
-        world.clone(),
-        registry.clone(),
-        snapshots.clone(),
-        output_rx,
-    ));
+    {
+        // The writers run on the leader only.
+        let (c, t, w, r, s) = (
+            client.clone(),
+            traffic.clone(),
+            world.clone(),
+            registry.clone(),
+            snapshots.clone(),
+        );
+        let election = args.leader_elect.then(|| leader::LeaderSettings {
+            namespace: args.namespace.clone(),
+            name: "sluice-operator".into(),
+            identity: args
+                .leader_identity
+                .clone()
+                .unwrap_or_else(default_identity),
+            lease_duration: args.lease_duration,
+            renew_deadline: args.renew_deadline,
+            owner,
+        });
+        tokio::spawn(async move {
+            if let Some(settings) = election {
+                leader::lead(c.clone(), settings).await;
+            }
+            tokio::spawn(sluice_operator::rollout::run(c.clone(), t));
+            tokio::spawn(status::run(c, w, r, s, output_rx));
+        });
+    }
     {
         let (m, t, addr) = (metrics.clone(), traffic.clone(), args.metrics_listen);
         tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! End-to-end: the test bed itself. CRDs install and print, a Deployment of
 //! demo-app really runs and serves, and deletion leaves nothing behind.
 
+mod chart;
 mod main_support;
 
 use std::collections::BTreeSet;
@@ -39,6 +40,10 @@ fn main() -> ExitCode {
         (
             "crashed_containers_restart_and_host_network_pods_share_the_node_ip",
             |c| Box::pin(restarts_and_host_network(c)),
+        ),
+        (
+            "helm_chart_installs_fails_over_upgrades_and_uninstalls",
+            |c| Box::pin(chart::install_failover_upgrade_uninstall(c)),
         ),
     ])
 }

@@ -7,7 +7,6 @@ fn main() -> ExitCode {
     let check = std::env::args().any(|a| a == "--check");
     let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     let root = root.canonicalize().unwrap_or(root);
-    let dir = root.join(sluice_crds::YAML_DIR);
     let files = match sluice_crds::generated_files() {
         Ok(files) => files,
         Err(e) => {
@@ -15,15 +14,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        eprintln!("error: creating {}: {e}", dir.display());
-        return ExitCode::FAILURE;
-    }
     let mut stale = false;
-    for (name, body) in files {
-        let path = dir.join(&name);
+    let pairs = sluice_crds::OUTPUT_DIRS
+        .iter()
+        .flat_map(|d| files.iter().map(move |f| (d, f)));
+    for (dir, (name, body)) in pairs {
+        let dir = root.join(dir);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            eprintln!("error: creating {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+        let path = dir.join(name);
         let current = std::fs::read_to_string(&path).unwrap_or_default();
-        if current == body {
+        if current == *body {
             continue;
         }
         if check {

@@ -15,6 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tracing::{info, warn};
@@ -33,6 +34,9 @@ pub struct CaSettings {
     pub trust_domain: String,
     /// Lifetime of workload certificates.
     pub ttl: Duration,
+    /// Set on a Secret this creates, so that uninstalling (deleting the
+    /// owner) removes it.
+    pub owner: Option<OwnerReference>,
 }
 
 fn text(data: &BTreeMap<String, ByteString>, key: &str) -> Option<String> {
@@ -81,6 +85,7 @@ pub async fn load_or_create(client: &Client, settings: &CaSettings) -> Result<Au
             name: Some(SECRET_NAME.into()),
             namespace: Some(settings.namespace.clone()),
             labels: Some([("app.kubernetes.io/part-of".to_owned(), "sluice".to_owned())].into()),
+            owner_references: settings.owner.clone().map(|o| vec![o]),
             ..Default::default()
         },
         type_: Some("Opaque".into()),

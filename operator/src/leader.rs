@@ -1,0 +1,190 @@
+//! Leader election on a `coordination.k8s.io` Lease, as client-go's: the
+//! holder renews every few seconds; another replica takes over once the
+//! lease has not been renewed for its duration. Only the leader runs the
+//! writers (the Rollout controller, the status writer); every replica serves
+//! proxies, the webhook and the dashboard. A leader that cannot renew within
+//! the renew deadline exits, so that two replicas never both write.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+/// How the lease is held.
+#[derive(Debug, Clone)]
+pub struct LeaderSettings {
+    /// The operator's namespace.
+    pub namespace: String,
+    /// The Lease's name.
+    pub name: String,
+    /// This replica (its pod name).
+    pub identity: String,
+    /// A lease not renewed for this long may be taken over.
+    pub lease_duration: Duration,
+    /// The leader gives up (exits) when it could not renew for this long.
+    pub renew_deadline: Duration,
+    /// Set on the Lease when this creates it (removed with its owner).
+    pub owner: Option<OwnerReference>,
+}
+
+/// What to do with the lease as observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nobody holds it: create it.
+    Create,
+    /// We hold it: renew.
+    Renew,
+    /// Its holder stopped renewing: take it over.
+    TakeOver,
+    /// Someone else holds it: wait.
+    Wait,
+}
+
+/// The pure decision, from the lease's holder and last renewal.
+pub fn decide(
+    holder: Option<&str>,
+    renewed: Option<Timestamp>,
+    duration: Duration,
+    me: &str,
+    now: Timestamp,
+) -> Step {
+    match (holder, renewed) {
+        (None, _) => Step::Create,
+        (Some(h), _) if h == me => Step::Renew,
+        (Some(_), Some(t)) if now.duration_since(t).as_secs_f64() > duration.as_secs_f64() => {
+            Step::TakeOver
+        }
+        (Some(""), _) | (Some(_), None) => Step::TakeOver,
+        _ => Step::Wait,
+    }
+}
+
+fn spec(settings: &LeaderSettings, now: Timestamp, transitions: i32) -> LeaseSpec {
+    LeaseSpec {
+        holder_identity: Some(settings.identity.clone()),
+        lease_duration_seconds: Some(settings.lease_duration.as_secs() as i32),
+        acquire_time: Some(MicroTime(now)),
+        renew_time: Some(MicroTime(now)),
+        lease_transitions: Some(transitions),
+        ..Default::default()
+    }
+}
+
+/// One round: returns whether we hold the lease afterwards.
+async fn round(api: &Api<Lease>, s: &LeaderSettings) -> Result<bool, kube::Error> {
+    let now = Timestamp::now();
+    let current = api.get_opt(&s.name).await?;
+    let (holder, renewed, transitions) = match &current {
+        Some(l) => {
+            let sp = l.spec.clone().unwrap_or_default();
+            (
+                Some(sp.holder_identity.unwrap_or_default()),
+                sp.renew_time.map(|t| t.0),
+                sp.lease_transitions.unwrap_or(0),
+            )
+        }
+        None => (None, None, 0),
+    };
+    match decide(
+        holder.as_deref(),
+        renewed,
+        s.lease_duration,
+        &s.identity,
+        now,
+    ) {
+        Step::Wait => Ok(false),
+        Step::Create => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(s.name.clone()),
+                    namespace: Some(s.namespace.clone()),
+                    owner_references: s.owner.clone().map(|o| vec![o]),
+                    ..Default::default()
+                },
+                spec: Some(spec(s, now, 0)),
+            };
+            api.create(&PostParams::default(), &lease).await?;
+            Ok(true)
+        }
+        Step::Renew | Step::TakeOver => {
+            let Some(mut lease) = current else {
+                return Ok(false);
+            };
+            let mut sp = lease.spec.clone().unwrap_or_default();
+            if holder.as_deref() == Some(s.identity.as_str()) {
+                sp.renew_time = Some(MicroTime(now));
+                sp.lease_duration_seconds = Some(s.lease_duration.as_secs() as i32);
+            } else {
+                sp = spec(s, now, transitions + 1);
+            }
+            lease.spec = Some(sp);
+            // resourceVersion makes this a compare-and-swap: a replica that
+            // lost the race gets 409 and waits.
+            api.replace(&s.name, &PostParams::default(), &lease).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Waits until this replica leads, then keeps renewing in the background
+/// (exiting the process if it cannot).
+pub async fn lead(client: Client, settings: LeaderSettings) {
+    let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
+    let retry = settings.lease_duration / 5;
+    loop {
+        match round(&api, &settings).await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => warn!("leader election: {e}"),
+        }
+        tokio::time::sleep(retry.max(Duration::from_millis(500))).await;
+    }
+    info!(identity = %settings.identity, lease = %settings.name, "leading: this replica reconciles and writes");
+    tokio::spawn(async move {
+        let mut last_ok = tokio::time::Instant::now();
+        let every = (settings.renew_deadline / 3).max(Duration::from_millis(500));
+        loop {
+            tokio::time::sleep(every).await;
+            match round(&api, &settings).await {
+                Ok(true) => last_ok = tokio::time::Instant::now(),
+                Ok(false) => {
+                    tracing::error!(
+                        "leadership lost to another replica; exiting so that only one writes"
+                    );
+                    std::process::exit(1);
+                }
+                Err(e) => warn!("renewing the lease: {e}"),
+            }
+            if last_ok.elapsed() > settings.renew_deadline {
+                tracing::error!(
+                    "could not renew the lease within {:?}; exiting",
+                    settings.renew_deadline
+                );
+                std::process::exit(1);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_decision() {
+        let now: Timestamp = "2026-11-26T00:00:30Z".parse().expect("time");
+        let fresh: Timestamp = "2026-11-26T00:00:25Z".parse().expect("time");
+        let stale: Timestamp = "2026-11-26T00:00:10Z".parse().expect("time");
+        let d = Duration::from_secs(15);
+        assert_eq!(decide(None, None, d, "a", now), Step::Create);
+        assert_eq!(decide(Some("a"), Some(stale), d, "a", now), Step::Renew);
+        assert_eq!(decide(Some("b"), Some(fresh), d, "a", now), Step::Wait);
+        assert_eq!(decide(Some("b"), Some(stale), d, "a", now), Step::TakeOver);
+        assert_eq!(decide(Some(""), Some(fresh), d, "a", now), Step::TakeOver);
+    }
+}
