@@ -235,6 +235,56 @@ spec:
     Ok((operator, gateway_ip))
 }
 
+/// The values the sandbox installs the chart with: one operator replica on
+/// the node's network, so that proxies reach it without Service networking
+/// (the test bed has no kube-proxy or DNS).
+pub fn sandbox_values(cluster: &Cluster) -> Vec<String> {
+    let ip = cluster.node().address();
+    [
+        "image.tag=dev".to_owned(),
+        "operator.replicas=1".to_owned(),
+        "operator.hostNetwork=true".to_owned(),
+        format!("mesh.controlPlaneAddress=http://{ip}:15010"),
+    ]
+    .into_iter()
+    .flat_map(|v| ["--set".to_owned(), v])
+    .collect()
+}
+
+/// `helm install sluice charts/sluice` into [`GATEWAY_NS`] with
+/// [`sandbox_values`], waiting until the operator and the gateway are
+/// ready; returns the gateway pod's address.
+pub async fn helm_install_mesh(cluster: &Cluster) -> Result<String, Error> {
+    cluster.install_gateway_api().await?;
+    let chart = crate::toolchain::workspace_root()
+        .join("charts/sluice")
+        .display()
+        .to_string();
+    let mut args: Vec<String> = [
+        "install",
+        "sluice",
+        &chart,
+        "-n",
+        GATEWAY_NS,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    args.extend(sandbox_values(cluster));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cluster.helm(&args)?;
+    let client = cluster.client();
+    crate::wait::pods_by_label(&client, GATEWAY_NS, "app.kubernetes.io/name=sluice-gateway")
+        .await?
+        .into_iter()
+        .find_map(|p| p.status?.pod_ip)
+        .ok_or_else(|| Error::Check("the gateway pod has no IP".into()))
+}
+
 /// The injection webhook's configuration, as the chart declares it but
 /// pointing at the operator's host address; the operator fills in its
 /// `caBundle`, which this waits for.

@@ -437,6 +437,9 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
             std::thread::sleep(Duration::from_millis(200));
         }
         eprintln!("<== cluster ready in {:.1}s", start.elapsed().as_secs_f64());
+        eprintln!(
+            "    helm install sluice charts/sluice -n sluice-system --create-namespace --wait \\\n      --set image.tag=dev,operator.replicas=1,operator.hostNetwork=true,mesh.controlPlaneAddress=http://<node>:15010"
+        );
     }
     let handson = root().join("examples/handson");
     let gateway_ip = std::fs::read_to_string(dir.join("gateway-ip"))

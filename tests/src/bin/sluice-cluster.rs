@@ -5,9 +5,10 @@
 //! sluice-cluster up --state-dir ~/.cache/sluice/demo
 //! ```
 //!
-//! With the cluster it runs the mesh (Sluice and Gateway API CRDs, the
-//! operator as a host process, the gateway proxy) until the Helm chart
-//! installs it. Once ready it writes `kubeconfig`, `gateway-ip` and `ready`
+//! With the cluster it installs the Gateway API CRDs and Sluice with its
+//! Helm chart (`helm install sluice charts/sluice`; one operator replica on
+//! the node's network, as the test bed has no Service networking). Once
+//! ready it writes `kubeconfig`, `gateway-ip`, `dashboard-url` and `ready`
 //! into the state directory; `cargo xtask demo` starts it in the background
 //! and waits for `ready`.
 //!
@@ -174,10 +175,11 @@ fn main() -> anyhow::Result<()> {
         let cluster = std::sync::Arc::new(Cluster::start_in(&cluster_dir).await?);
         std::fs::copy(cluster.kubeconfig(), state_dir.join("kubeconfig"))
             .context("writing kubeconfig")?;
-        let (operator, gateway_ip) = sluice_tests::operator::start_mesh(&cluster).await?;
+        tracing::info!("helm install sluice charts/sluice -n sluice-system (one operator on the node's network)");
+        let gateway_ip = sluice_tests::operator::helm_install_mesh(&cluster).await?;
         std::fs::write(
             state_dir.join("dashboard-url"),
-            format!("http://{}/?namespace=handson\n", operator.dashboard),
+            "http://127.0.0.1:20001/?namespace=handson\n",
         )
         .context("writing dashboard-url")?;
         std::fs::write(state_dir.join("gateway-ip"), &gateway_ip).context("writing gateway-ip")?;
