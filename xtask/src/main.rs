@@ -148,7 +148,36 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
     if !extra.is_empty() {
         c.arg("--").args(&extra);
     }
-    let totals = run_counting("cargo test --workspace", c)?;
+    let mut totals = run_counting("cargo test --workspace", c)?;
+    // The main job itself, non-interactively: every step checks what it
+    // measured and fails the run when an outcome is off.
+    if !extra.is_empty() {
+        eprintln!("\n(test filters given: the demo run is not part of this run)");
+    } else if running_pid(&demo_dir()).is_some() {
+        eprintln!(
+            "\n(your sandbox is running and holds the node's ports: the demo run is skipped, not counted; `cargo xtask demo down` first)"
+        );
+    } else {
+        let dir = demo_dir().with_file_name("demo-ci");
+        eprintln!("\n==> the demo, end to end ({})", dir.display());
+        let started = Instant::now();
+        let result = demo_up(&dir, None);
+        let down = demo_down(&dir);
+        match result.and(down) {
+            Ok(()) => {
+                totals.passed += 1;
+                eprintln!(
+                    "<== the demo: ok in {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            Err(e) => {
+                totals.failed += 1;
+                println!("{totals}");
+                return Err(e.context("the demo failed"));
+            }
+        }
+    }
     eprintln!(
         "\nall checks passed in {:.1}s",
         start.elapsed().as_secs_f64()
