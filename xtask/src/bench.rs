@@ -462,7 +462,7 @@ pub fn proxy() -> Result<()> {
         ]);
         c
     })?;
-    let target = root().join("target");
+    let target = crate::target_dir();
     let dir = target.join("bench/proxy");
     std::fs::create_dir_all(&dir)?;
     write_configs(&dir)?;

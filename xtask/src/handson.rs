@@ -200,7 +200,7 @@ impl Demo<'_> {
     /// The sandbox has no kubelet API, so `sluice-cluster exec` stands in
     /// for `kubectl exec`.
     fn curl(&self, pod: &str, method: &str, path: &str) -> Result<(String, String)> {
-        let mut cmd = Command::new(crate::root().join("target/debug/sluice-cluster"));
+        let mut cmd = Command::new(crate::target_dir().join("debug/sluice-cluster"));
         cmd.args(["exec", "--state-dir"]).arg(self.dir).args([
             NS,
             pod,

@@ -70,6 +70,13 @@ enum Task {
     },
 }
 
+/// Where cargo puts what it builds (`CARGO_TARGET_DIR`, else `target/`).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 fn root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().unwrap_or(manifest).to_path_buf()
@@ -346,7 +353,7 @@ fn kubectl(dir: &Path, args: &[&str]) -> Result<String> {
         .context("no KUBECTL")?;
     let path = format!(
         "{}:{}",
-        root().join("target/debug").display(),
+        target_dir().join("debug").display(),
         std::env::var("PATH").unwrap_or_default()
     );
     let out = Command::new(&kubectl)
@@ -429,7 +436,7 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
         eprintln!("\n==> the sandbox cluster is already running; reusing it");
     } else {
         std::fs::create_dir_all(dir)?;
-        let bin = root().join("target/debug/sluice-cluster");
+        let bin = target_dir().join("debug/sluice-cluster");
         let log = std::fs::File::create(dir.join("cluster.log"))?;
         eprintln!(
             "\n==> start the local cluster (log: {})",
