@@ -76,6 +76,11 @@ struct Args {
     /// `RUST_LOG` of injected sidecars.
     #[arg(long, env = "SLUICE_PROXY_LOG", default_value = "info")]
     proxy_log: String,
+    /// Add transparent interception (an iptables init step) to every
+    /// injected pod; without it, only to pods annotated
+    /// `sluice.dev/intercept: "true"`.
+    #[arg(long, env = "SLUICE_INTERCEPT")]
+    intercept: bool,
     /// The dashboard (empty: off).
     #[arg(long, env = "SLUICE_DASHBOARD_LISTEN", default_value = "0.0.0.0:20001")]
     dashboard_listen: String,
@@ -236,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| format!("http://sluice-operator.{}.svc:15010", args.namespace)),
             log_level: args.proxy_log.clone(),
+            intercept: args.intercept,
         };
         tokio::spawn(async move {
             if let Err(e) = inject::webhook::serve(addr, cert, settings).await {

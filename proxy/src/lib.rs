@@ -17,6 +17,7 @@ pub mod control;
 pub mod http_proxy;
 pub mod identity;
 pub mod inbound;
+pub mod intercept;
 pub mod pool;
 pub mod route;
 pub mod server;

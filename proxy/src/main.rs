@@ -56,6 +56,22 @@ enum Command {
         #[command(flatten)]
         runtime: RuntimeArgs,
     },
+    /// Install the pod's interception rules (iptables, nat table) and exit:
+    /// the init step the injector adds before the sidecar.
+    Intercept {
+        /// Where inbound TCP is redirected.
+        #[arg(long, default_value_t = sluice_proxy::config::INBOUND_PORT)]
+        inbound_port: u16,
+        /// Where outbound TCP is redirected.
+        #[arg(long, default_value_t = 15001)]
+        outbound_port: u16,
+        /// Inbound ports left alone (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "15021")]
+        exclude_inbound_ports: Vec<u16>,
+        /// Outbound destination ports left alone (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "15010")]
+        exclude_outbound_ports: Vec<u16>,
+    },
     /// Sidecar: outbound routing to the mesh's Services, pushed by the
     /// control plane.
     Sidecar {
@@ -134,6 +150,19 @@ fn main() -> ExitCode {
             runtime,
         } => run_static(config, cert.zip(key), runtime),
         Command::Gateway { control, runtime } => run_managed(Role::Gateway, control, runtime),
+        Command::Intercept {
+            inbound_port,
+            outbound_port,
+            exclude_inbound_ports,
+            exclude_outbound_ports,
+        } => sluice_proxy::intercept::install(&sluice_proxy::intercept::InterceptSettings {
+            inbound_port,
+            outbound_port,
+            exclude_inbound: exclude_inbound_ports,
+            exclude_outbound: exclude_outbound_ports,
+        })
+        .map(|()| info!("interception rules installed"))
+        .map_err(Into::into),
         Command::Sidecar { control, runtime } => run_managed(Role::Sidecar, control, runtime),
     };
     match result {

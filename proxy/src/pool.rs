@@ -180,6 +180,18 @@ thread_local! {
     static TLS_CONFIGS: RefCell<TlsConfigs> = RefCell::new(HashMap::new());
 }
 
+/// Connects with the interception mark set, so that a pod's iptables rules
+/// let the proxy's own connections pass.
+pub async fn marked_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    crate::intercept::mark(&socket);
+    socket.connect(addr).await
+}
+
 async fn connect(
     target: Target<'_>,
     proto: Proto,
@@ -191,7 +203,7 @@ async fn connect(
         Some(_) => SocketAddr::new(addr.ip(), INBOUND_PORT),
         None => addr,
     };
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(dial)).await {
+    let stream = match tokio::time::timeout(timeout, marked_connect(dial)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             telemetry.upstream_connect_failures.fetch_add(1, Relaxed);

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::balance::pick;
@@ -38,8 +37,11 @@ where
         return;
     };
     let _in_flight = endpoint.begin();
-    let upstream =
-        tokio::time::timeout(backend.connect_timeout, TcpStream::connect(endpoint.addr)).await;
+    let upstream = tokio::time::timeout(
+        backend.connect_timeout,
+        crate::pool::marked_connect(endpoint.addr),
+    )
+    .await;
     let mut upstream = match upstream {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

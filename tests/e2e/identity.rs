@@ -164,13 +164,68 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
         let (code, body) = call(&cluster, "curl", "GET", "/").await?;
         ensure!(code == "200" && body.trim() == "blue", "{code} {body}");
     }
-    let (in_after, out_after) = (inbound(server_ip).await?, outbound(client_ip).await?);
+    let (in_after, out_after) = (
+        inbound(server_ip.clone()).await?,
+        outbound(client_ip).await?,
+    );
     ensure!(
         out_after - out_before >= 10.0 && in_after - in_before >= 10.0,
         "10 requests: client sidecar counted {}, server sidecar {}",
         out_after - out_before,
         in_after - in_before
     );
+
+    // Transparent interception: an unmodified curl to the Service's address
+    // goes through both sidecars (the test bed has no DNS, so the address).
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: intercepted\n  namespace: {NS}\n  annotations: {{sluice.dev/intercept: \"true\"}}\nspec:\n  serviceAccountName: curl\n  containers:\n  - {{name: curl, image: curlimages/curl:8.10.1}}\n"
+    ))?;
+    pod_ready(&cluster.client(), NS, "intercepted", TIMEOUT).await?;
+    let cluster_ip = Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client(), NS)
+        .get("handson")
+        .await?
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .context("handson has no ClusterIP")?;
+    let intercepted_ip = pod_ip(&cluster, "intercepted").await?;
+    let url = format!("http://{cluster_ip}:8080/");
+    let via = |ip: String| async move {
+        proxy_metric_matching(&ip, "sluice_requests_total", "listener=\"outbound\"").await
+    };
+    let (in_before, out_before) = (
+        inbound(server_ip.clone()).await?,
+        via(intercepted_ip.clone()).await?,
+    );
+    poll(
+        "curl to the ClusterIP through the sidecars",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let out = cluster
+                .exec_in_pod(NS, "intercepted", &["curl", "-s", "-m", "2", &url])
+                .await?;
+            Ok((out.stdout.trim() == "blue").then_some(()))
+        },
+    )
+    .await?;
+    for _ in 0..5 {
+        let out = cluster
+            .exec_in_pod(NS, "intercepted", &["curl", "-s", "-m", "2", &url])
+            .await?;
+        ensure!(
+            out.stdout.trim() == "blue",
+            "intercepted curl: {:?}",
+            out.stdout
+        );
+    }
+    let (in_after, out_after) = (inbound(server_ip).await?, via(intercepted_ip).await?);
+    ensure!(
+        out_after - out_before >= 5.0 && in_after - in_before >= 5.0,
+        "intercepted requests: client sidecar counted {}, server sidecar {}",
+        out_after - out_before,
+        in_after - in_before
+    );
+    pods.delete("intercepted", &DeleteParams::default()).await?;
     Ok(())
 }
 

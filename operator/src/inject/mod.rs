@@ -16,6 +16,8 @@ use crate::mesh::services::{PROXY_CONTAINER, has_sidecar};
 pub const NAMESPACE_LABEL: &str = "sluice.dev/inject";
 /// The pod annotation that opts a pod out (`"false"`).
 pub const POD_ANNOTATION: &str = "sluice.dev/inject";
+/// The init step that installs the interception rules.
+pub const INIT_CONTAINER: &str = "sluice-init";
 /// Set on injected pods.
 pub const STATUS_ANNOTATION: &str = "sluice.dev/status";
 /// Where the proxy reads its token (its `--token-file` default).
@@ -30,7 +32,13 @@ pub struct InjectSettings {
     pub control_plane: String,
     /// `RUST_LOG` of the proxy.
     pub log_level: String,
+    /// Add the interception init step to every injected pod (else only to
+    /// pods annotated `sluice.dev/intercept: "true"`).
+    pub intercept: bool,
 }
+
+/// The pod annotation that turns interception on or off for one pod.
+pub const INTERCEPT_ANNOTATION: &str = "sluice.dev/intercept";
 
 /// The JSON Patch (RFC 6902) that injects the sidecar into `pod`, or none
 /// when it has one already or opted out.
@@ -77,12 +85,43 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
             "audience": crate::ca::server::TOKEN_AUDIENCE, "path": "token", "expirationSeconds": 3600
         }}]}
     });
+    let intercept = match pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INTERCEPT_ANNOTATION))
+        .map(String::as_str)
+    {
+        Some("true") => true,
+        Some("false") => false,
+        _ => settings.intercept,
+    };
+    // The interception rules first (they let the control plane's port
+    // through), then the proxy, before any other init step.
+    let mut first = Vec::new();
+    if intercept {
+        let cp_port = settings
+            .control_plane
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+            .unwrap_or(15010);
+        first.push(json!({
+            "name": INIT_CONTAINER,
+            "image": settings.image,
+            "args": ["intercept", "--exclude-outbound-ports", cp_port.to_string()],
+            "securityContext": {"runAsUser": 0, "runAsNonRoot": false,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}},
+        }));
+    }
+    first.push(sidecar);
     let mut ops = Vec::new();
-    // The proxy goes first, so that it is up before any other init step.
     if spec.init_containers.as_ref().is_none_or(Vec::is_empty) {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": [sidecar]}));
+        ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": first}));
     } else {
-        ops.push(json!({"op": "add", "path": "/spec/initContainers/0", "value": sidecar}));
+        for (i, c) in first.into_iter().enumerate() {
+            ops.push(json!({"op": "add", "path": format!("/spec/initContainers/{i}"), "value": c}));
+        }
     }
     if spec.volumes.as_ref().is_none_or(Vec::is_empty) {
         ops.push(json!({"op": "add", "path": "/spec/volumes", "value": [volume]}));
@@ -105,6 +144,7 @@ mod tests {
             image: "sluice/sluice-proxy:dev".into(),
             control_plane: "http://cp:15010".into(),
             log_level: "info".into(),
+            intercept: false,
         }
     }
 
@@ -168,6 +208,43 @@ mod tests {
             vec![PROXY_CONTAINER.to_owned(), "migrate".to_owned()]
         );
         assert_eq!(spec.volumes.unwrap_or_default().len(), 2);
+    }
+
+    #[test]
+    fn interception_comes_first_when_asked() {
+        let p = pod(
+            json!({"metadata": {"name": "a", "annotations": {INTERCEPT_ANNOTATION: "true"}}, "spec": {
+            "initContainers": [{"name": "migrate", "image": "m"}],
+            "containers": [{"name": "app", "image": "x"}]}}),
+        );
+        let injected = apply(&p, patch(&p, &settings()).expect("a patch"));
+        let names: Vec<String> = injected
+            .spec
+            .expect("spec")
+            .init_containers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                INIT_CONTAINER.to_owned(),
+                PROXY_CONTAINER.to_owned(),
+                "migrate".to_owned()
+            ]
+        );
+        let plain =
+            pod(json!({"metadata": {"name": "b"}, "spec": {"containers": [{"name": "app"}]}}));
+        let injected = apply(&plain, patch(&plain, &settings()).expect("a patch"));
+        assert_eq!(
+            injected
+                .spec
+                .expect("spec")
+                .init_containers
+                .map(|v| v.len()),
+            Some(1)
+        );
     }
 
     #[test]
