@@ -24,51 +24,50 @@ pub struct InterceptSettings {
     pub exclude_outbound: Vec<u16>,
 }
 
-/// The `iptables -t nat` commands, in order.
-pub fn rules(s: &InterceptSettings) -> Vec<Vec<String>> {
-    let mut r: Vec<Vec<String>> = Vec::new();
-    let mut add = |args: &[&str]| {
-        r.push(
-            ["-t", "nat"]
-                .iter()
-                .chain(args)
-                .map(|a| (*a).to_owned())
-                .collect(),
-        )
-    };
-    add(&["-N", "SLUICE_INBOUND"]);
-    add(&["-N", "SLUICE_OUTBOUND"]);
-    add(&["-A", "PREROUTING", "-p", "tcp", "-j", "SLUICE_INBOUND"]);
-    add(&["-A", "OUTPUT", "-p", "tcp", "-j", "SLUICE_OUTBOUND"]);
-    let inbound = s.inbound_port.to_string();
-    let outbound = s.outbound_port.to_string();
-    let mark = MARK.to_string();
-    let mut excluded_in = s.exclude_inbound.clone();
-    excluded_in.push(s.inbound_port);
-    for p in excluded_in {
-        let p = p.to_string();
-        add(&[
-            "-A",
-            "SLUICE_INBOUND",
-            "-p",
-            "tcp",
-            "--dport",
-            &p,
-            "-j",
-            "RETURN",
-        ]);
-    }
-    add(&[
+/// One `iptables -t nat` command.
+fn nat(args: &[&str]) -> Vec<String> {
+    ["-t", "nat"]
+        .iter()
+        .chain(args)
+        .map(|a| (*a).to_owned())
+        .collect()
+}
+
+/// Lets TCP to `port` through `chain` untouched.
+fn pass(chain: &str, port: u16) -> Vec<String> {
+    let port = port.to_string();
+    nat(&["-A", chain, "-p", "tcp", "--dport", &port, "-j", "RETURN"])
+}
+
+/// Sends the rest of `chain`'s TCP to `port`.
+fn redirect(chain: &str, port: u16) -> Vec<String> {
+    let port = port.to_string();
+    nat(&[
         "-A",
-        "SLUICE_INBOUND",
+        chain,
         "-p",
         "tcp",
         "-j",
         "REDIRECT",
         "--to-ports",
-        &inbound,
-    ]);
-    add(&[
+        &port,
+    ])
+}
+
+/// The `iptables -t nat` commands, in order.
+pub fn rules(s: &InterceptSettings) -> Vec<Vec<String>> {
+    let mark = MARK.to_string();
+    let mut r = vec![
+        nat(&["-N", "SLUICE_INBOUND"]),
+        nat(&["-N", "SLUICE_OUTBOUND"]),
+        nat(&["-A", "PREROUTING", "-p", "tcp", "-j", "SLUICE_INBOUND"]),
+        nat(&["-A", "OUTPUT", "-p", "tcp", "-j", "SLUICE_OUTBOUND"]),
+    ];
+    for p in s.exclude_inbound.iter().chain([&s.inbound_port]) {
+        r.push(pass("SLUICE_INBOUND", *p));
+    }
+    r.push(redirect("SLUICE_INBOUND", s.inbound_port));
+    r.push(nat(&[
         "-A",
         "SLUICE_OUTBOUND",
         "-m",
@@ -77,32 +76,20 @@ pub fn rules(s: &InterceptSettings) -> Vec<Vec<String>> {
         &mark,
         "-j",
         "RETURN",
-    ]);
-    add(&["-A", "SLUICE_OUTBOUND", "-o", "lo", "-j", "RETURN"]);
-    add(&["-A", "SLUICE_OUTBOUND", "-d", "127.0.0.0/8", "-j", "RETURN"]);
-    for p in &s.exclude_outbound {
-        let p = p.to_string();
-        add(&[
-            "-A",
-            "SLUICE_OUTBOUND",
-            "-p",
-            "tcp",
-            "--dport",
-            &p,
-            "-j",
-            "RETURN",
-        ]);
-    }
-    add(&[
+    ]));
+    r.push(nat(&["-A", "SLUICE_OUTBOUND", "-o", "lo", "-j", "RETURN"]));
+    r.push(nat(&[
         "-A",
         "SLUICE_OUTBOUND",
-        "-p",
-        "tcp",
+        "-d",
+        "127.0.0.0/8",
         "-j",
-        "REDIRECT",
-        "--to-ports",
-        &outbound,
-    ]);
+        "RETURN",
+    ]));
+    for p in &s.exclude_outbound {
+        r.push(pass("SLUICE_OUTBOUND", *p));
+    }
+    r.push(redirect("SLUICE_OUTBOUND", s.outbound_port));
     r
 }
 
