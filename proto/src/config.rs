@@ -51,6 +51,12 @@ pub fn inbound_port_of(server_name: &str) -> Option<u16> {
         .ok()
 }
 
+/// The SPIFFE ID of a service account: what a workload certificate
+/// names, what the CA signs and what a client expects of a server.
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+}
+
 /// Traffic for the workload beside a sidecar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -129,10 +129,7 @@ impl Authority {
 
     /// The SPIFFE ID of a service account.
     pub fn spiffe_id(&self, namespace: &str, service_account: &str) -> String {
-        format!(
-            "spiffe://{}/ns/{namespace}/sa/{service_account}",
-            self.trust_domain
-        )
+        sluice_proto::config::spiffe_id(&self.trust_domain, namespace, service_account)
     }
 
     /// Signs `csr_pem` when it asks for exactly the identity of

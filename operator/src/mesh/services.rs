@@ -126,7 +126,7 @@ impl ServiceIndex {
                     .as_ref()
                     .and_then(|s| s.service_account_name.clone())
                     .unwrap_or_else(|| "default".into());
-                let id = format!("spiffe://{trust_domain}/ns/{ns}/sa/{sa}");
+                let id = sluice_proto::config::spiffe_id(trust_domain, &ns, &sa);
                 ((ns, p.name_any()), id)
             })
             .collect();

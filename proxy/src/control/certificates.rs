@@ -102,10 +102,8 @@ async fn issue(
     let token = tokio::fs::read_to_string(&settings.token_file)
         .await
         .map_err(|e| IssueError::Token(settings.token_file.clone(), e))?;
-    let spiffe = format!(
-        "spiffe://{trust_domain}/ns/{}/sa/{}",
-        settings.namespace, settings.service_account
-    );
+    let spiffe =
+        crate::config::spiffe_id(trust_domain, &settings.namespace, &settings.service_account);
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![SanType::URI(spiffe.as_str().try_into()?)];
