@@ -266,8 +266,8 @@ async fn policies_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> im
             (Some(a), None) => a.clone(),
             _ => pod.name_any(),
         };
-        let inbound = crate::mesh::inbound::for_pod(&input, &ns, &pod.name_any());
         let row = rows.entry(workload.clone()).or_insert_with(|| {
+            let inbound = crate::mesh::inbound::for_pod(&input, &ns, Some(pod));
             json!({
                 "workload": workload,
                 "sidecar": crate::mesh::services::has_sidecar(pod),

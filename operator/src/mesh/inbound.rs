@@ -15,17 +15,13 @@ use super::services::PROXY_CONTAINER;
 /// The namespace label that sets the mTLS mode of its workloads.
 pub const MTLS_MODE_LABEL: &str = "sluice.dev/mtls-mode";
 
-/// The inbound side of pod `namespace/name` (empty when the pod is not
-/// known yet: its snapshot follows as soon as it is).
-pub fn for_pod(input: &MeshInput, namespace: &str, name: &str) -> Inbound {
-    let pod = input
-        .pods
-        .iter()
-        .find(|p| p.namespace().as_deref() == Some(namespace) && p.name_any() == name);
+/// The inbound side of a pod in `namespace` (no ports and no policies
+/// while the pod is not known yet: its snapshot follows as soon as it is).
+pub fn for_pod(input: &MeshInput, namespace: &str, pod: Option<&Pod>) -> Inbound {
     let labels: BTreeMap<String, String> = pod.map(|p| p.labels().clone()).unwrap_or_default();
     Inbound {
         mode: mode(input, namespace),
-        ports: pod.map(|p| ports(p)).unwrap_or_default(),
+        ports: pod.map(ports).unwrap_or_default(),
         policies: pod
             .map(|_| policies(input, namespace, &labels))
             .unwrap_or_default(),
@@ -147,7 +143,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let inb = for_pod(&input, "h", "blue-1");
+        let inb = for_pod(&input, "h", input.pods.first().map(|p| &**p));
         assert_eq!(inb.mode, MtlsMode::Strict);
         let names: Vec<&str> = inb.policies.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec!["h/mine", "sluice-system/mesh-wide"]);
@@ -165,6 +161,6 @@ mod tests {
             ]
         );
         // Another namespace falls back to the mesh's mode.
-        assert_eq!(for_pod(&input, "x", "nope").mode, MtlsMode::Permissive);
+        assert_eq!(for_pod(&input, "x", None).mode, MtlsMode::Permissive);
     }
 }

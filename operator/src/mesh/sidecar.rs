@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use sluice_proto::config::{Config, Inbound, Listener, ListenerProtocol, Route, WeightedBackend};
 
@@ -49,12 +50,21 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
             .unwrap_or_else(|| Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
         push_parent(out, route, status_ref(pr), vec![accepted, resolved]);
     }
+    if input.sidecar_pods.is_empty() {
+        return;
+    }
     let mut outbound: BTreeMap<&str, Config> = BTreeMap::new();
+    let pods: BTreeMap<(String, String), &Pod> = input
+        .pods
+        .iter()
+        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), &**p))
+        .collect();
     for (ns, pod) in &input.sidecar_pods {
         let base = outbound
             .entry(ns.as_str())
             .or_insert_with(|| namespace_config(ns, index, &gamma));
-        let inbound = super::inbound::for_pod(input, ns, pod);
+        let found = pods.get(&(ns.clone(), pod.clone())).copied();
+        let inbound = super::inbound::for_pod(input, ns, found);
         let key = ConfigKey::Sidecar(ns.clone(), variant(&inbound));
         out.configs.entry(key.clone()).or_insert_with(|| Config {
             inbound: Some(inbound),
