@@ -321,7 +321,7 @@ impl ProxyService {
             let mesh = backend
                 .mesh
                 .get(&endpoint.addr)
-                .filter(|_| self.proxy.identity.leaf().is_some())
+                .filter(|_| self.proxy.identity.has_leaf())
                 .map(|id| (&self.proxy.identity, id));
             let target = pool::Target {
                 addr: endpoint.addr,

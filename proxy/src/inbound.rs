@@ -6,8 +6,8 @@
 //! every request again; allowed traffic goes to `127.0.0.1:<port>`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -23,7 +23,7 @@ use crate::authz::{Authorize, PeerInfo, Policies, Traffic, Verdict};
 use crate::compiled::CompiledListener;
 use crate::config::{INBOUND_PORT, ListenerProtocol, MtlsMode, inbound_port_of};
 use crate::http_proxy::ProxyService;
-use crate::identity::verify::{describe, principal, server_config};
+use crate::identity::verify::server_config;
 use crate::state::Proxy;
 
 /// Time allowed for a client's first bytes and its TLS handshake.
@@ -66,10 +66,16 @@ pub async fn serve(
         let (p, t) = (policies.clone(), proxy.telemetry.clone());
         let traffic = traffic_of(&listener);
         let ip = peer.ip();
+        // The verifier has parsed the client's identity: keep it for the
+        // per-request checks instead of parsing the certificate again.
+        let verified: Arc<OnceLock<Arc<str>>> = Arc::default();
+        let seen = verified.clone();
         let check = Box::new(move |principal: &str| {
+            let principal: Arc<str> = principal.into();
+            let _ = seen.set(principal.clone());
             let info = PeerInfo {
                 ip,
-                principal: Some(principal.into()),
+                principal: Some(principal),
                 port,
             };
             allowed_connection(&p, &info, traffic, &t)
@@ -91,16 +97,9 @@ pub async fn serve(
                 return;
             }
         };
-        let principal = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .and_then(|c| describe(c).ok())
-            .map(|(id, _)| Arc::from(principal(&id)));
         let info = PeerInfo {
             ip,
-            principal,
+            principal: verified.get().cloned(),
             port,
         };
         serve_port(proxy.clone(), listener, info, tls, builder, watcher).await;

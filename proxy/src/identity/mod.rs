@@ -80,6 +80,12 @@ impl MeshIdentity {
         self.leaf.load_full()
     }
 
+    /// Whether a certificate is installed: per request, so it reads without
+    /// touching the certificate's shared reference count.
+    pub fn has_leaf(&self) -> bool {
+        self.leaf.load().is_some()
+    }
+
     /// The current roots.
     pub fn roots(&self) -> Arc<Roots> {
         self.roots.load_full()

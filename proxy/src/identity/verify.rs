@@ -234,7 +234,7 @@ impl ResolvesClientCert for CurrentLeaf {
     }
 
     fn has_certs(&self) -> bool {
-        self.0.leaf().is_some()
+        self.0.has_leaf()
     }
 }
 
