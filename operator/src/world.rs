@@ -142,11 +142,6 @@ impl World {
         self.changed.notify_one();
     }
 
-    /// The mesh-wide settings in use.
-    pub fn mesh(&self) -> Arc<MeshSettings> {
-        self.mesh.load_full()
-    }
-
     /// A Pod by namespace and name.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods

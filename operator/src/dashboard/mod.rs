@@ -57,8 +57,15 @@ pub struct DashboardSettings {
     pub actions: bool,
 }
 
+/// Reads proxies' admin endpoints; one pool for every request.
+type ProxyClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
 #[derive(Clone)]
 struct AppState {
+    proxies: ProxyClient,
     client: Client,
     world: World,
     registry: Arc<Registry>,
@@ -209,10 +216,8 @@ const PROXY_ADMIN_PORT: u16 = 15021;
 
 /// Denied requests and connections counted by the sidecar at `ip` (read
 /// from its admin endpoint; none when it does not answer within 500 ms).
-async fn denied_at(ip: String) -> Option<u64> {
+async fn denied_at(client: &ProxyClient, ip: &str) -> Option<u64> {
     use http_body_util::BodyExt;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
     let uri: axum::http::Uri = format!("http://{ip}:{PROXY_ADMIN_PORT}/metrics")
         .parse()
         .ok()?;
@@ -247,7 +252,7 @@ async fn policies_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> im
         .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
         .collect();
     let counts =
-        futures::future::join_all(meshed.iter().map(|(_, ip)| denied_at(ip.clone()))).await;
+        futures::future::join_all(meshed.iter().map(|(_, ip)| denied_at(&s.proxies, ip))).await;
     let denied: BTreeMap<String, u64> = meshed
         .into_iter()
         .zip(counts)
@@ -318,6 +323,8 @@ pub async fn serve(
     settings: DashboardSettings,
 ) -> std::io::Result<()> {
     let state = AppState {
+        proxies: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http(),
         client,
         world,
         registry,
