@@ -77,9 +77,10 @@ struct Args {
     #[arg(long, env = "SLUICE_PROXY_LOG", default_value = "info")]
     proxy_log: String,
     /// Add transparent interception (an iptables init step) to every
-    /// injected pod; without it, only to pods annotated
-    /// `sluice.dev/intercept: "true"`.
-    #[arg(long, env = "SLUICE_INTERCEPT")]
+    /// injected pod but those annotated `sluice.dev/intercept: "false"`;
+    /// with `--intercept=false`, only to pods annotated `"true"`.
+    #[arg(long, env = "SLUICE_INTERCEPT", default_value_t = true, action = clap::ArgAction::Set,
+        num_args = 0..=1, default_missing_value = "true")]
     intercept: bool,
     /// The dashboard (empty: off).
     #[arg(long, env = "SLUICE_DASHBOARD_LISTEN", default_value = "0.0.0.0:20001")]

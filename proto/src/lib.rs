@@ -10,3 +10,4 @@ pub mod mesh {
 
 pub mod authz;
 pub mod config;
+pub mod probes;

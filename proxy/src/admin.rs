@@ -1,5 +1,6 @@
-//! The admin endpoint: `/ready`, `/metrics` (Prometheus text) and `/config`
-//! (the running configuration as JSON).
+//! The admin endpoint: `/ready`, `/metrics` (Prometheus text), `/config`
+//! (the running configuration as JSON) and the app probes of an
+//! intercepted pod (`/app-health/...`, see [`crate::app_health`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::app_health::AppHealth;
 use crate::server::bind;
 use crate::state::Proxy;
 use crate::telemetry::TelemetryCollector;
@@ -101,6 +103,7 @@ pub fn answer(proxy: &Proxy, registry: &Registry, path: &str) -> Response<Full<B
 /// Serves the admin endpoint on `addr` until `shutdown` turns true.
 pub async fn serve(
     proxy: Arc<Proxy>,
+    health: Arc<AppHealth>,
     addr: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -122,10 +125,18 @@ pub async fn serve(
         };
         let proxy = proxy.clone();
         let registry = registry.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = answer(&proxy, &registry, req.uri().path());
-                async move { Ok::<_, Infallible>(resp) }
+                let (proxy, registry, health) = (proxy.clone(), registry.clone(), health.clone());
+                async move {
+                    let path = req.uri().path();
+                    let resp = match health.check(path).await {
+                        Some((status, text)) => reply(status, "text/plain", text),
+                        None => answer(&proxy, &registry, path),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)

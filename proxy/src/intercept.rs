@@ -2,14 +2,18 @@
 //! pod's network namespace, so that an unmodified app's traffic goes
 //! through its sidecar. Inbound TCP is redirected to the sidecar's inbound
 //! port (which finds the workload port with `SO_ORIGINAL_DST`); outbound TCP
-//! to its outbound port. The sidecar's own connections carry a socket mark
-//! ([`MARK`]) and pass untouched, as do loopback, excluded ports and the
-//! control plane.
+//! to its outbound port. The sidecar's own connections pass untouched: by
+//! its user id ([`PROXY_UID`], what the injector runs it as) and by a
+//! socket mark ([`MARK`], for where it runs as another user but may set
+//! marks); so do loopback, excluded ports and the control plane.
 
 use std::process::Command;
 
 /// The mark the sidecar sets on its upstream sockets (`SO_MARK`).
 pub const MARK: u32 = 1337;
+
+/// The user id the injector runs the sidecar as.
+pub const PROXY_UID: u32 = 1337;
 
 /// What to intercept.
 #[derive(Debug, Clone)]
@@ -22,6 +26,8 @@ pub struct InterceptSettings {
     pub exclude_inbound: Vec<u16>,
     /// Outbound destination ports left alone (the control plane).
     pub exclude_outbound: Vec<u16>,
+    /// The sidecar's user id.
+    pub proxy_uid: u32,
 }
 
 /// One `iptables -t nat` command.
@@ -74,6 +80,16 @@ pub fn rules(s: &InterceptSettings) -> Vec<Vec<String>> {
         "mark",
         "--mark",
         &mark,
+        "-j",
+        "RETURN",
+    ]));
+    r.push(nat(&[
+        "-A",
+        "SLUICE_OUTBOUND",
+        "-m",
+        "owner",
+        "--uid-owner",
+        &s.proxy_uid.to_string(),
         "-j",
         "RETURN",
     ]));
@@ -135,6 +151,7 @@ mod tests {
             outbound_port: 15001,
             exclude_inbound: vec![15021],
             exclude_outbound: vec![15010],
+            proxy_uid: 1337,
         });
         let text: Vec<String> = r.iter().map(|a| a.join(" ")).collect();
         let pos = |needle: &str| {
@@ -146,6 +163,7 @@ mod tests {
         assert!(pos("--dport 15021 -j RETURN") < pos("REDIRECT --to-ports 15006"));
         assert!(pos("--dport 15006 -j RETURN") < pos("REDIRECT --to-ports 15006"));
         assert!(pos("--mark 1337 -j RETURN") < pos("REDIRECT --to-ports 15001"));
+        assert!(pos("--uid-owner 1337 -j RETURN") < pos("REDIRECT --to-ports 15001"));
         assert!(pos("--dport 15010 -j RETURN") < pos("REDIRECT --to-ports 15001"));
         assert!(pos("-d 127.0.0.0/8 -j RETURN") < pos("REDIRECT --to-ports 15001"));
         assert!(text.iter().all(|l| l.starts_with("-t nat ")));

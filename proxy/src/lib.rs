@@ -8,6 +8,7 @@
 //! compiled ([`compiled`]) and swapped in atomically ([`state`]).
 
 pub mod admin;
+pub mod app_health;
 pub mod authz;
 pub mod balance;
 pub mod body;

@@ -71,6 +71,10 @@ enum Command {
         /// Outbound destination ports left alone (comma-separated).
         #[arg(long, value_delimiter = ',', default_value = "15010")]
         exclude_outbound_ports: Vec<u16>,
+        /// The sidecar's user id: its connections pass untouched (as the
+        /// socket mark does where the sidecar may set one).
+        #[arg(long, default_value_t = sluice_proxy::intercept::PROXY_UID)]
+        proxy_uid: u32,
     },
     /// Sidecar: outbound routing to the mesh's Services, pushed by the
     /// control plane.
@@ -155,11 +159,13 @@ fn main() -> ExitCode {
             outbound_port,
             exclude_inbound_ports,
             exclude_outbound_ports,
+            proxy_uid,
         } => sluice_proxy::intercept::install(&sluice_proxy::intercept::InterceptSettings {
             inbound_port,
             outbound_port,
             exclude_inbound: exclude_inbound_ports,
             exclude_outbound: exclude_outbound_ports,
+            proxy_uid,
         })
         .map(|()| info!("interception rules installed"))
         .map_err(Into::into),
@@ -257,6 +263,7 @@ fn serve(
     rt: RuntimeArgs,
     start: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    let health = Arc::new(sluice_proxy::app_health::AppHealth::from_env()?);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let workers = start_workers(&proxy, rt.workers, &shutdown_rx, rt.drain_timeout)?;
     let main_rt = tokio::runtime::Builder::new_current_thread()
@@ -266,7 +273,7 @@ fn serve(
         if let Some(addr) = admin_addr {
             let (p, s) = (proxy.clone(), shutdown_rx.clone());
             tokio::spawn(async move {
-                if let Err(e) = admin::serve(p, addr, s).await {
+                if let Err(e) = admin::serve(p, health, addr, s).await {
                     error!("admin endpoint on {addr}: {e}");
                 }
             });

@@ -2,7 +2,9 @@
 //! deterministic; `helm install` runs two operator replicas in the cluster
 //! with exactly the chart's RBAC (any `forbidden` in their logs fails the
 //! test); one leads (a Lease), the other takes over when it is killed and
-//! handles what changes afterwards; the webhook injects; `helm upgrade`
+//! handles what changes afterwards; the webhook injects, and an unmodified
+//! curl in the mesh reaches `handson:8080` through both sidecars, which
+//! find the operator by its Service name; `helm upgrade`
 //! applies new values; `helm uninstall` leaves only the CRDs.
 
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use sluice_tests::Cluster;
+use sluice_tests::operator::proxy_counter;
 use sluice_tests::toolchain::workspace_root;
 use sluice_tests::wait::{deployment_available, poll};
 
@@ -82,6 +85,133 @@ async fn accepted(classes: &Api<GatewayClass>, name: &str) -> anyhow::Result<Opt
             .any(|c| c.type_ == "Accepted" && c.status == "True")
             .then_some(())
     }))
+}
+
+/// Item 2 of the flow, with the operator the chart runs in the cluster:
+/// label `handson`, restart `handson-blue`, and its pods have the app and
+/// the proxy; an unmodified `curl http://handson:8080/` from another
+/// injected pod answers `blue` through both proxies (the counters of each
+/// grow). Sidecars find the operator by its Service name.
+async fn handson_through_both_proxies(cluster: &Cluster) -> anyhow::Result<()> {
+    let examples = workspace_root().join("examples/handson");
+    let file = |name: &str| examples.join(name).display().to_string();
+    let client = cluster.client();
+    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: handson}\n")?;
+    cluster.kubectl(&["apply", "-f", &file("10-handson-blue.yaml")], None)?;
+    deployment_available(&client, "handson", "handson-blue", Duration::from_secs(120)).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "handson");
+    let sidecars = |p: &Pod| {
+        p.spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .filter(|c| c.name == "sluice-proxy")
+            .count()
+    };
+    let before = pods
+        .list(&ListParams::default().labels("app=handson"))
+        .await?;
+    ensure!(
+        before.items.iter().all(|p| sidecars(p) == 0),
+        "handson-blue has a proxy before its namespace is labelled"
+    );
+    cluster.kubectl(
+        &["label", "namespace", "handson", "sluice.dev/inject=enabled"],
+        None,
+    )?;
+    cluster.kubectl(
+        &[
+            "rollout",
+            "restart",
+            "deployment/handson-blue",
+            "-n",
+            "handson",
+        ],
+        None,
+    )?;
+    cluster.kubectl(
+        &[
+            "rollout",
+            "status",
+            "deployment/handson-blue",
+            "-n",
+            "handson",
+            "--timeout=180s",
+        ],
+        None,
+    )?;
+    let after = poll(
+        "handson pods, all with the proxy",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app=handson"))
+                .await?
+                .items;
+            let settled = list.len() == 2
+                && list
+                    .iter()
+                    .all(|p| sidecars(p) == 1 && p.metadata.deletion_timestamp.is_none());
+            Ok(settled.then_some(list))
+        },
+    )
+    .await?;
+    cluster.kubectl(&["apply", "-f", &file("50-clients.yaml")], None)?;
+    sluice_tests::wait::pod_ready(&client, "handson", "curl", Duration::from_secs(120)).await?;
+    let ip_of = |p: &Pod| p.status.as_ref().and_then(|s| s.pod_ip.clone());
+    let curl_ip = ip_of(&pods.get("curl").await?).context("curl has no IP")?;
+    let server_ips: Vec<String> = after.iter().filter_map(ip_of).collect();
+    let counted = || async {
+        let out = proxy_counter(&curl_ip, "sluice_requests_total", "listener=\"outbound\"").await?;
+        let mut inbound = 0.0;
+        for ip in &server_ips {
+            inbound +=
+                proxy_counter(ip, "sluice_requests_total", "listener=\"inbound|8080\"").await?;
+        }
+        anyhow::Ok((out, inbound))
+    };
+    let curl = || async {
+        cluster
+            .exec_in_pod(
+                "handson",
+                "curl",
+                &["curl", "-s", "-m", "2", "http://handson:8080/"],
+            )
+            .await
+    };
+    // The first answer waits for both sidecars' certificates and config.
+    poll(
+        "curl http://handson:8080/ to answer blue",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async { Ok((curl().await?.stdout.trim() == "blue").then_some(())) },
+    )
+    .await?;
+    let (out_before, in_before) = counted().await?;
+    for _ in 0..5 {
+        let out = curl().await?;
+        ensure!(
+            out.stdout.trim() == "blue",
+            "curl answered {:?}",
+            out.stdout
+        );
+    }
+    let (out_after, in_after) = counted().await?;
+    println!(
+        "curl http://handson:8080/ x5 -> blue; client sidecar counted {}, server sidecars {}",
+        out_after - out_before,
+        in_after - in_before
+    );
+    ensure!(
+        out_after - out_before >= 5.0 && in_after - in_before >= 5.0,
+        "5 requests: the client sidecar counted {}, the server sidecars {}",
+        out_after - out_before,
+        in_after - in_before
+    );
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+        .delete("handson", &DeleteParams::default())
+        .await?;
+    Ok(())
 }
 
 pub async fn install_failover_upgrade_uninstall(cluster: Arc<Cluster>) -> anyhow::Result<()> {
@@ -155,6 +285,7 @@ pub async fn install_failover_upgrade_uninstall(cluster: Arc<Cluster>) -> anyhow
         injected.iter().any(|c| c.name == "sluice-proxy"),
         "the chart's webhook did not inject: {injected:?}"
     );
+    handson_through_both_proxies(&cluster).await?;
     no_forbidden(&cluster).await?;
 
     // Kill the leader: the other replica takes over within the lease.

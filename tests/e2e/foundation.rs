@@ -282,6 +282,58 @@ async fn deployment_serves(cluster: Arc<Cluster>) -> anyhow::Result<()> {
             out.stdout
         );
     }
+    // Service networking: the Service's names resolve in the pod and its
+    // ClusterIP leads to an endpoint, as kube-proxy and DNS make it.
+    for host in ["blue", "blue.serve", "blue.serve.svc.cluster.local"] {
+        let url = format!("http://{host}:8080/color");
+        let out = poll(
+            &format!("{url} from the pod"),
+            TIMEOUT,
+            Duration::from_millis(200),
+            || async {
+                let out = cluster
+                    .exec_in_pod(ns, "curl", &["curl", "-sS", "--max-time", "5", &url])
+                    .await?;
+                Ok((out.code == 0).then_some(out))
+            },
+        )
+        .await?;
+        ensure!(
+            out.stdout.trim() == "blue",
+            "curl from the pod to {url} answered {:?}",
+            out.stdout
+        );
+    }
+    // A NodePort answers on the node's address, from the host and from pods.
+    cluster.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: blue-node, namespace: serve}\nspec:\n  type: NodePort\n  selector: {app: blue}\n  ports: [{name: http, port: 8080, targetPort: http, nodePort: 30080}]\n",
+    )?;
+    let url = format!("http://{}:30080/color", cluster.node().address());
+    let from_host = poll(
+        "the NodePort from the host",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            Ok(match http.get(&url).send().await {
+                Ok(r) => Some(r.text().await?),
+                Err(_) => None,
+            })
+        },
+    )
+    .await?;
+    ensure!(
+        from_host.trim() == "blue",
+        "{url} from the host: {from_host:?}"
+    );
+    let out = cluster
+        .exec_in_pod(ns, "curl", &["curl", "-sS", "--max-time", "5", &url])
+        .await?;
+    ensure!(
+        out.stdout.trim() == "blue",
+        "{url} from the pod: {:?} {:?}",
+        out.stdout,
+        out.stderr
+    );
     Ok(())
 }
 

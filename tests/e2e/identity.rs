@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use rcgen::{CertificateParams, KeyPair, SanType};
@@ -16,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sluice_proto::mesh::SignRequest;
 use sluice_proto::mesh::certificates_client::CertificatesClient;
 use sluice_tests::Cluster;
-use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, http};
+use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, http, proxy_counter};
 use sluice_tests::wait::{deployment_available, pod_ready, pods_by_label, poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
@@ -175,42 +176,31 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
         in_after - in_before
     );
 
-    // Transparent interception: an unmodified curl to the Service's address
-    // goes through both sidecars (the test bed has no DNS, so the address).
-    cluster.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: intercepted\n  namespace: {NS}\n  annotations: {{sluice.dev/intercept: \"true\"}}\nspec:\n  serviceAccountName: curl\n  containers:\n  - {{name: curl, image: curlimages/curl:8.10.1}}\n"
-    ))?;
-    pod_ready(&cluster.client(), NS, "intercepted", TIMEOUT).await?;
-    let cluster_ip = Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client(), NS)
-        .get("handson")
-        .await?
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .context("handson has no ClusterIP")?;
-    let intercepted_ip = pod_ip(&cluster, "intercepted").await?;
-    let url = format!("http://{cluster_ip}:8080/");
+    // Transparent interception (on for every injected pod): an unmodified
+    // curl to the Service's name goes through both sidecars, and the app's
+    // readiness probe is served by its sidecar.
+    let probe = spec.containers[0]
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .context("handson lost its readiness probe")?;
+    ensure!(
+        probe.path.as_deref() == Some("/app-health/app/readiness")
+            && probe.port == IntOrString::Int(i32::from(ADMIN_PORT)),
+        "the app's probe was not moved to the sidecar: {probe:?}"
+    );
+    let url = "http://handson:8080/";
     let via = |ip: String| async move {
         proxy_metric_matching(&ip, "sluice_requests_total", "listener=\"outbound\"").await
     };
+    let client_ip = pod_ip(&cluster, "curl").await?;
     let (in_before, out_before) = (
         inbound(server_ip.clone()).await?,
-        via(intercepted_ip.clone()).await?,
+        via(client_ip.clone()).await?,
     );
-    poll(
-        "curl to the ClusterIP through the sidecars",
-        TIMEOUT,
-        Duration::from_millis(200),
-        || async {
-            let out = cluster
-                .exec_in_pod(NS, "intercepted", &["curl", "-s", "-m", "2", &url])
-                .await?;
-            Ok((out.stdout.trim() == "blue").then_some(()))
-        },
-    )
-    .await?;
     for _ in 0..5 {
         let out = cluster
-            .exec_in_pod(NS, "intercepted", &["curl", "-s", "-m", "2", &url])
+            .exec_in_pod(NS, "curl", &["curl", "-s", "-m", "2", url])
             .await?;
         ensure!(
             out.stdout.trim() == "blue",
@@ -218,14 +208,13 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
             out.stdout
         );
     }
-    let (in_after, out_after) = (inbound(server_ip).await?, via(intercepted_ip).await?);
+    let (in_after, out_after) = (inbound(server_ip).await?, via(client_ip).await?);
     ensure!(
         out_after - out_before >= 5.0 && in_after - in_before >= 5.0,
         "intercepted requests: client sidecar counted {}, server sidecar {}",
         out_after - out_before,
         in_after - in_before
     );
-    pods.delete("intercepted", &DeleteParams::default()).await?;
     Ok(())
 }
 
@@ -274,18 +263,7 @@ async fn proxy_metric(ip: &str, name: &str) -> anyhow::Result<f64> {
 
 /// The sum of a counter's series whose labels contain `labels`.
 async fn proxy_metric_matching(ip: &str, name: &str, labels: &str) -> anyhow::Result<f64> {
-    let text = http()
-        .get(format!("http://{ip}:{ADMIN_PORT}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter(|l| l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
+    Ok(proxy_counter(ip, name, labels).await?)
 }
 
 async fn pod_ip(cluster: &Cluster, name: &str) -> anyhow::Result<String> {
@@ -668,6 +646,20 @@ pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow
         plaintext().await.is_err(),
         "plaintext without a redirect was served"
     );
+    // Plaintext to the app port is intercepted and, in PERMISSIVE, served.
+    let app_plaintext = || async {
+        http()
+            .get(format!("http://{ip}:8080/"))
+            .send()
+            .await?
+            .text()
+            .await
+    };
+    let served = app_plaintext().await?;
+    ensure!(
+        served.trim() == "blue",
+        "PERMISSIVE at the app port: {served:?}"
+    );
     ensure!(
         proxy_metric(&ip, "sluice_plaintext_refused_total").await? == refused_before,
         "PERMISSIVE counted plaintext as refused"
@@ -687,9 +679,26 @@ pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow
     )
     .await;
     let (code, _) = call(&cluster, "curl-allow", "GET", "/").await?;
+    // Interception sends plaintext for the app port to the sidecar too,
+    // which refuses it now; the kubelet's probe, moved to the admin port,
+    // still passes.
+    let at_app_port = app_plaintext().await;
+    let probe = http()
+        .get(format!("http://{ip}:{ADMIN_PORT}/app-health/app/readiness"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
     cluster.apply(&namespace("PERMISSIVE"))?;
     result?;
     ensure!(code == "200", "a mesh client under STRICT: {code}");
+    ensure!(
+        at_app_port.is_err(),
+        "STRICT served plaintext at the app port: {at_app_port:?}"
+    );
+    ensure!(
+        matches!(probe, Ok(200)),
+        "the app's probe through the sidecar under STRICT: {probe:?}"
+    );
     Ok(())
 }
 

@@ -1,9 +1,8 @@
 //! A whole local cluster: control plane plus one node, and the helpers tests
 //! use on it (apply manifests, run kubectl, exec in pods).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -271,44 +270,9 @@ fn run_tool(
         path.push(":");
     }
     path.push(std::env::var_os("PATH").unwrap_or_default());
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env("KUBECONFIG", kubeconfig)
-        .env("PATH", path)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Command {
-            command: command.clone(),
-            detail: e.to_string(),
-        })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| Error::Command {
-                command: command.clone(),
-                detail: e.to_string(),
-            })?;
-    }
-    let out = child.wait_with_output().map_err(|e| Error::Command {
-        command: command.clone(),
-        detail: e.to_string(),
-    })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(Error::Command {
-            command,
-            detail: format!(
-                "{}: {}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr),
-                String::from_utf8_lossy(&out.stdout)
-            ),
-        })
-    }
+        .env("PATH", path);
+    crate::process::run_command(cmd, command, stdin)
 }

@@ -138,7 +138,8 @@ impl ControlPlane {
                 ("allow-privileged", "true".into()),
                 // The apiserver's own address would be refused as an endpoint.
                 ("endpoint-reconciler-type", "none".into()),
-                // No kube-proxy: dial webhook and aggregated API endpoints directly.
+                // The host has no Service routing of its own: dial webhook and
+                // aggregated API endpoints directly.
                 ("enable-aggregator-routing", "true".into()),
                 ("profiling", "false".into()),
                 ("v", "0".into()),

@@ -235,16 +235,17 @@ spec:
     Ok((operator, gateway_ip))
 }
 
-/// The values the sandbox installs the chart with: one operator replica on
-/// the node's network, so that proxies reach it without Service networking
-/// (the test bed has no kube-proxy or DNS).
-pub fn sandbox_values(cluster: &Cluster) -> Vec<String> {
-    let ip = cluster.node().address();
+/// The NodePort of the sandbox's dashboard.
+pub const DASHBOARD_NODE_PORT: u16 = 32001;
+
+/// The values the sandbox installs the chart with: one operator replica,
+/// the dashboard on [`DASHBOARD_NODE_PORT`] behind `dashboard_token`.
+pub fn sandbox_values(dashboard_token: &str) -> Vec<String> {
     [
         "image.tag=dev".to_owned(),
         "operator.replicas=1".to_owned(),
-        "operator.hostNetwork=true".to_owned(),
-        format!("mesh.controlPlaneAddress=http://{ip}:15010"),
+        format!("dashboard.nodePort={DASHBOARD_NODE_PORT}"),
+        format!("dashboard.token={dashboard_token}"),
     ]
     .into_iter()
     .flat_map(|v| ["--set".to_owned(), v])
@@ -253,8 +254,8 @@ pub fn sandbox_values(cluster: &Cluster) -> Vec<String> {
 
 /// `helm install sluice charts/sluice` into [`GATEWAY_NS`] with
 /// [`sandbox_values`], waiting until the operator and the gateway are
-/// ready; returns the gateway pod's address.
-pub async fn helm_install_mesh(cluster: &Cluster) -> Result<String, Error> {
+/// ready.
+pub async fn helm_install_mesh(cluster: &Cluster, dashboard_token: &str) -> Result<(), Error> {
     cluster.install_gateway_api().await?;
     let chart = crate::toolchain::workspace_root()
         .join("charts/sluice")
@@ -274,15 +275,10 @@ pub async fn helm_install_mesh(cluster: &Cluster) -> Result<String, Error> {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    args.extend(sandbox_values(cluster));
+    args.extend(sandbox_values(dashboard_token));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     cluster.helm(&args)?;
-    let client = cluster.client();
-    crate::wait::pods_by_label(&client, GATEWAY_NS, "app.kubernetes.io/name=sluice-gateway")
-        .await?
-        .into_iter()
-        .find_map(|p| p.status?.pod_ip)
-        .ok_or_else(|| Error::Check("the gateway pod has no IP".into()))
+    Ok(())
 }
 
 /// The injection webhook's configuration, as the chart declares it but
@@ -352,6 +348,23 @@ readinessProbe:
     );
     let pad = " ".repeat(indent);
     yaml.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+/// The sum of the series of a proxy's counter `name` whose labels contain
+/// `labels` (all series when empty), from its admin `/metrics`.
+pub async fn proxy_counter(ip: &str, name: &str, labels: &str) -> Result<f64, Error> {
+    let text = http()
+        .get(format!("http://{ip}:{ADMIN_PORT}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 /// An HTTP client for test traffic: no proxy from the environment, short

@@ -148,24 +148,54 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 
 /// Runs a short command to completion; an error carries its output.
 pub fn run(program: &str, args: &[&str]) -> Result<String, Error> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Command {
-            command: format!("{program} {}", args.join(" ")),
-            detail: e.to_string(),
-        })?;
+    run_with_input(program, args, None)
+}
+
+/// [`run`] with `input` written to the command's stdin.
+pub fn run_with_input(program: &str, args: &[&str], input: Option<&str>) -> Result<String, Error> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    run_command(cmd, format!("{program} {}", args.join(" ")), input)
+}
+
+/// Runs `cmd` (described as `command` in errors) to completion with
+/// `input` on its stdin; its stdout, or an error with its output.
+pub fn run_command(
+    mut cmd: Command,
+    command: String,
+    input: Option<&str>,
+) -> Result<String, Error> {
+    use std::io::Write;
+    let failed = |detail: String| Error::Command {
+        command: command.clone(),
+        detail,
+    };
+    let mut child = cmd
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(e.to_string()))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(Error::Command {
-            command: format!("{program} {}", args.join(" ")),
-            detail: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        })
+        Err(failed(format!(
+            "{}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        )))
     }
 }

@@ -14,7 +14,8 @@ use crate::kubectl;
 
 const APP_HOST: &str = "app.example.com";
 const ROLLOUT_HOST: &str = "rollout.example.com";
-const GATEWAY_PORT: u16 = 18080;
+/// The gateway's NodePort (the chart's default, as in the hands-on).
+const GATEWAY_NODE_PORT: u16 = 32080;
 const NS: &str = "handson";
 
 /// Fails unless `key` got `percent`% ± 5 of `total` answers: the demo
@@ -39,8 +40,8 @@ pub struct Demo<'a> {
     pub dir: &'a Path,
     /// `examples/handson/`.
     pub files: &'a Path,
-    /// The gateway proxy's pod address.
-    pub gateway: String,
+    /// The node's address: the gateway answers on its NodePort there.
+    pub node: String,
 }
 
 impl Demo<'_> {
@@ -70,7 +71,7 @@ impl Demo<'_> {
     /// `n` requests for `host` through the gateway, in one curl run;
     /// counted by answer (`blue`, `yellow`, `500`...).
     fn sample(&self, host: &str, n: usize) -> Result<BTreeMap<String, usize>> {
-        let url = format!("http://{}:{GATEWAY_PORT}/", self.gateway);
+        let url = format!("http://{}:{GATEWAY_NODE_PORT}/", self.node);
         let mut cmd = Command::new("curl");
         // `-w` must not start with `@` (that reads the format from a file).
         cmd.args(["-sS", "--noproxy", "*", "--max-time", "20"])
@@ -136,8 +137,8 @@ impl Demo<'_> {
         ])?;
         let took = self.until_all(APP_HOST, "blue")?;
         eprintln!(
-            "    curl -H 'Host: {APP_HOST}' http://{}:{GATEWAY_PORT}/ -> blue (route live {took:.1?} after the wait)",
-            self.gateway
+            "    curl -H 'Host: {APP_HOST}' http://{}:{GATEWAY_NODE_PORT}/ -> blue (route live {took:.1?} after the wait)",
+            self.node
         );
         let other = self.sample("other.example.com", 1)?;
         eprintln!("    curl -H 'Host: other.example.com' ... -> {other:?}");
@@ -195,10 +196,10 @@ impl Demo<'_> {
         Ok(())
     }
 
-    /// `curl` in `pod` through its sidecar to `handson:8080`: (status,
-    /// body); status `000` when the connection closed without an answer.
-    /// The sandbox has no kubelet API, so `sluice-cluster exec` stands in
-    /// for `kubectl exec`.
+    /// An unmodified `curl http://handson:8080{path}` in `pod` (its sidecar
+    /// intercepts it): (status, body); status `000` when the connection
+    /// closed without an answer. The sandbox has no kubelet API, so
+    /// `sluice-cluster exec` stands in for `kubectl exec`.
     fn curl(&self, pod: &str, method: &str, path: &str) -> Result<(String, String)> {
         let mut cmd = Command::new(crate::target_dir().join("debug/sluice-cluster"));
         cmd.args(["exec", "--state-dir"]).arg(self.dir).args([
@@ -213,10 +214,8 @@ impl Demo<'_> {
             method,
             "-w",
             "\n%{http_code}",
-            "-H",
-            "Host: handson:8080",
         ]);
-        cmd.arg(format!("http://127.0.0.1:15001{path}"));
+        cmd.arg(format!("http://handson:8080{path}"));
         let out = cmd.output().context("running sluice-cluster exec")?;
         let text = String::from_utf8_lossy(&out.stdout);
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
@@ -277,7 +276,7 @@ impl Demo<'_> {
                 body.trim()
             };
             eprintln!(
-                "    kubectl exec -n {NS} {pod} -- curl -H 'Host: handson:8080' http://127.0.0.1:15001/ -> {code} {said}"
+                "    kubectl exec -n {NS} {pod} -- curl http://handson:8080/ -> {code} {said}"
             );
             Ok(code)
         };
@@ -315,7 +314,7 @@ impl Demo<'_> {
         for (method, path) in [("GET", "/"), ("POST", "/"), ("DELETE", "/id/123")] {
             let (code, body) = self.curl("curl", method, path)?;
             eprintln!(
-                "    kubectl exec -n {NS} curl -- curl -X {method} -H 'Host: handson:8080' http://127.0.0.1:15001{path} -> {code} {}",
+                "    kubectl exec -n {NS} curl -- curl -X {method} http://handson:8080{path} -> {code} {}",
                 body.trim()
             );
             seen.push((code, body));
@@ -453,14 +452,14 @@ impl Demo<'_> {
         let stop = Arc::new(AtomicBool::new(false));
         let load = {
             let stop = stop.clone();
-            let gateway = self.gateway.clone();
+            let node = self.node.clone();
             let files = self.files.to_owned();
             let dir = self.dir.to_owned();
             std::thread::spawn(move || {
                 let demo = Demo {
                     dir: &dir,
                     files: &files,
-                    gateway,
+                    node,
                 };
                 let mut total: BTreeMap<String, usize> = BTreeMap::new();
                 let deadline = Instant::now() + Duration::from_secs(120);

@@ -474,18 +474,18 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
         }
         eprintln!("<== cluster ready in {:.1}s", start.elapsed().as_secs_f64());
         eprintln!(
-            "    helm install sluice charts/sluice -n sluice-system --create-namespace --wait \\\n      --set image.tag=dev,operator.replicas=1,operator.hostNetwork=true,mesh.controlPlaneAddress=http://<node>:15010"
+            "    helm install sluice charts/sluice -n sluice-system --create-namespace --wait \\\n      --set image.tag=dev,operator.replicas=1,dashboard.nodePort=32001,dashboard.token=<fresh>"
         );
     }
     let handson = root().join("examples/handson");
-    let gateway_ip = std::fs::read_to_string(dir.join("gateway-ip"))
-        .context("the sandbox has no gateway-ip; `cargo xtask demo down` and start again")?
+    let node = std::fs::read_to_string(dir.join("node-address"))
+        .context("the sandbox has no node-address; `cargo xtask demo down` and start again")?
         .trim()
         .to_owned();
     let demo = handson::Demo {
         dir,
         files: &handson,
-        gateway: gateway_ip,
+        node,
     };
     for n in 1..=5 {
         if step.is_none_or(|s| s == n) {
@@ -509,7 +509,20 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
         .unwrap_or("kubectl");
     let dashboard = std::fs::read_to_string(dir.join("dashboard-url"))
         .map(|u| u.trim().to_owned())
-        .unwrap_or_else(|_| "(not started)".into());
+        .context("the sandbox has no dashboard-url; `cargo xtask demo down` and start again")?;
+    // The URL printed below must work: its graph lists the handson workloads.
+    let graph = dashboard.replacen("/?", "/api/graph?", 1);
+    let out = Command::new("curl")
+        .args(["-sS", "--noproxy", "*", "--max-time", "10", "-f", &graph])
+        .output()
+        .context("running curl")?;
+    let body = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !body.contains("handson") {
+        bail!(
+            "the dashboard did not show the handson graph at {graph}: {} {body}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     println!(
         "\nThe sandbox keeps running. Use it with:\n\n    export KUBECONFIG={}\n    alias kubectl={}\n    kubectl get pods -A\n    kubectl get rollouts -A\n\nThe dashboard (the mesh graph, rollouts, policies): {dashboard}\n\nStop it with `cargo xtask demo down`.",
         kubeconfig.display(),

@@ -5,10 +5,13 @@
 //! for its certificate, and the env it needs. [`patch`] is pure and
 //! idempotent; [`webhook`] serves it to the API server.
 
+pub mod probes;
 pub mod webhook;
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
+
+use sluice_proto::probes::{ADMIN_PORT, APP_PROBES_ENV};
 
 use crate::mesh::services::{PROXY_CONTAINER, has_sidecar};
 
@@ -61,7 +64,7 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
         }
         e
     };
-    let sidecar = json!({
+    let mut sidecar = json!({
         "name": PROXY_CONTAINER,
         "image": settings.image,
         "args": ["sidecar"],
@@ -73,8 +76,8 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
             env("POD_NAMESPACE", field("metadata.namespace")),
             env("SERVICE_ACCOUNT", field("spec.serviceAccountName")),
         ],
-        "ports": [{"name": "sluice-admin", "containerPort": 15021}],
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": 15021}, "periodSeconds": 1},
+        "ports": [{"name": "sluice-admin", "containerPort": ADMIN_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1},
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {"runAsUser": 1337, "runAsNonRoot": true, "allowPrivilegeEscalation": false},
         "volumeMounts": [{"name": "sluice-token", "mountPath": TOKEN_DIR, "readOnly": true}],
@@ -99,7 +102,19 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
     // The interception rules first (they let the control plane's port
     // through), then the proxy, before any other init step.
     let mut first = Vec::new();
+    let mut ops = Vec::new();
     if intercept {
+        // The kubelet's probes would meet the sidecar's inbound side.
+        let (rewrites, probes) = probes::rewrite(spec);
+        if !probes.is_empty()
+            && let (Some(env), Ok(text)) = (
+                sidecar["env"].as_array_mut(),
+                serde_json::to_string(&probes),
+            )
+        {
+            env.push(json!({"name": APP_PROBES_ENV, "value": text}));
+        }
+        ops.extend(rewrites);
         let cp_port = settings
             .control_plane
             .rsplit(':')
@@ -115,7 +130,6 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
         }));
     }
     first.push(sidecar);
-    let mut ops = Vec::new();
     if spec.init_containers.as_ref().is_none_or(Vec::is_empty) {
         ops.push(json!({"op": "add", "path": "/spec/initContainers", "value": first}));
     } else {
@@ -244,6 +258,47 @@ mod tests {
                 .init_containers
                 .map(|v| v.len()),
             Some(1)
+        );
+    }
+
+    #[test]
+    fn intercepted_pods_have_their_probes_served_by_the_sidecar() {
+        let p = pod(json!({"metadata": {"name": "a"}, "spec": {"containers": [{
+            "name": "app", "image": "x",
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}}]}}));
+        let intercepting = InjectSettings {
+            intercept: true,
+            ..settings()
+        };
+        let injected = apply(&p, patch(&p, &intercepting).expect("a patch"));
+        let spec = injected.spec.expect("spec");
+        let probe = spec.containers[0]
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("an HTTP probe");
+        assert_eq!(probe.path.as_deref(), Some("/app-health/app/readiness"));
+        let sidecar = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == PROXY_CONTAINER)
+            .expect("the sidecar");
+        let env = sidecar
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == APP_PROBES_ENV)
+            .and_then(|e| e.value.clone())
+            .expect("the app's probes");
+        let probes: sluice_proto::probes::AppProbes =
+            serde_json::from_str(&env).expect("probes JSON");
+        assert_eq!(probes["/app-health/app/readiness"].port, 8080);
+        // Without interception the probes stay as they are.
+        let plain = apply(&p, patch(&p, &settings()).expect("a patch"));
+        assert_eq!(
+            plain.spec.expect("spec").containers[0].readiness_probe,
+            p.spec.as_ref().expect("spec").containers[0].readiness_probe
         );
     }
 

@@ -6,9 +6,9 @@
 //! ```
 //!
 //! With the cluster it installs the Gateway API CRDs and Sluice with its
-//! Helm chart (`helm install sluice charts/sluice`; one operator replica on
-//! the node's network, as the test bed has no Service networking). Once
-//! ready it writes `kubeconfig`, `gateway-ip`, `dashboard-url` and `ready`
+//! Helm chart (`helm install sluice charts/sluice`, one operator replica,
+//! the dashboard on a NodePort behind a fresh token). Once
+//! ready it writes `kubeconfig`, `node-address`, `dashboard-url` and `ready`
 //! into the state directory; `cargo xtask demo` starts it in the background
 //! and waits for `ready`.
 //!
@@ -175,14 +175,20 @@ fn main() -> anyhow::Result<()> {
         let cluster = std::sync::Arc::new(Cluster::start_in(&cluster_dir).await?);
         std::fs::copy(cluster.kubeconfig(), state_dir.join("kubeconfig"))
             .context("writing kubeconfig")?;
-        tracing::info!("helm install sluice charts/sluice -n sluice-system (one operator on the node's network)");
-        let gateway_ip = sluice_tests::operator::helm_install_mesh(&cluster).await?;
+        tracing::info!("helm install sluice charts/sluice -n sluice-system");
+        let token = dashboard_token()?;
+        sluice_tests::operator::helm_install_mesh(&cluster, &token).await?;
+        let node = cluster.node().address();
         std::fs::write(
             state_dir.join("dashboard-url"),
-            "http://127.0.0.1:20001/?namespace=handson\n",
+            format!(
+                "http://{node}:{}/?namespace=handson&token={token}\n",
+                sluice_tests::operator::DASHBOARD_NODE_PORT
+            ),
         )
         .context("writing dashboard-url")?;
-        std::fs::write(state_dir.join("gateway-ip"), &gateway_ip).context("writing gateway-ip")?;
+        std::fs::write(state_dir.join("node-address"), node.to_string())
+            .context("writing node-address")?;
         let exec_server = {
             let (c, socket) = (cluster.clone(), state_dir.join("exec.sock"));
             tokio::spawn(async move {
@@ -208,4 +214,14 @@ fn main() -> anyhow::Result<()> {
         drop(cluster);
         Ok(())
     })
+}
+
+/// A fresh dashboard token: 16 random bytes, hex.
+fn dashboard_token() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

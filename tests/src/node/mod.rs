@@ -10,6 +10,7 @@ pub mod images;
 pub mod network;
 pub mod pod;
 pub mod probe;
+pub mod services;
 pub mod volumes;
 
 use std::collections::{BTreeMap, HashSet};
@@ -50,6 +51,8 @@ pub struct NodeShared {
     pub bins: PathBuf,
     /// The apiserver as pods reach it.
     pub apiserver: SocketAddr,
+    /// ClusterIP translation and the pods' hosts files.
+    pub services: Arc<services::ServiceProxy>,
     /// Process groups of running containers, killed on teardown.
     groups: Mutex<HashSet<u32>>,
 }
@@ -106,9 +109,14 @@ impl NodeAgent {
         k8s_version: &str,
     ) -> Result<NodeAgent, Error> {
         std::fs::create_dir_all(dir.join("pods")).map_err(|e| Error::io(dir, e))?;
+        let services = Arc::new(services::ServiceProxy::new(
+            network.service_chain(),
+            network.gateway(),
+        ));
         let shared = Arc::new(NodeShared {
             client: client.clone(),
             node_name: name.to_owned(),
+            services: services.clone(),
             network,
             dir: dir.to_owned(),
             bins: bins.to_owned(),
@@ -120,6 +128,7 @@ impl NodeAgent {
         let tasks = vec![
             tokio::spawn(heartbeat(shared.clone(), k8s_version.to_owned())),
             tokio::spawn(watch_pods(shared.clone(), pods.clone())),
+            tokio::spawn(services::run(client, services)),
         ];
         Ok(NodeAgent {
             shared,

@@ -4,7 +4,8 @@
 //! Addresses come from 198.18.0.0/15, the range set aside for network test
 //! beds (RFC 2544): node `N` owns `198.18.N.0/24` and the bridge holds
 //! `198.18.N.1`, which is also where the node's apiserver listens. Nothing
-//! here is routed off the machine.
+//! here is routed off the machine: the bridge forwards only between its own
+//! pods (after Service DNAT, see [`super::services`]) and rejects the rest.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::Error;
-use crate::process::run;
+use crate::process::{run, run_with_input};
 
 /// Where bridges record the process that owns them, so that a later run can
 /// clean up after a harness that was killed.
@@ -86,6 +87,7 @@ impl PodNetwork {
                 &["addr", "add", &format!("{gateway}/24"), "dev", &bridge],
             )?;
             run("ip", &["link", "set", &bridge, "up"])?;
+            install_routing(index, &bridge)?;
             return Ok(net);
         }
         Err(Error::Setup(
@@ -100,7 +102,12 @@ impl PodNetwork {
 
     /// The pod CIDR of this node.
     pub fn pod_cidr(&self) -> String {
-        format!("198.18.{}.0/24", self.index)
+        pod_cidr(self.index)
+    }
+
+    /// The nat chain that holds this node's Service rules.
+    pub fn service_chain(&self) -> String {
+        service_chain(self.index)
     }
 
     /// Creates a namespace with an address on the bridge.
@@ -193,8 +200,101 @@ impl Drop for PodNetwork {
     }
 }
 
+fn pod_cidr(index: u8) -> String {
+    format!("198.18.{index}.0/24")
+}
+
+fn service_chain(index: u8) -> String {
+    format!("SLUICE-SVC-{index}")
+}
+
+fn forward_chain(index: u8) -> String {
+    format!("SLUICE-FWD-{index}")
+}
+
+/// The rules that hook bridge `index` into the host's tables: Service
+/// DNAT for what its pods send and for NodePorts on the node's address
+/// (the chain starts empty), masquerade for
+/// DNATed connections so that replies come back through the host's
+/// conntrack (as kube-proxy's `--masquerade-all`; pods on one bridge would
+/// otherwise answer each other directly), and a forwarding guard.
+fn hooks(index: u8) -> [(&'static str, &'static str, Vec<String>); 4] {
+    let bridge = format!("sluice{index}");
+    let words = |s: String| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    [
+        (
+            "nat",
+            "PREROUTING",
+            words(format!("-i {bridge} -j {}", service_chain(index))),
+        ),
+        (
+            "nat",
+            "OUTPUT",
+            words(format!(
+                "-d 198.18.{index}.1/32 -p tcp -j {}",
+                service_chain(index)
+            )),
+        ),
+        (
+            "nat",
+            "POSTROUTING",
+            words(format!(
+                "-o {bridge} -s {} -m conntrack --ctstate DNAT -j MASQUERADE",
+                pod_cidr(index)
+            )),
+        ),
+        (
+            "filter",
+            "FORWARD",
+            words(format!("-i {bridge} -j {}", forward_chain(index))),
+        ),
+    ]
+}
+
+/// Lets bridge `index` route between its pods (Service DNAT turns a
+/// ClusterIP connection into a routed one) and nowhere else.
+fn install_routing(index: u8, bridge: &str) -> Result<(), Error> {
+    remove_routing(index);
+    let forwarding = format!("/proc/sys/net/ipv4/conf/{bridge}/forwarding");
+    std::fs::write(&forwarding, "1").map_err(|e| Error::io(Path::new(&forwarding), e))?;
+    let (svc, fwd, cidr) = (service_chain(index), forward_chain(index), pod_cidr(index));
+    let mut rules = format!("*nat\n:{svc} - [0:0]\nCOMMIT\n*filter\n:{fwd} - [0:0]\n");
+    rules.push_str(&format!(
+        "-A {fwd} -d {cidr} -j ACCEPT\n-A {fwd} -j REJECT\nCOMMIT\n"
+    ));
+    run_with_input("iptables-restore", &["-w", "--noflush"], Some(&rules))?;
+    for (table, chain, rule) in hooks(index) {
+        let mut args = vec!["-w", "-t", table, "-A", chain];
+        args.extend(rule.iter().map(String::as_str));
+        run("iptables", &args)?;
+    }
+    Ok(())
+}
+
+/// Removes what [`install_routing`] added; missing rules are fine.
+fn remove_routing(index: u8) {
+    for (table, chain, rule) in hooks(index) {
+        let mut args = vec!["-w", "-t", table, "-D", chain];
+        args.extend(rule.iter().map(String::as_str));
+        // A killed harness may have left the rule more than once.
+        for _ in 0..8 {
+            if run("iptables", &args).is_err() {
+                break;
+            }
+        }
+    }
+    for (table, chain) in [
+        ("nat", service_chain(index)),
+        ("filter", forward_chain(index)),
+    ] {
+        let _ = run("iptables", &["-w", "-t", table, "-F", &chain]);
+        let _ = run("iptables", &["-w", "-t", table, "-X", &chain]);
+    }
+}
+
 /// Deletes bridge `index` and every pod namespace of it.
 fn remove_index(index: u8) {
+    remove_routing(index);
     let prefix = format!("sl{index}-");
     if let Ok(list) = run("ip", &["netns", "list"]) {
         for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::container::{ProcessSpec, signal_group};
 use super::network::PodNet;
+use super::services::PodHosts;
 use super::volumes::{Mount, PodVolumes};
 use super::{NodeShared, env, images, probe};
 
@@ -328,11 +329,16 @@ impl Runtime {
             .as_ref()
             .and_then(|s| s.hostname.clone())
             .unwrap_or_else(|| name.clone());
-        std::fs::write(
-            etc.join("hosts"),
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"),
-        )
-        .map_err(|e| e.to_string())?;
+        let uid = self.pod.metadata.uid.clone().unwrap_or_default();
+        self.shared.services.add_pod(
+            &uid,
+            PodHosts {
+                file: etc.join("hosts"),
+                namespace: ns.clone(),
+                ip,
+                hostname,
+            },
+        )?;
         std::fs::write(
             etc.join("resolv.conf"),
             format!(
@@ -963,6 +969,9 @@ impl Runtime {
     }
 
     fn cleanup(&mut self) {
+        self.shared
+            .services
+            .remove_pod(self.pod.metadata.uid.as_deref().unwrap_or_default());
         if let Some(net) = self.net.take() {
             self.shared.network.remove_pod(&net);
         }
