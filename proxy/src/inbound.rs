@@ -1,9 +1,12 @@
-//! A sidecar's inbound side, on [`INBOUND_PORT`]: mTLS from other sidecars
-//! (the workload port in the TLS server name) and, in `PERMISSIVE` mode,
-//! plaintext redirected by the pod's iptables rules (the workload port from
-//! `SO_ORIGINAL_DST`). Each connection is authorized once before any byte
-//! reaches the workload (peer identity, address, port) and, on HTTP ports,
-//! every request again; allowed traffic goes to `127.0.0.1:<port>`.
+//! A sidecar's inbound side, on [`crate::config::INBOUND_PORT`]: mTLS from other sidecars,
+//! which dial this port (the workload port in the TLS server name), and, in
+//! `PERMISSIVE` mode, whatever the pod's iptables rules redirect here from
+//! clients outside the mesh (the workload port from `SO_ORIGINAL_DST`),
+//! taken as it comes (plaintext, or the app's own TLS). Each connection is
+//! authorized once before any byte reaches the workload (peer identity,
+//! address, port) and, on HTTP ports, every request again; allowed traffic
+//! goes to `127.0.0.1:<port>`, or for a port no Service names, passes
+//! through to where it was going.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,7 +24,7 @@ use tracing::debug;
 
 use crate::authz::{Authorize, PeerInfo, Policies, Traffic, Verdict};
 use crate::compiled::CompiledListener;
-use crate::config::{INBOUND_PORT, ListenerProtocol, MtlsMode, inbound_port_of};
+use crate::config::{ListenerProtocol, MtlsMode, inbound_port_of};
 use crate::http_proxy::ProxyService;
 use crate::identity::verify::server_config;
 use crate::state::Proxy;
@@ -41,12 +44,38 @@ pub async fn serve(
     let Some(inbound) = &compiled.inbound else {
         return;
     };
+    let telemetry = &proxy.telemetry;
+    if let Some(dst) = crate::original_dst::redirected(&stream) {
+        // Redirected: not from a sidecar, which would have dialled this port.
+        if inbound.mode == MtlsMode::Strict {
+            debug!(%peer, "plaintext refused: STRICT mTLS");
+            telemetry.plaintext_refused.fetch_add(1, Relaxed);
+            return;
+        }
+        let info = PeerInfo {
+            ip: peer.ip(),
+            principal: None,
+            port: dst.port(),
+        };
+        match inbound.ports.get(&dst.port()).cloned() {
+            Some(listener) => {
+                if allowed_connection(&inbound.policies, &info, traffic_of(&listener), telemetry) {
+                    serve_port(proxy.clone(), listener, info, stream, builder, watcher).await;
+                }
+            }
+            None => {
+                if allowed_connection(&inbound.policies, &info, Traffic::Tcp, telemetry) {
+                    crate::tcp_proxy::passthrough(proxy.clone(), stream, dst).await;
+                }
+            }
+        }
+        return;
+    }
     let mut first = [0u8; 1];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
         Ok(Ok(1)) => {}
         _ => return,
     }
-    let telemetry = &proxy.telemetry;
     let policies = inbound.policies.clone();
     // 0x16: a TLS handshake record.
     if first[0] == 0x16 {
@@ -103,27 +132,11 @@ pub async fn serve(
             port,
         };
         serve_port(proxy.clone(), listener, info, tls, builder, watcher).await;
-    } else {
-        if inbound.mode == MtlsMode::Strict {
-            debug!(%peer, "plaintext refused: STRICT mTLS");
-            telemetry.plaintext_refused.fetch_add(1, Relaxed);
-            return;
-        }
-        // Without a redirect there is no workload port to forward to.
-        let Some((port, listener)) =
-            original_port(&stream).and_then(|p| inbound.ports.get(&p).map(|l| (p, l.clone())))
-        else {
-            return;
-        };
-        let info = PeerInfo {
-            ip: peer.ip(),
-            principal: None,
-            port,
-        };
-        if !allowed_connection(&inbound.policies, &info, traffic_of(&listener), telemetry) {
-            return;
-        }
-        serve_port(proxy.clone(), listener, info, stream, builder, watcher).await;
+    } else if inbound.mode == MtlsMode::Strict {
+        // Plaintext to this port itself: nothing to forward to, but STRICT
+        // counts what it refuses.
+        debug!(%peer, "plaintext refused: STRICT mTLS");
+        telemetry.plaintext_refused.fetch_add(1, Relaxed);
     }
 }
 
@@ -193,48 +206,24 @@ async fn serve_port<S>(
     tokio::select! {
         () = served => {}
         () = revoked(&proxy, &info, traffic) => {
-            debug!(principal = ?info.principal, port = info.port, "a new policy denies this open connection; closing it");
+            debug!(principal = ?info.principal, port = info.port, "the new config denies this open connection; closing it");
         }
     }
 }
 
-/// Resolves once the running policies deny this connection.
+/// Resolves once the running policies deny this connection, or, for a
+/// plaintext one, once the workload turned STRICT.
 async fn revoked(proxy: &Proxy, info: &PeerInfo, traffic: Traffic<'static>) {
     let mut changes = proxy.subscribe();
     while changes.changed().await.is_ok() {
         let compiled = proxy.current();
-        let allowed = compiled
-            .inbound
-            .as_ref()
-            .is_some_and(|inb| allowed_connection(&inb.policies, info, traffic, &proxy.telemetry));
+        let allowed = compiled.inbound.as_ref().is_some_and(|inb| {
+            (info.principal.is_some() || inb.mode != MtlsMode::Strict)
+                && allowed_connection(&inb.policies, info, traffic, &proxy.telemetry)
+        });
         if !allowed {
             return;
         }
     }
     std::future::pending().await
-}
-
-/// The workload port a redirected connection was addressed to
-/// (`SO_ORIGINAL_DST`); none when the connection came to the inbound port
-/// directly.
-fn original_port(stream: &TcpStream) -> Option<u16> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain getsockopt into a sockaddr_in of the size we pass.
-    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    const SO_ORIGINAL_DST: libc::c_int = 80;
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            (&raw mut addr).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    let port = u16::from_be(addr.sin_port);
-    (port != INBOUND_PORT).then_some(port)
 }

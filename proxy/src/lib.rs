@@ -19,6 +19,7 @@ pub mod http_proxy;
 pub mod identity;
 pub mod inbound;
 pub mod intercept;
+pub mod original_dst;
 pub mod pool;
 pub mod route;
 pub mod server;

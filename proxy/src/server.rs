@@ -196,6 +196,15 @@ async fn accept_loop(
                 ));
             }
             ListenerProtocol::Http => {
+                if let Some(dst) = crate::original_dst::redirected(&stream)
+                    && !routes_to(&proxy, &key.name, dst)
+                {
+                    tcp_conns.spawn(counted(
+                        proxy.clone(),
+                        crate::tcp_proxy::passthrough(proxy.clone(), stream, dst),
+                    ));
+                    continue;
+                }
                 let svc = TowerToHyperService::new(ProxyService::new(
                     proxy.clone(),
                     key.name.clone(),
@@ -219,6 +228,21 @@ async fn accept_loop(
     if tokio::time::timeout(drain, drained).await.is_err() {
         warn!(listener = %key.name, "drain deadline reached; closing remaining connections");
     }
+}
+
+/// Whether HTTP listener `name` has a route for intercepted destination
+/// `dst` (a Service's ClusterIP and port); what it has none for passes
+/// through untouched.
+fn routes_to(proxy: &Proxy, name: &str, dst: SocketAddr) -> bool {
+    let compiled = proxy.current();
+    let Some(listener) = compiled.listener(name) else {
+        return false;
+    };
+    let ip = dst.ip().to_string();
+    listener
+        .routes
+        .iter()
+        .any(|r| r.hosts.matches(&ip, Some(dst.port())))
 }
 
 async fn counted(proxy: Arc<Proxy>, fut: impl std::future::Future<Output = ()>) {

@@ -1,10 +1,15 @@
 //! Opaque TCP: each connection is spliced to an endpoint of a backend
-//! chosen by weight. A connection that cannot be placed is closed.
+//! chosen by weight. A connection that cannot be placed is closed. An
+//! intercepted connection the mesh does not route is spliced to where it
+//! was going ([`passthrough`]).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::balance::pick;
@@ -63,4 +68,37 @@ where
     {
         cell.add_bytes(sent, received);
     }
+}
+
+/// How long a passthrough connection may take to connect.
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Splices an intercepted connection to its original destination `dst`:
+/// outbound traffic to what the mesh does not route (another protocol, an
+/// address outside the mesh, the API server) and inbound traffic to a
+/// port no Service names, as Istio's passthrough clusters do.
+pub async fn passthrough(proxy: Arc<Proxy>, mut downstream: TcpStream, dst: SocketAddr) {
+    let telemetry = &proxy.telemetry;
+    telemetry.passthrough_connections.fetch_add(1, Relaxed);
+    let upstream = tokio::time::timeout(
+        PASSTHROUGH_CONNECT_TIMEOUT,
+        crate::pool::marked_connect(dst),
+    )
+    .await;
+    let mut upstream = match upstream {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%dst, "passthrough connect: {e}");
+            telemetry.upstream_connect_failures.fetch_add(1, Relaxed);
+            return;
+        }
+        Err(_) => {
+            debug!(%dst, "passthrough connect timed out");
+            telemetry.upstream_connect_failures.fetch_add(1, Relaxed);
+            return;
+        }
+    };
+    telemetry.upstream_connects.fetch_add(1, Relaxed);
+    let _ = upstream.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
 }

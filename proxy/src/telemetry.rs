@@ -130,6 +130,8 @@ pub struct Telemetry {
     pub upstream_connects: AtomicU64,
     /// Upstream connection attempts that failed.
     pub upstream_connect_failures: AtomicU64,
+    /// Intercepted connections passed to their original destination.
+    pub passthrough_connections: AtomicU64,
     /// Whether this proxy takes its config from a control plane.
     pub managed: AtomicBool,
     /// Whether the config stream to the control plane is up.
@@ -285,6 +287,11 @@ impl Collector for TelemetryCollector {
                 "sluice_upstream_connect_failures",
                 "Upstream connection attempts that failed.",
                 &t.upstream_connect_failures,
+            ),
+            (
+                "sluice_passthrough_connections",
+                "Intercepted connections the mesh does not route, passed to their original destination.",
+                &t.passthrough_connections,
             ),
             (
                 "sluice_authz_denied_requests",

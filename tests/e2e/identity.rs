@@ -218,6 +218,67 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
     Ok(())
 }
 
+/// Interception takes everything, so what the mesh does not route must
+/// still work, as Istio's passthrough clusters keep it working: outbound
+/// TLS to the API server and plaintext to a pod port no Service names go
+/// to where they were going; inbound, a port no Service names is served
+/// to a client outside the mesh. The unlisted app's TCP readiness probe is
+/// run by its sidecar.
+pub async fn interception_passes_through_what_the_mesh_does_not_route(
+    cluster: Arc<Cluster>,
+) -> anyhow::Result<()> {
+    setup(&cluster).await?;
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: unlisted, namespace: {NS}}}\nspec:\n  containers:\n  - name: app\n    image: sluice/demo-app:green\n    env: [{{name: LISTEN, value: \"0.0.0.0:9090\"}}]\n    readinessProbe: {{tcpSocket: {{port: 9090}}, periodSeconds: 1}}\n"
+    ))?;
+    pod_ready(&cluster.client(), NS, "unlisted", TIMEOUT).await?;
+    let unlisted = pod_ip(&cluster, "unlisted").await?;
+    let passed =
+        |ip: String| async move { proxy_metric(&ip, "sluice_passthrough_connections_total").await };
+    // Inbound: from the host, outside the mesh.
+    let before = passed(unlisted.clone()).await?;
+    let body = http()
+        .get(format!("http://{unlisted}:9090/"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        body.trim() == "green",
+        "the unlisted port answered {body:?}"
+    );
+    ensure!(
+        passed(unlisted.clone()).await? > before,
+        "the unlisted pod's sidecar did not pass the connection through"
+    );
+    // Outbound: the API server's TLS and a pod port no Service names.
+    let client_ip = pod_ip(&cluster, "curl").await?;
+    let before = passed(client_ip.clone()).await?;
+    let healthz = format!("{}/healthz", cluster.apiserver());
+    let direct = format!("http://{unlisted}:9090/");
+    for (url, want) in [(&healthz, "ok"), (&direct, "green")] {
+        let out = cluster
+            .exec_in_pod(NS, "curl", &["curl", "-sk", "-m", "5", url])
+            .await?;
+        ensure!(
+            out.stdout.trim() == want,
+            "{url} from an intercepted pod: {:?} {:?}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    let after = passed(client_ip).await?;
+    ensure!(
+        after - before >= 2.0,
+        "the client's sidecar passed {} connections through, expected 2",
+        after - before
+    );
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(cluster.client(), NS)
+        .delete("unlisted", &DeleteParams::default())
+        .await?;
+    Ok(())
+}
+
 /// `curl` from `pod` through its sidecar to `handson:8080`: (status, body);
 /// status `000` when the connection closed without a response.
 async fn call(

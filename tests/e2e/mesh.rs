@@ -79,6 +79,15 @@ fn main() -> ExitCode {
             |c| Box::pin(logged(c, identity::injection_adds_a_native_sidecar)),
         ),
         (
+            "interception_passes_through_what_the_mesh_does_not_route",
+            |c| {
+                Box::pin(logged(
+                    c,
+                    identity::interception_passes_through_what_the_mesh_does_not_route,
+                ))
+            },
+        ),
+        (
             "l4_authorization_policy_denies_a_principal_at_the_connection",
             |c| Box::pin(logged(c, identity::l4_policy_denies_a_principal)),
         ),

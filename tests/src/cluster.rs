@@ -94,6 +94,11 @@ impl Cluster {
         self.client.clone()
     }
 
+    /// The API server's `https://ip:port`, as pods reach it too.
+    pub fn apiserver(&self) -> &str {
+        &self.control_plane.server
+    }
+
     /// The admin kubeconfig file.
     pub fn kubeconfig(&self) -> &Path {
         &self.control_plane.kubeconfig
