@@ -17,7 +17,7 @@ use sluice_crds::Rollout;
 use sluice_operator::mesh::{MeshOutput, MeshSettings};
 use sluice_operator::metrics::{self, Metrics};
 use sluice_operator::push::{ConfigServer, Registry, Snapshots};
-use sluice_operator::traffic::{TelemetryServer, TrafficWindow};
+use sluice_operator::traffic::{Relay, TelemetryServer, TrafficWindow, relay};
 use sluice_operator::{ca, dashboard, inject, leader};
 use sluice_operator::{status, world};
 use sluice_proto::config::MtlsMode;
@@ -109,6 +109,15 @@ struct Args {
     /// it creates are owned by it, so `helm uninstall` removes them.
     #[arg(long, env = "SLUICE_OWNER_DEPLOYMENT")]
     owner_deployment: Option<String>,
+    /// The Service in front of this operator's replicas: each passes the
+    /// telemetry it gets from proxies on to the others (its ready
+    /// endpoints but `--pod-ip`), so that the leader's analysis and every
+    /// dashboard see all traffic. Unset: one replica, no relay.
+    #[arg(long, env = "SLUICE_PEERS_SERVICE", requires = "pod_ip")]
+    peers_service: Option<String>,
+    /// This replica's address, left out of its peers.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<std::net::IpAddr>,
     /// mTLS mode of namespaces without a `sluice.dev/mtls-mode` label.
     #[arg(long, env = "SLUICE_MTLS_MODE", default_value = "PERMISSIVE", value_parser = parse_mode)]
     mtls_mode: MtlsMode,
@@ -321,7 +330,21 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let certificates = ca::CertificateServer::new(client.clone(), authority, metrics.clone());
-    let telemetry = TelemetryServer::new(traffic, metrics);
+    let relay = match (&args.peers_service, args.pod_ip) {
+        (Some(service), Some(own_ip)) => {
+            let relay = Relay::new(args.grpc_listen.port(), metrics.clone());
+            tokio::spawn(relay::watch_peers(
+                client.clone(),
+                relay.clone(),
+                args.namespace.clone(),
+                service.clone(),
+                own_ip,
+            ));
+            Some(relay)
+        }
+        _ => None,
+    };
+    let telemetry = TelemetryServer::new(traffic, metrics, relay);
     info!(address = %args.grpc_listen, "control plane listening");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))

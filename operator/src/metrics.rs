@@ -47,8 +47,12 @@ pub struct Metrics {
     pub push_ack_seconds: Histogram,
     /// Time to compute every audience's snapshot after a change.
     pub compute_seconds: Histogram,
-    /// Telemetry reports received.
+    /// Telemetry reports received (from proxies and from peers).
     pub telemetry_reports: Counter,
+    /// Telemetry reports received from peer replicas.
+    pub telemetry_relayed: Counter,
+    /// Reports not relayed to a peer whose queue was full.
+    pub telemetry_relay_dropped: Counter,
     /// Workload certificate requests, issued or refused.
     pub certificates: Family<ResultLabel, Counter>,
 }
@@ -64,6 +68,8 @@ impl Default for Metrics {
             push_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             compute_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             telemetry_reports: Counter::default(),
+            telemetry_relayed: Counter::default(),
+            telemetry_relay_dropped: Counter::default(),
             certificates: Family::default(),
             registry: Registry::default(),
         };
@@ -99,8 +105,18 @@ impl Default for Metrics {
         );
         registry.register(
             "telemetry_reports",
-            "Telemetry reports received from proxies",
+            "Telemetry reports received, from proxies and relayed by peer replicas",
             m.telemetry_reports.clone(),
+        );
+        registry.register(
+            "telemetry_relayed",
+            "Telemetry reports relayed by peer replicas",
+            m.telemetry_relayed.clone(),
+        );
+        registry.register(
+            "telemetry_relay_dropped",
+            "Telemetry reports not relayed because a peer's queue was full",
+            m.telemetry_relay_dropped.clone(),
         );
         registry.register(
             "certificates",

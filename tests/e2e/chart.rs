@@ -18,13 +18,15 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use sluice_tests::Cluster;
-use sluice_tests::operator::proxy_counter;
+use sluice_tests::operator::{http, proxy_counter};
 use sluice_tests::toolchain::workspace_root;
 use sluice_tests::wait::{deployment_available, poll};
 
 const NS: &str = "sluice-system";
 /// Short lease timing so that the failover is quick to observe.
 const LEASE: u64 = 6;
+/// The dashboard's token, to read each replica's graph from the host.
+const DASHBOARD_TOKEN: &str = "chart-e2e";
 
 fn chart() -> String {
     workspace_root().join("charts/sluice").display().to_string()
@@ -208,9 +210,53 @@ async fn handson_through_both_proxies(cluster: &Cluster) -> anyhow::Result<()> {
         out_after - out_before,
         in_after - in_before
     );
+    replicas_see_the_same_traffic(cluster, 5).await?;
     Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
         .delete("handson", &DeleteParams::default())
         .await?;
+    Ok(())
+}
+
+/// Each proxy reports to one operator replica, which relays to the other:
+/// both replicas' dashboards show the same `handson` traffic, at least
+/// `at_least` requests (so the leader's analysis sees all of it too).
+async fn replicas_see_the_same_traffic(cluster: &Cluster, at_least: u64) -> anyhow::Result<()> {
+    let ips: Vec<String> = operator_pods(cluster)
+        .await?
+        .into_iter()
+        .filter_map(|p| p.status?.pod_ip)
+        .collect();
+    ensure!(ips.len() == 2, "operator replicas: {ips:?}");
+    let totals = poll(
+        "both operator replicas to show the same handson traffic",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let mut totals = Vec::new();
+            for ip in &ips {
+                let graph: serde_json::Value = http()
+                    .get(format!(
+                        "http://{ip}:20001/api/graph?namespace=handson&token={DASHBOARD_TOKEN}"
+                    ))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let requests: u64 = graph["edges"]
+                    .as_array()
+                    .iter()
+                    .flat_map(|edges| edges.iter())
+                    .filter_map(|e| e["requests"].as_u64())
+                    .sum();
+                totals.push(requests);
+            }
+            let agree =
+                totals.iter().all(|t| *t >= at_least) && totals.windows(2).all(|w| w[0] == w[1]);
+            Ok(agree.then_some(totals))
+        },
+    )
+    .await?;
+    println!("both operator replicas show {} handson requests", totals[0]);
     Ok(())
 }
 
@@ -225,7 +271,10 @@ pub async fn install_failover_upgrade_uninstall(cluster: Arc<Cluster>) -> anyhow
     let render = || cluster.helm(&["template", "sluice", &chart, "-n", NS]);
     ensure!(render()? == render()?, "helm template is not deterministic");
 
+    let token = format!("dashboard.token={DASHBOARD_TOKEN}");
     let values = [
+        "--set",
+        &token,
         "--set",
         "image.tag=dev",
         "--set",

@@ -1,4 +1,5 @@
-//! The `Telemetry` gRPC service: feeds every report into the window.
+//! The `Telemetry` gRPC service: feeds every report into the window and
+//! passes proxies' reports on to the other replicas ([`super::relay`]).
 
 use std::sync::Arc;
 
@@ -6,7 +7,7 @@ use sluice_proto::mesh::telemetry_server::Telemetry;
 use sluice_proto::mesh::{TelemetryAck, TelemetryReport};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::TrafficWindow;
+use super::{Relay, TrafficWindow};
 use crate::metrics::Metrics;
 
 /// The service; cheap to clone.
@@ -14,12 +15,21 @@ use crate::metrics::Metrics;
 pub struct TelemetryServer {
     window: Arc<TrafficWindow>,
     metrics: Arc<Metrics>,
+    relay: Option<Arc<Relay>>,
 }
 
 impl TelemetryServer {
-    /// Feeds `window`.
-    pub fn new(window: Arc<TrafficWindow>, metrics: Arc<Metrics>) -> TelemetryServer {
-        TelemetryServer { window, metrics }
+    /// Feeds `window`, and with a `relay`, the other replicas.
+    pub fn new(
+        window: Arc<TrafficWindow>,
+        metrics: Arc<Metrics>,
+        relay: Option<Arc<Relay>>,
+    ) -> TelemetryServer {
+        TelemetryServer {
+            window,
+            metrics,
+            relay,
+        }
     }
 }
 
@@ -33,6 +43,11 @@ impl Telemetry for TelemetryServer {
         while let Some(report) = stream.message().await? {
             self.metrics.telemetry_reports.inc();
             self.window.record(&report.bucket_bounds_ms, &report.deltas);
+            if report.relayed {
+                self.metrics.telemetry_relayed.inc();
+            } else if let Some(relay) = &self.relay {
+                relay.send(&report);
+            }
         }
         Ok(Response::new(TelemetryAck {}))
     }

@@ -126,6 +126,7 @@ async fn session(
                     timestamp_ms: SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis() as i64),
+                    relayed: false,
                 };
                 debug!(cells = report.deltas.len(), "telemetry report");
                 if tx.send(report).await.is_err() {
