@@ -220,8 +220,8 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
 
 /// Interception takes everything, so what the mesh does not route must
 /// still work, as Istio's passthrough clusters keep it working: outbound
-/// TLS to the API server and plaintext to a pod port no Service names go
-/// to where they were going; inbound, a port no Service names is served
+/// TLS to the API server, plaintext to a pod port no Service names and to
+/// an opaque (`tcp-*`) Service port go to where they were going; inbound, a port no Service names is served
 /// to a client outside the mesh. The unlisted app's TCP readiness probe is
 /// run by its sidecar.
 pub async fn interception_passes_through_what_the_mesh_does_not_route(
@@ -229,7 +229,7 @@ pub async fn interception_passes_through_what_the_mesh_does_not_route(
 ) -> anyhow::Result<()> {
     setup(&cluster).await?;
     cluster.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: unlisted, namespace: {NS}}}\nspec:\n  containers:\n  - name: app\n    image: sluice/demo-app:green\n    env: [{{name: LISTEN, value: \"0.0.0.0:9090\"}}]\n    readinessProbe: {{tcpSocket: {{port: 9090}}, periodSeconds: 1}}\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: opaque, namespace: {NS}}}\nspec:\n  selector: {{app: unlisted}}\n  ports: [{{name: tcp-app, port: 9090}}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: unlisted, namespace: {NS}, labels: {{app: unlisted}}}}\nspec:\n  containers:\n  - name: app\n    image: sluice/demo-app:green\n    env: [{{name: LISTEN, value: \"0.0.0.0:9090\"}}]\n    readinessProbe: {{tcpSocket: {{port: 9090}}, periodSeconds: 1}}\n"
     ))?;
     pod_ready(&cluster.client(), NS, "unlisted", TIMEOUT).await?;
     let unlisted = pod_ip(&cluster, "unlisted").await?;
@@ -256,7 +256,9 @@ pub async fn interception_passes_through_what_the_mesh_does_not_route(
     let before = passed(client_ip.clone()).await?;
     let healthz = format!("{}/healthz", cluster.apiserver());
     let direct = format!("http://{unlisted}:9090/");
-    for (url, want) in [(&healthz, "ok"), (&direct, "green")] {
+    // A Service port named `tcp-*` is opaque: passed through, not routed.
+    let opaque = "http://opaque:9090/".to_owned();
+    for (url, want) in [(&healthz, "ok"), (&direct, "green"), (&opaque, "green")] {
         let out = cluster
             .exec_in_pod(NS, "curl", &["curl", "-sk", "-m", "5", url])
             .await?;
@@ -269,12 +271,15 @@ pub async fn interception_passes_through_what_the_mesh_does_not_route(
     }
     let after = passed(client_ip).await?;
     ensure!(
-        after - before >= 2.0,
-        "the client's sidecar passed {} connections through, expected 2",
+        after - before >= 3.0,
+        "the client's sidecar passed {} connections through, expected 3",
         after - before
     );
     Api::<k8s_openapi::api::core::v1::Pod>::namespaced(cluster.client(), NS)
         .delete("unlisted", &DeleteParams::default())
+        .await?;
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client(), NS)
+        .delete("opaque", &DeleteParams::default())
         .await?;
     Ok(())
 }

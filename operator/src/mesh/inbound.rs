@@ -56,7 +56,10 @@ fn ports(pod: &Pod) -> Vec<InboundPort> {
             {
                 continue;
             }
-            let tcp = p.name.as_deref().is_some_and(|n| n.starts_with("tcp"));
+            let tcp = p
+                .name
+                .as_deref()
+                .is_some_and(|n| super::services::opaque_port(n, None));
             out.push(InboundPort {
                 port,
                 protocol: if tcp {

@@ -27,6 +27,19 @@ pub struct ServicePort {
     pub protocol: UpstreamProtocol,
     /// Endpoints whose pod runs a sidecar, with the pod's SPIFFE ID.
     pub mesh: BTreeMap<SocketAddr, String>,
+    /// Not HTTP (see [`opaque_port`]): sidecars pass it through.
+    pub opaque: bool,
+}
+
+/// Whether a port carries something other than HTTP, by Istio's explicit
+/// protocol selection: its `appProtocol`, else its name or the name's
+/// prefix before a dash (`tcp`, `tls`, `https`, `mongo`, `mysql`, `redis`,
+/// as in `redis` or `tcp-db`). Sidecars route HTTP only; what they would
+/// misread as HTTP passes through to where it was going.
+pub fn opaque_port(name: &str, app_protocol: Option<&str>) -> bool {
+    const OPAQUE: [&str; 6] = ["tcp", "tls", "https", "mongo", "mysql", "redis"];
+    let protocol = app_protocol.unwrap_or_else(|| name.split('-').next().unwrap_or_default());
+    OPAQUE.iter().any(|p| protocol.eq_ignore_ascii_case(p))
 }
 
 /// A Service as the mesh sees it.
@@ -204,7 +217,9 @@ impl ServiceIndex {
                     let h2 = p.app_protocol.as_deref() == Some("kubernetes.io/h2c")
                         || pname.starts_with("grpc")
                         || pname.starts_with("http2");
+                    let opaque = opaque_port(&pname, p.app_protocol.as_deref());
                     Some(ServicePort {
+                        opaque,
                         name: pname,
                         port,
                         endpoints: endpoints.into_iter().collect(),

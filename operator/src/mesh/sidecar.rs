@@ -100,7 +100,7 @@ fn namespace_config(
     let mut bare: Vec<Route> = Vec::new();
     for svc in index.iter() {
         let default_port = svc.default_port().map(|p| p.port);
-        for port in &svc.ports {
+        for port in svc.ports.iter().filter(|p| !p.opaque) {
             let backend = svc.backend(port);
             let routes_for = |hosts: Vec<String>, scope: String, backends: &mut BTreeMap<_, _>| {
                 let mut ranked: Vec<Ranked> = Vec::new();
@@ -272,5 +272,36 @@ mod tests {
         }));
         let st = &out.routes[&("h".to_owned(), "split".to_owned())];
         assert!(st.parents[0].1.iter().all(|c| c.ok));
+    }
+
+    #[test]
+    fn opaque_ports_get_no_http_route() {
+        let input = MeshInput {
+            services: vec![service(
+                "h",
+                "cache",
+                &[
+                    ("http", 8080, 8080),
+                    ("redis", 6379, 6379),
+                    ("tcp-db", 5432, 5432),
+                ],
+            )],
+            sidecar_pods: [("h".to_owned(), "c".to_owned())].into(),
+            ..Default::default()
+        };
+        let out = translate(&input);
+        let config = &out.configs[&out.sidecars[&Audience::Sidecar("h".into(), "c".into())]];
+        let hosts: Vec<&String> = config.listeners[0]
+            .routes
+            .iter()
+            .flat_map(|r| r.hosts.iter())
+            .collect();
+        assert!(hosts.iter().any(|h| *h == "cache:8080"), "{hosts:?}");
+        assert!(
+            !hosts
+                .iter()
+                .any(|h| h.ends_with(":6379") || h.ends_with(":5432")),
+            "{hosts:?}"
+        );
     }
 }
