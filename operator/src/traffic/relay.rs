@@ -158,3 +158,92 @@ fn ready(slice: &EndpointSlice) -> Vec<IpAddr> {
         .flat_map(|e| e.addresses.iter().filter_map(|a| a.parse().ok()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic::{TelemetryServer, TrafficWindow};
+    use sluice_proto::mesh::TelemetryAck;
+    use sluice_proto::mesh::telemetry_server::{Telemetry, TelemetryServer as TelemetryService};
+    use tonic::{Request, Response, Status, Streaming};
+
+    /// A peer that records the (timestamp, relayed) of what it receives.
+    #[derive(Clone, Default)]
+    struct Peer(Arc<Mutex<Vec<(i64, bool)>>>);
+
+    #[tonic::async_trait]
+    impl Telemetry for Peer {
+        async fn report(
+            &self,
+            request: Request<Streaming<TelemetryReport>>,
+        ) -> Result<Response<TelemetryAck>, Status> {
+            let mut stream = request.into_inner();
+            while let Some(r) = stream.message().await? {
+                if let Ok(mut seen) = self.0.lock() {
+                    seen.push((r.timestamp_ms, r.relayed));
+                }
+            }
+            Ok(Response::new(TelemetryAck {}))
+        }
+    }
+
+    /// Serves `service` on a free loopback port.
+    async fn serve<S: Telemetry>(service: S) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TelemetryService::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        port
+    }
+
+    async fn report_to(port: u16, timestamp_ms: i64, relayed: bool) {
+        let mut client = TelemetryClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        let report = TelemetryReport {
+            timestamp_ms,
+            relayed,
+            ..TelemetryReport::default()
+        };
+        client
+            .report(futures::stream::iter([report]))
+            .await
+            .expect("report");
+    }
+
+    #[tokio::test]
+    async fn proxy_reports_reach_the_peer_once_and_relayed_ones_go_no_further() {
+        let peer = Peer::default();
+        let relay = Relay::new(serve(peer.clone()).await, Arc::new(Metrics::default()));
+        relay.set_peers(["127.0.0.1".parse().expect("ip")]);
+        let metrics = Arc::new(Metrics::default());
+        let window = Arc::new(TrafficWindow::new(Duration::from_secs(60)));
+        let port = serve(TelemetryServer::new(window, metrics.clone(), Some(relay))).await;
+
+        // From a proxy (1, 3) and from a peer (2): each recorded here, only
+        // the proxies' passed on, marked; the stream to the peer keeps order.
+        report_to(port, 1, false).await;
+        report_to(port, 2, true).await;
+        report_to(port, 3, false).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = peer.0.lock().map(|s| s.clone()).unwrap_or_default();
+            if seen.last().is_some_and(|(t, _)| *t == 3) {
+                assert_eq!(seen, vec![(1, true), (3, true)]);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the peer got {seen:?} within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(metrics.telemetry_reports.get(), 3);
+        assert_eq!(metrics.telemetry_relayed.get(), 1);
+    }
+}
