@@ -42,7 +42,13 @@ pub fn answer(proxy: &Proxy, registry: &Registry, path: &str) -> Response<Full<B
     match path {
         "/ready" => {
             let t = &proxy.telemetry;
-            if proxy.configured()
+            if proxy.configured() && proxy.identity.waiting() {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "configured; waiting for the workload certificate\n",
+                )
+            } else if proxy.configured()
                 && t.managed.load(Relaxed)
                 && !t.control_plane_connected.load(Relaxed)
             {
@@ -142,5 +148,26 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn ready(proxy: &Proxy) -> StatusCode {
+        answer(proxy, &Registry::default(), "/ready").status()
+    }
+
+    #[test]
+    fn ready_once_configured_and_holding_a_wanted_certificate() {
+        let proxy = Proxy::new();
+        assert_eq!(ready(&proxy), StatusCode::SERVICE_UNAVAILABLE);
+        proxy.apply(Config::default(), Some("1".into()));
+        assert_eq!(ready(&proxy), StatusCode::OK);
+        // A proxy with a token waits for its certificate.
+        proxy.identity.want();
+        assert_eq!(ready(&proxy), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -108,7 +108,7 @@ spec:
 
 /// Injection: the labelled namespace's pods got the proxy as a native
 /// sidecar, an opted-out pod did not, and a request goes through both
-/// proxies (their metrics count it) over mTLS.
+/// proxies (their metrics count it) over mTLS; an injected Job completes.
 pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     setup(&cluster).await?;
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client(), NS);
@@ -215,6 +215,28 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
         out_after - out_before,
         in_after - in_before
     );
+
+    // A Job completes: its curl starts only once the proxy is ready (its
+    // first request already goes through the mesh), and the native sidecar
+    // stops with it instead of keeping the pod alive.
+    cluster.apply(&format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: curl-once, namespace: {NS}}}\nspec:\n  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      serviceAccountName: curl\n      containers:\n      - {{name: curl, image: curlimages/curl:8.10.1, command: [curl, -sf, -m, \"5\", \"http://handson:8080/\"]}}\n"
+    ))?;
+    cluster.kubectl(
+        &[
+            "wait",
+            "-n",
+            NS,
+            "--for=condition=complete",
+            "job/curl-once",
+            "--timeout=60s",
+        ],
+        None,
+    )?;
+    cluster.kubectl(
+        &["delete", "-n", NS, "job/curl-once", "--cascade=background"],
+        None,
+    )?;
     Ok(())
 }
 

@@ -77,6 +77,8 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
             env("SERVICE_ACCOUNT", field("spec.serviceAccountName")),
         ],
         "ports": [{"name": "sluice-admin", "containerPort": ADMIN_PORT}],
+        // The app starts once the proxy has its config and certificate.
+        "startupProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1, "failureThreshold": 300},
         "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1},
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {"runAsUser": 1337, "runAsNonRoot": true, "allowPrivilegeEscalation": false},
@@ -183,6 +185,15 @@ mod tests {
         let inits = spec.init_containers.as_ref().expect("init containers");
         assert_eq!(inits[0].name, PROXY_CONTAINER);
         assert_eq!(inits[0].restart_policy.as_deref(), Some("Always"));
+        // The app waits for the proxy's config and certificate.
+        assert_eq!(
+            inits[0]
+                .startup_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.as_deref()),
+            Some("/ready")
+        );
         assert!(
             spec.volumes
                 .as_ref()

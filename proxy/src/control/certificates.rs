@@ -55,6 +55,7 @@ pub async fn run_certificates(proxy: Arc<Proxy>, settings: CertificateSettings) 
         );
         return;
     }
+    proxy.identity.want();
     let mut changes = proxy.subscribe();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {

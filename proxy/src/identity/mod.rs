@@ -6,6 +6,7 @@
 pub mod verify;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -57,6 +58,8 @@ pub struct MeshIdentity {
     provider: Arc<CryptoProvider>,
     leaf: ArcSwapOption<Leaf>,
     roots: ArcSwap<Roots>,
+    /// Whether this proxy is getting a certificate (it has a token).
+    wanted: AtomicBool,
 }
 
 impl Default for MeshIdentity {
@@ -65,6 +68,7 @@ impl Default for MeshIdentity {
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             leaf: ArcSwapOption::empty(),
             roots: ArcSwap::from_pointee(Roots::default()),
+            wanted: AtomicBool::new(false),
         }
     }
 }
@@ -84,6 +88,18 @@ impl MeshIdentity {
     /// touching the certificate's shared reference count.
     pub fn has_leaf(&self) -> bool {
         self.leaf.load().is_some()
+    }
+
+    /// Marks this proxy as one that gets a certificate: until the first
+    /// arrives it is not ready, so that its app does not start talking
+    /// plaintext to a mesh that expects mTLS.
+    pub fn want(&self) {
+        self.wanted.store(true, Relaxed);
+    }
+
+    /// Whether a certificate is wanted and none has arrived yet.
+    pub fn waiting(&self) -> bool {
+        self.wanted.load(Relaxed) && !self.has_leaf()
     }
 
     /// The current roots.
