@@ -74,8 +74,25 @@ fn spec(settings: &LeaderSettings, now: Timestamp, transitions: i32) -> LeaseSpe
     }
 }
 
-/// One round: returns whether we hold the lease afterwards.
-async fn round(api: &Api<Lease>, s: &LeaderSettings) -> Result<bool, kube::Error> {
+/// How long until a lease renewed at `renewed` for `duration` runs out.
+fn until_expiry(renewed: Option<Timestamp>, duration: Duration, now: Timestamp) -> Duration {
+    renewed.map_or(duration, |r| {
+        let expiry = r.as_millisecond() + duration.as_millis() as i64;
+        Duration::from_millis((expiry - now.as_millisecond()).max(0) as u64)
+    })
+}
+
+/// What a round found.
+enum Round {
+    /// This replica holds the lease.
+    Held,
+    /// Another replica holds it; it expires in this long unless renewed.
+    Elsewhere(Duration),
+}
+
+/// One round: whether we hold the lease afterwards, else when the
+/// holder's lease runs out.
+async fn round(api: &Api<Lease>, s: &LeaderSettings) -> Result<Round, kube::Error> {
     let now = Timestamp::now();
     let current = api.get_opt(&s.name).await?;
     let (holder, renewed, transitions) = match &current {
@@ -96,7 +113,11 @@ async fn round(api: &Api<Lease>, s: &LeaderSettings) -> Result<bool, kube::Error
         &s.identity,
         now,
     ) {
-        Step::Wait => Ok(false),
+        Step::Wait => Ok(Round::Elsewhere(until_expiry(
+            renewed,
+            s.lease_duration,
+            now,
+        ))),
         Step::Create => {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -108,11 +129,11 @@ async fn round(api: &Api<Lease>, s: &LeaderSettings) -> Result<bool, kube::Error
                 spec: Some(spec(s, now, 0)),
             };
             api.create(&PostParams::default(), &lease).await?;
-            Ok(true)
+            Ok(Round::Held)
         }
         Step::Renew | Step::TakeOver => {
             let Some(mut lease) = current else {
-                return Ok(false);
+                return Ok(Round::Elsewhere(Duration::ZERO));
             };
             let mut sp = lease.spec.clone().unwrap_or_default();
             if holder.as_deref() == Some(s.identity.as_str()) {
@@ -125,24 +146,33 @@ async fn round(api: &Api<Lease>, s: &LeaderSettings) -> Result<bool, kube::Error
             // resourceVersion makes this a compare-and-swap: a replica that
             // lost the race gets 409 and waits.
             api.replace(&s.name, &PostParams::default(), &lease).await?;
-            Ok(true)
+            Ok(Round::Held)
         }
     }
 }
+
+/// How long after a lease's expiry a candidate checks it again.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(50);
 
 /// Waits until this replica leads, then keeps renewing in the background
 /// (exiting the process if it cannot).
 pub async fn lead(client: Client, settings: LeaderSettings) {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
-    let retry = settings.lease_duration / 5;
+    let retry = (settings.lease_duration / 5).max(Duration::from_millis(500));
     loop {
-        match round(&api, &settings).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => warn!("leader election: {e}"),
-        }
-        tokio::time::sleep(retry.max(Duration::from_millis(500))).await;
+        // Check again at the retry period, or just after the holder's lease
+        // runs out if that comes first: a dead leader is replaced within
+        // the lease duration of its last renewal, not a retry period later.
+        let wait = match round(&api, &settings).await {
+            Ok(Round::Held) => break,
+            Ok(Round::Elsewhere(left)) => retry.min(left + EXPIRY_MARGIN),
+            Err(kube::Error::Api(e)) if e.code == 409 => retry,
+            Err(e) => {
+                warn!("leader election: {e}");
+                retry
+            }
+        };
+        tokio::time::sleep(wait).await;
     }
     info!(identity = %settings.identity, lease = %settings.name, "leading: this replica reconciles and writes");
     tokio::spawn(async move {
@@ -151,8 +181,8 @@ pub async fn lead(client: Client, settings: LeaderSettings) {
         loop {
             tokio::time::sleep(every).await;
             match round(&api, &settings).await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => {
+                Ok(Round::Held) => last_ok = tokio::time::Instant::now(),
+                Ok(Round::Elsewhere(_)) => {
                     tracing::error!(
                         "leadership lost to another replica; exiting so that only one writes"
                     );
@@ -186,5 +216,9 @@ mod tests {
         assert_eq!(decide(Some("b"), Some(fresh), d, "a", now), Step::Wait);
         assert_eq!(decide(Some("b"), Some(stale), d, "a", now), Step::TakeOver);
         assert_eq!(decide(Some(""), Some(fresh), d, "a", now), Step::TakeOver);
+        // A candidate looks again when the holder's lease runs out.
+        assert_eq!(until_expiry(Some(fresh), d, now), Duration::from_secs(10));
+        assert_eq!(until_expiry(Some(stale), d, now), Duration::ZERO);
+        assert_eq!(until_expiry(None, d, now), d);
     }
 }
