@@ -1,11 +1,12 @@
-//! A sidecar's inbound side, on [`crate::config::INBOUND_PORT`]: mTLS from other sidecars,
-//! which dial this port (the workload port in the TLS server name), and, in
+//! A sidecar's inbound side, on [`crate::config::INBOUND_PORT`]: mTLS from
+//! other sidecars, which dial this port (the workload port in the TLS
+//! server name), and, in
 //! `PERMISSIVE` mode, whatever the pod's iptables rules redirect here from
 //! clients outside the mesh (the workload port from `SO_ORIGINAL_DST`),
 //! taken as it comes (plaintext, or the app's own TLS). Each connection is
 //! authorized once before any byte reaches the workload (peer identity,
 //! address, port) and, on HTTP ports, every request again; allowed traffic
-//! goes to `127.0.0.1:<port>`, or for a port no Service names, passes
+//! goes to `127.0.0.1:<port>`, or for a port the pod does not declare, passes
 //! through to where it was going.
 
 use std::net::SocketAddr;

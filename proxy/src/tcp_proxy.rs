@@ -76,7 +76,7 @@ const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Splices an intercepted connection to its original destination `dst`:
 /// outbound traffic to what the mesh does not route (another protocol, an
 /// address outside the mesh, the API server) and inbound traffic to a
-/// port no Service names, as Istio's passthrough clusters do.
+/// port the pod does not declare, as Istio's passthrough clusters do.
 pub async fn passthrough(proxy: Arc<Proxy>, mut downstream: TcpStream, dst: SocketAddr) {
     let telemetry = &proxy.telemetry;
     telemetry.passthrough_connections.fetch_add(1, Relaxed);

@@ -242,9 +242,9 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
 
 /// Interception takes everything, so what the mesh does not route must
 /// still work, as Istio's passthrough clusters keep it working: outbound
-/// TLS to the API server, plaintext to a pod port no Service names and to
-/// an opaque (`tcp-*`) Service port go to where they were going; inbound, a port no Service names is served
-/// to a client outside the mesh. The unlisted app's TCP readiness probe is
+/// TLS to the API server, plaintext to a pod port and to an opaque
+/// (`tcp-*`) Service port go to where they were going; inbound, a port the
+/// pod does not declare is served to a client outside the mesh. The unlisted app's TCP readiness probe is
 /// run by its sidecar.
 pub async fn interception_passes_through_what_the_mesh_does_not_route(
     cluster: Arc<Cluster>,
@@ -273,7 +273,7 @@ pub async fn interception_passes_through_what_the_mesh_does_not_route(
         passed(unlisted.clone()).await? > before,
         "the unlisted pod's sidecar did not pass the connection through"
     );
-    // Outbound: the API server's TLS and a pod port no Service names.
+    // Outbound: the API server's TLS, a pod's port, an opaque Service port.
     let client_ip = pod_ip(&cluster, "curl").await?;
     let before = passed(client_ip.clone()).await?;
     let healthz = format!("{}/healthz", cluster.apiserver());
