@@ -239,9 +239,7 @@ async fn deployment_serves(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     .await?;
     ensure!(endpoints == pod_ips);
 
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
+    let http = sluice_tests::operator::http();
     for ip in &pod_ips {
         let body = http
             .get(format!("http://{ip}:8080/"))

@@ -152,10 +152,10 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
     let server_ip = handson.status.and_then(|s| s.pod_ip).context("no IP")?;
     let client_ip = pod_ip(&cluster, "curl").await?;
     let inbound = |ip: String| async move {
-        proxy_metric_matching(&ip, "sluice_requests_total", "listener=\"inbound|8080\"").await
+        proxy_counter(&ip, "sluice_requests_total", "listener=\"inbound|8080\"").await
     };
     let outbound = |ip: String| async move {
-        proxy_metric_matching(&ip, "sluice_requests_total", "listener=\"outbound\"").await
+        proxy_counter(&ip, "sluice_requests_total", "listener=\"outbound\"").await
     };
     let (in_before, out_before) = (
         inbound(server_ip.clone()).await?,
@@ -191,7 +191,7 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
     );
     let url = "http://handson:8080/";
     let via = |ip: String| async move {
-        proxy_metric_matching(&ip, "sluice_requests_total", "listener=\"outbound\"").await
+        proxy_counter(&ip, "sluice_requests_total", "listener=\"outbound\"").await
     };
     let client_ip = pod_ip(&cluster, "curl").await?;
     let (in_before, out_before) = (
@@ -255,8 +255,9 @@ pub async fn interception_passes_through_what_the_mesh_does_not_route(
     ))?;
     pod_ready(&cluster.client(), NS, "unlisted", TIMEOUT).await?;
     let unlisted = pod_ip(&cluster, "unlisted").await?;
-    let passed =
-        |ip: String| async move { proxy_metric(&ip, "sluice_passthrough_connections_total").await };
+    let passed = |ip: String| async move {
+        proxy_counter(&ip, "sluice_passthrough_connections_total", "").await
+    };
     // Inbound: from the host, outside the mesh.
     let before = passed(unlisted.clone()).await?;
     let body = http()
@@ -344,16 +345,6 @@ async fn handson_ip(cluster: &Cluster) -> anyhow::Result<String> {
         .context("the handson pod has no IP")
 }
 
-/// One counter from a proxy's `/metrics` (summed over its series).
-async fn proxy_metric(ip: &str, name: &str) -> anyhow::Result<f64> {
-    proxy_metric_matching(ip, name, "").await
-}
-
-/// The sum of a counter's series whose labels contain `labels`.
-async fn proxy_metric_matching(ip: &str, name: &str, labels: &str) -> anyhow::Result<f64> {
-    Ok(proxy_counter(ip, name, labels).await?)
-}
-
 async fn pod_ip(cluster: &Cluster, name: &str) -> anyhow::Result<String> {
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client(), NS);
     pods.get(name)
@@ -414,9 +405,10 @@ pub async fn l4_policy_denies_a_principal(cluster: Arc<Cluster>) -> anyhow::Resu
         let (code, body) = call(&cluster, "curl-allow", "GET", "/").await?;
         ensure!(code == "200", "curl-allow under the policy: {code} {body}");
     }
-    let denied = proxy_metric(
+    let denied = proxy_counter(
         &handson_ip(&cluster).await?,
         "sluice_authz_denied_connections_total",
+        "",
     )
     .await?;
     ensure!(
@@ -719,7 +711,7 @@ pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow
 
     // STRICT: plaintext to the inbound port is refused and counted; mesh
     // clients keep working.
-    let refused_before = proxy_metric(&ip, "sluice_plaintext_refused_total").await?;
+    let refused_before = proxy_counter(&ip, "sluice_plaintext_refused_total", "").await?;
     let plaintext = || async {
         http()
             .get(format!(
@@ -749,7 +741,7 @@ pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow
         "PERMISSIVE at the app port: {served:?}"
     );
     ensure!(
-        proxy_metric(&ip, "sluice_plaintext_refused_total").await? == refused_before,
+        proxy_counter(&ip, "sluice_plaintext_refused_total", "").await? == refused_before,
         "PERMISSIVE counted plaintext as refused"
     );
     cluster.apply(&namespace("STRICT"))?;
@@ -760,7 +752,7 @@ pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow
         || async {
             let _ = plaintext().await;
             Ok(
-                (proxy_metric(&ip, "sluice_plaintext_refused_total").await? > refused_before)
+                (proxy_counter(&ip, "sluice_plaintext_refused_total", "").await? > refused_before)
                     .then_some(()),
             )
         },
@@ -796,8 +788,9 @@ pub async fn rotation_under_load(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     setup(&cluster).await?;
     let client_ip = pod_ip(&cluster, "curl-allow").await?;
     let server_ip = handson_ip(&cluster).await?;
-    let issued =
-        |ip: String| async move { proxy_metric(&ip, "sluice_certificates_issued_total").await };
+    let issued = |ip: String| async move {
+        proxy_counter(&ip, "sluice_certificates_issued_total", "").await
+    };
     let (client_before, server_before) = (
         issued(client_ip.clone()).await?,
         issued(server_ip.clone()).await?,

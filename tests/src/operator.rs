@@ -115,11 +115,7 @@ impl Operator {
     /// One sample of `/metrics` (first series of that name), if present.
     pub async fn metric(&self, name: &str) -> Result<Option<f64>, Error> {
         let text = self.metrics_text().await?;
-        Ok(text
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok()))
+        Ok(series(&text, name).next().map(|(_, v)| v))
     }
 
     async fn wait_healthy(&mut self) -> Result<(), Error> {
@@ -359,12 +355,17 @@ pub async fn proxy_counter(ip: &str, name: &str, labels: &str) -> Result<f64, Er
         .await?
         .text()
         .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter(|l| l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    Ok(series(&text, name)
+        .filter(|(line, _)| line.contains(labels))
+        .map(|(_, v)| v)
         .sum())
+}
+
+/// The series of metric `name` in Prometheus text: each line and its value.
+fn series<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
+    text.lines()
+        .filter(move |l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| Some((l, l.rsplit(' ').next()?.parse::<f64>().ok()?)))
 }
 
 /// An HTTP client for test traffic: no proxy from the environment, short
