@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use sluice_tests::Cluster;
-use sluice_tests::operator::{http, proxy_counter};
+use sluice_tests::operator::{http, sidecar_requests};
 use sluice_tests::toolchain::workspace_root;
 use sluice_tests::wait::{deployment_available, poll};
 
@@ -163,15 +163,6 @@ async fn handson_through_both_proxies(cluster: &Cluster) -> anyhow::Result<()> {
     let ip_of = |p: &Pod| p.status.as_ref().and_then(|s| s.pod_ip.clone());
     let curl_ip = ip_of(&pods.get("curl").await?).context("curl has no IP")?;
     let server_ips: Vec<String> = after.iter().filter_map(ip_of).collect();
-    let counted = || async {
-        let out = proxy_counter(&curl_ip, "sluice_requests_total", "listener=\"outbound\"").await?;
-        let mut inbound = 0.0;
-        for ip in &server_ips {
-            inbound +=
-                proxy_counter(ip, "sluice_requests_total", "listener=\"inbound|8080\"").await?;
-        }
-        anyhow::Ok((out, inbound))
-    };
     let curl = || async {
         cluster
             .exec_in_pod(
@@ -189,7 +180,7 @@ async fn handson_through_both_proxies(cluster: &Cluster) -> anyhow::Result<()> {
         || async { Ok((curl().await?.stdout.trim() == "blue").then_some(())) },
     )
     .await?;
-    let (out_before, in_before) = counted().await?;
+    let (out_before, in_before) = sidecar_requests(&curl_ip, &server_ips, 8080).await?;
     for _ in 0..5 {
         let out = curl().await?;
         ensure!(
@@ -198,7 +189,7 @@ async fn handson_through_both_proxies(cluster: &Cluster) -> anyhow::Result<()> {
             out.stdout
         );
     }
-    let (out_after, in_after) = counted().await?;
+    let (out_after, in_after) = sidecar_requests(&curl_ip, &server_ips, 8080).await?;
     println!(
         "curl http://handson:8080/ x5 -> blue; client sidecar counted {}, server sidecars {}",
         out_after - out_before,

@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sluice_proto::mesh::SignRequest;
 use sluice_proto::mesh::certificates_client::CertificatesClient;
 use sluice_tests::Cluster;
-use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, http, proxy_counter};
+use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, http, proxy_counter, sidecar_requests};
 use sluice_tests::wait::{deployment_available, pod_ready, pods_by_label, poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
@@ -149,26 +149,14 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
     ensure!(inits.is_empty(), "an opted-out pod was injected: {inits:?}");
     pods.delete("opted-out", &DeleteParams::default()).await?;
 
-    let server_ip = handson.status.and_then(|s| s.pod_ip).context("no IP")?;
+    let servers = [handson.status.and_then(|s| s.pod_ip).context("no IP")?];
     let client_ip = pod_ip(&cluster, "curl").await?;
-    let inbound = |ip: String| async move {
-        proxy_counter(&ip, "sluice_requests_total", "listener=\"inbound|8080\"").await
-    };
-    let outbound = |ip: String| async move {
-        proxy_counter(&ip, "sluice_requests_total", "listener=\"outbound\"").await
-    };
-    let (in_before, out_before) = (
-        inbound(server_ip.clone()).await?,
-        outbound(client_ip.clone()).await?,
-    );
+    let (out_before, in_before) = sidecar_requests(&client_ip, &servers, 8080).await?;
     for _ in 0..10 {
         let (code, body) = call(&cluster, "curl", "GET", "/").await?;
         ensure!(code == "200" && body.trim() == "blue", "{code} {body}");
     }
-    let (in_after, out_after) = (
-        inbound(server_ip.clone()).await?,
-        outbound(client_ip).await?,
-    );
+    let (out_after, in_after) = sidecar_requests(&client_ip, &servers, 8080).await?;
     ensure!(
         out_after - out_before >= 10.0 && in_after - in_before >= 10.0,
         "10 requests: client sidecar counted {}, server sidecar {}",
@@ -190,14 +178,7 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
         "the app's probe was not moved to the sidecar: {probe:?}"
     );
     let url = "http://handson:8080/";
-    let via = |ip: String| async move {
-        proxy_counter(&ip, "sluice_requests_total", "listener=\"outbound\"").await
-    };
-    let client_ip = pod_ip(&cluster, "curl").await?;
-    let (in_before, out_before) = (
-        inbound(server_ip.clone()).await?,
-        via(client_ip.clone()).await?,
-    );
+    let (out_before, in_before) = sidecar_requests(&client_ip, &servers, 8080).await?;
     for _ in 0..5 {
         let out = cluster
             .exec_in_pod(NS, "curl", &["curl", "-s", "-m", "2", url])
@@ -208,7 +189,7 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
             out.stdout
         );
     }
-    let (in_after, out_after) = (inbound(server_ip).await?, via(client_ip).await?);
+    let (out_after, in_after) = sidecar_requests(&client_ip, &servers, 8080).await?;
     ensure!(
         out_after - out_before >= 5.0 && in_after - in_before >= 5.0,
         "intercepted requests: client sidecar counted {}, server sidecar {}",

@@ -361,6 +361,24 @@ pub async fn proxy_counter(ip: &str, name: &str, labels: &str) -> Result<f64, Er
         .sum())
 }
 
+/// Requests counted so far by a client's sidecar (outbound) and by the
+/// servers' sidecars (inbound on `port`), to compare before and after a
+/// run that must go through both proxies.
+pub async fn sidecar_requests(
+    client_ip: &str,
+    server_ips: &[String],
+    port: u16,
+) -> Result<(f64, f64), Error> {
+    let outbound =
+        proxy_counter(client_ip, "sluice_requests_total", "listener=\"outbound\"").await?;
+    let label = format!("listener=\"inbound|{port}\"");
+    let mut inbound = 0.0;
+    for ip in server_ips {
+        inbound += proxy_counter(ip, "sluice_requests_total", &label).await?;
+    }
+    Ok((outbound, inbound))
+}
+
 /// The series of metric `name` in Prometheus text: each line and its value.
 fn series<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
     text.lines()
