@@ -16,6 +16,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use sluice_crds::Rollout;
 use sluice_tests::Cluster;
+use sluice_tests::operator::demo_app_container;
 use sluice_tests::wait::{deployment_available, pod_names, poll, ready_endpoints};
 
 fn main() -> ExitCode {
@@ -95,14 +96,7 @@ spec:
       labels: {{app: {name}}}
     spec:
       containers:
-      - name: app
-        image: sluice/demo-app:{color}
-        ports:
-        - {{name: http, containerPort: 8080}}
-        readinessProbe:
-          httpGet: {{path: /healthz, port: http}}
-          periodSeconds: 1
----
+{container}---
 apiVersion: v1
 kind: Service
 metadata:
@@ -112,7 +106,8 @@ spec:
   selector: {{app: {name}}}
   ports:
   - {{name: http, port: 8080, targetPort: http}}
-"#
+"#,
+        container = demo_app_container(color, 6)
     )
 }
 

@@ -17,7 +17,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sluice_proto::mesh::SignRequest;
 use sluice_proto::mesh::certificates_client::CertificatesClient;
 use sluice_tests::Cluster;
-use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, http, proxy_counter, sidecar_requests};
+use sluice_tests::operator::{
+    ADMIN_PORT, GATEWAY_NS, demo_app_container, http, proxy_counter, sidecar_requests,
+};
 use sluice_tests::wait::{deployment_available, pod_ready, pods_by_label, poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
@@ -67,20 +69,15 @@ spec:
     spec:
       serviceAccountName: handson
       containers:
-      - name: app
-        image: sluice/demo-app:blue
-        ports: [{{name: http, containerPort: 8080}}]
-        readinessProbe:
-          httpGet: {{path: /healthz, port: http}}
-          periodSeconds: 1
----
+{container}---
 apiVersion: v1
 kind: Service
 metadata: {{name: handson, namespace: {NS}}}
 spec:
   selector: {{app: handson}}
   ports: [{{name: http, port: 8080, targetPort: http}}]
-"#
+"#,
+            container = demo_app_container("blue", 6)
         ))?;
         for name in ["curl", "curl-allow", "curl-deny"] {
             cluster.apply(&client_pod(name))?;

@@ -22,7 +22,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use sluice_tests::Cluster;
-use sluice_tests::operator::{ADMIN_PORT, GATEWAY_NS, Operator, http, proxy_env, start_mesh_with};
+use sluice_tests::operator::{
+    ADMIN_PORT, GATEWAY_NS, Operator, demo_app_container, http, proxy_env, start_mesh_with,
+};
 use sluice_tests::wait::{deployment_available, pod_names, pod_ready, poll, ready_endpoints};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -302,20 +304,15 @@ spec:
     metadata: {{labels: {{app: {app}, version: {color}}}}}
     spec:
       containers:
-      - name: app
-        image: sluice/demo-app:{color}
-        ports: [{{name: http, containerPort: 8080}}]
-        readinessProbe:
-          httpGet: {{path: /healthz, port: http}}
-          periodSeconds: 1
----
+{container}---
 apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: {ns}}}
 spec:
   selector: {{app: {app}, version: {color}}}
   ports: [{{name: http, port: 8080, targetPort: http}}]
-"#
+"#,
+        container = demo_app_container(color, 6)
     )
 }
 

@@ -12,6 +12,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use sluice_crds::{Rollout, RolloutPhase};
 use sluice_tests::Cluster;
+use sluice_tests::operator::demo_app_container;
 use sluice_tests::wait::poll;
 
 use super::{GATEWAY_PORT, Load, TIMEOUT, get, mesh, tally};
@@ -69,13 +70,7 @@ spec:
     metadata: {{labels: {{app: handson}}}}
     spec:
       containers:
-      - name: app
-        image: sluice/demo-app:blue
-        ports: [{{name: http, containerPort: 8080}}]
-        readinessProbe:
-          httpGet: {{path: /healthz, port: http}}
-          periodSeconds: 1
-  strategy:
+{container}  strategy:
     canary:
       stableService: handson-stable
       canaryService: handson-canary
@@ -85,7 +80,8 @@ spec:
       abortScaleDownDelaySeconds: 2
       steps: {steps}
       analysis: {analysis}
-"#
+"#,
+        container = demo_app_container("blue", 6)
     )
 }
 

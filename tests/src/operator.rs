@@ -342,6 +342,25 @@ readinessProbe:
   httpGet: {{path: /ready, port: {ADMIN_PORT}}}
   periodSeconds: 1"#
     );
+    indented(&yaml, indent)
+}
+
+/// The hands-on app's container (`sluice/demo-app:<color>`, port `http`
+/// 8080, readiness on `/healthz`), as a list item indented by `indent`.
+pub fn demo_app_container(color: &str, indent: usize) -> String {
+    let yaml = format!(
+        r#"- name: app
+  image: sluice/demo-app:{color}
+  ports: [{{name: http, containerPort: 8080}}]
+  readinessProbe:
+    httpGet: {{path: /healthz, port: http}}
+    periodSeconds: 1"#
+    );
+    indented(&yaml, indent)
+}
+
+/// `yaml` with every line indented by `indent` spaces.
+fn indented(yaml: &str, indent: usize) -> String {
     let pad = " ".repeat(indent);
     yaml.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
