@@ -175,6 +175,14 @@ mod tests {
         serde_json::from_value(doc).expect("still a pod")
     }
 
+    fn init_names(p: &Pod) -> Vec<String> {
+        p.spec
+            .iter()
+            .flat_map(|s| s.init_containers.iter().flatten())
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
     #[test]
     fn injects_a_native_sidecar_once() {
         let p = pod(
@@ -221,18 +229,16 @@ mod tests {
             "volumes": [{"name": "data", "emptyDir": {}}]}}),
         );
         let injected = apply(&p, patch(&p, &settings()).expect("a patch"));
-        let spec = injected.spec.expect("spec");
-        let names: Vec<String> = spec
-            .init_containers
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.name)
-            .collect();
+        assert_eq!(init_names(&injected), [PROXY_CONTAINER, "migrate"]);
         assert_eq!(
-            names,
-            vec![PROXY_CONTAINER.to_owned(), "migrate".to_owned()]
+            injected
+                .spec
+                .expect("spec")
+                .volumes
+                .unwrap_or_default()
+                .len(),
+            2
         );
-        assert_eq!(spec.volumes.unwrap_or_default().len(), 2);
     }
 
     #[test]
@@ -243,33 +249,14 @@ mod tests {
             "containers": [{"name": "app", "image": "x"}]}}),
         );
         let injected = apply(&p, patch(&p, &settings()).expect("a patch"));
-        let names: Vec<String> = injected
-            .spec
-            .expect("spec")
-            .init_containers
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.name)
-            .collect();
         assert_eq!(
-            names,
-            vec![
-                INIT_CONTAINER.to_owned(),
-                PROXY_CONTAINER.to_owned(),
-                "migrate".to_owned()
-            ]
+            init_names(&injected),
+            [INIT_CONTAINER, PROXY_CONTAINER, "migrate"]
         );
         let plain =
             pod(json!({"metadata": {"name": "b"}, "spec": {"containers": [{"name": "app"}]}}));
         let injected = apply(&plain, patch(&plain, &settings()).expect("a patch"));
-        assert_eq!(
-            injected
-                .spec
-                .expect("spec")
-                .init_containers
-                .map(|v| v.len()),
-            Some(1)
-        );
+        assert_eq!(init_names(&injected), [PROXY_CONTAINER]);
     }
 
     #[test]
