@@ -79,21 +79,6 @@ impl Default for Metrics {
             m.proxies_connected.clone(),
         );
         registry.register(
-            "config_pushes",
-            "Config snapshots sent to proxies",
-            m.pushes.clone(),
-        );
-        registry.register(
-            "config_acks",
-            "Config snapshots ACKed by proxies",
-            m.acks.clone(),
-        );
-        registry.register(
-            "config_nacks",
-            "Config snapshots refused (NACKed) by proxies",
-            m.nacks.clone(),
-        );
-        registry.register(
             "config_push_ack_seconds",
             "Time from sending a snapshot to its ACK",
             m.push_ack_seconds.clone(),
@@ -103,21 +88,37 @@ impl Default for Metrics {
             "Time to compute all snapshots after a change",
             m.compute_seconds.clone(),
         );
-        registry.register(
-            "telemetry_reports",
-            "Telemetry reports received, from proxies and relayed by peer replicas",
-            m.telemetry_reports.clone(),
-        );
-        registry.register(
-            "telemetry_relayed",
-            "Telemetry reports relayed by peer replicas",
-            m.telemetry_relayed.clone(),
-        );
-        registry.register(
-            "telemetry_relay_dropped",
-            "Telemetry reports not relayed because a peer's queue was full",
-            m.telemetry_relay_dropped.clone(),
-        );
+        let counters = [
+            (
+                "config_pushes",
+                "Config snapshots sent to proxies",
+                &m.pushes,
+            ),
+            ("config_acks", "Config snapshots ACKed by proxies", &m.acks),
+            (
+                "config_nacks",
+                "Config snapshots refused (NACKed) by proxies",
+                &m.nacks,
+            ),
+            (
+                "telemetry_reports",
+                "Telemetry reports received, from proxies and relayed by peer replicas",
+                &m.telemetry_reports,
+            ),
+            (
+                "telemetry_relayed",
+                "Telemetry reports relayed by peer replicas",
+                &m.telemetry_relayed,
+            ),
+            (
+                "telemetry_relay_dropped",
+                "Telemetry reports not relayed because a peer's queue was full",
+                &m.telemetry_relay_dropped,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
         registry.register(
             "certificates",
             "Workload certificate requests by result (issued, refused)",
