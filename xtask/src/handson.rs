@@ -68,6 +68,13 @@ impl Demo<'_> {
         Ok(())
     }
 
+    fn delete(&self, file: &str) -> Result<()> {
+        eprintln!("    kubectl delete -f examples/handson/{file}");
+        let path = self.files.join(file).display().to_string();
+        self.kubectl(&["delete", "-f", &path])?;
+        Ok(())
+    }
+
     /// `n` requests for `host` through the gateway, in one curl run;
     /// counted by answer (`blue`, `yellow`, `500`...).
     fn sample(&self, host: &str, n: usize) -> Result<BTreeMap<String, usize>> {
@@ -293,13 +300,7 @@ impl Demo<'_> {
         if allow != "200" || deny != "000" {
             bail!("under the DENY policy: curl-allow {allow}, curl-deny {deny}");
         }
-        eprintln!("    kubectl delete -f examples/handson/51-deny-curl-deny.yaml");
-        let path = self
-            .files
-            .join("51-deny-curl-deny.yaml")
-            .display()
-            .to_string();
-        self.kubectl(&["delete", "-f", &path])?;
+        self.delete("51-deny-curl-deny.yaml")?;
         self.until_status("curl-deny", "GET", "200")?;
         Ok(())
     }
@@ -326,13 +327,7 @@ impl Demo<'_> {
         if !ok {
             bail!("under the GET-only policy: {seen:?}");
         }
-        eprintln!("    kubectl delete -f examples/handson/52-allow-get-only.yaml");
-        let path = self
-            .files
-            .join("52-allow-get-only.yaml")
-            .display()
-            .to_string();
-        self.kubectl(&["delete", "-f", &path])?;
+        self.delete("52-allow-get-only.yaml")?;
         self.until_status("curl", "POST", "200")?;
         Ok(())
     }
