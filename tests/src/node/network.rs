@@ -140,11 +140,18 @@ impl PodNetwork {
             let _ = run("ip", &["link", "del", &veth]);
             let _ = run("ip", &["netns", "del", &pod.netns]);
             run("ip", &["netns", "add", &pod.netns])?;
+            // The MAC follows from the address (as Docker's bridge does), so
+            // a reused address keeps its MAC and the neighbour (ARP) entries
+            // peers still hold for it stay right: otherwise a long-lived
+            // peer (the gateway) sends to the old pod's MAC and the new pod
+            // is unreachable from it until the entry is re-probed.
+            let [_, _, n, h] = pod.ip.octets();
+            let mac = format!("02:42:c6:12:{n:02x}:{h:02x}");
             run(
                 "ip",
                 &[
-                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns",
-                    &pod.netns,
+                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "address", &mac,
+                    "netns", &pod.netns,
                 ],
             )?;
             run("ip", &["link", "set", &veth, "master", &self.bridge, "up"])?;
