@@ -4,10 +4,11 @@
 #   scripts/test-bed.sh          build or reuse every binary, then print KEY=PATH lines
 #   scripts/test-bed.sh --quiet  the same without progress on stderr
 #
-# Debian packages come from apt; etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl and helm are built from their Go modules at the
-# versions pinned in scripts/versions.env, and the Gateway API CRDs are taken
-# from the sigs.k8s.io/gateway-api module. Everything is cached under
+# Debian packages come from apt (runc and the CNI plugins among them); etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet,
+# kube-proxy, containerd (with ctr and its runc shim), CoreDNS and helm are built
+# from their Go modules at the versions pinned in scripts/versions.env, and the
+# Gateway API CRDs are taken from the sigs.k8s.io/gateway-api module. Everything is cached under
 # ${SLUICE_CACHE:-~/.cache/sluice}, keyed by version, so a warm call returns in
 # well under a second. Progress goes to stderr; stdout carries only KEY=PATH.
 set -euo pipefail
@@ -27,6 +28,8 @@ mkdir -p "$cache"
 k8s_bin="$cache/k8s/$K8S_VERSION/bin"
 etcd_bin="$cache/etcd/$ETCD_VERSION/bin"
 helm_bin="$cache/helm/$HELM_VERSION/bin"
+containerd_bin="$cache/containerd/$CONTAINERD_VERSION/bin"
+coredns_bin="$cache/coredns/$COREDNS_VERSION/bin"
 gw_dir="$cache/gateway-api/$GATEWAY_API_VERSION"
 
 print_paths() {
@@ -36,6 +39,15 @@ print_paths() {
   echo "KUBE_SCHEDULER=$k8s_bin/kube-scheduler"
   echo "KUBECTL=$k8s_bin/kubectl"
   echo "HELM=$helm_bin/helm"
+  echo "KUBELET=$k8s_bin/kubelet"
+  echo "KUBE_PROXY=$k8s_bin/kube-proxy"
+  echo "CONTAINERD=$containerd_bin/containerd"
+  echo "CTR=$containerd_bin/ctr"
+  echo "CONTAINERD_SHIM=$containerd_bin/containerd-shim-runc-v2"
+  echo "COREDNS=$coredns_bin/coredns"
+  echo "COREDNS_VERSION=$COREDNS_VERSION"
+  echo "RUNC=$(command -v runc || echo /usr/sbin/runc)"
+  echo "CNI_BIN_DIR=/usr/lib/cni"
   echo "GATEWAY_API_CRDS=$gw_dir/standard-install.yaml"
   echo "K8S_VERSION=$K8S_VERSION"
 }
@@ -43,8 +55,10 @@ print_paths() {
 all_present() {
   [ -x "$etcd_bin/etcd" ] && [ -x "$k8s_bin/kube-apiserver" ] &&
     [ -x "$k8s_bin/kube-controller-manager" ] && [ -x "$k8s_bin/kube-scheduler" ] &&
-    [ -x "$k8s_bin/kubectl" ] && [ -x "$helm_bin/helm" ] &&
-    [ -s "$gw_dir/standard-install.yaml" ] && [ -f "$cache/.debian-packages-v2-ok" ]
+    [ -x "$k8s_bin/kubectl" ] && [ -x "$k8s_bin/kubelet" ] && [ -x "$k8s_bin/kube-proxy" ] &&
+    [ -x "$helm_bin/helm" ] && [ -x "$containerd_bin/containerd" ] && [ -x "$containerd_bin/ctr" ] &&
+    [ -x "$containerd_bin/containerd-shim-runc-v2" ] && [ -x "$coredns_bin/coredns" ] &&
+    [ -s "$gw_dir/standard-install.yaml" ] && [ -f "$cache/.debian-packages-v3-ok" ]
 }
 
 # Fast path: nothing to do, no lock needed.
@@ -61,7 +75,7 @@ if ! flock -n 9; then
 fi
 
 debian_packages() {
-  [ -f "$cache/.debian-packages-v2-ok" ] && return 0
+  [ -f "$cache/.debian-packages-v3-ok" ] && return 0
   local need=()
   command -v ip >/dev/null || need+=(iproute2)
   command -v iptables >/dev/null || need+=(iptables)
@@ -71,13 +85,21 @@ debian_packages() {
   command -v openssl >/dev/null || need+=(openssl)
   # The dashboard's browser tests drive headless Chromium.
   command -v chromium >/dev/null || need+=(chromium)
+  # The node: the OCI runtime, the CNI plugins (bridge, host-local, loopback,
+  # portmap in /usr/lib/cni), conntrack for kube-proxy, and what the curl
+  # client image is made of (curl with its libraries, busybox for a shell).
+  [ -x /usr/sbin/runc ] || need+=(runc)
+  [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+  command -v conntrack >/dev/null || need+=(conntrack)
+  [ -x /bin/busybox ] || need+=(busybox-static)
+  [ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
   if [ "${#need[@]}" -gt 0 ]; then
     [ "$(id -u)" = 0 ] || die "missing Debian packages: ${need[*]} (run as root or apt-get install them)"
     say "installing Debian packages: ${need[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
   fi
-  touch "$cache/.debian-packages-v2-ok"
+  touch "$cache/.debian-packages-v3-ok"
 }
 
 need_go() {
@@ -112,13 +134,14 @@ with_progress() {
 
 build_k8s() {
   [ -x "$k8s_bin/kube-apiserver" ] && [ -x "$k8s_bin/kube-controller-manager" ] &&
-    [ -x "$k8s_bin/kube-scheduler" ] && [ -x "$k8s_bin/kubectl" ] && return 0
+    [ -x "$k8s_bin/kube-scheduler" ] && [ -x "$k8s_bin/kubectl" ] &&
+    [ -x "$k8s_bin/kubelet" ] && [ -x "$k8s_bin/kube-proxy" ] && return 0
   need_go
   local rest="${K8S_VERSION#v1.}" # e.g. 36.3
   local minor="${rest%%.*}"       # e.g. 36
   local staging_version="v0.$rest"
   local mod="$cache/build/k8s-$K8S_VERSION"
-  say "building Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); once per version, ~10-20 min on 2 cores"
+  say "building Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy); once per version, ~15-25 min on 2 cores"
   rm -rf "$mod" && mkdir -p "$mod"
   (
     cd "$mod"
@@ -133,7 +156,7 @@ build_k8s() {
       go mod edit -replace "$m=$m@$staging_version"
     done
     go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
-    for t in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    for t in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
       go mod edit -tool "k8s.io/kubernetes/cmd/$t"
     done
     go mod tidy >&2
@@ -194,6 +217,76 @@ build_helm() {
   rm -rf "$helm_bin" && mv "$helm_bin.tmp" "$helm_bin"
 }
 
+build_containerd() {
+  [ -x "$containerd_bin/containerd" ] && [ -x "$containerd_bin/ctr" ] &&
+    [ -x "$containerd_bin/containerd-shim-runc-v2" ] && return 0
+  need_go
+  say "building containerd $CONTAINERD_VERSION (containerd, ctr, containerd-shim-runc-v2); once per version, a few minutes"
+  local m=github.com/containerd/containerd/v2
+  local ldf="-s -w -X $m/version.Version=$CONTAINERD_VERSION -X $m/version.Package=$m"
+  mkdir -p "$containerd_bin.tmp"
+  # Its go.mod has no replace directives, so a plain install at the version works.
+  # The snapshotters that need cgo or host tools are left out; overlayfs is used.
+  with_progress "containerd $CONTAINERD_VERSION" \
+    env -C "$cache" CGO_ENABLED=0 GOBIN="$containerd_bin.tmp" go install -trimpath \
+    -tags "no_btrfs no_devmapper no_zfs" -ldflags "$ldf" \
+    "$m/cmd/containerd@$CONTAINERD_VERSION" "$m/cmd/ctr@$CONTAINERD_VERSION" \
+    "$m/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+  rm -rf "$containerd_bin" && mv "$containerd_bin.tmp" "$containerd_bin"
+}
+
+build_coredns() {
+  [ -x "$coredns_bin/coredns" ] && return 0
+  need_go
+  local mod="$cache/build/coredns-$COREDNS_VERSION"
+  say "building CoreDNS $COREDNS_VERSION with the plugins cluster DNS needs; once per version, a few minutes"
+  rm -rf "$mod" && mkdir -p "$mod"
+  (
+    cd "$mod"
+    go mod init sluice.local/coredns >/dev/null 2>&1
+    # CoreDNS's compile-time plugin selection: only what kube-dns needs, so
+    # the cloud providers' SDKs are not built.
+    cat >main.go <<'GO'
+// Command coredns is CoreDNS with the plugins that cluster DNS needs.
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/forward"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/loop"
+	_ "github.com/coredns/coredns/plugin/ready"
+	_ "github.com/coredns/coredns/plugin/reload"
+)
+
+// The order in which a query passes the plugins, as CoreDNS's plugin.cfg has it.
+var directives = []string{
+	"reload", "health", "ready", "errors", "log", "loadbalance", "cache",
+	"loop", "kubernetes", "forward",
+}
+
+func init() { dnsserver.Directives = directives }
+
+func main() { coremain.Run() }
+GO
+    go get "github.com/coredns/coredns@$COREDNS_VERSION" >&2
+    go mod tidy >&2
+  )
+  mkdir -p "$coredns_bin"
+  with_progress "coredns $COREDNS_VERSION" \
+    env -C "$mod" CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
+    -o "$coredns_bin/coredns.tmp" .
+  mv "$coredns_bin/coredns.tmp" "$coredns_bin/coredns"
+}
+
 fetch_gateway_api() {
   [ -s "$gw_dir/standard-install.yaml" ] && return 0
   need_go
@@ -216,6 +309,8 @@ debian_packages
 build_etcd
 build_helm
 fetch_gateway_api
+build_containerd
+build_coredns
 build_k8s
 all_present || die "build finished but some binaries are missing under $cache"
 say "test bed ready under $cache"

@@ -3,7 +3,10 @@
 //! lease has not been renewed for its duration. Only the leader runs the
 //! writers (the Rollout controller, the status writer); every replica serves
 //! proxies, the webhook and the dashboard. A leader that cannot renew within
-//! the renew deadline exits, so that two replicas never both write.
+//! the renew deadline exits, so that two replicas never both write. A leader
+//! asked to stop ([`StepDown`], on SIGTERM) gives the lease up first, so that
+//! a rolling update or a drained node hands over at once instead of after
+//! the lease runs out.
 
 use std::time::Duration;
 
@@ -12,7 +15,47 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+use tokio::sync::watch;
 use tracing::{info, warn};
+
+/// Where a replica is in stepping down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Stopping,
+    Done,
+}
+
+/// Asks the election to stop: a leader releases the lease, a candidate
+/// stops asking for it.
+#[derive(Debug, Clone)]
+pub struct StepDown(watch::Sender<Phase>);
+
+impl Default for StepDown {
+    fn default() -> Self {
+        StepDown(watch::channel(Phase::Running).0)
+    }
+}
+
+impl StepDown {
+    /// Asks, and waits at most `limit` for the lease to be released.
+    pub async fn now(&self, limit: Duration) {
+        let mut done = self.0.subscribe();
+        self.0.send_replace(Phase::Stopping);
+        let _ = tokio::time::timeout(limit, done.wait_for(|p| *p == Phase::Done)).await;
+    }
+
+    fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|p| *p != Phase::Running).await;
+        }
+    }
+
+    fn done(&self) {
+        self.0.send_replace(Phase::Done);
+    }
+}
 
 /// How the lease is held.
 #[derive(Debug, Clone)]
@@ -154,9 +197,28 @@ async fn round(api: &Api<Lease>, s: &LeaderSettings) -> Result<Round, kube::Erro
 /// How long after a lease's expiry a candidate checks it again.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(50);
 
+/// Gives the lease up if this replica holds it: another takes it over at
+/// its next check.
+async fn release(api: &Api<Lease>, s: &LeaderSettings) -> Result<(), kube::Error> {
+    let Some(mut lease) = api.get_opt(&s.name).await? else {
+        return Ok(());
+    };
+    let mut sp = lease.spec.clone().unwrap_or_default();
+    if sp.holder_identity.as_deref() != Some(s.identity.as_str()) {
+        return Ok(());
+    }
+    sp.holder_identity = Some(String::new());
+    sp.lease_duration_seconds = Some(1);
+    lease.spec = Some(sp);
+    api.replace(&s.name, &PostParams::default(), &lease).await?;
+    info!(identity = %s.identity, "stepped down: lease released");
+    Ok(())
+}
+
 /// Waits until this replica leads, then keeps renewing in the background
-/// (exiting the process if it cannot).
-pub async fn lead(client: Client, settings: LeaderSettings) {
+/// (exiting the process if it cannot) until `step_down` asks it to release
+/// the lease. Returns whether it leads: `false` when asked to stop first.
+pub async fn lead(client: Client, settings: LeaderSettings, step_down: StepDown) -> bool {
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
     let retry = (settings.lease_duration / 5).max(Duration::from_millis(500));
     loop {
@@ -172,14 +234,29 @@ pub async fn lead(client: Client, settings: LeaderSettings) {
                 retry
             }
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = step_down.stopping() => {
+                step_down.done();
+                return false;
+            }
+        }
     }
     info!(identity = %settings.identity, lease = %settings.name, "leading: this replica reconciles and writes");
     tokio::spawn(async move {
         let mut last_ok = tokio::time::Instant::now();
         let every = (settings.renew_deadline / 3).max(Duration::from_millis(500));
         loop {
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = step_down.stopping() => {
+                    if let Err(e) = release(&api, &settings).await {
+                        warn!("releasing the lease: {e}");
+                    }
+                    step_down.done();
+                    return;
+                }
+            }
             match round(&api, &settings).await {
                 Ok(Round::Held) => last_ok = tokio::time::Instant::now(),
                 Ok(Round::Elsewhere(_)) => {
@@ -199,6 +276,7 @@ pub async fn lead(client: Client, settings: LeaderSettings) {
             }
         }
     });
+    true
 }
 
 #[cfg(test)]

@@ -63,11 +63,7 @@ struct Args {
     #[arg(long, env = "SLUICE_WEBHOOK_NAMES", value_delimiter = ',')]
     webhook_names: Vec<String>,
     /// The proxy image injected sidecars run.
-    #[arg(
-        long,
-        env = "SLUICE_PROXY_IMAGE",
-        default_value = "sluice/sluice-proxy:dev"
-    )]
+    #[arg(long, env = "SLUICE_PROXY_IMAGE", default_value = sluice_proto::images::PROXY)]
     proxy_image: String,
     /// The control plane's address as injected sidecars reach it; default
     /// `http://sluice-operator.<namespace>.svc:15010`.
@@ -266,6 +262,8 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         output_tx,
     ));
+    // Asked to release the lease on SIGTERM.
+    let step_down = args.leader_elect.then(leader::StepDown::default);
     {
         // The writers run on the leader only.
         let (c, t, w, r, s) = (
@@ -286,9 +284,12 @@ async fn main() -> anyhow::Result<()> {
             renew_deadline: args.renew_deadline,
             owner,
         });
+        let step_down = step_down.clone();
         tokio::spawn(async move {
-            if let Some(settings) = election {
-                leader::lead(c.clone(), settings).await;
+            if let (Some(settings), Some(step_down)) = (election, step_down)
+                && !leader::lead(c.clone(), settings, step_down).await
+            {
+                return;
             }
             tokio::spawn(sluice_operator::rollout::run(c.clone(), t));
             tokio::spawn(status::run(c, w, r, s, output_rx));
@@ -353,14 +354,15 @@ async fn main() -> anyhow::Result<()> {
         .add_service(ConfigDiscoveryServer::new(config).max_decoding_message_size(16 << 20))
         .add_service(TelemetryService::new(telemetry))
         .add_service(CertificatesServer::new(certificates))
-        .serve_with_shutdown(args.grpc_listen, shutdown())
+        .serve_with_shutdown(args.grpc_listen, shutdown(step_down))
         .await
         .with_context(|| format!("serving gRPC on {}", args.grpc_listen))?;
     info!("stopped");
     Ok(())
 }
 
-async fn shutdown() {
+/// Resolves on SIGTERM or SIGINT, once the lease (if held) is released.
+async fn shutdown(step_down: Option<leader::StepDown>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -372,4 +374,16 @@ async fn shutdown() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    info!("stopping");
+    if let Some(s) = step_down {
+        s.now(Duration::from_secs(2)).await;
+    }
+    // Proxies hold their streams open for good: give them a moment to
+    // move to another replica, then exit rather than wait for the kubelet's
+    // SIGKILL at the end of the grace period.
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        info!("stopped (streams still open)");
+        std::process::exit(0);
+    });
 }

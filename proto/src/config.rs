@@ -36,6 +36,17 @@ pub struct Config {
 /// with interception, redirected plaintext.
 pub const INBOUND_PORT: u16 = 15006;
 
+/// The port where a sidecar takes its app's outbound traffic (redirected
+/// there by the interception rules, or dialled on loopback).
+pub const OUTBOUND_PORT: u16 = 15001;
+
+/// The operator's gRPC port (config, telemetry, certificates).
+pub const CONTROL_PLANE_PORT: u16 = 15010;
+
+/// The user id sidecars run as: the interception rules let this user's
+/// connections pass, and the images name it in `/etc/passwd`.
+pub const PROXY_UID: u32 = 1337;
+
 /// The TLS server name a client sidecar sends to reach `port` of the
 /// workload behind an inbound sidecar (Istio carries it the same way).
 pub fn inbound_server_name(port: u16) -> String {

@@ -10,4 +10,5 @@ pub mod mesh {
 
 pub mod authz;
 pub mod config;
+pub mod images;
 pub mod probes;

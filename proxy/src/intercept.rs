@@ -9,11 +9,11 @@
 
 use std::process::Command;
 
-/// The mark the sidecar sets on its upstream sockets (`SO_MARK`).
-pub const MARK: u32 = 1337;
+/// The mark the sidecar sets on its upstream sockets (`SO_MARK`); the
+/// same number as its user id, as Istio does.
+pub const MARK: u32 = PROXY_UID;
 
-/// The user id the injector runs the sidecar as.
-pub const PROXY_UID: u32 = 1337;
+pub use sluice_proto::config::PROXY_UID;
 
 /// What to intercept.
 #[derive(Debug, Clone)]

@@ -63,13 +63,13 @@ enum Command {
         #[arg(long, default_value_t = sluice_proxy::config::INBOUND_PORT)]
         inbound_port: u16,
         /// Where outbound TCP is redirected.
-        #[arg(long, default_value_t = 15001)]
+        #[arg(long, default_value_t = sluice_proto::config::OUTBOUND_PORT)]
         outbound_port: u16,
         /// Inbound ports left alone (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "15021")]
+        #[arg(long, value_delimiter = ',', default_values_t = [sluice_proto::probes::ADMIN_PORT])]
         exclude_inbound_ports: Vec<u16>,
         /// Outbound destination ports left alone (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "15010")]
+        #[arg(long, value_delimiter = ',', default_values_t = [sluice_proto::config::CONTROL_PLANE_PORT])]
         exclude_outbound_ports: Vec<u16>,
         /// The sidecar's user id: its connections pass untouched (as the
         /// socket mark does where the sidecar may set one).

@@ -17,7 +17,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use sluice_crds::Rollout;
 use sluice_tests::Cluster;
 use sluice_tests::operator::demo_app_container;
-use sluice_tests::wait::{deployment_available, pod_names, poll, ready_endpoints};
+use sluice_tests::wait::{deployment_available, poll, ready_endpoints};
 
 fn main() -> ExitCode {
     main_support::run(&[
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
             Box::pin(deployment_serves(c))
         }),
         (
-            "deleting_a_deployment_removes_pods_processes_and_namespaces",
+            "deleting_a_deployment_removes_its_containers_and_processes",
             |c| Box::pin(deletion_cleans_up(c)),
         ),
         (
@@ -50,6 +50,8 @@ fn main() -> ExitCode {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// The client image: curl and a shell.
+const CURL: &str = sluice_proto::images::CURL;
 
 fn rollout_yaml(ns: &str, name: &str, set_weight: i32) -> String {
     format!(
@@ -121,7 +123,7 @@ metadata:
 spec:
   containers:
   - name: curl
-    image: curlimages/curl:8.10.1
+    image: {CURL}
 "#
     )
 }
@@ -330,24 +332,29 @@ async fn deployment_serves(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The process ids inside network namespace `ns`.
-fn pids_in(netns: &str) -> anyhow::Result<BTreeSet<u32>> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "pids", netns])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
+/// The containerd tasks of the node: container id → process id.
+fn node_tasks(cluster: &Cluster) -> anyhow::Result<std::collections::BTreeMap<String, u32>> {
+    let out = cluster.node().ctr(&["tasks", "ls"])?;
+    Ok(out
         .lines()
-        .filter_map(|l| l.trim().parse().ok())
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_owned(), f.next()?.parse().ok()?))
+        })
         .collect())
 }
 
-fn netns_exists(name: &str) -> anyhow::Result<bool> {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "list"])
-        .output()?;
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|l| l.split_whitespace().next() == Some(name)))
+/// The container ids of a pod (app containers and its sandbox's), from
+/// its status.
+fn container_ids(pod: &Pod) -> Vec<String> {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter_map(|c| c.container_id.as_deref())
+        .filter_map(|id| id.strip_prefix("containerd://"))
+        .map(str::to_owned)
+        .collect()
 }
 
 async fn deletion_cleans_up(cluster: Arc<Cluster>) -> anyhow::Result<()> {
@@ -357,20 +364,23 @@ async fn deletion_cleans_up(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     let client = cluster.client();
     deployment_available(&client, ns, "doomed", TIMEOUT).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let names = pod_names(&client, ns, "app=doomed").await?;
-    ensure!(names.len() == 2, "expected 2 pods, got {names:?}");
-    let mut netns = Vec::new();
-    let mut pids = BTreeSet::new();
-    for name in &names {
-        let n = cluster
-            .node()
-            .pod_netns(ns, name)
-            .with_context(|| format!("no netns for {name}"))?;
-        let p = pids_in(&n)?;
-        ensure!(!p.is_empty(), "no process in {n}");
-        pids.extend(p);
-        netns.push(n);
-    }
+    let list = pods
+        .list(&ListParams::default().labels("app=doomed"))
+        .await?
+        .items;
+    ensure!(list.len() == 2, "expected 2 pods, got {}", list.len());
+    let ids: Vec<String> = list.iter().flat_map(container_ids).collect();
+    ensure!(ids.len() == 2, "expected 2 containers, got {ids:?}");
+    let tasks = node_tasks(&cluster)?;
+    let pids: BTreeSet<u32> = ids
+        .iter()
+        .map(|id| {
+            tasks
+                .get(id)
+                .copied()
+                .with_context(|| format!("no task {id}"))
+        })
+        .collect::<anyhow::Result<_>>()?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     deployments
@@ -391,19 +401,21 @@ async fn deletion_cleans_up(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     )
     .await?;
     poll(
-        "namespaces and processes gone",
-        Duration::from_secs(10),
-        Duration::from_millis(100),
+        "containers and processes gone",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
         || async {
-            let ns_left: Vec<&String> = netns
+            let tasks = node_tasks(&cluster)?;
+            let containers = cluster.node().ctr(&["containers", "ls", "-q"])?;
+            let ids_left: Vec<&String> = ids
                 .iter()
-                .filter(|n| netns_exists(n).unwrap_or(true))
+                .filter(|id| tasks.contains_key(*id) || containers.contains(id.as_str()))
                 .collect();
             let pids_left: Vec<&u32> = pids
                 .iter()
                 .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
                 .collect();
-            Ok((ns_left.is_empty() && pids_left.is_empty()).then_some(()))
+            Ok((ids_left.is_empty() && pids_left.is_empty()).then_some(()))
         },
     )
     .await?;
@@ -439,12 +451,12 @@ metadata: {{name: features, namespace: {ns}}}
 spec:
   initContainers:
   - name: init
-    image: busybox
+    image: {CURL}
     command: [sh, -c, "echo init-ran > /srv/sluice-test-work/marker"]
     volumeMounts: [{{name: work, mountPath: /srv/sluice-test-work}}]
   containers:
   - name: main
-    image: curlimages/curl:8.10.1
+    image: {CURL}
     env:
     - name: GREETING
       valueFrom: {{configMapKeyRef: {{name: cfg, key: greeting}}}}
@@ -537,7 +549,7 @@ kind: Pod
 metadata: {{name: crasher, namespace: {ns}}}
 spec:
   containers:
-  - {{name: main, image: busybox, command: [sh, -c, "exit 3"]}}
+  - {{name: main, image: {CURL}, command: [sh, -c, "exit 3"]}}
 ---
 apiVersion: v1
 kind: Pod
@@ -545,7 +557,7 @@ metadata: {{name: once, namespace: {ns}}}
 spec:
   restartPolicy: Never
   containers:
-  - {{name: main, image: busybox, command: [sh, -c, "exit 0"]}}
+  - {{name: main, image: {CURL}, command: [sh, -c, "exit 0"]}}
 ---
 apiVersion: v1
 kind: Pod
@@ -553,7 +565,7 @@ metadata: {{name: host, namespace: {ns}}}
 spec:
   hostNetwork: true
   containers:
-  - {{name: main, image: busybox}}
+  - {{name: main, image: {CURL}}}
 "#
     ))?;
     let pods: Api<Pod> = Api::namespaced(cluster.client(), ns);

@@ -22,6 +22,9 @@ use sluice_tests::operator::{
 };
 use sluice_tests::wait::{deployment_available, pod_ready, pods_by_label, poll};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The client image: curl and a shell.
+const CURL: &str = sluice_proto::images::CURL;
 use tokio::sync::OnceCell;
 
 use super::{TIMEOUT, mesh};
@@ -40,7 +43,7 @@ fn namespace(mode: &str) -> String {
 /// the sidecar.
 fn client_pod(name: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}, namespace: {NS}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  serviceAccountName: {name}\n  containers:\n  - name: curl\n    image: curlimages/curl:8.10.1\n"
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {name}, namespace: {NS}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  serviceAccountName: {name}\n  containers:\n  - name: curl\n    image: {CURL}\n"
     )
 }
 
@@ -136,7 +139,7 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
         spec.containers.iter().map(|c| &c.name).collect::<Vec<_>>()
     );
     cluster.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: opted-out\n  namespace: {NS}\n  annotations: {{sluice.dev/inject: \"false\"}}\nspec:\n  containers:\n  - {{name: curl, image: curlimages/curl:8.10.1}}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: opted-out\n  namespace: {NS}\n  annotations: {{sluice.dev/inject: \"false\"}}\nspec:\n  containers:\n  - {{name: curl, image: {CURL}}}\n"
     ))?;
     let opted = pods.get("opted-out").await?;
     let inits = opted
@@ -198,7 +201,7 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
     // first request already goes through the mesh), and the native sidecar
     // stops with it instead of keeping the pod alive.
     cluster.apply(&format!(
-        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: curl-once, namespace: {NS}}}\nspec:\n  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      serviceAccountName: curl\n      containers:\n      - {{name: curl, image: curlimages/curl:8.10.1, command: [curl, -sf, -m, \"5\", \"http://handson:8080/\"]}}\n"
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: curl-once, namespace: {NS}}}\nspec:\n  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      serviceAccountName: curl\n      containers:\n      - {{name: curl, image: {CURL}, command: [curl, -sf, -m, \"5\", \"http://handson:8080/\"]}}\n"
     ))?;
     cluster.kubectl(
         &[

@@ -144,14 +144,9 @@ where
         .await
     {
         for p in list.items {
-            let path = cluster
-                .node()
-                .container_log(&p.uid().unwrap_or_default(), "proxy");
-            logs.push_str(&format!(
-                "--- gateway {} ---\n{}\n",
-                p.name_any(),
-                sluice_tests::process::log_tail(&path, 30)
-            ));
+            let name = p.name_any();
+            let log = cluster.logs(GATEWAY_NS, &name, "proxy", 30).await;
+            logs.push_str(&format!("--- gateway {name} ---\n{log}\n"));
         }
     }
     Err(e.context(logs))
@@ -914,12 +909,14 @@ metadata: {{name: client, namespace: {ns}}}
 spec:
   containers:
   - name: curl
-    image: curlimages/curl:8.10.1
+    image: {curl}
   - name: sluice-proxy
-    image: sluice/sluice-proxy:dev
+    image: {proxy}
     args: [sidecar, --workers, "1"]
 {proxy_env}
-"#
+"#,
+        curl = sluice_proto::images::CURL,
+        proxy = sluice_proto::images::PROXY,
     ))?;
     let client = cluster.client();
     deployment_available(&client, ns, "handson-blue", TIMEOUT).await?;

@@ -1,33 +1,45 @@
-//! A whole local cluster: control plane plus one node, and the helpers tests
-//! use on it (apply manifests, run kubectl, exec in pods).
+//! A whole local cluster: control plane, one real node and cluster DNS, and
+//! the helpers tests use on it (apply manifests, run kubectl, exec in pods,
+//! read container logs), all through the API server as a user would.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
+use kube::api::LogParams;
 
 use crate::Error;
 use crate::control_plane::ControlPlane;
-use crate::node::NodeAgent;
-use crate::node::network::PodNetwork;
-use crate::node::pod::ExecOutput;
+use crate::node::{Node, NodeImages, Site, dns};
 use crate::process::log_tail;
 use crate::toolchain::{Toolchain, workspace_bin_dir, workspace_root};
-use crate::wait::poll;
+use crate::wait::{deployment_available, poll};
 
 /// The name of the node every cluster registers.
 pub const NODE_NAME: &str = "sluice-node";
 
-/// A running local cluster. Fields drop in order: pods first, then the
-/// control plane, then the directory.
+/// What a command run in a pod printed, and how it exited.
+#[derive(Debug, Clone)]
+pub struct ExecOutput {
+    /// Exit code (as `kubectl exec` reports it).
+    pub code: i32,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error (with kubectl's own messages).
+    pub stderr: String,
+}
+
+/// A running local cluster. Fields drop in order: the node first (pods,
+/// then the host's state), then the control plane, then the directory.
 pub struct Cluster {
-    node: NodeAgent,
+    node: Node,
     control_plane: ControlPlane,
     client: kube::Client,
     toolchain: &'static Toolchain,
+    images: NodeImages,
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
 }
@@ -63,30 +75,49 @@ impl Cluster {
 
     /// Starts a cluster whose state lives in `dir` (left in place on drop).
     pub async fn start_in(dir: &Path) -> Result<Cluster, Error> {
+        let started = Instant::now();
         let toolchain = Toolchain::get()?;
         let bins = workspace_bin_dir()?;
-        let network = PodNetwork::create()?;
+        let images = NodeImages::build(bins, toolchain)?;
+        let node_dir = dir.join("node");
+        let site = Site::claim(&node_dir, toolchain)?;
         let control_plane =
-            ControlPlane::start(&dir.join("control-plane"), network.gateway(), toolchain).await?;
+            ControlPlane::start(&dir.join("control-plane"), site.address(), toolchain).await?;
         let client = control_plane.client().await?;
-        let node = NodeAgent::start(
-            client.clone(),
+        let node = Node::start(
+            site,
             NODE_NAME,
-            network,
-            &dir.join("node"),
-            bins,
-            control_plane.apiserver_addr,
-            &toolchain.k8s_version,
+            &node_dir,
+            &control_plane,
+            &client,
+            toolchain,
+            &images,
         )
         .await?;
-        Ok(Cluster {
+        let cluster = Cluster {
             node,
             control_plane,
             client,
             toolchain,
+            images,
             dir: None,
             path: dir.to_owned(),
-        })
+        };
+        cluster.apply(&dns::manifest(&cluster.images.coredns))?;
+        deployment_available(
+            &cluster.client,
+            "kube-system",
+            "coredns",
+            Duration::from_secs(90),
+        )
+        .await?;
+        eprintln!(
+            "[sluice-tests] cluster up in {:.1}s (node {}, {})",
+            started.elapsed().as_secs_f64(),
+            cluster.node.address(),
+            dir.display()
+        );
+        Ok(cluster)
     }
 
     /// An admin client.
@@ -109,8 +140,8 @@ impl Cluster {
         self.toolchain
     }
 
-    /// The node agent.
-    pub fn node(&self) -> &NodeAgent {
+    /// The node.
+    pub fn node(&self) -> &Node {
         &self.node
     }
 
@@ -209,27 +240,70 @@ impl Cluster {
         Ok(())
     }
 
-    /// Runs `argv` inside pod `namespace/name`, as `kubectl exec` would.
+    /// Runs `argv` in the default container of pod `namespace/name` with
+    /// `kubectl exec` (through the API server and the kubelet), for at most
+    /// a minute.
     pub async fn exec_in_pod(
         &self,
         namespace: &str,
         name: &str,
         argv: &[&str],
     ) -> Result<ExecOutput, Error> {
-        self.node
-            .exec_in_pod(namespace, name, argv, Duration::from_secs(60))
+        let mut args = vec!["exec", "-n", namespace, name, "--"];
+        args.extend_from_slice(argv);
+        let mut cmd = tokio::process::Command::new(&self.toolchain.kubectl);
+        cmd.args(&args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let command = format!("kubectl {}", args.join(" "));
+        let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
             .await
+            .map_err(|_| Error::Command {
+                command: command.clone(),
+                detail: "no answer within 60 s".into(),
+            })?
+            .map_err(|e| Error::Command {
+                command,
+                detail: e.to_string(),
+            })?;
+        Ok(ExecOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
     }
 
-    /// Fails with the component's log tail if any control-plane process died.
+    /// The last `lines` lines of a container's log, as `kubectl logs`
+    /// shows them (an error text instead when there is none).
+    pub async fn logs(&self, namespace: &str, pod: &str, container: &str, lines: i64) -> String {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let params = LogParams {
+            container: Some(container.to_owned()),
+            tail_lines: Some(lines),
+            ..LogParams::default()
+        };
+        api.logs(pod, &params)
+            .await
+            .unwrap_or_else(|e| format!("(no log of {namespace}/{pod}/{container}: {e})"))
+    }
+
+    /// Fails with the component's log tail if any control-plane or node
+    /// process died.
     pub fn check_alive(&mut self) -> Result<(), Error> {
-        self.control_plane.check_alive()
+        self.control_plane.check_alive()?;
+        self.node.check_alive()
     }
 
     /// The last lines of every component's log, for a failed test's report.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
-        for p in self.control_plane.processes() {
+        let procs = self
+            .control_plane
+            .processes()
+            .iter()
+            .chain(self.node.processes());
+        for p in procs {
             out.push_str(&format!(
                 "--- {} ({}) ---\n{}\n",
                 p.name(),
@@ -245,7 +319,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "[sluice-tests] a test panicked; control-plane logs:\n{}",
+                "[sluice-tests] a test panicked; component logs:\n{}",
                 self.diagnostics()
             );
         }

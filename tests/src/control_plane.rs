@@ -134,12 +134,27 @@ impl ControlPlane {
                     pki.service_account_pub.display().to_string(),
                 ),
                 ("service-account-signing-key-file", sa_key.clone()),
-                ("authorization-mode", "RBAC".into()),
+                // The node's kubelet is authorised as nodes are.
+                ("authorization-mode", "Node,RBAC".into()),
+                ("enable-admission-plugins", "NodeRestriction".into()),
                 ("allow-privileged", "true".into()),
-                // The apiserver's own address would be refused as an endpoint.
-                ("endpoint-reconciler-type", "none".into()),
-                // The host has no Service routing of its own: dial webhook and
-                // aggregated API endpoints directly.
+                // exec, logs and port-forward reach the kubelet at its
+                // InternalIP; its serving certificate is the cluster CA's.
+                (
+                    "kubelet-client-certificate",
+                    pki.kubelet_client.0.display().to_string(),
+                ),
+                (
+                    "kubelet-client-key",
+                    pki.kubelet_client.1.display().to_string(),
+                ),
+                (
+                    "kubelet-certificate-authority",
+                    pki.ca_cert.display().to_string(),
+                ),
+                ("kubelet-preferred-address-types", "InternalIP".into()),
+                // Dial webhook and aggregated API endpoints directly rather
+                // than through their Service.
                 ("enable-aggregator-routing", "true".into()),
                 ("profiling", "false".into()),
                 ("v", "0".into()),
@@ -149,7 +164,12 @@ impl ControlPlane {
         processes.push(apiserver);
 
         let kubeconfig = dir.join("admin.kubeconfig");
-        write_kubeconfig(&kubeconfig, dir, &server, &pki)?;
+        pki.kubeconfig(
+            &kubeconfig,
+            &server,
+            "admin",
+            (&dir.join("pki/admin.crt"), &dir.join("pki/admin.key")),
+        )?;
         // reqwest rather than kube::Client: kube logs every 500 of a
         // not-yet-ready apiserver as an error.
         let identity = reqwest::Identity::from_pem(
@@ -316,36 +336,4 @@ async fn wait_healthy(
     )
     .await
     .map_err(|e| p.failure(e.to_string()))
-}
-
-fn write_kubeconfig(path: &Path, dir: &Path, server: &str, pki: &Pki) -> Result<(), Error> {
-    let cert = dir.join("pki/admin.crt");
-    let key = dir.join("pki/admin.key");
-    std::fs::write(&cert, &pki.admin_cert_pem).map_err(|e| Error::io(&cert, e))?;
-    std::fs::write(&key, &pki.admin_key_pem).map_err(|e| Error::io(&key, e))?;
-    let body = format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: sluice
-  cluster:
-    server: {server}
-    certificate-authority: {ca}
-users:
-- name: admin
-  user:
-    client-certificate: {cert}
-    client-key: {key}
-contexts:
-- name: sluice
-  context:
-    cluster: sluice
-    user: admin
-current-context: sluice
-",
-        ca = pki.ca_cert.display(),
-        cert = cert.display(),
-        key = key.display(),
-    );
-    std::fs::write(path, body).map_err(|e| Error::io(path, e))
 }

@@ -1,11 +1,13 @@
-//! The Sluice test bed: a real Kubernetes control plane and a node agent on
-//! this machine, for end-to-end tests and the local sandbox.
+//! The Sluice test bed: a real Kubernetes cluster on this machine, for
+//! end-to-end tests and the local sandbox.
 //!
 //! [`Cluster::start`] builds (once, cached) and starts etcd, kube-apiserver,
-//! kube-controller-manager and kube-scheduler on free ports, registers a node
-//! whose pods run as local processes in network namespaces, and hands out a
-//! [`kube::Client`]. Dropping the [`Cluster`] stops every process and removes
-//! every namespace, mount and file it made, also when a test panics.
+//! kube-controller-manager and kube-scheduler on free ports, then a real
+//! node (containerd, the kubelet, kube-proxy, CoreDNS) whose pods run
+//! Sluice's own OCI images, and hands out a [`kube::Client`]. Dropping the
+//! [`Cluster`] stops every process and puts the host back as it was (pods,
+//! mounts, cgroups, iptables chains, sysctls), also when a test panics; a
+//! node whose harness was killed is cleaned up by the next one.
 
 pub mod cluster;
 pub mod control_plane;
@@ -18,6 +20,6 @@ pub mod toolchain;
 pub mod wait;
 
 pub use cluster::Cluster;
+pub use cluster::ExecOutput;
 pub use error::Error;
-pub use node::pod::ExecOutput;
 pub use toolchain::{Toolchain, workspace_root};

@@ -209,10 +209,11 @@ spec:
     spec:
       containers:
       - name: proxy
-        image: sluice/sluice-proxy:dev
+        image: {proxy}
         args: [gateway, --workers, "1"]
 {proxy_env}
 "#,
+        proxy = sluice_proto::images::PROXY,
         proxy_env = proxy_env(&operator.grpc_url(), 8)
     ))?;
     let client = cluster.client();
@@ -238,7 +239,6 @@ pub const DASHBOARD_NODE_PORT: u16 = 32001;
 /// the dashboard on [`DASHBOARD_NODE_PORT`] behind `dashboard_token`.
 pub fn sandbox_values(dashboard_token: &str) -> Vec<String> {
     [
-        "image.tag=dev".to_owned(),
         "operator.replicas=1".to_owned(),
         format!("dashboard.nodePort={DASHBOARD_NODE_PORT}"),
         format!("dashboard.token={dashboard_token}"),

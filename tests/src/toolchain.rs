@@ -1,5 +1,6 @@
-//! Where the real binaries are: Kubernetes, etcd and helm from
-//! `scripts/test-bed.sh`, and this workspace's own binaries from cargo.
+//! Where the real binaries are: Kubernetes, etcd, containerd, CoreDNS and
+//! helm from `scripts/test-bed.sh` (with runc and the CNI plugins from
+//! Debian), and this workspace's own binaries from cargo.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +28,22 @@ pub struct Toolchain {
     pub gateway_api_crds: PathBuf,
     /// The Kubernetes version, e.g. `v1.36.3`.
     pub k8s_version: String,
+    /// kubelet, of the control plane's version.
+    pub kubelet: PathBuf,
+    /// kube-proxy, of the same version.
+    pub kube_proxy: PathBuf,
+    /// containerd 2.x (its `containerd-shim-runc-v2` beside it).
+    pub containerd: PathBuf,
+    /// containerd's client.
+    pub ctr: PathBuf,
+    /// runc.
+    pub runc: PathBuf,
+    /// The directory of the CNI plugins (bridge, host-local, loopback, portmap).
+    pub cni_bin_dir: PathBuf,
+    /// CoreDNS.
+    pub coredns: PathBuf,
+    /// Its version, the tag of its image.
+    pub coredns_version: String,
 }
 
 /// The workspace root (the directory holding the top `Cargo.toml`).
@@ -80,15 +97,25 @@ impl Toolchain {
             helm: path("HELM")?,
             gateway_api_crds: path("GATEWAY_API_CRDS")?,
             k8s_version: vars.get("K8S_VERSION").unwrap_or(&"").to_string(),
+            kubelet: path("KUBELET")?,
+            kube_proxy: path("KUBE_PROXY")?,
+            containerd: path("CONTAINERD")?,
+            ctr: path("CTR")?,
+            runc: path("RUNC")?,
+            cni_bin_dir: path("CNI_BIN_DIR")?,
+            coredns: path("COREDNS")?,
+            coredns_version: vars.get("COREDNS_VERSION").unwrap_or(&"").to_string(),
         })
     }
 }
 
-/// The binaries of this workspace that pods run (see [`crate::node::images`]).
+/// The binaries of this workspace the test bed needs: those its images
+/// hold (see `sluice_images::catalog`), and the kubectl plugin.
 pub const WORKSPACE_BINS: &[&str] = &[
     "demo-app",
     "sluice-proxy",
     "sluice-operator",
+    "sluice-pause",
     "kubectl-sluice",
 ];
 

@@ -203,30 +203,45 @@ impl Demo<'_> {
         Ok(())
     }
 
-    /// An unmodified `curl http://handson:8080{path}` in `pod` (its sidecar
-    /// intercepts it): (status, body); status `000` when the connection
-    /// closed without an answer. The sandbox has no kubelet API, so
-    /// `sluice-cluster exec` stands in for `kubectl exec`.
+    /// An unmodified `curl -X METHOD handson:8080{path}` run with `kubectl
+    /// exec` in `pod` (its sidecar intercepts it): (status, body); status
+    /// `000` when the connection closed without an answer.
     fn curl(&self, pod: &str, method: &str, path: &str) -> Result<(String, String)> {
-        let mut cmd = Command::new(crate::target_dir().join("debug/sluice-cluster"));
-        cmd.args(["exec", "--state-dir"]).arg(self.dir).args([
-            NS,
-            pod,
-            "--",
-            "curl",
-            "-s",
-            "-m",
-            "3",
-            "-X",
-            method,
-            "-w",
-            "\n%{http_code}",
-        ]);
-        cmd.arg(format!("http://handson:8080{path}"));
-        let out = cmd.output().context("running sluice-cluster exec")?;
+        let url = format!("handson:8080{path}");
+        let out = crate::kubectl_output(
+            self.dir,
+            &[
+                "exec",
+                "-n",
+                NS,
+                pod,
+                "--",
+                "curl",
+                "-s",
+                "-m",
+                "3",
+                "-X",
+                method,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ],
+        )?;
         let text = String::from_utf8_lossy(&out.stdout);
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
         Ok((code.trim().to_owned(), body.to_owned()))
+    }
+
+    /// The command a reader pastes for [`Demo::curl`].
+    fn curl_command(pod: &str, method: &str, path: &str) -> String {
+        let method = if method == "GET" {
+            String::new()
+        } else {
+            format!("-X {method} ")
+        };
+        format!(
+            "kubectl exec -n {NS} {pod} -- curl -s -w '\\n%{{http_code}}\\n' {method}handson:8080{path}"
+        )
     }
 
     /// Polls `curl` until `pod` gets `want`; returns how long it took.
@@ -283,7 +298,8 @@ impl Demo<'_> {
                 body.trim()
             };
             eprintln!(
-                "    kubectl exec -n {NS} {pod} -- curl http://handson:8080/ -> {code} {said}"
+                "    {} -> {code} {said}",
+                Self::curl_command(pod, "GET", "/")
             );
             Ok(code)
         };
@@ -315,7 +331,8 @@ impl Demo<'_> {
         for (method, path) in [("GET", "/"), ("POST", "/"), ("DELETE", "/id/123")] {
             let (code, body) = self.curl("curl", method, path)?;
             eprintln!(
-                "    kubectl exec -n {NS} curl -- curl -X {method} http://handson:8080{path} -> {code} {}",
+                "    {} -> {code} {}",
+                Self::curl_command("curl", method, path),
                 body.trim()
             );
             seen.push((code, body));

@@ -4,6 +4,7 @@
 //! - `cargo xtask demo [down] [--step N]`: the local sandbox of the hands-on.
 //! - `cargo xtask crds [--check]`: regenerate (or check) the CRD YAML.
 //! - `cargo xtask test-bed`: build or reuse the Kubernetes binaries.
+//! - `cargo xtask images`: Sluice's OCI image archives from a release build.
 //! - `cargo xtask bench proxy`: the proxy against nginx and HAProxy.
 //! - `cargo xtask bench control-plane`: HTTPRoute change to every proxy's ACK.
 
@@ -52,6 +53,13 @@ enum Task {
     },
     /// Build or reuse the Kubernetes, etcd and helm binaries and print their paths.
     TestBed,
+    /// Build the release binaries and write Sluice's OCI image archives
+    /// (operator, proxy, demo-app, curl, pause) to `target/images/`.
+    Images {
+        /// Use the debug build instead (what the test bed runs).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Run the cargo-fuzz targets of `fuzz/` (installs cargo-fuzz into the cache).
     Fuzz {
         /// Seconds per target.
@@ -300,6 +308,44 @@ fn task_fuzz(seconds: u64) -> Result<()> {
     Ok(())
 }
 
+/// The binaries the images hold, built in one cargo invocation, then the
+/// archives written by `sluice-images`.
+fn task_images(debug: bool) -> Result<()> {
+    let profile = if debug { "debug" } else { "release" };
+    run(&format!("build the {profile} binaries"), {
+        let mut c = cargo();
+        c.args(["build", "--bins", "--locked"]);
+        for p in [
+            "sluice-operator",
+            "sluice-proxy",
+            "demo-app",
+            "sluice-images",
+        ] {
+            c.args(["-p", p]);
+        }
+        if !debug {
+            c.arg("--release");
+        }
+        c
+    })?;
+    let bins = target_dir().join(profile);
+    let out = target_dir().join("images");
+    run("write the image archives", {
+        let mut c = Command::new(bins.join("sluice-images"));
+        c.arg("--bins").arg(&bins).arg("--out").arg(&out);
+        c
+    })?;
+    eprintln!(
+        "\nLoad them where your cluster pulls from, e.g.:\n  \
+         kind load image-archive {out}/sluice_sluice-proxy.oci.tar\n  \
+         k3d image import {out}/sluice_sluice-proxy.oci.tar\n  \
+         ctr -n k8s.io images import {out}/sluice_sluice-proxy.oci.tar\n  \
+         skopeo copy oci-archive:{out}/sluice_sluice-proxy.oci.tar docker://REGISTRY/sluice/sluice-proxy:TAG",
+        out = out.display()
+    );
+    Ok(())
+}
+
 fn task_crds(check: bool) -> Result<()> {
     let mut c = cargo();
     c.args([
@@ -344,7 +390,10 @@ fn running_pid(dir: &Path) -> Option<i32> {
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
 
-fn kubectl(dir: &Path, args: &[&str]) -> Result<String> {
+/// `kubectl ARGS` against the sandbox in `dir`, with the workspace's
+/// binaries (the `kubectl sluice` plugin) first on PATH; its output whatever
+/// its exit status.
+fn kubectl_output(dir: &Path, args: &[&str]) -> Result<std::process::Output> {
     let paths = test_bed_paths()?;
     let kubectl = paths
         .iter()
@@ -356,12 +405,17 @@ fn kubectl(dir: &Path, args: &[&str]) -> Result<String> {
         target_dir().join("debug").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let out = Command::new(&kubectl)
+    Command::new(&kubectl)
         .args(args)
         .env("KUBECONFIG", dir.join("kubeconfig"))
         .env("PATH", path)
         .output()
-        .with_context(|| format!("running {kubectl}"))?;
+        .with_context(|| format!("running {kubectl}"))
+}
+
+/// `kubectl ARGS` against the sandbox; its stdout, or an error with stderr.
+fn kubectl(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = kubectl_output(dir, args)?;
     if !out.status.success() {
         bail!(
             "kubectl {} failed: {}",
@@ -474,7 +528,7 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
         }
         eprintln!("<== cluster ready in {:.1}s", start.elapsed().as_secs_f64());
         eprintln!(
-            "    helm install sluice charts/sluice -n sluice-system --create-namespace --wait \\\n      --set image.tag=dev,operator.replicas=1,dashboard.nodePort=32001,dashboard.token=<fresh>"
+            "    helm install sluice charts/sluice -n sluice-system --create-namespace --wait \\\n      --set operator.replicas=1,dashboard.nodePort=32001,dashboard.token=<fresh>"
         );
     }
     let handson = root().join("examples/handson");
@@ -544,6 +598,7 @@ fn main() -> Result<()> {
         },
         Task::Crds { check } => task_crds(check),
         Task::TestBed => run("install the test bed", test_bed()?),
+        Task::Images { debug } => task_images(debug),
         Task::Fuzz { seconds } => task_fuzz(seconds),
         Task::Bench { what, args } => match what.as_str() {
             "proxy" => bench::proxy(),

@@ -11,6 +11,7 @@ pub mod webhook;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
+use sluice_proto::config::{CONTROL_PLANE_PORT, PROXY_UID};
 use sluice_proto::probes::{ADMIN_PORT, APP_PROBES_ENV};
 
 use crate::mesh::services::{PROXY_CONTAINER, has_sidecar};
@@ -81,7 +82,8 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
         "startupProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1, "failureThreshold": 300},
         "readinessProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1},
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
-        "securityContext": {"runAsUser": 1337, "runAsNonRoot": true, "allowPrivilegeEscalation": false},
+        "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": true,
+            "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [{"name": "sluice-token", "mountPath": TOKEN_DIR, "readOnly": true}],
     });
     let volume = json!({
@@ -122,7 +124,7 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
             .rsplit(':')
             .next()
             .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
-            .unwrap_or(15010);
+            .unwrap_or(CONTROL_PLANE_PORT);
         first.push(json!({
             "name": INIT_CONTAINER,
             "image": settings.image,
@@ -157,7 +159,7 @@ mod tests {
 
     fn settings() -> InjectSettings {
         InjectSettings {
-            image: "sluice/sluice-proxy:dev".into(),
+            image: sluice_proto::images::PROXY.into(),
             control_plane: "http://cp:15010".into(),
             log_level: "info".into(),
             intercept: false,

@@ -19,7 +19,7 @@ use super::services::{ServiceIndex, ServiceInfo, ServicePort};
 use super::{Audience, Cond, ConfigKey, MeshInput, MeshOutput, reason};
 
 /// Where a sidecar takes outbound traffic (the iptables redirect target).
-pub const OUTBOUND_PORT: u16 = 15001;
+pub use sluice_proto::config::OUTBOUND_PORT;
 
 /// Fills one config per namespace with sidecars, and GAMMA route statuses.
 pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) {
