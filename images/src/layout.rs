@@ -309,3 +309,113 @@ fn index_entry(image: &Image, tag: &crate::Tag, manifest: &Blob) -> Result<Descr
     ));
     Ok(d)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io::Read;
+
+    use super::*;
+    use crate::Tag;
+
+    fn image() -> Image {
+        let mut rootfs = Rootfs::default();
+        rootfs.text("/etc/hello", "hi\n", 0o644);
+        rootfs.symlink("/bin/sh", "/bin/busybox");
+        Image {
+            repository: "sluice/example".into(),
+            tags: vec![
+                Tag::plain("0.1.0"),
+                Tag {
+                    tag: "blue".into(),
+                    env: vec![("COLOR".into(), "blue".into())],
+                },
+            ],
+            description: "an example".into(),
+            rootfs,
+            entrypoint: vec!["/bin/sh".into()],
+            cmd: vec![],
+            env: vec![],
+            user: "65532:65532".into(),
+            ports: vec![8080],
+        }
+    }
+
+    /// Every file of the archive by path.
+    fn files(path: &Path) -> BTreeMap<String, Vec<u8>> {
+        let mut archive = tar::Archive::new(File::open(path).expect("archive"));
+        let mut out = BTreeMap::new();
+        for entry in archive.entries().expect("entries") {
+            let mut entry = entry.expect("entry");
+            let name = entry.path().expect("path").display().to_string();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).expect("read");
+            out.insert(name, data);
+        }
+        out
+    }
+
+    fn json(data: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(data).expect("json")
+    }
+
+    #[test]
+    fn each_tag_gets_a_manifest_that_containerd_names_and_blobs_match_their_digests() {
+        let dir = std::env::temp_dir().join(format!("sluice-images-{}", std::process::id()));
+        let out = dir.join("example.oci.tar");
+        write_archive(&image(), &out).expect("written");
+        let files = files(&out);
+        for (name, data) in &files {
+            if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+                assert_eq!(super::hex(&Sha256::digest(data)), hex, "{name}");
+            }
+        }
+        let index = json(&files["index.json"]);
+        let manifests = index["manifests"].as_array().expect("manifests");
+        let names: Vec<&str> = manifests
+            .iter()
+            .filter_map(|m| m["annotations"][CONTAINERD_NAME].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "docker.io/sluice/example:0.1.0",
+                "docker.io/sluice/example:blue"
+            ]
+        );
+        let blob = |d: &serde_json::Value| {
+            let hex = d["digest"]
+                .as_str()
+                .expect("digest")
+                .trim_start_matches("sha256:");
+            &files[&format!("blobs/sha256/{hex}")]
+        };
+        let blue = json(blob(&manifests[1]));
+        let config = json(blob(&blue["config"]));
+        let env: Vec<&str> = config["config"]["Env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(env.contains(&"COLOR=blue"), "{env:?}");
+        assert_eq!(config["config"]["User"], "65532:65532");
+        // One layer shared by both tags, holding the file and the link.
+        let layer = blob(&blue["layers"][0]);
+        let mut entries = tar::Archive::new(layer.as_slice());
+        let paths: Vec<String> = entries
+            .entries()
+            .expect("layer")
+            .map(|e| {
+                e.expect("entry")
+                    .path()
+                    .expect("path")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(paths, ["bin/", "bin/sh", "etc/", "etc/hello"]);
+        assert_eq!(config["rootfs"]["diff_ids"][0], blue["layers"][0]["digest"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

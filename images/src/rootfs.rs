@@ -190,6 +190,44 @@ impl Rootfs {
     }
 }
 
+impl Rootfs {
+    /// Writes the tree under `dir` (a `docker build` copies it into an
+    /// empty image, so that the Dockerfile's images match the archives).
+    pub fn write_to(&self, dir: &Path) -> Result<(), Error> {
+        use std::os::unix::fs::PermissionsExt;
+        for (path, entry) in self.entries() {
+            let at = dir.join(path.trim_start_matches('/'));
+            let io = |e: std::io::Error| Error::Io {
+                path: at.clone(),
+                source: e,
+            };
+            let mode = match &entry {
+                Entry::Dir { mode } => {
+                    std::fs::create_dir_all(&at).map_err(io)?;
+                    Some(*mode)
+                }
+                Entry::Text { content, mode } => {
+                    std::fs::write(&at, content).map_err(io)?;
+                    Some(*mode)
+                }
+                Entry::Copy { source, mode } => {
+                    std::fs::copy(source, &at).map_err(io)?;
+                    Some(*mode)
+                }
+                Entry::Symlink { target } => {
+                    let _ = std::fs::remove_file(&at);
+                    std::os::unix::fs::symlink(target, &at).map_err(io)?;
+                    None
+                }
+            };
+            if let Some(mode) = mode {
+                std::fs::set_permissions(&at, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `/a/b/c` → `/a`, `/a/b`.
 fn ancestors(path: &str) -> Vec<String> {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();

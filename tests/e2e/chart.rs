@@ -154,8 +154,31 @@ async fn handson_through_both_proxies(cluster: &Cluster) -> anyhow::Result<()> {
         },
     )
     .await?;
+    // As `kubectl get pods` shows it: the app and the proxy, both ready.
+    let listing = cluster.kubectl(
+        &[
+            "get",
+            "pods",
+            "-n",
+            "handson",
+            "-l",
+            "app=handson",
+            "--no-headers",
+        ],
+        None,
+    )?;
+    ensure!(
+        listing.lines().count() == 2
+            && listing
+                .lines()
+                .all(|l| l.split_whitespace().nth(1) == Some("2/2")),
+        "kubectl get pods:\n{listing}"
+    );
     cluster.kubectl(&["apply", "-f", &file("50-clients.yaml")], None)?;
-    sluice_tests::wait::pod_ready(&client, "handson", "curl", Duration::from_secs(120)).await?;
+    for pod in ["curl", "curl-allow"] {
+        sluice_tests::wait::pod_ready(&client, "handson", pod, Duration::from_secs(120)).await?;
+    }
+    hands_on_commands(cluster, &after).await?;
     let ip_of = |p: &Pod| p.status.as_ref().and_then(|s| s.pod_ip.clone());
     let curl_ip = ip_of(&pods.get("curl").await?).context("curl has no IP")?;
     let server_ips: Vec<String> = after.iter().filter_map(ip_of).collect();
@@ -201,6 +224,51 @@ async fn handson_through_both_proxies(cluster: &Cluster) -> anyhow::Result<()> {
     Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
         .delete("handson", &DeleteParams::default())
         .await?;
+    Ok(())
+}
+
+/// The hands-on's own commands, as a reader types them: `kubectl exec` of
+/// an unmodified curl (CoreDNS resolves `handson`, the init step's iptables
+/// rules send it through the sidecar) and `kubectl logs` of the operator and
+/// of a sidecar.
+async fn hands_on_commands(cluster: &Cluster, servers: &[Pod]) -> anyhow::Result<()> {
+    let argv = [
+        "exec",
+        "curl-allow",
+        "-n",
+        "handson",
+        "--",
+        "/bin/sh",
+        "-c",
+        "curl -s -o /dev/null -w '%{http_code}\\n' handson:8080",
+    ];
+    let code = poll(
+        "kubectl exec curl-allow ... curl handson:8080 to print 200",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async {
+            let out = cluster.kubectl(&argv, None)?;
+            Ok((out == "200\n").then_some(out))
+        },
+    )
+    .await?;
+    println!(
+        "kubectl exec curl-allow -n handson -- /bin/sh -c \"curl ... handson:8080\" -> {code}"
+    );
+    let operator = cluster.kubectl(&["logs", "-n", NS, "deployment/sluice-operator"], None)?;
+    ensure!(
+        operator.contains("control plane listening"),
+        "kubectl logs deployment/sluice-operator:\n{operator}"
+    );
+    let server = servers.first().context("no handson pod")?.name_any();
+    let sidecar = cluster.kubectl(
+        &["logs", "-n", "handson", &server, "-c", "sluice-proxy"],
+        None,
+    )?;
+    ensure!(
+        !sidecar.trim().is_empty(),
+        "kubectl logs {server} -c sluice-proxy printed nothing"
+    );
     Ok(())
 }
 

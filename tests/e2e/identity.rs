@@ -197,6 +197,28 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
         in_after - in_before
     );
 
+    // Native sidecar order, by the kubelet: the app starts once the proxy's
+    // startup probe passed, so its very first request finds the proxy ready.
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: ordered, namespace: {NS}}}\nspec:\n  serviceAccountName: curl\n  containers:\n  - name: app\n    image: {CURL}\n    command: [sh, -c, \"curl -s -o /dev/null -w 'proxy at app start: %{{http_code}}\\\\n' http://127.0.0.1:{ADMIN_PORT}/ready; exec sluice-pause\"]\n"
+    ))?;
+    pod_ready(&cluster.client(), NS, "ordered", TIMEOUT).await?;
+    let said = poll(
+        "the ordered pod's app to log",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let log = cluster.logs(NS, "ordered", "app", 10).await;
+            Ok(log.contains("proxy at app start").then_some(log))
+        },
+    )
+    .await?;
+    ensure!(
+        said.contains("proxy at app start: 200"),
+        "the app started before its proxy was ready: {said:?}"
+    );
+    pods.delete("ordered", &DeleteParams::default()).await?;
+
     // A Job completes: its curl starts only once the proxy is ready (its
     // first request already goes through the mesh), and the native sidecar
     // stops with it instead of keeping the pod alive.
@@ -749,8 +771,12 @@ pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow
         .send()
         .await
         .map(|r| r.status().as_u16());
+    // A pod started under STRICT becomes ready: the kubelet's probes, moved
+    // to the sidecar's admin port, pass where plaintext to the app cannot.
+    let restarted = strict_pod_becomes_ready(&cluster).await;
     cluster.apply(&namespace("PERMISSIVE"))?;
     result?;
+    restarted?;
     ensure!(code == "200", "a mesh client under STRICT: {code}");
     ensure!(
         at_app_port.is_err(),
@@ -760,6 +786,26 @@ pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow
         matches!(probe, Ok(200)),
         "the app's probe through the sidecar under STRICT: {probe:?}"
     );
+    Ok(())
+}
+
+/// Replaces the handson pod and waits for the new one to be ready.
+async fn strict_pod_becomes_ready(cluster: &Cluster) -> anyhow::Result<()> {
+    cluster.kubectl(
+        &["rollout", "restart", "deployment/handson-blue", "-n", NS],
+        None,
+    )?;
+    cluster.kubectl(
+        &[
+            "rollout",
+            "status",
+            "deployment/handson-blue",
+            "-n",
+            NS,
+            "--timeout=60s",
+        ],
+        None,
+    )?;
     Ok(())
 }
 

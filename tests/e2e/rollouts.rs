@@ -1,4 +1,4 @@
-//! Rollouts end to end: a real control plane, the node agent's pods, the
+//! Rollouts end to end: a real control plane and node, the
 //! gateway proxy and the operator's Rollout controller.
 
 use std::sync::Arc;

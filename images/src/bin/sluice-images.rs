@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! sluice-images --bins target/release --out target/images
+//! sluice-images --bins target/release --rootfs /rootfs   # file trees, for the Dockerfile
 //! ```
 
 use std::path::PathBuf;
@@ -18,8 +19,12 @@ struct Args {
     #[arg(long)]
     bins: PathBuf,
     /// Where the archives go.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "rootfs")]
+    out: Option<PathBuf>,
+    /// Write each image's file tree under this directory instead (one
+    /// directory per image, named as its archive without `.oci.tar`).
+    #[arg(long, conflicts_with = "out")]
+    rootfs: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -32,7 +37,19 @@ fn main() -> ExitCode {
         }
     };
     for image in images {
-        match image.build(&args.out) {
+        if let Some(dir) = &args.rootfs {
+            let name = image.archive_name().replace(".oci.tar", "");
+            if let Err(e) = image.rootfs.write_to(&dir.join(&name)) {
+                eprintln!("sluice-images: {}: {e}", image.repository);
+                return ExitCode::FAILURE;
+            }
+            println!("{}", dir.join(name).display());
+            continue;
+        }
+        let Some(out) = &args.out else {
+            return ExitCode::FAILURE;
+        };
+        match image.build(out) {
             Ok(path) => {
                 let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 println!(
