@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub use sluice_proto::authz::{Action, Condition, From, Operation, Source, To};
 
 /// Desired state of an [`AuthorizationPolicy`].
+// clippy reads the repeated `type_ = ...` of printcolumn(...) as duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[kube(
     group = "sluice.dev",
@@ -17,7 +19,13 @@ pub use sluice_proto::authz::{Action, Condition, From, Operation, Source, To};
     namespaced,
     shortname = "ap",
     category = "sluice",
+    status = "AuthorizationPolicyStatus",
     printcolumn(name = "Action", type_ = "string", json_path = ".spec.action"),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -38,6 +46,16 @@ pub struct AuthorizationPolicySpec {
     /// allows nothing (deny all); `rules: [{}]` matches everything.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<sluice_proto::authz::Rule>,
+}
+
+/// What the operator made of a policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationPolicyStatus {
+    /// `Accepted`: True when proxies get the policy; False (reason
+    /// `Invalid`) when it is left out of every snapshot, with why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
 /// Pods by label.

@@ -9,10 +9,13 @@ pub mod authz;
 pub mod rollout;
 
 pub use authz::{AuthorizationPolicy, AuthorizationPolicySpec};
-pub use rollout::{Rollout, RolloutPhase, RolloutSpec, RolloutStatus};
+pub use rollout::{
+    Request, Rollout, RolloutPhase, RolloutReason, RolloutSpec, RolloutStatus, Verdict,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    ValidationRule,
 };
 use kube::CustomResourceExt;
 
@@ -105,15 +108,26 @@ fn items(schema: &mut JSONSchemaProps) -> Option<&mut JSONSchemaProps> {
     }
 }
 
-/// Patterns on the authorization rules' strings that proxies parse (ports,
-/// address blocks, condition keys), so that a typo is refused at admission
-/// with the field's path instead of reaching a proxy.
+/// Admission checks of the authorization rules' strings that proxies parse
+/// (ports 1-65535, addresses and CIDR blocks, condition keys and their
+/// values), so that a typo is refused with the field's path instead of
+/// reaching a proxy. Patterns where a pattern says it all, CEL (Kubernetes'
+/// `isIP`/`isCIDR`) where it does not; every list and string bounded so
+/// that the apiserver's cost estimate of the rules stays within budget.
 fn policy_patterns(root: &mut JSONSchemaProps) {
-    let Some(rule) = at(root, &["spec", "rules"]).and_then(items) else {
+    let Some(rules) = at(root, &["spec", "rules"]) else {
         return;
     };
+    rules.max_items = Some(64);
+    let Some(rule) = items(rules) else {
+        return;
+    };
+    for list in ["from", "to", "when"] {
+        if let Some(l) = at(rule, &[list]) {
+            l.max_items = Some(8);
+        }
+    }
     const PORT: &str = "^[0-9]{1,5}$";
-    const CIDR: &str = "^[0-9a-fA-F:.]+(/[0-9]{1,3})?$";
     let keys = format!(
         "^({}|request\\.headers\\[[^\\]]+\\])$",
         sluice_proto::authz::CONDITION_KEYS
@@ -122,25 +136,106 @@ fn policy_patterns(root: &mut JSONSchemaProps) {
             .collect::<Vec<_>>()
             .join("|")
     );
-    let mut set = |path: &[&str], pattern: &str| {
-        let mut cur = Some(&mut *rule);
-        for (i, key) in path.iter().enumerate() {
-            cur = cur.and_then(|s| at(s, &[key]));
-            // Every step but the last into a list's items: to[], from[], when[].
-            if i + 1 < path.len() && matches!(*key, "to" | "from" | "when") {
-                cur = cur.and_then(items);
-            }
+    let port_rule = "self.all(p, p.matches('^[0-9]{1,5}$') && int(p) >= 1 && int(p) <= 65535)";
+    let ip_rule = "self.all(b, isIP(b) || isCIDR(b))";
+    for list in ["ports", "notPorts"] {
+        if let Some(s) = list_at(rule, &["to", "operation", list]) {
+            bound_list(s, 32, 5, Some(PORT));
+            s.x_kubernetes_validations =
+                Some(vec![cel(port_rule, "must be port numbers from 1 to 65535")]);
         }
-        let last = cur.and_then(|s| if s.items.is_some() { items(s) } else { Some(s) });
-        if let Some(s) = last {
-            s.pattern = Some(pattern.to_owned());
+    }
+    for list in ["ipBlocks", "notIpBlocks"] {
+        if let Some(s) = list_at(rule, &["from", "source", list]) {
+            bound_list(s, 32, 64, None);
+            s.x_kubernetes_validations = Some(vec![cel(
+                ip_rule,
+                "must be IP addresses or CIDR blocks such as 10.0.0.0/16",
+            )]);
         }
+    }
+    for list in [
+        &["from", "source", "principals"][..],
+        &["from", "source", "notPrincipals"],
+        &["from", "source", "namespaces"],
+        &["from", "source", "notNamespaces"],
+        &["to", "operation", "hosts"],
+        &["to", "operation", "notHosts"],
+        &["to", "operation", "methods"],
+        &["to", "operation", "notMethods"],
+        &["to", "operation", "paths"],
+        &["to", "operation", "notPaths"],
+    ] {
+        if let Some(s) = list_at(rule, list) {
+            bound_list(s, 256, 1024, None);
+        }
+    }
+    let Some(when) = at(rule, &["when"]).and_then(items) else {
+        return;
     };
-    set(&["to", "operation", "ports"], PORT);
-    set(&["to", "operation", "notPorts"], PORT);
-    set(&["from", "source", "ipBlocks"], CIDR);
-    set(&["from", "source", "notIpBlocks"], CIDR);
-    set(&["when", "key"], &keys);
+    if let Some(key) = at(when, &["key"]) {
+        key.pattern = Some(keys);
+        key.max_length = Some(128);
+    }
+    for list in ["values", "notValues"] {
+        if let Some(s) = at(when, &[list]) {
+            bound_list(s, 16, 128, None);
+        }
+    }
+    let each = |field: &str, check: &str| format!("!has(self.{field}) || self.{field}.{check}");
+    let port_values = port_rule.trim_start_matches("self.");
+    let ip_values = ip_rule.trim_start_matches("self.");
+    when.x_kubernetes_validations = Some(vec![
+        cel(
+            &format!(
+                "self.key != 'source.ip' || (({}) && ({}))",
+                each("values", ip_values),
+                each("notValues", ip_values)
+            ),
+            "source.ip values must be IP addresses or CIDR blocks",
+        ),
+        cel(
+            &format!(
+                "self.key != 'destination.port' || (({}) && ({}))",
+                each("values", port_values),
+                each("notValues", port_values)
+            ),
+            "destination.port values must be port numbers from 1 to 65535",
+        ),
+    ]);
+}
+
+/// The list at `path` below a rule: every step but the last into a list's
+/// items (`from[]`, `to[]`).
+fn list_at<'a>(rule: &'a mut JSONSchemaProps, path: &[&str]) -> Option<&'a mut JSONSchemaProps> {
+    let (last, steps) = path.split_last()?;
+    let mut cur = rule;
+    for key in steps {
+        cur = at(cur, &[key])?;
+        if matches!(*key, "to" | "from") {
+            cur = items(cur)?;
+        }
+    }
+    at(cur, &[last])
+}
+
+/// At most `max_items` entries of at most `max_length` characters.
+fn bound_list(list: &mut JSONSchemaProps, max_items: i64, max_length: i64, pattern: Option<&str>) {
+    list.max_items = Some(max_items);
+    if let Some(item) = items(list) {
+        item.max_length = Some(max_length);
+        if let Some(p) = pattern {
+            item.pattern = Some(p.to_owned());
+        }
+    }
+}
+
+fn cel(rule: &str, message: &str) -> ValidationRule {
+    ValidationRule {
+        rule: rule.to_owned(),
+        message: Some(message.to_owned()),
+        ..Default::default()
+    }
 }
 
 fn strip_descriptions(schema: &mut JSONSchemaProps) {

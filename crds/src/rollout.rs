@@ -12,9 +12,11 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// A Go-style duration such as `30s`, `5m` or `1h30m`; what `pause.duration`,
-/// `analysis.interval` and friends accept.
-const DURATION_RULE: &str = "self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$')";
-const DURATION_MESSAGE: &str = "must be a duration such as 500ms, 30s, 5m or 1h";
+/// `analysis.interval` and friends accept. At most six digits per unit, so
+/// that every admitted duration fits the controller's arithmetic.
+const DURATION_RULE: &str = "self.matches('^([0-9]{1,6}(\\\\.[0-9]{1,3})?(ms|s|m|h))+$')";
+const DURATION_MESSAGE: &str =
+    "must be a duration such as 500ms, 30s, 5m or 1h30m, with at most 6 digits per unit";
 
 /// Desired state of a [`Rollout`].
 // clippy reads the repeated `type_ = ...` of printcolumn(...) as duplicates.
@@ -91,6 +93,9 @@ pub struct RolloutStrategy {
 
 /// A canary strategy: steps that move weight, pause and analyse.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new(
+    "!has(self.stableService) || !has(self.canaryService) || self.stableService != self.canaryService"
+).message("spec.strategy.canary.canaryService must name another Service than stableService").field_path(".canaryService"))]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStrategy {
     /// Service whose selector the controller pins to the stable pods.
@@ -294,6 +299,9 @@ pub struct RolloutStatus {
     /// `Healthy`, `Progressing`, `Paused` or `Degraded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RolloutPhase>,
+    /// Why the rollout is in its phase (the reason of its conditions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RolloutReason>,
     /// A sentence on what the rollout is doing or waiting for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -374,6 +382,142 @@ pub enum RolloutPhase {
     Degraded,
 }
 
+/// Why a rollout is in its phase. Conditions, `kubectl sluice get` and the
+/// dashboard all read this one value.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutReason {
+    /// Healthy: the stable revision serves all traffic.
+    RolloutCompleted,
+    /// Progressing: waiting for the stable revision's pods.
+    WaitingForStablePods,
+    /// Progressing: waiting for the canary's pods before moving weight.
+    WaitingForCanaryPods,
+    /// Progressing: an inline analysis step is being evaluated.
+    WaitingForAnalysis,
+    /// Progressing: the canary moves through its steps.
+    StepAdvanced,
+    /// Progressing: the canary is scaled to full size before it becomes stable.
+    Promoting,
+    /// Paused: a timed pause step.
+    PauseStep,
+    /// Paused: a pause step without duration, until promoted.
+    PausedUntilPromoted,
+    /// Paused: `spec.paused`.
+    SpecPaused,
+    /// Paused: the analysis never had enough requests to judge the canary.
+    InconclusiveAnalysis,
+    /// Degraded: the analysis failed; traffic is back on stable.
+    AnalysisFailed,
+    /// Degraded: aborted by the user.
+    Aborted,
+    /// Degraded: the canary made no progress within `progressDeadlineSeconds`.
+    ProgressDeadlineExceeded,
+    /// Degraded: an HTTPRoute of `trafficRouting` (or its backendRef) is gone.
+    TrafficRouteMissing,
+    /// Degraded: the spec cannot run (a missing Service...).
+    InvalidSpec,
+}
+
+impl RolloutReason {
+    /// As written in conditions and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutReason::RolloutCompleted => "RolloutCompleted",
+            RolloutReason::WaitingForStablePods => "WaitingForStablePods",
+            RolloutReason::WaitingForCanaryPods => "WaitingForCanaryPods",
+            RolloutReason::WaitingForAnalysis => "WaitingForAnalysis",
+            RolloutReason::StepAdvanced => "StepAdvanced",
+            RolloutReason::Promoting => "Promoting",
+            RolloutReason::PauseStep => "PauseStep",
+            RolloutReason::PausedUntilPromoted => "PausedUntilPromoted",
+            RolloutReason::SpecPaused => "SpecPaused",
+            RolloutReason::InconclusiveAnalysis => "InconclusiveAnalysis",
+            RolloutReason::AnalysisFailed => "AnalysisFailed",
+            RolloutReason::Aborted => "Aborted",
+            RolloutReason::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
+            RolloutReason::TrafficRouteMissing => "TrafficRouteMissing",
+            RolloutReason::InvalidSpec => "InvalidSpec",
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The verdict of one analysis evaluation.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within limits.
+    Successful,
+    /// Over a limit.
+    Failed,
+    /// Too few requests to judge.
+    Inconclusive,
+}
+
+impl Verdict {
+    /// As written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Successful => "Successful",
+            Verdict::Failed => "Failed",
+            Verdict::Inconclusive => "Inconclusive",
+        }
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A user's request to a running rollout: the value of the
+/// [`Request::ANNOTATION`] annotation that `kubectl sluice` and the
+/// dashboard set and the controller removes once handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// End the current pause step (or an inconclusive analysis) and go on.
+    Promote,
+    /// Skip every remaining step and the analysis: to 100%.
+    PromoteFull,
+    /// Send all traffic back to stable and stop.
+    Abort,
+    /// Start an aborted canary again from its first step.
+    Retry,
+}
+
+impl Request {
+    /// The annotation that carries a request.
+    pub const ANNOTATION: &'static str = "sluice.dev/request";
+
+    /// Every request, for help texts and validation.
+    pub const ALL: [Request; 4] = [
+        Request::Promote,
+        Request::PromoteFull,
+        Request::Abort,
+        Request::Retry,
+    ];
+
+    /// The annotation value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Request::Promote => "promote",
+            Request::PromoteFull => "promote-full",
+            Request::Abort => "abort",
+            Request::Retry => "retry",
+        }
+    }
+
+    /// Parses an annotation value.
+    pub fn parse(s: &str) -> Option<Request> {
+        Request::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
 /// Weights applied to the stable and canary revisions, in percent.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -393,7 +537,7 @@ pub struct AnalysisStatus {
     pub evaluated_at: Option<Time>,
     /// `Successful`, `Failed` or `Inconclusive`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<String>,
+    pub verdict: Option<Verdict>,
     /// Canary requests in the window.
     #[serde(default)]
     pub canary_requests: i64,
@@ -412,4 +556,8 @@ pub struct AnalysisStatus {
     /// Failed evaluations in a row.
     #[serde(default)]
     pub consecutive_failures: i32,
+    /// Successful evaluations of this canary so far: a canary with none is
+    /// not promoted on its own.
+    #[serde(default)]
+    pub successful_evaluations: i32,
 }

@@ -9,6 +9,7 @@
 
 pub mod ca;
 pub mod dashboard;
+pub mod health;
 pub mod inject;
 pub mod leader;
 pub mod mesh;

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use kube::Api;
 use sluice_crds::Rollout;
+use sluice_operator::health::{Supervisor, beating};
 use sluice_operator::mesh::{MeshOutput, MeshSettings};
 use sluice_operator::metrics::{self, Metrics};
 use sluice_operator::push::{ConfigServer, Registry, Snapshots};
@@ -37,7 +38,7 @@ struct Args {
     #[arg(long)]
     check: bool,
     /// Where proxies connect (config and telemetry streams).
-    #[arg(long, env = "SLUICE_GRPC_LISTEN", default_value = "0.0.0.0:15010")]
+    #[arg(long, env = "SLUICE_GRPC_LISTEN", default_value_t = SocketAddr::from(([0, 0, 0, 0], sluice_proto::config::CONTROL_PLANE_PORT)))]
     grpc_listen: SocketAddr,
     /// `/metrics`, `/healthz`, `/readyz`, `/debug/traffic`.
     #[arg(long, env = "SLUICE_METRICS_LISTEN", default_value = "0.0.0.0:15014")]
@@ -117,6 +118,12 @@ struct Args {
     /// mTLS mode of namespaces without a `sluice.dev/mtls-mode` label.
     #[arg(long, env = "SLUICE_MTLS_MODE", default_value = "PERMISSIVE", value_parser = parse_mode)]
     mtls_mode: MtlsMode,
+    /// For end-to-end tests only: a Rollout annotated
+    /// `sluice.dev/test-fault: panic` (or `stall`) makes the Rollout
+    /// controller panic (or block its thread), to show that supervision
+    /// notices.
+    #[arg(long, hide = true)]
+    test_faults: bool,
 }
 
 /// An owner reference to Deployment `name` in `namespace`.
@@ -181,25 +188,104 @@ async fn main() -> anyhow::Result<()> {
         info!(rollouts = n, "rollouts.sluice.dev is served");
         return Ok(());
     }
+    run(args, client).await
+}
 
+/// What the operator's parts share.
+struct Parts {
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    traffic: Arc<TrafficWindow>,
+    registry: Arc<Registry>,
+    snapshots: Snapshots,
+    world: world::World,
+    supervisor: Supervisor,
+    /// Asked to release the lease on SIGTERM or when a task fails.
+    step_down: Option<leader::StepDown>,
+}
+
+/// How long a supervised task may go without progress.
+const STALL_AFTER: Duration = Duration::from_secs(30);
+
+async fn run(args: Args, client: kube::Client) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let traffic = Arc::new(TrafficWindow::new(Duration::from_secs(300)));
-    let registry = Arc::new(Registry::new(metrics.clone()));
-    let snapshots = Snapshots::default();
-    let (output_tx, output_rx) = watch::channel(Arc::new(MeshOutput::default()));
-
     let owner = match &args.owner_deployment {
         Some(name) => Some(owner_of(&client, &args.namespace, name).await?),
         None => None,
     };
+    let (authority, world, roots_changed) = start_ca(&args, &client, owner.clone()).await?;
+    let parts = Parts {
+        registry: Arc::new(Registry::new(metrics.clone())),
+        traffic: Arc::new(TrafficWindow::new(Duration::from_secs(300))),
+        snapshots: Snapshots::default(),
+        supervisor: Supervisor::default(),
+        step_down: args.leader_elect.then(leader::StepDown::default),
+        client,
+        metrics,
+        world,
+    };
+    tokio::spawn(parts.supervisor.clone().watch_stalls());
+    tokio::spawn(exit_when_unhealthy(
+        parts.supervisor.clone(),
+        parts.step_down.clone(),
+    ));
+    spawn_webhook(&args, &parts, &authority, roots_changed)?;
+    let (output_tx, output_rx) = watch::channel(Arc::new(MeshOutput::default()));
+    {
+        let (w, r, s, m) = (
+            parts.world.clone(),
+            parts.registry.clone(),
+            parts.snapshots.clone(),
+            parts.metrics.clone(),
+        );
+        parts
+            .supervisor
+            .spawn("config push", Some(STALL_AFTER), move |heart| async move {
+                beating(
+                    &heart,
+                    Duration::from_secs(1),
+                    world::run(w, r, s, m, output_tx),
+                )
+                .await
+            });
+    }
+    spawn_leader_tasks(&args, &parts, owner, output_rx);
+    {
+        let (m, t, h, addr) = (
+            parts.metrics.clone(),
+            parts.traffic.clone(),
+            parts.supervisor.clone(),
+            args.metrics_listen,
+        );
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, m, t, h).await {
+                error!("metrics endpoint on {addr}: {e}");
+            }
+        });
+    }
+    spawn_dashboard(&args, &parts)?;
+    serve_grpc(&args, parts, authority).await
+}
+
+/// Loads (or creates) the mesh CA and starts the reflectors with its
+/// roots; keeps both current.
+async fn start_ca(
+    args: &Args,
+    client: &kube::Client,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+) -> anyhow::Result<(
+    Arc<ArcSwap<ca::Authority>>,
+    world::World,
+    Arc<tokio::sync::Notify>,
+)> {
     let ca_settings = ca::secret::CaSettings {
         namespace: args.namespace.clone(),
         trust_domain: args.trust_domain.clone(),
         ttl: args.cert_ttl,
-        owner: owner.clone(),
+        owner,
     };
     let authority = Arc::new(ArcSwap::from_pointee(
-        ca::secret::load_or_create(&client, &ca_settings)
+        ca::secret::load_or_create(client, &ca_settings)
             .await
             .context("loading the mesh CA")?,
     ));
@@ -212,132 +298,172 @@ async fn main() -> anyhow::Result<()> {
             root_namespace: ns.clone(),
         }
     };
-    let world = world::World::start(&client, mesh_settings(&authority.load())).await;
+    let world = world::World::start(client, mesh_settings(&authority.load())).await;
     let roots_changed = Arc::new(tokio::sync::Notify::new());
-    tokio::spawn(inject::webhook::keep_ca_bundle_current(
+    let (w, a, n) = (world.clone(), authority.clone(), roots_changed.clone());
+    tokio::spawn(ca::secret::watch(
         client.clone(),
+        ca_settings,
         authority.clone(),
-        roots_changed.clone(),
+        Duration::from_secs(10),
+        move || {
+            w.set_mesh(mesh_settings(&a.load()));
+            n.notify_one();
+        },
     ));
-    {
-        let (w, a) = (world.clone(), authority.clone());
-        tokio::spawn(ca::secret::watch(
-            client.clone(),
-            ca_settings,
-            authority.clone(),
-            Duration::from_secs(10),
-            move || {
-                w.set_mesh(mesh_settings(&a.load()));
-                roots_changed.notify_one();
-            },
-        ));
-    }
-    if let Some(addr) = args.webhook_listen {
-        let names = if args.webhook_names.is_empty() {
-            vec![format!("sluice-operator.{}.svc", args.namespace)]
-        } else {
-            args.webhook_names.clone()
-        };
-        let cert = authority
-            .load()
-            .serving_cert(&names)
-            .context("the webhook's serving certificate")?;
-        let settings = inject::InjectSettings {
-            image: args.proxy_image.clone(),
-            control_plane: args
-                .proxy_control_plane
-                .clone()
-                .unwrap_or_else(|| format!("http://sluice-operator.{}.svc:15010", args.namespace)),
-            log_level: args.proxy_log.clone(),
-            intercept: args.intercept,
-        };
-        tokio::spawn(async move {
-            if let Err(e) = inject::webhook::serve(addr, cert, settings).await {
-                error!("injection webhook: {e}");
-            }
-        });
-    }
-    tokio::spawn(world::run(
-        world.clone(),
-        registry.clone(),
-        snapshots.clone(),
-        metrics.clone(),
-        output_tx,
-    ));
-    // Asked to release the lease on SIGTERM.
-    let step_down = args.leader_elect.then(leader::StepDown::default);
-    {
-        // The writers run on the leader only.
-        let (c, t, w, r, s) = (
-            client.clone(),
-            traffic.clone(),
-            world.clone(),
-            registry.clone(),
-            snapshots.clone(),
-        );
-        let election = args.leader_elect.then(|| leader::LeaderSettings {
-            namespace: args.namespace.clone(),
-            name: "sluice-operator".into(),
-            identity: args
-                .leader_identity
-                .clone()
-                .unwrap_or_else(default_identity),
-            lease_duration: args.lease_duration,
-            renew_deadline: args.renew_deadline,
-            owner,
-        });
-        let step_down = step_down.clone();
-        tokio::spawn(async move {
-            if let (Some(settings), Some(step_down)) = (election, step_down)
-                && !leader::lead(c.clone(), settings, step_down).await
-            {
-                return;
-            }
-            tokio::spawn(sluice_operator::rollout::run(c.clone(), t));
-            tokio::spawn(status::run(c, w, r, s, output_rx));
-        });
-    }
-    {
-        let (m, t, addr) = (metrics.clone(), traffic.clone(), args.metrics_listen);
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, m, t).await {
-                error!("metrics endpoint on {addr}: {e}");
-            }
-        });
-    }
+    Ok((authority, world, roots_changed))
+}
 
+/// The injection webhook and its caBundle, when `--webhook-listen` is set.
+fn spawn_webhook(
+    args: &Args,
+    parts: &Parts,
+    authority: &Arc<ArcSwap<ca::Authority>>,
+    roots_changed: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
+    tokio::spawn(inject::webhook::keep_ca_bundle_current(
+        parts.client.clone(),
+        authority.clone(),
+        roots_changed,
+    ));
+    let Some(addr) = args.webhook_listen else {
+        return Ok(());
+    };
+    let names = if args.webhook_names.is_empty() {
+        vec![format!("sluice-operator.{}.svc", args.namespace)]
+    } else {
+        args.webhook_names.clone()
+    };
+    let cert = authority
+        .load()
+        .serving_cert(&names)
+        .context("the webhook's serving certificate")?;
+    let settings = inject::InjectSettings {
+        image: args.proxy_image.clone(),
+        control_plane: args.proxy_control_plane.clone().unwrap_or_else(|| {
+            format!(
+                "http://sluice-operator.{}.svc:{}",
+                args.namespace,
+                sluice_proto::config::CONTROL_PLANE_PORT
+            )
+        }),
+        log_level: args.proxy_log.clone(),
+        intercept: args.intercept,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = inject::webhook::serve(addr, cert, settings).await {
+            error!("injection webhook: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// The writers, which run on the leader only: the Rollout controller and
+/// the status writer, supervised.
+fn spawn_leader_tasks(
+    args: &Args,
+    parts: &Parts,
+    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    output_rx: watch::Receiver<Arc<MeshOutput>>,
+) {
+    let election = args.leader_elect.then(|| leader::LeaderSettings {
+        namespace: args.namespace.clone(),
+        name: "sluice-operator".into(),
+        identity: args
+            .leader_identity
+            .clone()
+            .unwrap_or_else(default_identity),
+        lease_duration: args.lease_duration,
+        renew_deadline: args.renew_deadline,
+        owner,
+    });
+    let (c, t, w, r, s) = (
+        parts.client.clone(),
+        parts.traffic.clone(),
+        parts.world.clone(),
+        parts.registry.clone(),
+        parts.snapshots.clone(),
+    );
+    let (step_down, supervisor) = (parts.step_down.clone(), parts.supervisor.clone());
+    let faults = args.test_faults;
+    tokio::spawn(async move {
+        if let (Some(settings), Some(step_down)) = (election, step_down)
+            && !leader::lead(c.clone(), settings, step_down).await
+        {
+            return;
+        }
+        let (cr, sv) = (c.clone(), supervisor.clone());
+        supervisor.spawn(
+            "rollout controller",
+            Some(STALL_AFTER),
+            move |heart| async move {
+                beating(
+                    &heart,
+                    Duration::from_secs(1),
+                    sluice_operator::rollout::run(cr, t, sv, faults),
+                )
+                .await
+            },
+        );
+        supervisor.spawn(
+            "status writer",
+            Some(STALL_AFTER),
+            move |heart| async move {
+                beating(
+                    &heart,
+                    Duration::from_secs(1),
+                    status::run(c, w, r, s, output_rx),
+                )
+                .await
+            },
+        );
+    });
+}
+
+fn spawn_dashboard(args: &Args, parts: &Parts) -> anyhow::Result<()> {
+    if args.dashboard_listen.is_empty() {
+        return Ok(());
+    }
+    let addr: SocketAddr = args
+        .dashboard_listen
+        .parse()
+        .with_context(|| format!("--dashboard-listen {:?}", args.dashboard_listen))?;
+    let settings = dashboard::DashboardSettings {
+        token: args.dashboard_token.clone(),
+        actions: args.dashboard_actions,
+    };
+    let (c, w, r, t) = (
+        parts.client.clone(),
+        parts.world.clone(),
+        parts.registry.clone(),
+        parts.traffic.clone(),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = dashboard::serve(addr, c, w, r, t, settings).await {
+            error!("dashboard on {addr}: {e}");
+        }
+    });
+    Ok(())
+}
+
+/// Serves the proxies (config, telemetry, certificates) until SIGTERM.
+async fn serve_grpc(
+    args: &Args,
+    parts: Parts,
+    authority: Arc<ArcSwap<ca::Authority>>,
+) -> anyhow::Result<()> {
     let config = ConfigServer::new(
-        snapshots,
-        registry.clone(),
+        parts.snapshots,
+        parts.registry.clone(),
         Duration::from_secs(args.keepalive_seconds.max(1)),
     );
-    if !args.dashboard_listen.is_empty() {
-        let addr: SocketAddr = args
-            .dashboard_listen
-            .parse()
-            .with_context(|| format!("--dashboard-listen {:?}", args.dashboard_listen))?;
-        let settings = dashboard::DashboardSettings {
-            token: args.dashboard_token.clone(),
-            actions: args.dashboard_actions,
-        };
-        let (c, w, r, t) = (
-            client.clone(),
-            world.clone(),
-            registry.clone(),
-            traffic.clone(),
-        );
-        tokio::spawn(async move {
-            if let Err(e) = dashboard::serve(addr, c, w, r, t, settings).await {
-                error!("dashboard on {addr}: {e}");
-            }
-        });
-    }
-    let certificates = ca::CertificateServer::new(client.clone(), authority, metrics.clone());
+    let certificates =
+        ca::CertificateServer::new(parts.client.clone(), authority, parts.metrics.clone());
     let relay = match (&args.peers_service, args.pod_ip) {
         (Some(service), Some(own_ip)) => {
-            let relay = Relay::new(args.grpc_listen.port(), metrics.clone());
+            let relay = Relay::new(args.grpc_listen.port(), parts.metrics.clone());
             tokio::spawn(relay::watch_peers(
-                client.clone(),
+                parts.client.clone(),
                 relay.clone(),
                 args.namespace.clone(),
                 service.clone(),
@@ -347,7 +473,7 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let telemetry = TelemetryServer::new(traffic, metrics, relay);
+    let telemetry = TelemetryServer::new(parts.traffic, parts.metrics, relay);
     info!(address = %args.grpc_listen, "control plane listening");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
@@ -356,11 +482,30 @@ async fn main() -> anyhow::Result<()> {
         .add_service(ConfigDiscoveryServer::new(config).max_decoding_message_size(16 << 20))
         .add_service(TelemetryService::new(telemetry))
         .add_service(CertificatesServer::new(certificates))
-        .serve_with_shutdown(args.grpc_listen, shutdown(step_down))
+        .serve_with_shutdown(args.grpc_listen, shutdown(parts.step_down))
         .await
         .with_context(|| format!("serving gRPC on {}", args.grpc_listen))?;
     info!("stopped");
     Ok(())
+}
+
+/// Once a supervised task fails: give the lease up (the other replica
+/// takes over at once), keep answering `/healthz` with the failure for a
+/// few seconds, then exit so that Kubernetes restarts the operator.
+async fn exit_when_unhealthy(supervisor: Supervisor, step_down: Option<leader::StepDown>) {
+    let mut failed = supervisor.failed();
+    let Ok(why) = failed.wait_for(Option::is_some).await.map(|w| w.clone()) else {
+        return;
+    };
+    error!(
+        "a task failed ({}); stepping down and exiting",
+        why.unwrap_or_default()
+    );
+    if let Some(s) = step_down {
+        s.now(Duration::from_secs(2)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    std::process::exit(1);
 }
 
 /// Resolves on SIGTERM or SIGINT, once the lease (if held) is released.

@@ -142,21 +142,28 @@ impl Metrics {
 struct AppState {
     metrics: Arc<Metrics>,
     traffic: Arc<TrafficWindow>,
+    health: crate::health::Supervisor,
 }
 
-/// Serves `/metrics`, `/healthz`, `/readyz` and `/debug/traffic` (the
+/// Serves `/metrics`, `/healthz` (503 with what failed once a supervised
+/// task panicked, ended or stalled), `/readyz` and `/debug/traffic` (the
 /// telemetry window's totals per destination and revision, as JSON).
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     traffic: Arc<TrafficWindow>,
+    health: crate::health::Supervisor,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(|| async { "ok\n" }))
         .route("/debug/traffic", get(traffic_handler))
-        .with_state(AppState { metrics, traffic });
+        .with_state(AppState {
+            metrics,
+            traffic,
+            health,
+        });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %addr, "metrics endpoint listening");
     axum::serve(listener, app).await
@@ -171,6 +178,16 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
         )],
         s.metrics.encode(),
     )
+}
+
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    match s.health.check() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {why}\n"),
+        ),
+    }
 }
 
 async fn traffic_handler(State(s): State<AppState>) -> impl IntoResponse {

@@ -155,6 +155,13 @@ impl World {
             .get(&reflector::ObjectRef::new(name).within(namespace))
     }
 
+    /// An AuthorizationPolicy by namespace and name.
+    pub fn policy(&self, namespace: &str, name: &str) -> Option<Arc<AuthorizationPolicy>> {
+        self.policies
+            .as_ref()?
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
     /// See [`World::route`].
     pub fn gateway(&self, namespace: &str, name: &str) -> Option<Arc<Gateway>> {
         self.gateways

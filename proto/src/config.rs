@@ -333,7 +333,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 ));
             }
         };
-        total += Duration::from_secs_f64(secs);
+        let part = Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("invalid duration {s:?}: out of range"))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| format!("invalid duration {s:?}: out of range"))?;
         rest = tail;
     }
     Ok(total)
@@ -387,6 +391,9 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
+        // Out of range is an error, never a panic.
+        assert!(parse_duration("99999999999999999999h").is_err());
+        assert!(parse_duration(&"9".repeat(400)).is_err());
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(15)), "15s");
     }

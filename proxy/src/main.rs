@@ -107,7 +107,7 @@ struct ControlArgs {
     #[arg(long, env = "SLUICE_WORKLOAD")]
     workload: Option<String>,
     /// Admin endpoint (`/ready`, `/metrics`, `/config`).
-    #[arg(long, env = "SLUICE_ADMIN", default_value = "0.0.0.0:15021")]
+    #[arg(long, env = "SLUICE_ADMIN", default_value_t = SocketAddr::from(([0, 0, 0, 0], sluice_proto::probes::ADMIN_PORT)))]
     admin: SocketAddr,
     /// A config stream silent for this long is reopened.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

@@ -423,6 +423,8 @@ pub async fn install_failover_upgrade_uninstall(cluster: Arc<Cluster>) -> anyhow
     classes
         .delete("sluice-after", &DeleteParams::default())
         .await?;
+    // The replacement of the killed replica runs too before its log is read.
+    deployment_available(&client, NS, "sluice-operator", Duration::from_secs(120)).await?;
     no_forbidden(&cluster).await?;
 
     // Upgrade with changed values.

@@ -199,6 +199,72 @@ async fn invalid_rollout(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         err.contains("spec.selector") && err.contains("must match"),
         "unclear error: {err}"
     );
+    // A pause so long it would overflow the controller's arithmetic.
+    let forever = rollout_yaml("invalid", "long", 10).replace("5s", "99999999999999999999h");
+    refused(
+        &cluster,
+        &forever,
+        "spec.strategy.canary.steps[1].pause.duration",
+        "at most 6 digits",
+    )?;
+    let same = rollout_yaml("invalid", "same", 10).replace(
+        "    canary:\n",
+        "    canary:\n      stableService: web\n      canaryService: web\n",
+    );
+    refused(
+        &cluster,
+        &same,
+        "spec.strategy.canary.canaryService",
+        "another Service",
+    )?;
+    // AuthorizationPolicy fields the proxies parse.
+    let policy = |rules: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: invalid}}\nspec:\n  action: DENY\n  rules: {rules}\n"
+        )
+    };
+    refused(
+        &cluster,
+        &policy(r#"[{from: [{source: {ipBlocks: ["10.0.0.0/33"]}}]}]"#),
+        "spec.rules[0].from[0].source.ipBlocks",
+        "CIDR",
+    )?;
+    refused(
+        &cluster,
+        &policy(r#"[{to: [{operation: {ports: ["0"]}}]}]"#),
+        "spec.rules[0].to[0].operation.ports",
+        "1 to 65535",
+    )?;
+    refused(
+        &cluster,
+        &policy(r#"[{when: [{key: source.ip, values: ["not-an-ip"]}]}]"#),
+        "spec.rules[0].when[0]",
+        "source.ip values",
+    )?;
+    refused(
+        &cluster,
+        &policy(r#"[{when: [{key: request.bogus, values: ["x"]}]}]"#),
+        "spec.rules[0].when[0].key",
+        "should match",
+    )?;
+    // And a good one is admitted.
+    cluster.apply(&policy(
+        r#"[{from: [{source: {ipBlocks: ["10.0.0.0/8", "10.1.2.3"]}}], to: [{operation: {ports: ["8080"]}}], when: [{key: destination.port, values: ["8080"]}]}]"#,
+    ))?;
+    Ok(())
+}
+
+/// Fails unless the apiserver refuses `yaml` with an error naming `field`
+/// and saying `why`.
+fn refused(cluster: &Cluster, yaml: &str, field: &str, why: &str) -> anyhow::Result<()> {
+    let err = match cluster.apply(yaml) {
+        Ok(out) => bail!("admitted, though {field} is invalid: {out}"),
+        Err(e) => e.to_string(),
+    };
+    ensure!(
+        err.contains(field) && err.contains(why),
+        "the error does not name {field} ({why}): {err}"
+    );
     Ok(())
 }
 

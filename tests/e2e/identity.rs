@@ -115,7 +115,7 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
     let handson = pods_by_label(&cluster.client(), NS, "app=handson")
         .await?
         .into_iter()
-        .next()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
         .context("no handson pod")?;
     let spec = handson.spec.clone().context("no spec")?;
     let sidecar = spec
@@ -340,10 +340,13 @@ async fn call(
     Ok((code.trim().to_owned(), body.to_owned()))
 }
 
+/// The address of the handson pod that serves (not one still going away
+/// after a restart).
 async fn handson_ip(cluster: &Cluster) -> anyhow::Result<String> {
     pods_by_label(&cluster.client(), NS, "app=handson")
         .await?
         .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .find_map(|p| p.status?.pod_ip)
         .context("the handson pod has no IP")
 }

@@ -31,6 +31,7 @@ use tokio::sync::{Mutex, OnceCell};
 mod dashboard;
 mod identity;
 mod rollouts;
+mod semantics;
 
 fn main() -> ExitCode {
     main_support::run_sequential(&[
@@ -72,6 +73,39 @@ fn main() -> ExitCode {
         ("rollout_resumes_its_step_after_an_operator_restart", |c| {
             Box::pin(logged(c, rollouts::operator_restart_resumes_the_step))
         }),
+        (
+            "rollout_promote_ends_one_pause_only_and_full_goes_to_100",
+            |c| Box::pin(logged(c, semantics::promote_ends_one_pause_only)),
+        ),
+        (
+            "rollout_without_routing_runs_shares_of_pods_and_keeps_stable",
+            |c| Box::pin(logged(c, semantics::replica_shares_without_traffic_routing)),
+        ),
+        (
+            "rollout_promotion_moves_stable_only_to_a_fully_ready_canary",
+            |c| {
+                Box::pin(logged(
+                    c,
+                    semantics::promotion_waits_for_a_fully_ready_canary,
+                ))
+            },
+        ),
+        (
+            "rollout_with_a_deleted_route_sends_all_traffic_to_stable_and_names_it",
+            |c| Box::pin(logged(c, semantics::a_deleted_route_takes_traffic_back)),
+        ),
+        (
+            "rollout_with_only_inconclusive_analysis_pauses_instead_of_promoting",
+            |c| Box::pin(logged(c, semantics::inconclusive_analysis_pauses)),
+        ),
+        (
+            "a_gateway_listener_on_the_admin_port_is_refused_and_the_mesh_converges",
+            |c| Box::pin(logged(c, semantics::a_bad_object_never_stalls_the_mesh)),
+        ),
+        (
+            "a_panicking_rollout_controller_fails_healthz_and_releases_the_lease",
+            |c| Box::pin(logged(c, semantics::a_panicking_controller_is_noticed)),
+        ),
         (
             "dashboard_in_chromium_shows_the_split_and_a_rollback",
             |c| Box::pin(logged(c, dashboard::shows_the_split_and_a_rollback)),
@@ -164,7 +198,9 @@ static MESH: OnceCell<Arc<Mesh>> = OnceCell::const_new();
 async fn mesh(cluster: &Cluster) -> anyhow::Result<Arc<Mesh>> {
     MESH.get_or_try_init(|| async {
         // Certificates live seconds, so every scenario runs across rotations.
-        let (operator, gateway_ip) = start_mesh_with(cluster, &["--cert-ttl=6s"]).await?;
+        // Test faults on: the supervision scenario makes the controller panic.
+        let (operator, gateway_ip) =
+            start_mesh_with(cluster, &["--cert-ttl=6s", "--test-faults"]).await?;
         Ok(Arc::new(Mesh {
             operator: Mutex::new(operator),
             gateway_ip,
@@ -796,17 +832,62 @@ async fn operator_restart(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The admin port of the second gateway proxy of [`nack_keeps_old_config`]:
+/// one the operator cannot know of.
+const ALT_ADMIN_PORT: u16 = 18099;
+
+/// A second gateway proxy whose admin endpoint is on [`ALT_ADMIN_PORT`].
+fn alt_gateway(url: &str) -> String {
+    let env = proxy_env(url, 8).replace(
+        &format!("port: {ADMIN_PORT}"),
+        &format!("port: {ALT_ADMIN_PORT}"),
+    );
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: sluice-gateway-alt, namespace: {GATEWAY_NS}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: sluice-gateway-alt}}}}
+  template:
+    metadata: {{labels: {{app: sluice-gateway-alt}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: proxy
+        image: {proxy}
+        args: [gateway, --workers, "1", --admin, "0.0.0.0:{ALT_ADMIN_PORT}"]
+{env}"#,
+        proxy = sluice_proto::images::PROXY,
+    )
+}
+
+/// A snapshot one proxy cannot apply (a Gateway listener on the port only
+/// that proxy uses for its admin endpoint, which the operator cannot know
+/// of): that proxy NACKs and keeps serving its last good config, the
+/// operator counts it and says so on the Gateway, the other proxy applies
+/// it; removing the Gateway lets the next snapshot through.
 async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     let mesh = mesh(&cluster).await?;
     let (ns, host) = ("nack", "nack.example.com");
     two_versions(&cluster, &mesh, ns, host, 100, 0).await?;
+    let url = mesh.operator.lock().await.grpc_url();
+    cluster.apply(&alt_gateway(&url))?;
+    let client = cluster.client();
+    deployment_available(&client, GATEWAY_NS, "sluice-gateway-alt", TIMEOUT).await?;
+    let alt_ip = sluice_tests::wait::pods_by_label(&client, GATEWAY_NS, "app=sluice-gateway-alt")
+        .await?
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .find_map(|p| p.status?.pod_ip)
+        .context("the second gateway has no IP")?;
     let before = {
         let op = mesh.operator.lock().await;
         op.metric("sluice_config_nacks_total").await?.unwrap_or(0.0)
     };
     let version_of = || async {
         let doc: serde_json::Value = http()
-            .get(format!("http://{}:{ADMIN_PORT}/config", mesh.gateway_ip))
+            .get(format!("http://{alt_ip}:{ALT_ADMIN_PORT}/config"))
             .send()
             .await?
             .json()
@@ -814,9 +895,7 @@ async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         anyhow::Ok(doc["version"].as_str().unwrap_or_default().to_owned())
     };
     let running = version_of().await?;
-    // A listener on the gateway proxy's own admin port: valid Gateway API,
-    // but this proxy cannot apply it.
-    cluster.apply(&gateway(ns, "clash", "clash.example.com", ADMIN_PORT))?;
+    cluster.apply(&gateway(ns, "clash", "clash.example.com", ALT_ADMIN_PORT))?;
     {
         let op = mesh.operator.lock().await;
         poll(
@@ -839,8 +918,9 @@ async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     }
     ensure!(
         version_of().await? == running,
-        "the gateway replaced its config with a refused one"
+        "the second gateway replaced its config with a refused one"
     );
+    // The first gateway proxy took it and still serves.
     let counts = tally(&mesh, host, 100).await?;
     ensure!(
         counts.get("blue") == Some(&100),
@@ -885,6 +965,16 @@ async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         counts.get("blue") == Some(&50),
         "after the fix the gateway answered {counts:?}"
     );
+    cluster.kubectl(
+        &[
+            "delete",
+            "deployment",
+            "-n",
+            GATEWAY_NS,
+            "sluice-gateway-alt",
+        ],
+        None,
+    )?;
     Ok(())
 }
 

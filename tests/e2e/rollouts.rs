@@ -19,13 +19,13 @@ use super::{GATEWAY_PORT, Load, TIMEOUT, get, mesh, tally};
 
 /// Each scenario's own host: Gateways on one port must not claim the same
 /// hostname.
-fn host(ns: &str) -> String {
+pub(crate) fn host(ns: &str) -> String {
     format!("{ns}.example.com")
 }
 
 /// Services, Gateway and HTTPRoute of the hands-on, and a Rollout of
 /// demo-app `blue` with the steps of the hands-on.
-fn resources(ns: &str, steps: &str, analysis: &str) -> String {
+pub(crate) fn resources(ns: &str, steps: &str, analysis: &str) -> String {
     let host = host(ns);
     format!(
         r#"apiVersion: v1
@@ -85,17 +85,17 @@ spec:
     )
 }
 
-const HANDS_ON_STEPS: &str =
+pub(crate) const HANDS_ON_STEPS: &str =
     "[{setWeight: 20}, {pause: {duration: 5s}}, {setWeight: 50}, {pause: {}}]";
 
-async fn rollout(cluster: &Cluster, ns: &str) -> anyhow::Result<Rollout> {
+pub(crate) async fn rollout(cluster: &Cluster, ns: &str) -> anyhow::Result<Rollout> {
     Ok(Api::<Rollout>::namespaced(cluster.client(), ns)
         .get("handson")
         .await?)
 }
 
 /// Waits until the Rollout's status passes `check`.
-async fn until(
+pub(crate) async fn until(
     cluster: &Cluster,
     ns: &str,
     what: &str,
@@ -110,23 +110,23 @@ async fn until(
     .await?)
 }
 
-fn weight(ro: &Rollout) -> i32 {
+pub(crate) fn weight(ro: &Rollout) -> i32 {
     ro.status
         .as_ref()
         .and_then(|s| s.weights.as_ref())
         .map_or(-1, |w| w.canary)
 }
 
-fn phase(ro: &Rollout) -> Option<RolloutPhase> {
+pub(crate) fn phase(ro: &Rollout) -> Option<RolloutPhase> {
     ro.status.as_ref().and_then(|s| s.phase)
 }
 
-fn step_index(ro: &Rollout) -> Option<i32> {
+pub(crate) fn step_index(ro: &Rollout) -> Option<i32> {
     ro.status.as_ref().and_then(|s| s.current_step_index)
 }
 
 /// Sets the container's image (and env), starting a new revision.
-async fn set_image(
+pub(crate) async fn set_image(
     cluster: &Cluster,
     ns: &str,
     colour: &str,
@@ -148,7 +148,7 @@ async fn set_image(
 }
 
 /// A fresh namespace with the hands-on, `blue` Healthy behind the gateway.
-async fn healthy_blue(
+pub(crate) async fn healthy_blue(
     cluster: &Arc<Cluster>,
     ns: &str,
     steps: &str,
@@ -395,7 +395,7 @@ pub async fn low_traffic_canary_is_never_rolled_back(cluster: Arc<Cluster>) -> a
         ensure!(!st.aborted, "rolled back at low traffic: {st:?}");
         let a = st.analysis.clone().unwrap_or_default();
         ensure!(
-            a.verdict.as_deref() == Some("Inconclusive"),
+            a.verdict == Some(sluice_crds::Verdict::Inconclusive),
             "verdict {:?} with {} requests",
             a.verdict,
             a.canary_requests
@@ -538,7 +538,7 @@ pub async fn twenty_healthy_canaries_no_false_rollback(
             );
             let a = st.analysis.unwrap_or_default();
             *verdicts
-                .entry(a.verdict.clone().unwrap_or_default())
+                .entry(a.verdict.map_or("-", |v| v.as_str()).to_owned())
                 .or_default() += 1;
             last = a.evaluated_at;
         }

@@ -83,6 +83,11 @@ impl Operator {
         self.process.pid()
     }
 
+    /// Whether it has exited on its own.
+    pub fn exited(&mut self) -> bool {
+        self.process.exited().is_some()
+    }
+
     /// Kills it with SIGKILL.
     pub fn kill(&mut self) {
         self.process.kill();
@@ -170,7 +175,7 @@ fn spawn(
 /// Where the gateway proxy runs.
 pub const GATEWAY_NS: &str = "sluice-system";
 /// The proxies' admin port (`/ready`, `/config`, `/metrics`).
-pub const ADMIN_PORT: u16 = 15021;
+pub const ADMIN_PORT: u16 = sluice_proto::probes::ADMIN_PORT;
 
 /// The mesh on a test-bed cluster until the Helm chart installs it: the
 /// Gateway API and Sluice CRDs, the operator as a host process, GatewayClass

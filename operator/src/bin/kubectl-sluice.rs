@@ -14,8 +14,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
+use sluice_crds::rollout::Request;
 use sluice_crds::{Rollout, RolloutPhase};
-use sluice_operator::rollout::{HASH_LABEL, REQUEST_ANNOTATION, ROLLOUT_LABEL};
+use sluice_operator::rollout::{HASH_LABEL, ROLLOUT_LABEL};
 
 #[derive(Parser)]
 #[command(name = "kubectl sluice", about = "Watch and steer Sluice Rollouts")]
@@ -107,10 +108,15 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::Promote { name, full } => {
-            request(&api, &name, if full { "promote-full" } else { "promote" }).await
+            let r = if full {
+                Request::PromoteFull
+            } else {
+                Request::Promote
+            };
+            request(&api, &name, r).await
         }
-        Cmd::Abort { name } => request(&api, &name, "abort").await,
-        Cmd::Retry { name } => request(&api, &name, "retry").await,
+        Cmd::Abort { name } => request(&api, &name, Request::Abort).await,
+        Cmd::Retry { name } => request(&api, &name, Request::Retry).await,
         Cmd::Pause { name } => set_paused(&api, &name, true).await,
         Cmd::Resume { name } => set_paused(&api, &name, false).await,
         Cmd::Status { name, timeout } => {
@@ -144,11 +150,12 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn request(api: &Api<Rollout>, name: &str, what: &str) -> Result<()> {
+async fn request(api: &Api<Rollout>, name: &str, request: Request) -> Result<()> {
+    let what = request.as_str();
     api.patch(
         name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {REQUEST_ANNOTATION: what}}})),
+        &Patch::Merge(json!({"metadata": {"annotations": {Request::ANNOTATION: what}}})),
     )
     .await
     .with_context(|| format!("requesting {what} of rollout {name}"))?;
@@ -180,8 +187,9 @@ async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
     let w = st.weights.clone().unwrap_or_default();
     out += &format!("Name:       {name}\nNamespace:  {ns}\n");
     out += &format!(
-        "Status:     {:?}\nMessage:    {}\nStep:       {}\nWeights:    stable {}%  canary {}%\n",
+        "Status:     {:?}{}\nMessage:    {}\nStep:       {}\nWeights:    stable {}%  canary {}%\n",
         st.phase.unwrap_or(RolloutPhase::Progressing),
+        st.reason.map_or(String::new(), |r| format!(" ({r})")),
         st.message.clone().unwrap_or_default(),
         st.step.clone().unwrap_or_default(),
         w.stable,
@@ -190,7 +198,7 @@ async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
     if let Some(a) = &st.analysis {
         out += &format!(
             "Analysis:   {} — canary {} requests, error rate {} (stable {} over {}), p99 {}\n",
-            a.verdict.as_deref().unwrap_or("-"),
+            a.verdict.map_or("-", |v| v.as_str()),
             a.canary_requests,
             a.canary_error_rate.as_deref().unwrap_or("-"),
             a.stable_error_rate.as_deref().unwrap_or("-"),

@@ -36,6 +36,7 @@ use kube::{Api, Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::json;
 use sluice_crds::Rollout;
+use sluice_crds::rollout::Request as UserRequest;
 
 use crate::push::Registry;
 use crate::traffic::TrafficWindow;
@@ -212,7 +213,7 @@ async fn rollouts_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> im
 }
 
 /// The proxy's admin port, where its `/metrics` are.
-const PROXY_ADMIN_PORT: u16 = 15021;
+const PROXY_ADMIN_PORT: u16 = sluice_proto::probes::ADMIN_PORT;
 
 /// Denied requests and connections counted by the sidecar at `ip` (read
 /// from its admin endpoint; none when it does not answer within 500 ms).
@@ -259,6 +260,7 @@ async fn policies_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> im
         .filter_map(|((pod, _), n)| Some((pod, n?)))
         .collect();
     // One row per workload (pods with the same app/version labels).
+    let checked = crate::mesh::policies::Checked::of(&input.policies);
     let mut rows: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     for pod in input
         .pods
@@ -272,7 +274,7 @@ async fn policies_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> im
             _ => pod.name_any(),
         };
         let row = rows.entry(workload.clone()).or_insert_with(|| {
-            let inbound = crate::mesh::inbound::for_pod(&input, &ns, Some(pod));
+            let inbound = crate::mesh::inbound::for_pod(&input, &checked, &ns, Some(pod));
             json!({
                 "workload": workload,
                 "sidecar": crate::mesh::services::has_sidecar(pod),
@@ -299,11 +301,12 @@ async fn action(
         )
             .into_response();
     }
-    if what != "promote" && what != "abort" {
-        return (StatusCode::NOT_FOUND, "actions: promote, abort\n").into_response();
-    }
+    let request = match UserRequest::parse(&what) {
+        Some(r @ (UserRequest::Promote | UserRequest::Abort)) => r,
+        _ => return (StatusCode::NOT_FOUND, "actions: promote, abort\n").into_response(),
+    };
     let api: Api<Rollout> = Api::namespaced(s.client.clone(), &ns);
-    let patch = json!({"metadata": {"annotations": {crate::rollout::REQUEST_ANNOTATION: what}}});
+    let patch = json!({"metadata": {"annotations": {UserRequest::ANNOTATION: request.as_str()}}});
     match api
         .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await

@@ -188,6 +188,8 @@ pub struct RolloutView {
     pub namespace: String,
     /// Phase (`Healthy`, `Progressing`, `Paused`, `Degraded`).
     pub phase: String,
+    /// Why (`InconclusiveAnalysis`, `AnalysisFailed`, ...), empty if none.
+    pub reason: String,
     /// What it is doing.
     pub message: String,
     /// The steps, as short text.
@@ -246,6 +248,7 @@ pub fn rollout_view(
             .as_ref()
             .map(|p| format!("{p:?}"))
             .unwrap_or_else(|| "Pending".into()),
+        reason: status.reason.map(|r| r.to_string()).unwrap_or_default(),
         message: status.message.clone().unwrap_or_default(),
         steps,
         current_step: status.current_step_index,

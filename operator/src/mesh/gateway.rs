@@ -11,6 +11,7 @@ use gateway_api::gateways::{
 use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs, HttpRouteStatusParentsParentRef};
 use kube::ResourceExt;
 use sluice_proto::config::{Config, Listener, ListenerProtocol};
+use sluice_proto::probes::ADMIN_PORT;
 
 use super::rules::{self, Ranked};
 use super::services::ServiceIndex;
@@ -57,11 +58,20 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
         for l in &gw.spec.listeners {
             let mut conditions = Vec::new();
             let port = u16::try_from(l.port).ok();
-            let supported = l.protocol == "HTTP" && port.is_some();
+            // The gateway proxy serves its admin endpoint there: a listener
+            // on it would make the proxy refuse the whole config.
+            let reserved = port == Some(ADMIN_PORT);
+            let supported = l.protocol == "HTTP" && port.is_some() && !reserved;
             if supported {
                 conditions.push(Cond::yes("Accepted", reason::ACCEPTED));
                 conditions.push(Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
                 conditions.push(Cond::no("Conflicted", "NoConflicts", ""));
+            } else if reserved {
+                conditions.push(Cond::no(
+                    "Accepted",
+                    reason::PORT_UNAVAILABLE,
+                    format!("port {ADMIN_PORT} is the Sluice proxy's admin port; use another"),
+                ));
             } else {
                 conditions.push(Cond::no(
                     "Accepted",
@@ -164,7 +174,11 @@ fn route_statuses(
                 .spec
                 .listeners
                 .iter()
-                .filter(|l| selects_listener(pr, l) && l.protocol == "HTTP")
+                .filter(|l| {
+                    selects_listener(pr, l)
+                        && l.protocol == "HTTP"
+                        && l.port != i32::from(ADMIN_PORT)
+                })
                 .collect();
             let allowed: Vec<&&GatewayListeners> = candidates
                 .iter()

@@ -10,6 +10,7 @@ use sluice_proto::authz::Policy;
 use sluice_proto::config::{Inbound, InboundPort, ListenerProtocol, MtlsMode};
 
 use super::MeshInput;
+use super::policies::{Checked, to_proxy};
 use super::services::PROXY_CONTAINER;
 
 /// The namespace label that sets the mTLS mode of its workloads.
@@ -17,13 +18,19 @@ pub const MTLS_MODE_LABEL: &str = "sluice.dev/mtls-mode";
 
 /// The inbound side of a pod in `namespace` (no ports and no policies
 /// while the pod is not known yet: its snapshot follows as soon as it is).
-pub fn for_pod(input: &MeshInput, namespace: &str, pod: Option<&Pod>) -> Inbound {
+/// Policies `checked` refused are left out.
+pub fn for_pod(
+    input: &MeshInput,
+    checked: &Checked,
+    namespace: &str,
+    pod: Option<&Pod>,
+) -> Inbound {
     let labels: BTreeMap<String, String> = pod.map(|p| p.labels().clone()).unwrap_or_default();
     Inbound {
         mode: mode(input, namespace),
         ports: pod.map(ports).unwrap_or_default(),
         policies: pod
-            .map(|_| policies(input, namespace, &labels))
+            .map(|_| policies(input, checked, namespace, &labels))
             .unwrap_or_default(),
     }
 }
@@ -77,7 +84,12 @@ fn ports(pod: &Pod) -> Vec<InboundPort> {
 /// Policies of the pod's namespace and of the root namespace whose
 /// selector matches the pod's labels (no selector: all of them), in a
 /// stable order.
-fn policies(input: &MeshInput, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<Policy> {
+fn policies(
+    input: &MeshInput,
+    checked: &Checked,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Vec<Policy> {
     let mut out: Vec<Policy> = input
         .policies
         .iter()
@@ -85,12 +97,9 @@ fn policies(input: &MeshInput, namespace: &str, labels: &BTreeMap<String, String
             let ns = p.namespace().unwrap_or_default();
             (ns == namespace || ns == input.mesh.root_namespace)
                 && p.spec.selector.as_ref().is_none_or(|s| s.matches(labels))
+                && checked.accepted(&ns, &p.name_any())
         })
-        .map(|p| Policy {
-            name: format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
-            action: p.spec.action,
-            rules: p.spec.rules.clone(),
-        })
+        .map(|p| to_proxy(p))
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
@@ -146,7 +155,8 @@ mod tests {
             },
             ..Default::default()
         };
-        let inb = for_pod(&input, "h", input.pods.first().map(|p| &**p));
+        let checked = Checked::of(&input.policies);
+        let inb = for_pod(&input, &checked, "h", input.pods.first().map(|p| &**p));
         assert_eq!(inb.mode, MtlsMode::Strict);
         let names: Vec<&str> = inb.policies.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec!["h/mine", "sluice-system/mesh-wide"]);
@@ -164,6 +174,9 @@ mod tests {
             ]
         );
         // Another namespace falls back to the mesh's mode.
-        assert_eq!(for_pod(&input, "x", None).mode, MtlsMode::Permissive);
+        assert_eq!(
+            for_pod(&input, &checked, "x", None).mode,
+            MtlsMode::Permissive
+        );
     }
 }

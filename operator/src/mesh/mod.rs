@@ -8,12 +8,15 @@
 
 pub mod gateway;
 pub mod inbound;
+pub mod policies;
 pub mod rules;
 pub mod services;
 pub mod sidecar;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
+#[cfg(test)]
+mod properties;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -51,6 +54,8 @@ pub mod reason {
     pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
     /// A listener protocol Sluice does not serve.
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
+    /// A listener port the proxy cannot serve (its own admin port).
+    pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     /// The data plane has not taken the config yet.
     pub const PENDING: &str = "Pending";
     /// The data plane refused the config.
@@ -211,6 +216,9 @@ pub struct MeshOutput {
     pub gateways: Vec<GatewayDraft>,
     /// HTTPRoutes with a parent Sluice serves, by (namespace, name).
     pub routes: BTreeMap<(String, String), RouteDraft>,
+    /// Every AuthorizationPolicy, by (namespace, name): accepted, or left
+    /// out of every snapshot and why.
+    pub policies: BTreeMap<(String, String), policies::PolicyDraft>,
 }
 
 /// Computes every audience's config and every status from observed state.
@@ -221,8 +229,10 @@ pub fn translate(input: &MeshInput) -> MeshOutput {
         &input.pods,
         &input.mesh.trust_domain,
     );
+    let checked = policies::Checked::of(&input.policies);
     let mut out = MeshOutput::default();
     gateway::translate(input, &index, &mut out);
-    sidecar::translate(input, &index, &mut out);
+    sidecar::translate(input, &index, &checked, &mut out);
+    out.policies = checked.drafts;
     out
 }

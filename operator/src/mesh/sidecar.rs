@@ -22,7 +22,12 @@ use super::{Audience, Cond, ConfigKey, MeshInput, MeshOutput, reason};
 pub use sluice_proto::config::OUTBOUND_PORT;
 
 /// Fills one config per namespace with sidecars, and GAMMA route statuses.
-pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) {
+pub fn translate(
+    input: &MeshInput,
+    index: &ServiceIndex,
+    checked: &super::policies::Checked,
+    out: &mut MeshOutput,
+) {
     let gamma: Vec<(&HttpRoute, &HttpRouteParentRefs, String)> = input
         .routes
         .iter()
@@ -64,7 +69,7 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
             .entry(ns.as_str())
             .or_insert_with(|| namespace_config(ns, index, &gamma));
         let found = pods.get(&(ns.clone(), pod.clone())).copied();
-        let inbound = super::inbound::for_pod(input, ns, found);
+        let inbound = super::inbound::for_pod(input, checked, ns, found);
         let key = ConfigKey::Sidecar(ns.clone(), variant(&inbound));
         out.configs.entry(key.clone()).or_insert_with(|| Config {
             inbound: Some(inbound),

@@ -1,10 +1,10 @@
 //! Judging a canary from the proxies' telemetry: its error rate (and p99)
 //! over the analysis window, alone or against the stable revision's.
 
-use sluice_crds::rollout::{AnalysisSpec, AnalysisStatus};
+use sluice_crds::rollout::{AnalysisSpec, AnalysisStatus, Verdict};
 
 use super::duration;
-use super::steps::{Evaluation, Verdict, time};
+use super::model::{Evaluation, time};
 use crate::traffic::window::Totals;
 
 /// Evaluates one interval from the window's totals of each revision.
@@ -26,12 +26,13 @@ pub fn evaluate(
         stable_error_rate: (stable.requests > 0).then(|| format!("{stable_rate:.4}")),
         canary_p99_ms: canary_p99_ms.map(|v| v.round() as i64),
         consecutive_failures: 0,
+        successful_evaluations: 0,
     };
     let (verdict, reason) = judge(spec, canary, stable, canary_p99_ms);
     Evaluation {
         verdict,
         figures: AnalysisStatus {
-            verdict: Some(verdict.as_str().to_owned()),
+            verdict: Some(verdict),
             ..figures
         },
         reason,

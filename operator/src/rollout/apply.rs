@@ -1,92 +1,76 @@
-//! Observing a Rollout's world and applying a [`Decision`] to it.
+//! Acting on a [`Decision`]: weights first (so that a rollback takes
+//! traffic off the canary before anything else), then ReplicaSets,
+//! Services, status and events. Nothing here decides.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{
-    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use sluice_crds::Rollout;
-use sluice_crds::rollout::{AnalysisSpec, RolloutPhase};
+use sluice_crds::rollout::Request;
 use tracing::info;
 
-use super::analysis::evaluate;
-use super::duration;
-use super::steps::{Decision, Evaluation, Observed, Request, decide, secs};
-use super::{Context, Error, HASH_LABEL, REQUEST_ANNOTATION, ROLLOUT_LABEL, template_hash};
-use crate::mesh::Cond;
+use super::model::{Decision, Observed};
+use super::observe::{self, World};
+use super::phase::decide;
+use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL, template_hash};
 use crate::status::{FIELD_MANAGER, apply_status, to_conditions};
-
-fn http_routes(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(
-        client.clone(),
-        ns,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "gateway.networking.k8s.io",
-            "v1",
-            "HTTPRoute",
-        )),
-    )
-}
 
 /// Observe, decide, apply.
 pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Action, Error> {
-    let client = &ctx.client;
-    let name = rollout.name_any();
-    let spec = &rollout.spec;
     let status = rollout.status.clone().unwrap_or_default();
-    let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
-    let owned: Vec<ReplicaSet> = rs_api
-        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
-        .await?
-        .items;
-    let ready: BTreeMap<String, i32> = owned
-        .iter()
-        .filter_map(|rs| {
-            let hash = rs.labels().get(HASH_LABEL)?.clone();
-            // Pods of an earlier spec of this ReplicaSet do not count.
-            let current = rs.status.as_ref()?.observed_generation == rs.metadata.generation;
-            let ready = rs.status.as_ref()?.ready_replicas.unwrap_or(0);
-            Some((hash, if current { ready } else { 0 }))
-        })
-        .collect();
-    let hash = template_hash(&spec.template);
-    let services = fetch_services(rollout, ns, ctx).await?;
-    let invalid = validate(rollout, ns, ctx, &services).await?;
+    let world = observe::world(rollout, ns, ctx).await?;
+    let hash = template_hash(&rollout.spec.template);
     let request = rollout
         .annotations()
-        .get(REQUEST_ANNOTATION)
+        .get(Request::ANNOTATION)
         .and_then(|v| Request::parse(v));
-    let now = jiff_now();
-    let evaluation =
-        evaluation_due(rollout, &hash, now).map(|a| analyse(ctx, ns, &status, &hash, &a, now));
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let evaluation = observe::evaluation_due(rollout, &hash, now)
+        .map(|a| observe::analyse(ctx, ns, &status, &hash, &a, now));
     let observed = Observed {
-        spec,
+        spec: &rollout.spec,
         status: &status,
         generation: rollout.metadata.generation.unwrap_or(0),
         template_hash: hash.clone(),
-        ready: &ready,
+        ready: &world.ready,
         request,
         evaluation,
-        invalid,
+        invalid: observe::invalid(rollout, ns, &world),
         now,
     };
     let decision = decide(&observed);
 
-    // Traffic first: on a rollback the canary loses its weight before
-    // anything else happens.
-    apply_weights(rollout, ns, ctx, &services, &decision).await?;
-    apply_replicasets(rollout, ns, ctx, &owned, &hash, &decision).await?;
-    apply_services(rollout, ns, ctx, &services, &decision).await?;
-    write_status(rollout, ns, ctx, &decision, &ready).await?;
-    for e in &decision.events {
+    apply_weights(rollout, ns, ctx, &world, &decision).await?;
+    apply_replicasets(rollout, ns, ctx, &world.owned, &hash, &decision).await?;
+    apply_services(rollout, ns, ctx, &world.services, &decision).await?;
+    write_status(rollout, ns, ctx, &decision, &world.ready).await?;
+    record_events(rollout, ctx, &decision).await;
+    // Handled, or not understood: either way it has been seen.
+    if rollout.annotations().contains_key(Request::ANNOTATION) {
+        let api: Api<Rollout> = Api::namespaced(ctx.client.clone(), ns);
+        api.patch(
+            &rollout.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {Request::ANNOTATION: null}}})),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(
+        decision.requeue.max(Duration::from_millis(500)),
+    ))
+}
+
+async fn record_events(rollout: &Rollout, ctx: &Context, d: &Decision) {
+    for e in &d.events {
         info!(reason = e.reason, "{}", e.note);
         let event = KubeEvent {
             type_: if e.warning {
@@ -104,143 +88,47 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
             tracing::warn!("recording event {}: {err}", e.reason);
         }
     }
-    // Handled, or not understood: either way it has been seen.
-    if rollout.annotations().contains_key(REQUEST_ANNOTATION) {
-        let api: Api<Rollout> = Api::namespaced(client.clone(), ns);
-        api.patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {REQUEST_ANNOTATION: null}}})),
-        )
-        .await?;
-    }
-    Ok(Action::requeue(
-        decision.requeue.max(Duration::from_millis(500)),
-    ))
 }
 
-fn jiff_now() -> i64 {
-    k8s_openapi::jiff::Timestamp::now().as_second()
-}
-
-/// The analysis to evaluate now, if one is due: the background analysis,
-/// or the current step's inline one, every `interval`.
-fn evaluation_due(rollout: &Rollout, hash: &str, now: i64) -> Option<AnalysisSpec> {
-    let status = rollout.status.as_ref()?;
-    let canary = &rollout.spec.strategy.canary;
-    if status.canary_revision.as_deref() != Some(hash)
-        || status.aborted
-        || status.stable_revision.as_deref() == Some(hash)
-    {
-        return None;
-    }
-    let step = status
-        .current_step_index
-        .and_then(|i| canary.steps.get(usize::try_from(i).ok()?))
-        .and_then(|s| s.analysis.clone());
-    let spec = step.or_else(|| canary.analysis.clone())?;
-    let interval = duration(&spec.interval).unwrap_or(Duration::from_secs(5));
-    let last = status
-        .analysis
-        .as_ref()
-        .and_then(|a| secs(&a.evaluated_at))
-        .unwrap_or(0);
-    (now - last >= interval.as_secs().max(1) as i64).then_some(spec)
-}
-
-fn analyse(
-    ctx: &Context,
-    ns: &str,
-    status: &sluice_crds::RolloutStatus,
+/// The JSON Patch (RFC 6902) that sets the weights of `route`'s backendRefs
+/// to `stable` and `canary`: each change guarded by a `test` of the
+/// backendRef's name, so that a route edited meanwhile is refused rather
+/// than mis-weighted, and nothing else of the user's route is touched.
+pub fn weight_patch(
+    route: &HttpRoute,
+    stable: &str,
     canary: &str,
-    spec: &AnalysisSpec,
-    now: i64,
-) -> Evaluation {
-    let window = duration(&spec.window).unwrap_or(Duration::from_secs(30));
-    // Only what the canary did since it started counts.
-    let since_start = status
-        .canary_start_time
-        .as_ref()
-        .map(|t| Duration::from_secs((now - t.0.as_second()).max(1) as u64))
-        .unwrap_or(window);
-    let window = window.min(since_start + Duration::from_secs(1));
-    let stable = status.stable_revision.clone().unwrap_or_default();
-    let totals = ctx.traffic.sum(
-        window,
-        |k| k.namespace == ns && (k.revision == canary || k.revision == stable),
-        |k| k.revision == canary,
-    );
-    let bounds = ctx.traffic.bounds_ms();
-    let c = totals.get(&true).cloned().unwrap_or_default();
-    let s = totals.get(&false).cloned().unwrap_or_default();
-    let p99 = c.quantile_ms(0.99, &bounds);
-    evaluate(spec, &c, &s, p99, now)
-}
-
-/// The Rollout's stable and canary Services that exist, by name: read
-/// once per reconcile, for validation, ports and selectors.
-type Services = BTreeMap<String, Service>;
-
-async fn fetch_services(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Services, Error> {
-    let canary = &rollout.spec.strategy.canary;
-    let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    let mut out = Services::new();
-    for name in [&canary.stable_service, &canary.canary_service]
-        .into_iter()
-        .flatten()
-    {
-        if let Some(svc) = api.get_opt(name).await? {
-            out.insert(name.clone(), svc);
-        }
-    }
-    Ok(out)
-}
-
-/// What makes a Rollout that passed the schema unable to run.
-async fn validate(
-    rollout: &Rollout,
-    ns: &str,
-    ctx: &Context,
-    services: &Services,
-) -> Result<Option<String>, Error> {
-    let canary = &rollout.spec.strategy.canary;
-    for (field, svc) in [
-        ("spec.strategy.canary.stableService", &canary.stable_service),
-        ("spec.strategy.canary.canaryService", &canary.canary_service),
-    ] {
-        if let Some(svc) = svc
-            && !services.contains_key(svc)
-        {
-            return Ok(Some(format!("{field}: Service {ns}/{svc} does not exist")));
-        }
-    }
-    if let Some(tr) = &canary.traffic_routing {
-        if canary.stable_service.is_none() || canary.canary_service.is_none() {
-            return Ok(Some(
-                "spec.strategy.canary.trafficRouting needs both stableService and canaryService"
-                    .into(),
-            ));
-        }
-        let routes = http_routes(&ctx.client, ns);
-        for (i, r) in tr.http_routes.iter().enumerate() {
-            if routes.get_opt(&r.name).await?.is_none() {
-                return Ok(Some(format!(
-                    "spec.strategy.canary.trafficRouting.httpRoutes[{i}].name: HTTPRoute {ns}/{} does not exist",
-                    r.name
-                )));
+    canary_weight: i32,
+) -> Vec<Value> {
+    let w = canary_weight.clamp(0, 100);
+    let mut ops = Vec::new();
+    for (i, rule) in route.spec.rules.iter().flatten().enumerate() {
+        for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
+            let want = if b.name == stable {
+                100 - w
+            } else if b.name == canary {
+                w
+            } else {
+                continue;
+            };
+            if b.weight != Some(want) {
+                let path = format!("/spec/rules/{i}/backendRefs/{j}");
+                ops.push(json!({"op": "test", "path": format!("{path}/name"), "value": b.name}));
+                ops.push(json!({"op": "add", "path": format!("{path}/weight"), "value": want}));
             }
         }
     }
-    Ok(None)
+    ops
 }
 
 /// Sets the stable and canary backendRefs' weights in every routed
-/// HTTPRoute, and keeps the mesh route of `trafficRouting.mesh`.
+/// HTTPRoute (a JSON Patch: the routes are the user's), and keeps the mesh
+/// route of `trafficRouting.mesh` (the operator's own: server-side apply).
 async fn apply_weights(
     rollout: &Rollout,
     ns: &str,
     ctx: &Context,
-    services: &Services,
+    world: &World,
     d: &Decision,
 ) -> Result<(), Error> {
     let canary = &rollout.spec.strategy.canary;
@@ -252,40 +140,24 @@ async fn apply_weights(
         return Ok(());
     };
     let w = d.canary_weight.clamp(0, 100);
-    let routes = http_routes(&ctx.client, ns);
-    for r in &tr.http_routes {
-        let Some(route) = routes.get_opt(&r.name).await? else {
+    let routes: Api<HttpRoute> = Api::namespaced(ctx.client.clone(), ns);
+    // Every route that still exists gets the weight, also while another is
+    // missing: a rollback must reach all of them.
+    for (name, route) in &world.routes {
+        let ops = weight_patch(route, stable, canary_svc, w);
+        if ops.is_empty() {
             continue;
-        };
-        let mut rules = route.data["spec"]["rules"].clone();
-        let mut changed = false;
-        for rule in rules.as_array_mut().into_iter().flatten() {
-            for b in rule["backendRefs"].as_array_mut().into_iter().flatten() {
-                let want = match b["name"].as_str() {
-                    Some(n) if n == stable => 100 - w,
-                    Some(n) if n == canary_svc => w,
-                    _ => continue,
-                };
-                if b["weight"].as_i64() != Some(i64::from(want)) {
-                    b["weight"] = json!(want);
-                    changed = true;
-                }
-            }
         }
-        if changed {
-            routes
-                .patch(
-                    &r.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"rules": rules}})),
-                )
-                .await?;
-        }
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
+        routes
+            .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await?;
     }
     if let Some(mesh) = &tr.mesh {
         let service = mesh.service.clone().unwrap_or_else(|| stable.clone());
         let name = format!("{}-mesh", rollout.name_any());
         let owner = rollout.controller_owner_ref(&()).map(|o| vec![o]);
+        let services = &world.services;
         let body = json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
@@ -310,7 +182,7 @@ async fn apply_weights(
 }
 
 /// The first port of Service `name` (80 when it has none).
-fn service_port(services: &Services, name: &str) -> i32 {
+fn service_port(services: &BTreeMap<String, Service>, name: &str) -> i32 {
     services
         .get(name)
         .and_then(|s| s.spec.as_ref()?.ports.as_ref()?.first().map(|p| p.port))
@@ -405,7 +277,7 @@ async fn apply_services(
     rollout: &Rollout,
     ns: &str,
     ctx: &Context,
-    services: &Services,
+    services: &BTreeMap<String, Service>,
     d: &Decision,
 ) -> Result<(), Error> {
     let canary = &rollout.spec.strategy.canary;
@@ -466,81 +338,7 @@ async fn write_status(
             .collect::<Vec<_>>()
             .join(","),
     );
-    let phase = st.phase.unwrap_or(RolloutPhase::Progressing);
-    let message = st.message.clone().unwrap_or_default();
-    let invalid = message.strip_prefix("InvalidSpec: ");
-    let available = ready(&stable) >= spec.replicas;
-    let conds = vec![
-        if available {
-            Cond::yes("Available", "AvailableReplicas")
-        } else {
-            Cond::no(
-                "Available",
-                "NotEnoughReplicas",
-                format!("{} of {} stable pods ready", ready(&stable), spec.replicas),
-            )
-        },
-        match phase {
-            RolloutPhase::Progressing => Cond {
-                kind: "Progressing",
-                ok: true,
-                reason: "RolloutProgressing",
-                message: message.clone(),
-            },
-            RolloutPhase::Paused => Cond {
-                kind: "Progressing",
-                ok: true,
-                reason: "RolloutPaused",
-                message: message.clone(),
-            },
-            RolloutPhase::Healthy => Cond::no("Progressing", "RolloutCompleted", message.clone()),
-            RolloutPhase::Degraded => Cond::no("Progressing", "RolloutAborted", message.clone()),
-        },
-        if phase == RolloutPhase::Paused {
-            Cond {
-                kind: "Paused",
-                ok: true,
-                reason: "RolloutPaused",
-                message: message.clone(),
-            }
-        } else {
-            Cond::no("Paused", "NotPaused", "")
-        },
-        if phase == RolloutPhase::Healthy {
-            Cond {
-                kind: "Healthy",
-                ok: true,
-                reason: "RolloutHealthy",
-                message: message.clone(),
-            }
-        } else {
-            Cond::no("Healthy", "RolloutNotHealthy", message.clone())
-        },
-        if st.aborted {
-            Cond {
-                kind: "RolledBack",
-                ok: true,
-                reason: if st.analysis.as_ref().and_then(|a| a.verdict.as_deref()) == Some("Failed")
-                {
-                    "AnalysisFailed"
-                } else {
-                    "Aborted"
-                },
-                message: message.clone(),
-            }
-        } else {
-            Cond::no("RolledBack", "NotRolledBack", "")
-        },
-        match invalid {
-            Some(why) => Cond {
-                kind: "InvalidSpec",
-                ok: true,
-                reason: "InvalidSpec",
-                message: why.to_owned(),
-            },
-            None => Cond::no("InvalidSpec", "ValidSpec", ""),
-        },
-    ];
+    let conds = super::conditions::conditions(&st, ready(&stable), spec.replicas.max(0));
     let existing = rollout
         .status
         .as_ref()

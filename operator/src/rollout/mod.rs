@@ -2,13 +2,18 @@
 //! moved by weight through HTTPRoutes (ingress and mesh), and the canary
 //! judged from the proxies' telemetry, rolled back on its own when it fails.
 //!
-//! [`steps::decide`] is the whole decision and holds no I/O; this module
-//! observes, asks it, and applies what it says (weights first, so that a
-//! rollback takes traffic off the canary before anything else).
+//! [`phase::decide`] is the whole decision and holds no I/O: [`observe`]
+//! reads the world, [`apply`] acts on what the decision says (weights
+//! first, so that a rollback takes traffic off the canary before anything
+//! else), [`conditions`] derives the conditions from the status.
 
 pub mod analysis;
-mod apply;
-pub mod steps;
+pub mod apply;
+pub mod conditions;
+pub mod model;
+pub mod observe;
+pub mod phase;
+pub mod replicas;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +34,6 @@ use crate::traffic::window::TrafficWindow;
 pub const HASH_LABEL: &str = "rollouts-pod-template-hash";
 /// The label that ties a ReplicaSet to its Rollout.
 pub const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
-/// The annotation `kubectl sluice` sets to promote, abort or retry.
-pub const REQUEST_ANNOTATION: &str = "sluice.dev/request";
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +54,32 @@ pub struct Context {
     client: Client,
     traffic: Arc<TrafficWindow>,
     recorder: Recorder,
+    /// `--test-faults`: see [`TEST_FAULT_ANNOTATION`].
+    test_faults: bool,
+    /// Where reconciles register, so that one stuck is noticed.
+    supervisor: crate::health::Supervisor,
 }
 
-/// Runs the controller until the process stops.
-pub async fn run(client: Client, traffic: Arc<TrafficWindow>) {
+/// A reconcile running longer than this is stuck.
+const RECONCILE_LIMIT: Duration = Duration::from_secs(60);
+
+/// With `--test-faults`, a Rollout annotated `panic` makes its reconcile
+/// panic, `stall` makes it block its thread: the faults the supervisor
+/// must notice, for the end-to-end test of supervision.
+pub const TEST_FAULT_ANNOTATION: &str = "sluice.dev/test-fault";
+
+/// Runs the controller until the process stops (or idles for good when the
+/// Rollout CRD is not installed).
+pub async fn run(
+    client: Client,
+    traffic: Arc<TrafficWindow>,
+    supervisor: crate::health::Supervisor,
+    test_faults: bool,
+) {
     let rollouts: Api<Rollout> = Api::all(client.clone());
     if let Err(e) = rollouts.list(&Default::default()).await {
         warn!("rollouts.sluice.dev is not served ({e}); the Rollout controller is off");
-        return;
+        return std::future::pending().await;
     }
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
@@ -70,6 +91,8 @@ pub async fn run(client: Client, traffic: Arc<TrafficWindow>) {
         ),
         client: client.clone(),
         traffic,
+        test_faults,
+        supervisor,
     });
     info!("Rollout controller started");
     Controller::new(rollouts, watcher::Config::default())
@@ -88,6 +111,21 @@ pub async fn run(client: Client, traffic: Arc<TrafficWindow>) {
 
 async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = rollout.namespace().ok_or(Error::NoNamespace)?;
+    let _busy = ctx.supervisor.busy(
+        format!("reconcile of rollout {ns}/{}", rollout.name_any()),
+        RECONCILE_LIMIT,
+    );
+    if ctx.test_faults {
+        match rollout
+            .annotations()
+            .get(TEST_FAULT_ANNOTATION)
+            .map(String::as_str)
+        {
+            Some("panic") => panic!("test fault on rollout {ns}/{}", rollout.name_any()),
+            Some("stall") => std::thread::sleep(Duration::from_secs(3600)),
+            _ => {}
+        }
+    }
     let span = tracing::info_span!("rollout", namespace = %ns, name = %rollout.name_any());
     apply::reconcile(&rollout, &ns, &ctx).instrument(span).await
 }

@@ -1,8 +1,9 @@
 //! Gateway API status, written as other implementations do: GatewayClass
 //! `Accepted`; Gateway `Accepted`/`Programmed` with addresses and per
 //! listener conditions; HttpRoute parent entries with `Accepted` and
-//! `ResolvedRefs`. Each object is patched (server-side apply, status
-//! subresource) only when what it shows differs from what it should.
+//! `ResolvedRefs`; and AuthorizationPolicy `Accepted` (with a Warning
+//! Event when one is refused). Each object is patched (server-side apply,
+//! status subresource) only when what it shows differs from what it should.
 
 mod conditions;
 
@@ -14,8 +15,10 @@ use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
+use sluice_crds::AuthorizationPolicy;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -46,9 +49,8 @@ fn programmed(registry: &Registry, snapshots: &Snapshots) -> Cond {
             "no Sluice gateway proxy is connected to the control plane",
         );
     }
-    if proxies.iter().any(|p| p.acked.as_deref() == Some(&version)) {
-        return Cond::yes("Programmed", reason::PROGRAMMED);
-    }
+    // One proxy refusing the config is worth saying even while others run
+    // it: that proxy serves an older config.
     if let Some(p) = proxies
         .iter()
         .find(|p| p.nacked.as_ref().is_some_and(|(v, _)| *v == version))
@@ -63,6 +65,9 @@ fn programmed(registry: &Registry, snapshots: &Snapshots) -> Cond {
             reason::INVALID,
             format!("gateway proxy {} refused the config: {err}", p.pod()),
         );
+    }
+    if proxies.iter().any(|p| p.acked.as_deref() == Some(&version)) {
+        return Cond::yes("Programmed", reason::PROGRAMMED);
     }
     Cond::no(
         "Programmed",
@@ -154,6 +159,51 @@ where
     .map(|_| ())
 }
 
+/// Writes every AuthorizationPolicy's `Accepted`; a policy newly refused
+/// also gets a Warning Event saying why.
+async fn write_policies(
+    client: &Client,
+    world: &World,
+    recorder: &Recorder,
+    out: &MeshOutput,
+) -> Result<(), kube::Error> {
+    for ((ns, name), draft) in &out.policies {
+        let Some(obj) = world.policy(ns, name) else {
+            continue;
+        };
+        let existing = obj
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let was_refused = existing.iter().any(|c| {
+            c.type_ == "Accepted" && c.status == "False" && c.message == draft.accepted.message
+        });
+        let desired = json!({"conditions": to_conditions(std::slice::from_ref(&draft.accepted), draft.generation, &existing)});
+        let current = status_value(obj.status.as_ref());
+        apply_status(
+            Api::<AuthorizationPolicy>::namespaced(client.clone(), ns),
+            name,
+            current,
+            desired,
+        )
+        .await?;
+        if !draft.accepted.ok && !was_refused {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "Refused".into(),
+                note: Some(draft.accepted.message.clone()),
+                action: "Translate".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
+                warn!("recording the refusal of {ns}/{name}: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes status whenever a translation or the proxies' state changes.
 pub async fn run(
     client: Client,
@@ -163,6 +213,13 @@ pub async fn run(
     mut output: watch::Receiver<Arc<MeshOutput>>,
 ) {
     let mut registry_changes = registry.subscribe();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
     loop {
         tokio::select! {
             r = output.changed() => if r.is_err() { return },
@@ -172,7 +229,11 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
         let out = output.borrow_and_update().clone();
         registry_changes.borrow_and_update();
-        if let Err(e) = write_all(&client, &world, &registry, &snapshots, &out).await {
+        let written = match write_all(&client, &world, &registry, &snapshots, &out).await {
+            Ok(()) => write_policies(&client, &world, &recorder, &out).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             warn!("writing Gateway API status: {e}");
             // Conflicts and transient errors: retry on the next change, or soon.
             tokio::time::sleep(Duration::from_secs(1)).await;

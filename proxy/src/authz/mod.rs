@@ -1,8 +1,7 @@
-//! Authorization on a sidecar's inbound side: the pure evaluator
-//! ([`eval`]) and the tower layer that applies it to every HTTP request
-//! before the forwarding service sees it.
-
-pub mod eval;
+//! Authorization on a sidecar's inbound side: the pure evaluator (the
+//! `sluice-authz` crate, which the operator also runs before it pushes a
+//! policy) and the tower layer that applies it to every HTTP request before
+//! the forwarding service sees it.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -18,7 +17,7 @@ use tracing::debug;
 use crate::body::RespBody;
 use crate::route::request_authority;
 use crate::state::Proxy;
-pub use eval::{Decision, HttpAttributes, Peer, Policies, Traffic, Verdict};
+pub use sluice_authz::{Decision, HttpAttributes, Peer, Policies, Traffic, Verdict};
 
 /// The body Istio's proxies answer a denied request with; clients and
 /// tests match on it.

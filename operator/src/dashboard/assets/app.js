@@ -97,7 +97,7 @@ function drawRollouts(list, actions) {
   for (const r of list) {
     const card = el("article", { class: "card", "data-rollout": r.name, "data-phase": r.phase });
     const h = el("h3", {}, `${r.name} `);
-    h.append(el("span", { class: `phase ${r.phase}` }, r.phase));
+    h.append(el("span", { class: `phase ${r.phase}`, "data-reason": r.reason }, r.reason ? `${r.phase} (${r.reason})` : r.phase));
     card.append(h, el("p", {}, r.message));
     const steps = el("ol", { class: "steps", "aria-label": "steps" });
     r.steps.forEach((s, i) => steps.append(el("li", i === r.currentStep ? { "aria-current": "step" } : {}, `${i + 1}. ${s}`)));

@@ -1,4 +1,6 @@
-//! Authorization policy evaluation with Istio's semantics, as pure code:
+//! Authorization policy evaluation with Istio's semantics, as pure code
+//! shared by the proxy (which enforces it) and the operator (which compiles
+//! every policy before pushing it, so that a proxy never refuses one):
 //!
 //! 1. any matching DENY policy denies;
 //! 2. with no ALLOW policy on the workload, allow;
@@ -97,7 +99,9 @@ fn ports(field: &str, yes: &[String], no: &[String]) -> Result<Field<u16>, Strin
         v.iter()
             .map(|p| {
                 p.parse::<u16>()
-                    .map_err(|_| format!("{field}: {p:?} is not a port number"))
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{field}: {p:?} is not a port number (1-65535)"))
             })
             .collect::<Result<Vec<_>, _>>()
     };

@@ -1,0 +1,329 @@
+//! Reading a Rollout's world: its ReplicaSets, its stable and canary
+//! Services, the HTTPRoutes its weights go to, and the analysis due now.
+//! [`invalid`] and [`evaluation_due`] are pure, over what was read.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+use sluice_crds::Rollout;
+use sluice_crds::rollout::{AnalysisSpec, RolloutReason, RolloutStatus};
+
+use super::analysis::evaluate;
+use super::model::{Evaluation, Invalid, secs};
+use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL, duration};
+
+/// What one reconcile read.
+#[derive(Debug, Default)]
+pub struct World {
+    /// The Rollout's ReplicaSets.
+    pub owned: Vec<ReplicaSet>,
+    /// Ready pods per revision hash (of ReplicaSets whose status is
+    /// current); with routed traffic, a canary's pods count once they are
+    /// ready endpoints of `canaryService` too, so that weight never goes to
+    /// a Service whose endpoints the proxies have not got yet.
+    pub ready: BTreeMap<String, i32>,
+    /// The stable and canary Services that exist, by name.
+    pub services: BTreeMap<String, Service>,
+    /// The HTTPRoutes of `trafficRouting` that exist, by name.
+    pub routes: BTreeMap<String, HttpRoute>,
+}
+
+/// Reads the world of `rollout` in `ns`.
+pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, Error> {
+    let client = &ctx.client;
+    let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
+    let owned: Vec<ReplicaSet> = rs_api
+        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={}", rollout.name_any())))
+        .await?
+        .items;
+    let ready = owned
+        .iter()
+        .filter_map(|rs| {
+            let hash = rs.labels().get(HASH_LABEL)?.clone();
+            // Pods of an earlier spec of this ReplicaSet do not count.
+            let current = rs.status.as_ref()?.observed_generation == rs.metadata.generation;
+            let ready = rs.status.as_ref()?.ready_replicas.unwrap_or(0);
+            Some((hash, if current { ready } else { 0 }))
+        })
+        .collect::<BTreeMap<String, i32>>();
+    let canary = &rollout.spec.strategy.canary;
+    let ready = match (&canary.traffic_routing, &canary.canary_service) {
+        (Some(_), Some(svc)) => {
+            let serving = serving(client, ns, svc, &rollout.name_any()).await?;
+            let stable = rollout
+                .status
+                .as_ref()
+                .and_then(|s| s.stable_revision.as_deref());
+            ready
+                .into_iter()
+                .map(|(hash, n)| {
+                    let n = if Some(hash.as_str()) == stable {
+                        n
+                    } else {
+                        n.min(serving.get(&hash).copied().unwrap_or(0))
+                    };
+                    (hash, n)
+                })
+                .collect()
+        }
+        _ => ready,
+    };
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
+    let mut services = BTreeMap::new();
+    for name in [&canary.stable_service, &canary.canary_service]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(svc) = svc_api.get_opt(name).await? {
+            services.insert(name.clone(), svc);
+        }
+    }
+    let mut routes = BTreeMap::new();
+    if let Some(tr) = &canary.traffic_routing
+        && !tr.http_routes.is_empty()
+    {
+        let api: Api<HttpRoute> = Api::namespaced(client.clone(), ns);
+        for r in &tr.http_routes {
+            if let Some(route) = api.get_opt(&r.name).await? {
+                routes.insert(r.name.clone(), route);
+            }
+        }
+    }
+    Ok(World {
+        owned,
+        ready,
+        services,
+        routes,
+    })
+}
+
+/// Ready endpoints of Service `service` per revision of Rollout `rollout`
+/// (its pods are named `<rollout>-<hash>-<suffix>`, after their ReplicaSet).
+async fn serving(
+    client: &kube::Client,
+    ns: &str,
+    service: &str,
+    rollout: &str,
+) -> Result<BTreeMap<String, i32>, Error> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let list = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await?;
+    let prefix = format!("{rollout}-");
+    let mut out = BTreeMap::new();
+    for e in list.items.iter().flat_map(|s| s.endpoints.iter().flatten()) {
+        let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false);
+        let hash = e
+            .target_ref
+            .as_ref()
+            .and_then(|t| t.name.as_deref())
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.rsplit_once('-'))
+            .map(|(hash, _)| hash.to_owned());
+        if let (true, Some(hash)) = (ready, hash) {
+            *out.entry(hash).or_insert(0) += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `route` has a backendRef to Service `service`.
+pub fn references(route: &HttpRoute, service: &str) -> bool {
+    route
+        .spec
+        .rules
+        .iter()
+        .flatten()
+        .flat_map(|r| r.backend_refs.iter().flatten())
+        .any(|b| b.name == service && b.kind.as_deref().is_none_or(|k| k == "Service"))
+}
+
+/// What makes a Rollout that passed admission unable to run now, naming the
+/// field or object: a missing Service, an HTTPRoute of `trafficRouting` that
+/// is gone or lost its backendRef to either Service.
+pub fn invalid(rollout: &Rollout, ns: &str, world: &World) -> Option<Invalid> {
+    let canary = &rollout.spec.strategy.canary;
+    let spec_error = |message: String| Invalid {
+        reason: RolloutReason::InvalidSpec,
+        message,
+    };
+    for (field, svc) in [
+        ("spec.strategy.canary.stableService", &canary.stable_service),
+        ("spec.strategy.canary.canaryService", &canary.canary_service),
+    ] {
+        if let Some(svc) = svc
+            && !world.services.contains_key(svc)
+        {
+            return Some(spec_error(format!(
+                "{field}: Service {ns}/{svc} does not exist"
+            )));
+        }
+    }
+    let tr = canary.traffic_routing.as_ref()?;
+    let (Some(stable), Some(canary_svc)) = (&canary.stable_service, &canary.canary_service) else {
+        return Some(spec_error(
+            "spec.strategy.canary.trafficRouting needs both stableService and canaryService".into(),
+        ));
+    };
+    for (i, r) in tr.http_routes.iter().enumerate() {
+        let field = format!("spec.strategy.canary.trafficRouting.httpRoutes[{i}].name");
+        let missing = |what: String| {
+            Some(Invalid {
+                reason: RolloutReason::TrafficRouteMissing,
+                message: format!("{field}: HTTPRoute {ns}/{} {what}", r.name),
+            })
+        };
+        let Some(route) = world.routes.get(&r.name) else {
+            return missing("does not exist".into());
+        };
+        for svc in [stable, canary_svc] {
+            if !references(route, svc) {
+                return missing(format!("has no backendRef to Service {svc}"));
+            }
+        }
+    }
+    None
+}
+
+/// The analysis to evaluate now, if one is due: the current step's inline
+/// one, else the background analysis, every `interval`; none once the
+/// promotion has started (a full promotion skips the analysis).
+pub fn evaluation_due(rollout: &Rollout, hash: &str, now: i64) -> Option<AnalysisSpec> {
+    let status = rollout.status.as_ref()?;
+    let canary = &rollout.spec.strategy.canary;
+    if status.canary_revision.as_deref() != Some(hash)
+        || status.aborted
+        || status.stable_revision.as_deref() == Some(hash)
+        || status.reason == Some(RolloutReason::Promoting)
+    {
+        return None;
+    }
+    let step = status
+        .current_step_index
+        .and_then(|i| canary.steps.get(usize::try_from(i).ok()?))
+        .and_then(|s| s.analysis.clone());
+    let spec = step.or_else(|| canary.analysis.clone())?;
+    let interval = duration(&spec.interval).unwrap_or(Duration::from_secs(5));
+    let last = status
+        .analysis
+        .as_ref()
+        .and_then(|a| secs(&a.evaluated_at))
+        .unwrap_or(0);
+    let every = i64::try_from(interval.as_secs().max(1)).unwrap_or(i64::MAX);
+    (now.saturating_sub(last) >= every).then_some(spec)
+}
+
+/// Evaluates `spec` for canary revision `canary` from the proxies'
+/// telemetry window: only what the canary did since it started counts.
+pub fn analyse(
+    ctx: &Context,
+    ns: &str,
+    status: &RolloutStatus,
+    canary: &str,
+    spec: &AnalysisSpec,
+    now: i64,
+) -> Evaluation {
+    let window = duration(&spec.window).unwrap_or(Duration::from_secs(30));
+    let since_start = status
+        .canary_start_time
+        .as_ref()
+        .map(|t| Duration::from_secs(u64::try_from((now - t.0.as_second()).max(1)).unwrap_or(1)))
+        .unwrap_or(window);
+    let window = window.min(since_start + Duration::from_secs(1));
+    let stable = status.stable_revision.clone().unwrap_or_default();
+    let totals = ctx.traffic.sum(
+        window,
+        |k| k.namespace == ns && (k.revision == canary || k.revision == stable),
+        |k| k.revision == canary,
+    );
+    let bounds = ctx.traffic.bounds_ms();
+    let c = totals.get(&true).cloned().unwrap_or_default();
+    let s = totals.get(&false).cloned().unwrap_or_default();
+    let p99 = c.quantile_ms(0.99, &bounds);
+    evaluate(spec, &c, &s, p99, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_crds::rollout::{HttpRouteRef, TrafficRouting};
+
+    fn rollout() -> Rollout {
+        let spec = serde_json::from_value(serde_json::json!({
+            "selector": {}, "template": {}, "strategy": {"canary": {"steps": [{"setWeight": 20}]}}
+        }))
+        .expect("spec");
+        let mut r = Rollout::new("web", spec);
+        let c = &mut r.spec.strategy.canary;
+        c.stable_service = Some("web-stable".into());
+        c.canary_service = Some("web-canary".into());
+        c.traffic_routing = Some(TrafficRouting {
+            http_routes: vec![HttpRouteRef { name: "web".into() }],
+            mesh: None,
+        });
+        r
+    }
+
+    fn route(backends: &[&str]) -> HttpRoute {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "web", "namespace": "ns"},
+            "spec": {"rules": [{"backendRefs": backends.iter()
+                .map(|b| serde_json::json!({"name": b, "port": 80})).collect::<Vec<_>>()}]}
+        }))
+        .expect("route")
+    }
+
+    fn world(routes: &[(&str, HttpRoute)]) -> World {
+        World {
+            services: ["web-stable", "web-canary"]
+                .map(|s| (s.to_owned(), Service::default()))
+                .into(),
+            routes: routes
+                .iter()
+                .map(|(n, r)| ((*n).to_owned(), r.clone()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_deleted_route_makes_the_rollout_invalid_naming_it() {
+        let why = invalid(&rollout(), "ns", &world(&[])).expect("invalid");
+        assert_eq!(why.reason, RolloutReason::TrafficRouteMissing);
+        assert!(
+            why.message
+                .contains("httpRoutes[0].name: HTTPRoute ns/web does not exist"),
+            "{}",
+            why.message
+        );
+    }
+
+    #[test]
+    fn a_route_without_the_canary_backend_is_invalid_too() {
+        let w = world(&[("web", route(&["web-stable"]))]);
+        let why = invalid(&rollout(), "ns", &w).expect("invalid");
+        assert_eq!(why.reason, RolloutReason::TrafficRouteMissing);
+        assert!(why.message.contains("no backendRef to Service web-canary"));
+        let ok = world(&[("web", route(&["web-stable", "web-canary"]))]);
+        assert_eq!(invalid(&rollout(), "ns", &ok), None);
+    }
+
+    #[test]
+    fn a_missing_service_is_an_invalid_spec() {
+        let mut w = world(&[("web", route(&["web-stable", "web-canary"]))]);
+        w.services.remove("web-canary");
+        let why = invalid(&rollout(), "ns", &w).expect("invalid");
+        assert_eq!(why.reason, RolloutReason::InvalidSpec);
+        assert!(
+            why.message
+                .starts_with("spec.strategy.canary.canaryService")
+        );
+    }
+}

@@ -1,0 +1,188 @@
+//! The rollout state machine: a pure decision over what was observed (the
+//! Rollout, its ReplicaSets, the user's request, the latest analysis) that
+//! says what the world should look like. Side effects happen in
+//! [`super::apply`]; everything the decision needs to resume after a
+//! restart lives in `status`.
+//!
+//! [`decide`] only dispatches, the way Argo Rollouts' `rollout/canary.go`
+//! reads: [`stable`] when the template is the stable revision, [`canary`]
+//! while a canary walks its steps, [`promote`] once they are done,
+//! [`abort`] after a rollback or while the spec cannot run.
+
+pub mod abort;
+pub mod canary;
+pub mod promote;
+pub mod stable;
+
+use sluice_crds::rollout::{Request, RolloutReason, Verdict};
+
+use super::model::{Decision, Draft, Observed, time};
+
+/// Seconds the canary's pods stay after an abort, unless the spec says.
+pub const DEFAULT_ABORT_DELAY: i32 = 30;
+/// Seconds the old stable's pods stay after a promotion, unless the spec says.
+pub const DEFAULT_SCALE_DOWN_DELAY: i32 = 30;
+/// Seconds a step may wait, unless the spec says.
+pub const DEFAULT_PROGRESS_DEADLINE: i32 = 600;
+
+/// Decides.
+pub fn decide(o: &Observed) -> Decision {
+    let mut d = Draft::new(o);
+    if let Some(invalid) = &o.invalid {
+        return abort::invalid(o, d, invalid);
+    }
+    let stable = stable_revision(o, &mut d);
+    if o.template_hash == stable {
+        return stable::decide(o, d, &stable);
+    }
+    start_canary(o, &mut d, &stable);
+    let full = handle_request(o, &mut d);
+    record_analysis(o, &mut d, &stable);
+    if d.st.aborted {
+        return abort::decide(o, d, &stable);
+    }
+    if full || d.st.current_step_index.unwrap_or(0) >= o.total_steps() {
+        let release = full || o.request == Some(Request::Promote);
+        return promote::decide(o, d, &stable, release);
+    }
+    canary::decide(o, d, &stable)
+}
+
+/// The stable revision; the first revision becomes it at once.
+fn stable_revision(o: &Observed, d: &mut Draft) -> String {
+    match d.st.stable_revision.clone() {
+        Some(s) => s,
+        None => {
+            let hash = o.template_hash.clone();
+            d.normal("NewStable", format!("first revision {hash} is stable"));
+            d.st.stable_revision = Some(hash.clone());
+            hash
+        }
+    }
+}
+
+/// A template that is neither stable nor the running canary starts a new
+/// canary (replacing the running one) from its first step.
+fn start_canary(o: &Observed, d: &mut Draft, stable: &str) {
+    let hash = &o.template_hash;
+    if d.st.canary_revision.as_deref() == Some(hash.as_str()) {
+        return;
+    }
+    let replaced = d.st.canary_revision.replace(hash.clone());
+    d.normal(
+        "CanaryStarted",
+        match &replaced {
+            Some(old) => format!("revision {hash} replaces canary {old}"),
+            None => format!("revision {hash} starts as canary of {stable}"),
+        },
+    );
+    restart_steps(o, d);
+    d.st.canary_scale = None;
+}
+
+/// Back to the first step, with nothing of the last attempt left.
+fn restart_steps(o: &Observed, d: &mut Draft) {
+    let st = &mut d.st;
+    st.current_step_index = Some(0);
+    st.pause_start_time = None;
+    st.aborted = false;
+    st.abort_time = None;
+    st.analysis = None;
+    st.reason = None;
+    st.message = None;
+    st.weights = None;
+    st.canary_start_time = Some(time(o.now));
+    st.step_start_time = Some(time(o.now));
+}
+
+/// Acts on an abort, retry or full promotion; says whether to promote
+/// fully now. `promote` (one step) is the steps' business.
+fn handle_request(o: &Observed, d: &mut Draft) -> bool {
+    match o.request {
+        Some(Request::Abort) if !d.st.aborted => {
+            abort::start(
+                d,
+                o.now,
+                RolloutReason::Aborted,
+                "aborted by the user".into(),
+            );
+            d.warning(
+                "Aborted",
+                "aborted by the user; all traffic back to stable".into(),
+            );
+            false
+        }
+        Some(Request::Retry) if d.st.aborted => {
+            restart_steps(o, d);
+            d.normal("Retried", "canary restarted from its first step".into());
+            false
+        }
+        Some(Request::PromoteFull) if !d.st.aborted => {
+            d.st.current_step_index = Some(o.total_steps());
+            d.st.reason = Some(RolloutReason::Promoting);
+            d.st.step_start_time = Some(time(o.now));
+            d.normal(
+                "PromotedFull",
+                "promoted past every remaining step and the analysis".into(),
+            );
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Records this pass's evaluation: counts failures in a row against the
+/// failure limit of the analysis that ran (the current inline step's, else
+/// the background one), and successes for the promotion gate.
+fn record_analysis(o: &Observed, d: &mut Draft, stable: &str) {
+    let Some(e) = &o.evaluation else { return };
+    if d.st.aborted {
+        return;
+    }
+    let canary = &o.spec.strategy.canary;
+    let inline =
+        d.st.current_step_index
+            .and_then(|i| canary.steps.get(usize::try_from(i).ok()?))
+            .and_then(|s| s.analysis.as_ref());
+    let limit = inline
+        .or(canary.analysis.as_ref())
+        .map_or(1, |a| a.failure_limit.max(1));
+    let previous = d.st.analysis.clone().unwrap_or_default();
+    let mut figures = e.figures.clone();
+    figures.verdict = Some(e.verdict);
+    figures.consecutive_failures = if e.verdict == Verdict::Failed {
+        previous.consecutive_failures.saturating_add(1)
+    } else {
+        0
+    };
+    figures.successful_evaluations = previous
+        .successful_evaluations
+        .saturating_add(i32::from(e.verdict == Verdict::Successful));
+    let failed = figures.consecutive_failures >= limit;
+    d.st.analysis = Some(figures);
+    if failed {
+        abort::start(d, o.now, RolloutReason::AnalysisFailed, e.reason.clone());
+        d.warning(
+            "AnalysisFailed",
+            format!("{}; rolling back to {stable}", e.reason),
+        );
+    }
+}
+
+/// The deadline of every wait, in seconds.
+fn progress_deadline(o: &Observed) -> i64 {
+    i64::from(
+        o.spec
+            .progress_deadline_seconds
+            .unwrap_or(DEFAULT_PROGRESS_DEADLINE),
+    )
+}
+
+/// Seconds the current step has waited.
+fn waited(o: &Observed, d: &Draft) -> i64 {
+    o.now
+        .saturating_sub(super::model::secs(&d.st.step_start_time).unwrap_or(o.now))
+}
+
+#[cfg(test)]
+mod scenarios;

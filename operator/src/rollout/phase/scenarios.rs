@@ -1,0 +1,531 @@
+//! Scenarios of the decision, each a sentence: a spec, a sequence of
+//! observations, what the Rollout must look like after each.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use sluice_crds::rollout::{
+    AnalysisSpec, AnalysisStatus, CanaryStep, CanaryStrategy, PauseStep, Request, RolloutPhase,
+    RolloutReason, RolloutSpec, RolloutStatus, RolloutStrategy, SetCanaryScale, Verdict,
+};
+
+use super::super::model::{Decision, Evaluation, Invalid, Observed};
+use super::decide;
+
+fn spec(steps: Vec<CanaryStep>) -> RolloutSpec {
+    RolloutSpec {
+        replicas: 2,
+        selector: Default::default(),
+        template: Default::default(),
+        revision_history_limit: None,
+        progress_deadline_seconds: Some(60),
+        paused: false,
+        strategy: RolloutStrategy {
+            canary: CanaryStrategy {
+                steps,
+                analysis: Some(AnalysisSpec::default()),
+                traffic_routing: Some(Default::default()),
+                ..Default::default()
+            },
+        },
+    }
+}
+
+fn weight(w: i32) -> CanaryStep {
+    CanaryStep {
+        set_weight: Some(w),
+        ..Default::default()
+    }
+}
+
+fn pause(d: Option<&str>) -> CanaryStep {
+    CanaryStep {
+        pause: Some(PauseStep {
+            duration: d.map(str::to_owned),
+        }),
+        ..Default::default()
+    }
+}
+
+fn analysis_step() -> CanaryStep {
+    CanaryStep {
+        analysis: Some(AnalysisSpec::default()),
+        ..Default::default()
+    }
+}
+
+fn all_ready() -> BTreeMap<String, i32> {
+    ["a", "b", "c"].map(|h| (h.to_owned(), 10)).into()
+}
+
+/// One decision from `status` with the template at `hash`, every pod ready.
+fn step(
+    spec: &RolloutSpec,
+    status: &RolloutStatus,
+    hash: &str,
+    now: i64,
+    request: Option<Request>,
+    evaluation: Option<Evaluation>,
+) -> Decision {
+    with_ready(spec, status, hash, now, request, evaluation, &all_ready())
+}
+
+fn with_ready(
+    spec: &RolloutSpec,
+    status: &RolloutStatus,
+    hash: &str,
+    now: i64,
+    request: Option<Request>,
+    evaluation: Option<Evaluation>,
+    ready: &BTreeMap<String, i32>,
+) -> Decision {
+    decide(&Observed {
+        spec,
+        status,
+        generation: 1,
+        template_hash: hash.into(),
+        ready,
+        request,
+        evaluation,
+        invalid: None,
+        now,
+    })
+}
+
+fn evaluation(verdict: Verdict) -> Evaluation {
+    Evaluation {
+        verdict,
+        figures: AnalysisStatus {
+            canary_requests: 100,
+            canary_error_rate: Some("0.5000".into()),
+            stable_error_rate: Some("0.0000".into()),
+            verdict: Some(verdict),
+            ..Default::default()
+        },
+        reason: "canary error rate 0.5000".into(),
+    }
+}
+
+fn failed() -> Evaluation {
+    evaluation(Verdict::Failed)
+}
+
+fn passed() -> Evaluation {
+    evaluation(Verdict::Successful)
+}
+
+fn reasons(d: &Decision) -> Vec<&'static str> {
+    d.events.iter().map(|e| e.reason).collect()
+}
+
+/// The status of revision `a` stable, at time 0.
+fn stable_a(s: &RolloutSpec) -> RolloutStatus {
+    step(s, &RolloutStatus::default(), "a", 0, None, None).status
+}
+
+#[test]
+fn the_first_revision_is_stable_at_once() {
+    let s = spec(vec![weight(20)]);
+    let d = step(&s, &RolloutStatus::default(), "a", 0, None, None);
+    assert_eq!(d.status.stable_revision.as_deref(), Some("a"));
+    assert_eq!(d.status.phase, Some(RolloutPhase::Healthy));
+    assert_eq!(d.status.reason, Some(RolloutReason::RolloutCompleted));
+    assert_eq!(d.replicas, vec![("a".into(), 2)]);
+    assert_eq!(d.canary_weight, 0);
+}
+
+#[test]
+fn a_canary_walks_weight_timed_pause_weight_and_waits_for_promotion() {
+    let s = spec(vec![weight(20), pause(Some("5s")), weight(50), pause(None)]);
+    let d = step(&s, &stable_a(&s), "b", 100, None, Some(passed()));
+    assert_eq!(d.canary_weight, 20);
+    assert_eq!(d.status.phase, Some(RolloutPhase::Paused));
+    assert_eq!(d.status.reason, Some(RolloutReason::PauseStep));
+    assert_eq!(d.status.current_step_index, Some(1));
+    assert!(reasons(&d).contains(&"CanaryStarted"));
+    assert_eq!(d.replicas, vec![("a".into(), 2), ("b".into(), 1)]);
+    let d = step(&s, &d.status, "b", 103, None, None);
+    assert_eq!(
+        (d.canary_weight, d.status.current_step_index),
+        (20, Some(1))
+    );
+    let d = step(&s, &d.status, "b", 105, None, None);
+    assert_eq!(
+        (d.canary_weight, d.status.current_step_index),
+        (50, Some(3))
+    );
+    assert_eq!(d.status.reason, Some(RolloutReason::PausedUntilPromoted));
+    let d = step(&s, &d.status, "b", 200, None, None);
+    assert_eq!(d.status.current_step_index, Some(3));
+    // Promote: the steps are done and b is fully ready: b becomes stable,
+    // a is kept for its delay.
+    let d = step(&s, &d.status, "b", 201, Some(Request::Promote), None);
+    assert_eq!(d.status.stable_revision.as_deref(), Some("b"));
+    assert_eq!(d.status.canary_revision, None);
+    assert_eq!(d.canary_weight, 0);
+    assert!(reasons(&d).contains(&"Promoted"));
+    let d = step(&s, &d.status, "b", 210, None, None);
+    assert_eq!(d.replicas, vec![("b".into(), 2), ("a".into(), 2)]);
+    let d = step(&s, &d.status, "b", 231, None, None);
+    assert_eq!(d.replicas, vec![("b".into(), 2)]);
+    assert_eq!(d.status.phase, Some(RolloutPhase::Healthy));
+}
+
+#[test]
+fn promote_at_the_first_pause_ends_that_pause_only_and_stops_at_the_next() {
+    // The hands-on's Rollout.
+    let s = spec(vec![weight(20), pause(Some("5s")), weight(50), pause(None)]);
+    let d = step(&s, &stable_a(&s), "b", 100, None, Some(passed()));
+    assert_eq!(d.status.reason, Some(RolloutReason::PauseStep));
+    let d = step(&s, &d.status, "b", 101, Some(Request::Promote), None);
+    assert_eq!(d.canary_weight, 50);
+    assert_eq!(d.status.current_step_index, Some(3));
+    assert_eq!(d.status.phase, Some(RolloutPhase::Paused));
+    assert_eq!(d.status.reason, Some(RolloutReason::PausedUntilPromoted));
+    assert_eq!(d.status.stable_revision.as_deref(), Some("a"));
+}
+
+#[test]
+fn promote_full_skips_every_step_and_the_analysis_to_full_size_first() {
+    let s = spec(vec![weight(20), pause(None), weight(60), pause(None)]);
+    let running = step(&s, &stable_a(&s), "b", 10, None, None).status;
+    // b has one ready pod of two: it is scaled up, stable stays.
+    let ready: BTreeMap<String, i32> = [("a".to_owned(), 2), ("b".to_owned(), 1)].into();
+    let d = with_ready(
+        &s,
+        &running,
+        "b",
+        11,
+        Some(Request::PromoteFull),
+        None,
+        &ready,
+    );
+    assert_eq!(d.status.stable_revision.as_deref(), Some("a"));
+    assert_eq!(d.status.reason, Some(RolloutReason::Promoting));
+    assert_eq!(d.replicas, vec![("a".into(), 2), ("b".into(), 2)]);
+    assert!(reasons(&d).contains(&"PromotedFull"));
+    // Still one of two, no request any more: it keeps promoting, no analysis gate.
+    let d = with_ready(&s, &d.status, "b", 12, None, None, &ready);
+    assert_eq!(d.status.reason, Some(RolloutReason::Promoting));
+    assert_eq!(d.status.stable_revision.as_deref(), Some("a"));
+    // Both ready: only now does b become stable.
+    let d = step(&s, &d.status, "b", 13, None, None);
+    assert_eq!(d.status.stable_revision.as_deref(), Some("b"));
+    assert_eq!(d.status.phase, Some(RolloutPhase::Healthy));
+}
+
+#[test]
+fn without_a_final_weight_of_100_the_canary_is_fully_ready_before_it_becomes_stable() {
+    let s = spec(vec![weight(20)]);
+    let ready: BTreeMap<String, i32> = [("a".to_owned(), 2), ("b".to_owned(), 1)].into();
+    let d = with_ready(&s, &stable_a(&s), "b", 10, None, Some(passed()), &ready);
+    assert_eq!(d.status.stable_revision.as_deref(), Some("a"));
+    assert_eq!(d.status.reason, Some(RolloutReason::Promoting));
+    assert_eq!(d.replicas, vec![("a".into(), 2), ("b".into(), 2)]);
+    assert_eq!(d.canary_weight, 20, "the weight stays until the switch");
+}
+
+#[test]
+fn a_canary_whose_analysis_was_only_inconclusive_is_not_promoted_silently() {
+    let s = spec(vec![weight(20)]);
+    let inconclusive = || Some(evaluation(Verdict::Inconclusive));
+    let d = step(&s, &stable_a(&s), "b", 10, None, inconclusive());
+    assert_eq!(d.status.phase, Some(RolloutPhase::Paused));
+    assert_eq!(d.status.reason, Some(RolloutReason::InconclusiveAnalysis));
+    assert_eq!(d.status.stable_revision.as_deref(), Some("a"));
+    assert!(reasons(&d).contains(&"InconclusiveAnalysis"));
+    // Still too little traffic: still paused.
+    let d = step(&s, &d.status, "b", 15, None, inconclusive());
+    assert_eq!(d.status.reason, Some(RolloutReason::InconclusiveAnalysis));
+    // Traffic arrives and the analysis passes: promoted.
+    let later = step(&s, &d.status, "b", 20, None, Some(passed()));
+    assert_eq!(later.status.stable_revision.as_deref(), Some("b"));
+    // Or the user promotes.
+    let promoted = step(&s, &d.status, "b", 20, Some(Request::Promote), None);
+    assert_eq!(promoted.status.stable_revision.as_deref(), Some("b"));
+}
+
+#[test]
+fn weight_waits_for_canary_pods_and_the_deadline_aborts() {
+    let s = spec(vec![weight(50)]);
+    let none_ready = BTreeMap::new();
+    let d = with_ready(&s, &stable_a(&s), "b", 10, None, None, &none_ready);
+    assert_eq!(d.canary_weight, 0);
+    assert_eq!(d.status.current_step_index, Some(0));
+    assert_eq!(d.status.reason, Some(RolloutReason::WaitingForCanaryPods));
+    let d = with_ready(&s, &d.status, "b", 80, None, None, &none_ready);
+    assert!(d.status.aborted);
+    assert!(reasons(&d).contains(&"ProgressDeadlineExceeded"));
+    assert_eq!(d.status.phase, Some(RolloutPhase::Degraded));
+    assert_eq!(
+        d.status.reason,
+        Some(RolloutReason::ProgressDeadlineExceeded)
+    );
+}
+
+#[test]
+fn ten_replicas_without_routing_scale_the_canary_to_what_the_step_waits_for() {
+    let mut s = spec(vec![weight(20), pause(None)]);
+    s.replicas = 10;
+    s.strategy.canary.traffic_routing = None;
+    let ready: BTreeMap<String, i32> = [("a".to_owned(), 10)].into();
+    let d = with_ready(&s, &stable_a(&s), "b", 10, None, None, &ready);
+    assert_eq!(d.replicas, vec![("a".into(), 10), ("b".into(), 2)]);
+    assert!(
+        d.status
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("2 canary pods"),
+        "{:?}",
+        d.status.message
+    );
+    let ready: BTreeMap<String, i32> = [("a".to_owned(), 10), ("b".to_owned(), 2)].into();
+    let d = with_ready(&s, &d.status, "b", 12, None, None, &ready);
+    assert_eq!(d.canary_weight, 20);
+    assert_eq!(d.replicas, vec![("a".into(), 8), ("b".into(), 2)]);
+}
+
+#[test]
+fn one_replica_without_routing_keeps_its_stable_pod() {
+    let mut s = spec(vec![weight(20), pause(None)]);
+    s.replicas = 1;
+    s.strategy.canary.traffic_routing = None;
+    let ready: BTreeMap<String, i32> = [("a".to_owned(), 1)].into();
+    let d = with_ready(&s, &stable_a(&s), "b", 10, None, None, &ready);
+    assert_eq!(d.replicas, vec![("a".into(), 1), ("b".into(), 1)]);
+    let ready: BTreeMap<String, i32> = [("a".to_owned(), 1), ("b".to_owned(), 1)].into();
+    let d = with_ready(&s, &d.status, "b", 12, None, None, &ready);
+    assert_eq!(d.canary_weight, 20);
+    assert_eq!(d.replicas, vec![("a".into(), 1), ("b".into(), 1)]);
+    assert_eq!(d.status.reason, Some(RolloutReason::PausedUntilPromoted));
+}
+
+#[test]
+fn failed_analysis_rolls_back_at_once_and_retry_restarts() {
+    let s = spec(vec![weight(20), pause(None)]);
+    let d = step(&s, &stable_a(&s), "b", 10, None, None);
+    assert_eq!(d.canary_weight, 20);
+    let d = step(&s, &d.status, "b", 15, None, Some(failed()));
+    assert_eq!(d.canary_weight, 0);
+    assert!(d.status.aborted);
+    assert_eq!(d.status.phase, Some(RolloutPhase::Degraded));
+    assert_eq!(d.status.reason, Some(RolloutReason::AnalysisFailed));
+    assert_eq!(reasons(&d), vec!["AnalysisFailed", "RolledBack"]);
+    assert!(d.events[0].note.contains("0.5000"), "{}", d.events[0].note);
+    // The reason stays on later passes, without being read back from text.
+    assert_eq!(d.replicas.len(), 2);
+    let later = step(&s, &d.status, "b", 15 + 31, None, None);
+    assert_eq!(later.replicas, vec![("a".into(), 2)]);
+    assert_eq!(later.canary_weight, 0);
+    assert_eq!(later.status.reason, Some(RolloutReason::AnalysisFailed));
+    assert!(
+        later
+            .status
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("0.5000"),
+        "{:?}",
+        later.status.message
+    );
+    let r = step(&s, &later.status, "b", 60, Some(Request::Retry), None);
+    assert!(!r.status.aborted);
+    assert_eq!(r.canary_weight, 20);
+}
+
+#[test]
+fn inconclusive_analysis_never_rolls_back() {
+    let s = spec(vec![weight(20), pause(None)]);
+    let mut st = stable_a(&s);
+    for t in 0..100 {
+        let d = step(
+            &s,
+            &st,
+            "b",
+            10 + t * 5,
+            None,
+            Some(evaluation(Verdict::Inconclusive)),
+        );
+        assert!(!d.status.aborted);
+        st = d.status;
+    }
+}
+
+#[test]
+fn failure_limit_counts_consecutive_failures() {
+    let mut s = spec(vec![weight(20), pause(None)]);
+    if let Some(a) = s.strategy.canary.analysis.as_mut() {
+        a.failure_limit = 2;
+    }
+    let d = step(&s, &stable_a(&s), "b", 10, None, Some(failed()));
+    assert!(!d.status.aborted);
+    let d = step(&s, &d.status, "b", 15, None, Some(passed()));
+    let d = step(&s, &d.status, "b", 20, None, Some(failed()));
+    assert!(!d.status.aborted, "the streak was broken");
+    let d = step(&s, &d.status, "b", 25, None, Some(failed()));
+    assert!(d.status.aborted);
+}
+
+#[test]
+fn an_inline_analysis_that_never_gets_traffic_pauses_at_the_deadline() {
+    let s = spec(vec![weight(20), analysis_step(), weight(50), pause(None)]);
+    let d = step(&s, &stable_a(&s), "b", 10, None, None);
+    assert_eq!(d.status.current_step_index, Some(1));
+    assert_eq!(d.status.reason, Some(RolloutReason::WaitingForAnalysis));
+    let inconclusive = || Some(evaluation(Verdict::Inconclusive));
+    let d = step(&s, &d.status, "b", 40, None, inconclusive());
+    assert_eq!(d.status.reason, Some(RolloutReason::WaitingForAnalysis));
+    let d = step(&s, &d.status, "b", 75, None, inconclusive());
+    assert_eq!(d.status.phase, Some(RolloutPhase::Paused));
+    assert_eq!(d.status.reason, Some(RolloutReason::InconclusiveAnalysis));
+    assert_eq!(d.canary_weight, 20);
+    // A pass later moves on.
+    let d = step(&s, &d.status, "b", 80, None, Some(passed()));
+    assert_eq!(d.canary_weight, 50);
+}
+
+#[test]
+fn user_abort_and_template_revert() {
+    let s = spec(vec![weight(20), pause(None), weight(60), pause(None)]);
+    let running = step(&s, &stable_a(&s), "b", 10, None, None).status;
+    let aborted = step(&s, &running, "b", 11, Some(Request::Abort), None);
+    assert!(aborted.status.aborted);
+    assert_eq!(aborted.canary_weight, 0);
+    assert_eq!(reasons(&aborted), vec!["Aborted", "RolledBack"]);
+    assert_eq!(aborted.status.reason, Some(RolloutReason::Aborted));
+
+    let reverted = step(&s, &running, "a", 11, None, None);
+    assert_eq!(reverted.canary_weight, 0);
+    assert_eq!(reverted.status.canary_revision, None);
+    assert_eq!(reverted.replicas, vec![("a".into(), 2)]);
+    assert!(reasons(&reverted).contains(&"RolledBack"));
+}
+
+#[test]
+fn a_new_template_during_a_canary_replaces_it() {
+    let s = spec(vec![weight(20), pause(None)]);
+    let b = step(&s, &stable_a(&s), "b", 10, None, None).status;
+    let c = step(&s, &b, "c", 20, None, None);
+    assert_eq!(c.status.canary_revision.as_deref(), Some("c"));
+    assert_eq!(c.replicas, vec![("a".into(), 2), ("c".into(), 1)]);
+    assert_eq!(c.canary_weight, 20);
+}
+
+#[test]
+fn spec_paused_holds_the_step() {
+    let mut s = spec(vec![weight(20), weight(40)]);
+    let stable = stable_a(&s);
+    s.paused = true;
+    let d = step(&s, &stable, "b", 10, None, None);
+    assert_eq!(d.status.phase, Some(RolloutPhase::Paused));
+    assert_eq!(d.status.reason, Some(RolloutReason::SpecPaused));
+    assert_eq!(d.canary_weight, 0);
+}
+
+#[test]
+fn a_route_gone_mid_canary_takes_all_traffic_back_and_keeps_the_stable_pods() {
+    let s = spec(vec![weight(50), pause(None)]);
+    let running = step(&s, &stable_a(&s), "b", 10, None, None).status;
+    let d = decide(&Observed {
+        spec: &s,
+        status: &running,
+        generation: 1,
+        template_hash: "b".into(),
+        ready: &all_ready(),
+        request: None,
+        evaluation: None,
+        invalid: Some(Invalid {
+            reason: RolloutReason::TrafficRouteMissing,
+            message: "spec.strategy.canary.trafficRouting.httpRoutes[0].name: HTTPRoute ns/web does not exist".into(),
+        }),
+        now: 11,
+    });
+    assert_eq!(d.canary_weight, 0);
+    assert_eq!(d.status.phase, Some(RolloutPhase::Degraded));
+    assert_eq!(d.status.reason, Some(RolloutReason::TrafficRouteMissing));
+    assert_eq!(d.replicas, vec![("a".into(), 2), ("b".into(), 1)]);
+    assert!(reasons(&d).contains(&"TrafficRouteMissing"));
+    // The route is back: the canary carries on at its step's weight.
+    let back = step(&s, &d.status, "b", 20, None, None);
+    assert_eq!(back.canary_weight, 50);
+    assert_eq!(back.status.reason, Some(RolloutReason::PausedUntilPromoted));
+}
+
+#[test]
+fn absurd_durations_and_times_never_panic() {
+    let s = spec(vec![
+        weight(20),
+        pause(Some("99999999999999999999h")),
+        pause(Some("999999h")),
+        weight(50),
+    ]);
+    for now in [i64::MIN, -1, 0, 1, i64::MAX] {
+        let st = stable_a(&s);
+        let d = step(&s, &st, "b", now, Some(Request::Promote), Some(failed()));
+        let _ = step(&s, &d.status, "b", now.saturating_add(1), None, None);
+    }
+}
+
+fn arb_step() -> impl Strategy<Value = CanaryStep> {
+    prop_oneof![
+        any::<i32>().prop_map(weight),
+        proptest::option::of("[0-9]{0,25}(ms|s|m|h)?").prop_map(|d| pause(d.as_deref())),
+        any::<Option<i32>>().prop_map(|r| CanaryStep {
+            set_canary_scale: Some(SetCanaryScale {
+                replicas: r,
+                weight: None,
+                match_traffic_weight: r.is_none().then_some(true),
+            }),
+            ..Default::default()
+        }),
+        Just(analysis_step()),
+    ]
+}
+
+fn arb_request() -> impl Strategy<Value = Option<Request>> {
+    proptest::option::of(proptest::sample::select(Request::ALL.to_vec()))
+}
+
+fn arb_verdict() -> impl Strategy<Value = Option<Evaluation>> {
+    proptest::option::of(
+        proptest::sample::select(vec![
+            Verdict::Successful,
+            Verdict::Failed,
+            Verdict::Inconclusive,
+        ])
+        .prop_map(evaluation),
+    )
+}
+
+proptest! {
+    /// Whatever the spec (passed admission or not) and whatever was
+    /// observed, a sequence of decisions never panics and stays in range.
+    #[test]
+    fn any_spec_and_observation_is_decided_without_panic(
+        steps in proptest::collection::vec(arb_step(), 1..8),
+        replicas in any::<i32>(),
+        routed in any::<bool>(),
+        deadline in any::<Option<i32>>(),
+        passes in proptest::collection::vec((any::<i32>(), arb_request(), arb_verdict(), 0i32..20, any::<bool>()), 1..12),
+    ) {
+        let mut s = spec(steps);
+        s.replicas = replicas;
+        s.progress_deadline_seconds = deadline;
+        if !routed {
+            s.strategy.canary.traffic_routing = None;
+        }
+        let mut st = RolloutStatus::default();
+        let mut now = 0i64;
+        for (dt, request, evaluation, ready_n, new_template) in passes {
+            now = now.saturating_add(i64::from(dt));
+            let hash = if new_template { "c" } else { "b" };
+            let ready: BTreeMap<String, i32> =
+                ["a", "b", "c"].map(|h| (h.to_owned(), ready_n)).into();
+            let d = with_ready(&s, &st, hash, now, request, evaluation, &ready);
+            prop_assert!((0..=100).contains(&d.canary_weight));
+            prop_assert!(d.replicas.iter().all(|(_, n)| *n >= 0));
+            st = d.status;
+        }
+    }
+}
