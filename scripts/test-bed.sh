@@ -30,6 +30,7 @@ etcd_bin="$cache/etcd/$ETCD_VERSION/bin"
 helm_bin="$cache/helm/$HELM_VERSION/bin"
 containerd_bin="$cache/containerd/$CONTAINERD_VERSION/bin"
 coredns_bin="$cache/coredns/$COREDNS_VERSION/bin"
+metrics_bin="$cache/metrics-server/$METRICS_SERVER_VERSION/bin"
 gw_dir="$cache/gateway-api/$GATEWAY_API_VERSION"
 
 print_paths() {
@@ -46,6 +47,8 @@ print_paths() {
   echo "CONTAINERD_SHIM=$containerd_bin/containerd-shim-runc-v2"
   echo "COREDNS=$coredns_bin/coredns"
   echo "COREDNS_VERSION=$COREDNS_VERSION"
+  echo "METRICS_SERVER=$metrics_bin/metrics-server"
+  echo "METRICS_SERVER_VERSION=$METRICS_SERVER_VERSION"
   echo "RUNC=$(command -v runc || echo /usr/sbin/runc)"
   echo "CNI_BIN_DIR=/usr/lib/cni"
   echo "GATEWAY_API_CRDS=$gw_dir/standard-install.yaml"
@@ -58,6 +61,7 @@ all_present() {
     [ -x "$k8s_bin/kubectl" ] && [ -x "$k8s_bin/kubelet" ] && [ -x "$k8s_bin/kube-proxy" ] &&
     [ -x "$helm_bin/helm" ] && [ -x "$containerd_bin/containerd" ] && [ -x "$containerd_bin/ctr" ] &&
     [ -x "$containerd_bin/containerd-shim-runc-v2" ] && [ -x "$coredns_bin/coredns" ] &&
+    [ -x "$metrics_bin/metrics-server" ] &&
     [ -s "$gw_dir/standard-install.yaml" ] && [ -f "$cache/.debian-packages-v3-ok" ]
 }
 
@@ -287,6 +291,18 @@ GO
   mv "$coredns_bin/coredns.tmp" "$coredns_bin/coredns"
 }
 
+build_metrics_server() {
+  [ -x "$metrics_bin/metrics-server" ] && return 0
+  need_go
+  say "building metrics-server $METRICS_SERVER_VERSION; once per version, a few minutes"
+  mkdir -p "$metrics_bin.tmp"
+  # Its go.mod has no replace directives: a plain install at the version works.
+  with_progress "metrics-server $METRICS_SERVER_VERSION" \
+    env -C "$cache" CGO_ENABLED=0 GOBIN="$metrics_bin.tmp" go install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
+  rm -rf "$metrics_bin" && mv "$metrics_bin.tmp" "$metrics_bin"
+}
+
 fetch_gateway_api() {
   [ -s "$gw_dir/standard-install.yaml" ] && return 0
   need_go
@@ -311,6 +327,7 @@ build_helm
 fetch_gateway_api
 build_containerd
 build_coredns
+build_metrics_server
 build_k8s
 all_present || die "build finished but some binaries are missing under $cache"
 say "test bed ready under $cache"

@@ -174,14 +174,25 @@ pub fn pause(bins: &Path) -> Result<Image, Error> {
 /// CoreDNS (a static Go binary) for the test bed's cluster DNS, listening
 /// on an unprivileged port so that it needs no capability.
 pub fn coredns(binary: &Path, version: &str) -> Result<Image, Error> {
+    test_bed_program("coredns", binary, version)
+}
+
+/// metrics-server (a static Go binary) for the test bed's resource metrics.
+pub fn metrics_server(binary: &Path, version: &str) -> Result<Image, Error> {
+    test_bed_program("metrics-server", binary, version)
+}
+
+/// One program of the test bed's own (not Sluice's) as `sluice.test/<name>`.
+fn test_bed_program(name: &str, binary: &Path, version: &str) -> Result<Image, Error> {
     let mut rootfs = Rootfs::base()?;
-    rootfs.program("/coredns", binary)?;
+    let at = format!("/{name}");
+    rootfs.program(&at, binary)?;
     Ok(Image {
-        repository: "sluice.test/coredns".to_owned(),
+        repository: format!("sluice.test/{name}"),
         tags: vec![Tag::plain(version)],
-        description: "CoreDNS for the Sluice test bed".to_owned(),
+        description: format!("{name} for the Sluice test bed"),
         rootfs,
-        entrypoint: vec!["/coredns".to_owned()],
+        entrypoint: vec![at],
         cmd: Vec::new(),
         env: Vec::new(),
         user: user(NONROOT_UID),

@@ -99,6 +99,10 @@ fn main() -> ExitCode {
             |c| Box::pin(logged(c, semantics::inconclusive_analysis_pauses)),
         ),
         (
+            "rollout_scaled_by_a_real_hpa_keeps_each_revisions_share",
+            |c| Box::pin(logged(c, semantics::an_autoscaled_rollout_keeps_its_shares)),
+        ),
+        (
             "a_gateway_listener_on_the_admin_port_is_refused_and_the_mesh_converges",
             |c| Box::pin(logged(c, semantics::a_bad_object_never_stalls_the_mesh)),
         ),

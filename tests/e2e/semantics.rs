@@ -567,3 +567,170 @@ spec:
     op.restart().await?;
     Ok(())
 }
+
+/// A HorizontalPodAutoscaler (the real one of kube-controller-manager,
+/// with metrics-server reading the kubelet) scales a Rollout through its
+/// scale subresource under CPU load; a canary started afterwards runs its
+/// share of the autoscaled size, and the controller and the HPA do not
+/// fight over the pods.
+pub async fn an_autoscaled_rollout_keeps_its_shares(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let ns = "ro-hpa";
+    mesh(&cluster).await?;
+    cluster.install_metrics_server().await?;
+    cluster.create_namespace(ns).await?;
+    cluster.apply(&format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: Rollout
+metadata: {{name: hpa, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: hpa}}}}
+  template:
+    metadata: {{labels: {{app: hpa}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: app
+        image: sluice/demo-app:blue
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{httpGet: {{path: /healthz, port: http}}, periodSeconds: 1}}
+        resources: {{requests: {{cpu: 20m}}}}
+  strategy:
+    canary:
+      steps: [{{setWeight: 50}}, {{pause: {{}}}}]
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {{name: hpa, namespace: {ns}}}
+spec:
+  scaleTargetRef: {{apiVersion: sluice.dev/v1alpha1, kind: Rollout, name: hpa}}
+  minReplicas: 1
+  maxReplicas: 4
+  metrics:
+  - type: Resource
+    resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}
+"#
+    ))?;
+    cluster.kubectl(
+        &[
+            "wait",
+            "-n",
+            ns,
+            "rollout/hpa",
+            "--for=condition=Healthy",
+            "--timeout=60s",
+        ],
+        None,
+    )?;
+    let started = Instant::now();
+    let ro = {
+        let _load = CpuLoad::start(cluster.clone(), ns.to_owned());
+        sluice_tests::wait::poll(
+            "the HPA to scale the Rollout up",
+            Duration::from_secs(150),
+            Duration::from_millis(500),
+            || async {
+                let ro = named(&cluster, ns, "hpa").await?;
+                let ready = ro
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0);
+                Ok((ro.spec.replicas >= 2 && ready >= 2).then_some(ro))
+            },
+        )
+        .await?
+    };
+    let replicas = ro.spec.replicas;
+    eprintln!(
+        "semantics: the HPA scaled the Rollout to {replicas} {:.1?} after the load began",
+        started.elapsed()
+    );
+    Api::<Rollout>::namespaced(cluster.client(), ns)
+        .patch(
+            "hpa",
+            &PatchParams::default(),
+            &Patch::Json::<()>(serde_json::from_value(json!([
+                {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "sluice/demo-app:yellow"},
+            ]))?),
+        )
+        .await?;
+    let ro = sluice_tests::wait::poll(
+        "the canary paused at weight 50",
+        Duration::from_secs(90),
+        Duration::from_millis(200),
+        || async {
+            let ro = named(&cluster, ns, "hpa").await?;
+            Ok((weight(&ro) == 50 && phase(&ro) == Some(RolloutPhase::Paused)).then_some(ro))
+        },
+    )
+    .await?;
+    // Each revision runs its share of what the HPA set, and holds it.
+    let share = |r: i32| (r + 1) / 2;
+    let (stable, canary) = (
+        stable_revision(&ro).context("no stable")?,
+        canary_revision(&ro).context("no canary")?,
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let ro = named(&cluster, ns, "hpa").await?;
+        let r = ro.spec.replicas;
+        let (s, _) = replica_set(&cluster, ns, "hpa", &stable).await?;
+        let (c, _) = replica_set(&cluster, ns, "hpa", &canary).await?;
+        ensure!(
+            s == share(r) && c == share(r),
+            "at {r} replicas: stable {s}, canary {c}; expected {} each",
+            share(r)
+        );
+        seen.insert((r, s, c));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ensure!(seen.len() <= 2, "the pods moved back and forth: {seen:?}");
+    eprintln!("semantics: at weight 50 with {replicas} replicas: {seen:?}");
+    cluster.kubectl(&["delete", "namespace", ns, "--wait=false"], None)?;
+    Ok(())
+}
+
+/// CPU load on every pod of `app=hpa`: `/burn` requests from the host, a
+/// few at a time, until dropped (at most 150 s or 5,000 requests).
+struct CpuLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CpuLoad {
+    fn start(cluster: Arc<Cluster>, ns: String) -> CpuLoad {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            let http = sluice_tests::operator::http();
+            let started = Instant::now();
+            let mut sent = 0;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(150)
+                && sent < 5000
+            {
+                let ips: Vec<String> =
+                    sluice_tests::wait::pods_by_label(&cluster.client(), &ns, "app=hpa")
+                        .await
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|p| p.status?.pod_ip)
+                        .collect();
+                let requests = ips
+                    .iter()
+                    .cycle()
+                    .take(4)
+                    .map(|ip| http.get(format!("http://{ip}:8080/burn?ms=200")).send());
+                let _ = futures::future::join_all(requests).await;
+                sent += 4;
+            }
+        });
+        CpuLoad { stop }
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -240,6 +240,28 @@ impl Cluster {
         Ok(())
     }
 
+    /// Installs metrics-server (resource metrics for `kubectl top` and
+    /// HorizontalPodAutoscalers) and waits until the metrics API serves
+    /// the node's metrics.
+    pub async fn install_metrics_server(&self) -> Result<(), Error> {
+        self.apply(&crate::node::metrics::manifest(&self.images.metrics_server))?;
+        deployment_available(
+            &self.client,
+            "kube-system",
+            "metrics-server",
+            Duration::from_secs(90),
+        )
+        .await?;
+        poll(
+            "the metrics API to serve the node",
+            Duration::from_secs(90),
+            Duration::from_secs(1),
+            || async { Ok(self.kubectl(&["top", "nodes", "--no-headers"], None).ok()) },
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Runs `argv` in the default container of pod `namespace/name` with
     /// `kubectl exec` (through the API server and the kubelet), for at most
     /// a minute.

@@ -153,6 +153,29 @@ impl ControlPlane {
                     pki.ca_cert.display().to_string(),
                 ),
                 ("kubelet-preferred-address-types", "InternalIP".into()),
+                // The aggregation layer (metrics-server's metrics.k8s.io).
+                (
+                    "requestheader-client-ca-file",
+                    pki.front_proxy_ca.display().to_string(),
+                ),
+                (
+                    "requestheader-allowed-names",
+                    crate::pki::FRONT_PROXY_CLIENT.into(),
+                ),
+                ("requestheader-username-headers", "X-Remote-User".into()),
+                ("requestheader-group-headers", "X-Remote-Group".into()),
+                (
+                    "requestheader-extra-headers-prefix",
+                    "X-Remote-Extra-".into(),
+                ),
+                (
+                    "proxy-client-cert-file",
+                    pki.front_proxy_client.0.display().to_string(),
+                ),
+                (
+                    "proxy-client-key-file",
+                    pki.front_proxy_client.1.display().to_string(),
+                ),
                 // Dial webhook and aggregated API endpoints directly rather
                 // than through their Service.
                 ("enable-aggregator-routing", "true".into()),
@@ -228,6 +251,8 @@ impl ControlPlane {
                 ("root-ca-file", cp.pki.ca_cert.display().to_string()),
                 ("use-service-account-credentials", "true".into()),
                 ("cluster-name", "sluice-test".into()),
+                // Autoscaling reacts within seconds in tests.
+                ("horizontal-pod-autoscaler-sync-period", "5s".into()),
                 ("v", "0".into()),
             ]),
             &logs.join("kube-controller-manager.log"),

@@ -34,6 +34,13 @@ pub struct Pki {
     /// The apiserver's client certificate towards kubelets (exec, logs,
     /// port-forward), and its key.
     pub kubelet_client: (PathBuf, PathBuf),
+    /// The CA of the aggregation layer's front proxy (a CA of its own, as
+    /// Kubernetes advises: a cluster client certificate must not pass as
+    /// the proxy).
+    pub front_proxy_ca: PathBuf,
+    /// The apiserver's client certificate towards aggregated APIses
+    /// (metrics-server), `CN=front-proxy-client`, and its key.
+    pub front_proxy_client: (PathBuf, PathBuf),
     /// Service-account token signing key (EC P-256, PKCS#8).
     pub service_account_key: PathBuf,
     /// Its public half, which verifies tokens.
@@ -55,19 +62,9 @@ impl Pki {
     /// subject alternative names.
     pub fn generate(dir: &Path, ips: &[IpAddr], names: &[&str]) -> Result<Pki, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let ca_key = KeyPair::generate().map_err(pki_err)?;
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "sluice-test-ca");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(pki_err)?;
+        let ca = ca_issuer("sluice-test-ca")?;
         let ca_pem = ca.pem();
+        let front_proxy = ca_issuer("sluice-test-front-proxy-ca")?;
         let ca_cert = write(dir, "ca.crt", &ca_pem)?;
         let sa_key = KeyPair::generate().map_err(pki_err)?;
         let service_account_key = write(dir, "sa.key", &sa_key.serialize_pem())?;
@@ -82,6 +79,8 @@ impl Pki {
             admin_cert_pem: String::new(),
             admin_key_pem: String::new(),
             kubelet_client: (PathBuf::new(), PathBuf::new()),
+            front_proxy_ca: write(dir, "front-proxy-ca.crt", &front_proxy.pem())?,
+            front_proxy_client: (PathBuf::new(), PathBuf::new()),
             service_account_key,
             service_account_pub,
         };
@@ -95,6 +94,13 @@ impl Pki {
             "kube-apiserver-kubelet-client",
             &["system:masters"],
         )?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, FRONT_PROXY_CLIENT);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        pki.front_proxy_client = pki.issue_by(&front_proxy, "front-proxy-client", params)?;
         Ok(pki)
     }
 
@@ -144,8 +150,17 @@ impl Pki {
     }
 
     fn issue(&self, file: &str, params: CertificateParams) -> Result<(PathBuf, PathBuf), Error> {
+        self.issue_by(&self.ca, file, params)
+    }
+
+    fn issue_by(
+        &self,
+        ca: &CertifiedIssuer<'static, KeyPair>,
+        file: &str,
+        params: CertificateParams,
+    ) -> Result<(PathBuf, PathBuf), Error> {
         let key = KeyPair::generate().map_err(pki_err)?;
-        let cert = params.signed_by(&key, &self.ca).map_err(pki_err)?;
+        let cert = params.signed_by(&key, ca).map_err(pki_err)?;
         Ok((
             write(&self.dir, &format!("{file}.crt"), &cert.pem())?,
             write(&self.dir, &format!("{file}.key"), &key.serialize_pem())?,
@@ -187,6 +202,24 @@ current-context: sluice
         );
         std::fs::write(path, body).map_err(|e| Error::io(path, e))
     }
+}
+
+/// The common name the apiserver's front-proxy client certificate has, and
+/// the one aggregated APIs accept.
+pub const FRONT_PROXY_CLIENT: &str = "front-proxy-client";
+
+/// A self-signed CA named `name`.
+fn ca_issuer(name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, Error> {
+    let key = KeyPair::generate().map_err(pki_err)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(pki_err)?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    CertifiedIssuer::self_signed(params, key).map_err(pki_err)
 }
 
 fn write(dir: &Path, name: &str, body: &str) -> Result<PathBuf, Error> {

@@ -44,6 +44,10 @@ pub struct Toolchain {
     pub coredns: PathBuf,
     /// Its version, the tag of its image.
     pub coredns_version: String,
+    /// metrics-server.
+    pub metrics_server: PathBuf,
+    /// Its version, the tag of its image.
+    pub metrics_server_version: String,
 }
 
 /// The workspace root (the directory holding the top `Cargo.toml`).
@@ -105,6 +109,11 @@ impl Toolchain {
             cni_bin_dir: path("CNI_BIN_DIR")?,
             coredns: path("COREDNS")?,
             coredns_version: vars.get("COREDNS_VERSION").unwrap_or(&"").to_string(),
+            metrics_server: path("METRICS_SERVER")?,
+            metrics_server_version: vars
+                .get("METRICS_SERVER_VERSION")
+                .unwrap_or(&"")
+                .to_string(),
         })
     }
 }

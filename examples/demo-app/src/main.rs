@@ -9,8 +9,9 @@
 //! ```
 //!
 //! `GET /` answers 200 with a body naming the colour (or 500 for the
-//! configured fraction of requests), `/color` returns the colour alone and
-//! `/healthz` always answers 200 for probes.
+//! configured fraction of requests), `/color` returns the colour alone,
+//! `/burn?ms=N` spends N ms (at most 1,000) of CPU before answering, for
+//! autoscaling demos, and `/healthz` always answers 200 for probes.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -76,6 +77,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
     let method = req.method().clone();
     // Drain the request body so keep-alive connections stay usable.
     let _ = req.into_body().collect().await;
@@ -87,6 +89,15 @@ async fn handle(
     }
     let mut resp = match path.as_str() {
         "/color" => text(StatusCode::OK, format!("{}\n", settings.color)),
+        "/burn" => {
+            let ms = burn_ms(&query);
+            // On the blocking pool: the server keeps accepting meanwhile.
+            let _ = tokio::task::spawn_blocking(move || burn(ms)).await;
+            text(
+                StatusCode::OK,
+                format!("{} burned {ms} ms\n", settings.color),
+            )
+        }
         _ if settings.error_rate > 0.0 && rand::random::<f64>() < settings.error_rate => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(
@@ -108,6 +119,27 @@ async fn handle(
         resp.headers_mut().insert("x-served-by", v);
     }
     Ok(resp)
+}
+
+/// `ms=N` of a query, at most 1,000 (10 when absent or unreadable).
+fn burn_ms(query: &str) -> u64 {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+        .min(1000)
+}
+
+/// Keeps one core busy for `ms` milliseconds.
+fn burn(ms: u64) {
+    let until = std::time::Instant::now() + Duration::from_millis(ms);
+    let mut x: u64 = 1;
+    while std::time::Instant::now() < until {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]

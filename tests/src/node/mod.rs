@@ -13,6 +13,7 @@ pub mod dns;
 pub mod host;
 pub mod kube_proxy;
 pub mod kubelet;
+pub mod metrics;
 pub mod network;
 
 use std::net::Ipv4Addr;
@@ -280,6 +281,8 @@ pub struct NodeImages {
     pub sandbox: String,
     /// The CoreDNS image, as pods name it.
     pub coredns: String,
+    /// The metrics-server image, as pods name it.
+    pub metrics_server: String,
 }
 
 impl NodeImages {
@@ -291,8 +294,14 @@ impl NodeImages {
         let mut images = sluice_images::catalog::sluice(bins).map_err(err)?;
         let coredns =
             sluice_images::catalog::coredns(&tc.coredns, &tc.coredns_version).map_err(err)?;
-        let coredns_ref = coredns.references().into_iter().next().unwrap_or_default();
+        let metrics =
+            sluice_images::catalog::metrics_server(&tc.metrics_server, &tc.metrics_server_version)
+                .map_err(err)?;
+        let first =
+            |i: &sluice_images::Image| i.references().into_iter().next().unwrap_or_default();
+        let (coredns_ref, metrics_ref) = (first(&coredns), first(&metrics));
         images.push(coredns);
+        images.push(metrics);
         let pause = sluice_images::catalog::pause(bins).map_err(err)?;
         let sandbox = pause.full_name(sluice_proto::images::TAG);
         let started = Instant::now();
@@ -310,6 +319,7 @@ impl NodeImages {
             archives,
             sandbox,
             coredns: coredns_ref,
+            metrics_server: metrics_ref,
         })
     }
 }
