@@ -179,16 +179,33 @@ build_k8s() {
   rm -rf "$k8s_bin" && mv "$k8s_bin.tmp" "$k8s_bin"
 }
 
+# Builds the `main` package read from stdin, in a wrapper module of its own
+# named NAME that requires REQUIREMENT (module@version), into OUT: for
+# servers whose module cannot be installed as it is (etcd) or that are built
+# with a selection of plugins (CoreDNS).
+build_main() {
+  local name="$1" requirement="$2" out="$3" ldflags="$4"
+  local mod="$cache/build/$name"
+  rm -rf "$mod" && mkdir -p "$mod"
+  cat >"$mod/main.go"
+  (
+    cd "$mod"
+    go mod init "sluice.local/$name" >/dev/null 2>&1
+    go get "$requirement" >&2
+    go mod tidy >&2
+  )
+  mkdir -p "$(dirname "$out")"
+  with_progress "$name" \
+    env -C "$mod" CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$out.tmp" .
+  mv "$out.tmp" "$out"
+}
+
 build_etcd() {
   [ -x "$etcd_bin/etcd" ] && return 0
   need_go
-  local mod="$cache/build/etcd-$ETCD_VERSION"
   say "building etcd $ETCD_VERSION; once per version, a few minutes"
-  rm -rf "$mod" && mkdir -p "$mod"
-  (
-    cd "$mod"
-    go mod init sluice.local/etcd >/dev/null 2>&1
-    cat >main.go <<'GO'
+  build_main "etcd-$ETCD_VERSION" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" \
+    "$etcd_bin/etcd" "-s -w" <<'GO'
 // Command etcd runs the etcd server for the Sluice test bed.
 package main
 
@@ -200,25 +217,29 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 GO
-    go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2
-    go mod tidy >&2
-  )
-  mkdir -p "$etcd_bin"
-  with_progress "etcd $ETCD_VERSION" \
-    env -C "$mod" CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$etcd_bin/etcd.tmp" .
-  mv "$etcd_bin/etcd.tmp" "$etcd_bin/etcd"
+}
+
+# Installs the commands PKG@VERSION... (of a module whose go.mod has no
+# replace directives, so that a plain install works) into BIN, through a
+# temporary directory so that an interrupted build leaves nothing half done.
+# GO_TAGS, when set, are the build tags.
+go_install() {
+  local what="$1" bin="$2" ldflags="$3"
+  shift 3
+  mkdir -p "$bin.tmp"
+  with_progress "$what" \
+    env -C "$cache" CGO_ENABLED=0 GOBIN="$bin.tmp" go install -trimpath \
+    -tags "${GO_TAGS:-}" -ldflags "$ldflags" "$@"
+  rm -rf "$bin" && mv "$bin.tmp" "$bin"
 }
 
 build_helm() {
   [ -x "$helm_bin/helm" ] && return 0
   need_go
   say "building helm $HELM_VERSION; once per version, a few minutes"
-  mkdir -p "$helm_bin.tmp"
-  with_progress "helm $HELM_VERSION" \
-    env CGO_ENABLED=0 GOBIN="$helm_bin.tmp" go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  go_install "helm $HELM_VERSION" "$helm_bin" \
+    "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
     "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  rm -rf "$helm_bin" && mv "$helm_bin.tmp" "$helm_bin"
 }
 
 build_containerd() {
@@ -227,30 +248,21 @@ build_containerd() {
   need_go
   say "building containerd $CONTAINERD_VERSION (containerd, ctr, containerd-shim-runc-v2); once per version, a few minutes"
   local m=github.com/containerd/containerd/v2
-  local ldf="-s -w -X $m/version.Version=$CONTAINERD_VERSION -X $m/version.Package=$m"
-  mkdir -p "$containerd_bin.tmp"
-  # Its go.mod has no replace directives, so a plain install at the version works.
   # The snapshotters that need cgo or host tools are left out; overlayfs is used.
-  with_progress "containerd $CONTAINERD_VERSION" \
-    env -C "$cache" CGO_ENABLED=0 GOBIN="$containerd_bin.tmp" go install -trimpath \
-    -tags "no_btrfs no_devmapper no_zfs" -ldflags "$ldf" \
+  GO_TAGS="no_btrfs no_devmapper no_zfs" go_install "containerd $CONTAINERD_VERSION" "$containerd_bin" \
+    "-s -w -X $m/version.Version=$CONTAINERD_VERSION -X $m/version.Package=$m" \
     "$m/cmd/containerd@$CONTAINERD_VERSION" "$m/cmd/ctr@$CONTAINERD_VERSION" \
     "$m/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
-  rm -rf "$containerd_bin" && mv "$containerd_bin.tmp" "$containerd_bin"
 }
 
 build_coredns() {
   [ -x "$coredns_bin/coredns" ] && return 0
   need_go
-  local mod="$cache/build/coredns-$COREDNS_VERSION"
   say "building CoreDNS $COREDNS_VERSION with the plugins cluster DNS needs; once per version, a few minutes"
-  rm -rf "$mod" && mkdir -p "$mod"
-  (
-    cd "$mod"
-    go mod init sluice.local/coredns >/dev/null 2>&1
-    # CoreDNS's compile-time plugin selection: only what kube-dns needs, so
-    # the cloud providers' SDKs are not built.
-    cat >main.go <<'GO'
+  # CoreDNS's compile-time plugin selection: only what kube-dns needs, so
+  # the cloud providers' SDKs are not built.
+  build_main "coredns-$COREDNS_VERSION" "github.com/coredns/coredns@$COREDNS_VERSION" \
+    "$coredns_bin/coredns" "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" <<'GO'
 // Command coredns is CoreDNS with the plugins that cluster DNS needs.
 package main
 
@@ -260,47 +272,32 @@ import (
 
 	_ "github.com/coredns/coredns/plugin/cache"
 	_ "github.com/coredns/coredns/plugin/errors"
-	_ "github.com/coredns/coredns/plugin/forward"
 	_ "github.com/coredns/coredns/plugin/health"
 	_ "github.com/coredns/coredns/plugin/kubernetes"
 	_ "github.com/coredns/coredns/plugin/loadbalance"
 	_ "github.com/coredns/coredns/plugin/log"
-	_ "github.com/coredns/coredns/plugin/loop"
 	_ "github.com/coredns/coredns/plugin/ready"
 	_ "github.com/coredns/coredns/plugin/reload"
 )
 
-// The order in which a query passes the plugins, as CoreDNS's plugin.cfg has it.
+// The order in which a query passes the plugins, as CoreDNS's plugin.cfg
+// has it. No `forward`: names outside the cluster are not looked up.
 var directives = []string{
-	"reload", "health", "ready", "errors", "log", "loadbalance", "cache",
-	"loop", "kubernetes", "forward",
+	"reload", "health", "ready", "errors", "log", "loadbalance", "cache", "kubernetes",
 }
 
 func init() { dnsserver.Directives = directives }
 
 func main() { coremain.Run() }
 GO
-    go get "github.com/coredns/coredns@$COREDNS_VERSION" >&2
-    go mod tidy >&2
-  )
-  mkdir -p "$coredns_bin"
-  with_progress "coredns $COREDNS_VERSION" \
-    env -C "$mod" CGO_ENABLED=0 go build -trimpath \
-    -ldflags "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" \
-    -o "$coredns_bin/coredns.tmp" .
-  mv "$coredns_bin/coredns.tmp" "$coredns_bin/coredns"
 }
 
 build_metrics_server() {
   [ -x "$metrics_bin/metrics-server" ] && return 0
   need_go
   say "building metrics-server $METRICS_SERVER_VERSION; once per version, a few minutes"
-  mkdir -p "$metrics_bin.tmp"
-  # Its go.mod has no replace directives: a plain install at the version works.
-  with_progress "metrics-server $METRICS_SERVER_VERSION" \
-    env -C "$cache" CGO_ENABLED=0 GOBIN="$metrics_bin.tmp" go install -trimpath -ldflags "-s -w" \
+  go_install "metrics-server $METRICS_SERVER_VERSION" "$metrics_bin" "-s -w" \
     "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
-  rm -rf "$metrics_bin" && mv "$metrics_bin.tmp" "$metrics_bin"
 }
 
 fetch_gateway_api() {

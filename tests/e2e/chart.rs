@@ -116,27 +116,7 @@ async fn handson_through_both_proxies(cluster: &Cluster) -> anyhow::Result<()> {
         &["label", "namespace", "handson", "sluice.dev/inject=enabled"],
         None,
     )?;
-    cluster.kubectl(
-        &[
-            "rollout",
-            "restart",
-            "deployment/handson-blue",
-            "-n",
-            "handson",
-        ],
-        None,
-    )?;
-    cluster.kubectl(
-        &[
-            "rollout",
-            "status",
-            "deployment/handson-blue",
-            "-n",
-            "handson",
-            "--timeout=180s",
-        ],
-        None,
-    )?;
+    cluster.restart_deployment("handson", "handson-blue")?;
     let after = poll(
         "handson pods, all with the proxy",
         Duration::from_secs(60),

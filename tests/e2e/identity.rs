@@ -794,22 +794,7 @@ pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow
 
 /// Replaces the handson pod and waits for the new one to be ready.
 async fn strict_pod_becomes_ready(cluster: &Cluster) -> anyhow::Result<()> {
-    cluster.kubectl(
-        &["rollout", "restart", "deployment/handson-blue", "-n", NS],
-        None,
-    )?;
-    cluster.kubectl(
-        &[
-            "rollout",
-            "status",
-            "deployment/handson-blue",
-            "-n",
-            NS,
-            "--timeout=60s",
-        ],
-        None,
-    )?;
-    Ok(())
+    Ok(cluster.restart_deployment(NS, "handson-blue")?)
 }
 
 /// Certificates live seconds (`--cert-ttl` of this test's operator) and are

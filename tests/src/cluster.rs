@@ -240,6 +240,25 @@ impl Cluster {
         Ok(())
     }
 
+    /// `kubectl rollout restart` of Deployment `namespace/name`, then
+    /// `kubectl rollout status` until its new pods are ready.
+    pub fn restart_deployment(&self, namespace: &str, name: &str) -> Result<(), Error> {
+        let target = format!("deployment/{name}");
+        self.kubectl(&["rollout", "restart", &target, "-n", namespace], None)?;
+        self.kubectl(
+            &[
+                "rollout",
+                "status",
+                &target,
+                "-n",
+                namespace,
+                "--timeout=180s",
+            ],
+            None,
+        )?;
+        Ok(())
+    }
+
     /// Installs metrics-server (resource metrics for `kubectl top` and
     /// HorizontalPodAutoscalers) and waits until the metrics API serves
     /// the node's metrics.

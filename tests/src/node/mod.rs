@@ -302,8 +302,12 @@ impl NodeImages {
         let (coredns_ref, metrics_ref) = (first(&coredns), first(&metrics));
         images.push(coredns);
         images.push(metrics);
-        let pause = sluice_images::catalog::pause(bins).map_err(err)?;
-        let sandbox = pause.full_name(sluice_proto::images::TAG);
+        let pause = sluice_proto::images::repository(sluice_proto::images::PAUSE);
+        let sandbox = images
+            .iter()
+            .find(|i| i.repository == pause)
+            .map(|i| i.full_name(sluice_proto::images::TAG))
+            .ok_or_else(|| Error::Toolchain("no pause image in the catalog".into()))?;
         let started = Instant::now();
         let archives = images
             .iter()

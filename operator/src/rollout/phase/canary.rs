@@ -14,7 +14,9 @@ use sluice_crds::rollout::{
 use super::super::duration;
 use super::super::model::{Decision, Draft, Observed, delay, secs, time, whole_secs};
 use super::super::replicas;
-use super::{abort, progress_deadline, promote, waited};
+use super::{
+    abort, last_verdict, progress_deadline, promote, requeue_for_analysis, running_pods, waited,
+};
 
 /// Where the walk stands.
 #[derive(Debug)]
@@ -226,11 +228,7 @@ fn analysis(o: &Observed, d: &mut Draft, w: &mut Walk, a: &AnalysisSpec) -> Next
         );
         return Next::Advance;
     }
-    let last =
-        d.st.analysis
-            .as_ref()
-            .and_then(|s| s.verdict)
-            .map_or("no evaluation yet".to_owned(), |v| format!("last {v}"));
+    let last = last_verdict(d);
     let deadline = progress_deadline(o);
     if waited(o, d) > deadline {
         d.state(
@@ -263,22 +261,7 @@ fn finish(o: &Observed, mut d: Draft, stable: &str, w: &Walk) -> Decision {
     d.st.current_step_index = Some(w.index);
     d.st.step = Some(format!("{}/{total}", w.index.min(total)));
     d.st.canary_scale = w.scale;
-    if let Some(i) = o
-        .spec
-        .strategy
-        .canary
-        .analysis
-        .as_ref()
-        .and_then(|a| duration(&a.interval))
-    {
-        // The background analysis runs on its interval while the canary is live.
-        d.requeue_within(i);
-    }
-    let (r, routed) = (o.replicas(), o.routed());
-    let canary = replicas::canary(r, w.weight, routed, w.scale).max(w.want_pods);
-    let pods = vec![
-        (stable.to_owned(), replicas::stable(r, w.weight, routed)),
-        (o.template_hash.clone(), canary),
-    ];
+    requeue_for_analysis(o, &mut d);
+    let pods = running_pods(o, stable, w.weight, w.scale, w.want_pods);
     d.finish(pods, w.weight)
 }

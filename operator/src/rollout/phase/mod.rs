@@ -169,6 +169,51 @@ fn record_analysis(o: &Observed, d: &mut Draft, stable: &str) {
     }
 }
 
+/// Reconciles again on the background analysis's interval: it runs while
+/// the canary is live.
+fn requeue_for_analysis(o: &Observed, d: &mut Draft) {
+    if let Some(i) = o
+        .spec
+        .strategy
+        .canary
+        .analysis
+        .as_ref()
+        .and_then(|a| super::duration(&a.interval))
+    {
+        d.requeue_within(i);
+    }
+}
+
+/// Pods while canary `o.template_hash` runs at `weight` beside `stable`:
+/// each its share, the canary at least `want` (what a step waits for).
+fn running_pods(
+    o: &Observed,
+    stable: &str,
+    weight: i32,
+    scale: Option<i32>,
+    want: i32,
+) -> Vec<(String, i32)> {
+    let (r, routed) = (o.replicas(), o.routed());
+    vec![
+        (
+            stable.to_owned(),
+            super::replicas::stable(r, weight, routed),
+        ),
+        (
+            o.template_hash.clone(),
+            super::replicas::canary(r, weight, routed, scale).max(want),
+        ),
+    ]
+}
+
+/// The last analysis verdict, for messages.
+fn last_verdict(d: &Draft) -> String {
+    d.st.analysis
+        .as_ref()
+        .and_then(|a| a.verdict)
+        .map_or("no evaluation yet".to_owned(), |v| format!("last {v}"))
+}
+
 /// The deadline of every wait, in seconds.
 fn progress_deadline(o: &Observed) -> i64 {
     i64::from(

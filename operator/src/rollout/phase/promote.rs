@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use sluice_crds::rollout::{RolloutPhase, RolloutReason};
 
-use super::super::duration;
 use super::super::model::{Decision, Draft, Observed, time};
 use super::super::replicas;
-use super::{DEFAULT_SCALE_DOWN_DELAY, abort, progress_deadline, waited};
+use super::{
+    DEFAULT_SCALE_DOWN_DELAY, abort, last_verdict, progress_deadline, requeue_for_analysis,
+    running_pods, waited,
+};
 
 /// The decision once the steps are done; `release` is the user's promote
 /// (or full promotion), which lifts the analysis gate.
@@ -92,11 +94,7 @@ fn gate_closed(o: &Observed, d: &Draft, release: bool) -> bool {
 }
 
 fn inconclusive(o: &Observed, mut d: Draft, stable: &str, weight: i32) -> Decision {
-    let last =
-        d.st.analysis
-            .as_ref()
-            .and_then(|a| a.verdict)
-            .map_or("no evaluation yet".to_owned(), |v| format!("last {v}"));
+    let last = last_verdict(&d);
     if d.st.reason != Some(RolloutReason::InconclusiveAnalysis) {
         d.warning(
             "InconclusiveAnalysis",
@@ -111,23 +109,7 @@ fn inconclusive(o: &Observed, mut d: Draft, stable: &str, weight: i32) -> Decisi
              waiting for traffic, or `kubectl sluice promote`"
         ),
     );
-    if let Some(i) = o
-        .spec
-        .strategy
-        .canary
-        .analysis
-        .as_ref()
-        .and_then(|a| duration(&a.interval))
-    {
-        d.requeue_within(i);
-    }
-    let (r, routed) = (o.replicas(), o.routed());
-    let pods = vec![
-        (stable.to_owned(), replicas::stable(r, weight, routed)),
-        (
-            o.template_hash.clone(),
-            replicas::canary(r, weight, routed, d.st.canary_scale),
-        ),
-    ];
+    requeue_for_analysis(o, &mut d);
+    let pods = running_pods(o, stable, weight, d.st.canary_scale, 0);
     d.finish(pods, weight)
 }
