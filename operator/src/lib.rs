@@ -1,13 +1,17 @@
-//! The Sluice operator: the mesh control plane (and, with later work, the
-//! rollout controller), as a library so that its decisions are unit-tested
-//! and the binary stays thin.
+//! The Sluice operator: the rollout controller and the mesh control plane,
+//! as a library so that its decisions are unit-tested and the binary stays
+//! thin.
 //!
 //! Data flows one way: reflectors ([`world`]) → a pure translation
 //! ([`mesh`]) → versioned snapshots pushed to proxies ([`push`]) and
 //! Gateway API status ([`status`]); proxies stream traffic back
-//! ([`traffic`]).
+//! ([`traffic`]). Every caller of the control plane ([`control_plane`]) is
+//! who its certificate and address prove ([`trust`]); dashboard and debug
+//! users are who Kubernetes says ([`access`]).
 
+pub mod access;
 pub mod ca;
+pub mod control_plane;
 pub mod dashboard;
 pub mod health;
 pub mod inject;
@@ -18,4 +22,5 @@ pub mod push;
 pub mod rollout;
 pub mod status;
 pub mod traffic;
+pub mod trust;
 pub mod world;

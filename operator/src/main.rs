@@ -14,17 +14,18 @@ use arc_swap::ArcSwap;
 use clap::Parser;
 use kube::Api;
 use sluice_crds::Rollout;
+use sluice_identity::{MeshIdentity, SpiffeId};
+use sluice_operator::access::Access;
+use sluice_operator::ca::publish::RootPublisher;
 use sluice_operator::health::{Supervisor, beating};
 use sluice_operator::mesh::{MeshOutput, MeshSettings};
 use sluice_operator::metrics::{self, Metrics};
-use sluice_operator::push::{ConfigServer, Registry, Snapshots};
+use sluice_operator::push::{ConfigServer, ConfigServerParts, Registry, Snapshots};
 use sluice_operator::traffic::{Relay, TelemetryServer, TrafficWindow, relay};
-use sluice_operator::{ca, dashboard, inject, leader};
+use sluice_operator::trust::TrustSettings;
+use sluice_operator::{ca, control_plane, dashboard, inject, leader};
 use sluice_operator::{status, world};
 use sluice_proto::config::MtlsMode;
-use sluice_proto::mesh::certificates_server::CertificatesServer;
-use sluice_proto::mesh::config_discovery_server::ConfigDiscoveryServer;
-use sluice_proto::mesh::telemetry_server::TelemetryServer as TelemetryService;
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -59,15 +60,28 @@ struct Args {
     /// Serve the sidecar injection webhook (HTTPS) here.
     #[arg(long, env = "SLUICE_WEBHOOK_LISTEN")]
     webhook_listen: Option<SocketAddr>,
-    /// Names (DNS or IP) in the webhook's serving certificate; default
-    /// `sluice-operator.<namespace>.svc`.
+    /// More names (DNS or IP) in the operator's certificate, beside
+    /// `sluice-operator.<namespace>.svc` (the webhook is called by one).
     #[arg(long, env = "SLUICE_WEBHOOK_NAMES", value_delimiter = ',')]
     webhook_names: Vec<String>,
+    /// The operator's service account: its SPIFFE ID is what proxies and
+    /// the other replicas verify.
+    #[arg(long, env = "SERVICE_ACCOUNT", default_value = sluice_proto::bootstrap::OPERATOR_SERVICE_ACCOUNT)]
+    service_account: String,
+    /// Series the telemetry window holds at most; reports that would start
+    /// more are refused (and counted) until old ones age out.
+    #[arg(long, default_value_t = 20_000)]
+    telemetry_max_series: usize,
+    /// How much telemetry history the window keeps (the dashboard's chart
+    /// and every analysis window must fit in it); series quiet for this
+    /// long are dropped.
+    #[arg(long, default_value = "5m", value_parser = sluice_proto::config::parse_duration)]
+    telemetry_window: Duration,
     /// The proxy image injected sidecars run.
     #[arg(long, env = "SLUICE_PROXY_IMAGE", default_value = sluice_proto::images::PROXY)]
     proxy_image: String,
     /// The control plane's address as injected sidecars reach it; default
-    /// `http://sluice-operator.<namespace>.svc:15010`.
+    /// `https://sluice-operator.<namespace>.svc:15010`.
     #[arg(long, env = "SLUICE_PROXY_CONTROL_PLANE")]
     proxy_control_plane: Option<String>,
     /// `RUST_LOG` of injected sidecars.
@@ -79,14 +93,12 @@ struct Args {
     #[arg(long, env = "SLUICE_INTERCEPT", default_value_t = true, action = clap::ArgAction::Set,
         num_args = 0..=1, default_missing_value = "true")]
     intercept: bool,
-    /// The dashboard (empty: off).
+    /// The dashboard (empty: off). Clients outside loopback authenticate
+    /// with a Kubernetes bearer token.
     #[arg(long, env = "SLUICE_DASHBOARD_LISTEN", default_value = "0.0.0.0:20001")]
     dashboard_listen: String,
-    /// Token the dashboard asks of clients outside loopback; without one it
-    /// answers loopback only.
-    #[arg(long, env = "SLUICE_DASHBOARD_TOKEN")]
-    dashboard_token: Option<String>,
-    /// Offer promote/abort on the dashboard.
+    /// Offer promote/abort on the dashboard (to users allowed to patch the
+    /// Rollout).
     #[arg(long, env = "SLUICE_DASHBOARD_ACTIONS")]
     dashboard_actions: bool,
     /// Elect a leader among replicas (a Lease named `sluice-operator`):
@@ -202,6 +214,12 @@ struct Parts {
     supervisor: Supervisor,
     /// Asked to release the lease on SIGTERM or when a task fails.
     step_down: Option<leader::StepDown>,
+    /// The operator's own certificate and the mesh roots.
+    identity: Arc<MeshIdentity>,
+    /// What gRPC callers are checked against.
+    trust: Arc<TrustSettings>,
+    /// Dashboard and debug users.
+    access: Arc<Access>,
 }
 
 /// How long a supervised task may go without progress.
@@ -213,23 +231,37 @@ async fn run(args: Args, client: kube::Client) -> anyhow::Result<()> {
         Some(name) => Some(owner_of(&client, &args.namespace, name).await?),
         None => None,
     };
-    let (authority, world, roots_changed) = start_ca(&args, &client, owner.clone()).await?;
+    let ca = start_ca(&args, &client, owner.clone()).await?;
     let parts = Parts {
         registry: Arc::new(Registry::new(metrics.clone())),
-        traffic: Arc::new(TrafficWindow::new(Duration::from_secs(300))),
+        traffic: Arc::new(TrafficWindow::new(
+            args.telemetry_window,
+            args.telemetry_max_series,
+        )),
         snapshots: Snapshots::default(),
         supervisor: Supervisor::default(),
         step_down: args.leader_elect.then(leader::StepDown::default),
+        access: Arc::new(Access::new(client.clone())),
+        trust: Arc::new(TrustSettings {
+            trust_domain: args.trust_domain.clone(),
+            root_namespace: args.namespace.clone(),
+            operator: ca.own_id.clone(),
+        }),
+        identity: ca.identity.clone(),
         client,
         metrics,
-        world,
+        world: ca.world.clone(),
     };
     tokio::spawn(parts.supervisor.clone().watch_stalls());
+    let m = parts.metrics.clone();
+    tokio::spawn(parts.traffic.clone().keep_swept(move |n| {
+        m.telemetry_series.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }));
     tokio::spawn(exit_when_unhealthy(
         parts.supervisor.clone(),
         parts.step_down.clone(),
     ));
-    spawn_webhook(&args, &parts, &authority, roots_changed)?;
+    spawn_webhook(&args, &parts, &ca)?;
     let (output_tx, output_rx) = watch::channel(Arc::new(MeshOutput::default()));
     {
         let (w, r, s, m) = (
@@ -250,34 +282,48 @@ async fn run(args: Args, client: kube::Client) -> anyhow::Result<()> {
             });
     }
     spawn_leader_tasks(&args, &parts, owner, output_rx);
-    {
-        let (m, t, h, addr) = (
-            parts.metrics.clone(),
-            parts.traffic.clone(),
-            parts.supervisor.clone(),
-            args.metrics_listen,
-        );
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, m, t, h).await {
-                error!("metrics endpoint on {addr}: {e}");
-            }
-        });
-    }
-    spawn_dashboard(&args, &parts)?;
-    serve_grpc(&args, parts, authority).await
+    spawn_http(&args, &parts)?;
+    serve_grpc(&args, parts, ca.authority).await
 }
 
-/// Loads (or creates) the mesh CA and starts the reflectors with its
-/// roots; keeps both current.
+/// The metrics endpoint and the dashboard.
+fn spawn_http(args: &Args, parts: &Parts) -> anyhow::Result<()> {
+    let (m, t, h, a, addr) = (
+        parts.metrics.clone(),
+        parts.traffic.clone(),
+        parts.supervisor.clone(),
+        parts.access.clone(),
+        args.metrics_listen,
+    );
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(addr, m, t, h, a).await {
+            error!("metrics endpoint on {addr}: {e}");
+        }
+    });
+    spawn_dashboard(args, parts)
+}
+
+/// The mesh CA and what hangs off it.
+struct CaParts {
+    authority: Arc<ArcSwap<ca::Authority>>,
+    world: world::World,
+    /// Fires when the CA (and maybe its roots) changed.
+    changed: watch::Receiver<()>,
+    /// The operator's own certificate, kept current.
+    identity: Arc<MeshIdentity>,
+    /// Its SPIFFE ID.
+    own_id: SpiffeId,
+    /// Publishes the roots in every namespace.
+    roots: Arc<RootPublisher>,
+}
+
+/// Loads (or creates) the mesh CA, issues the operator's own certificate,
+/// and starts the reflectors with its roots; keeps all of it current.
 async fn start_ca(
     args: &Args,
     client: &kube::Client,
     owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
-) -> anyhow::Result<(
-    Arc<ArcSwap<ca::Authority>>,
-    world::World,
-    Arc<tokio::sync::Notify>,
-)> {
+) -> anyhow::Result<CaParts> {
     let ca_settings = ca::secret::CaSettings {
         namespace: args.namespace.clone(),
         trust_domain: args.trust_domain.clone(),
@@ -299,8 +345,8 @@ async fn start_ca(
         }
     };
     let world = world::World::start(client, mesh_settings(&authority.load())).await;
-    let roots_changed = Arc::new(tokio::sync::Notify::new());
-    let (w, a, n) = (world.clone(), authority.clone(), roots_changed.clone());
+    let (changed_tx, changed) = watch::channel(());
+    let (w, a) = (world.clone(), authority.clone());
     tokio::spawn(ca::secret::watch(
         client.clone(),
         ca_settings,
@@ -308,50 +354,78 @@ async fn start_ca(
         Duration::from_secs(10),
         move || {
             w.set_mesh(mesh_settings(&a.load()));
-            n.notify_one();
+            changed_tx.send_replace(());
         },
     ));
-    Ok((authority, world, roots_changed))
+    let own_id = SpiffeId {
+        trust_domain: args.trust_domain.clone(),
+        namespace: args.namespace.clone(),
+        service_account: args.service_account.clone(),
+    };
+    let own = ca::own::OwnSettings {
+        spiffe_id: own_id.to_string(),
+        names: serving_names(args),
+    };
+    let identity = Arc::new(MeshIdentity::default());
+    ca::own::renew(&authority.load(), &identity, &own)
+        .context("issuing the operator's own certificate")?;
+    tokio::spawn(ca::own::keep_current(
+        authority.clone(),
+        identity.clone(),
+        own,
+        changed.clone(),
+    ));
+    let roots = RootPublisher::new(client.clone(), authority.clone());
+    tokio::spawn(roots.clone().run(world.clone(), changed.clone()));
+    Ok(CaParts {
+        authority,
+        world,
+        changed,
+        identity,
+        own_id,
+        roots,
+    })
+}
+
+/// The DNS names (and IPs) in the operator's certificate.
+fn serving_names(args: &Args) -> Vec<String> {
+    let service = format!("sluice-operator.{}.svc", args.namespace);
+    let mut names = vec![service.clone(), format!("{service}.cluster.local")];
+    for n in &args.webhook_names {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names
 }
 
 /// The injection webhook and its caBundle, when `--webhook-listen` is set.
-fn spawn_webhook(
-    args: &Args,
-    parts: &Parts,
-    authority: &Arc<ArcSwap<ca::Authority>>,
-    roots_changed: Arc<tokio::sync::Notify>,
-) -> anyhow::Result<()> {
+fn spawn_webhook(args: &Args, parts: &Parts, ca: &CaParts) -> anyhow::Result<()> {
     tokio::spawn(inject::webhook::keep_ca_bundle_current(
         parts.client.clone(),
-        authority.clone(),
-        roots_changed,
+        ca.authority.clone(),
+        ca.changed.clone(),
     ));
     let Some(addr) = args.webhook_listen else {
         return Ok(());
     };
-    let names = if args.webhook_names.is_empty() {
-        vec![format!("sluice-operator.{}.svc", args.namespace)]
-    } else {
-        args.webhook_names.clone()
-    };
-    let cert = authority
-        .load()
-        .serving_cert(&names)
-        .context("the webhook's serving certificate")?;
     let settings = inject::InjectSettings {
         image: args.proxy_image.clone(),
         control_plane: args.proxy_control_plane.clone().unwrap_or_else(|| {
             format!(
-                "http://sluice-operator.{}.svc:{}",
+                "https://sluice-operator.{}.svc:{}",
                 args.namespace,
                 sluice_proto::config::CONTROL_PLANE_PORT
             )
         }),
+        control_plane_identity: ca.own_id.to_string(),
+        trust_domain: args.trust_domain.clone(),
         log_level: args.proxy_log.clone(),
         intercept: args.intercept,
     };
+    let (identity, roots) = (parts.identity.clone(), ca.roots.clone());
     tokio::spawn(async move {
-        if let Err(e) = inject::webhook::serve(addr, cert, settings).await {
+        if let Err(e) = inject::webhook::serve(addr, identity, settings, roots).await {
             error!("injection webhook: {e}");
         }
     });
@@ -429,24 +503,26 @@ fn spawn_dashboard(args: &Args, parts: &Parts) -> anyhow::Result<()> {
         .parse()
         .with_context(|| format!("--dashboard-listen {:?}", args.dashboard_listen))?;
     let settings = dashboard::DashboardSettings {
-        token: args.dashboard_token.clone(),
         actions: args.dashboard_actions,
     };
-    let (c, w, r, t) = (
-        parts.client.clone(),
-        parts.world.clone(),
-        parts.registry.clone(),
-        parts.traffic.clone(),
-    );
+    let dashboard_parts = dashboard::DashboardParts {
+        client: parts.client.clone(),
+        world: parts.world.clone(),
+        registry: parts.registry.clone(),
+        traffic: parts.traffic.clone(),
+        access: parts.access.clone(),
+        metrics: parts.metrics.clone(),
+    };
     tokio::spawn(async move {
-        if let Err(e) = dashboard::serve(addr, c, w, r, t, settings).await {
+        if let Err(e) = dashboard::serve(addr, dashboard_parts, settings).await {
             error!("dashboard on {addr}: {e}");
         }
     });
     Ok(())
 }
 
-/// Serves the proxies (config, telemetry, certificates) until SIGTERM.
+/// Serves the proxies (config, telemetry, certificates) over TLS until
+/// SIGTERM.
 async fn serve_grpc(
     args: &Args,
     parts: Parts,
@@ -454,14 +530,24 @@ async fn serve_grpc(
 ) -> anyhow::Result<()> {
     let config = ConfigServer::new(
         parts.snapshots,
-        parts.registry.clone(),
-        Duration::from_secs(args.keepalive_seconds.max(1)),
+        ConfigServerParts {
+            registry: parts.registry.clone(),
+            keepalive: Duration::from_secs(args.keepalive_seconds.max(1)),
+            world: parts.world.clone(),
+            trust: parts.trust.clone(),
+            metrics: parts.metrics.clone(),
+        },
     );
     let certificates =
         ca::CertificateServer::new(parts.client.clone(), authority, parts.metrics.clone());
     let relay = match (&args.peers_service, args.pod_ip) {
         (Some(service), Some(own_ip)) => {
-            let relay = Relay::new(args.grpc_listen.port(), parts.metrics.clone());
+            let tls = sluice_identity::verify::control_plane_client_config(
+                &parts.identity,
+                &parts.trust.operator.to_string(),
+            )
+            .context("the relay's TLS config")?;
+            let relay = Relay::new(args.grpc_listen.port(), parts.metrics.clone(), tls);
             tokio::spawn(relay::watch_peers(
                 parts.client.clone(),
                 relay.clone(),
@@ -473,18 +559,27 @@ async fn serve_grpc(
         }
         _ => None,
     };
-    let telemetry = TelemetryServer::new(parts.traffic, parts.metrics, relay);
-    info!(address = %args.grpc_listen, "control plane listening");
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .tcp_nodelay(true)
-        .add_service(ConfigDiscoveryServer::new(config).max_decoding_message_size(16 << 20))
-        .add_service(TelemetryService::new(telemetry))
-        .add_service(CertificatesServer::new(certificates))
-        .serve_with_shutdown(args.grpc_listen, shutdown(parts.step_down))
-        .await
-        .with_context(|| format!("serving gRPC on {}", args.grpc_listen))?;
+    let telemetry = TelemetryServer::new(
+        parts.traffic,
+        parts.metrics.clone(),
+        relay,
+        parts.world,
+        parts.trust,
+    );
+    info!(address = %args.grpc_listen, "control plane listening (TLS)");
+    control_plane::serve(
+        args.grpc_listen,
+        &parts.identity,
+        parts.metrics,
+        control_plane::Services {
+            config,
+            telemetry,
+            certificates,
+        },
+        shutdown(parts.step_down),
+    )
+    .await
+    .with_context(|| format!("serving gRPC on {}", args.grpc_listen))?;
     info!("stopped");
     Ok(())
 }

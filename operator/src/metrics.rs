@@ -31,6 +31,23 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// Labels of refusals by a gRPC service or an HTTP endpoint.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The service or endpoint (`config`, `telemetry`, `tls`, `dashboard`,
+    /// `debug`).
+    pub service: String,
+    /// Why, as a short token (e.g. `no_certificate`, `address`).
+    pub reason: String,
+}
+
+/// Label of a refusal counter with a single dimension.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why, as a short token.
+    pub reason: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -55,6 +72,15 @@ pub struct Metrics {
     pub telemetry_relay_dropped: Counter,
     /// Workload certificate requests, issued or refused.
     pub certificates: Family<ResultLabel, Counter>,
+    /// Connections and streams the control plane refused.
+    pub control_plane_refused: Family<RefusedLabels, Counter>,
+    /// Telemetry deltas refused (a report about what the reporter may not
+    /// speak for, or of the wrong shape).
+    pub telemetry_refused: Family<ReasonLabel, Counter>,
+    /// Series held by the telemetry window.
+    pub telemetry_series: Gauge,
+    /// Dashboard and debug requests refused.
+    pub http_refused: Family<RefusedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,6 +97,10 @@ impl Default for Metrics {
             telemetry_relayed: Counter::default(),
             telemetry_relay_dropped: Counter::default(),
             certificates: Family::default(),
+            control_plane_refused: Family::default(),
+            telemetry_refused: Family::default(),
+            telemetry_series: Gauge::default(),
+            http_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -124,7 +154,39 @@ impl Default for Metrics {
             "Workload certificate requests by result (issued, refused)",
             m.certificates.clone(),
         );
+        registry.register(
+            "control_plane_refused",
+            "gRPC connections and streams refused, by service and reason",
+            m.control_plane_refused.clone(),
+        );
+        registry.register(
+            "telemetry_refused",
+            "Telemetry deltas refused, by reason",
+            m.telemetry_refused.clone(),
+        );
+        registry.register(
+            "telemetry_series",
+            "Series held by the telemetry window",
+            m.telemetry_series.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "Dashboard and debug requests refused, by endpoint and reason",
+            m.http_refused.clone(),
+        );
         Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts a refusal by gRPC service `service`.
+    pub fn refused(&self, service: &str, reason: &str) {
+        self.control_plane_refused
+            .get_or_create(&RefusedLabels {
+                service: service.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 }
 
@@ -143,16 +205,20 @@ struct AppState {
     metrics: Arc<Metrics>,
     traffic: Arc<TrafficWindow>,
     health: crate::health::Supervisor,
+    access: Arc<crate::access::Access>,
 }
 
 /// Serves `/metrics`, `/healthz` (503 with what failed once a supervised
 /// task panicked, ended or stalled), `/readyz` and `/debug/traffic` (the
-/// telemetry window's totals per destination and revision, as JSON).
+/// telemetry window's totals per destination and revision, as JSON; its
+/// revisions are what a forger would aim at, so only for loopback or a user
+/// Kubernetes allows to list Rollouts everywhere).
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     traffic: Arc<TrafficWindow>,
     health: crate::health::Supervisor,
+    access: Arc<crate::access::Access>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
@@ -163,10 +229,15 @@ pub async fn serve(
             metrics,
             traffic,
             health,
+            access,
         });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %addr, "metrics endpoint listening");
-    axum::serve(listener, app).await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -190,6 +261,29 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn traffic_handler(State(s): State<AppState>) -> impl IntoResponse {
-    axum::Json(s.traffic.summary(std::time::Duration::from_secs(30)))
+async fn traffic_handler(
+    State(s): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    let every = crate::access::Action {
+        verb: "list",
+        namespace: None,
+        name: None,
+    };
+    let checked = match s.access.authenticate(peer, &headers).await {
+        Ok(user) => s.access.allow(&user, every).await,
+        Err(d) => Err(d),
+    };
+    if let Err(d) = checked {
+        s.metrics
+            .http_refused
+            .get_or_create(&RefusedLabels {
+                service: "debug".into(),
+                reason: d.reason().into(),
+            })
+            .inc();
+        return (d.status(), format!("{d}\n")).into_response();
+    }
+    axum::Json(s.traffic.summary(std::time::Duration::from_secs(30))).into_response()
 }

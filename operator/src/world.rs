@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
@@ -37,6 +37,10 @@ pub struct World {
     policies: Option<Store<AuthorizationPolicy>>,
     mesh: Arc<ArcSwap<MeshSettings>>,
     changed: Arc<Notify>,
+    /// True once every store has listed. A store's own readiness wakes
+    /// only the last task that waited on it, so one task waits on the
+    /// stores and every other waiter watches this.
+    synced: watch::Receiver<bool>,
 }
 
 fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
@@ -86,7 +90,8 @@ impl World {
             warn!("the AuthorizationPolicy CRD is not installed: no authorization is pushed");
         }
         let opt = |on: bool| on.then_some(());
-        World {
+        let (synced_tx, synced) = watch::channel(false);
+        let world = World {
             classes: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             gateways: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             routes: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
@@ -97,11 +102,55 @@ impl World {
             policies: opt(policies).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             mesh: Arc::new(ArcSwap::from_pointee(mesh)),
             changed,
+            synced,
+        };
+        let stores = world.clone();
+        tokio::spawn(async move {
+            stores.wait_for_stores().await;
+            synced_tx.send_replace(true);
+        });
+        world
+    }
+
+    /// A world that holds `pods` and nothing else, without a cluster: for
+    /// tests of what reads pods (the checks of proxies' hellos).
+    pub fn with_pods(pods: Vec<Pod>, mesh: MeshSettings) -> World {
+        fn empty<K>() -> Store<K>
+        where
+            K: Resource + Clone + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            reflector::store().0
+        }
+        let (store, mut writer) = reflector::store();
+        for p in pods {
+            writer.apply_watcher_event(&watcher::Event::Apply(p));
+        }
+        World {
+            classes: None,
+            gateways: None,
+            routes: None,
+            services: empty(),
+            slices: empty(),
+            pods: store,
+            namespaces: empty(),
+            policies: None,
+            mesh: Arc::new(ArcSwap::from_pointee(mesh)),
+            changed: Arc::new(Notify::new()),
+            synced: watch::channel(true).1,
         }
     }
 
-    /// Waits until every store has listed once.
+    /// Waits until every store has listed once; any number of tasks may.
     pub async fn ready(&self) {
+        let mut synced = self.synced.clone();
+        // An error means the waiting task ended, which it does only once
+        // the stores are ready.
+        let _ = synced.wait_for(|s| *s).await;
+    }
+
+    /// Waits on each store's own readiness: from one task only.
+    async fn wait_for_stores(&self) {
         let _ = self.services.wait_until_ready().await;
         let _ = self.slices.wait_until_ready().await;
         let _ = self.pods.wait_until_ready().await;
@@ -146,6 +195,16 @@ impl World {
     pub fn pod(&self, namespace: &str, name: &str) -> Option<Arc<Pod>> {
         self.pods
             .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// The names of the namespaces that are not being deleted.
+    pub fn namespace_names(&self) -> Vec<String> {
+        self.namespaces
+            .state()
+            .iter()
+            .filter(|n| n.metadata.deletion_timestamp.is_none())
+            .map(|n| n.name_any())
+            .collect()
     }
 
     /// The current HttpRoute, Gateway and GatewayClass, for status diffs.

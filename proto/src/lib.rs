@@ -9,6 +9,8 @@ pub mod mesh {
 }
 
 pub mod authz;
+pub mod bootstrap;
 pub mod config;
 pub mod images;
 pub mod probes;
+pub mod telemetry;

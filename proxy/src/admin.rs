@@ -48,6 +48,14 @@ pub fn answer(proxy: &Proxy, registry: &Registry, path: &str) -> Response<Full<B
                     "text/plain",
                     "configured; waiting for the workload certificate\n",
                 )
+            } else if proxy.identity.expired(std::time::SystemTime::now()) {
+                // Peers refuse an expired certificate: take no traffic
+                // until a renewal (retried all along) succeeds.
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "the workload certificate has expired; renewing\n",
+                )
             } else if proxy.configured()
                 && t.managed.load(Relaxed)
                 && !t.control_plane_connected.load(Relaxed)

@@ -197,9 +197,12 @@ impl EndpointRegistry {
     }
 }
 
+/// What the names of the inbound side's listeners and backends start with.
+pub const INBOUND_PREFIX: &str = "inbound|";
+
 /// The name of the unbound listener and backend of inbound port `port`.
 pub fn inbound_name(port: u16) -> String {
-    format!("inbound|{port}")
+    format!("{INBOUND_PREFIX}{port}")
 }
 
 /// The backends and listeners the inbound side forwards with: for each

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! sluice-proxy run --config proxy.yaml [--workers N] [--drain-timeout 10s]
-//! sluice-proxy gateway --control-plane http://HOST:15010 [--admin 0.0.0.0:15021]
-//! sluice-proxy sidecar --control-plane http://HOST:15010 [--admin 0.0.0.0:15021]
+//! sluice-proxy gateway --control-plane https://HOST:15010 [--admin 0.0.0.0:15021]
+//! sluice-proxy sidecar --control-plane https://HOST:15010 [--admin 0.0.0.0:15021]
 //! ```
 
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sluice_identity::channel::ControlPlaneAddress;
 use sluice_proto::mesh::ProxyIdentity;
 use sluice_proto::mesh::proxy_identity::Role;
 use sluice_proxy::config::parse_duration;
@@ -90,9 +91,21 @@ enum Command {
 /// injector set these through the environment.
 #[derive(clap::Args, Debug)]
 struct ControlArgs {
-    /// The control plane's gRPC address.
+    /// The control plane's gRPC address, `https://host:port`.
     #[arg(long, env = "SLUICE_CONTROL_PLANE")]
     control_plane: String,
+    /// The SPIFFE ID the control plane must present (default: the chart's
+    /// operator, `spiffe://<trust domain>/ns/sluice-system/sa/sluice-operator`).
+    #[arg(long, env = "SLUICE_CONTROL_PLANE_IDENTITY")]
+    control_plane_identity: Option<String>,
+    /// The mesh's trust domain.
+    #[arg(long, env = "SLUICE_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// The mesh roots (PEM) that verify the control plane until the first
+    /// snapshot brings them; the injector mounts them from the
+    /// `sluice-ca-root-cert` ConfigMap.
+    #[arg(long, env = "SLUICE_CA_ROOT_FILE", default_value_t = sluice_proto::bootstrap::secret_file(sluice_proto::bootstrap::ROOT_CERT_PATH))]
+    ca_root_file: String,
     /// This pod's namespace.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
@@ -102,10 +115,6 @@ struct ControlArgs {
     /// This pod's service account.
     #[arg(long, env = "SERVICE_ACCOUNT", default_value = "default")]
     service_account: String,
-    /// The workload reported as the source of traffic (default: the pod
-    /// name without its ReplicaSet and pod suffixes).
-    #[arg(long, env = "SLUICE_WORKLOAD")]
-    workload: Option<String>,
     /// Admin endpoint (`/ready`, `/metrics`, `/config`).
     #[arg(long, env = "SLUICE_ADMIN", default_value_t = SocketAddr::from(([0, 0, 0, 0], sluice_proto::probes::ADMIN_PORT)))]
     admin: SocketAddr,
@@ -116,14 +125,10 @@ struct ControlArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     report_interval: Duration,
     /// The pod's projected service-account token (audience `sluice`),
-    /// exchanged for the workload certificate. Without it the proxy has no
-    /// mesh identity and speaks plaintext.
-    #[arg(
-        long,
-        env = "SLUICE_TOKEN_FILE",
-        default_value = "/var/run/secrets/sluice.dev/token"
-    )]
-    token_file: PathBuf,
+    /// exchanged for the workload certificate that every stream to the
+    /// control plane needs.
+    #[arg(long, env = "SLUICE_TOKEN_FILE", default_value_t = sluice_proto::bootstrap::secret_file(sluice_proto::bootstrap::TOKEN_PATH))]
+    token_file: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -204,12 +209,20 @@ fn run_static(
 }
 
 fn run_managed(role: Role, args: ControlArgs, rt: RuntimeArgs) -> anyhow::Result<()> {
-    let workload = args
-        .workload
-        .clone()
-        .unwrap_or_else(|| workload_of(&args.pod_name).to_owned());
+    let address = ControlPlaneAddress::parse(&args.control_plane)?;
+    let expected = args.control_plane_identity.clone().unwrap_or_else(|| {
+        sluice_proto::config::spiffe_id(
+            &args.trust_domain,
+            sluice_proto::bootstrap::OPERATOR_NAMESPACE,
+            sluice_proto::bootstrap::OPERATOR_SERVICE_ACCOUNT,
+        )
+    });
+    let proxy = Proxy::new();
+    let tls = sluice_identity::verify::control_plane_client_config(&proxy.identity, &expected)
+        .context("the control plane's TLS config")?;
     let settings = control::Settings {
-        endpoint: args.control_plane.clone(),
+        address,
+        tls,
         identity: ProxyIdentity {
             namespace: args.namespace.clone(),
             pod_name: args.pod_name.clone(),
@@ -218,26 +231,30 @@ fn run_managed(role: Role, args: ControlArgs, rt: RuntimeArgs) -> anyhow::Result
             labels: Default::default(),
             proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
         },
-        workload,
         idle_timeout: args.idle_timeout,
         report_interval: args.report_interval,
     };
     info!(
         role = ?role,
         control_plane = %args.control_plane,
+        control_plane_identity = %expected,
         pod = %format!("{}/{}", args.namespace, args.pod_name),
         "starting; no listeners until the first snapshot"
     );
     let certificates = control::CertificateSettings {
-        endpoint: args.control_plane.clone(),
-        token_file: args.token_file.clone(),
+        token_file: args.token_file.clone().into(),
+        roots_file: args.ca_root_file.clone().into(),
+        trust_domain: args.trust_domain.clone(),
         namespace: args.namespace.clone(),
         service_account: args.service_account.clone(),
     };
-    let proxy = Proxy::new();
     let admin = args.admin;
     serve(proxy.clone(), Some(admin), rt, move || {
-        tokio::spawn(control::run_certificates(proxy.clone(), certificates));
+        tokio::spawn(control::run_certificates(
+            proxy.clone(),
+            settings.clone(),
+            certificates,
+        ));
         tokio::spawn(control::run_config_stream(
             proxy.clone(),
             settings.clone(),
@@ -245,16 +262,6 @@ fn run_managed(role: Role, args: ControlArgs, rt: RuntimeArgs) -> anyhow::Result
         ));
         tokio::spawn(control::run_reporter(proxy, settings));
     })
-}
-
-/// `handson-blue-5d8f7c9b4-x2x9z` is workload `handson-blue`: a pod name
-/// minus the ReplicaSet hash and the pod suffix, when it has both.
-fn workload_of(pod: &str) -> &str {
-    let mut parts = pod.rsplitn(3, '-');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(_), Some(_), Some(name)) => name,
-        _ => pod,
-    }
 }
 
 /// Runs the workers and the admin endpoint until SIGTERM or SIGINT; `start`
@@ -337,16 +344,4 @@ async fn wait_for_stop() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::workload_of;
-
-    #[test]
-    fn workload_from_pod_name() {
-        assert_eq!(workload_of("handson-blue-5d8f7c9b4-x2x9z"), "handson-blue");
-        assert_eq!(workload_of("gateway-0"), "gateway-0");
-        assert_eq!(workload_of("solo"), "solo");
-    }
 }

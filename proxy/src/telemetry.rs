@@ -16,10 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-/// Upper bounds of the latency buckets, in milliseconds (+Inf follows).
-pub const LATENCY_BUCKETS_MS: [f64; 14] = [
-    0.5, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-];
+pub use sluice_proto::telemetry::LATENCY_BUCKETS_MS;
 
 /// What a cell counts for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -353,6 +350,15 @@ impl Collector for TelemetryCollector {
             ConstGauge::new(expiry).encode(encoder.encode_descriptor(
                 "sluice_certificate_expiry_timestamp_seconds",
                 "When the workload certificate in use expires (Unix time).",
+                None,
+                MetricType::Gauge,
+            )?)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            ConstGauge::new(i64::from(expiry > now)).encode(encoder.encode_descriptor(
+                "sluice_certificate_valid",
+                "1 while the workload certificate in use is valid; 0 once it has expired (renewal keeps being retried, and /ready fails).",
                 None,
                 MetricType::Gauge,
             )?)?;

@@ -18,15 +18,13 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use sluice_tests::Cluster;
-use sluice_tests::operator::{http, sidecar_requests};
+use sluice_tests::operator::{dashboard_token, http, sidecar_requests};
 use sluice_tests::toolchain::workspace_root;
 use sluice_tests::wait::{deployment_available, poll};
 
 const NS: &str = "sluice-system";
 /// Short lease timing so that the failover is quick to observe.
 const LEASE: u64 = 6;
-/// The dashboard's token, to read each replica's graph from the host.
-const DASHBOARD_TOKEN: &str = "chart-e2e";
 
 fn chart() -> String {
     workspace_root().join("charts/sluice").display().to_string()
@@ -256,6 +254,8 @@ async fn hands_on_commands(cluster: &Cluster, servers: &[Pod]) -> anyhow::Result
 /// both replicas' dashboards show the same `handson` traffic, at least
 /// `at_least` requests (so the leader's analysis sees all of it too).
 async fn replicas_see_the_same_traffic(cluster: &Cluster, at_least: u64) -> anyhow::Result<()> {
+    // From the host, not loopback: the dashboard asks the API server.
+    let token = dashboard_token(cluster, Duration::from_secs(600)).await?;
     let ips: Vec<String> = operator_pods(cluster)
         .await?
         .into_iter()
@@ -269,14 +269,20 @@ async fn replicas_see_the_same_traffic(cluster: &Cluster, at_least: u64) -> anyh
         || async {
             let mut totals = Vec::new();
             for ip in &ips {
-                let graph: serde_json::Value = http()
-                    .get(format!(
-                        "http://{ip}:20001/api/graph?namespace=handson&token={DASHBOARD_TOKEN}"
-                    ))
+                let response = http()
+                    .get(format!("http://{ip}:20001/api/graph?namespace=handson"))
+                    .bearer_auth(&token)
                     .send()
-                    .await?
-                    .json()
                     .await?;
+                let status = response.status();
+                let body = response.text().await?;
+                if !status.is_success() {
+                    return Err(sluice_tests::Error::Check(format!(
+                        "the dashboard at {ip}: {status} {body}"
+                    )));
+                }
+                let graph: serde_json::Value = serde_json::from_str(&body)
+                    .map_err(|e| sluice_tests::Error::Check(format!("{e}: {body}")))?;
                 let requests: u64 = graph["edges"]
                     .as_array()
                     .iter()
@@ -306,10 +312,7 @@ pub async fn install_failover_upgrade_uninstall(cluster: Arc<Cluster>) -> anyhow
     let render = || cluster.helm(&["template", "sluice", &chart, "-n", NS]);
     ensure!(render()? == render()?, "helm template is not deterministic");
 
-    let token = format!("dashboard.token={DASHBOARD_TOKEN}");
     let values = [
-        "--set",
-        &token,
         "--set",
         &format!("operator.leaseDuration={LEASE}"),
         "--set",

@@ -7,16 +7,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sluice_proto::bootstrap::{ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY};
 use sluice_proto::mesh::SignRequest;
 use sluice_proto::mesh::certificates_client::CertificatesClient;
 use sluice_tests::Cluster;
+use sluice_tests::mesh_client::{MeshClient, token_request};
 use sluice_tests::operator::{
     ADMIN_PORT, GATEWAY_NS, demo_app_container, http, proxy_counter, sidecar_requests,
 };
@@ -498,20 +501,7 @@ pub async fn l7_policy_allows_only_get(cluster: Arc<Cluster>) -> anyhow::Result<
 
 /// A token of service account `sa` for `audience`.
 async fn token(cluster: &Cluster, sa: &str, audience: &str) -> anyhow::Result<String> {
-    let api: Api<ServiceAccount> = Api::namespaced(cluster.client(), NS);
-    let req = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec![audience.to_owned()]),
-            expiration_seconds: Some(600),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    api.create_token_request(sa, &PostParams::default(), &req)
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .context("no token")
+    Ok(token_request(cluster, NS, sa, Some(audience), Duration::from_secs(600)).await?)
 }
 
 fn csr(id: &str) -> anyhow::Result<String> {
@@ -644,8 +634,11 @@ async fn tls_get(ip: &str, cert: Option<ClientCert>) -> Result<String, String> {
 pub async fn certificates_are_bound_to_identity(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     setup(&cluster).await?;
     let mesh = mesh(&cluster).await?;
-    let url = mesh.operator.lock().await.grpc_url();
-    let mut ca = CertificatesClient::connect(url).await?;
+    let grpc = mesh.operator.lock().await.grpc;
+    // Server-authenticated TLS with the published roots, as a proxy that
+    // has no certificate yet: only the token says who is asking.
+    let bootstrap = MeshClient::bootstrap(&cluster, grpc, NS).await?;
+    let mut ca = CertificatesClient::new(bootstrap.channel().await?);
     let allow_token = token(&cluster, "curl-allow", "sluice").await?;
     let own = ca
         .sign(SignRequest {
@@ -837,5 +830,190 @@ pub async fn rotation_under_load(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         client_after - client_before >= 2.0 && server_after - server_before >= 2.0,
         "too few rotations to prove anything: client {client_before}→{client_after}, server {server_before}→{server_after}"
     );
+    Ok(())
+}
+
+/// A new self-signed mesh root (P-256): its certificate and key, PEM.
+fn new_root() -> anyhow::Result<(String, String)> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::default();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "Sluice e2e rotated root");
+    let now = time_now();
+    p.not_before = now + rcgen_duration(-60);
+    p.not_after = now + rcgen_duration(86_400);
+    let cert = p.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Writes keys of the CA Secret (the operator re-reads it every 10 s).
+async fn patch_ca(cluster: &Cluster, data: &[(&str, &str)]) -> anyhow::Result<()> {
+    let secret = Secret {
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(cluster.client(), GATEWAY_NS)
+        .patch("sluice-ca", &PatchParams::default(), &Patch::Merge(&secret))
+        .await?;
+    Ok(())
+}
+
+/// Waits until the roots published in [`NS`] and the injector's caBundle
+/// both pass `check`.
+async fn roots_published(
+    cluster: &Cluster,
+    what: &str,
+    check: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    let maps: Api<ConfigMap> = Api::namespaced(cluster.client(), NS);
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(cluster.client());
+    poll(
+        what,
+        Duration::from_secs(45),
+        Duration::from_millis(250),
+        || async {
+            let published = maps
+                .get_opt(ROOT_CERT_CONFIGMAP)
+                .await?
+                .and_then(|c| c.data?.get(ROOT_CERT_KEY).cloned())
+                .unwrap_or_default();
+            let bundle = hooks
+                .get_opt("sluice-injector")
+                .await?
+                .and_then(|h| h.webhooks?.into_iter().next()?.client_config.ca_bundle)
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .unwrap_or_default();
+            Ok((check(&published) && check(&bundle)).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Root rotation as users do it: sign with a new CA while proxies trust
+/// the old and the new root, then drop the old root. Mesh traffic keeps
+/// flowing with no failed request, and a pod created after the old root is
+/// gone is still admitted (the webhook's certificate was renewed) and
+/// joins the mesh.
+pub async fn root_rotation_keeps_admitting_and_serving(
+    cluster: Arc<Cluster>,
+) -> anyhow::Result<()> {
+    setup(&cluster).await?;
+    let secret = Api::<Secret>::namespaced(cluster.client(), GATEWAY_NS)
+        .get("sluice-ca")
+        .await?;
+    let data = secret.data.unwrap_or_default();
+    let old_key = if data.contains_key("root.crt") {
+        "root.crt"
+    } else {
+        "ca.crt"
+    };
+    let old_root = String::from_utf8(data.get(old_key).context("no old root")?.0.clone())?;
+    let (new_cert, new_key) = new_root()?;
+    let (old_pem, new_pem) = (old_root.trim().to_owned(), new_cert.trim().to_owned());
+
+    // Mesh traffic throughout: bounded in count and time.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (cluster, stop) = (cluster.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut n, mut failures) = (0, Vec::new());
+            let start = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && n < 1_000
+                && start.elapsed() < Duration::from_secs(150)
+            {
+                n += 1;
+                match call(&cluster, "curl-allow", "GET", "/").await {
+                    Ok((code, _)) if code == "200" => {}
+                    Ok((code, body)) => failures.push(format!("#{n}: {code} {body}")),
+                    Err(e) => failures.push(format!("#{n}: {e}")),
+                }
+            }
+            (n, failures)
+        })
+    };
+    let started = Instant::now();
+    let both = format!("{old_pem}\n{new_pem}\n");
+    patch_ca(
+        &cluster,
+        &[
+            ("ca.crt", &new_cert),
+            ("ca.key", &new_key),
+            ("root.crt", &both),
+        ],
+    )
+    .await?;
+    roots_published(&cluster, "old and new roots published", |r| {
+        r.contains(&old_pem) && r.contains(&new_pem)
+    })
+    .await?;
+    // Two renewals of each proxy after that: their certificates are the
+    // new CA's.
+    let (client_ip, server_ip) = (
+        pod_ip(&cluster, "curl-allow").await?,
+        handson_ip(&cluster).await?,
+    );
+    let issued = |ip: String| async move {
+        proxy_counter(&ip, "sluice_certificates_issued_total", "").await
+    };
+    let (client0, server0) = (
+        issued(client_ip.clone()).await?,
+        issued(server_ip.clone()).await?,
+    );
+    poll(
+        "two renewals of each proxy",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let (c, s) = (
+                issued(client_ip.clone()).await?,
+                issued(server_ip.clone()).await?,
+            );
+            Ok((c >= client0 + 2.0 && s >= server0 + 2.0).then_some(()))
+        },
+    )
+    .await?;
+    patch_ca(&cluster, &[("root.crt", &new_cert)]).await?;
+    roots_published(&cluster, "the new root alone published", |r| {
+        r.contains(&new_pem) && !r.contains(&old_pem)
+    })
+    .await?;
+    let dropped = started.elapsed();
+    cluster.apply(&client_pod("curl-after-rotation"))?;
+    pod_ready(&cluster.client(), NS, "curl-after-rotation", TIMEOUT).await?;
+    poll(
+        "the new pod to reach handson over mTLS",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            Ok((call(&cluster, "curl-after-rotation", "GET", "/").await?.0 == "200").then_some(()))
+        },
+    )
+    .await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, failures) = traffic.await?;
+    println!(
+        "rotation of the root: old root dropped {dropped:?} after the new CA; {n} mesh requests, {} failed; a new pod admitted and served",
+        failures.len()
+    );
+    ensure!(
+        failures.is_empty(),
+        "failed during the root rotation: {failures:?}"
+    );
+    ensure!(n >= 10, "only {n} requests during the rotation");
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(cluster.client(), NS)
+        .delete("curl-after-rotation", &DeleteParams::default())
+        .await?;
     Ok(())
 }

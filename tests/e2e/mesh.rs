@@ -23,7 +23,8 @@ use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
 use sluice_tests::Cluster;
 use sluice_tests::operator::{
-    ADMIN_PORT, GATEWAY_NS, Operator, demo_app_container, http, proxy_env, start_mesh_with,
+    ADMIN_PORT, GATEWAY_NS, Operator, demo_app_container, http, proxy_env, proxy_volumes,
+    start_mesh_with,
 };
 use sluice_tests::wait::{deployment_available, pod_names, pod_ready, poll, ready_endpoints};
 use tokio::sync::{Mutex, OnceCell};
@@ -32,6 +33,7 @@ mod dashboard;
 mod identity;
 mod rollouts;
 mod semantics;
+mod trust;
 
 fn main() -> ExitCode {
     main_support::run_sequential(&[
@@ -143,6 +145,41 @@ fn main() -> ExitCode {
             |c| Box::pin(logged(c, identity::rotation_under_load)),
         ),
         (
+            "root_rotation_keeps_admitting_pods_and_mesh_traffic_flowing",
+            |c| {
+                Box::pin(logged(
+                    c,
+                    identity::root_rotation_keeps_admitting_and_serving,
+                ))
+            },
+        ),
+        (
+            "control_plane_gives_no_config_to_plaintext_or_other_identities",
+            |c| Box::pin(logged(c, trust::other_identities_get_nothing)),
+        ),
+        (
+            "forged_failures_from_another_pod_do_not_roll_back_a_healthy_canary",
+            |c| {
+                Box::pin(logged(
+                    c,
+                    trust::forged_failures_do_not_roll_back_a_healthy_canary,
+                ))
+            },
+        ),
+        (
+            "diluting_reports_from_another_pod_do_not_save_a_failing_canary",
+            |c| {
+                Box::pin(logged(
+                    c,
+                    trust::diluting_reports_do_not_save_a_failing_canary,
+                ))
+            },
+        ),
+        (
+            "dashboard_promote_needs_patch_on_the_rollout_and_the_dashboards_origin",
+            |c| Box::pin(logged(c, trust::dashboard_actions_follow_kubernetes_rbac)),
+        ),
+        (
             "rollout_twenty_healthy_canaries_at_low_traffic_none_rolled_back",
             |c| {
                 Box::pin(logged(
@@ -150,6 +187,12 @@ fn main() -> ExitCode {
                     rollouts::twenty_healthy_canaries_no_false_rollback,
                 ))
             },
+        ),
+        // Last: while the window is full, new series of any scenario are
+        // refused.
+        (
+            "a_flood_of_100000_telemetry_keys_is_capped_and_ages_out",
+            |c| Box::pin(logged(c, trust::a_flood_of_keys_is_capped_and_ages_out)),
         ),
     ])
 }
@@ -203,8 +246,18 @@ async fn mesh(cluster: &Cluster) -> anyhow::Result<Arc<Mesh>> {
     MESH.get_or_try_init(|| async {
         // Certificates live seconds, so every scenario runs across rotations.
         // Test faults on: the supervision scenario makes the controller panic.
-        let (operator, gateway_ip) =
-            start_mesh_with(cluster, &["--cert-ttl=6s", "--test-faults"]).await?;
+        // Dashboard actions on: the trust scenarios promote through it.
+        let (operator, gateway_ip) = start_mesh_with(
+            cluster,
+            &[
+                "--cert-ttl=6s",
+                "--test-faults",
+                "--dashboard-actions",
+                // Short, so that the flood scenario sees its series age out.
+                "--telemetry-window=60s",
+            ],
+        )
+        .await?;
         Ok(Arc::new(Mesh {
             operator: Mutex::new(operator),
             gateway_ip,
@@ -857,12 +910,15 @@ spec:
     metadata: {{labels: {{app: sluice-gateway-alt}}}}
     spec:
       terminationGracePeriodSeconds: 1
+      serviceAccountName: sluice-gateway
       containers:
       - name: proxy
         image: {proxy}
         args: [gateway, --workers, "1", --admin, "0.0.0.0:{ALT_ADMIN_PORT}"]
-{env}"#,
+{env}
+{volumes}"#,
         proxy = sluice_proto::images::PROXY,
+        volumes = proxy_volumes(6),
     )
 }
 
@@ -1008,9 +1064,11 @@ spec:
     image: {proxy}
     args: [sidecar, --workers, "1"]
 {proxy_env}
+{volumes}
 "#,
         curl = sluice_proto::images::CURL,
         proxy = sluice_proto::images::PROXY,
+        volumes = proxy_volumes(2),
     ))?;
     let client = cluster.client();
     deployment_available(&client, ns, "handson-blue", TIMEOUT).await?;

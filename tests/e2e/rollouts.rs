@@ -94,6 +94,29 @@ pub(crate) async fn rollout(cluster: &Cluster, ns: &str) -> anyhow::Result<Rollo
         .await?)
 }
 
+/// `kubectl wait` until Rollout `ns/name` has `condition`, `seconds` at
+/// most: the command users run.
+pub(crate) fn wait_condition(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    condition: &str,
+    seconds: u32,
+) -> anyhow::Result<()> {
+    cluster.kubectl(
+        &[
+            "wait",
+            "-n",
+            ns,
+            &format!("rollout/{name}"),
+            &format!("--for=condition={condition}"),
+            &format!("--timeout={seconds}s"),
+        ],
+        None,
+    )?;
+    Ok(())
+}
+
 /// Waits until the Rollout's status passes `check`.
 pub(crate) async fn until(
     cluster: &Cluster,
@@ -101,13 +124,25 @@ pub(crate) async fn until(
     what: &str,
     check: impl Fn(&Rollout) -> bool,
 ) -> anyhow::Result<Rollout> {
-    Ok(poll(what, TIMEOUT, Duration::from_millis(100), || async {
+    let last = std::sync::Mutex::new(None);
+    let found = poll(what, TIMEOUT, Duration::from_millis(100), || async {
         let ro = rollout(cluster, ns)
             .await
             .map_err(|e| sluice_tests::Error::Check(e.to_string()))?;
-        Ok(check(&ro).then_some(ro))
+        if check(&ro) {
+            return Ok(Some(ro));
+        }
+        *last.lock().unwrap_or_else(|p| p.into_inner()) = ro.status;
+        Ok(None)
     })
-    .await?)
+    .await;
+    // On a timeout, say where the Rollout stood.
+    found.with_context(|| {
+        format!(
+            "the Rollout's last status: {:?}",
+            last.lock().unwrap_or_else(|p| p.into_inner())
+        )
+    })
 }
 
 pub(crate) fn weight(ro: &Rollout) -> i32 {
@@ -157,17 +192,7 @@ pub(crate) async fn healthy_blue(
     let mesh = mesh(cluster).await?;
     cluster.create_namespace(ns).await?;
     cluster.apply(&resources(ns, steps, analysis))?;
-    cluster.kubectl(
-        &[
-            "wait",
-            "-n",
-            ns,
-            "rollout/handson",
-            "--for=condition=Healthy",
-            "--timeout=60s",
-        ],
-        None,
-    )?;
+    wait_condition(cluster, ns, "handson", "Healthy", 60)?;
     poll(
         "the gateway to answer blue",
         TIMEOUT,
@@ -279,17 +304,7 @@ pub async fn failing_canary_is_rolled_back(cluster: Arc<Cluster>) -> anyhow::Res
     let mesh = mesh(&cluster).await?;
     let load = Load::start(mesh.gateway_ip.clone(), host(ns));
     set_image(&cluster, ns, "red", 0.5).await?;
-    cluster.kubectl(
-        &[
-            "wait",
-            "-n",
-            ns,
-            "rollout/handson",
-            "--for=condition=RolledBack",
-            "--timeout=60s",
-        ],
-        None,
-    )?;
+    wait_condition(&cluster, ns, "handson", "RolledBack", 60)?;
     let rolled_back_at = Instant::now();
     // All traffic back on stable.
     let counts = tally(&mesh, &host(ns), 200).await?;

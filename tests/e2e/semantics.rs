@@ -19,7 +19,8 @@ use sluice_tests::Cluster;
 use sluice_tests::operator::demo_app_container;
 
 use super::rollouts::{
-    HANDS_ON_STEPS, healthy_blue, host, phase, rollout, set_image, step_index, until, weight,
+    HANDS_ON_STEPS, healthy_blue, host, phase, rollout, set_image, step_index, until,
+    wait_condition, weight,
 };
 use super::{mesh, tally};
 
@@ -142,17 +143,7 @@ pub async fn replica_shares_without_traffic_routing(cluster: Arc<Cluster>) -> an
         cluster.apply(&replica_rollout(ns, name, replicas))?;
     }
     for name in ["ten", "one"] {
-        cluster.kubectl(
-            &[
-                "wait",
-                "-n",
-                ns,
-                &format!("rollout/{name}"),
-                "--for=condition=Healthy",
-                "--timeout=120s",
-            ],
-            None,
-        )?;
+        wait_condition(&cluster, ns, name, "Healthy", 120)?;
     }
     let api: Api<Rollout> = Api::namespaced(cluster.client(), ns);
     let started = Instant::now();
@@ -611,17 +602,7 @@ spec:
     resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}
 "#
     ))?;
-    cluster.kubectl(
-        &[
-            "wait",
-            "-n",
-            ns,
-            "rollout/hpa",
-            "--for=condition=Healthy",
-            "--timeout=60s",
-        ],
-        None,
-    )?;
+    wait_condition(&cluster, ns, "hpa", "Healthy", 60)?;
     let started = Instant::now();
     let ro = {
         let _load = CpuLoad::start(cluster.clone(), ns.to_owned());

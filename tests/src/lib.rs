@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod control_plane;
 pub mod error;
+pub mod mesh_client;
 pub mod node;
 pub mod operator;
 pub mod pki;

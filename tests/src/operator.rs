@@ -54,7 +54,7 @@ impl Operator {
             format!("--webhook-listen={webhook}"),
             format!("--dashboard-listen={dashboard}"),
             format!("--webhook-names={ip}"),
-            format!("--proxy-control-plane=http://{grpc}"),
+            format!("--proxy-control-plane=https://{grpc}"),
             "--proxy-log=info,sluice_proxy::http_proxy=debug".into(),
         ];
         extra.extend(extra_flags.iter().map(|s| (*s).to_owned()));
@@ -73,9 +73,9 @@ impl Operator {
         Ok(op)
     }
 
-    /// `http://ip:port` of the gRPC endpoint, as proxies take it.
+    /// `https://ip:port` of the gRPC endpoint, as proxies take it.
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("https://{}", self.grpc)
     }
 
     /// Its process id, for reading its resource use from `/proc`.
@@ -115,6 +115,16 @@ impl Operator {
     pub async fn metrics_text(&self) -> Result<String, Error> {
         let url = format!("http://{}/metrics", self.metrics);
         Ok(http().get(&url).send().await?.text().await?)
+    }
+
+    /// The sum of the `/metrics` series of `name` whose labels contain
+    /// `labels` (0 when there is none yet).
+    pub async fn counter(&self, name: &str, labels: &str) -> Result<f64, Error> {
+        let text = self.metrics_text().await?;
+        Ok(series(&text, name)
+            .filter(|(line, _)| line.contains(labels))
+            .map(|(_, v)| v)
+            .sum())
     }
 
     /// One sample of `/metrics` (first series of that name), if present.
@@ -203,6 +213,10 @@ kind: GatewayClass
 metadata: {{name: sluice}}
 spec: {{controllerName: sluice.dev/gateway-controller}}
 ---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: sluice-gateway, namespace: {GATEWAY_NS}}}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: sluice-gateway, namespace: {GATEWAY_NS}}}
@@ -212,14 +226,17 @@ spec:
   template:
     metadata: {{labels: {{app: sluice-gateway}}}}
     spec:
+      serviceAccountName: sluice-gateway
       containers:
       - name: proxy
         image: {proxy}
         args: [gateway, --workers, "1"]
 {proxy_env}
+{volumes}
 "#,
         proxy = sluice_proto::images::PROXY,
-        proxy_env = proxy_env(&operator.grpc_url(), 8)
+        proxy_env = proxy_env(&operator.grpc_url(), 8),
+        volumes = proxy_volumes(6),
     ))?;
     let client = cluster.client();
     crate::wait::deployment_available(
@@ -240,13 +257,23 @@ spec:
 /// The NodePort of the sandbox's dashboard.
 pub const DASHBOARD_NODE_PORT: u16 = 32001;
 
+/// The service account the chart creates for dashboard users: reads and
+/// promote/abort in every namespace.
+pub const DASHBOARD_ACCOUNT: &str = "sluice-dashboard";
+
+/// A token of [`DASHBOARD_ACCOUNT`], to sign in to the dashboard from
+/// outside loopback, valid for `lifetime`.
+pub async fn dashboard_token(cluster: &Cluster, lifetime: Duration) -> Result<String, Error> {
+    crate::mesh_client::token_request(cluster, GATEWAY_NS, DASHBOARD_ACCOUNT, None, lifetime).await
+}
+
 /// The values the sandbox installs the chart with: one operator replica,
-/// the dashboard on [`DASHBOARD_NODE_PORT`] behind `dashboard_token`.
-pub fn sandbox_values(dashboard_token: &str) -> Vec<String> {
+/// the dashboard on [`DASHBOARD_NODE_PORT`] (sign in with
+/// [`dashboard_token`]).
+pub fn sandbox_values() -> Vec<String> {
     [
         "operator.replicas=1".to_owned(),
         format!("dashboard.nodePort={DASHBOARD_NODE_PORT}"),
-        format!("dashboard.token={dashboard_token}"),
     ]
     .into_iter()
     .flat_map(|v| ["--set".to_owned(), v])
@@ -256,7 +283,7 @@ pub fn sandbox_values(dashboard_token: &str) -> Vec<String> {
 /// `helm install sluice charts/sluice` into [`GATEWAY_NS`] with
 /// [`sandbox_values`], waiting until the operator and the gateway are
 /// ready.
-pub async fn helm_install_mesh(cluster: &Cluster, dashboard_token: &str) -> Result<(), Error> {
+pub async fn helm_install_mesh(cluster: &Cluster) -> Result<(), Error> {
     cluster.install_gateway_api().await?;
     let chart = crate::toolchain::workspace_root()
         .join("charts/sluice")
@@ -276,7 +303,7 @@ pub async fn helm_install_mesh(cluster: &Cluster, dashboard_token: &str) -> Resu
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
-    args.extend(sandbox_values(dashboard_token));
+    args.extend(sandbox_values());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     cluster.helm(&args)?;
     Ok(())
@@ -294,7 +321,7 @@ metadata: {{name: sluice-injector}}
 webhooks:
 - name: inject.sluice.dev
   admissionReviewVersions: [v1]
-  sideEffects: None
+  sideEffects: NoneOnDryRun
   failurePolicy: Fail
   reinvocationPolicy: IfNeeded
   timeoutSeconds: 10
@@ -330,12 +357,14 @@ webhooks:
     }
 }
 
-/// The env and readiness probe of a proxy container in managed mode (as
-/// the chart and the injector set them), indented by `indent` spaces.
+/// The env, bootstrap mount and readiness probe of a proxy container in
+/// managed mode (as the chart and the injector set them), indented by
+/// `indent` spaces; its pod needs [`proxy_volumes`].
 pub fn proxy_env(url: &str, indent: usize) -> String {
     let yaml = format!(
         r#"env:
 - {{name: SLUICE_CONTROL_PLANE, value: "{url}"}}
+- {{name: SLUICE_CONTROL_PLANE_IDENTITY, value: "{identity}"}}
 - {{name: RUST_LOG, value: "info,sluice_proxy::http_proxy=debug"}}
 - name: POD_NAME
   valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
@@ -343,9 +372,39 @@ pub fn proxy_env(url: &str, indent: usize) -> String {
   valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
 - name: SERVICE_ACCOUNT
   valueFrom: {{fieldRef: {{fieldPath: spec.serviceAccountName}}}}
+volumeMounts: [{{name: sluice-token, mountPath: {dir}, readOnly: true}}]
 readinessProbe:
   httpGet: {{path: /ready, port: {ADMIN_PORT}}}
-  periodSeconds: 1"#
+  periodSeconds: 1"#,
+        identity = operator_identity(),
+        dir = sluice_proto::bootstrap::SECRETS_DIR,
+    );
+    indented(&yaml, indent)
+}
+
+/// The SPIFFE ID of the operator the harness runs (its namespace is
+/// [`GATEWAY_NS`], its service account the chart's).
+pub fn operator_identity() -> String {
+    sluice_proto::config::spiffe_id(
+        "cluster.local",
+        GATEWAY_NS,
+        sluice_proto::bootstrap::OPERATOR_SERVICE_ACCOUNT,
+    )
+}
+
+/// The `volumes:` of a pod with a managed proxy: its token and the mesh
+/// roots, as the injector adds them; indented by `indent` spaces.
+pub fn proxy_volumes(indent: usize) -> String {
+    use sluice_proto::bootstrap::{
+        ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY, ROOT_CERT_PATH, TOKEN_AUDIENCE, TOKEN_PATH,
+    };
+    let yaml = format!(
+        r#"volumes:
+- name: sluice-token
+  projected:
+    sources:
+    - serviceAccountToken: {{audience: {TOKEN_AUDIENCE}, path: {TOKEN_PATH}, expirationSeconds: 3600}}
+    - configMap: {{name: {ROOT_CERT_CONFIGMAP}, items: [{{key: {ROOT_CERT_KEY}, path: {ROOT_CERT_PATH}}}]}}"#
     );
     indented(&yaml, indent)
 }

@@ -528,7 +528,7 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
         }
         eprintln!("<== cluster ready in {:.1}s", start.elapsed().as_secs_f64());
         eprintln!(
-            "    helm install sluice charts/sluice -n sluice-system --create-namespace --wait \\\n      --set operator.replicas=1,dashboard.nodePort=32001,dashboard.token=<fresh>"
+            "    helm install sluice charts/sluice -n sluice-system --create-namespace --wait \\\n      --set operator.replicas=1,dashboard.nodePort=32001"
         );
     }
     let handson = root().join("examples/handson");

@@ -5,7 +5,12 @@
 
 {{/* Where proxies reach the control plane. */}}
 {{- define "sluice.controlPlane" -}}
-{{- .Values.mesh.controlPlaneAddress | default (printf "http://sluice-operator.%s.svc:15010" .Release.Namespace) -}}
+{{- .Values.mesh.controlPlaneAddress | default (printf "https://sluice-operator.%s.svc:15010" .Release.Namespace) -}}
+{{- end -}}
+
+{{/* The SPIFFE ID the operator presents to proxies. */}}
+{{- define "sluice.operatorIdentity" -}}
+spiffe://{{ .Values.mesh.trustDomain }}/ns/{{ .Release.Namespace }}/sa/sluice-operator
 {{- end -}}
 
 {{- define "sluice.labels" -}}

@@ -183,18 +183,20 @@ impl Authority {
     }
 }
 
-/// A serving certificate and its key, PEM.
-pub struct ServingCert {
-    /// Leaf first, then any intermediates.
+/// A certificate of the operator itself, and its key.
+pub struct OwnCertificate {
+    /// PEM, leaf first, then any intermediates.
     pub chain_pem: Vec<String>,
-    /// PKCS#8.
-    pub key_pem: String,
+    /// PKCS#8 DER.
+    pub key_der: Vec<u8>,
 }
 
 impl Authority {
-    /// A one-year serving certificate for the operator's own HTTPS
-    /// endpoints (the injection webhook), for these DNS names and IPs.
-    pub fn serving_cert(&self, names: &[String]) -> Result<ServingCert, CaError> {
+    /// A certificate for the operator itself, for the CA's lifetime
+    /// (`ttl`): its SPIFFE ID, which proxies and the other replicas verify,
+    /// and the DNS names and IPs it is reached by, which the API server
+    /// verifies when it calls the injection webhook.
+    pub fn issue_own(&self, spiffe_id: &str, names: &[String]) -> Result<OwnCertificate, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -203,25 +205,33 @@ impl Authority {
             names.first().cloned().unwrap_or_default(),
         );
         params.distinguished_name = dn;
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse::<std::net::IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => n.as_str().try_into().map(SanType::DnsName),
-            })
-            .collect::<Result<_, _>>()?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into()?)];
+        for n in names {
+            params
+                .subject_alt_names
+                .push(match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(n.as_str().try_into()?),
+                });
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         params.use_authority_key_identifier_extension = true;
         let now = OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::minutes(1);
-        params.not_after = now + time::Duration::days(365);
+        let ttl = time::Duration::try_from(self.ttl).unwrap_or(time::Duration::hours(24));
+        params.not_after = now + ttl;
         params.serial_number = Some(rcgen::SerialNumber::from_slice(&fastrand_serial()));
         let cert = params.signed_by(&key, &self.issuer)?;
         let mut chain_pem = vec![cert.pem()];
         chain_pem.extend(self.chain_pem.iter().cloned());
-        Ok(ServingCert {
+        Ok(OwnCertificate {
             chain_pem,
-            key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
         })
     }
 }
@@ -236,6 +246,22 @@ fn fastrand_serial() -> [u8; 16] {
     b
 }
 
+/// A new self-signed CA for `cluster.local` issuing for `ttl`: for
+/// tests of what the CA's certificates are used for.
+#[cfg(test)]
+pub(crate) fn test_authority(ttl: Duration) -> Authority {
+    let root = generate_root("cluster.local").expect("root");
+    Authority::from_pem(
+        &root.cert_pem,
+        &root.key_pem,
+        None,
+        vec![],
+        "cluster.local".into(),
+        ttl,
+    )
+    .expect("loads")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,16 +274,7 @@ mod tests {
     }
 
     fn authority() -> Authority {
-        let root = generate_root("cluster.local").expect("root");
-        Authority::from_pem(
-            &root.cert_pem,
-            &root.key_pem,
-            None,
-            vec![],
-            "cluster.local".into(),
-            Duration::from_secs(3600),
-        )
-        .expect("loads")
+        test_authority(Duration::from_secs(3600))
     }
 
     #[test]

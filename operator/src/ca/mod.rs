@@ -4,11 +4,15 @@
 //! it presents.
 //!
 //! [`authority`] is pure (generate, load, sign); [`secret`] keeps it in the
-//! cluster; [`server`] checks tokens with a TokenReview and answers proxies.
+//! cluster; [`server`] checks tokens with a TokenReview and answers proxies;
+//! [`own`] keeps the operator's own certificate; [`publish`] puts the roots
+//! in every namespace for proxies to bootstrap with.
 
 pub mod authority;
+pub mod own;
+pub mod publish;
 pub mod secret;
 pub mod server;
 
-pub use authority::{Authority, CaError, ServingCert};
+pub use authority::{Authority, CaError, OwnCertificate};
 pub use server::CertificateServer;

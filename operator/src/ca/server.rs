@@ -17,7 +17,7 @@ use super::authority::{Authority, CaError};
 use crate::metrics::{Metrics, ResultLabel};
 
 /// The audience proxies' projected tokens must carry.
-pub const TOKEN_AUDIENCE: &str = "sluice";
+pub use sluice_proto::bootstrap::TOKEN_AUDIENCE;
 
 /// The service; cheap to clone.
 #[derive(Clone)]

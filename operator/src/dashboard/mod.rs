@@ -13,9 +13,14 @@
 //! - `POST /api/rollouts/{namespace}/{name}/{promote|abort}` when actions
 //!   are enabled.
 //!
-//! Requests from loopback need no login; from elsewhere they need the
-//! configured token (`Authorization: Bearer`, or `?token=` for a browser),
-//! and without a token the dashboard answers loopback only.
+//! The API answers who Kubernetes authenticates ([`crate::access`]): a
+//! bearer token checked by a TokenReview (a browser link may carry it as
+//! `?token=`, which the page moves into the `Authorization` header), with
+//! each read allowed by a SubjectAccessReview for `list` on Rollouts of
+//! the namespace and each promote or abort for `patch` on that Rollout.
+//! Loopback clients without a token are the local user. A POST must also
+//! carry `X-Sluice-Action` (which a cross-site form cannot send) and, if
+//! the browser sends an `Origin`, come from the dashboard's own.
 
 pub mod model;
 
@@ -25,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, Extension, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -38,6 +43,8 @@ use serde_json::json;
 use sluice_crds::Rollout;
 use sluice_crds::rollout::Request as UserRequest;
 
+use crate::access::{Access, Action, Denied, User};
+use crate::metrics::{Metrics, RefusedLabels};
 use crate::push::Registry;
 use crate::traffic::TrafficWindow;
 use crate::world::World;
@@ -49,12 +56,10 @@ const GRAPH_WINDOW: u64 = 30;
 const SERIES_BUCKETS: u64 = 60;
 const SERIES_STEP: u64 = 5;
 
-/// Who may do what.
+/// What the dashboard offers.
 #[derive(Debug, Clone)]
 pub struct DashboardSettings {
-    /// Required from non-loopback clients; none: loopback only.
-    pub token: Option<String>,
-    /// Whether promote/abort are offered.
+    /// Whether promote/abort are offered (to users allowed to `patch`).
     pub actions: bool,
 }
 
@@ -72,6 +77,8 @@ struct AppState {
     registry: Arc<Registry>,
     traffic: Arc<TrafficWindow>,
     settings: Arc<DashboardSettings>,
+    access: Arc<Access>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Deserialize)]
@@ -80,40 +87,69 @@ struct NsQuery {
     namespace: Option<String>,
 }
 
-/// Whether a request may see the dashboard.
-pub fn authorized(peer: SocketAddr, headers: &HeaderMap, query: &str, token: Option<&str>) -> bool {
-    if peer.ip().is_loopback() {
-        return true;
-    }
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
+/// Whether a POST comes from the dashboard's own page: it carries the
+/// `X-Sluice-Action` header, and its `Origin`, when the browser sends one,
+/// is the host it was sent to.
+pub fn same_site(headers: &HeaderMap) -> bool {
+    if !headers.contains_key("x-sluice-action") {
         return false;
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
     };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let in_query = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .any(|(k, v)| k == "token" && v == token);
-    bearer == Some(token) || in_query
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    origin_host.is_some() && origin_host == host
 }
 
+/// Authenticates every API request; the handlers authorize.
 async fn guard(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    let query = req.uri().query().unwrap_or("").to_owned();
-    if authorized(peer, req.headers(), &query, s.settings.token.as_deref()) {
-        next.run(req).await
-    } else {
-        (
-            StatusCode::FORBIDDEN,
-            "the dashboard needs its token from outside loopback (dashboard.token in the chart)\n",
-        )
-            .into_response()
+    if req.method() == axum::http::Method::POST && !same_site(req.headers()) {
+        return s.refuse(&Denied::Forbidden {
+            user: "a cross-site request".into(),
+            verb: "post".into(),
+            what: "to the dashboard (X-Sluice-Action and a same-site Origin are required)".into(),
+        });
+    }
+    match s.access.authenticate(peer, req.headers()).await {
+        Ok(user) => {
+            req.extensions_mut().insert(user);
+            next.run(req).await
+        }
+        Err(d) => s.refuse(&d),
+    }
+}
+
+impl AppState {
+    fn refuse(&self, d: &Denied) -> Response {
+        self.metrics
+            .http_refused
+            .get_or_create(&RefusedLabels {
+                service: "dashboard".into(),
+                reason: d.reason().into(),
+            })
+            .inc();
+        (d.status(), format!("{d}\n")).into_response()
+    }
+
+    /// Whether `user` may read Rollouts in `ns`; the refusal otherwise.
+    async fn may_read(&self, user: &User, ns: &str) -> Result<(), Response> {
+        let action = Action {
+            verb: "list",
+            namespace: Some(ns.to_owned()),
+            name: None,
+        };
+        self.access
+            .allow(user, action)
+            .await
+            .map_err(|d| self.refuse(&d))
     }
 }
 
@@ -138,24 +174,38 @@ fn namespace(q: &NsQuery) -> String {
     q.namespace.clone().unwrap_or_else(|| "default".into())
 }
 
-async fn graph_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> impl IntoResponse {
+async fn graph_api(
+    State(s): State<AppState>,
+    Extension(user): Extension<User>,
+    Query(q): Query<NsQuery>,
+) -> Response {
     let ns = namespace(&q);
+    if let Err(r) = s.may_read(&user, &ns).await {
+        return r;
+    }
     let totals = s.traffic.sum(
         Duration::from_secs(GRAPH_WINDOW),
         |k| k.namespace == ns || k.source_namespace == ns,
         Clone::clone,
     );
     let pods = s.world.input(&s.registry).pods;
-    axum::Json(graph(&ns, GRAPH_WINDOW, &totals, &pods))
+    axum::Json(graph(&ns, GRAPH_WINDOW, &totals, &pods)).into_response()
 }
 
-async fn rollouts_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> impl IntoResponse {
+async fn rollouts_api(
+    State(s): State<AppState>,
+    Extension(user): Extension<User>,
+    Query(q): Query<NsQuery>,
+) -> Response {
     let ns = namespace(&q);
+    if let Err(r) = s.may_read(&user, &ns).await {
+        return r;
+    }
     let Ok(list) = Api::<Rollout>::namespaced(s.client.clone(), &ns)
         .list(&ListParams::default())
         .await
     else {
-        return axum::Json(json!([]));
+        return axum::Json(json!([])).into_response();
     };
     let events_api: Api<Event> = Api::namespaced(s.client.clone(), &ns);
     let now = TrafficWindow::now();
@@ -209,7 +259,7 @@ async fn rollouts_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> im
             .collect();
         views.push(rollout_view(&ro, series, events));
     }
-    axum::Json(json!(views))
+    axum::Json(json!(views)).into_response()
 }
 
 /// The proxy's admin port, where its `/metrics` are.
@@ -241,8 +291,15 @@ async fn denied_at(client: &ProxyClient, ip: &str) -> Option<u64> {
     )
 }
 
-async fn policies_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> impl IntoResponse {
+async fn policies_api(
+    State(s): State<AppState>,
+    Extension(user): Extension<User>,
+    Query(q): Query<NsQuery>,
+) -> Response {
     let ns = namespace(&q);
+    if let Err(r) = s.may_read(&user, &ns).await {
+        return r;
+    }
     let input = s.world.input(&s.registry);
     // Denials as the workload's sidecars count them, read concurrently.
     let meshed: Vec<(String, String)> = input
@@ -287,11 +344,12 @@ async fn policies_api(State(s): State<AppState>, Query(q): Query<NsQuery>) -> im
             row["denied"] = json!(row["denied"].as_u64().unwrap_or(0) + n);
         }
     }
-    axum::Json(json!(rows.into_values().collect::<Vec<_>>()))
+    axum::Json(json!(rows.into_values().collect::<Vec<_>>())).into_response()
 }
 
 async fn action(
     State(s): State<AppState>,
+    Extension(user): Extension<User>,
     Path((ns, name, what)): Path<(String, String, String)>,
 ) -> Response {
     if !s.settings.actions {
@@ -305,6 +363,20 @@ async fn action(
         Some(r @ (UserRequest::Promote | UserRequest::Abort)) => r,
         _ => return (StatusCode::NOT_FOUND, "actions: promote, abort\n").into_response(),
     };
+    let allowed = s
+        .access
+        .allow(
+            &user,
+            Action {
+                verb: "patch",
+                namespace: Some(ns.clone()),
+                name: Some(name.clone()),
+            },
+        )
+        .await;
+    if let Err(d) = allowed {
+        return s.refuse(&d);
+    }
     let api: Api<Rollout> = Api::namespaced(s.client.clone(), &ns);
     let patch = json!({"metadata": {"annotations": {UserRequest::ANNOTATION: request.as_str()}}});
     match api
@@ -316,24 +388,46 @@ async fn action(
     }
 }
 
+/// What the dashboard reads.
+pub struct DashboardParts {
+    /// The API.
+    pub client: Client,
+    /// The reflectors.
+    pub world: World,
+    /// Connected proxies.
+    pub registry: Arc<Registry>,
+    /// Telemetry.
+    pub traffic: Arc<TrafficWindow>,
+    /// Who may do what.
+    pub access: Arc<Access>,
+    /// Refusals are counted here.
+    pub metrics: Arc<Metrics>,
+}
+
 /// Serves the dashboard on `addr` until the process ends.
 pub async fn serve(
     addr: SocketAddr,
-    client: Client,
-    world: World,
-    registry: Arc<Registry>,
-    traffic: Arc<TrafficWindow>,
+    parts: DashboardParts,
     settings: DashboardSettings,
 ) -> std::io::Result<()> {
     let state = AppState {
         proxies: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http(),
-        client,
-        world,
-        registry,
-        traffic,
+        client: parts.client,
+        world: parts.world,
+        registry: parts.registry,
+        traffic: parts.traffic,
         settings: Arc::new(settings),
+        access: parts.access,
+        metrics: parts.metrics,
     };
+    let api = Router::new()
+        .route("/api/config", get(config))
+        .route("/api/graph", get(graph_api))
+        .route("/api/rollouts", get(rollouts_api))
+        .route("/api/policies", get(policies_api))
+        .route("/api/rollouts/{ns}/{name}/{action}", post(action))
+        .layer(middleware::from_fn_with_state(state.clone(), guard));
     let app = Router::new()
         .route(
             "/",
@@ -357,12 +451,7 @@ pub async fn serve(
             "/style.css",
             get(|| async { asset("text/css; charset=utf-8", include_str!("assets/style.css")) }),
         )
-        .route("/api/config", get(config))
-        .route("/api/graph", get(graph_api))
-        .route("/api/rollouts", get(rollouts_api))
-        .route("/api/policies", get(policies_api))
-        .route("/api/rollouts/{ns}/{name}/{action}", post(action))
-        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .merge(api)
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(address = %addr, "dashboard listening");
@@ -377,26 +466,32 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().expect("value"));
+        }
+        h
+    }
+
     #[test]
-    fn loopback_is_open_elsewhere_needs_the_token() {
-        let h = HeaderMap::new();
-        let local: SocketAddr = "127.0.0.1:9".parse().expect("addr");
-        let remote: SocketAddr = "10.0.0.9:9".parse().expect("addr");
-        assert!(authorized(local, &h, "", None));
-        assert!(!authorized(remote, &h, "", None));
-        assert!(!authorized(remote, &h, "", Some("s3cret")));
-        assert!(authorized(
-            remote,
-            &h,
-            "namespace=x&token=s3cret",
-            Some("s3cret")
-        ));
-        let mut bearer = HeaderMap::new();
-        bearer.insert(
-            header::AUTHORIZATION,
-            "Bearer s3cret".parse().expect("value"),
-        );
-        assert!(authorized(remote, &bearer, "", Some("s3cret")));
-        assert!(!authorized(remote, &bearer, "", Some("other")));
+    fn posts_must_come_from_the_dashboards_own_page() {
+        assert!(!same_site(&headers(&[])));
+        assert!(same_site(&headers(&[("x-sluice-action", "promote")])));
+        assert!(same_site(&headers(&[
+            ("x-sluice-action", "promote"),
+            ("origin", "http://127.0.0.1:20001"),
+            ("host", "127.0.0.1:20001"),
+        ])));
+        assert!(!same_site(&headers(&[
+            ("x-sluice-action", "promote"),
+            ("origin", "https://evil.example"),
+            ("host", "127.0.0.1:20001"),
+        ])));
+        assert!(!same_site(&headers(&[
+            ("x-sluice-action", "promote"),
+            ("origin", "null"),
+            ("host", "127.0.0.1:20001"),
+        ])));
     }
 }

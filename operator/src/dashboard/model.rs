@@ -118,7 +118,12 @@ pub fn graph(
         nodes.entry(from.clone()).or_insert_with(|| Node {
             id: from.clone(),
             kind: "source",
-            label: k.source_workload.clone(),
+            // What a sidecar received: its callers are not attributed.
+            label: if k.source_workload.is_empty() {
+                "callers".to_owned()
+            } else {
+                k.source_workload.clone()
+            },
             namespace: k.source_namespace.clone(),
             service: None,
             revision: None,
@@ -279,6 +284,7 @@ mod tests {
             namespace: "h".into(),
             service: svc.into(),
             revision: rev.into(),
+            inbound: false,
         }
     }
 

@@ -1,8 +1,9 @@
 //! Sidecar injection: a pod created in a namespace labelled
 //! `sluice.dev/inject=enabled` gets the proxy as a Kubernetes native sidecar
 //! (an init container with `restartPolicy: Always`, so it is ready before the
-//! app starts and does not keep a Job alive), the projected token it trades
-//! for its certificate, and the env it needs. [`patch`] is pure and
+//! app starts and does not keep a Job alive), one projected volume with the
+//! token it trades for its certificate and the mesh roots it verifies the
+//! operator with, and the env it needs. [`patch`] is pure and
 //! idempotent; [`webhook`] serves it to the API server.
 
 pub mod probes;
@@ -11,6 +12,9 @@ pub mod webhook;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 
+use sluice_proto::bootstrap::{
+    ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY, ROOT_CERT_PATH, SECRETS_DIR, TOKEN_AUDIENCE, TOKEN_PATH,
+};
 use sluice_proto::config::{CONTROL_PLANE_PORT, PROXY_UID};
 use sluice_proto::probes::{ADMIN_PORT, APP_PROBES_ENV};
 
@@ -24,16 +28,18 @@ pub const POD_ANNOTATION: &str = "sluice.dev/inject";
 pub const INIT_CONTAINER: &str = "sluice-init";
 /// Set on injected pods.
 pub const STATUS_ANNOTATION: &str = "sluice.dev/status";
-/// Where the proxy reads its token (its `--token-file` default).
-pub const TOKEN_DIR: &str = "/var/run/secrets/sluice.dev";
 
 /// What injected sidecars run and where they connect.
 #[derive(Debug, Clone)]
 pub struct InjectSettings {
     /// The proxy image.
     pub image: String,
-    /// The control plane's gRPC URL as pods reach it.
+    /// The control plane's gRPC URL as pods reach it (`https://`).
     pub control_plane: String,
+    /// The SPIFFE ID the control plane presents.
+    pub control_plane_identity: String,
+    /// The mesh's trust domain.
+    pub trust_domain: String,
     /// `RUST_LOG` of the proxy.
     pub log_level: String,
     /// Add the interception init step to every injected pod (else only to
@@ -72,6 +78,8 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
         "restartPolicy": "Always",
         "env": [
             env("SLUICE_CONTROL_PLANE", json!({"value": settings.control_plane})),
+            env("SLUICE_CONTROL_PLANE_IDENTITY", json!({"value": settings.control_plane_identity})),
+            env("SLUICE_TRUST_DOMAIN", json!({"value": settings.trust_domain})),
             env("RUST_LOG", json!({"value": settings.log_level})),
             env("POD_NAME", field("metadata.name")),
             env("POD_NAMESPACE", field("metadata.namespace")),
@@ -84,13 +92,16 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": true,
             "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "sluice-token", "mountPath": TOKEN_DIR, "readOnly": true}],
+        "volumeMounts": [{"name": "sluice-token", "mountPath": SECRETS_DIR, "readOnly": true}],
     });
     let volume = json!({
         "name": "sluice-token",
-        "projected": {"sources": [{"serviceAccountToken": {
-            "audience": crate::ca::server::TOKEN_AUDIENCE, "path": "token", "expirationSeconds": 3600
-        }}]}
+        "projected": {"sources": [
+            {"serviceAccountToken": {
+                "audience": TOKEN_AUDIENCE, "path": TOKEN_PATH, "expirationSeconds": 3600
+            }},
+            {"configMap": {"name": ROOT_CERT_CONFIGMAP, "items": [{"key": ROOT_CERT_KEY, "path": ROOT_CERT_PATH}]}},
+        ]}
     });
     let intercept = match pod
         .metadata
@@ -160,7 +171,10 @@ mod tests {
     fn settings() -> InjectSettings {
         InjectSettings {
             image: sluice_proto::images::PROXY.into(),
-            control_plane: "http://cp:15010".into(),
+            control_plane: "https://cp:15010".into(),
+            control_plane_identity: "spiffe://cluster.local/ns/sluice-system/sa/sluice-operator"
+                .into(),
+            trust_domain: "cluster.local".into(),
             log_level: "info".into(),
             intercept: false,
         }
@@ -204,11 +218,24 @@ mod tests {
                 .and_then(|h| h.path.as_deref()),
             Some("/ready")
         );
-        assert!(
-            spec.volumes
+        // One volume: the token and the roots to verify the operator with.
+        let volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "sluice-token")
+            .expect("the bootstrap volume");
+        let sources = volume
+            .projected
+            .as_ref()
+            .and_then(|p| p.sources.clone())
+            .unwrap_or_default();
+        assert!(sources.iter().any(|s| s.service_account_token.is_some()));
+        assert!(sources.iter().any(|s| {
+            s.config_map
                 .as_ref()
-                .is_some_and(|v| v.iter().any(|v| v.name == "sluice-token"))
-        );
+                .is_some_and(|c| c.name == ROOT_CERT_CONFIGMAP)
+        }));
         assert_eq!(
             injected
                 .metadata

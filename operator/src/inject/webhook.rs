@@ -1,7 +1,10 @@
-//! The mutating admission webhook: HTTPS with a serving certificate from
-//! the mesh CA, `POST /inject` answering AdmissionReviews with the
-//! injection patch, and the webhook configuration's `caBundle` kept equal
-//! to the mesh roots.
+//! The mutating admission webhook: HTTPS with the operator's own
+//! certificate from the mesh CA (renewed before it expires and whenever
+//! the CA changes, see [`crate::ca::own`]), `POST /inject` answering
+//! AdmissionReviews with the injection patch, and the webhook
+//! configuration's `caBundle` kept equal to the mesh roots. Before it
+//! admits an injected pod it makes sure the pod's namespace has the roots'
+//! ConfigMap, which the pod mounts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,13 +20,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::{Api, Client};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_identity::MeshIdentity;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::{InjectSettings, patch};
-use crate::ca::ServingCert;
+use crate::ca::publish::RootPublisher;
 
 /// The MutatingWebhookConfiguration whose `caBundle` the operator keeps.
 pub const CONFIGURATION_NAME: &str = "sluice-injector";
@@ -39,8 +42,14 @@ pub enum WebhookError {
     Listen(SocketAddr, std::io::Error),
 }
 
+#[derive(Clone)]
+struct WebhookState {
+    settings: Arc<InjectSettings>,
+    roots: Arc<RootPublisher>,
+}
+
 async fn inject(
-    State(settings): State<Arc<InjectSettings>>,
+    State(state): State<WebhookState>,
     Json(review): Json<AdmissionReview<Pod>>,
 ) -> Json<AdmissionReview<DynamicObject>> {
     let req: AdmissionRequest<Pod> = match review.try_into() {
@@ -48,10 +57,21 @@ async fn inject(
         Err(e) => return Json(AdmissionResponse::invalid(e.to_string()).into_review()),
     };
     let resp = AdmissionResponse::from(&req);
-    let Some(ops) = req.object.as_ref().and_then(|pod| patch(pod, &settings)) else {
+    let Some(ops) = req
+        .object
+        .as_ref()
+        .and_then(|pod| patch(pod, &state.settings))
+    else {
         return Json(resp.into_review());
     };
     debug!(namespace = ?req.namespace, "injecting the sidecar");
+    // The pod mounts the roots' ConfigMap: a namespace created a moment
+    // ago may not have it yet. A dry run changes nothing.
+    if let (Some(ns), false) = (&req.namespace, req.dry_run)
+        && let Err(e) = state.roots.ensure(ns).await
+    {
+        warn!(namespace = %ns, "publishing the mesh roots before admitting a pod: {e}");
+    }
     let resp = serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops))
         .map_err(|e| e.to_string())
         .and_then(|p| resp.clone().with_patch(p).map_err(|e| e.to_string()));
@@ -61,33 +81,23 @@ async fn inject(
     }
 }
 
-/// Serves the webhook on `addr` with `cert` until the process ends.
+/// Serves the webhook on `addr` with the operator's `identity` until the
+/// process ends; a renewed certificate applies to the next handshake.
 pub async fn serve(
     addr: SocketAddr,
-    cert: ServingCert,
+    identity: Arc<MeshIdentity>,
     settings: InjectSettings,
+    roots: Arc<RootPublisher>,
 ) -> Result<(), WebhookError> {
-    let bad = |e: String| WebhookError::Certificate(e);
-    let chain = cert
-        .chain_pem
-        .iter()
-        .map(|p| CertificateDer::from_pem_slice(p.as_bytes()).map_err(|e| bad(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    let key =
-        PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| bad(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| bad(e.to_string()))?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let tls = sluice_identity::verify::serving_config(&identity)
+        .map_err(|e| WebhookError::Certificate(e.to_string()))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let app = Router::new()
         .route("/inject", post(inject))
-        .with_state(Arc::new(settings));
+        .with_state(WebhookState {
+            settings: Arc::new(settings),
+            roots,
+        });
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| WebhookError::Listen(addr, e))?;
@@ -118,7 +128,7 @@ pub async fn serve(
 pub async fn keep_ca_bundle_current(
     client: Client,
     authority: Arc<arc_swap::ArcSwap<crate::ca::Authority>>,
-    roots_changed: Arc<tokio::sync::Notify>,
+    mut roots_changed: watch::Receiver<()>,
 ) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
@@ -135,7 +145,9 @@ pub async fn keep_ca_bundle_current(
                 }
                 None => return,
             },
-            () = roots_changed.notified() => {}
+            changed = roots_changed.changed() => if changed.is_err() {
+                return;
+            },
         }
         keep_ca_bundle(&client, &authority.load().roots_pem).await;
     }

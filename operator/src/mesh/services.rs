@@ -13,6 +13,12 @@ use sluice_proto::config::{Backend, UpstreamProtocol};
 /// Labels that name a pod's revision, most specific first.
 const REVISION_LABELS: [&str; 2] = ["rollouts-pod-template-hash", "pod-template-hash"];
 
+/// A pod's revision: the template hash its ReplicaSet labels it with.
+pub fn revision_of(pod: &Pod) -> Option<&String> {
+    let labels = pod.labels();
+    REVISION_LABELS.iter().find_map(|l| labels.get(*l))
+}
+
 /// One port of a Service, with the endpoints behind it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServicePort {
@@ -120,8 +126,7 @@ impl ServiceIndex {
         let pod_revisions: BTreeMap<(String, String), String> = pods
             .iter()
             .filter_map(|p| {
-                let labels = p.labels();
-                let rev = REVISION_LABELS.iter().find_map(|l| labels.get(*l))?;
+                let rev = revision_of(p)?;
                 Some((
                     (p.namespace().unwrap_or_default(), p.name_any()),
                     rev.clone(),

@@ -7,5 +7,5 @@ pub mod server;
 pub mod snapshots;
 
 pub use registry::Registry;
-pub use server::ConfigServer;
+pub use server::{ConfigServer, ConfigServerParts};
 pub use snapshots::{SnapshotSet, Snapshots};

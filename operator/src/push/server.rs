@@ -1,6 +1,8 @@
 //! The `ConfigDiscovery` gRPC service: one task per proxy stream that sends
 //! its audience's snapshot whenever the version changes, keepalives when
-//! nothing does, and records ACKs and NACKs.
+//! nothing does, and records ACKs and NACKs. The audience is the pod that
+//! the stream's certificate and address prove ([`crate::trust`]), so a
+//! proxy gets its own config and nobody else's.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,52 +11,71 @@ use std::time::Duration;
 use futures::Stream;
 use sluice_proto::mesh::config_discovery_server::ConfigDiscovery;
 use sluice_proto::mesh::proxy_identity::Role;
-use sluice_proto::mesh::{
-    ConfigMessage, Keepalive, ProxyIdentity, ProxyMessage, config_message, proxy_message,
-};
+use sluice_proto::mesh::{ConfigMessage, Keepalive, ProxyMessage, config_message, proxy_message};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{Registry, SnapshotSet, Snapshots};
 use crate::mesh::Audience;
+use crate::metrics::Metrics;
+use crate::trust::{Peer, Reason, Refusal, TrustSettings, VerifiedProxy, verify_proxy};
+use crate::world::World;
 
 /// How long a proxy has to say hello after opening its stream.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The service; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConfigServer {
     snapshots: Snapshots,
     registry: Arc<Registry>,
     keepalive: Duration,
+    world: World,
+    trust: Arc<TrustSettings>,
+    metrics: Arc<Metrics>,
+}
+
+/// What a config stream needs besides the snapshots.
+pub struct ConfigServerParts {
+    /// Who is connected, and what they ACKed.
+    pub registry: Arc<Registry>,
+    /// A keepalive after this much silence.
+    pub keepalive: Duration,
+    /// Pods, to check hellos against.
+    pub world: World,
+    /// What callers are checked against.
+    pub trust: Arc<TrustSettings>,
+    /// Refusals are counted here.
+    pub metrics: Arc<Metrics>,
 }
 
 impl ConfigServer {
-    /// Serves `snapshots`, sending a keepalive after `keepalive` of silence.
-    pub fn new(snapshots: Snapshots, registry: Arc<Registry>, keepalive: Duration) -> ConfigServer {
+    /// Serves `snapshots` to proxies whose hello their connection proves.
+    pub fn new(snapshots: Snapshots, parts: ConfigServerParts) -> ConfigServer {
         ConfigServer {
             snapshots,
-            registry,
-            keepalive,
+            registry: parts.registry,
+            keepalive: parts.keepalive,
+            world: parts.world,
+            trust: parts.trust,
+            metrics: parts.metrics,
         }
+    }
+
+    fn refuse(&self, r: Refusal) -> Status {
+        self.metrics.refused("config", r.reason.as_str());
+        warn!("config stream refused: {r}");
+        r.status()
     }
 }
 
-/// Which snapshot a proxy gets, from its hello.
-pub fn audience(id: &ProxyIdentity) -> Result<Audience, Status> {
-    if id.namespace.is_empty() || id.pod_name.is_empty() {
-        return Err(Status::invalid_argument(
-            "hello: namespace and pod_name are required",
-        ));
-    }
-    match Role::try_from(id.role) {
-        Ok(Role::Gateway) => Ok(Audience::Gateway),
-        Ok(Role::Sidecar) => Ok(Audience::Sidecar(id.namespace.clone(), id.pod_name.clone())),
-        _ => Err(Status::invalid_argument(
-            "hello: role must be ROLE_SIDECAR or ROLE_GATEWAY",
-        )),
+/// Which snapshot a verified proxy gets.
+pub fn audience(proxy: &VerifiedProxy) -> Audience {
+    match proxy.role {
+        Role::Gateway => Audience::Gateway,
+        _ => Audience::Sidecar(proxy.namespace.clone(), proxy.pod.clone()),
     }
 }
 
@@ -68,7 +89,8 @@ impl ConfigDiscovery for ConfigServer {
         &self,
         request: Request<Streaming<ProxyMessage>>,
     ) -> Result<Response<ConfigStream>, Status> {
-        let remote = request.remote_addr();
+        let peer = Peer::of(&request, &self.trust.trust_domain).map_err(|r| self.refuse(r))?;
+        let remote = crate::trust::remote_addr(&request);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -77,11 +99,15 @@ impl ConfigDiscovery for ConfigServer {
             kind: Some(proxy_message::Kind::Hello(identity)),
         }) = first
         else {
-            return Err(Status::invalid_argument(
+            return Err(self.refuse(Refusal::new(
+                Reason::BadHello,
                 "the first message must be a hello",
-            ));
+            )));
         };
-        let audience = audience(&identity)?;
+        let proxy = verify_proxy(&self.world, &peer, &identity, &self.trust.root_namespace)
+            .await
+            .map_err(|r| self.refuse(r))?;
+        let audience = audience(&proxy);
         let (tx, rx) = mpsc::channel(4);
         let id = self.registry.connect(identity, audience.clone(), remote);
         let session = Session {

@@ -29,10 +29,13 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
     let status = rollout.status.clone().unwrap_or_default();
     let world = observe::world(rollout, ns, ctx).await?;
     let hash = template_hash(&rollout.spec.template);
-    let request = rollout
-        .annotations()
-        .get(Request::ANNOTATION)
-        .and_then(|v| Request::parse(v));
+    // Taken (removed) before it is acted on, and acted on only if this
+    // pass removed it: the cache may still show a request that an earlier
+    // pass handled, and a promote must not end two pauses.
+    let request = match rollout.annotations().get(Request::ANNOTATION) {
+        Some(seen) if take_request(rollout, ns, ctx, seen).await? => Request::parse(seen),
+        _ => None,
+    };
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     let evaluation = observe::evaluation_due(rollout, &hash, now)
         .map(|a| observe::analyse(ctx, ns, &status, &hash, &a, now));
@@ -54,19 +57,43 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
     apply_services(rollout, ns, ctx, &world.services, &decision).await?;
     write_status(rollout, ns, ctx, &decision, &world.ready).await?;
     record_events(rollout, ctx, &decision).await;
-    // Handled, or not understood: either way it has been seen.
-    if rollout.annotations().contains_key(Request::ANNOTATION) {
-        let api: Api<Rollout> = Api::namespaced(ctx.client.clone(), ns);
-        api.patch(
-            &rollout.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {Request::ANNOTATION: null}}})),
-        )
-        .await?;
-    }
     Ok(Action::requeue(
         decision.requeue.max(Duration::from_millis(500)),
     ))
+}
+
+/// Removes the request annotation if it still holds `seen`, and says
+/// whether it did. Not removed: already taken by an earlier pass (this one
+/// read a stale cache), or replaced by a newer request (a `promote --full`
+/// right after a `promote`), which the next pass takes.
+async fn take_request(
+    rollout: &Rollout,
+    ns: &str,
+    ctx: &Context,
+    seen: &str,
+) -> Result<bool, Error> {
+    let api: Api<Rollout> = Api::namespaced(ctx.client.clone(), ns);
+    let path = format!(
+        "/metadata/annotations/{}",
+        Request::ANNOTATION.replace('~', "~0").replace('/', "~1")
+    );
+    let patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": path, "value": seen},
+        {"op": "remove", "path": path},
+    ]))?;
+    match api
+        .patch(
+            &rollout.name_any(),
+            &PatchParams::default(),
+            &Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Gone or changed: the test failed.
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn record_events(rollout: &Rollout, ctx: &Context, d: &Decision) {

@@ -17,6 +17,7 @@ use sluice_crds::rollout::{AnalysisSpec, RolloutReason, RolloutStatus};
 use super::analysis::evaluate;
 use super::model::{Evaluation, Invalid, secs};
 use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL, duration};
+use crate::traffic::window::Totals;
 
 /// What one reconcile read.
 #[derive(Debug, Default)]
@@ -240,11 +241,14 @@ pub fn analyse(
     let totals = ctx.traffic.sum(
         window,
         |k| k.namespace == ns && (k.revision == canary || k.revision == stable),
-        |k| k.revision == canary,
+        |k| (k.revision == canary, k.inbound),
     );
     let bounds = ctx.traffic.bounds_ms();
-    let c = totals.get(&true).cloned().unwrap_or_default();
-    let s = totals.get(&false).cloned().unwrap_or_default();
+    let side = |canary: bool| {
+        let get = |inbound| totals.get(&(canary, inbound)).cloned().unwrap_or_default();
+        Totals::either_side(&get(true), &get(false))
+    };
+    let (c, s) = (side(true), side(false));
     let p99 = c.quantile_ms(0.99, &bounds);
     evaluate(spec, &c, &s, p99, now)
 }

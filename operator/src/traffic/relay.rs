@@ -3,8 +3,10 @@
 //! on the leader and every replica serves the dashboard: so each replica
 //! passes the reports it gets from proxies on to its peers (the other
 //! ready endpoints of its own Service), marked `relayed` so that they go no
-//! further. A peer that is down loses what was meant for it; reports are
-//! deltas over a sliding window, so the next ones make up for it.
+//! further. Relays run over mTLS with the operator's own certificate, the
+//! one identity a replica accepts relayed reports from. A peer that is down
+//! loses what was meant for it; reports are deltas over a sliding window,
+//! so the next ones make up for it.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -21,6 +23,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
+use sluice_identity::channel::{self, ControlPlaneAddress};
+
 use crate::metrics::Metrics;
 
 /// Reports queued per peer before new ones are dropped.
@@ -34,28 +38,32 @@ pub struct Relay {
     peers: Mutex<BTreeMap<IpAddr, mpsc::Sender<TelemetryReport>>>,
     port: u16,
     metrics: Arc<Metrics>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Relay {
-    /// A relay to peers' gRPC port `port`; it has no peers until
-    /// [`watch_peers`] finds them.
-    pub fn new(port: u16, metrics: Arc<Metrics>) -> Arc<Relay> {
+    /// A relay to peers' gRPC port `port` with `tls` (the operator's own
+    /// certificate, expecting the same identity of the peer); it has no
+    /// peers until [`watch_peers`] finds them.
+    pub fn new(port: u16, metrics: Arc<Metrics>, tls: Arc<rustls::ClientConfig>) -> Arc<Relay> {
         Arc::new(Relay {
             peers: Mutex::default(),
             port,
             metrics,
+            tls,
         })
     }
 
-    /// Queues a proxy's report for every peer; a full queue drops it.
-    pub fn send(&self, report: &TelemetryReport) {
+    /// Queues a checked report for every peer, marked relayed; a full
+    /// queue drops it.
+    pub fn send(&self, report: TelemetryReport) {
         let Ok(peers) = self.peers.lock() else { return };
+        let relayed = TelemetryReport {
+            relayed: true,
+            ..report
+        };
         for tx in peers.values() {
-            let relayed = TelemetryReport {
-                relayed: true,
-                ..report.clone()
-            };
-            if tx.try_send(relayed).is_err() {
+            if tx.try_send(relayed.clone()).is_err() {
                 self.metrics.telemetry_relay_dropped.inc();
             }
         }
@@ -71,7 +79,16 @@ impl Relay {
         for ip in ips {
             let tx = peers.remove(&ip).unwrap_or_else(|| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(forward(format!("http://{ip}:{}", self.port), rx));
+                let address = ControlPlaneAddress::parse(&format!(
+                    "https://{}",
+                    std::net::SocketAddr::new(ip, self.port)
+                ));
+                match address {
+                    Ok(a) => {
+                        tokio::spawn(forward(a, self.tls.clone(), rx));
+                    }
+                    Err(e) => warn!("peer {ip}: {e}"),
+                }
                 tx
             });
             next.insert(ip, tx);
@@ -80,21 +97,37 @@ impl Relay {
     }
 }
 
-/// Streams `rx` to the peer at `url`, reconnecting until `rx` closes.
-async fn forward(url: String, mut rx: mpsc::Receiver<TelemetryReport>) {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) else {
-        warn!(%url, "not a peer address");
-        return;
-    };
-    let mut client = TelemetryClient::new(endpoint.connect_lazy());
+/// Streams `rx` to the peer at `address`, reconnecting until `rx` closes.
+async fn forward(
+    address: ControlPlaneAddress,
+    tls: Arc<rustls::ClientConfig>,
+    mut rx: mpsc::Receiver<TelemetryReport>,
+) {
     loop {
+        let channel = match channel::connect(&address, tls.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(%address, "relay: {e}");
+                // Drop what queued meanwhile; end when the peer left.
+                loop {
+                    match rx.try_recv() {
+                        Ok(_) => continue,
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                }
+                tokio::time::sleep(RECONNECT).await;
+                continue;
+            }
+        };
+        let mut client = TelemetryClient::new(channel);
         let (tx, stream_rx) = mpsc::channel(QUEUE);
         let call = client.report(ReceiverStream::new(stream_rx));
         tokio::pin!(call);
         loop {
             tokio::select! {
                 result = &mut call => {
-                    debug!(%url, "relay stream ended: {:?}", result.err());
+                    debug!(%address, "relay stream ended: {:?}", result.err());
                     break;
                 }
                 report = rx.recv() => match report {
@@ -162,14 +195,18 @@ fn ready(slice: &EndpointSlice) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::Authority;
+    use crate::ca::authority::test_authority;
     use crate::traffic::{TelemetryServer, TrafficWindow};
-    use sluice_proto::mesh::TelemetryAck;
+    use crate::trust::TrustSettings;
+    use sluice_identity::{MeshIdentity, SpiffeId};
     use sluice_proto::mesh::telemetry_server::{Telemetry, TelemetryServer as TelemetryService};
+    use sluice_proto::mesh::{ProxyIdentity, TelemetryAck, TrafficDelta};
     use tonic::{Request, Response, Status, Streaming};
 
-    /// A peer that records the (timestamp, relayed) of what it receives.
+    /// A peer that records the (revision, relayed) of what it receives.
     #[derive(Clone, Default)]
-    struct Peer(Arc<Mutex<Vec<(i64, bool)>>>);
+    struct Peer(Arc<Mutex<Vec<(String, bool)>>>);
 
     #[tonic::async_trait]
     impl Telemetry for Peer {
@@ -180,70 +217,181 @@ mod tests {
             let mut stream = request.into_inner();
             while let Some(r) = stream.message().await? {
                 if let Ok(mut seen) = self.0.lock() {
-                    seen.push((r.timestamp_ms, r.relayed));
+                    for d in r.deltas {
+                        seen.push((d.destination_revision, r.relayed));
+                    }
                 }
             }
             Ok(Response::new(TelemetryAck {}))
         }
     }
 
-    /// Serves `service` on a free loopback port.
-    async fn serve<S: Telemetry>(service: S) -> u16 {
+    /// A CA and an identity issued by it.
+    struct Pki {
+        ca: Authority,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            Pki {
+                ca: test_authority(Duration::from_secs(600)),
+            }
+        }
+
+        fn identity(&self, ns: &str, sa: &str) -> Arc<MeshIdentity> {
+            let identity = Arc::new(MeshIdentity::default());
+            let settings = crate::ca::own::OwnSettings {
+                spiffe_id: format!("spiffe://cluster.local/ns/{ns}/sa/{sa}"),
+                names: vec!["127.0.0.1".into()],
+            };
+            crate::ca::own::renew(&self.ca, &identity, &settings).expect("issued");
+            identity
+        }
+    }
+
+    fn operator_id() -> SpiffeId {
+        SpiffeId::parse("spiffe://cluster.local/ns/sluice-system/sa/sluice-operator").expect("id")
+    }
+
+    /// Serves `service` over the control plane's TLS on a free loopback port.
+    async fn serve<S: Telemetry>(service: S, identity: &Arc<MeshIdentity>) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let port = listener.local_addr().expect("addr").port();
+        let incoming =
+            crate::control_plane::incoming(listener, identity, Arc::new(Metrics::default()))
+                .expect("tls");
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(TelemetryService::new(service))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                .serve_with_incoming(incoming),
         );
         port
     }
 
-    async fn report_to(port: u16, timestamp_ms: i64, relayed: bool) {
-        let mut client = TelemetryClient::connect(format!("http://127.0.0.1:{port}"))
+    fn tls(identity: &Arc<MeshIdentity>) -> Arc<rustls::ClientConfig> {
+        sluice_identity::verify::control_plane_client_config(identity, &operator_id().to_string())
+            .expect("tls")
+    }
+
+    /// Sends one report as `identity` (claiming pod `h/web-1`); the result.
+    async fn report_as(
+        identity: &Arc<MeshIdentity>,
+        port: u16,
+        relayed: bool,
+        revision: &str,
+    ) -> Result<(), Status> {
+        let address =
+            ControlPlaneAddress::parse(&format!("https://127.0.0.1:{port}")).expect("address");
+        let channel = channel::connect(&address, tls(identity))
             .await
             .expect("connect");
         let report = TelemetryReport {
-            timestamp_ms,
+            identity: Some(ProxyIdentity {
+                namespace: "h".into(),
+                pod_name: "web-1".into(),
+                role: sluice_proto::mesh::proxy_identity::Role::Sidecar as i32,
+                ..Default::default()
+            }),
             relayed,
+            deltas: vec![TrafficDelta {
+                destination_revision: revision.into(),
+                requests: 10,
+                inbound: true,
+                ..Default::default()
+            }],
             ..TelemetryReport::default()
         };
-        client
+        TelemetryClient::new(channel)
             .report(futures::stream::iter([report]))
             .await
-            .expect("report");
+            .map(|_| ())
+    }
+
+    fn web_pod() -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "h", "labels": {"pod-template-hash": "abc"}},
+            "spec": {"serviceAccountName": "web", "containers": []},
+            "status": {"phase": "Running", "podIP": "127.0.0.1"},
+        }))
+        .expect("pod")
     }
 
     #[tokio::test]
-    async fn proxy_reports_reach_the_peer_once_and_relayed_ones_go_no_further() {
+    async fn checked_reports_reach_the_peer_once_and_only_the_operator_may_relay() {
+        let pki = Pki::new();
+        let operator = pki.identity("sluice-system", "sluice-operator");
         let peer = Peer::default();
-        let relay = Relay::new(serve(peer.clone()).await, Arc::new(Metrics::default()));
+        let peer_port = serve(peer.clone(), &operator).await;
+        let relay = Relay::new(peer_port, Arc::new(Metrics::default()), tls(&operator));
         relay.set_peers(["127.0.0.1".parse().expect("ip")]);
         let metrics = Arc::new(Metrics::default());
-        let window = Arc::new(TrafficWindow::new(Duration::from_secs(60)));
-        let port = serve(TelemetryServer::new(window, metrics.clone(), Some(relay))).await;
+        let window = Arc::new(TrafficWindow::new(Duration::from_secs(60), 100));
+        let mesh = crate::mesh::MeshSettings {
+            trust_domain: "cluster.local".into(),
+            roots_pem: pki.ca.roots_pem.clone(),
+            mode: sluice_proto::config::MtlsMode::Permissive,
+            root_namespace: "sluice-system".into(),
+        };
+        let trust = Arc::new(TrustSettings {
+            trust_domain: "cluster.local".into(),
+            root_namespace: "sluice-system".into(),
+            operator: operator_id(),
+        });
+        let server = TelemetryServer::new(
+            window.clone(),
+            metrics.clone(),
+            Some(relay),
+            crate::world::World::with_pods(vec![web_pod()], mesh),
+            trust,
+        );
+        let port = serve(server, &operator).await;
 
-        // From a proxy (1, 3) and from a peer (2): each recorded here, only
-        // the proxies' passed on, marked; the stream to the peer keeps order.
-        report_to(port, 1, false).await;
-        report_to(port, 2, true).await;
-        report_to(port, 3, false).await;
+        // The pod's own sidecar: recorded, attributed, relayed once.
+        let web = pki.identity("h", "web");
+        report_as(&web, port, false, "").await.expect("own report");
+        // Another replica's relay: recorded, not passed on.
+        report_as(&operator, port, true, "from-peer")
+            .await
+            .expect("relay");
+        // A proxy posing as a replica, and one of another account.
+        let posing = report_as(&web, port, true, "").await;
+        assert_eq!(
+            posing.map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+        let other = pki.identity("h", "curl");
+        let foreign = report_as(&other, port, false, "").await;
+        assert_eq!(
+            foreign.map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let seen = peer.0.lock().map(|s| s.clone()).unwrap_or_default();
-            if seen.last().is_some_and(|(t, _)| *t == 3) {
-                assert_eq!(seen, vec![(1, true), (3, true)]);
+            if !seen.is_empty() {
+                assert_eq!(seen, vec![("abc".to_owned(), true)]);
                 break;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the peer got {seen:?} within 10 s"
+                "the peer got nothing within 10 s"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(metrics.telemetry_reports.get(), 3);
+        let by_rev = window.sum(Duration::from_secs(60), |_| true, |k| k.revision.clone());
+        assert_eq!(
+            by_rev.keys().cloned().collect::<Vec<_>>(),
+            ["abc", "from-peer"]
+        );
         assert_eq!(metrics.telemetry_relayed.get(), 1);
+        let refused = metrics.encode();
+        assert!(
+            refused.contains(r#"sluice_control_plane_refused_total{service="telemetry",reason="not_operator"} 1"#)
+                && refused.contains(r#"sluice_control_plane_refused_total{service="telemetry",reason="service_account"} 1"#),
+            "{refused}"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Per-second buckets of request, error and latency counts per
-//! (source, destination service, destination revision), kept for a bounded
-//! span and summed over any window inside it.
+//! (source, destination service, destination revision, reporting side),
+//! kept for a bounded span and summed over any window inside it. Memory is
+//! bounded twice: series that saw nothing within the span are dropped, and
+//! past a maximum number of series new ones are refused.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
@@ -22,6 +24,9 @@ pub struct TrafficKey {
     pub service: String,
     /// Destination revision (pod-template hash), empty when mixed.
     pub revision: String,
+    /// Reported by the destination's own sidecar (what its pod received),
+    /// rather than by the gateway that sent it.
+    pub inbound: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -71,6 +76,24 @@ impl Totals {
         bounds.last().copied()
     }
 
+    /// One count of the same requests as two sides saw them (the gateway
+    /// that sent them, the sidecar that received them): the larger count of
+    /// each, as either side may miss what only the other sees (a
+    /// connection that failed, a caller outside the mesh); latency from the
+    /// side with more samples.
+    pub fn either_side(a: &Totals, b: &Totals) -> Totals {
+        let samples = |t: &Totals| t.latency.iter().sum::<u64>();
+        Totals {
+            requests: a.requests.max(b.requests),
+            errors: a.errors.max(b.errors),
+            latency: if samples(a) >= samples(b) {
+                a.latency.clone()
+            } else {
+                b.latency.clone()
+            },
+        }
+    }
+
     fn add(&mut self, b: &Bucket) {
         self.requests += b.requests;
         self.errors += b.errors;
@@ -83,23 +106,36 @@ impl Totals {
     }
 }
 
-/// Latency bucket bounds (ms) as last reported, and the per-second buckets
-/// of every series.
-type Series = (Vec<f64>, HashMap<TrafficKey, VecDeque<Bucket>>);
+/// The per-second buckets of every series, and when keys were last swept.
+#[derive(Debug, Default)]
+struct Series {
+    by_key: HashMap<TrafficKey, VecDeque<Bucket>>,
+    swept_at: u64,
+}
 
 /// The window, shared by the telemetry service and its readers.
 #[derive(Debug)]
 pub struct TrafficWindow {
     span: Duration,
+    max_series: usize,
     series: Mutex<Series>,
 }
 
+/// Deltas [`TrafficWindow::record_at`] could not keep: the window holds
+/// its maximum of series and these would have started new ones.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow(pub usize);
+
+/// How often (in seconds of report time) series are swept.
+const SWEEP_EVERY: u64 = 5;
+
 impl TrafficWindow {
-    /// Keeps `span` of history.
-    pub fn new(span: Duration) -> TrafficWindow {
+    /// Keeps `span` of history, in at most `max_series` series.
+    pub fn new(span: Duration, max_series: usize) -> TrafficWindow {
         TrafficWindow {
             span,
-            series: Mutex::new((Vec::new(), HashMap::new())),
+            max_series,
+            series: Mutex::new(Series::default()),
         }
     }
 
@@ -110,23 +146,30 @@ impl TrafficWindow {
             .map_or(0, |d| d.as_secs())
     }
 
-    /// Latency bucket bounds in ms (as the proxies report them).
+    /// Latency bucket bounds in ms (the contract's, then +Inf).
     pub fn bounds_ms(&self) -> Vec<f64> {
+        sluice_proto::telemetry::bounds_with_inf()
+    }
+
+    /// Series held now.
+    pub fn series_count(&self) -> usize {
         self.series
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .0
-            .clone()
+            .by_key
+            .len()
     }
 
-    /// Adds one proxy's deltas at `second` (Unix time).
-    pub fn record_at(&self, second: u64, bounds: &[f64], deltas: &[TrafficDelta]) {
+    /// Adds one proxy's deltas (already admitted and attributed) at
+    /// `second` (Unix time).
+    pub fn record_at(&self, second: u64, deltas: &[TrafficDelta]) -> Overflow {
         let mut guard = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let (known_bounds, series) = &mut *guard;
-        if known_bounds.is_empty() && !bounds.is_empty() {
-            *known_bounds = bounds.to_vec();
-        }
         let oldest = second.saturating_sub(self.span.as_secs());
+        if second >= guard.swept_at + SWEEP_EVERY {
+            sweep(&mut guard.by_key, oldest);
+            guard.swept_at = second;
+        }
+        let mut overflow = Overflow::default();
         for d in deltas {
             let key = TrafficKey {
                 source_namespace: d.source_namespace.clone(),
@@ -134,8 +177,17 @@ impl TrafficWindow {
                 namespace: d.destination_namespace.clone(),
                 service: d.destination_service.clone(),
                 revision: d.destination_revision.clone(),
+                inbound: d.inbound,
             };
-            let q = series.entry(key).or_default();
+            let full = guard.by_key.len() >= self.max_series;
+            let q = match guard.by_key.get_mut(&key) {
+                Some(q) => q,
+                None if full => {
+                    overflow.0 += 1;
+                    continue;
+                }
+                None => guard.by_key.entry(key).or_default(),
+            };
             while q.front().is_some_and(|b| b.second < oldest) {
                 q.pop_front();
             }
@@ -160,11 +212,32 @@ impl TrafficWindow {
                 *t += n;
             }
         }
+        overflow
     }
 
     /// Adds one proxy's deltas now.
-    pub fn record(&self, bounds: &[f64], deltas: &[TrafficDelta]) {
-        self.record_at(Self::now(), bounds, deltas);
+    pub fn record(&self, deltas: &[TrafficDelta]) -> Overflow {
+        self.record_at(Self::now(), deltas)
+    }
+
+    /// Sweeps every few seconds until the process ends: reports sweep as
+    /// they come, but a flood that stopped leaves its series until then.
+    /// `swept` gets the series count after each sweep.
+    pub async fn keep_swept(self: std::sync::Arc<Self>, swept: impl Fn(usize)) {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(SWEEP_EVERY));
+        loop {
+            every.tick().await;
+            self.sweep_at(Self::now());
+            swept(self.series_count());
+        }
+    }
+
+    /// Drops what is older than the span as of `now`, series and all: for
+    /// a quiet window, which no report sweeps.
+    pub fn sweep_at(&self, now: u64) {
+        let mut guard = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        sweep(&mut guard.by_key, now.saturating_sub(self.span.as_secs()));
+        guard.swept_at = now;
     }
 
     /// Sums the series whose key passes `filter` over the last `window`
@@ -179,7 +252,7 @@ impl TrafficWindow {
         let from = now.saturating_sub(window.as_secs());
         let guard = self.series.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: BTreeMap<G, Totals> = BTreeMap::new();
-        for (k, q) in guard.1.iter().filter(|(k, _)| filter(k)) {
+        for (k, q) in guard.by_key.iter().filter(|(k, _)| filter(k)) {
             let t = out.entry(group(k)).or_default();
             for b in q.iter().filter(|b| b.second > from && b.second <= now) {
                 t.add(b);
@@ -198,21 +271,29 @@ impl TrafficWindow {
         self.sum_at(Self::now(), window, filter, group)
     }
 
-    /// Totals per destination (namespace, service, revision) over `window`:
-    /// what `/debug/traffic` shows.
+    /// Totals per destination (namespace, service, revision) and reporting
+    /// side over `window`: what `/debug/traffic` shows.
     pub fn summary(&self, window: Duration) -> Vec<serde_json::Value> {
         let bounds = self.bounds_ms();
         self.sum(
             window,
             |_| true,
-            |k| (k.namespace.clone(), k.service.clone(), k.revision.clone()),
+            |k| {
+                (
+                    k.namespace.clone(),
+                    k.service.clone(),
+                    k.revision.clone(),
+                    k.inbound,
+                )
+            },
         )
         .into_iter()
-        .map(|((namespace, service, revision), t)| {
+        .map(|((namespace, service, revision, inbound), t)| {
             serde_json::json!({
                 "namespace": namespace,
                 "service": service,
                 "revision": revision,
+                "reporter": if inbound { "destination" } else { "source" },
                 "requests": t.requests,
                 "errors": t.errors,
                 "errorRate": t.error_rate(),
@@ -220,6 +301,20 @@ impl TrafficWindow {
             })
         })
         .collect()
+    }
+}
+
+/// Drops buckets before `oldest`, and the series left empty; gives the
+/// memory of a flood back once it has aged out.
+fn sweep(series: &mut HashMap<TrafficKey, VecDeque<Bucket>>, oldest: u64) {
+    series.retain(|_, q| {
+        while q.front().is_some_and(|b| b.second < oldest) {
+            q.pop_front();
+        }
+        !q.is_empty()
+    });
+    if series.capacity() > 64 && series.len() < series.capacity() / 4 {
+        series.shrink_to_fit();
     }
 }
 
@@ -237,24 +332,30 @@ mod tests {
             requests,
             errors,
             latency_buckets: latency,
-            denied: 0,
+            ..Default::default()
         }
+    }
+
+    fn cells(fast: u64, slow: u64) -> Vec<u64> {
+        let mut v = vec![0; sluice_proto::telemetry::LATENCY_CELLS];
+        v[1] = fast;
+        v[sluice_proto::telemetry::LATENCY_CELLS - 1] = slow;
+        v
     }
 
     #[test]
     fn sums_inside_the_window_and_forgets_the_old() {
-        let w = TrafficWindow::new(Duration::from_secs(60));
-        let bounds = [1.0, 10.0, f64::INFINITY];
+        let w = TrafficWindow::new(Duration::from_secs(60), 1000);
+        let bounds = w.bounds_ms();
         w.record_at(
             1000,
-            &bounds,
             &[
-                delta("a", 10, 1, vec![9, 1, 0]),
-                delta("b", 4, 4, vec![0, 0, 4]),
+                delta("a", 10, 1, cells(10, 0)),
+                delta("b", 4, 4, cells(0, 4)),
             ],
         );
-        w.record_at(1000, &bounds, &[delta("a", 10, 0, vec![10, 0, 0])]);
-        w.record_at(1020, &bounds, &[delta("a", 5, 0, vec![5, 0, 0])]);
+        w.record_at(1000, &[delta("a", 10, 0, cells(10, 0))]);
+        w.record_at(1020, &[delta("a", 5, 0, cells(5, 0))]);
         let by_rev = |now, secs| {
             w.sum_at(
                 now,
@@ -272,7 +373,24 @@ mod tests {
         let recent = by_rev(1020, 10);
         assert_eq!(recent["a"].requests, 5);
         // Past the span, old buckets are dropped on the next record.
-        w.record_at(1100, &bounds, &[delta("a", 1, 0, vec![1, 0, 0])]);
+        w.record_at(1100, &[delta("a", 1, 0, cells(1, 0))]);
         assert_eq!(by_rev(1100, 1000)["a"].requests, 1);
+        assert_eq!(w.series_count(), 1, "series b aged out");
+    }
+
+    #[test]
+    fn a_flood_of_keys_is_capped_and_ages_out() {
+        let w = TrafficWindow::new(Duration::from_secs(60), 20_000);
+        let flood: Vec<TrafficDelta> = (0..100_000)
+            .map(|i| delta(&format!("rev-{i}"), 1, 0, cells(1, 0)))
+            .collect();
+        let overflow = w.record_at(1000, &flood);
+        assert_eq!(overflow, Overflow(80_000));
+        assert_eq!(w.series_count(), 20_000);
+        // Known series still count while the window is full.
+        assert_eq!(w.record_at(1001, &flood[..10]), Overflow(0));
+        w.sweep_at(1000 + 62);
+        assert_eq!(w.series_count(), 0);
+        assert_eq!(w.record_at(1063, &flood[..10]), Overflow(0));
     }
 }

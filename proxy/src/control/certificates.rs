@@ -1,7 +1,12 @@
 //! The workload certificate: the proxy makes its own key, sends a CSR for
 //! its SPIFFE identity with its pod's projected service-account token, and
 //! renews at half of the certificate's lifetime. A failed renewal is
-//! retried with backoff while the current certificate keeps serving.
+//! retried with backoff while the current certificate keeps serving (and,
+//! once it has expired, `/ready` fails until a renewal succeeds).
+//!
+//! The first request runs before the proxy has anything from the control
+//! plane: it verifies the operator with the mesh roots mounted from the
+//! `sluice-ca-root-cert` ConfigMap. Snapshots carry the roots from then on.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,19 +16,21 @@ use std::time::{Duration, SystemTime};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use sluice_proto::mesh::SignRequest;
 use sluice_proto::mesh::certificates_client::CertificatesClient;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::{Backoff, connect};
+use super::{Backoff, Settings, connect};
 use crate::state::Proxy;
 
 /// Who asks for a certificate, and with which token.
 #[derive(Debug, Clone)]
 pub struct CertificateSettings {
-    /// The operator's gRPC address.
-    pub endpoint: String,
     /// The projected service-account token (audience `sluice`), re-read on
     /// every request because the kubelet rotates it.
     pub token_file: PathBuf,
+    /// The mesh roots, PEM, for the first connection.
+    pub roots_file: PathBuf,
+    /// The mesh's trust domain.
+    pub trust_domain: String,
     /// The pod's namespace.
     pub namespace: String,
     /// The pod's service account.
@@ -33,46 +40,33 @@ pub struct CertificateSettings {
 /// Why one issuance failed.
 #[derive(Debug, thiserror::Error)]
 enum IssueError {
-    #[error("reading the token {0}: {1}")]
-    Token(PathBuf, std::io::Error),
+    #[error("reading {0}: {1}")]
+    File(PathBuf, std::io::Error),
+    #[error("the mesh roots in {0}: {1}")]
+    Roots(PathBuf, crate::identity::IdentityError),
     #[error("making the key or CSR: {0}")]
     Csr(#[from] rcgen::Error),
-    #[error("connecting: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Connect(#[from] sluice_identity::channel::ChannelError),
     #[error("refused: {0}")]
     Refused(#[from] tonic::Status),
     #[error("unusable certificate: {0}")]
     Certificate(#[from] crate::identity::IdentityError),
 }
 
-/// Keeps a valid certificate for as long as the process runs. Without a
-/// token file the proxy has no mesh identity (plaintext only).
-pub async fn run_certificates(proxy: Arc<Proxy>, settings: CertificateSettings) {
+/// Keeps a valid certificate for as long as the process runs.
+pub async fn run_certificates(proxy: Arc<Proxy>, control: Settings, settings: CertificateSettings) {
     if !settings.token_file.exists() {
-        info!(
+        error!(
             token = %settings.token_file.display(),
-            "no service-account token for the mesh: no workload certificate, plaintext only"
+            "no service-account token: this proxy cannot get a workload certificate, \
+             and the control plane talks to none without one (is the pod injected?)"
         );
-        return;
     }
     proxy.identity.want();
-    let mut changes = proxy.subscribe();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
-        // The trust domain comes with the first snapshot.
-        let Some(trust_domain) = proxy
-            .current()
-            .config
-            .mesh_tls
-            .as_ref()
-            .map(|m| m.trust_domain.clone())
-        else {
-            if changes.changed().await.is_err() {
-                return;
-            }
-            continue;
-        };
-        match issue(&proxy, &settings, &trust_domain).await {
+        match issue(&proxy, &control, &settings).await {
             Ok(lifetime) => {
                 backoff.reset();
                 proxy.telemetry.certificates_issued.fetch_add(1, Relaxed);
@@ -94,22 +88,40 @@ pub async fn run_certificates(proxy: Arc<Proxy>, settings: CertificateSettings) 
     }
 }
 
+/// Trusts the mounted roots until a snapshot has brought some.
+async fn bootstrap_roots(proxy: &Proxy, settings: &CertificateSettings) -> Result<(), IssueError> {
+    if !proxy.identity.roots().anchors.is_empty() {
+        return Ok(());
+    }
+    let pem = tokio::fs::read_to_string(&settings.roots_file)
+        .await
+        .map_err(|e| IssueError::File(settings.roots_file.clone(), e))?;
+    proxy
+        .identity
+        .set_roots(&[pem])
+        .map_err(|e| IssueError::Roots(settings.roots_file.clone(), e))
+}
+
 /// One CSR round trip; returns the new certificate's remaining lifetime.
 async fn issue(
     proxy: &Proxy,
+    control: &Settings,
     settings: &CertificateSettings,
-    trust_domain: &str,
 ) -> Result<Duration, IssueError> {
+    bootstrap_roots(proxy, settings).await?;
     let token = tokio::fs::read_to_string(&settings.token_file)
         .await
-        .map_err(|e| IssueError::Token(settings.token_file.clone(), e))?;
-    let spiffe =
-        crate::config::spiffe_id(trust_domain, &settings.namespace, &settings.service_account);
+        .map_err(|e| IssueError::File(settings.token_file.clone(), e))?;
+    let spiffe = crate::config::spiffe_id(
+        &settings.trust_domain,
+        &settings.namespace,
+        &settings.service_account,
+    );
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![SanType::URI(spiffe.as_str().try_into()?)];
     let csr = params.serialize_request(&key)?.pem()?;
-    let mut client = CertificatesClient::new(connect(&settings.endpoint).await?);
+    let mut client = CertificatesClient::new(connect(control).await?);
     let resp = client
         .sign(SignRequest {
             csr_pem: csr,

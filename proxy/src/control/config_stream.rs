@@ -21,8 +21,8 @@ use crate::state::Proxy;
 /// Why a config stream ended.
 #[derive(Debug, thiserror::Error)]
 enum StreamError {
-    #[error("connecting: {0}")]
-    Connect(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Connect(#[from] sluice_identity::channel::ChannelError),
     #[error("stream failed: {0}")]
     Status(#[from] tonic::Status),
     #[error("the control plane closed the stream")]
@@ -34,6 +34,9 @@ enum StreamError {
 /// Keeps a config stream open for as long as the process runs.
 pub async fn run_config_stream(proxy: Arc<Proxy>, settings: Settings, admin: Option<SocketAddr>) {
     proxy.telemetry.managed.store(true, Relaxed);
+    // Streams need the workload certificate: the operator knows a proxy
+    // by it.
+    proxy.identity.installed().await;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let err = session(&proxy, &settings, admin, &mut backoff).await;
@@ -41,12 +44,12 @@ pub async fn run_config_stream(proxy: Arc<Proxy>, settings: Settings, admin: Opt
         let delay = backoff.next_delay();
         if was_connected {
             warn!(
-                endpoint = %settings.endpoint,
+                endpoint = %settings.address,
                 version = %proxy.current().version,
                 "control plane lost ({err}); serving the last good config; reconnecting in {delay:?}"
             );
         } else {
-            warn!(endpoint = %settings.endpoint, "control plane unreachable ({err}); retrying in {delay:?}");
+            warn!(endpoint = %settings.address, "control plane unreachable ({err}); retrying in {delay:?}");
         }
         tokio::time::sleep(delay).await;
     }
@@ -58,7 +61,7 @@ async fn session(
     admin: Option<SocketAddr>,
     backoff: &mut Backoff,
 ) -> StreamError {
-    let channel = match connect(&settings.endpoint).await {
+    let channel = match connect(settings).await {
         Ok(c) => c,
         Err(e) => return e.into(),
     };
@@ -75,7 +78,7 @@ async fn session(
     };
     proxy.telemetry.control_plane_connected.store(true, Relaxed);
     backoff.reset();
-    info!(endpoint = %settings.endpoint, "connected to the control plane");
+    info!(endpoint = %settings.address, "connected to the control plane");
     loop {
         let msg: ConfigMessage =
             match tokio::time::timeout(settings.idle_timeout, inbound.message()).await {

@@ -1,10 +1,14 @@
 //! The telemetry stream: every interval, the change of each telemetry cell
-//! since the last report, summed per (destination service, revision).
+//! since the last report. A sidecar reports what its own pod received (its
+//! inbound side, which the operator attributes to the pod); a gateway what
+//! it sent, per (destination service, revision). Neither names itself: the
+//! operator knows the reporter by its certificate.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use sluice_proto::mesh::proxy_identity::Role;
 use sluice_proto::mesh::telemetry_client::TelemetryClient;
 use sluice_proto::mesh::{TelemetryReport, TrafficDelta};
 use tokio::sync::mpsc;
@@ -12,8 +16,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 
 use super::{Backoff, Settings, connect};
+use crate::compiled::INBOUND_PREFIX;
 use crate::state::Proxy;
-use crate::telemetry::{CellKey, CellSnapshot, LATENCY_BUCKETS_MS};
+use crate::telemetry::{CellKey, CellSnapshot};
 
 /// Remembers the counters last reported, to send deltas.
 #[derive(Debug, Default)]
@@ -22,10 +27,11 @@ pub struct DeltaTracker {
 }
 
 impl DeltaTracker {
-    /// The deltas since the previous call, per (service, revision) of the
-    /// backends in the running config. Cells of backends without a Service
-    /// (static backends, unrouted requests) are not reported.
-    pub fn deltas(&mut self, proxy: &Proxy, settings: &Settings) -> Vec<TrafficDelta> {
+    /// The deltas since the previous call. A sidecar (`role`) reports its
+    /// inbound cells; a gateway the cells of backends that are a Service's,
+    /// per (service, revision). Other cells (static backends, unrouted
+    /// requests) are not reported.
+    pub fn deltas(&mut self, proxy: &Proxy, role: Role) -> Vec<TrafficDelta> {
         let current = proxy.current();
         let services: HashMap<&str, &str> = current
             .config
@@ -37,24 +43,33 @@ impl DeltaTracker {
         for cell in proxy.telemetry.cells() {
             let now = cell.snapshot();
             let before = self.last.insert(cell.key.clone(), now.clone());
-            let Some(service) = services.get(&*cell.key.backend) else {
-                continue;
+            let inbound = cell.key.backend.starts_with(INBOUND_PREFIX);
+            let target = match role {
+                Role::Sidecar if inbound => None,
+                Role::Gateway if !inbound => match services.get(&*cell.key.backend) {
+                    Some(service) => Some(*service),
+                    None => continue,
+                },
+                _ => continue,
             };
             let before = before.unwrap_or_default();
             let requests = now.requests.saturating_sub(before.requests);
             if requests == 0 {
                 continue;
             }
-            let (namespace, name) = service.split_once('/').unwrap_or(("", service));
+            let (namespace, name) = match target {
+                Some(service) => service.split_once('/').unwrap_or(("", service)),
+                None => ("", ""),
+            };
+            let revision = if inbound { "" } else { &*cell.key.revision };
             let d = sums
-                .entry(((*service).to_owned(), cell.key.revision.to_string()))
+                .entry((format!("{namespace}/{name}"), revision.to_owned()))
                 .or_insert_with(|| TrafficDelta {
-                    source_workload: settings.workload.clone(),
-                    source_namespace: settings.identity.namespace.clone(),
                     destination_service: name.to_owned(),
                     destination_namespace: namespace.to_owned(),
-                    destination_revision: cell.key.revision.to_string(),
-                    latency_buckets: vec![0; LATENCY_BUCKETS_MS.len() + 1],
+                    destination_revision: revision.to_owned(),
+                    latency_buckets: vec![0; sluice_proto::telemetry::LATENCY_CELLS],
+                    inbound,
                     ..Default::default()
                 });
             d.requests += requests;
@@ -72,12 +87,13 @@ impl DeltaTracker {
 
 /// Keeps a telemetry stream open for as long as the process runs.
 pub async fn run_reporter(proxy: Arc<Proxy>, settings: Settings) {
+    proxy.identity.installed().await;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut tracker = DeltaTracker::default();
     loop {
         let err = session(&proxy, &settings, &mut tracker, &mut backoff).await;
         let delay = backoff.next_delay();
-        warn!(endpoint = %settings.endpoint, "telemetry stream: {err}; retrying in {delay:?}");
+        warn!(endpoint = %settings.address, "telemetry stream: {err}; retrying in {delay:?}");
         tokio::time::sleep(delay).await;
     }
 }
@@ -88,9 +104,9 @@ async fn session(
     tracker: &mut DeltaTracker,
     backoff: &mut Backoff,
 ) -> String {
-    let channel = match connect(&settings.endpoint).await {
+    let channel = match connect(settings).await {
         Ok(c) => c,
-        Err(e) => return format!("connecting: {e}"),
+        Err(e) => return e.to_string(),
     };
     let mut client = TelemetryClient::new(channel);
     let (tx, rx) = mpsc::channel::<TelemetryReport>(4);
@@ -98,11 +114,8 @@ async fn session(
     tokio::pin!(call);
     let mut tick = tokio::time::interval(settings.report_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let bounds: Vec<f64> = LATENCY_BUCKETS_MS
-        .iter()
-        .copied()
-        .chain([f64::INFINITY])
-        .collect();
+    let bounds = sluice_proto::telemetry::bounds_with_inf();
+    let role = Role::try_from(settings.identity.role).unwrap_or(Role::Sidecar);
     let mut first = true;
     loop {
         tokio::select! {
@@ -113,7 +126,7 @@ async fn session(
                 };
             }
             _ = tick.tick() => {
-                let deltas = tracker.deltas(proxy, settings);
+                let deltas = tracker.deltas(proxy, role);
                 // Send the first report even if empty: it opens the stream.
                 if deltas.is_empty() && !first {
                     continue;

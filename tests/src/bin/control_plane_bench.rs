@@ -8,6 +8,11 @@
 //! change's time runs from just before the API write to the moment the last
 //! proxy has ACKed the snapshot carrying the new weight. The operator's RSS
 //! and CPU come from `/proc`.
+//!
+//! Every proxy speaks mTLS, as real ones do: one gateway identity is
+//! enrolled (token, `Certificates.Sign`) for a pod in the host's network
+//! namespace, and each simulated proxy opens its own TLS connection with
+//! that certificate and names that pod in its hello.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,7 +29,8 @@ use sluice_proto::mesh::config_discovery_client::ConfigDiscoveryClient;
 use sluice_proto::mesh::proxy_identity::Role;
 use sluice_proto::mesh::{Ack, ProxyIdentity, ProxyMessage, config_message, proxy_message};
 use sluice_tests::Cluster;
-use sluice_tests::operator::Operator;
+use sluice_tests::mesh_client::{MeshClient, host_pod};
+use sluice_tests::operator::{GATEWAY_NS, Operator};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
@@ -33,6 +39,9 @@ const NS: &str = "bench";
 /// The backend whose weight every change sets.
 const WATCHED: &str = "bench/yellow:8080";
 const DEADLINE: Duration = Duration::from_secs(60);
+/// The pod every simulated gateway speaks for, and its service account.
+const GATEWAY_POD: &str = "bench-gateway";
+const GATEWAY_ACCOUNT: &str = "bench-gateway";
 
 #[derive(Parser)]
 #[command(about = "Time from an HTTPRoute write to every proxy's ACK")]
@@ -68,8 +77,11 @@ async fn run(args: Args) -> Result<()> {
     cluster.install_gateway_api().await?;
     cluster.create_namespace(NS).await?;
     cluster.apply(&resources())?;
+    // The operator keeps its CA there.
+    cluster.create_namespace(GATEWAY_NS).await?;
     let operator = Operator::start(&cluster).await?;
-    let endpoint = operator.grpc_url();
+    host_pod(&cluster, GATEWAY_NS, GATEWAY_POD, GATEWAY_ACCOUNT).await?;
+    let mesh = MeshClient::enroll(&cluster, operator.grpc, GATEWAY_NS, GATEWAY_ACCOUNT).await?;
     let routes = Api::<DynamicObject>::namespaced_with(
         cluster.client(),
         NS,
@@ -88,8 +100,8 @@ async fn run(args: Args) -> Result<()> {
         // Connect in waves so that the handshakes do not all time out at once.
         let clients: Vec<_> = futures::stream::iter(0..n)
             .map(|i| {
-                let endpoint = endpoint.clone();
-                async move { connect(&endpoint).await.map(|c| (i, c)) }
+                let mesh = mesh.clone();
+                async move { connect(&mesh).await.map(|c| (i, c)) }
             })
             .buffer_unordered(100)
             .collect()
@@ -224,12 +236,11 @@ async fn wait_all(
     }
 }
 
-async fn connect(endpoint: &str) -> Result<ConfigDiscoveryClient<tonic::transport::Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
+/// A connection of its own (TCP and TLS handshake) per simulated proxy.
+async fn connect(mesh: &MeshClient) -> Result<ConfigDiscoveryClient<tonic::transport::Channel>> {
+    let channel = tokio::time::timeout(Duration::from_secs(10), mesh.channel())
         .await
-        .with_context(|| format!("connecting to {endpoint}"))?;
+        .context("connecting to the control plane: timed out")??;
     Ok(ConfigDiscoveryClient::new(channel))
 }
 
@@ -242,10 +253,10 @@ async fn simulated_proxy(
 ) -> Result<()> {
     let (tx, rx) = mpsc::channel(4);
     let hello = ProxyIdentity {
-        namespace: NS.into(),
-        pod_name: format!("sim-{id}"),
+        namespace: GATEWAY_NS.into(),
+        pod_name: GATEWAY_POD.into(),
         role: Role::Gateway.into(),
-        service_account: "bench".into(),
+        service_account: GATEWAY_ACCOUNT.into(),
         ..Default::default()
     };
     tx.send(ProxyMessage {

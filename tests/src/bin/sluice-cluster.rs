@@ -14,6 +14,7 @@
 //! exec`, `kubectl logs`, `kubectl port-forward`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -63,8 +64,11 @@ fn main() -> anyhow::Result<()> {
         std::fs::copy(cluster.kubeconfig(), state_dir.join("kubeconfig"))
             .context("writing kubeconfig")?;
         tracing::info!("helm install sluice charts/sluice -n sluice-system");
-        let token = dashboard_token()?;
-        sluice_tests::operator::helm_install_mesh(&cluster, &token).await?;
+        sluice_tests::operator::helm_install_mesh(&cluster).await?;
+        // The sandbox lives for a working day; so does its sign-in.
+        let token =
+            sluice_tests::operator::dashboard_token(&cluster, Duration::from_secs(12 * 3600))
+                .await?;
         let node = cluster.node().address();
         std::fs::write(
             state_dir.join("dashboard-url"),
@@ -88,14 +92,4 @@ fn main() -> anyhow::Result<()> {
         drop(cluster);
         Ok(())
     })
-}
-
-/// A fresh dashboard token: 16 random bytes, hex.
-fn dashboard_token() -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

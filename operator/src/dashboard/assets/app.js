@@ -2,8 +2,18 @@
 // redraw. No framework, no build step.
 "use strict";
 
+// A token given in the link (?token=) is kept for this tab only and taken
+// out of the address bar; the API gets it as a bearer token, which a
+// cross-site page cannot attach.
 const params = new URLSearchParams(location.search);
-const token = params.get("token");
+if (params.has("token")) {
+  sessionStorage.setItem("sluice-token", params.get("token"));
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? "?" + rest : ""));
+}
+const token = sessionStorage.getItem("sluice-token");
+const headers = token ? { Authorization: `Bearer ${token}` } : {};
 const pct = (x) => (100 * x).toFixed(1) + "%";
 const el = (tag, attrs = {}, text) => {
   const e = document.createElement(tag);
@@ -19,9 +29,7 @@ const svgEl = (tag, attrs = {}, text) => {
 };
 
 async function api(path) {
-  const sep = path.includes("?") ? "&" : "?";
-  const url = token ? `${path}${sep}token=${encodeURIComponent(token)}` : path;
-  const r = await fetch(url);
+  const r = await fetch(path, { headers });
   if (!r.ok) throw new Error(`${path}: ${r.status}`);
   return r.json();
 }
@@ -125,7 +133,13 @@ function drawRollouts(list, actions) {
     if (actions) {
       for (const a of ["promote", "abort"]) {
         const b = el("button", { type: "button" }, a);
-        b.onclick = () => fetch(`/api/rollouts/${r.namespace}/${r.name}/${a}${token ? "?token=" + encodeURIComponent(token) : ""}`, { method: "POST" });
+        b.onclick = async () => {
+          const res = await fetch(`/api/rollouts/${r.namespace}/${r.name}/${a}`, {
+            method: "POST",
+            headers: { ...headers, "X-Sluice-Action": a },
+          });
+          if (!res.ok) alert(`${a}: ${res.status} ${await res.text()}`);
+        };
         card.append(b);
       }
     }

@@ -1,8 +1,11 @@
-//! The proxy's workload identity: its current certificate and the mesh's
-//! trust roots, both swapped atomically, and the rustls pieces that read
-//! them on every handshake. A rotated certificate or a new root set applies
-//! to the next handshake; open connections are not disturbed.
+//! A mesh identity: the current workload certificate and the mesh's trust
+//! roots, both swapped atomically, and the rustls pieces that read them on
+//! every handshake. A rotated certificate or a new root set applies to the
+//! next handshake; open connections are not disturbed. Proxies hold one for
+//! mesh mTLS and towards the control plane; the operator holds one to serve
+//! the control plane and to authenticate its peers.
 
+pub mod channel;
 pub mod verify;
 
 use std::sync::Arc;
@@ -60,6 +63,8 @@ pub struct MeshIdentity {
     roots: ArcSwap<Roots>,
     /// Whether this proxy is getting a certificate (it has a token).
     wanted: AtomicBool,
+    /// Flips to true with the first certificate, for those who wait on it.
+    installed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for MeshIdentity {
@@ -69,6 +74,7 @@ impl Default for MeshIdentity {
             leaf: ArcSwapOption::empty(),
             roots: ArcSwap::from_pointee(Roots::default()),
             wanted: AtomicBool::new(false),
+            installed: tokio::sync::watch::Sender::new(false),
         }
     }
 }
@@ -100,6 +106,23 @@ impl MeshIdentity {
     /// Whether a certificate is wanted and none has arrived yet.
     pub fn waiting(&self) -> bool {
         self.wanted.load(Relaxed) && !self.has_leaf()
+    }
+
+    /// Resolves once a certificate is installed (at once if one is).
+    pub async fn installed(&self) {
+        let mut rx = self.installed.subscribe();
+        // The sender lives in `self`: the wait cannot fail.
+        let _ = rx.wait_for(|installed| *installed).await;
+    }
+
+    /// Whether the current certificate has expired at `now` (a failed
+    /// renewal left it in place): peers refuse it, so the proxy is not
+    /// ready.
+    pub fn expired(&self, now: SystemTime) -> bool {
+        self.leaf
+            .load()
+            .as_ref()
+            .is_some_and(|l| l.not_after <= now)
     }
 
     /// The current roots.
@@ -148,6 +171,7 @@ impl MeshIdentity {
             spiffe_id,
             not_after,
         })));
+        self.installed.send_replace(true);
         Ok(not_after)
     }
 }
@@ -192,4 +216,82 @@ pub fn parse_roots(pem: &[String]) -> Result<Roots, IdentityError> {
         anchors,
         pem: pem.to_vec(),
     })
+}
+
+/// A SPIFFE ID of the mesh, in its parts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SpiffeId {
+    /// `cluster.local`.
+    pub trust_domain: String,
+    /// The workload's namespace.
+    pub namespace: String,
+    /// Its service account.
+    pub service_account: String,
+}
+
+impl SpiffeId {
+    /// Parses `spiffe://<td>/ns/<ns>/sa/<sa>`; anything else is none.
+    pub fn parse(uri: &str) -> Option<SpiffeId> {
+        let rest = uri.strip_prefix("spiffe://")?;
+        let mut parts = rest.split('/');
+        let (td, ns_key, ns, sa_key, sa) = (
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+            parts.next()?,
+        );
+        if parts.next().is_some() || ns_key != "ns" || sa_key != "sa" {
+            return None;
+        }
+        if [td, ns, sa].iter().any(|p| p.is_empty()) {
+            return None;
+        }
+        Some(SpiffeId {
+            trust_domain: td.to_owned(),
+            namespace: ns.to_owned(),
+            service_account: sa.to_owned(),
+        })
+    }
+
+    /// The identity of the peer that presented `chain` (leaf first). The
+    /// chain was validated by the handshake that produced it.
+    pub fn of_chain(chain: &[CertificateDer<'_>]) -> Option<SpiffeId> {
+        let (id, _) = verify::describe(chain.first()?).ok()?;
+        SpiffeId::parse(&id)
+    }
+}
+
+impl std::fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "spiffe://{}/ns/{}/sa/{}",
+            self.trust_domain, self.namespace, self.service_account
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spiffe_ids_parse_only_in_the_mesh_form() {
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/handson/sa/curl").expect("valid");
+        assert_eq!(
+            (id.namespace.as_str(), id.service_account.as_str()),
+            ("handson", "curl")
+        );
+        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/handson/sa/curl");
+        for bad in [
+            "spiffe://cluster.local/ns/handson",
+            "spiffe://cluster.local/ns/handson/sa/curl/extra",
+            "spiffe://cluster.local/sa/curl/ns/handson",
+            "https://cluster.local/ns/a/sa/b",
+            "spiffe:///ns/a/sa/b",
+        ] {
+            assert_eq!(SpiffeId::parse(bad), None, "{bad}");
+        }
+    }
 }

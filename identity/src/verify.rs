@@ -16,7 +16,7 @@ use rustls::{
     SignatureScheme,
 };
 
-use super::{IdentityError, MeshIdentity};
+use crate::{IdentityError, MeshIdentity};
 
 /// The identity and expiry of a certificate.
 pub fn describe(cert: &CertificateDer<'_>) -> Result<(String, SystemTime), IdentityError> {
@@ -143,10 +143,13 @@ macro_rules! signatures {
 /// connection for its app.
 pub type ConnectionCheck = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
-/// Verifies client chains for the inbound side.
+/// Verifies client chains for the inbound side (a certificate required)
+/// and for the control plane (optional: a proxy without one may only ask
+/// for one).
 struct ClientVerifier {
     identity: Arc<MeshIdentity>,
     check: ConnectionCheck,
+    mandatory: bool,
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -158,6 +161,10 @@ impl std::fmt::Debug for ClientVerifier {
 impl ClientCertVerifier for ClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
     }
 
     fn verify_client_cert(
@@ -249,6 +256,7 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(ClientVerifier {
             identity: identity.clone(),
             check,
+            mandatory: true,
         }))
         .with_cert_resolver(Arc::new(CurrentLeaf(identity.clone())));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -275,6 +283,48 @@ pub fn client_config(
     config.alpn_protocols = vec![alpn.to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// The control plane's server config: the operator's current certificate,
+/// and client certificates validated against the mesh roots when a client
+/// presents one (every stream but `Certificates.Sign` then requires one;
+/// the services read it from the connection).
+pub fn control_plane_server_config(
+    identity: &Arc<MeshIdentity>,
+) -> Result<Arc<ServerConfig>, Error> {
+    let mut config = ServerConfig::builder_with_provider(identity.provider().clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(Arc::new(ClientVerifier {
+            identity: identity.clone(),
+            check: Box::new(|_| true),
+            mandatory: false,
+        }))
+        .with_cert_resolver(Arc::new(CurrentLeaf(identity.clone())));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A server config that presents the identity's current certificate and
+/// asks nothing of clients: the operator's admission webhook, which the
+/// API server calls and verifies against the `caBundle` it is given.
+pub fn serving_config(identity: &Arc<MeshIdentity>) -> Result<Arc<ServerConfig>, Error> {
+    let mut config = ServerConfig::builder_with_provider(identity.provider().clone())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(CurrentLeaf(identity.clone())));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The config of a proxy (or an operator replica) towards the control
+/// plane: the server must present `expected` (the operator's SPIFFE ID)
+/// under the mesh roots; the client presents its own certificate once it
+/// has one.
+pub fn control_plane_client_config(
+    identity: &Arc<MeshIdentity>,
+    expected: &str,
+) -> Result<Arc<ClientConfig>, Error> {
+    client_config(identity, expected, b"h2")
 }
 
 /// Whether an error (anywhere in its source chain) is the peer's TLS alert
