@@ -565,11 +565,18 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
         .map(|u| u.trim().to_owned())
         .context("the sandbox has no dashboard-url; `cargo xtask demo down` and start again")?;
     // The URL printed below must work: its graph lists the handson workloads.
-    let graph = dashboard.replacen("/?", "/api/graph?", 1);
-    let out = Command::new("curl")
-        .args(["-sS", "--noproxy", "*", "--max-time", "10", "-f", &graph])
-        .output()
-        .context("running curl")?;
+    // The page takes `token=` once (the tab keeps it); the API wants it as
+    // a bearer header, as any client outside loopback does.
+    let (page, token) = dashboard
+        .split_once("&token=")
+        .map_or((dashboard.as_str(), None), |(p, t)| (p, Some(t)));
+    let graph = page.replacen("/?", "/api/graph?", 1);
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "--noproxy", "*", "--max-time", "10", "-f", &graph]);
+    if let Some(t) = token {
+        curl.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = curl.output().context("running curl")?;
     let body = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || !body.contains("handson") {
         bail!(
