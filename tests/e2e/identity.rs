@@ -19,7 +19,7 @@ use sluice_proto::bootstrap::{ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY};
 use sluice_proto::mesh::SignRequest;
 use sluice_proto::mesh::certificates_client::CertificatesClient;
 use sluice_tests::Cluster;
-use sluice_tests::mesh_client::{MeshClient, token_request};
+use sluice_tests::mesh_client::{MeshClient, spiffe_csr, token_request};
 use sluice_tests::operator::{
     ADMIN_PORT, GATEWAY_NS, demo_app_container, http, proxy_counter, sidecar_requests,
 };
@@ -506,9 +506,7 @@ async fn token(cluster: &Cluster, sa: &str, audience: &str) -> anyhow::Result<St
 
 fn csr(id: &str) -> anyhow::Result<String> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut p = CertificateParams::default();
-    p.subject_alt_names = vec![SanType::URI(id.try_into()?)];
-    Ok(p.serialize_request(&key)?.pem()?)
+    Ok(spiffe_csr(id, &key)?)
 }
 
 /// A client certificate for the TLS checks: `(chain, key)`.

@@ -87,17 +87,8 @@ impl MeshClient {
         let token = service_account_token(cluster, namespace, sa, Some(TOKEN_AUDIENCE)).await?;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| Error::Setup(e.to_string()))?;
-        let mut params = CertificateParams::default();
         let id = sluice_proto::config::spiffe_id("cluster.local", namespace, sa);
-        let uri = id
-            .as_str()
-            .try_into()
-            .map_err(|e: rcgen::Error| Error::Setup(e.to_string()))?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        let csr = params
-            .serialize_request(&key)
-            .and_then(|r| r.pem())
-            .map_err(|e| Error::Setup(e.to_string()))?;
+        let csr = spiffe_csr(&id, &key)?;
         let signed = CertificatesClient::new(client.channel().await?)
             .sign(SignRequest {
                 csr_pem: csr,
@@ -119,6 +110,19 @@ impl MeshClient {
             .await
             .map_err(|e| Error::Check(format!("connecting to the control plane: {e}")))
     }
+}
+
+/// A CSR (PEM) for SPIFFE ID `id` with `key`, as a proxy sends it.
+pub fn spiffe_csr(id: &str, key: &KeyPair) -> Result<String, Error> {
+    let uri = id
+        .try_into()
+        .map_err(|e: rcgen::Error| Error::Setup(e.to_string()))?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params
+        .serialize_request(key)
+        .and_then(|r| r.pem())
+        .map_err(|e| Error::Setup(e.to_string()))
 }
 
 /// A token of service account `namespace/sa` (created if missing) for

@@ -105,8 +105,7 @@ impl TelemetryServer {
                 .deltas
                 .into_iter()
                 .filter(|d| {
-                    let ok = d.latency_buckets.is_empty()
-                        || d.latency_buckets.len() == sluice_proto::telemetry::LATENCY_CELLS;
+                    let ok = reports::well_formed(d);
                     shape += u64::from(!ok);
                     ok
                 })

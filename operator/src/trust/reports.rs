@@ -53,10 +53,16 @@ pub fn admit(
         .collect()
 }
 
+/// Whether `d` has the contract's shape: a latency vector of the
+/// contract's length (or none), no more errors than requests. Checked on
+/// relayed deltas too, which are otherwise taken as attributed.
+pub fn well_formed(d: &TrafficDelta) -> bool {
+    (d.latency_buckets.is_empty() || d.latency_buckets.len() == LATENCY_CELLS)
+        && d.errors <= d.requests
+}
+
 fn attribute(proxy: &VerifiedProxy, mut d: TrafficDelta) -> Result<TrafficDelta, DeltaRefusal> {
-    if !(d.latency_buckets.is_empty() || d.latency_buckets.len() == LATENCY_CELLS)
-        || d.errors > d.requests
-    {
+    if !well_formed(&d) {
         return Err(DeltaRefusal::Shape);
     }
     match proxy.role {
