@@ -248,12 +248,11 @@ pub async fn run(
 ) {
     world.ready().await;
     info!("caches synced; serving snapshots");
-    let mut registry_changes = registry.subscribe();
-    let mut pods = registry.sidecar_pods();
+    let mut sidecar_set = registry.subscribe_sidecar_set();
     loop {
         let start = Instant::now();
+        sidecar_set.borrow_and_update();
         let input = world.input(&registry);
-        pods.clone_from(&input.sidecar_pods);
         let out = mesh::translate(&input);
         let published = snapshots.publish(SnapshotSet::build(&out.configs, &out.sidecars));
         metrics
@@ -263,19 +262,10 @@ pub async fn run(
             info!(elapsed = ?start.elapsed(), "published new snapshots");
         }
         output.send_replace(Arc::new(out));
-        // Wait for a watched change, or a sidecar (dis)connecting.
-        loop {
-            tokio::select! {
-                _ = world.changed.notified() => break,
-                r = registry_changes.changed() => {
-                    if r.is_err() {
-                        return;
-                    }
-                    if registry.sidecar_pods() != pods {
-                        break;
-                    }
-                }
-            }
+        // Wait for a watched change, or a sidecar pod's proxy (dis)connecting.
+        tokio::select! {
+            _ = world.changed.notified() => {}
+            r = sidecar_set.changed() => if r.is_err() { return },
         }
         tokio::time::sleep(DEBOUNCE).await;
     }

@@ -1,4 +1,4 @@
-//! The `ConfigDiscovery` gRPC service: one task per proxy stream that sends
+//! The `ConfigDiscovery` gRPC service: each proxy's response stream sends
 //! its audience's snapshot whenever the version changes, keepalives when
 //! nothing does, and records ACKs and NACKs. The audience is the pod that
 //! the stream's certificate and address prove ([`crate::trust`]), so a
@@ -12,8 +12,7 @@ use futures::Stream;
 use sluice_proto::mesh::config_discovery_server::ConfigDiscovery;
 use sluice_proto::mesh::proxy_identity::Role;
 use sluice_proto::mesh::{ConfigMessage, Keepalive, ProxyMessage, config_message, proxy_message};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
@@ -108,80 +107,113 @@ impl ConfigDiscovery for ConfigServer {
             .await
             .map_err(|r| self.refuse(r))?;
         let audience = audience(&proxy);
-        let (tx, rx) = mpsc::channel(4);
         let id = self.registry.connect(identity, audience.clone(), remote);
+        let mut keepalive = tokio::time::interval(self.keepalive);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        keepalive.reset();
+        let mut snapshots = self.snapshots.subscribe();
+        // Send what is current right away.
+        snapshots.mark_changed();
         let session = Session {
             id,
             audience,
             registry: self.registry.clone(),
-            snapshots: self.snapshots.subscribe(),
-            keepalive: self.keepalive,
-            tx,
+            snapshots,
+            keepalive,
+            spoke: false,
+            inbound,
+            sent: None,
         };
-        tokio::spawn(session.run(inbound));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // The response stream drives the session itself: no task and no
+        // channel between a new snapshot and its write, and ACKs are read
+        // by the same poll.
+        let stream = futures::stream::unfold(session, |mut s| async move {
+            let msg = s.next().await?;
+            Some((Ok(msg), s))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
+/// One proxy's stream: what it was sent, and its ACKs.
 struct Session {
     id: u64,
     audience: Audience,
     registry: Arc<Registry>,
     snapshots: watch::Receiver<Arc<SnapshotSet>>,
-    keepalive: Duration,
-    tx: mpsc::Sender<Result<ConfigMessage, Status>>,
+    /// Ticks at a fixed rate; never reset, which would touch the shared
+    /// timer on every push.
+    keepalive: tokio::time::Interval,
+    /// Whether a snapshot went out since the last tick.
+    spoke: bool,
+    inbound: Streaming<ProxyMessage>,
+    sent: Option<String>,
 }
 
 impl Session {
-    async fn run(mut self, mut inbound: Streaming<ProxyMessage>) {
-        let mut sent: Option<String> = None;
-        // Send what is current right away.
-        self.snapshots.mark_changed();
-        let mut keepalive = tokio::time::interval(self.keepalive);
-        keepalive.reset();
+    /// The next message to send: a new snapshot, or a keepalive after a
+    /// tick without one (so at most two intervals of silence); `None` once
+    /// either side is done.
+    async fn next(&mut self) -> Option<ConfigMessage> {
         loop {
             tokio::select! {
                 changed = self.snapshots.changed() => {
-                    if changed.is_err() {
-                        break;
+                    changed.ok()?;
+                    if let Some(msg) = self.snapshot_to_send() {
+                        self.spoke = true;
+                        return Some(msg);
                     }
-                    let snapshot = self.snapshots.borrow_and_update().get(&self.audience).cloned();
-                    let Some(snapshot) = snapshot else { continue };
-                    if sent.as_deref() == Some(snapshot.version.as_str()) {
-                        continue;
-                    }
-                    self.registry.sent(self.id, &snapshot.version);
-                    sent = Some(snapshot.version.clone());
-                    let msg = ConfigMessage {
-                        kind: Some(config_message::Kind::Snapshot((*snapshot).clone())),
-                    };
-                    if self.tx.send(Ok(msg)).await.is_err() {
-                        break;
-                    }
-                    keepalive.reset();
                 }
-                msg = inbound.message() => match msg {
-                    Ok(Some(ProxyMessage { kind: Some(proxy_message::Kind::Ack(a)) })) => {
-                        self.registry.ack(self.id, a.version);
-                    }
-                    Ok(Some(ProxyMessage { kind: Some(proxy_message::Kind::Nack(n)) })) => {
-                        self.registry.nack(self.id, n.version, n.error);
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(status) => {
-                        debug!(id = self.id, "config stream: {status}");
-                        break;
-                    }
-                },
-                _ = keepalive.tick() => {
-                    let msg = ConfigMessage { kind: Some(config_message::Kind::Keepalive(Keepalive {})) };
-                    if self.tx.send(Ok(msg)).await.is_err() {
-                        break;
+                msg = self.inbound.message() => self.record(msg)?,
+                _ = self.keepalive.tick() => {
+                    if !std::mem::take(&mut self.spoke) {
+                        return Some(ConfigMessage { kind: Some(config_message::Kind::Keepalive(Keepalive {})) });
                     }
                 }
             }
         }
+    }
+
+    /// The audience's snapshot, unless this stream already has it.
+    fn snapshot_to_send(&mut self) -> Option<ConfigMessage> {
+        let snapshot = self
+            .snapshots
+            .borrow_and_update()
+            .get(&self.audience)
+            .cloned()?;
+        if self.sent.as_deref() == Some(snapshot.version.as_str()) {
+            return None;
+        }
+        self.registry.sent(self.id, &snapshot.version);
+        self.sent = Some(snapshot.version.clone());
+        Some(ConfigMessage {
+            kind: Some(config_message::Kind::Snapshot((*snapshot).clone())),
+        })
+    }
+
+    /// Records an ACK or NACK; `None` when the proxy's side has ended.
+    fn record(&self, msg: Result<Option<ProxyMessage>, Status>) -> Option<()> {
+        match msg {
+            Ok(Some(ProxyMessage {
+                kind: Some(proxy_message::Kind::Ack(a)),
+            })) => self.registry.ack(self.id, a.version),
+            Ok(Some(ProxyMessage {
+                kind: Some(proxy_message::Kind::Nack(n)),
+            })) => self.registry.nack(self.id, n.version, n.error),
+            Ok(Some(_)) => {}
+            Ok(None) => return None,
+            Err(status) => {
+                debug!(id = self.id, "config stream: {status}");
+                return None;
+            }
+        }
+        Some(())
+    }
+}
+
+/// The stream is dropped when it ends and when the connection goes.
+impl Drop for Session {
+    fn drop(&mut self) {
         self.registry.disconnect(self.id);
     }
 }

@@ -33,7 +33,6 @@ pub const FIELD_MANAGER: &str = "sluice-operator";
 
 /// Whether the gateway proxies run the current gateway snapshot.
 fn programmed(registry: &Registry, snapshots: &Snapshots) -> Cond {
-    let proxies = registry.of(&Audience::Gateway);
     let current = snapshots.current();
     let Some(version) = current.get(&Audience::Gateway).map(|s| s.version.clone()) else {
         return Cond::no(
@@ -42,7 +41,8 @@ fn programmed(registry: &Registry, snapshots: &Snapshots) -> Cond {
             "computing the gateway config",
         );
     };
-    if proxies.is_empty() {
+    let progress = registry.gateway_progress(&version);
+    if progress.connected == 0 {
         return Cond::no(
             "Programmed",
             reason::PENDING,
@@ -51,22 +51,14 @@ fn programmed(registry: &Registry, snapshots: &Snapshots) -> Cond {
     }
     // One proxy refusing the config is worth saying even while others run
     // it: that proxy serves an older config.
-    if let Some(p) = proxies
-        .iter()
-        .find(|p| p.nacked.as_ref().is_some_and(|(v, _)| *v == version))
-    {
-        let err = p
-            .nacked
-            .as_ref()
-            .map(|(_, e)| e.as_str())
-            .unwrap_or_default();
+    if let Some((pod, err)) = progress.refused {
         return Cond::no(
             "Programmed",
             reason::INVALID,
-            format!("gateway proxy {} refused the config: {err}", p.pod()),
+            format!("gateway proxy {pod} refused the config: {err}"),
         );
     }
-    if proxies.iter().any(|p| p.acked.as_deref() == Some(&version)) {
+    if progress.acked {
         return Cond::yes("Programmed", reason::PROGRAMMED);
     }
     Cond::no(
@@ -212,7 +204,7 @@ pub async fn run(
     snapshots: Snapshots,
     mut output: watch::Receiver<Arc<MeshOutput>>,
 ) {
-    let mut registry_changes = registry.subscribe();
+    let mut registry_changes = registry.subscribe_gateways();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -270,9 +262,9 @@ async fn write_all(
     }
     let programmed = programmed(registry, snapshots);
     let mut addresses: Vec<String> = registry
-        .of(&Audience::Gateway)
+        .gateway_pods()
         .iter()
-        .filter_map(|p| world.pod(&p.identity.namespace, &p.identity.pod_name))
+        .filter_map(|(ns, pod)| world.pod(ns, pod))
         .filter_map(|pod| pod.status.as_ref()?.pod_ip.clone())
         .collect();
     addresses.sort();
