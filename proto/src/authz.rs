@@ -9,6 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The body of the `403` a proxy answers a denied HTTP request with: Istio's
+/// proxies answer exactly this, and clients and scripts match on it.
+pub const DENIED_BODY: &str = "RBAC: access denied";
+
 /// What a matching policy does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

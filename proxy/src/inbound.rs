@@ -3,11 +3,14 @@
 //! server name), and, in
 //! `PERMISSIVE` mode, whatever the pod's iptables rules redirect here from
 //! clients outside the mesh (the workload port from `SO_ORIGINAL_DST`),
-//! taken as it comes (plaintext, or the app's own TLS). Each connection is
-//! authorized once before any byte reaches the workload (peer identity,
-//! address, port) and, on HTTP ports, every request again; allowed traffic
-//! goes to `127.0.0.1:<port>`, or for a port the pod does not declare, passes
-//! through to where it was going.
+//! taken as it comes (plaintext, or the app's own TLS). On a TCP port each
+//! connection is authorized once, before any byte reaches the workload (peer
+//! identity, address, port), and a denied one is closed; on an HTTP port
+//! every request is, and a denied one gets `403 RBAC: access denied` even
+//! when the rule that denies it names only ports or principals (as Istio
+//! answers: a closed connection would tell the client nothing). Allowed
+//! traffic goes to `127.0.0.1:<port>`, or for a port the pod does not
+//! declare, passes through to where it was going.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -60,12 +63,17 @@ pub async fn serve(
         };
         match inbound.ports.get(&dst.port()).cloned() {
             Some(listener) => {
-                if allowed_connection(&inbound.policies, &info, traffic_of(&listener), telemetry) {
+                if allowed_connection(
+                    &inbound.policies,
+                    &info,
+                    connection_traffic(&listener),
+                    telemetry,
+                ) {
                     serve_port(proxy.clone(), listener, info, stream, builder, watcher).await;
                 }
             }
             None => {
-                if allowed_connection(&inbound.policies, &info, Traffic::Tcp, telemetry) {
+                if allowed_connection(&inbound.policies, &info, Some(Traffic::Tcp), telemetry) {
                     crate::tcp_proxy::passthrough(proxy.clone(), stream, dst).await;
                 }
             }
@@ -94,7 +102,7 @@ pub async fn serve(
             return;
         };
         let (p, t) = (policies.clone(), proxy.telemetry.clone());
-        let traffic = traffic_of(&listener);
+        let traffic = connection_traffic(&listener);
         let ip = peer.ip();
         // The verifier has parsed the client's identity: keep it for the
         // per-request checks instead of parsing the certificate again.
@@ -141,10 +149,12 @@ pub async fn serve(
     }
 }
 
-fn traffic_of(l: &CompiledListener) -> Traffic<'static> {
+/// What a connection to `l` is authorized as, if it is authorized per
+/// connection at all: HTTP ports leave it to every request ([`Authorize`]).
+fn connection_traffic(l: &CompiledListener) -> Option<Traffic<'static>> {
     match l.protocol {
-        ListenerProtocol::Tcp => Traffic::Tcp,
-        ListenerProtocol::Http => Traffic::Connection,
+        ListenerProtocol::Tcp => Some(Traffic::Tcp),
+        ListenerProtocol::Http => None,
     }
 }
 
@@ -152,9 +162,12 @@ fn traffic_of(l: &CompiledListener) -> Traffic<'static> {
 fn allowed_connection(
     policies: &Policies,
     info: &PeerInfo,
-    traffic: Traffic<'_>,
+    traffic: Option<Traffic<'_>>,
     telemetry: &crate::telemetry::Telemetry,
 ) -> bool {
+    let Some(traffic) = traffic else {
+        return true;
+    };
     if policies.is_empty() {
         return true;
     }
@@ -171,8 +184,9 @@ fn allowed_connection(
 }
 
 /// Serves an authorized connection until it ends, or until a new policy
-/// set no longer allows it (then it is closed, as Envoy drains a listener
-/// whose filters changed): a policy applies to pooled connections too.
+/// set no longer allows it (then a TCP connection is closed, as Envoy
+/// drains a listener whose filters changed; an HTTP one stays, and its
+/// next request is judged): a policy applies to pooled connections too.
 async fn serve_port<S>(
     proxy: Arc<Proxy>,
     listener: Arc<CompiledListener>,
@@ -183,7 +197,7 @@ async fn serve_port<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let traffic = traffic_of(&listener);
+    let traffic = connection_traffic(&listener);
     let info = Arc::new(info);
     let served = async {
         match listener.protocol {
@@ -214,7 +228,7 @@ async fn serve_port<S>(
 
 /// Resolves once the running policies deny this connection, or, for a
 /// plaintext one, once the workload turned STRICT.
-async fn revoked(proxy: &Proxy, info: &PeerInfo, traffic: Traffic<'static>) {
+async fn revoked(proxy: &Proxy, info: &PeerInfo, traffic: Option<Traffic<'static>>) {
     let mut changes = proxy.subscribe();
     while changes.changed().await.is_ok() {
         let compiled = proxy.current();

@@ -15,6 +15,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sluice_proto::authz::DENIED_BODY;
 use sluice_proto::bootstrap::{ROOT_CERT_CONFIGMAP, ROOT_CERT_KEY};
 use sluice_proto::mesh::SignRequest;
 use sluice_proto::mesh::certificates_client::CertificatesClient;
@@ -375,15 +376,18 @@ async fn delete_policy(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Hands-on step 5: an L4 DENY on `curl-deny`'s identity closes its
-/// connections within 2 s; `curl-allow` keeps working; deleting the policy
-/// restores both.
+/// Hands-on step 5: an L4 DENY (principal and port only) on `curl-deny`'s
+/// identity: on this HTTP port its requests get Istio's `403 RBAC: access
+/// denied` within 2 s, counted as denied requests; `curl-allow` keeps
+/// working; deleting the policy restores both.
 pub async fn l4_policy_denies_a_principal(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     setup(&cluster).await?;
     for pod in ["curl-allow", "curl-deny"] {
         let (code, body) = call(&cluster, pod, "GET", "/").await?;
         ensure!(code == "200", "{pod} before the policy: {code} {body}");
     }
+    let ip = handson_ip(&cluster).await?;
+    let denied_before = proxy_counter(&ip, "sluice_authz_denied_requests_total", "").await?;
     let applied = Instant::now();
     cluster.apply(&policy(
         "deny-curl-deny",
@@ -392,10 +396,10 @@ pub async fn l4_policy_denies_a_principal(cluster: Arc<Cluster>) -> anyhow::Resu
         ),
     ))?;
     poll(
-        "curl-deny to be refused at the connection",
+        "curl-deny to get 403",
         Duration::from_secs(10),
         Duration::from_millis(50),
-        || async { Ok((call(&cluster, "curl-deny", "GET", "/").await?.0 == "000").then_some(())) },
+        || async { Ok((call(&cluster, "curl-deny", "GET", "/").await?.0 == "403").then_some(())) },
     )
     .await?;
     let took = applied.elapsed();
@@ -407,22 +411,21 @@ pub async fn l4_policy_denies_a_principal(cluster: Arc<Cluster>) -> anyhow::Resu
         took <= Duration::from_secs(2),
         "the DENY policy took {took:?} (target 2 s)"
     );
-    // Stays refused (no HTTP status at all), and the other identity is fine.
+    // Stays denied with Istio's answer, and the other identity is fine.
     for _ in 0..5 {
         let (code, body) = call(&cluster, "curl-deny", "GET", "/").await?;
-        ensure!(code == "000", "curl-deny got an HTTP answer: {code} {body}");
+        ensure!(
+            code == "403" && body == DENIED_BODY,
+            "curl-deny under the policy: {code} {body:?}"
+        );
         let (code, body) = call(&cluster, "curl-allow", "GET", "/").await?;
         ensure!(code == "200", "curl-allow under the policy: {code} {body}");
     }
-    let denied = proxy_counter(
-        &handson_ip(&cluster).await?,
-        "sluice_authz_denied_connections_total",
-        "",
-    )
-    .await?;
+    let denied = proxy_counter(&ip, "sluice_authz_denied_requests_total", "").await?;
     ensure!(
-        denied >= 1.0,
-        "the handson sidecar counted {denied} denied connections"
+        denied >= denied_before + 5.0,
+        "the handson sidecar counted {} denied requests under the policy (want >= 5)",
+        denied - denied_before
     );
     // The dashboard lists the policy on the workload with the sidecar's count.
     let dashboard = mesh(&cluster).await?.operator.lock().await.dashboard;
@@ -478,7 +481,7 @@ pub async fn l7_policy_allows_only_get(cluster: Arc<Cluster>) -> anyhow::Result<
     for (method, path) in [("POST", "/"), ("DELETE", "/id/123")] {
         let (code, body) = call(&cluster, "curl", method, path).await?;
         ensure!(
-            code == "403" && body == "RBAC: access denied",
+            code == "403" && body == DENIED_BODY,
             "{method} {path}: {code} {body:?}"
         );
     }

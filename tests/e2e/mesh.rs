@@ -130,7 +130,7 @@ fn main() -> ExitCode {
             },
         ),
         (
-            "l4_authorization_policy_denies_a_principal_at_the_connection",
+            "l4_authorization_policy_on_an_http_port_answers_403_rbac_access_denied",
             |c| Box::pin(logged(c, identity::l4_policy_denies_a_principal)),
         ),
         ("l7_authorization_policy_allows_only_get", |c| {

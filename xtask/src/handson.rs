@@ -287,7 +287,7 @@ impl Demo<'_> {
 
     fn l4(&self) -> Result<()> {
         eprintln!(
-            "\n==> step 3: L4 authorization — curl-deny's identity refused on port 8080, curl-allow served"
+            "\n==> step 3: L4 authorization — curl-deny's identity denied on port 8080 (403, as Istio answers on HTTP ports), curl-allow served"
         );
         self.clients()?;
         let show = |pod: &str| -> Result<String> {
@@ -307,14 +307,20 @@ impl Demo<'_> {
         show("curl-deny")?;
         let start = Instant::now();
         self.apply("51-deny-curl-deny.yaml")?;
-        let took = self.until_status("curl-deny", "GET", "000")?;
+        let took = self.until_status("curl-deny", "GET", "403")?;
         eprintln!(
-            "    curl-deny refused {took:.1?} after the apply (from the apply: {:.1?})",
+            "    curl-deny denied {took:.1?} after the apply (from the apply: {:.1?})",
             start.elapsed()
         );
-        let (allow, deny) = (show("curl-allow")?, show("curl-deny")?);
-        if allow != "200" || deny != "000" {
-            bail!("under the DENY policy: curl-allow {allow}, curl-deny {deny}");
+        let allow = show("curl-allow")?;
+        let (deny, body) = self.curl("curl-deny", "GET", "/")?;
+        eprintln!(
+            "    {} -> {deny} {}",
+            Self::curl_command("curl-deny", "GET", "/"),
+            body.trim()
+        );
+        if allow != "200" || deny != "403" || body.trim() != "RBAC: access denied" {
+            bail!("under the DENY policy: curl-allow {allow}, curl-deny {deny} {body:?}");
         }
         self.delete("51-deny-curl-deny.yaml")?;
         self.until_status("curl-deny", "GET", "200")?;

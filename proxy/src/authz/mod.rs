@@ -19,9 +19,7 @@ use crate::route::request_authority;
 use crate::state::Proxy;
 pub use sluice_authz::{Decision, HttpAttributes, Peer, Policies, Traffic, Verdict};
 
-/// The body Istio's proxies answer a denied request with; clients and
-/// tests match on it.
-pub const DENIED_BODY: &str = "RBAC: access denied";
+pub use sluice_proto::authz::DENIED_BODY;
 
 /// Who is on the other end of one inbound connection.
 #[derive(Debug, Clone)]
