@@ -1,6 +1,11 @@
 //! The admin endpoint: `/ready`, `/metrics` (Prometheus text), `/config`
 //! (the running configuration as JSON) and the app probes of an
 //! intercepted pod (`/app-health/...`, see [`crate::app_health`]).
+//!
+//! The port is open on the pod's address for the kubelet's probes and
+//! Prometheus, but `/config` (routes, endpoints and authorization policies)
+//! answers only on loopback, as Envoy's admin port does: `kubectl
+//! port-forward` reaches it, another pod does not.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,8 +42,33 @@ fn reply(
     r
 }
 
+/// Who sent an admin request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// From inside the pod (loopback), e.g. through `kubectl port-forward`.
+    Local,
+    /// From another address: the kubelet, Prometheus, or any pod.
+    Remote,
+}
+
+impl Caller {
+    /// Where a connection from `peer` comes from.
+    pub fn of(peer: SocketAddr) -> Caller {
+        if peer.ip().is_loopback() {
+            Caller::Local
+        } else {
+            Caller::Remote
+        }
+    }
+}
+
 /// Answers one admin request.
-pub fn answer(proxy: &Proxy, registry: &Registry, path: &str) -> Response<Full<Bytes>> {
+pub fn answer(
+    proxy: &Proxy,
+    registry: &Registry,
+    path: &str,
+    caller: Caller,
+) -> Response<Full<Bytes>> {
     match path {
         "/ready" => {
             let t = &proxy.telemetry;
@@ -94,6 +124,14 @@ pub fn answer(proxy: &Proxy, registry: &Registry, path: &str) -> Response<Full<B
                 ),
             }
         }
+        "/config" if caller == Caller::Remote => {
+            proxy.telemetry.admin_config_refused.fetch_add(1, Relaxed);
+            reply(
+                StatusCode::FORBIDDEN,
+                "text/plain",
+                "the running config is served on loopback only: kubectl port-forward to this port, then ask 127.0.0.1\n",
+            )
+        }
         "/config" => {
             let current = proxy.current();
             let doc = serde_json::json!({ "version": current.version, "config": current.config });
@@ -127,7 +165,7 @@ pub async fn serve(
     registry.register_collector(Box::new(TelemetryCollector(proxy.telemetry.clone())));
     let registry = Arc::new(registry);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -147,7 +185,7 @@ pub async fn serve(
                     let path = req.uri().path();
                     let resp = match health.check(path).await {
                         Some((status, text)) => reply(status, "text/plain", text),
-                        None => answer(&proxy, &registry, path),
+                        None => answer(&proxy, &registry, path, Caller::of(peer)),
                     };
                     Ok::<_, Infallible>(resp)
                 }
@@ -165,7 +203,29 @@ mod tests {
     use crate::config::Config;
 
     fn ready(proxy: &Proxy) -> StatusCode {
-        answer(proxy, &Registry::default(), "/ready").status()
+        answer(proxy, &Registry::default(), "/ready", Caller::Remote).status()
+    }
+
+    #[test]
+    fn the_running_config_is_served_on_loopback_only() {
+        let proxy = Proxy::new();
+        proxy.apply(Config::default(), Some("7".into()));
+        let registry = Registry::default();
+        let from = |addr: &str| Caller::of(addr.parse().expect("address"));
+        let remote = answer(&proxy, &registry, "/config", from("10.1.2.3:40000"));
+        assert_eq!(remote.status(), StatusCode::FORBIDDEN);
+        assert_eq!(proxy.telemetry.admin_config_refused.load(Relaxed), 1);
+        for local in ["127.0.0.1:40000", "[::1]:40000"] {
+            assert_eq!(
+                answer(&proxy, &registry, "/config", from(local)).status(),
+                StatusCode::OK
+            );
+        }
+        // Probes and metrics stay open on the pod's address.
+        assert_eq!(
+            answer(&proxy, &registry, "/metrics", from("10.1.2.3:40000")).status(),
+            StatusCode::OK
+        );
     }
 
     #[test]

@@ -24,8 +24,11 @@ const EWMA_ALPHA: f64 = 0.3;
 /// behind endpoints whose latency is known.
 const DEFAULT_LATENCY_US: u64 = 0;
 /// An endpoint's latency estimate halves for every this long without a
-/// sample, so that an endpoint that was slow once is probed again.
-const DECAY_HALF_LIFE_MS: f64 = 5_000.0;
+/// sample, so that an endpoint that was slow once is probed again: one
+/// slowed by a moment of contention (a neighbour starting) gets traffic back
+/// within seconds, not after half a minute of sitting out; one that is
+/// really ten times slower costs one probe every few seconds.
+const DECAY_HALF_LIFE_MS: f64 = 1_000.0;
 
 /// One upstream address and its load.
 #[derive(Debug)]
@@ -281,8 +284,8 @@ mod tests {
         let new = Arc::new(Endpoint::new("127.0.0.1:2".parse().unwrap()));
         let eps = vec![old.clone(), new.clone()];
         assert_eq!(pick(&eps, None).unwrap().addr, new.addr);
-        // Ten seconds without samples: a quarter of the estimate is left.
-        let later = old.sampled_ms.load(Relaxed) + 10_000;
+        // Two seconds without samples: a quarter of the estimate is left.
+        let later = old.sampled_ms.load(Relaxed) + 2_000;
         let left = old.latency_us(later);
         assert!((74.0..=76.0).contains(&left), "{left}");
     }

@@ -143,6 +143,8 @@ pub struct Telemetry {
     pub plaintext_refused: AtomicU64,
     /// Inbound TLS handshakes that failed (bad or foreign certificate).
     pub tls_handshake_failures: AtomicU64,
+    /// Admin requests for the running config from off the pod (refused).
+    pub admin_config_refused: AtomicU64,
     /// Workload certificates installed.
     pub certificates_issued: AtomicU64,
     /// Certificate requests that failed.
@@ -304,6 +306,11 @@ impl Collector for TelemetryCollector {
                 "sluice_authz_audited",
                 "Requests and connections that matched an AUDIT policy.",
                 &t.authz_audited,
+            ),
+            (
+                "sluice_admin_config_refused",
+                "Requests for /config on the admin port from off the pod, refused (403).",
+                &t.admin_config_refused,
             ),
             (
                 "sluice_plaintext_refused",

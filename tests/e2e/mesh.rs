@@ -669,14 +669,43 @@ async fn switch_under_load(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The endpoints of `backend` in the gateway's running config.
-async fn gateway_endpoints(mesh: &Mesh, backend: &str) -> anyhow::Result<Vec<String>> {
-    let doc: serde_json::Value = http()
-        .get(format!("http://{}:{ADMIN_PORT}/config", mesh.gateway_ip))
+/// A forward to the admin port of the gateway pod that has `ip`: its
+/// `/config` answers on loopback only.
+async fn gateway_admin(
+    cluster: &Cluster,
+    label: &str,
+    ip: &str,
+    port: u16,
+) -> anyhow::Result<sluice_tests::PortForward> {
+    let pod = sluice_tests::wait::pods_by_label(&cluster.client(), GATEWAY_NS, label)
+        .await?
+        .into_iter()
+        .find(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(ip)
+        })
+        .and_then(|p| p.metadata.name)
+        .with_context(|| format!("no gateway pod ({label}) with IP {ip}"))?;
+    Ok(cluster.port_forward(GATEWAY_NS, &pod, port).await?)
+}
+
+/// The running config of the proxy whose admin port `admin` forwards to.
+async fn running_config(admin: &sluice_tests::PortForward) -> anyhow::Result<serde_json::Value> {
+    Ok(http()
+        .get(format!("http://{}/config", admin.local()))
         .send()
         .await?
+        .error_for_status()?
         .json()
-        .await?;
+        .await?)
+}
+
+/// The endpoints of `backend` in the gateway's running config.
+async fn gateway_endpoints(
+    admin: &sluice_tests::PortForward,
+    backend: &str,
+) -> anyhow::Result<Vec<String>> {
+    let doc = running_config(admin).await?;
     Ok(doc["config"]["backends"]
         .as_array()
         .into_iter()
@@ -691,6 +720,17 @@ async fn scaling_and_deletion(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     let mesh = mesh(&cluster).await?;
     let (ns, host) = ("scale", "scale.example.com");
     two_versions(&cluster, &mesh, ns, host, 0, 100).await?;
+    let admin = gateway_admin(&cluster, "app=sluice-gateway", &mesh.gateway_ip, ADMIN_PORT).await?;
+    // Off the pod, the running config (routes, endpoints, policies) is refused.
+    let remote = http()
+        .get(format!("http://{}:{ADMIN_PORT}/config", mesh.gateway_ip))
+        .send()
+        .await?
+        .status();
+    ensure!(
+        remote == reqwest::StatusCode::FORBIDDEN,
+        "/config from the host over the pod's address: {remote}"
+    );
     let client = cluster.client();
     cluster.kubectl(
         &[
@@ -718,7 +758,7 @@ async fn scaling_and_deletion(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         TIMEOUT,
         Duration::from_millis(10),
         || async {
-            Ok((gateway_endpoints(&mesh, "scale/handson-yellow:8080")
+            Ok((gateway_endpoints(&admin, "scale/handson-yellow:8080")
                 .await?
                 .len()
                 == 3)
@@ -767,7 +807,7 @@ async fn scaling_and_deletion(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         TIMEOUT,
         Duration::from_millis(20),
         || async {
-            let eps = gateway_endpoints(&mesh, "scale/handson-yellow:8080").await?;
+            let eps = gateway_endpoints(&admin, "scale/handson-yellow:8080").await?;
             Ok(
                 (!eps.is_empty() && !eps.iter().any(|e| e.starts_with(&format!("{victim_ip}:"))))
                     .then(Instant::now),
@@ -945,13 +985,9 @@ async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         let op = mesh.operator.lock().await;
         op.metric("sluice_config_nacks_total").await?.unwrap_or(0.0)
     };
+    let admin = gateway_admin(&cluster, "app=sluice-gateway-alt", &alt_ip, ALT_ADMIN_PORT).await?;
     let version_of = || async {
-        let doc: serde_json::Value = http()
-            .get(format!("http://{alt_ip}:{ALT_ADMIN_PORT}/config"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let doc = running_config(&admin).await?;
         anyhow::Ok(doc["version"].as_str().unwrap_or_default().to_owned())
     };
     let running = version_of().await?;

@@ -32,6 +32,27 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
+/// A `kubectl port-forward` to one pod's port, open until dropped: the
+/// way to what a pod serves on loopback only (a proxy's `/config`).
+#[derive(Debug)]
+pub struct PortForward {
+    local: std::net::SocketAddr,
+    _kubectl: tokio::process::Child,
+}
+
+impl PortForward {
+    /// The host's end of the forward, on 127.0.0.1.
+    pub fn local(&self) -> std::net::SocketAddr {
+        self.local
+    }
+}
+
+/// The local address in kubectl's `Forwarding from 127.0.0.1:PORT -> N`.
+fn forwarded_address(line: &str) -> Option<std::net::SocketAddr> {
+    let (local, _) = line.strip_prefix("Forwarding from ")?.split_once(" -> ")?;
+    local.parse().ok()
+}
+
 /// A running local cluster. Fields drop in order: the node first (pods,
 /// then the host's state), then the control plane, then the directory.
 pub struct Cluster {
@@ -315,6 +336,65 @@ impl Cluster {
         })
     }
 
+    /// Forwards a free port of 127.0.0.1 to `port` of pod `namespace/name`
+    /// (through the API server and the kubelet, which connects on the pod's
+    /// loopback).
+    pub async fn port_forward(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+    ) -> Result<PortForward, Error> {
+        use tokio::io::AsyncBufReadExt;
+        let target = format!("pod/{name}");
+        let remote = format!(":{port}");
+        let args = [
+            "port-forward",
+            "-n",
+            namespace,
+            &target,
+            "--address",
+            "127.0.0.1",
+            &remote,
+        ];
+        let command = format!("kubectl {}", args.join(" "));
+        let failed = |detail: String| Error::Command {
+            command: command.clone(),
+            detail,
+        };
+        let mut child = tokio::process::Command::new(&self.toolchain.kubectl)
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| failed(e.to_string()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| failed("no stdout".into()))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let local = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.ok().flatten() {
+                if let Some(addr) = forwarded_address(&line) {
+                    return Some(addr);
+                }
+            }
+            None
+        })
+        .await
+        .map_err(|_| failed("no forward within 30 s".into()))?
+        .ok_or_else(|| failed("kubectl exited before forwarding".into()))?;
+        // kubectl prints a line per connection: keep the pipe drained.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(PortForward {
+            local,
+            _kubectl: child,
+        })
+    }
+
     /// The last `lines` lines of a container's log, as `kubectl logs`
     /// shows them (an error text instead when there is none).
     pub async fn logs(&self, namespace: &str, pod: &str, container: &str, lines: i64) -> String {
@@ -395,4 +475,18 @@ fn run_tool(
         .env("KUBECONFIG", kubeconfig)
         .env("PATH", path);
     crate::process::run_command(cmd, command, stdin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::forwarded_address;
+
+    #[test]
+    fn reads_the_local_end_of_a_forward() {
+        assert_eq!(
+            forwarded_address("Forwarding from 127.0.0.1:41234 -> 15021"),
+            Some("127.0.0.1:41234".parse().expect("address"))
+        );
+        assert_eq!(forwarded_address("Handling connection for 15021"), None);
+    }
 }

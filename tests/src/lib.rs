@@ -21,6 +21,6 @@ pub mod toolchain;
 pub mod wait;
 
 pub use cluster::Cluster;
-pub use cluster::ExecOutput;
+pub use cluster::{ExecOutput, PortForward};
 pub use error::Error;
 pub use toolchain::{Toolchain, workspace_root};
