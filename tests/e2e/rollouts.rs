@@ -210,13 +210,48 @@ pub(crate) async fn healthy_blue(
     Ok(())
 }
 
-/// Scenarios 1 and 2: Healthy, then a canary through its steps with the
-/// observed split following the weights, and `kubectl sluice promote`.
+/// Scenarios 1 and 2: Healthy, then a canary (started with `kubectl sluice
+/// set image`) through its steps with the observed split following the
+/// weights, and `kubectl sluice promote`.
 pub async fn canary_steps_and_promote(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     let ns = "ro-steps";
     healthy_blue(&cluster, ns, HANDS_ON_STEPS, "{}").await?;
     let mesh = mesh(&cluster).await?;
-    set_image(&cluster, ns, "yellow", 0.0).await?;
+    // A container the template lacks is refused, naming those it has.
+    let refused = cluster
+        .kubectl(
+            &[
+                "sluice",
+                "-n",
+                ns,
+                "set",
+                "image",
+                "handson",
+                "web=sluice/demo-app:yellow",
+            ],
+            None,
+        )
+        .err()
+        .context("set image of a missing container succeeded")?;
+    ensure!(
+        refused
+            .to_string()
+            .contains("no container \"web\" (it has: app)"),
+        "set image of a missing container: {refused}"
+    );
+    let out = cluster.kubectl(
+        &[
+            "sluice",
+            "-n",
+            ns,
+            "set",
+            "image",
+            "handson",
+            "app=sluice/demo-app:yellow",
+        ],
+        None,
+    )?;
+    ensure!(out.contains("image updated"), "set image said: {out}");
     until(&cluster, ns, "canary weight 20", |ro| weight(ro) == 20).await?;
     let counts = tally(&mesh, &host(ns), 600).await?;
     let yellow = counts.get("yellow").copied().unwrap_or(0);

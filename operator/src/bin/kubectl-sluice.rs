@@ -16,7 +16,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use sluice_crds::rollout::Request;
 use sluice_crds::{Rollout, RolloutPhase};
-use sluice_operator::rollout::{HASH_LABEL, ROLLOUT_LABEL};
+use sluice_operator::rollout::{HASH_LABEL, ROLLOUT_LABEL, edit};
 
 #[derive(Parser)]
 #[command(name = "kubectl sluice", about = "Watch and steer Sluice Rollouts")]
@@ -69,6 +69,11 @@ enum Cmd {
         /// The Rollout.
         name: String,
     },
+    /// Change the rollout's pod template (starts a new revision).
+    Set {
+        #[command(subcommand)]
+        what: SetCmd,
+    },
     /// Wait until the rollout is Healthy (exit 0) or Degraded (exit 1).
     Status {
         /// The Rollout.
@@ -76,6 +81,20 @@ enum Cmd {
         /// Give up after this many seconds (exit 2).
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SetCmd {
+    /// Set container images, as `kubectl set image` does for a Deployment:
+    /// `kubectl sluice set image ROLLOUT CONTAINER=IMAGE...` (`*=IMAGE`
+    /// sets every container).
+    Image {
+        /// The Rollout.
+        name: String,
+        /// `CONTAINER=IMAGE`, one or more.
+        #[arg(required = true, num_args = 1..)]
+        images: Vec<String>,
     },
 }
 
@@ -117,6 +136,9 @@ async fn main() -> Result<()> {
         }
         Cmd::Abort { name } => request(&api, &name, Request::Abort).await,
         Cmd::Retry { name } => request(&api, &name, Request::Retry).await,
+        Cmd::Set {
+            what: SetCmd::Image { name, images },
+        } => set_image(&api, &name, &images).await,
         Cmd::Pause { name } => set_paused(&api, &name, true).await,
         Cmd::Resume { name } => set_paused(&api, &name, false).await,
         Cmd::Status { name, timeout } => {
@@ -160,6 +182,27 @@ async fn request(api: &Api<Rollout>, name: &str, request: Request) -> Result<()>
     .await
     .with_context(|| format!("requesting {what} of rollout {name}"))?;
     println!("rollout {name}: {what} requested");
+    Ok(())
+}
+
+async fn set_image(api: &Api<Rollout>, name: &str, args: &[String]) -> Result<()> {
+    let changes = args
+        .iter()
+        .map(|a| a.parse::<edit::ImageChange>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let rollout = api
+        .get(name)
+        .await
+        .with_context(|| format!("reading rollout {name}"))?;
+    let patch = edit::set_image(&rollout.spec.template, &changes)?;
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Json::<()>(serde_json::from_value(patch)?),
+    )
+    .await
+    .with_context(|| format!("setting the images of rollout {name}"))?;
+    println!("rollout {name}: image updated ({})", args.join(" "));
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 pub mod analysis;
 pub mod apply;
 pub mod conditions;
+pub mod edit;
 pub mod model;
 pub mod observe;
 pub mod phase;
