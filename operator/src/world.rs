@@ -114,6 +114,7 @@ impl World {
 
     /// A world that holds `pods` and nothing else, without a cluster: for
     /// tests of what reads pods (the checks of proxies' hellos).
+    #[cfg(test)]
     pub fn with_pods(pods: Vec<Pod>, mesh: MeshSettings) -> World {
         fn empty<K>() -> Store<K>
         where

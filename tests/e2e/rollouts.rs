@@ -217,20 +217,10 @@ pub async fn canary_steps_and_promote(cluster: Arc<Cluster>) -> anyhow::Result<(
     let ns = "ro-steps";
     healthy_blue(&cluster, ns, HANDS_ON_STEPS, "{}").await?;
     let mesh = mesh(&cluster).await?;
+    let set_image =
+        |arg: &str| cluster.kubectl(&["sluice", "-n", ns, "set", "image", "handson", arg], None);
     // A container the template lacks is refused, naming those it has.
-    let refused = cluster
-        .kubectl(
-            &[
-                "sluice",
-                "-n",
-                ns,
-                "set",
-                "image",
-                "handson",
-                "web=sluice/demo-app:yellow",
-            ],
-            None,
-        )
+    let refused = set_image("web=sluice/demo-app:yellow")
         .err()
         .context("set image of a missing container succeeded")?;
     ensure!(
@@ -239,18 +229,7 @@ pub async fn canary_steps_and_promote(cluster: Arc<Cluster>) -> anyhow::Result<(
             .contains("no container \"web\" (it has: app)"),
         "set image of a missing container: {refused}"
     );
-    let out = cluster.kubectl(
-        &[
-            "sluice",
-            "-n",
-            ns,
-            "set",
-            "image",
-            "handson",
-            "app=sluice/demo-app:yellow",
-        ],
-        None,
-    )?;
+    let out = set_image("app=sluice/demo-app:yellow")?;
     ensure!(out.contains("image updated"), "set image said: {out}");
     until(&cluster, ns, "canary weight 20", |ro| weight(ro) == 20).await?;
     let counts = tally(&mesh, &host(ns), 600).await?;
@@ -292,11 +271,21 @@ pub async fn canary_steps_and_promote(cluster: Arc<Cluster>) -> anyhow::Result<(
         st.canary_revision.is_none() && weight(&ro) == 0,
         "status after promotion: {st:?}"
     );
-    let counts = tally(&mesh, &host(ns), 100).await?;
-    ensure!(
-        counts.get("yellow") == Some(&100),
-        "after promotion: {counts:?}"
-    );
+    // Healthy is written when the stable Service selects the new revision;
+    // the gateway follows once the EndpointSlice does (the old pods still
+    // answer meanwhile, for scaleDownDelaySeconds): all yellow within 5 s.
+    let promoted = Instant::now();
+    let last_blue = poll(
+        "100 requests in a row answered by yellow",
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || async {
+            let counts = tally(&mesh, &host(ns), 100).await?;
+            Ok((counts.get("yellow") == Some(&100)).then(|| promoted.elapsed()))
+        },
+    )
+    .await?;
+    eprintln!("rollout: all yellow {last_blue:?} after Healthy");
     // The old stable (blue) scales to 0 after scaleDownDelaySeconds.
     let stable = st.stable_revision.clone().unwrap_or_default();
     let rs: Api<ReplicaSet> = Api::namespaced(cluster.client(), ns);
