@@ -24,6 +24,42 @@ const CACHE_FOR: Duration = Duration::from_secs(10);
 /// Entries before the cache is emptied (bounds its memory).
 const CACHE_MAX: usize = 4096;
 
+/// Why a TokenReview did not vouch for a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRejected {
+    /// The review could not be made (the API server's error).
+    Unavailable(String),
+    /// The API server did not authenticate the token (its reason).
+    Invalid(String),
+}
+
+/// Who the API server says `token` belongs to: one TokenReview, for
+/// `audiences` (`None`: the API server's own), shared by every surface
+/// that takes a token (the dashboard, the certificate service).
+pub async fn review_token(
+    client: &Client,
+    token: &str,
+    audiences: Option<Vec<String>>,
+) -> Result<UserInfo, TokenRejected> {
+    let review = TokenReview {
+        spec: TokenReviewSpec {
+            token: token.to_owned(),
+            audiences,
+        },
+        ..Default::default()
+    };
+    let status = Api::<TokenReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(|e| TokenRejected::Unavailable(e.to_string()))?
+        .status
+        .unwrap_or_default();
+    if status.authenticated != Some(true) {
+        return Err(TokenRejected::Invalid(status.error.unwrap_or_default()));
+    }
+    Ok(status.user.unwrap_or_default())
+}
+
 /// A user of the dashboard or the debug endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum User {
@@ -176,28 +212,17 @@ impl Access {
     }
 
     async fn review(&self, token: &str) -> Result<KubeUser, Denied> {
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: token.to_owned(),
-                audiences: None,
-            },
-            ..Default::default()
-        };
-        let status = Api::<TokenReview>::all(self.client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| Denied::Unavailable(e.to_string()))?
-            .status
-            .unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(Denied::InvalidToken(status.error.unwrap_or_default()));
-        }
         let UserInfo {
             username,
             groups,
             uid,
             ..
-        } = status.user.unwrap_or_default();
+        } = review_token(&self.client, token, None)
+            .await
+            .map_err(|e| match e {
+                TokenRejected::Unavailable(m) => Denied::Unavailable(m),
+                TokenRejected::Invalid(m) => Denied::InvalidToken(m),
+            })?;
         Ok(KubeUser {
             username: username.unwrap_or_default(),
             groups: groups.unwrap_or_default(),

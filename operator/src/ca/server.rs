@@ -5,15 +5,14 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::Client;
 use sluice_proto::mesh::certificates_server::Certificates;
 use sluice_proto::mesh::{SignRequest, SignResponse};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::authority::{Authority, CaError};
+use crate::access::{TokenRejected, review_token};
 use crate::metrics::{Metrics, ResultLabel};
 
 /// The audience proxies' projected tokens must carry.
@@ -43,27 +42,15 @@ impl CertificateServer {
 
     /// The (namespace, service account) a token proves.
     async fn review(&self, token: &str) -> Result<(String, String), Status> {
-        let api: Api<TokenReview> = Api::all(self.client.clone());
-        let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: token.to_owned(),
-                audiences: Some(vec![TOKEN_AUDIENCE.to_owned()]),
-            },
-            ..Default::default()
-        };
-        let status = api
-            .create(&PostParams::default(), &review)
+        let user = review_token(&self.client, token, Some(vec![TOKEN_AUDIENCE.to_owned()]))
             .await
-            .map_err(|e| Status::unavailable(format!("TokenReview: {e}")))?
-            .status
-            .unwrap_or_default();
-        if status.authenticated != Some(true) {
-            return Err(Status::unauthenticated(format!(
-                "the token is not valid for audience {TOKEN_AUDIENCE:?}: {}",
-                status.error.unwrap_or_default()
-            )));
-        }
-        let user = status.user.and_then(|u| u.username).unwrap_or_default();
+            .map_err(|e| match e {
+                TokenRejected::Unavailable(m) => Status::unavailable(format!("TokenReview: {m}")),
+                TokenRejected::Invalid(m) => Status::unauthenticated(format!(
+                    "the token is not valid for audience {TOKEN_AUDIENCE:?}: {m}"
+                )),
+            })?;
+        let user = user.username.unwrap_or_default();
         let mut parts = user.splitn(4, ':');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("system"), Some("serviceaccount"), Some(ns), Some(sa)) => {
