@@ -131,6 +131,7 @@ impl Registry {
             nacked: None,
         };
         info!(pod = %state.pod(), audience = ?state.audience, "proxy connected");
+        let audience = state.audience.clone();
         let (id, new_pod) = self.with(|c| {
             c.next_id += 1;
             let new_pod = match &state.audience {
@@ -144,16 +145,18 @@ impl Registry {
             c.streams.insert(c.next_id, state);
             (c.next_id, new_pod)
         });
-        self.signal_change(new_pod);
+        self.signal(&audience, new_pod);
         id
     }
 
-    /// A sidecar pod appeared or went (`sidecar_changed`), or a gateway did.
-    fn signal_change(&self, sidecar_changed: bool) {
-        if sidecar_changed {
-            Registry::bump(&self.sidecar_set);
-        } else {
-            Registry::bump(&self.gateways);
+    /// Tells the watcher that cares: the status writer when a gateway
+    /// proxy came or went, the snapshot loop when a sidecar pod did (a
+    /// sidecar's second stream moves neither).
+    fn signal(&self, audience: &Audience, pod_set_moved: bool) {
+        match audience {
+            Audience::Gateway => Registry::bump(&self.gateways),
+            Audience::Sidecar(..) if pod_set_moved => Registry::bump(&self.sidecar_set),
+            Audience::Sidecar(..) => {}
         }
     }
 
@@ -224,9 +227,7 @@ impl Registry {
                 .get_or_create(&role(&p.audience))
                 .dec();
             info!(pod = %p.pod(), "proxy disconnected");
-            if p.audience == Audience::Gateway || pod_gone {
-                self.signal_change(pod_gone);
-            }
+            self.signal(&p.audience, pod_gone);
         }
     }
 
