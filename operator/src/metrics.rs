@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::access::Denied;
 use crate::traffic::TrafficWindow;
 
 /// Label of per-role gauges.
@@ -188,6 +189,18 @@ impl Metrics {
             })
             .inc();
     }
+
+    /// Counts a refusal by HTTP surface `service` (the dashboard, the
+    /// debug endpoint) and answers it with its status and reason.
+    pub fn refuse_http(&self, service: &str, denied: &Denied) -> axum::response::Response {
+        self.http_refused
+            .get_or_create(&RefusedLabels {
+                service: service.to_owned(),
+                reason: denied.reason().into(),
+            })
+            .inc();
+        (denied.status(), format!("{denied}\n")).into_response()
+    }
 }
 
 impl Metrics {
@@ -276,14 +289,7 @@ async fn traffic_handler(
         Err(d) => Err(d),
     };
     if let Err(d) = checked {
-        s.metrics
-            .http_refused
-            .get_or_create(&RefusedLabels {
-                service: "debug".into(),
-                reason: d.reason().into(),
-            })
-            .inc();
-        return (d.status(), format!("{d}\n")).into_response();
+        return s.metrics.refuse_http("debug", &d);
     }
     axum::Json(s.traffic.summary(std::time::Duration::from_secs(30))).into_response()
 }

@@ -44,7 +44,7 @@ use sluice_crds::Rollout;
 use sluice_crds::rollout::Request as UserRequest;
 
 use crate::access::{Access, Action, Denied, User};
-use crate::metrics::{Metrics, RefusedLabels};
+use crate::metrics::Metrics;
 use crate::push::Registry;
 use crate::traffic::TrafficWindow;
 use crate::world::World;
@@ -129,27 +129,25 @@ async fn guard(
 
 impl AppState {
     fn refuse(&self, d: &Denied) -> Response {
-        self.metrics
-            .http_refused
-            .get_or_create(&RefusedLabels {
-                service: "dashboard".into(),
-                reason: d.reason().into(),
-            })
-            .inc();
-        (d.status(), format!("{d}\n")).into_response()
+        self.metrics.refuse_http("dashboard", d)
     }
 
-    /// Whether `user` may read Rollouts in `ns`; the refusal otherwise.
+    /// Whether `user` may do `action`; the counted refusal otherwise.
+    async fn may(&self, user: &User, action: Action) -> Result<(), Response> {
+        self.access
+            .allow(user, action)
+            .await
+            .map_err(|d| self.refuse(&d))
+    }
+
+    /// Whether `user` may read Rollouts in `ns`.
     async fn may_read(&self, user: &User, ns: &str) -> Result<(), Response> {
         let action = Action {
             verb: "list",
             namespace: Some(ns.to_owned()),
             name: None,
         };
-        self.access
-            .allow(user, action)
-            .await
-            .map_err(|d| self.refuse(&d))
+        self.may(user, action).await
     }
 }
 
@@ -363,19 +361,13 @@ async fn action(
         Some(r @ (UserRequest::Promote | UserRequest::Abort)) => r,
         _ => return (StatusCode::NOT_FOUND, "actions: promote, abort\n").into_response(),
     };
-    let allowed = s
-        .access
-        .allow(
-            &user,
-            Action {
-                verb: "patch",
-                namespace: Some(ns.clone()),
-                name: Some(name.clone()),
-            },
-        )
-        .await;
-    if let Err(d) = allowed {
-        return s.refuse(&d);
+    let patch_it = Action {
+        verb: "patch",
+        namespace: Some(ns.clone()),
+        name: Some(name.clone()),
+    };
+    if let Err(r) = s.may(&user, patch_it).await {
+        return r;
     }
     let api: Api<Rollout> = Api::namespaced(s.client.clone(), &ns);
     let patch = json!({"metadata": {"annotations": {UserRequest::ANNOTATION: request.as_str()}}});
