@@ -100,9 +100,7 @@ impl Peer {
     /// `trust_domain` (the handshake already validated its chain).
     pub fn of<T>(request: &tonic::Request<T>, trust_domain: &str) -> Result<Peer, Refusal> {
         let info = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-        let addr = info
-            .and_then(|i| i.get_ref().remote_addr())
-            .map(|a| a.ip().to_canonical());
+        let addr = remote_addr(request).map(|a| a.ip().to_canonical());
         let certs = info.and_then(|i| i.peer_certs()).ok_or_else(|| {
             Refusal::new(
                 Reason::NoCertificate,
