@@ -120,11 +120,7 @@ impl Operator {
     /// The sum of the `/metrics` series of `name` whose labels contain
     /// `labels` (0 when there is none yet).
     pub async fn counter(&self, name: &str, labels: &str) -> Result<f64, Error> {
-        let text = self.metrics_text().await?;
-        Ok(series(&text, name)
-            .filter(|(line, _)| line.contains(labels))
-            .map(|(_, v)| v)
-            .sum())
+        Ok(sum_of(&self.metrics_text().await?, name, labels))
     }
 
     /// One sample of `/metrics` (first series of that name), if present.
@@ -438,10 +434,7 @@ pub async fn proxy_counter(ip: &str, name: &str, labels: &str) -> Result<f64, Er
         .await?
         .text()
         .await?;
-    Ok(series(&text, name)
-        .filter(|(line, _)| line.contains(labels))
-        .map(|(_, v)| v)
-        .sum())
+    Ok(sum_of(&text, name, labels))
 }
 
 /// Requests counted so far by a client's sidecar (outbound) and by the
@@ -460,6 +453,15 @@ pub async fn sidecar_requests(
         inbound += proxy_counter(ip, "sluice_requests_total", &label).await?;
     }
     Ok((outbound, inbound))
+}
+
+/// The sum of the series of `name` in Prometheus text whose labels contain
+/// `labels` (0 when there is none).
+fn sum_of(text: &str, name: &str, labels: &str) -> f64 {
+    series(text, name)
+        .filter(|(line, _)| line.contains(labels))
+        .map(|(_, v)| v)
+        .sum()
 }
 
 /// The series of metric `name` in Prometheus text: each line and its value.
