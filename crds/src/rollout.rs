@@ -96,6 +96,9 @@ pub struct RolloutStrategy {
 #[x_kube(validation = Rule::new(
     "!has(self.stableService) || !has(self.canaryService) || self.stableService != self.canaryService"
 ).message("spec.strategy.canary.canaryService must name another Service than stableService").field_path(".canaryService"))]
+#[x_kube(validation = Rule::new(
+    "!self.steps.exists(s, has(s.setHeaderRoute)) || (has(self.trafficRouting) && has(self.stableService) && has(self.canaryService))"
+).message("setHeaderRoute steps need trafficRouting, stableService and canaryService").field_path(".trafficRouting"))]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStrategy {
     /// Service whose selector the controller pins to the stable pods.
@@ -160,8 +163,8 @@ pub struct MeshRouting {
 /// One step of a canary. Exactly one field is set.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(validation = Rule::new(
-    "[has(self.setWeight), has(self.pause), has(self.setCanaryScale), has(self.analysis)].filter(x, x).size() == 1"
-).message("a step sets exactly one of setWeight, pause, setCanaryScale, analysis"))]
+    "[has(self.setWeight), has(self.pause), has(self.setCanaryScale), has(self.analysis), has(self.setHeaderRoute)].filter(x, x).size() == 1"
+).message("a step sets exactly one of setWeight, pause, setCanaryScale, analysis, setHeaderRoute"))]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStep {
     /// Percentage of traffic (0-100) to send to the canary.
@@ -177,6 +180,107 @@ pub struct CanaryStep {
     /// An inline analysis that must pass before the next step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
+    /// Send requests with matching headers to the canary whatever its
+    /// weight, until a later step of the same name or the end of the
+    /// canary (promotion or abort) removes the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_header_route: Option<SetHeaderRoute>,
+}
+
+/// A header route: requests matching every entry of `match` go to the
+/// canary. Routes of different names add up (a request matching any of
+/// them goes to the canary); a step without `match` removes its route.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SetHeaderRoute {
+    /// Names the route, so that a later step can replace or remove it.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("must be a lowercase RFC 1123 label, such as testers"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Conditions that all hold for a request routed to the canary; absent
+    /// or empty removes the route.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub matches: Vec<HeaderRouteMatch>,
+}
+
+impl std::fmt::Display for SetHeaderRoute {
+    /// `testers (x-canary=yes & x-user^=staff-)`: a prefix as `^=`, a regex
+    /// as `~=`; `testers (removed)` for a step without `match`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.matches.is_empty() {
+            return write!(f, "{} (removed)", self.name);
+        }
+        write!(f, "{} (", self.name)?;
+        for (i, m) in self.matches.iter().enumerate() {
+            let v = &m.header_value;
+            let (op, value) = match (&v.exact, &v.prefix, &v.regex) {
+                (Some(e), _, _) => ("=", e),
+                (None, Some(p), _) => ("^=", p),
+                (None, None, Some(r)) => ("~=", r),
+                (None, None, None) => ("", &String::new()),
+            };
+            let sep = if i == 0 { "" } else { " & " };
+            write!(f, "{sep}{}{op}{value}", m.header_name)?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// One header condition of a [`SetHeaderRoute`].
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderRouteMatch {
+    /// The header's name (case-insensitive).
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')").message("must be an HTTP header name, such as x-canary"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub header_name: String,
+    /// How its value is matched.
+    pub header_value: StringMatch,
+}
+
+/// A string match. Exactly one field is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new(
+    "[has(self.exact), has(self.prefix), has(self.regex)].filter(x, x).size() == 1"
+).message("headerValue sets exactly one of exact, prefix, regex"))]
+#[serde(rename_all = "camelCase")]
+pub struct StringMatch {
+    /// The whole value equals this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub exact: Option<String>,
+    /// The value starts with this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub prefix: Option<String>,
+    /// The whole value matches this regular expression (RE2 syntax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub regex: Option<String>,
+}
+
+/// The header routes in force once `done` steps have been taken: each
+/// `setHeaderRoute` adds or replaces its named route (keeping its place),
+/// one without `match` removes it.
+pub fn header_routes(steps: &[CanaryStep], done: usize) -> Vec<&SetHeaderRoute> {
+    let mut routes: Vec<&SetHeaderRoute> = Vec::new();
+    for r in steps
+        .iter()
+        .take(done)
+        .filter_map(|s| s.set_header_route.as_ref())
+    {
+        let at = routes.iter().position(|have| have.name == r.name);
+        match (at, r.matches.is_empty()) {
+            (Some(i), true) => {
+                routes.remove(i);
+            }
+            (Some(i), false) => routes[i] = r,
+            (None, true) => {}
+            (None, false) => routes.push(r),
+        }
+    }
+    routes
 }
 
 /// A pause step.
@@ -363,6 +467,10 @@ pub struct RolloutStatus {
     /// The latest analysis figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
+    /// Names of the `setHeaderRoute` routes in force: requests matching
+    /// them go to the canary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header_routes: Vec<String>,
     /// `Available`, `Progressing`, `Paused`, `Healthy`, `RolledBack`,
     /// `InvalidSpec`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -560,4 +668,70 @@ pub struct AnalysisStatus {
     /// not promoted on its own.
     #[serde(default)]
     pub successful_evaluations: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, value: Option<&str>) -> CanaryStep {
+        CanaryStep {
+            set_header_route: Some(SetHeaderRoute {
+                name: name.into(),
+                matches: value
+                    .map(|v| HeaderRouteMatch {
+                        header_name: "x-canary".into(),
+                        header_value: StringMatch {
+                            exact: Some(v.into()),
+                            ..Default::default()
+                        },
+                    })
+                    .into_iter()
+                    .collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_header_route_is_replaced_in_place_and_removed_by_a_step_without_match() {
+        let steps = vec![
+            route("a", Some("1")),
+            route("b", Some("2")),
+            route("a", Some("3")),
+            route("b", None),
+            route("c", None),
+        ];
+        let values = |done| {
+            header_routes(&steps, done)
+                .iter()
+                .map(|r| {
+                    let v = r.matches[0].header_value.exact.as_deref().unwrap_or("");
+                    format!("{}={v}", r.name)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(values(0), Vec::<String>::new());
+        assert_eq!(values(2), vec!["a=1", "b=2"]);
+        assert_eq!(values(3), vec!["a=3", "b=2"]);
+        assert_eq!(values(5), vec!["a=3"]);
+        assert_eq!(values(99), vec!["a=3"]);
+    }
+
+    #[test]
+    fn a_header_route_reads_as_its_conditions() {
+        let mut r = route("testers", Some("yes"));
+        let hr = r.set_header_route.as_mut().expect("a route");
+        hr.matches.push(HeaderRouteMatch {
+            header_name: "x-user".into(),
+            header_value: StringMatch {
+                prefix: Some("staff-".into()),
+                ..Default::default()
+            },
+        });
+        assert_eq!(hr.to_string(), "testers (x-canary=yes & x-user^=staff-)");
+        let removal = route("testers", None);
+        let text = removal.set_header_route.as_ref().map(ToString::to_string);
+        assert_eq!(text.as_deref(), Some("testers (removed)"));
+    }
 }

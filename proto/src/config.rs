@@ -257,15 +257,33 @@ pub enum PathMatch {
     Prefix(String),
 }
 
-/// A header match: exact value, or presence when `value` is absent.
+/// A header match: an exact value, a regular expression over the whole
+/// value, or presence when neither is given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
     /// Header name (case-insensitive).
     pub name: String,
-    /// Exact value; absent means the header must only be present.
+    /// Exact value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// A regular expression ([`header_regex`]) the whole value must match;
+    /// never together with `value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// The compiled-size cap of a header regex: matching stays linear in the
+/// value, and this bounds the memory a pushed pattern may take.
+const HEADER_REGEX_SIZE_LIMIT: usize = 64 * 1024;
+
+/// Compiles a [`HeaderMatch::regex`] as the proxy runs it: anchored at both
+/// ends (as Istio's RE2 matchers are) and size-capped. The operator calls
+/// it before pushing, so that it never sends a pattern the proxy refuses.
+pub fn header_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
+        .size_limit(HEADER_REGEX_SIZE_LIMIT)
+        .build()
 }
 
 /// A reference to a backend with a weight.

@@ -84,7 +84,36 @@ pub fn request_authority(parts: &Parts) -> Option<(&str, Option<u16>)> {
 pub struct Matcher {
     path: Option<PathMatch>,
     method: Option<Method>,
-    headers: Vec<(HeaderName, Option<HeaderValue>)>,
+    headers: Vec<(HeaderName, ValueMatch)>,
+}
+
+/// How one header's value is matched.
+#[derive(Debug, Clone)]
+enum ValueMatch {
+    Present,
+    Exact(HeaderValue),
+    Regex(regex::Regex),
+}
+
+impl ValueMatch {
+    fn new(m: &HeaderMatch) -> Option<ValueMatch> {
+        Some(match (&m.value, &m.regex) {
+            (Some(v), _) => ValueMatch::Exact(HeaderValue::from_str(v).ok()?),
+            (None, Some(r)) => ValueMatch::Regex(sluice_proto::config::header_regex(r).ok()?),
+            (None, None) => ValueMatch::Present,
+        })
+    }
+
+    /// Whether one of the request's values of this header fits.
+    fn fits(&self, name: &HeaderName, headers: &http::HeaderMap) -> bool {
+        let mut values = headers.get_all(name).iter();
+        match self {
+            ValueMatch::Present => headers.contains_key(name),
+            ValueMatch::Exact(v) => values.any(|have| have == v),
+            // A value that is not UTF-8 matches no pattern.
+            ValueMatch::Regex(re) => values.any(|have| have.to_str().is_ok_and(|s| re.is_match(s))),
+        }
+    }
 }
 
 impl Matcher {
@@ -107,13 +136,9 @@ impl Matcher {
             headers: m
                 .headers
                 .iter()
-                .filter_map(|HeaderMatch { name, value }| {
-                    let n = HeaderName::from_bytes(name.as_bytes()).ok()?;
-                    let v = match value {
-                        Some(v) => Some(HeaderValue::from_str(v).ok()?),
-                        None => None,
-                    };
-                    Some((n, v))
+                .filter_map(|h| {
+                    let n = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+                    Some((n, ValueMatch::new(h)?))
                 })
                 .collect(),
         }
@@ -140,10 +165,9 @@ impl Matcher {
                 return false;
             }
         }
-        self.headers.iter().all(|(name, value)| match value {
-            Some(v) => parts.headers.get_all(name).iter().any(|have| have == v),
-            None => parts.headers.contains_key(name),
-        })
+        self.headers
+            .iter()
+            .all(|(name, value)| value.fits(name, &parts.headers))
     }
 }
 
@@ -237,10 +261,12 @@ mod tests {
                 HeaderMatch {
                     name: "x-env".into(),
                     value: Some("canary".into()),
+                    regex: None,
                 },
                 HeaderMatch {
                     name: "x-user".into(),
                     value: None,
+                    regex: None,
                 },
             ],
             ..Default::default()
@@ -250,5 +276,26 @@ mod tests {
         assert!(!m.matches(&parts("POST", "/", &[("x-env", "prod"), ("x-user", "1")])));
         assert!(!m.matches(&parts("POST", "/", &[("x-env", "canary")])));
         assert!(any_matches(&[], &parts("DELETE", "/", &[])));
+    }
+
+    #[test]
+    fn a_header_regex_matches_the_whole_value_of_any_of_its_values() {
+        let m = Matcher::new(&RouteMatch {
+            headers: vec![HeaderMatch {
+                name: "x-user".into(),
+                value: None,
+                regex: Some("tester-[0-9]+".into()),
+            }],
+            ..Default::default()
+        });
+        assert!(m.matches(&parts("GET", "/", &[("x-user", "tester-42")])));
+        assert!(m.matches(&parts(
+            "GET",
+            "/",
+            &[("x-user", "bob"), ("x-user", "tester-1")]
+        )));
+        assert!(!m.matches(&parts("GET", "/", &[("x-user", "tester-42x")])));
+        assert!(!m.matches(&parts("GET", "/", &[("x-user", "a-tester-42")])));
+        assert!(!m.matches(&parts("GET", "/", &[])));
     }
 }

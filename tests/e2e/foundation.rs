@@ -217,6 +217,27 @@ async fn invalid_rollout(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         "spec.strategy.canary.canaryService",
         "another Service",
     )?;
+    // A header route needs traffic routing, and one kind of value match.
+    let header_route = |value: &str| {
+        rollout_yaml("invalid", "hdr", 10).replace(
+            "      - pause: {}\n",
+            &format!(
+                "      - pause: {{}}\n      - setHeaderRoute: {{name: testers, match: [{{headerName: x-canary, headerValue: {value}}}]}}\n"
+            ),
+        )
+    };
+    refused(
+        &cluster,
+        &header_route("{exact: \"yes\"}"),
+        "spec.strategy.canary.trafficRouting",
+        "setHeaderRoute steps need trafficRouting",
+    )?;
+    refused(
+        &cluster,
+        &header_route("{exact: a, prefix: b}"),
+        "spec.strategy.canary.steps[3].setHeaderRoute.match[0].headerValue",
+        "exactly one of exact, prefix, regex",
+    )?;
     // AuthorizationPolicy fields the proxies parse.
     let policy = |rules: &str| {
         format!(

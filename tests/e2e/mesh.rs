@@ -33,6 +33,7 @@ mod dashboard;
 mod identity;
 mod rollouts;
 mod semantics;
+mod strategies;
 mod trust;
 
 fn main() -> ExitCode {
@@ -75,6 +76,10 @@ fn main() -> ExitCode {
         ("rollout_resumes_its_step_after_an_operator_restart", |c| {
             Box::pin(logged(c, rollouts::operator_restart_resumes_the_step))
         }),
+        (
+            "header_routes_send_matching_requests_to_the_canary_through_gateway_and_sidecar",
+            |c| Box::pin(logged(c, strategies::header_routes)),
+        ),
         (
             "rollout_promote_ends_one_pause_only_and_full_goes_to_100",
             |c| Box::pin(logged(c, semantics::promote_ends_one_pause_only)),
@@ -282,11 +287,24 @@ impl Reply {
 }
 
 async fn get(ip: &str, port: u16, host: &str, path: &str) -> anyhow::Result<Reply> {
-    let resp = http()
+    get_with(ip, port, host, path, &[]).await
+}
+
+/// [`get`] with extra request headers.
+async fn get_with(
+    ip: &str,
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Reply> {
+    let mut req = http()
         .get(format!("http://{ip}:{port}{path}"))
-        .header(reqwest::header::HOST, host)
-        .send()
-        .await?;
+        .header(reqwest::header::HOST, host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await?;
     let status = resp.status().as_u16();
     let served_by = resp
         .headers()
@@ -317,6 +335,30 @@ async fn until_gateway_answers(mesh: &Mesh, host: &str, want: &str) -> anyhow::R
     )
     .await?;
     Ok(())
+}
+
+/// Pod `client`: curl beside a hand-written sidecar (no injection), which
+/// takes the app's requests on 127.0.0.1:15001.
+async fn sidecar_client(mesh: &Mesh, ns: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {ns}}}
+spec:
+  containers:
+  - name: curl
+    image: {curl}
+  - name: sluice-proxy
+    image: {proxy}
+    args: [sidecar, --workers, "1"]
+{proxy_env}
+{volumes}
+"#,
+        curl = sluice_proto::images::CURL,
+        proxy = sluice_proto::images::PROXY,
+        proxy_env = proxy_env(&mesh.operator.lock().await.grpc_url(), 4),
+        volumes = proxy_volumes(2),
+    )
 }
 
 /// `n` sequential requests; counts by colour (non-200 as `status N`).
@@ -1080,7 +1122,6 @@ async fn sidecar_gamma(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     cluster.create_namespace(ns).await?;
     cluster.apply(&version(ns, "handson-blue", "handson", "blue", 1))?;
     cluster.apply(&version(ns, "handson-yellow", "handson", "yellow", 1))?;
-    let proxy_env = proxy_env(&mesh.operator.lock().await.grpc_url(), 4);
     cluster.apply(&format!(
         r#"apiVersion: v1
 kind: Service
@@ -1089,22 +1130,8 @@ spec:
   selector: {{app: handson}}
   ports: [{{name: http, port: 8080, targetPort: http}}]
 ---
-apiVersion: v1
-kind: Pod
-metadata: {{name: client, namespace: {ns}}}
-spec:
-  containers:
-  - name: curl
-    image: {curl}
-  - name: sluice-proxy
-    image: {proxy}
-    args: [sidecar, --workers, "1"]
-{proxy_env}
-{volumes}
-"#,
-        curl = sluice_proto::images::CURL,
-        proxy = sluice_proto::images::PROXY,
-        volumes = proxy_volumes(2),
+{client}"#,
+        client = sidecar_client(&mesh, ns).await,
     ))?;
     let client = cluster.client();
     deployment_available(&client, ns, "handson-blue", TIMEOUT).await?;

@@ -315,9 +315,82 @@ pub async fn canary_steps_and_promote(cluster: Arc<Cluster>) -> anyhow::Result<(
     .await?;
     let tree = cluster.kubectl(&["sluice", "-n", ns, "get", "rollout", "handson"], None)?;
     ensure!(
-        tree.contains("(stable)") && tree.contains("Healthy"),
+        tree.contains(&format!("{stable} #2 (stable)"))
+            && tree.contains("#1 (old)")
+            && tree.contains("Healthy"),
         "kubectl sluice get:\n{tree}"
     );
+    undo_goes_back_to_blue(&cluster, ns, &stable).await
+}
+
+/// `kubectl sluice undo` restores blue's template: its own ReplicaSet
+/// (no twin) comes back as the canary, and once promoted is stable as
+/// revision 3.
+async fn undo_goes_back_to_blue(cluster: &Cluster, ns: &str, yellow: &str) -> anyhow::Result<()> {
+    let refused = cluster
+        .kubectl(
+            &["sluice", "-n", ns, "undo", "handson", "--to-revision", "7"],
+            None,
+        )
+        .err()
+        .context("undo to a missing revision succeeded")?;
+    ensure!(
+        refused
+            .to_string()
+            .contains("no revision 7 (there are: 1, 2)"),
+        "undo --to-revision 7: {refused}"
+    );
+    let out = cluster.kubectl(&["sluice", "-n", ns, "undo", "handson"], None)?;
+    ensure!(out.contains("back to revision 1"), "undo said: {out}");
+    let ro = until(cluster, ns, "blue back as the canary", |ro| {
+        ro.status
+            .as_ref()
+            .and_then(|s| s.canary_revision.as_deref())
+            .is_some_and(|c| c != yellow)
+    })
+    .await?;
+    let blue = ro
+        .status
+        .and_then(|s| s.canary_revision)
+        .context("no canary")?;
+    cluster.kubectl(&["sluice", "-n", ns, "promote", "--full", "handson"], None)?;
+    until(cluster, ns, "blue stable again", |ro| {
+        phase(ro) == Some(RolloutPhase::Healthy)
+            && ro
+                .status
+                .as_ref()
+                .and_then(|s| s.stable_revision.as_deref())
+                == Some(&blue)
+    })
+    .await?;
+    let rs: Api<ReplicaSet> = Api::namespaced(cluster.client(), ns);
+    let list = rs
+        .list(&ListParams::default().labels("sluice.dev/rollout=handson"))
+        .await?;
+    ensure!(
+        list.items.len() == 2,
+        "undo made a new ReplicaSet: {:?}",
+        list.items
+            .iter()
+            .map(|r| r.metadata.name.clone())
+            .collect::<Vec<_>>()
+    );
+    let tree = cluster.kubectl(&["sluice", "-n", ns, "get", "rollout", "handson"], None)?;
+    ensure!(
+        tree.contains(&format!("{blue} #3 (stable)")),
+        "kubectl sluice get after the undo:\n{tree}"
+    );
+    let mesh = mesh(cluster).await?;
+    poll(
+        "blue to answer again",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            let counts = tally(&mesh, &host(ns), 50).await?;
+            Ok((counts.get("blue") == Some(&50)).then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }
 

@@ -16,7 +16,8 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use sluice_crds::rollout::Request;
 use sluice_crds::{Rollout, RolloutPhase};
-use sluice_operator::rollout::{HASH_LABEL, ROLLOUT_LABEL, edit};
+use sluice_operator::rollout::header_routes::in_force;
+use sluice_operator::rollout::{HASH_LABEL, ROLLOUT_LABEL, edit, revisions};
 
 #[derive(Parser)]
 #[command(name = "kubectl sluice", about = "Watch and steer Sluice Rollouts")]
@@ -73,6 +74,16 @@ enum Cmd {
     Set {
         #[command(subcommand)]
         what: SetCmd,
+    },
+    /// Go back to the previous revision's pod template (or the one named),
+    /// as `kubectl rollout undo` does: the template becomes current again
+    /// and goes through the steps as a canary.
+    Undo {
+        /// The Rollout.
+        name: String,
+        /// The revision to go back to (see `get rollout`).
+        #[arg(long)]
+        to_revision: Option<u64>,
     },
     /// Wait until the rollout is Healthy (exit 0) or Degraded (exit 1).
     Status {
@@ -139,6 +150,7 @@ async fn main() -> Result<()> {
         Cmd::Set {
             what: SetCmd::Image { name, images },
         } => set_image(&api, &name, &images).await,
+        Cmd::Undo { name, to_revision } => undo(&client, &api, &ns, &name, to_revision).await,
         Cmd::Pause { name } => set_paused(&api, &name, true).await,
         Cmd::Resume { name } => set_paused(&api, &name, false).await,
         Cmd::Status { name, timeout } => {
@@ -206,6 +218,49 @@ async fn set_image(api: &Api<Rollout>, name: &str, args: &[String]) -> Result<()
     Ok(())
 }
 
+async fn owned_replicasets(client: &Client, ns: &str, name: &str) -> Result<Vec<ReplicaSet>> {
+    Ok(Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
+        .await?
+        .items)
+}
+
+async fn undo(
+    client: &Client,
+    api: &Api<Rollout>,
+    ns: &str,
+    name: &str,
+    to: Option<u64>,
+) -> Result<()> {
+    let rollout = api
+        .get(name)
+        .await
+        .with_context(|| format!("reading rollout {name}"))?;
+    let owned = owned_replicasets(client, ns, name).await?;
+    let current = revisions::current_hash(&owned, &rollout.spec.template);
+    let target = revisions::undo_target(&owned, &current, to)?;
+    let template = revisions::template_of(target)
+        .with_context(|| format!("ReplicaSet {} has no pod template", target.name_any()))?;
+    // Refused if the Rollout changed since it was read.
+    let patch = json!([
+        {"op": "test", "path": "/metadata/resourceVersion", "value": rollout.resource_version()},
+        {"op": "replace", "path": "/spec/template", "value": template},
+    ]);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Json::<()>(serde_json::from_value(patch)?),
+    )
+    .await
+    .with_context(|| format!("restoring the template of rollout {name}"))?;
+    println!(
+        "rollout {name}: back to revision {} ({})",
+        revisions::revision(target).map_or("?".into(), |n| n.to_string()),
+        target.labels().get(HASH_LABEL).cloned().unwrap_or_default()
+    );
+    Ok(())
+}
+
 async fn set_paused(api: &Api<Rollout>, name: &str, paused: bool) -> Result<()> {
     api.patch(
         name,
@@ -238,6 +293,12 @@ async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
         w.stable,
         w.canary
     );
+    if !st.header_routes.is_empty() {
+        out += &format!(
+            "Header routes to the canary: {}\n",
+            in_force(&ro.spec.strategy.canary.steps, &st).join(", ")
+        );
+    }
     if let Some(a) = &st.analysis {
         out += &format!(
             "Analysis:   {} — canary {} requests, error rate {} (stable {} over {}), p99 {}\n",
@@ -249,10 +310,9 @@ async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
             a.canary_p99_ms.map_or("-".into(), |v| format!("{v} ms"))
         );
     }
-    let rs: Vec<ReplicaSet> = Api::<ReplicaSet>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={name}")))
-        .await?
-        .items;
+    let mut rs = owned_replicasets(client, ns, name).await?;
+    // Newest revision first.
+    rs.sort_by_key(|r| std::cmp::Reverse(revisions::revision(r)));
     let pods: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), ns)
         .list(&ListParams::default().labels(HASH_LABEL))
         .await?
@@ -274,8 +334,9 @@ async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
             "old"
         };
         let s = r.status.clone().unwrap_or_default();
+        let number = revisions::revision(r).map_or(String::new(), |n| format!(" #{n}"));
         out += &format!(
-            "├── revision {hash} ({role})\n│   └── ReplicaSet {} {}/{} ready\n",
+            "├── revision {hash}{number} ({role})\n│   └── ReplicaSet {} {}/{} ready\n",
             r.name_any(),
             s.ready_replicas.unwrap_or(0),
             r.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde::Serialize;
 use sluice_crds::Rollout;
+use sluice_crds::rollout::SetHeaderRoute;
 
 use crate::traffic::window::{Totals, TrafficKey};
 
@@ -203,6 +204,8 @@ pub struct RolloutView {
     pub current_step: Option<i32>,
     /// Weights (stable, canary).
     pub weights: serde_json::Value,
+    /// Header routes to the canary in force, as text.
+    pub header_routes: Vec<String>,
     /// Revisions.
     pub stable_revision: Option<String>,
     /// While a canary runs.
@@ -226,6 +229,10 @@ pub fn step_text(step: &serde_json::Value) -> String {
         ("pause", v) => match v.get("duration").and_then(|d| d.as_str()) {
             Some(d) => format!("pause {d}"),
             None => "pause (until promoted)".into(),
+        },
+        ("setHeaderRoute", v) => match serde_json::from_value::<SetHeaderRoute>(v.clone()) {
+            Ok(r) => format!("setHeaderRoute {r}"),
+            Err(_) => format!("setHeaderRoute {v}"),
         },
         (k, serde_json::Value::Number(n)) => format!("{k} {n}"),
         (k, v) => format!("{k} {v}"),
@@ -258,6 +265,10 @@ pub fn rollout_view(
         steps,
         current_step: status.current_step_index,
         weights: to_json(&status.weights),
+        header_routes: crate::rollout::header_routes::in_force(
+            &ro.spec.strategy.canary.steps,
+            &status,
+        ),
         stable_revision: status.stable_revision.clone(),
         canary_revision: status.canary_revision.clone(),
         analysis: to_json(&status.analysis),
@@ -332,5 +343,10 @@ mod tests {
         assert_eq!(step_text(&json!({"setWeight": 20})), "setWeight 20");
         assert_eq!(step_text(&json!({"pause": {"duration": "5s"}})), "pause 5s");
         assert_eq!(step_text(&json!({"pause": {}})), "pause (until promoted)");
+        assert_eq!(
+            step_text(&json!({"setHeaderRoute": {"name": "testers", "match": [
+                {"headerName": "x-canary", "headerValue": {"exact": "yes"}}]}})),
+            "setHeaderRoute testers (x-canary=yes)"
+        );
     }
 }

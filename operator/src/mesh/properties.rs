@@ -41,14 +41,15 @@ fn rule() -> impl Strategy<Value = Value> {
             Just("RegularExpression")
         ]),
         proptest::option::of(text()),
+        prop_oneof![Just("Exact"), Just("RegularExpression")],
     )
-        .prop_map(|(backends, path, kind, header)| {
+        .prop_map(|(backends, path, kind, header, header_kind)| {
             let mut m = json!({});
             if let (Some(p), Some(k)) = (path, kind) {
                 m["path"] = json!({"type": k, "value": p});
             }
             if let Some(h) = header {
-                m["headers"] = json!([{"name": h.clone(), "value": h}]);
+                m["headers"] = json!([{"name": h.clone(), "type": header_kind, "value": h}]);
             }
             json!({"matches": [m], "backendRefs": backends})
         })

@@ -11,7 +11,7 @@ use gateway_api::httproutes::{
 };
 use kube::ResourceExt;
 use sluice_proto::config::{
-    Backend, HeaderMatch, PathMatch, Retries, Route, RouteMatch, WeightedBackend,
+    Backend, HeaderMatch, PathMatch, Retries, Route, RouteMatch, WeightedBackend, header_regex,
 };
 
 use super::services::ServiceIndex;
@@ -235,8 +235,8 @@ fn resolve(ns: &str, r: &HttpRouteRulesBackendRefs, index: &ServiceIndex) -> Res
 }
 
 /// A Gateway API match as a proxy match, with its path rank and length;
-/// `None` for what the proxy cannot match yet (regular expressions, query
-/// parameters), which is left out rather than widened.
+/// `None` for what the proxy cannot match yet (path regular expressions,
+/// query parameters), which is left out rather than widened.
 fn convert_match(m: &HttpRouteRulesMatches) -> Option<(RouteMatch, u8, usize)> {
     if m.query_params.as_ref().is_some_and(|q| !q.is_empty()) {
         return None;
@@ -259,15 +259,19 @@ fn convert_match(m: &HttpRouteRulesMatches) -> Option<(RouteMatch, u8, usize)> {
     };
     let mut headers = Vec::new();
     for h in m.headers.iter().flatten() {
-        if matches!(
+        let regex = matches!(
             h.r#type,
             Some(HttpRouteRulesMatchesHeadersType::RegularExpression)
-        ) {
+        );
+        // A pattern the proxy would refuse leaves the match out: pushing it
+        // would have the whole snapshot refused.
+        if regex && header_regex(&h.value).is_err() {
             return None;
         }
         headers.push(HeaderMatch {
             name: h.name.to_ascii_lowercase(),
-            value: Some(h.value.clone()),
+            value: (!regex).then(|| h.value.clone()),
+            regex: regex.then(|| h.value.clone()),
         });
     }
     let method = m.method.as_ref().and_then(|m| {

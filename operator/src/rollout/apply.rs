@@ -2,7 +2,7 @@
 //! traffic off the canary before anything else), then ReplicaSets,
 //! Services, status and events. Nothing here decides.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use gateway_api::httproutes::HttpRoute;
@@ -15,20 +15,22 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use sluice_crds::Rollout;
-use sluice_crds::rollout::Request;
+use sluice_crds::rollout::{Request, SetHeaderRoute};
 use tracing::info;
 
+use super::header_routes;
 use super::model::{Decision, Observed};
 use super::observe::{self, World};
 use super::phase::decide;
-use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL, template_hash};
+use super::revisions::{self, REVISION_ANNOTATION};
+use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL};
 use crate::status::{FIELD_MANAGER, apply_status, to_conditions};
 
 /// Observe, decide, apply.
 pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Action, Error> {
     let status = rollout.status.clone().unwrap_or_default();
     let world = observe::world(rollout, ns, ctx).await?;
-    let hash = template_hash(&rollout.spec.template);
+    let hash = revisions::current_hash(&world.owned, &rollout.spec.template);
     // Taken (removed) before it is acted on, and acted on only if this
     // pass removed it: the cache may still show a request that an earlier
     // pass handled, and a promote must not end two pauses.
@@ -149,8 +151,9 @@ pub fn weight_patch(
 }
 
 /// Sets the stable and canary backendRefs' weights in every routed
-/// HTTPRoute (a JSON Patch: the routes are the user's), and keeps the mesh
-/// route of `trafficRouting.mesh` (the operator's own: server-side apply).
+/// HTTPRoute (a JSON Patch: the routes are the user's), keeps their header
+/// routes' companions, and keeps the mesh route of `trafficRouting.mesh`
+/// (the operator's own: server-side apply).
 async fn apply_weights(
     rollout: &Rollout,
     ns: &str,
@@ -180,21 +183,25 @@ async fn apply_weights(
             .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await?;
     }
+    apply_companions(rollout, ctx, world, canary_svc, &d.header_routes).await?;
     if let Some(mesh) = &tr.mesh {
         let service = mesh.service.clone().unwrap_or_else(|| stable.clone());
         let name = format!("{}-mesh", rollout.name_any());
         let owner = rollout.controller_owner_ref(&()).map(|o| vec![o]);
         let services = &world.services;
+        let canary_port = service_port(services, canary_svc);
+        let mut rules = header_routes::mesh_rules(&d.header_routes, canary_svc, canary_port);
+        rules.push(json!({"backendRefs": [
+            {"name": stable, "port": service_port(services, stable), "weight": 100 - w},
+            {"name": canary_svc, "port": canary_port, "weight": w},
+        ]}));
         let body = json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
             "metadata": {"name": name, "namespace": ns, "ownerReferences": owner},
             "spec": {
                 "parentRefs": [{"group": "", "kind": "Service", "name": service}],
-                "rules": [{"backendRefs": [
-                    {"name": stable, "port": service_port(services, stable), "weight": 100 - w},
-                    {"name": canary_svc, "port": service_port(services, canary_svc), "weight": w},
-                ]}],
+                "rules": rules,
             },
         });
         routes
@@ -204,6 +211,45 @@ async fn apply_weights(
                 &Patch::Apply(body),
             )
             .await?;
+    }
+    Ok(())
+}
+
+/// Keeps one companion route per routed HTTPRoute while header routes are
+/// in force, and deletes those no longer wanted (all of them once the
+/// canary is promoted or aborted).
+async fn apply_companions(
+    rollout: &Rollout,
+    ctx: &Context,
+    world: &World,
+    canary: &str,
+    header_routes: &[SetHeaderRoute],
+) -> Result<(), Error> {
+    let ns = rollout.namespace().unwrap_or_default();
+    let api: Api<HttpRoute> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = rollout.name_any();
+    let owner = rollout.controller_owner_ref(&()).map(|o| vec![o]);
+    let mut wanted = BTreeSet::new();
+    for route in world.routes.values() {
+        let Some(mut body) = header_routes::companion(route, &name, canary, header_routes) else {
+            continue;
+        };
+        body["metadata"]["ownerReferences"] = json!(owner);
+        let companion = header_routes::companion_name(&name, &route.name_any());
+        api.patch(
+            &companion,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+        wanted.insert(companion);
+    }
+    for gone in world.companions.iter().filter(|c| !wanted.contains(*c)) {
+        match api.delete(gone, &Default::default()).await {
+            Ok(_) => info!(route = %gone, "header routes removed"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
 }
@@ -233,6 +279,7 @@ async fn apply_replicasets(
         .iter()
         .filter_map(|rs| Some((rs.labels().get(HASH_LABEL)?.clone(), rs)))
         .collect();
+    let number = revisions::next_number(owned, hash);
     if let Some(&n) = want.get(hash)
         && !existing.contains_key(hash)
     {
@@ -257,6 +304,8 @@ async fn apply_replicasets(
                     ]
                     .into(),
                 ),
+                annotations: number
+                    .map(|n| [(REVISION_ANNOTATION.to_owned(), n.to_string())].into()),
                 owner_references: rollout.controller_owner_ref(&()).map(|o| vec![o]),
                 ..Default::default()
             },
@@ -270,6 +319,18 @@ async fn apply_replicasets(
         };
         info!(revision = %hash, replicas = n, "creating ReplicaSet");
         api.create(&PostParams::default(), &rs).await?;
+    }
+    // A revision that becomes current again (an undo) is renumbered.
+    if let (Some(n), Some(rs)) = (number, existing.get(hash)) {
+        info!(revision = %hash, number = n, "numbering revision");
+        api.patch(
+            &rs.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {REVISION_ANNOTATION: n.to_string()}}}),
+            ),
+        )
+        .await?;
     }
     for (h, rs) in &existing {
         let n = want.get(h.as_str()).copied().unwrap_or(0);

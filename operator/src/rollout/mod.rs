@@ -11,10 +11,12 @@ pub mod analysis;
 pub mod apply;
 pub mod conditions;
 pub mod edit;
+pub mod header_routes;
 pub mod model;
 pub mod observe;
 pub mod phase;
 pub mod replicas;
+pub mod revisions;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sluice_crds::rollout::{
-    AnalysisStatus, Request, RolloutPhase, RolloutReason, RolloutSpec, RolloutStatus, Verdict,
-    Weights,
+    AnalysisStatus, Request, RolloutPhase, RolloutReason, RolloutSpec, RolloutStatus,
+    SetHeaderRoute, Verdict, Weights,
 };
 
 /// An analysis evaluated in this pass.
@@ -97,6 +97,9 @@ pub struct Decision {
     pub replicas: Vec<(String, i32)>,
     /// Traffic weight of the canary, 0-100.
     pub canary_weight: i32,
+    /// Header routes to the canary in force (none once it is promoted or
+    /// aborted).
+    pub header_routes: Vec<SetHeaderRoute>,
     /// Events to record.
     pub events: Vec<Event>,
     /// Reconcile again after this long at the latest.
@@ -112,6 +115,8 @@ pub struct Draft {
     pub events: Vec<Event>,
     /// The latest the next reconcile may come.
     pub requeue: Duration,
+    /// Header routes in force.
+    pub header_routes: Vec<SetHeaderRoute>,
 }
 
 impl Draft {
@@ -123,6 +128,7 @@ impl Draft {
             st,
             events: Vec::new(),
             requeue: Duration::from_secs(30),
+            header_routes: Vec::new(),
         }
     }
 
@@ -159,6 +165,7 @@ impl Draft {
     /// Finishes with the given pods and weight.
     pub fn finish(mut self, replicas: Vec<(String, i32)>, canary_weight: i32) -> Decision {
         let canary_weight = canary_weight.clamp(0, 100);
+        self.st.header_routes = self.header_routes.iter().map(|r| r.name.clone()).collect();
         self.st.weights = Some(Weights {
             stable: 100 - canary_weight,
             canary: canary_weight,
@@ -167,6 +174,7 @@ impl Draft {
             status: self.st,
             replicas,
             canary_weight,
+            header_routes: self.header_routes,
             events: self.events,
             requeue: self.requeue,
         }

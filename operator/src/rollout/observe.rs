@@ -15,6 +15,7 @@ use sluice_crds::Rollout;
 use sluice_crds::rollout::{AnalysisSpec, RolloutReason, RolloutStatus};
 
 use super::analysis::evaluate;
+use super::header_routes::{COMPANION_LABEL, invalid_regex};
 use super::model::{Evaluation, Invalid, secs};
 use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL, duration};
 use crate::traffic::window::Totals;
@@ -33,6 +34,8 @@ pub struct World {
     pub services: BTreeMap<String, Service>,
     /// The HTTPRoutes of `trafficRouting` that exist, by name.
     pub routes: BTreeMap<String, HttpRoute>,
+    /// The operator's companion routes of this Rollout's header routes.
+    pub companions: Vec<String>,
 }
 
 /// Reads the world of `rollout` in `ns`.
@@ -86,6 +89,7 @@ pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, 
         }
     }
     let mut routes = BTreeMap::new();
+    let mut companions = Vec::new();
     if let Some(tr) = &canary.traffic_routing
         && !tr.http_routes.is_empty()
     {
@@ -95,12 +99,21 @@ pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, 
                 routes.insert(r.name.clone(), route);
             }
         }
+        let of = format!("{COMPANION_LABEL}={}", rollout.name_any());
+        companions = api
+            .list_metadata(&ListParams::default().labels(&of))
+            .await?
+            .items
+            .into_iter()
+            .map(|m| m.name_any())
+            .collect();
     }
     Ok(World {
         owned,
         ready,
         services,
         routes,
+        companions,
     })
 }
 
@@ -146,8 +159,9 @@ pub fn references(route: &HttpRoute, service: &str) -> bool {
 }
 
 /// What makes a Rollout that passed admission unable to run now, naming the
-/// field or object: a missing Service, an HTTPRoute of `trafficRouting` that
-/// is gone or lost its backendRef to either Service.
+/// field or object: a missing Service, a header route's regex the proxies
+/// would refuse, an HTTPRoute of `trafficRouting` that is gone or lost its
+/// backendRef to either Service.
 pub fn invalid(rollout: &Rollout, ns: &str, world: &World) -> Option<Invalid> {
     let canary = &rollout.spec.strategy.canary;
     let spec_error = |message: String| Invalid {
@@ -165,6 +179,9 @@ pub fn invalid(rollout: &Rollout, ns: &str, world: &World) -> Option<Invalid> {
                 "{field}: Service {ns}/{svc} does not exist"
             )));
         }
+    }
+    if let Some(message) = invalid_regex(&canary.steps) {
+        return Some(spec_error(message));
     }
     let tr = canary.traffic_routing.as_ref()?;
     let (Some(stable), Some(canary_svc)) = (&canary.stable_service, &canary.canary_service) else {

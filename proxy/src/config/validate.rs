@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::ConfigError;
-use sluice_proto::config::{Config, ListenerProtocol, PathMatch};
+use sluice_proto::config::{Config, HeaderMatch, ListenerProtocol, PathMatch, header_regex};
 
 fn err(path: String, message: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -37,6 +37,25 @@ fn valid_host(h: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
+}
+
+/// A header match gives an exact value or a regex, never both; a regex
+/// must compile within the proxy's limits.
+fn validate_header_value(h: &HeaderMatch, at: &str) -> Result<(), ConfigError> {
+    match (&h.value, &h.regex) {
+        (Some(v), _) if http::HeaderValue::from_str(v).is_err() => Err(err(
+            format!("{at}.value"),
+            format!("{v:?} is not a header value"),
+        )),
+        (Some(_), Some(_)) => Err(err(
+            format!("{at}.regex"),
+            "give either value or regex, not both",
+        )),
+        (None, Some(r)) => header_regex(r)
+            .map(|_| ())
+            .map_err(|e| err(format!("{at}.regex"), e.to_string())),
+        _ => Ok(()),
+    }
 }
 
 /// Validates `c`; the first problem found is returned.
@@ -178,6 +197,7 @@ pub fn check(c: &Config) -> Result<(), ConfigError> {
                             format!("{:?} is not a header name", h.name),
                         ));
                     }
+                    validate_header_value(h, &format!("{mp}.headers[{hi}]"))?;
                 }
             }
             if r.backends.is_empty() {
@@ -225,5 +245,23 @@ mod tests {
         assert!(!valid_host("a.*.com"));
         assert!(!valid_host("-a.com"));
         assert!(!valid_host("a..com"));
+    }
+
+    #[test]
+    fn a_header_match_takes_one_valid_value_or_regex() {
+        let m = |value: Option<&str>, regex: Option<&str>| HeaderMatch {
+            name: "x-user".into(),
+            value: value.map(Into::into),
+            regex: regex.map(Into::into),
+        };
+        assert!(validate_header_value(&m(Some("a"), None), "h").is_ok());
+        assert!(validate_header_value(&m(None, Some("a.*")), "h").is_ok());
+        assert!(validate_header_value(&m(None, None), "h").is_ok());
+        let both = validate_header_value(&m(Some("a"), Some("a")), "h").unwrap_err();
+        assert_eq!(both.path, "h.regex");
+        let bad = validate_header_value(&m(None, Some("(unclosed")), "h").unwrap_err();
+        assert_eq!(bad.path, "h.regex");
+        let huge = validate_header_value(&m(None, Some("[a-z]{1000}{1000}")), "h").unwrap_err();
+        assert_eq!(huge.path, "h.regex", "{huge:?}");
     }
 }

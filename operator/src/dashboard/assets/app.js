@@ -112,6 +112,9 @@ function drawRollouts(list, actions) {
     card.append(steps);
     const w = r.weights || {};
     card.append(el("p", {}, `Weights: stable ${w.stable ?? "-"}%, canary ${w.canary ?? "-"}% · stable ${r.stableRevision ?? "-"}${r.canaryRevision ? " · canary " + r.canaryRevision : ""}`));
+    if ((r.headerRoutes || []).length) {
+      card.append(el("p", { class: "header-routes" }, `Header routes to the canary: ${r.headerRoutes.join(", ")}`));
+    }
     if (r.analysis) {
       const a = r.analysis;
       const rate = (v) => (v === undefined || v === null ? "-" : pct(Number(v)));

@@ -1,14 +1,14 @@
 //! A canary walks its steps as far as they allow in one pass: `setWeight`
 //! once its pods are ready, `pause` until its time is up or the user
-//! promotes (one pause per promote), `setCanaryScale`, and inline
-//! `analysis` until an evaluation passes. Every wait has the progress
-//! deadline.
+//! promotes (one pause per promote), `setCanaryScale`, `setHeaderRoute`
+//! once the canary has pods to answer, and inline `analysis` until an
+//! evaluation passes. Every wait has the progress deadline.
 
 use std::time::Duration;
 
 use sluice_crds::rollout::{
     AnalysisSpec, CanaryStep, PauseStep, Request, RolloutPhase, RolloutReason, SetCanaryScale,
-    Verdict,
+    SetHeaderRoute, Verdict, header_routes,
 };
 
 use super::super::duration;
@@ -115,6 +115,8 @@ fn take(o: &Observed, d: &mut Draft, w: &mut Walk, step: &CanaryStep) -> Next {
         Next::Advance
     } else if let Some(a) = &step.analysis {
         analysis(o, d, w, a)
+    } else if let Some(r) = &step.set_header_route {
+        set_header_route(o, d, w, r)
     } else {
         Next::Advance
     }
@@ -124,29 +126,38 @@ fn label(o: &Observed, w: &Walk) -> String {
     format!("step {}/{}", w.index + 1, o.total_steps())
 }
 
+/// Waits (up to the progress deadline) until `want` canary pods are
+/// ready; `None` once they are.
+fn wait_for_canary_pods(o: &Observed, d: &mut Draft, w: &mut Walk, want: i32) -> Option<Next> {
+    let ready = o.ready(&o.template_hash);
+    if ready >= want {
+        return None;
+    }
+    // The canary is scaled to what this step needs while it waits.
+    w.want_pods = want;
+    let deadline = progress_deadline(o);
+    if waited(o, d) > deadline {
+        let why = format!("canary pods not ready within {deadline}s ({ready} of {want})");
+        d.warning("ProgressDeadlineExceeded", format!("{why}; rolling back"));
+        abort::start(d, o.now, RolloutReason::ProgressDeadlineExceeded, why);
+        return Some(Next::Abort);
+    }
+    d.state(
+        RolloutPhase::Progressing,
+        RolloutReason::WaitingForCanaryPods,
+        format!(
+            "{}: waiting for {want} canary pods ({ready} ready)",
+            label(o, w)
+        ),
+    );
+    d.requeue_within(Duration::from_secs(2));
+    Some(Next::Wait)
+}
+
 fn set_weight(o: &Observed, d: &mut Draft, w: &mut Walk, target: i32) -> Next {
     let want = replicas::canary(o.replicas(), target, o.routed(), w.scale);
-    let ready = o.ready(&o.template_hash);
-    if ready < want {
-        // The canary is scaled to what this step needs while it waits.
-        w.want_pods = want;
-        let deadline = progress_deadline(o);
-        if waited(o, d) > deadline {
-            let why = format!("canary pods not ready within {deadline}s ({ready} of {want})");
-            d.warning("ProgressDeadlineExceeded", format!("{why}; rolling back"));
-            abort::start(d, o.now, RolloutReason::ProgressDeadlineExceeded, why);
-            return Next::Abort;
-        }
-        d.state(
-            RolloutPhase::Progressing,
-            RolloutReason::WaitingForCanaryPods,
-            format!(
-                "{}: waiting for {want} canary pods ({ready} ready)",
-                label(o, w)
-            ),
-        );
-        d.requeue_within(Duration::from_secs(2));
-        return Next::Wait;
+    if let Some(next) = wait_for_canary_pods(o, d, w, want) {
+        return next;
     }
     if w.weight != target {
         d.normal(
@@ -155,6 +166,31 @@ fn set_weight(o: &Observed, d: &mut Draft, w: &mut Walk, target: i32) -> Next {
         );
     }
     w.weight = target;
+    Next::Advance
+}
+
+/// A header route sends requests to the canary whatever its weight, so it
+/// waits for the canary's pods at the current weight first.
+fn set_header_route(o: &Observed, d: &mut Draft, w: &mut Walk, r: &SetHeaderRoute) -> Next {
+    if r.matches.is_empty() {
+        d.normal(
+            "HeaderRouteRemoved",
+            format!("{}: header route {} removed", label(o, w), r.name),
+        );
+        return Next::Advance;
+    }
+    let want = replicas::canary(o.replicas(), w.weight, o.routed(), w.scale);
+    if let Some(next) = wait_for_canary_pods(o, d, w, want) {
+        return next;
+    }
+    d.normal(
+        "HeaderRouteSet",
+        format!(
+            "{}: requests matching header route {} go to the canary",
+            label(o, w),
+            r.name
+        ),
+    );
     Next::Advance
 }
 
@@ -262,6 +298,11 @@ fn finish(o: &Observed, mut d: Draft, stable: &str, w: &Walk) -> Decision {
     d.st.step = Some(format!("{}/{total}", w.index.min(total)));
     d.st.canary_scale = w.scale;
     requeue_for_analysis(o, &mut d);
+    let steps = &o.spec.strategy.canary.steps;
+    d.header_routes = header_routes(steps, usize::try_from(w.index).unwrap_or(0))
+        .into_iter()
+        .cloned()
+        .collect();
     let pods = running_pods(o, stable, w.weight, w.scale, w.want_pods);
     d.finish(pods, w.weight)
 }

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use sluice_crds::rollout::{
-    AnalysisSpec, AnalysisStatus, CanaryStep, CanaryStrategy, PauseStep, Request, RolloutPhase,
-    RolloutReason, RolloutSpec, RolloutStatus, RolloutStrategy, SetCanaryScale, Verdict,
+    AnalysisSpec, AnalysisStatus, CanaryStep, CanaryStrategy, HeaderRouteMatch, PauseStep, Request,
+    RolloutPhase, RolloutReason, RolloutSpec, RolloutStatus, RolloutStrategy, SetCanaryScale,
+    SetHeaderRoute, StringMatch, Verdict,
 };
 
 use super::super::model::{Decision, Evaluation, Invalid, Observed};
@@ -52,6 +53,32 @@ fn analysis_step() -> CanaryStep {
         analysis: Some(AnalysisSpec::default()),
         ..Default::default()
     }
+}
+
+/// `setHeaderRoute` named `name`: `x-canary: yes` when `on`, else removal.
+fn header_route(name: &str, on: bool) -> CanaryStep {
+    let matches = if on {
+        vec![HeaderRouteMatch {
+            header_name: "x-canary".into(),
+            header_value: StringMatch {
+                exact: Some("yes".into()),
+                ..Default::default()
+            },
+        }]
+    } else {
+        vec![]
+    };
+    CanaryStep {
+        set_header_route: Some(SetHeaderRoute {
+            name: name.into(),
+            matches,
+        }),
+        ..Default::default()
+    }
+}
+
+fn route_names(d: &Decision) -> Vec<&str> {
+    d.header_routes.iter().map(|r| r.name.as_str()).collect()
 }
 
 fn all_ready() -> BTreeMap<String, i32> {
@@ -528,4 +555,52 @@ proptest! {
             st = d.status;
         }
     }
+}
+
+#[test]
+fn a_header_route_sends_testers_to_the_canary_at_weight_zero_until_a_later_step_removes_it() {
+    let s = spec(vec![
+        header_route("testers", true),
+        pause(None),
+        header_route("testers", false),
+        pause(None),
+    ]);
+    let d = step(&s, &stable_a(&s), "b", 10, None, None);
+    assert_eq!(d.status.current_step_index, Some(1));
+    assert_eq!(d.canary_weight, 0);
+    assert_eq!(route_names(&d), vec!["testers"]);
+    assert!(reasons(&d).contains(&"HeaderRouteSet"));
+    // The canary keeps a pod to answer the testers.
+    assert_eq!(d.replicas, vec![("a".into(), 2), ("b".into(), 1)]);
+    let d = step(&s, &d.status, "b", 11, Some(Request::Promote), None);
+    assert_eq!(d.status.current_step_index, Some(3));
+    assert!(d.header_routes.is_empty(), "{:?}", d.header_routes);
+    assert!(reasons(&d).contains(&"HeaderRouteRemoved"));
+}
+
+#[test]
+fn a_header_route_waits_for_a_ready_canary_pod_before_it_takes_effect() {
+    let s = spec(vec![header_route("testers", true), pause(None)]);
+    let ready: BTreeMap<String, i32> = [("a".to_owned(), 2)].into();
+    let d = with_ready(&s, &stable_a(&s), "b", 10, None, None, &ready);
+    assert_eq!(d.status.current_step_index, Some(0));
+    assert_eq!(d.status.reason, Some(RolloutReason::WaitingForCanaryPods));
+    assert!(d.header_routes.is_empty());
+    assert_eq!(d.replicas, vec![("a".into(), 2), ("b".into(), 1)]);
+}
+
+#[test]
+fn header_routes_of_different_names_add_up_and_go_at_promotion_and_abort() {
+    let s = spec(vec![
+        header_route("testers", true),
+        header_route("staff", true),
+        pause(None),
+    ]);
+    let paused = step(&s, &stable_a(&s), "b", 10, None, None);
+    assert_eq!(route_names(&paused), vec!["testers", "staff"]);
+    let aborted = step(&s, &paused.status, "b", 11, Some(Request::Abort), None);
+    assert!(aborted.header_routes.is_empty());
+    let promoted = step(&s, &paused.status, "b", 11, Some(Request::Promote), None);
+    assert_eq!(promoted.status.current_step_index, Some(3));
+    assert!(promoted.header_routes.is_empty());
 }

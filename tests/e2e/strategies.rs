@@ -1,0 +1,209 @@
+//! Progressive delivery beyond weighted steps, end to end: header routes
+//! (`setHeaderRoute`) through the gateway and between sidecars.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use gateway_api::httproutes::HttpRoute;
+use kube::Api;
+use sluice_crds::RolloutPhase;
+use sluice_tests::Cluster;
+use sluice_tests::wait::{pod_ready, poll};
+
+use super::rollouts::{
+    healthy_blue, host, phase, rollout, set_image, step_index, until, wait_condition, weight,
+};
+use super::{GATEWAY_PORT, Mesh, TIMEOUT, get_with, mesh, sidecar_client};
+
+/// Two header routes (an exact value, and a prefix the proxies match as a
+/// regex), then a step that removes the first.
+const HEADER_STEPS: &str = r#"[{setHeaderRoute: {name: testers, match: [{headerName: x-canary, headerValue: {exact: "yes"}}]}}, {setHeaderRoute: {name: staff, match: [{headerName: x-user, headerValue: {prefix: "staff-"}}]}}, {pause: {}}, {setHeaderRoute: {name: testers}}, {pause: {}}]"#;
+
+/// `n` requests through the gateway with `headers`, by colour.
+async fn through_gateway(
+    mesh: &Mesh,
+    ns: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let r = get_with(&mesh.gateway_ip, GATEWAY_PORT, &host(ns), "/", headers).await?;
+        let key = if r.status == 200 {
+            r.colour().to_owned()
+        } else {
+            format!("status {}", r.status)
+        };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// `n` requests from the client pod's app container to
+/// `handson-stable:8080` through its sidecar, with `headers`, by colour
+/// (one curl run on one connection).
+async fn through_sidecar(
+    cluster: &Cluster,
+    ns: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut argv = vec![
+        "curl".to_owned(),
+        "-s".into(),
+        "-m".into(),
+        "10".into(),
+        "-w".into(),
+        "\\n".into(),
+        "-H".into(),
+        "Host: handson-stable:8080".into(),
+    ];
+    for (k, v) in headers {
+        argv.push("-H".into());
+        argv.push(format!("{k}: {v}"));
+    }
+    argv.extend(std::iter::repeat_n("http://127.0.0.1:15001/".to_owned(), n));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = cluster.exec_in_pod(ns, "client", &argv).await?;
+    let mut counts = BTreeMap::new();
+    for line in out.stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        *counts.entry(line.to_owned()).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// Waits until every one of `n` requests sent both ways with `headers`
+/// answers `want`.
+async fn until_both_answer(
+    cluster: &Arc<Cluster>,
+    mesh: &Mesh,
+    ns: &str,
+    headers: &[(&str, &str)],
+    want: &str,
+) -> anyhow::Result<()> {
+    let all = |c: &BTreeMap<String, usize>| c.len() == 1 && c.get(want) == Some(&20);
+    poll(
+        &format!("gateway and sidecar to answer {want} with {headers:?}"),
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let gw = through_gateway(mesh, ns, headers, 20).await?;
+            if !all(&gw) {
+                return Ok(None);
+            }
+            let sc = through_sidecar(cluster, ns, headers, 20).await?;
+            Ok(all(&sc).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A canary at weight 0 answers requests that carry the testers' or the
+/// staff's header, through the gateway and from a sidecar, while everyone
+/// else gets stable; a later step removes one route, and the promotion
+/// removes the other and the companion route with it.
+pub async fn header_routes(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let ns = "ro-header";
+    let mesh = mesh(&cluster).await?;
+    healthy_blue(&cluster, ns, HEADER_STEPS, "{}").await?;
+    // Mesh routing too, and a client with a sidecar.
+    cluster.apply(&super::rollouts::resources(ns, HEADER_STEPS, "{}").replace(
+        "httpRoutes: [{name: handson}]",
+        "httpRoutes: [{name: handson}]\n        mesh: {}",
+    ))?;
+    cluster.apply(&sidecar_client(&mesh, ns).await)?;
+    pod_ready(&cluster.client(), ns, "client", TIMEOUT).await?;
+    until_both_answer(&cluster, &mesh, ns, &[], "blue").await?;
+    // The README's example is admitted as it stands.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/rollouts/header-route.yaml")
+        .display()
+        .to_string();
+    cluster.kubectl(
+        &["apply", "--dry-run=server", "-n", ns, "-f", &example],
+        None,
+    )?;
+
+    set_image(&cluster, ns, "yellow", 0.0).await?;
+    let ro = until(&cluster, ns, "both header routes, paused", |ro| {
+        step_index(ro) == Some(2) && phase(ro) == Some(RolloutPhase::Paused)
+    })
+    .await?;
+    let st = ro.status.clone().context("no status")?;
+    ensure!(
+        st.header_routes == ["testers", "staff"] && weight(&ro) == 0,
+        "status at the pause: {st:?}"
+    );
+    until_both_answer(&cluster, &mesh, ns, &[("x-canary", "yes")], "yellow").await?;
+    until_both_answer(&cluster, &mesh, ns, &[("x-user", "staff-42")], "yellow").await?;
+    for others in [
+        &[][..],
+        &[("x-canary", "no")][..],
+        &[("x-user", "guest-staff-1")][..],
+    ] {
+        let gw = through_gateway(&mesh, ns, others, 100).await?;
+        ensure!(
+            gw.get("blue") == Some(&100),
+            "{others:?} through the gateway at weight 0: {gw:?}"
+        );
+        let sc = through_sidecar(&cluster, ns, others, 50).await?;
+        ensure!(
+            sc.get("blue") == Some(&50),
+            "{others:?} from the sidecar at weight 0: {sc:?}"
+        );
+    }
+    let tree = cluster.kubectl(&["sluice", "-n", ns, "get", "rollout", "handson"], None)?;
+    ensure!(
+        tree.contains("testers (x-canary=yes), staff (x-user^=staff-)"),
+        "kubectl sluice get:\n{tree}"
+    );
+    let routes: Api<HttpRoute> = Api::namespaced(cluster.client(), ns);
+    ensure!(
+        routes.get_opt("handson-handson-headers").await?.is_some(),
+        "no companion route"
+    );
+
+    // The next step removes the testers' route only.
+    cluster.kubectl(&["sluice", "-n", ns, "promote", "handson"], None)?;
+    until(&cluster, ns, "the testers' route removed", |ro| {
+        step_index(ro) == Some(4)
+            && ro
+                .status
+                .as_ref()
+                .is_some_and(|s| s.header_routes == ["staff"])
+    })
+    .await?;
+    until_both_answer(&cluster, &mesh, ns, &[("x-canary", "yes")], "blue").await?;
+    until_both_answer(&cluster, &mesh, ns, &[("x-user", "staff-7")], "yellow").await?;
+
+    // Promotion ends the canary and every header route with it.
+    cluster.kubectl(&["sluice", "-n", ns, "promote", "handson"], None)?;
+    wait_condition(&cluster, ns, "handson", "Healthy", 60)?;
+    let ro = rollout(&cluster, ns).await?;
+    ensure!(
+        ro.status
+            .as_ref()
+            .is_some_and(|s| s.header_routes.is_empty()),
+        "header routes after promotion: {:?}",
+        ro.status
+    );
+    poll(
+        "the companion route to be deleted",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            Ok(routes
+                .get_opt("handson-handson-headers")
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await?;
+    until_both_answer(&cluster, &mesh, ns, &[("x-user", "staff-7")], "yellow").await?;
+    until_both_answer(&cluster, &mesh, ns, &[], "yellow").await?;
+    Ok(())
+}
