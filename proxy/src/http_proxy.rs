@@ -22,6 +22,7 @@ use crate::balance::{Endpoint, pick, usable_besides};
 use crate::body::{ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
 use crate::config::UpstreamProtocol;
+use crate::framing;
 use crate::pool::{self, Proto, UpstreamError};
 use crate::route::{any_matches, request_authority};
 use crate::state::Proxy;
@@ -249,11 +250,28 @@ impl ProxyService {
             .await
     }
 
+    /// Answers refused framing with a 400 that closes the connection, and
+    /// counts it.
+    fn refuse_framing(
+        &self,
+        listener: &CompiledListener,
+        why: framing::Refused,
+        start: Instant,
+    ) -> Response<RespBody> {
+        debug!(peer = %self.peer, "refused: {why}");
+        self.proxy
+            .telemetry
+            .framing_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        listener.unrouted.record(400, start.elapsed(), false);
+        framing::refusal(why)
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         compiled: &Compiled,
-        _listener: &CompiledListener,
+        listener: &CompiledListener,
         route: &CompiledRoute,
         mut prepared: Prepared,
         body: Incoming,
@@ -394,6 +412,12 @@ impl ProxyService {
                             "upstream connect error\n",
                         );
                     }
+                }
+                // The downstream's own body broke (bad chunk, cut short):
+                // its fault, not the upstream's, and never retried.
+                Err(UpstreamError::Request(_, e)) if e.is_user() => {
+                    debug!(backend = %backend.name, "request body: {e}");
+                    return self.refuse_framing(listener, framing::Refused::Body, start);
                 }
                 Err(e) => {
                     debug!(backend = %backend.name, "{e}");

@@ -145,6 +145,8 @@ pub struct Telemetry {
     pub tls_handshake_failures: AtomicU64,
     /// Admin requests for the running config from off the pod (refused).
     pub admin_config_refused: AtomicU64,
+    /// HTTP/1 requests refused for ambiguous framing (400).
+    pub framing_refused: AtomicU64,
     /// Workload certificates installed.
     pub certificates_issued: AtomicU64,
     /// Certificate requests that failed.
@@ -311,6 +313,11 @@ impl Collector for TelemetryCollector {
                 "sluice_admin_config_refused",
                 "Requests for /config on the admin port from off the pod, refused (403).",
                 &t.admin_config_refused,
+            ),
+            (
+                "sluice_framing_refused",
+                "HTTP/1 requests refused for ambiguous or broken framing (400, connection closed).",
+                &t.framing_refused,
             ),
             (
                 "sluice_plaintext_refused",

@@ -520,3 +520,86 @@ async fn sigterm_drains_in_flight_requests() {
         "still accepting after shutdown"
     );
 }
+
+/// The request-smuggling shapes proxies are known for, sent as raw bytes:
+/// two lengths, a non-chunked Transfer-Encoding, obs-fold and a bad chunk
+/// get a 400, their connection closed, nothing forwarded; a length with
+/// chunked and a bare LF are read one way only and forwarded re-encoded,
+/// so that no upstream ever sees framing it might read another way.
+#[tokio::test]
+async fn smuggling_shapes_get_400_or_are_reframed_never_forwarded_as_sent() {
+    let up = upstream("blue").await;
+    let (port, admin) = (free_port(), free_port());
+    let p = ProxyProcess::start(
+        &http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], ""),
+        addr(admin),
+    )
+    .await;
+    let cases: [(&str, &[u8]); 4] = [
+        (
+            "two different Content-Lengths",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A: a\r\n b\r\n\r\n",
+        ),
+        (
+            "invalid chunk size",
+            b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, bytes) in cases {
+        let before = up.hits.load(Ordering::Relaxed);
+        let mut s = TcpStream::connect(addr(port)).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut answer = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+            .await
+            .is_ok();
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let forwarded = up.hits.load(Ordering::Relaxed) - before;
+        if !text.starts_with("HTTP/1.1 400") || !closed || forwarded != 0 {
+            wrong.push(format!(
+                "{what}: closed {closed}, forwarded {forwarded}, answered {:?}",
+                text.lines().next().unwrap_or("")
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    let m = p.metrics().await;
+    assert!(m.contains("sluice_framing_refused_total 1"), "{m}");
+    // Content-Length with Transfer-Encoding: read as chunked (RFC 9112
+    // 6.3), forwarded without the length, and the connection closed.
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(b"POST /headers HTTP/1.1\r\nHost: app.test\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .expect("the connection is closed after the answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains("\"50\""), "the length went upstream: {text}");
+    assert_eq!(
+        text.matches("HTTP/1.1").count(),
+        1,
+        "a second request was read: {text}"
+    );
+    // A bare LF ends lines for hyper (HTTP/1.1 lets a recipient accept
+    // it); the head goes upstream re-encoded with CRLF, never as sent.
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(b"GET /headers HTTP/1.1\nHost: app.test\nConnection: close\n\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+}
