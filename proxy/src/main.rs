@@ -140,6 +140,12 @@ struct RuntimeArgs {
     /// How long in-flight requests may take to finish on SIGTERM.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
+    /// Downstream connections open at once, across workers; beyond it a
+    /// new connection is closed at once and counted
+    /// (`sluice_connections_over_limit_total`), so that a flood of idle
+    /// clients cannot exhaust memory or file descriptors.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 20_000)]
+    max_connections: u64,
 }
 
 fn main() -> ExitCode {
@@ -273,6 +279,7 @@ fn serve(
     start: impl FnOnce(),
 ) -> anyhow::Result<()> {
     let health = Arc::new(sluice_proxy::app_health::AppHealth::from_env()?);
+    proxy.telemetry.set_max_connections(rt.max_connections);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let workers = start_workers(&proxy, rt.workers, &shutdown_rx, rt.drain_timeout)?;
     let main_rt = tokio::runtime::Builder::new_current_thread()

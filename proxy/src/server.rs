@@ -173,6 +173,10 @@ async fn accept_loop(
             },
             _ = stop.changed() => break,
         };
+        if proxy.telemetry.over_connection_limit() {
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         proxy.telemetry.accepted_connections.fetch_add(1, Relaxed);
         if key.inbound {

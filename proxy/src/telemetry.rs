@@ -117,6 +117,10 @@ pub struct Telemetry {
     cells: Mutex<HashMap<CellKey, Arc<Cell>>>,
     /// Open downstream connections.
     pub open_connections: AtomicI64,
+    /// The most downstream connections open at once (0: no limit).
+    max_connections: AtomicU64,
+    /// Downstream connections closed at once for being over the limit.
+    pub connections_over_limit: AtomicU64,
     /// Accepted downstream connections.
     pub accepted_connections: AtomicU64,
     /// Configs applied.
@@ -156,6 +160,23 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// Sets the limit of downstream connections open at once.
+    pub fn set_max_connections(&self, n: u64) {
+        self.max_connections.store(n, Relaxed);
+    }
+
+    /// Whether a new downstream connection would exceed the limit; counts
+    /// it when it would. One atomic read per accept, no lock.
+    pub fn over_connection_limit(&self) -> bool {
+        let max = self.max_connections.load(Relaxed);
+        let open = u64::try_from(self.open_connections.load(Relaxed)).unwrap_or(0);
+        let over = max != 0 && open >= max;
+        if over {
+            self.connections_over_limit.fetch_add(1, Relaxed);
+        }
+        over
+    }
+
     /// The cell for `key`, created on first use. Called when a config is
     /// compiled, never per request.
     pub fn cell(&self, key: CellKey) -> Arc<Cell> {
@@ -313,6 +334,11 @@ impl Collector for TelemetryCollector {
                 "sluice_admin_config_refused",
                 "Requests for /config on the admin port from off the pod, refused (403).",
                 &t.admin_config_refused,
+            ),
+            (
+                "sluice_connections_over_limit",
+                "Downstream connections closed at once: the proxy had its --max-connections open.",
+                &t.connections_over_limit,
             ),
             (
                 "sluice_framing_refused",

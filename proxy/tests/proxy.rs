@@ -603,3 +603,56 @@ async fn smuggling_shapes_get_400_or_are_reframed_never_forwarded_as_sent() {
     s.read_to_end(&mut answer).await.unwrap();
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
 }
+
+/// With `--max-connections 2`, a third connection is closed at once and
+/// counted while two are open; once one closes, a new one is served.
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed_and_counted() {
+    let up = upstream("blue").await;
+    let (port, admin) = (free_port(), free_port());
+    let p = ProxyProcess::spawn(
+        &http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], ""),
+        addr(admin),
+        &["--workers", "1", "--max-connections", "2"],
+    );
+    p.wait_ready().await;
+    let request = b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr(port)).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        open.push(s);
+    }
+    let mut third = TcpStream::connect(addr(port)).await.unwrap();
+    let _ = third.write_all(request).await;
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("closed, not left hanging")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "over the limit, yet answered");
+    assert!(
+        p.metrics()
+            .await
+            .contains("sluice_connections_over_limit_total 1")
+    );
+    drop(open.pop());
+    // The closed connection is counted out once the proxy has seen it go.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = TcpStream::connect(addr(port)).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let n = s.read(&mut buf).await.unwrap_or(0);
+        if buf[..n].starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after a connection closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
