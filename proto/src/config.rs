@@ -230,6 +230,25 @@ pub struct Route {
     /// Retries of idempotent requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
+    /// Backends that get a copy of matching requests, their answers
+    /// discarded (Gateway API's `RequestMirror`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
+}
+
+/// A copy of a route's requests to another backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// A name from `backends`.
+    pub backend: String,
+    /// Percentage (0-100) of the route's requests copied. Defaults to 100.
+    #[serde(default = "default_mirror_percent")]
+    pub percent: u32,
+}
+
+fn default_mirror_percent() -> u32 {
+    100
 }
 
 /// One way a request can match a route; all given fields must match.

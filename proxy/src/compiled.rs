@@ -114,6 +114,21 @@ pub struct CompiledRoute {
     pub cells: Vec<(usize, Arc<Cell>)>,
     /// Telemetry when no backend could be chosen (all weights 0).
     pub no_backend: Arc<Cell>,
+    /// Backends that get copies of the route's requests.
+    pub mirrors: Vec<CompiledMirror>,
+}
+
+/// A mirror of a route: copies go to backend `backend`, their outcomes
+/// counted in `cell` (so that a canary's errors under mirrored traffic
+/// reach its analysis).
+#[derive(Debug)]
+pub struct CompiledMirror {
+    /// Index into [`Compiled::backends`].
+    pub backend: usize,
+    /// Percentage of requests copied.
+    pub percent: u32,
+    /// The mirror backend's telemetry on this route.
+    pub cell: Arc<Cell>,
 }
 
 impl CompiledRoute {
@@ -238,6 +253,7 @@ fn inbound_parts(config: &Config) -> (Vec<Backend>, Vec<Listener>) {
                         backends: to,
                         timeout: None,
                         retries: None,
+                        mirrors: vec![],
                     }],
                     vec![],
                 ),
@@ -332,6 +348,18 @@ pub fn compile(
                         .map(|(i, _)| (*i, cell(&rname, Some(*i))))
                         .collect(),
                     no_backend: cell(&rname, None),
+                    mirrors: r
+                        .mirrors
+                        .iter()
+                        .filter_map(|m| {
+                            let i = *index.get(m.backend.as_str())?;
+                            Some(CompiledMirror {
+                                backend: i,
+                                percent: m.percent.min(100),
+                                cell: cell(&rname, Some(i)),
+                            })
+                        })
+                        .collect(),
                     name: rname,
                 }
             })

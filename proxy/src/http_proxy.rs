@@ -23,6 +23,7 @@ use crate::body::{ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
 use crate::config::UpstreamProtocol;
 use crate::framing;
+use crate::mirror;
 use crate::pool::{self, Proto, UpstreamError};
 use crate::route::{any_matches, request_authority};
 use crate::state::Proxy;
@@ -235,7 +236,7 @@ impl ProxyService {
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrade.is_some());
         append_forwarded(&mut headers, self.peer);
-        let prepared = Prepared {
+        let mut prepared = Prepared {
             path_and_query: parts
                 .uri
                 .path_and_query()
@@ -246,8 +247,33 @@ impl ProxyService {
             version: parts.version,
             headers,
         };
+        if !route.mirrors.is_empty() && body.is_end_stream() && upgrade.is_none() {
+            self.mirror(&compiled, route, &mut prepared);
+        }
         self.forward(&compiled, &listener, route, prepared, body, upgrade, start)
             .await
+    }
+
+    /// Sends the copies of a bodiless request to the route's mirrors.
+    fn mirror(&self, compiled: &Arc<Compiled>, route: &CompiledRoute, prepared: &mut Prepared) {
+        for m in &route.mirrors {
+            if !mirror::sampled(m.percent) {
+                continue;
+            }
+            let Some(backend) = compiled.backends.get(m.backend) else {
+                continue;
+            };
+            let proto = upstream_proto(backend.protocol, prepared.version);
+            let req = prepared.request(proto, ReqBody::Empty, false);
+            tokio::spawn(mirror::send(
+                self.proxy.clone(),
+                compiled.clone(),
+                m.backend,
+                m.cell.clone(),
+                proto,
+                req,
+            ));
+        }
     }
 
     /// Answers refused framing with a 400 that closes the connection, and
@@ -321,12 +347,7 @@ impl ProxyService {
                     "no healthy endpoint for this backend\n",
                 );
             };
-            let proto = match backend.protocol {
-                UpstreamProtocol::Http1 => Proto::H1,
-                UpstreamProtocol::Http2 => Proto::H2,
-                UpstreamProtocol::Auto if prepared.version == Version::HTTP_2 => Proto::H2,
-                UpstreamProtocol::Auto => Proto::H1,
-            };
+            let proto = upstream_proto(backend.protocol, prepared.version);
             let req_body = match body.take() {
                 Some(b) => ReqBody::Stream {
                     body: b,
@@ -445,6 +466,16 @@ impl ProxyService {
                     .unwrap_or(backend_idx);
             }
         }
+    }
+}
+
+/// The protocol to speak to a backend for a request of `version`.
+fn upstream_proto(protocol: UpstreamProtocol, version: Version) -> Proto {
+    match protocol {
+        UpstreamProtocol::Http1 => Proto::H1,
+        UpstreamProtocol::Http2 => Proto::H2,
+        UpstreamProtocol::Auto if version == Version::HTTP_2 => Proto::H2,
+        UpstreamProtocol::Auto => Proto::H1,
     }
 }
 

@@ -20,6 +20,7 @@ pub mod http_proxy;
 pub mod identity;
 pub mod inbound;
 pub mod intercept;
+pub mod mirror;
 pub mod original_dst;
 pub mod pool;
 pub mod route;

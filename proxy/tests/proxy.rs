@@ -656,3 +656,62 @@ async fn connections_beyond_the_limit_are_closed_and_counted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A route with mirrors: clients get the primary's answers only; every
+/// bodiless request is copied to the mirror, one with a body is not; a
+/// mirror that cannot be reached is counted on its own backend and never
+/// seen by clients.
+#[tokio::test]
+async fn mirrored_requests_reach_the_mirror_and_its_answers_are_discarded() {
+    let (blue, yellow) = (upstream("blue").await, upstream("yellow").await);
+    let dead = addr(free_port());
+    let (port, admin) = (free_port(), free_port());
+    let cfg = format!(
+        "admin: {{address: \"127.0.0.1:{admin}\"}}
+backends:
+  - {{name: blue, endpoints: [\"{}\"]}}
+  - {{name: yellow, endpoints: [\"{}\"]}}
+  - {{name: dead, endpoints: [\"{dead}\"]}}
+listeners:
+  - name: web
+    address: 127.0.0.1:{port}
+    routes:
+      - name: app
+        hosts: [app.test]
+        backends: [{{name: blue}}]
+        mirrors: [{{backend: yellow}}, {{backend: dead, percent: 100}}]
+",
+        blue.addr, yellow.addr
+    );
+    let p = ProxyProcess::start(&cfg, addr(admin)).await;
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(get(&c, port, "/").await, (200, "blue".to_owned()));
+    }
+    let r = c
+        .post(format!("http://127.0.0.1:{port}/"))
+        .header("host", "app.test")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "blue");
+    // Copies are sent in the background: wait for all 20 to be counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = p.metrics().await;
+        let copies = m.contains(r#"backend="yellow",revision="",code="200"} 20"#);
+        let failed = m.contains(r#"backend="dead",revision="",code="503"} 20"#);
+        if copies && failed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "copies not all counted:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(blue.hits.load(Ordering::Relaxed), 21);
+    assert_eq!(
+        yellow.hits.load(Ordering::Relaxed),
+        20,
+        "the POST was copied"
+    );
+}

@@ -81,6 +81,10 @@ fn main() -> ExitCode {
             |c| Box::pin(logged(c, strategies::header_routes)),
         ),
         (
+            "request_mirror_copies_to_yellow_while_clients_see_blue",
+            |c| Box::pin(logged(c, strategies::request_mirror)),
+        ),
+        (
             "rollout_promote_ends_one_pause_only_and_full_goes_to_100",
             |c| Box::pin(logged(c, semantics::promote_ends_one_pause_only)),
         ),

@@ -1,5 +1,6 @@
 //! Progressive delivery beyond weighted steps, end to end: header routes
-//! (`setHeaderRoute`) through the gateway and between sidecars.
+//! (`setHeaderRoute`) through the gateway and between sidecars, and
+//! request mirroring (Gateway API's `RequestMirror`) through the gateway.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,12 +11,13 @@ use gateway_api::httproutes::HttpRoute;
 use kube::Api;
 use sluice_crds::RolloutPhase;
 use sluice_tests::Cluster;
-use sluice_tests::wait::{pod_ready, poll};
+use sluice_tests::operator::proxy_counter;
+use sluice_tests::wait::{deployment_available, pod_ready, poll};
 
 use super::rollouts::{
     healthy_blue, host, phase, rollout, set_image, step_index, until, wait_condition, weight,
 };
-use super::{GATEWAY_PORT, Mesh, TIMEOUT, get_with, mesh, sidecar_client};
+use super::{GATEWAY_PORT, Mesh, TIMEOUT, gateway, get_with, mesh, sidecar_client, version};
 
 /// Two header routes (an exact value, and a prefix the proxies match as a
 /// regex), then a step that removes the first.
@@ -205,5 +207,75 @@ pub async fn header_routes(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     .await?;
     until_both_answer(&cluster, &mesh, ns, &[("x-user", "staff-7")], "yellow").await?;
     until_both_answer(&cluster, &mesh, ns, &[], "yellow").await?;
+    Ok(())
+}
+
+/// An HTTPRoute whose rule mirrors to yellow: clients get blue's answers
+/// only, and the gateway sends yellow a copy of each request, counted on
+/// yellow's backend.
+pub async fn request_mirror(cluster: Arc<Cluster>) -> anyhow::Result<()> {
+    let ns = "mirror";
+    let host = host(ns);
+    let mesh = mesh(&cluster).await?;
+    cluster.create_namespace(ns).await?;
+    cluster.apply(&version(ns, "blue", "web", "blue", 1))?;
+    cluster.apply(&version(ns, "yellow", "web", "yellow", 1))?;
+    cluster.apply(&gateway(ns, "gw", &host, GATEWAY_PORT))?;
+    cluster.apply(&format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: mirrored, namespace: {ns}}}
+spec:
+  parentRefs: [{{name: gw}}]
+  rules:
+  - filters:
+    - type: RequestMirror
+      requestMirror: {{backendRef: {{name: yellow, port: 8080}}}}
+    backendRefs: [{{name: blue, port: 8080}}]
+"#
+    ))?;
+    let client = cluster.client();
+    deployment_available(&client, ns, "blue", TIMEOUT).await?;
+    deployment_available(&client, ns, "yellow", TIMEOUT).await?;
+    let counted = |backend: &'static str| {
+        let ip = mesh.gateway_ip.clone();
+        async move {
+            proxy_counter(
+                &ip,
+                "sluice_requests_total",
+                &format!("backend=\"mirror/{backend}:8080\""),
+            )
+            .await
+        }
+    };
+    // Until the route is live.
+    poll(
+        "the mirrored route to answer blue",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            let r = get_with(&mesh.gateway_ip, GATEWAY_PORT, &host, "/", &[])
+                .await
+                .ok();
+            Ok(r.filter(|r| r.status == 200 && r.colour() == "blue")
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    let before = counted("blue").await?;
+    let seen = through_gateway(&mesh, ns, &[], 50).await?;
+    ensure!(seen.get("blue") == Some(&50), "clients saw {seen:?}");
+    // Every request answered by blue was copied to yellow, once.
+    let (blue, yellow) = poll(
+        "yellow's copies to catch up with blue's answers",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            let (b, y) = (counted("blue").await?, counted("yellow").await?);
+            Ok((b - before >= 50.0 && y == b).then_some((b, y)))
+        },
+    )
+    .await?;
+    eprintln!("mirror: blue answered {blue}, yellow got {yellow} copies");
     Ok(())
 }

@@ -11,7 +11,8 @@ use gateway_api::httproutes::{
 };
 use kube::ResourceExt;
 use sluice_proto::config::{
-    Backend, HeaderMatch, PathMatch, Retries, Route, RouteMatch, WeightedBackend, header_regex,
+    Backend, HeaderMatch, Mirror, PathMatch, Retries, Route, RouteMatch, WeightedBackend,
+    header_regex,
 };
 
 use super::services::ServiceIndex;
@@ -83,6 +84,7 @@ pub fn translate(
     };
     for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
         let backends = rule_backends(&ns, rule, index, &mut out);
+        let mirrors = rule_mirrors(&ns, rule, index, &mut out);
         let timeout = rule
             .timeouts
             .as_ref()
@@ -125,6 +127,7 @@ pub fn translate(
                             attempts: 2,
                             budget: 0.2,
                         }),
+                        mirrors: mirrors.clone(),
                     },
                 });
             }
@@ -167,6 +170,47 @@ fn rule_backends(
                 }
             };
             WeightedBackend { name, weight }
+        })
+        .collect()
+}
+
+/// The rule's `RequestMirror` filters as mirrors; one that cannot be
+/// resolved is dropped (and reported), as the Gateway API asks.
+fn rule_mirrors(
+    ns: &str,
+    rule: &HttpRouteRules,
+    index: &ServiceIndex,
+    out: &mut RuleOutput,
+) -> Vec<Mirror> {
+    rule.filters
+        .iter()
+        .flatten()
+        .filter_map(|f| f.request_mirror.as_ref())
+        .filter_map(|m| {
+            let r: HttpRouteRulesBackendRefs =
+                serde_json::from_value(serde_json::to_value(&m.backend_ref).ok()?).ok()?;
+            let percent = match (&m.percent, &m.fraction) {
+                (Some(p), _) => *p,
+                (None, Some(f)) if f.denominator.unwrap_or(100) > 0 => {
+                    let d = i64::from(f.denominator.unwrap_or(100));
+                    i32::try_from(i64::from(f.numerator) * 100 / d).unwrap_or(100)
+                }
+                _ => 100,
+            };
+            match resolve(ns, &r, index) {
+                Ok(b) => {
+                    let name = b.name.clone();
+                    out.backends.insert(name.clone(), b);
+                    Some(Mirror {
+                        backend: name,
+                        percent: percent.clamp(0, 100) as u32,
+                    })
+                }
+                Err(cond) => {
+                    out.unresolved.get_or_insert(cond);
+                    None
+                }
+            }
         })
         .collect()
 }
@@ -413,6 +457,35 @@ mod tests {
         assert_eq!(
             out.unresolved.expect("refused").reason,
             reason::REF_NOT_PERMITTED
+        );
+    }
+
+    #[test]
+    fn request_mirror_filters_become_mirrors_and_a_missing_one_is_reported() {
+        let r = route(
+            "h",
+            "r",
+            json!({"rules": [{
+                "filters": [
+                    {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "yellow", "port": 8080}, "percent": 10}},
+                    {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "yellow", "port": 8080}, "fraction": {"numerator": 1, "denominator": 4}}},
+                    {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "gone", "port": 8080}}}
+                ],
+                "backendRefs": [{"name": "blue", "port": 8080}]
+            }]}),
+        );
+        let out = translate(&r, &[], "gw", &index());
+        let mirrors: Vec<(&str, u32)> = out.routes[0]
+            .route
+            .mirrors
+            .iter()
+            .map(|m| (m.backend.as_str(), m.percent))
+            .collect();
+        assert_eq!(mirrors, vec![("h/yellow:8080", 10), ("h/yellow:8080", 25)]);
+        assert!(out.backends.contains_key("h/yellow:8080"));
+        assert_eq!(
+            out.unresolved.expect("gone is missing").reason,
+            reason::BACKEND_NOT_FOUND
         );
     }
 }

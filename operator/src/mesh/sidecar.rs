@@ -138,6 +138,7 @@ fn namespace_config(
                         attempts: 2,
                         budget: 0.2,
                     }),
+                    mirrors: vec![],
                 });
                 routes
             };

@@ -214,6 +214,20 @@ pub fn check(c: &Config) -> Result<(), ConfigError> {
                     ));
                 }
             }
+            for (mi, m) in r.mirrors.iter().enumerate() {
+                if !backends.contains(m.backend.as_str()) {
+                    return Err(err(
+                        format!("{rp}.mirrors[{mi}].backend"),
+                        format!("unknown backend {:?}", m.backend),
+                    ));
+                }
+                if m.percent > 100 {
+                    return Err(err(
+                        format!("{rp}.mirrors[{mi}].percent"),
+                        "must be between 0 and 100",
+                    ));
+                }
+            }
             if let Some(retries) = &r.retries {
                 if retries.attempts > 10 {
                     return Err(err(format!("{rp}.retries.attempts"), "at most 10"));
