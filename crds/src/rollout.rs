@@ -6,6 +6,8 @@
 //! CEL rules so that the apiserver rejects bad input at admission with a
 //! message naming the field.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
@@ -97,8 +99,8 @@ pub struct RolloutStrategy {
     "!has(self.stableService) || !has(self.canaryService) || self.stableService != self.canaryService"
 ).message("spec.strategy.canary.canaryService must name another Service than stableService").field_path(".canaryService"))]
 #[x_kube(validation = Rule::new(
-    "!self.steps.exists(s, has(s.setHeaderRoute)) || (has(self.trafficRouting) && has(self.stableService) && has(self.canaryService))"
-).message("setHeaderRoute steps need trafficRouting, stableService and canaryService").field_path(".trafficRouting"))]
+    "!self.steps.exists(s, has(s.setHeaderRoute) || has(s.setMirrorRoute)) || (has(self.trafficRouting) && has(self.stableService) && has(self.canaryService))"
+).message("setHeaderRoute and setMirrorRoute steps need trafficRouting, stableService and canaryService").field_path(".trafficRouting"))]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStrategy {
     /// Service whose selector the controller pins to the stable pods.
@@ -163,8 +165,8 @@ pub struct MeshRouting {
 /// One step of a canary. Exactly one field is set.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(validation = Rule::new(
-    "[has(self.setWeight), has(self.pause), has(self.setCanaryScale), has(self.analysis), has(self.setHeaderRoute)].filter(x, x).size() == 1"
-).message("a step sets exactly one of setWeight, pause, setCanaryScale, analysis, setHeaderRoute"))]
+    "[has(self.setWeight), has(self.pause), has(self.setCanaryScale), has(self.analysis), has(self.setHeaderRoute), has(self.setMirrorRoute)].filter(x, x).size() == 1"
+).message("a step sets exactly one of setWeight, pause, setCanaryScale, analysis, setHeaderRoute, setMirrorRoute"))]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStep {
     /// Percentage of traffic (0-100) to send to the canary.
@@ -185,6 +187,89 @@ pub struct CanaryStep {
     /// canary (promotion or abort) removes the route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_header_route: Option<SetHeaderRoute>,
+    /// Copy matching requests to the canary (its answers discarded, its
+    /// errors counted in the analysis), until a later step of the same
+    /// name or the end of the canary removes the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_mirror_route: Option<SetMirrorRoute>,
+}
+
+/// A mirror route: a copy of `percentage` of the requests matching any
+/// entry of `match` goes to the canary. A step without `match` removes the
+/// route of its name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SetMirrorRoute {
+    /// Names the route, so that a later step can replace or remove it.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("must be a lowercase RFC 1123 label, such as shadow"))]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Percentage (0-100) of matching requests copied. Defaults to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("must be between 0 and 100"))]
+    pub percentage: Option<i32>,
+    /// Which requests are copied: those matching any entry; absent or
+    /// empty removes the route.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub matches: Vec<MirrorRouteMatch>,
+}
+
+/// Conditions of a [`SetMirrorRoute`] entry, all of which hold.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!has(self.method) || (has(self.method.exact) && !has(self.method.prefix) && !has(self.method.regex))").message("method takes exact only").field_path(".method"))]
+#[x_kube(validation = Rule::new("!has(self.path) || !has(self.path.regex)").message("path takes exact or prefix").field_path(".path"))]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorRouteMatch {
+    /// The request method (`exact`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    /// The path (`exact` or `prefix`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<StringMatch>,
+    /// Header name to value match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 8))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9!#$%&*+.^_|~-]{1,256}$'))").message("header names must be HTTP header names, such as x-canary"))]
+    pub headers: BTreeMap<String, StringMatch>,
+}
+
+impl std::fmt::Display for SetMirrorRoute {
+    /// `shadow (35% of GET /api*)`; `shadow (removed)` for a step without
+    /// `match`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.matches.is_empty() {
+            return write!(f, "{} (removed)", self.name);
+        }
+        write!(f, "{} ({}% of", self.name, self.percentage.unwrap_or(100))?;
+        for (i, m) in self.matches.iter().enumerate() {
+            f.write_str(if i == 0 { " " } else { " | " })?;
+            if let Some(method) = m.method.as_ref().and_then(|s| s.exact.as_deref()) {
+                write!(f, "{method} ")?;
+            }
+            match &m.path {
+                Some(StringMatch { exact: Some(e), .. }) => f.write_str(e)?,
+                Some(StringMatch {
+                    prefix: Some(p), ..
+                }) => write!(f, "{p}*")?,
+                _ => f.write_str("/*")?,
+            }
+            for (name, v) in &m.headers {
+                write!(f, " {name}{}", string_match(v))?;
+            }
+        }
+        f.write_str(")")
+    }
+}
+
+/// `=v`, `^=v` or `~=v`.
+fn string_match(v: &StringMatch) -> String {
+    match (&v.exact, &v.prefix, &v.regex) {
+        (Some(e), _, _) => format!("={e}"),
+        (None, Some(p), _) => format!("^={p}"),
+        (None, None, Some(r)) => format!("~={r}"),
+        (None, None, None) => String::new(),
+    }
 }
 
 /// A header route: requests matching every entry of `match` go to the
@@ -213,15 +298,8 @@ impl std::fmt::Display for SetHeaderRoute {
         }
         write!(f, "{} (", self.name)?;
         for (i, m) in self.matches.iter().enumerate() {
-            let v = &m.header_value;
-            let (op, value) = match (&v.exact, &v.prefix, &v.regex) {
-                (Some(e), _, _) => ("=", e),
-                (None, Some(p), _) => ("^=", p),
-                (None, None, Some(r)) => ("~=", r),
-                (None, None, None) => ("", &String::new()),
-            };
             let sep = if i == 0 { "" } else { " & " };
-            write!(f, "{sep}{}{op}{value}", m.header_name)?;
+            write!(f, "{sep}{}{}", m.header_name, string_match(&m.header_value))?;
         }
         f.write_str(")")
     }
@@ -264,23 +342,41 @@ pub struct StringMatch {
 /// `setHeaderRoute` adds or replaces its named route (keeping its place),
 /// one without `match` removes it.
 pub fn header_routes(steps: &[CanaryStep], done: usize) -> Vec<&SetHeaderRoute> {
-    let mut routes: Vec<&SetHeaderRoute> = Vec::new();
-    for r in steps
-        .iter()
-        .take(done)
-        .filter_map(|s| s.set_header_route.as_ref())
-    {
-        let at = routes.iter().position(|have| have.name == r.name);
-        match (at, r.matches.is_empty()) {
+    in_force(steps, done, |s| {
+        let r = s.set_header_route.as_ref()?;
+        Some((r.name.as_str(), r.matches.is_empty(), r))
+    })
+}
+
+/// The mirror routes in force once `done` steps have been taken, as
+/// [`header_routes`].
+pub fn mirror_routes(steps: &[CanaryStep], done: usize) -> Vec<&SetMirrorRoute> {
+    in_force(steps, done, |s| {
+        let r = s.set_mirror_route.as_ref()?;
+        Some((r.name.as_str(), r.matches.is_empty(), r))
+    })
+}
+
+/// Named routes set by the first `done` steps: `route` says a step's
+/// (name, whether it removes, route).
+fn in_force<'a, T>(
+    steps: &'a [CanaryStep],
+    done: usize,
+    route: impl Fn(&'a CanaryStep) -> Option<(&'a str, bool, &'a T)>,
+) -> Vec<&'a T> {
+    let mut routes: Vec<(&str, &T)> = Vec::new();
+    for (name, removes, r) in steps.iter().take(done).filter_map(route) {
+        let at = routes.iter().position(|(have, _)| *have == name);
+        match (at, removes) {
             (Some(i), true) => {
                 routes.remove(i);
             }
-            (Some(i), false) => routes[i] = r,
+            (Some(i), false) => routes[i] = (name, r),
             (None, true) => {}
-            (None, false) => routes.push(r),
+            (None, false) => routes.push((name, r)),
         }
     }
-    routes
+    routes.into_iter().map(|(_, r)| r).collect()
 }
 
 /// A pause step.
@@ -471,6 +567,10 @@ pub struct RolloutStatus {
     /// them go to the canary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub header_routes: Vec<String>,
+    /// Names of the `setMirrorRoute` routes in force: copies of matching
+    /// requests go to the canary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirror_routes: Vec<String>,
     /// `Available`, `Progressing`, `Paused`, `Healthy`, `RolledBack`,
     /// `InvalidSpec`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

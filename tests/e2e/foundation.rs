@@ -230,7 +230,7 @@ async fn invalid_rollout(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         &cluster,
         &header_route("{exact: \"yes\"}"),
         "spec.strategy.canary.trafficRouting",
-        "setHeaderRoute steps need trafficRouting",
+        "setHeaderRoute and setMirrorRoute steps need trafficRouting",
     )?;
     refused(
         &cluster,

@@ -85,6 +85,15 @@ fn main() -> ExitCode {
             |c| Box::pin(logged(c, strategies::request_mirror)),
         ),
         (
+            "mirror_route_rolls_back_a_failing_canary_that_clients_never_see",
+            |c| {
+                Box::pin(logged(
+                    c,
+                    strategies::mirror_route_rolls_back_a_canary_clients_never_see,
+                ))
+            },
+        ),
+        (
             "rollout_promote_ends_one_pause_only_and_full_goes_to_100",
             |c| Box::pin(logged(c, semantics::promote_ends_one_pause_only)),
         ),

@@ -1,6 +1,7 @@
 //! Progressive delivery beyond weighted steps, end to end: header routes
-//! (`setHeaderRoute`) through the gateway and between sidecars, and
-//! request mirroring (Gateway API's `RequestMirror`) through the gateway.
+//! (`setHeaderRoute`) through the gateway and between sidecars, request
+//! mirroring (Gateway API's `RequestMirror`) through the gateway, and
+//! mirror routes (`setMirrorRoute`) that judge a canary on copies.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use sluice_tests::wait::{deployment_available, pod_ready, poll};
 use super::rollouts::{
     healthy_blue, host, phase, rollout, set_image, step_index, until, wait_condition, weight,
 };
-use super::{GATEWAY_PORT, Mesh, TIMEOUT, gateway, get_with, mesh, sidecar_client, version};
+use super::{GATEWAY_PORT, Load, Mesh, TIMEOUT, gateway, get_with, mesh, sidecar_client, version};
 
 /// Two header routes (an exact value, and a prefix the proxies match as a
 /// regex), then a step that removes the first.
@@ -119,15 +120,15 @@ pub async fn header_routes(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     cluster.apply(&sidecar_client(&mesh, ns).await)?;
     pod_ready(&cluster.client(), ns, "client", TIMEOUT).await?;
     until_both_answer(&cluster, &mesh, ns, &[], "blue").await?;
-    // The README's example is admitted as it stands.
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/rollouts/header-route.yaml")
-        .display()
-        .to_string();
-    cluster.kubectl(
-        &["apply", "--dry-run=server", "-n", ns, "-f", &example],
-        None,
-    )?;
+    // The README's examples are admitted as they stand.
+    for example in ["header-route.yaml", "mirror-route.yaml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/rollouts")
+            .join(example)
+            .display()
+            .to_string();
+        cluster.kubectl(&["apply", "--dry-run=server", "-n", ns, "-f", &path], None)?;
+    }
 
     set_image(&cluster, ns, "yellow", 0.0).await?;
     let ro = until(&cluster, ns, "both header routes, paused", |ro| {
@@ -164,7 +165,7 @@ pub async fn header_routes(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     );
     let routes: Api<HttpRoute> = Api::namespaced(cluster.client(), ns);
     ensure!(
-        routes.get_opt("handson-handson-headers").await?.is_some(),
+        routes.get_opt("handson-handson-canary").await?.is_some(),
         "no companion route"
     );
 
@@ -192,19 +193,7 @@ pub async fn header_routes(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         "header routes after promotion: {:?}",
         ro.status
     );
-    poll(
-        "the companion route to be deleted",
-        TIMEOUT,
-        Duration::from_millis(200),
-        || async {
-            Ok(routes
-                .get_opt("handson-handson-headers")
-                .await?
-                .is_none()
-                .then_some(()))
-        },
-    )
-    .await?;
+    until_companion_gone(&routes).await?;
     until_both_answer(&cluster, &mesh, ns, &[("x-user", "staff-7")], "yellow").await?;
     until_both_answer(&cluster, &mesh, ns, &[], "yellow").await?;
     Ok(())
@@ -277,5 +266,89 @@ spec:
     )
     .await?;
     eprintln!("mirror: blue answered {blue}, yellow got {yellow} copies");
+    Ok(())
+}
+
+/// A canary that answers half its requests with 500, at weight 0 behind a
+/// mirror route: the gateway copies every request to it, its errors fail
+/// the analysis and it is rolled back, while clients only ever got
+/// stable's answers.
+pub async fn mirror_route_rolls_back_a_canary_clients_never_see(
+    cluster: Arc<Cluster>,
+) -> anyhow::Result<()> {
+    let ns = "ro-mirror";
+    let steps = "[{setMirrorRoute: {name: shadow, match: [{path: {prefix: /}}]}}, {pause: {}}]";
+    healthy_blue(&cluster, ns, steps, "{}").await?;
+    let mesh = mesh(&cluster).await?;
+    let load = Load::start(mesh.gateway_ip.clone(), host(ns));
+    set_image(&cluster, ns, "red", 0.5).await?;
+    until(&cluster, ns, "the mirror route in force", |ro| {
+        ro.status
+            .as_ref()
+            .is_some_and(|s| s.mirror_routes == ["shadow"])
+    })
+    .await?;
+    let tree = cluster.kubectl(&["sluice", "-n", ns, "get", "rollout", "handson"], None)?;
+    ensure!(
+        tree.contains("Mirror routes to the canary: shadow (100% of /*)"),
+        "kubectl sluice get:\n{tree}"
+    );
+    wait_condition(&cluster, ns, "handson", "RolledBack", 60)?;
+    let seen = load.finish().await?;
+    let ro = rollout(&cluster, ns).await?;
+    let st = ro.status.clone().context("no status")?;
+    ensure!(
+        phase(&ro) == Some(RolloutPhase::Degraded)
+            && st.reason == Some(sluice_crds::RolloutReason::AnalysisFailed)
+            && st.mirror_routes.is_empty(),
+        "after the rollback: {st:?}"
+    );
+    let figures = st.analysis.clone().context("no analysis")?;
+    ensure!(
+        figures.canary_requests >= 20,
+        "the canary was judged on {} requests",
+        figures.canary_requests
+    );
+    let not_blue: Vec<String> = seen
+        .iter()
+        .filter_map(|(_, r)| match r {
+            Ok(r) if r.status == 200 && r.colour() == "blue" => None,
+            Ok(r) => Some(format!("{} {}", r.status, r.colour())),
+            Err(e) => Some(e.clone()),
+        })
+        .collect();
+    ensure!(
+        not_blue.is_empty() && seen.len() > 50,
+        "{} of {} client requests were not answered by blue: {:?}",
+        not_blue.len(),
+        seen.len(),
+        &not_blue[..not_blue.len().min(5)]
+    );
+    eprintln!(
+        "mirror route: canary judged on {} copies (error rate {}), rolled back; {} client requests all blue",
+        figures.canary_requests,
+        figures.canary_error_rate.as_deref().unwrap_or("-"),
+        seen.len()
+    );
+    let routes: Api<HttpRoute> = Api::namespaced(cluster.client(), ns);
+    until_companion_gone(&routes).await?;
+    Ok(())
+}
+
+/// Waits until the Rollout's companion of route `handson` is deleted.
+async fn until_companion_gone(routes: &Api<HttpRoute>) -> anyhow::Result<()> {
+    poll(
+        "the companion route to be deleted",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            Ok(routes
+                .get_opt("handson-handson-canary")
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use sluice_crds::rollout::Request;
 use sluice_crds::{Rollout, RolloutPhase};
-use sluice_operator::rollout::header_routes::in_force;
+use sluice_operator::rollout::canary_routes::{header_routes_in_force, mirror_routes_in_force};
 use sluice_operator::rollout::{HASH_LABEL, ROLLOUT_LABEL, edit, revisions};
 
 #[derive(Parser)]
@@ -296,7 +296,13 @@ async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
     if !st.header_routes.is_empty() {
         out += &format!(
             "Header routes to the canary: {}\n",
-            in_force(&ro.spec.strategy.canary.steps, &st).join(", ")
+            header_routes_in_force(&ro.spec.strategy.canary.steps, &st).join(", ")
+        );
+    }
+    if !st.mirror_routes.is_empty() {
+        out += &format!(
+            "Mirror routes to the canary: {}\n",
+            mirror_routes_in_force(&ro.spec.strategy.canary.steps, &st).join(", ")
         );
     }
     if let Some(a) = &st.analysis {

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde::Serialize;
 use sluice_crds::Rollout;
-use sluice_crds::rollout::SetHeaderRoute;
+use sluice_crds::rollout::{SetHeaderRoute, SetMirrorRoute};
 
 use crate::traffic::window::{Totals, TrafficKey};
 
@@ -206,6 +206,8 @@ pub struct RolloutView {
     pub weights: serde_json::Value,
     /// Header routes to the canary in force, as text.
     pub header_routes: Vec<String>,
+    /// Mirror routes to the canary in force, as text.
+    pub mirror_routes: Vec<String>,
     /// Revisions.
     pub stable_revision: Option<String>,
     /// While a canary runs.
@@ -233,6 +235,10 @@ pub fn step_text(step: &serde_json::Value) -> String {
         ("setHeaderRoute", v) => match serde_json::from_value::<SetHeaderRoute>(v.clone()) {
             Ok(r) => format!("setHeaderRoute {r}"),
             Err(_) => format!("setHeaderRoute {v}"),
+        },
+        ("setMirrorRoute", v) => match serde_json::from_value::<SetMirrorRoute>(v.clone()) {
+            Ok(r) => format!("setMirrorRoute {r}"),
+            Err(_) => format!("setMirrorRoute {v}"),
         },
         (k, serde_json::Value::Number(n)) => format!("{k} {n}"),
         (k, v) => format!("{k} {v}"),
@@ -265,7 +271,11 @@ pub fn rollout_view(
         steps,
         current_step: status.current_step_index,
         weights: to_json(&status.weights),
-        header_routes: crate::rollout::header_routes::in_force(
+        header_routes: crate::rollout::canary_routes::header_routes_in_force(
+            &ro.spec.strategy.canary.steps,
+            &status,
+        ),
+        mirror_routes: crate::rollout::canary_routes::mirror_routes_in_force(
             &ro.spec.strategy.canary.steps,
             &status,
         ),

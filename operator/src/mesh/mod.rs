@@ -34,6 +34,12 @@ use services::ServiceIndex;
 /// The `controllerName` of Sluice's GatewayClass.
 pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
 
+/// The label on HTTPRoutes the Rollout controller manages beside a user's
+/// route (header and mirror routes to a canary), naming the Rollout: they
+/// win precedence ties with other routes, as Argo Rollouts' managed routes
+/// come first.
+pub const CANARY_ROUTES_LABEL: &str = "sluice.dev/canary-routes-of";
+
 /// Condition reasons of the Gateway API that Sluice uses.
 pub mod reason {
     /// Accepted.

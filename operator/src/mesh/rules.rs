@@ -16,7 +16,7 @@ use sluice_proto::config::{
 };
 
 use super::services::ServiceIndex;
-use super::{Cond, reason};
+use super::{CANARY_ROUTES_LABEL, Cond, reason};
 
 /// The backend that answers `500` for backendRefs that cannot be resolved,
 /// as the Gateway API asks.
@@ -33,13 +33,15 @@ pub struct Ranked {
 
 /// Precedence of a match (Gateway API: exact hosts before wildcards, exact
 /// paths before prefixes, longer prefixes first, then method, then more
-/// header matches, then the oldest route, then by name, then rule order).
+/// header matches, then a Rollout's managed routes ([`CANARY_ROUTES_LABEL`]),
+/// then the oldest route, then by name, then rule order).
 pub type RankKey = (
     u8,
     u8,
     Reverse<usize>,
     u8,
     Reverse<usize>,
+    u8,
     String,
     String,
     usize,
@@ -71,6 +73,7 @@ pub fn translate(
         .creation_timestamp()
         .map(|t| t.0.to_string())
         .unwrap_or_default();
+    let managed = route.labels().contains_key(CANARY_ROUTES_LABEL);
     let mut out = RuleOutput::default();
     let (exact, wildcard): (Vec<String>, Vec<String>) =
         hosts.iter().cloned().partition(|h| !h.starts_with("*."));
@@ -108,6 +111,7 @@ pub fn translate(
                     Reverse(path_len),
                     u8::from(route_match.method.is_none()),
                     Reverse(route_match.headers.len()),
+                    u8::from(!managed),
                     created.clone(),
                     format!("{ns}/{name}"),
                     ri,
@@ -487,5 +491,28 @@ mod tests {
             out.unresolved.expect("gone is missing").reason,
             reason::BACKEND_NOT_FOUND
         );
+    }
+
+    #[test]
+    fn a_managed_route_wins_a_tie_with_an_older_user_route() {
+        let user = route(
+            "h",
+            "user",
+            json!({"rules": [{"backendRefs": [{"name": "blue", "port": 8080}]}]}),
+        );
+        let mut managed = (*route(
+            "h",
+            "managed",
+            json!({"rules": [{"backendRefs": [{"name": "yellow", "port": 8080}]}]}),
+        ))
+        .clone();
+        managed.metadata.creation_timestamp = None;
+        managed
+            .labels_mut()
+            .insert(CANARY_ROUTES_LABEL.into(), "ro".into());
+        let mut all = translate(&user, &[], "gw", &index()).routes;
+        all.extend(translate(&managed, &[], "gw", &index()).routes);
+        sort(&mut all);
+        assert_eq!(all[0].route.backends[0].name, "h/yellow:8080");
     }
 }

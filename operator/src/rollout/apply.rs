@@ -15,10 +15,10 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use sluice_crds::Rollout;
-use sluice_crds::rollout::{Request, SetHeaderRoute};
+use sluice_crds::rollout::Request;
 use tracing::info;
 
-use super::header_routes;
+use super::canary_routes::{self, CanaryRoutes};
 use super::model::{Decision, Observed};
 use super::observe::{self, World};
 use super::phase::decide;
@@ -183,18 +183,24 @@ async fn apply_weights(
             .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await?;
     }
-    apply_companions(rollout, ctx, world, canary_svc, &d.header_routes).await?;
+    let canary_routes = CanaryRoutes {
+        stable,
+        canary: canary_svc,
+        weight: w,
+        headers: &d.header_routes,
+        mirrors: &d.mirror_routes,
+    };
+    apply_companions(rollout, ctx, world, &canary_routes).await?;
     if let Some(mesh) = &tr.mesh {
         let service = mesh.service.clone().unwrap_or_else(|| stable.clone());
         let name = format!("{}-mesh", rollout.name_any());
         let owner = rollout.controller_owner_ref(&()).map(|o| vec![o]);
         let services = &world.services;
-        let canary_port = service_port(services, canary_svc);
-        let mut rules = header_routes::mesh_rules(&d.header_routes, canary_svc, canary_port);
-        rules.push(json!({"backendRefs": [
-            {"name": stable, "port": service_port(services, stable), "weight": 100 - w},
-            {"name": canary_svc, "port": canary_port, "weight": w},
-        ]}));
+        let rules = canary_routes::mesh_rules(
+            &canary_routes,
+            service_port(services, stable),
+            service_port(services, canary_svc),
+        );
         let body = json!({
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
@@ -222,8 +228,7 @@ async fn apply_companions(
     rollout: &Rollout,
     ctx: &Context,
     world: &World,
-    canary: &str,
-    header_routes: &[SetHeaderRoute],
+    canary_routes: &CanaryRoutes<'_>,
 ) -> Result<(), Error> {
     let ns = rollout.namespace().unwrap_or_default();
     let api: Api<HttpRoute> = Api::namespaced(ctx.client.clone(), &ns);
@@ -231,11 +236,11 @@ async fn apply_companions(
     let owner = rollout.controller_owner_ref(&()).map(|o| vec![o]);
     let mut wanted = BTreeSet::new();
     for route in world.routes.values() {
-        let Some(mut body) = header_routes::companion(route, &name, canary, header_routes) else {
+        let Some(mut body) = canary_routes::companion(route, &name, canary_routes) else {
             continue;
         };
         body["metadata"]["ownerReferences"] = json!(owner);
-        let companion = header_routes::companion_name(&name, &route.name_any());
+        let companion = canary_routes::companion_name(&name, &route.name_any());
         api.patch(
             &companion,
             &PatchParams::apply(FIELD_MANAGER).force(),

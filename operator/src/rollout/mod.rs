@@ -9,9 +9,9 @@
 
 pub mod analysis;
 pub mod apply;
+pub mod canary_routes;
 pub mod conditions;
 pub mod edit;
-pub mod header_routes;
 pub mod model;
 pub mod observe;
 pub mod phase;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use sluice_crds::rollout::{
     AnalysisStatus, Request, RolloutPhase, RolloutReason, RolloutSpec, RolloutStatus,
-    SetHeaderRoute, Verdict, Weights,
+    SetHeaderRoute, SetMirrorRoute, Verdict, Weights,
 };
 
 /// An analysis evaluated in this pass.
@@ -100,6 +100,9 @@ pub struct Decision {
     /// Header routes to the canary in force (none once it is promoted or
     /// aborted).
     pub header_routes: Vec<SetHeaderRoute>,
+    /// Mirror routes to the canary in force (none once it is promoted or
+    /// aborted).
+    pub mirror_routes: Vec<SetMirrorRoute>,
     /// Events to record.
     pub events: Vec<Event>,
     /// Reconcile again after this long at the latest.
@@ -117,6 +120,8 @@ pub struct Draft {
     pub requeue: Duration,
     /// Header routes in force.
     pub header_routes: Vec<SetHeaderRoute>,
+    /// Mirror routes in force.
+    pub mirror_routes: Vec<SetMirrorRoute>,
 }
 
 impl Draft {
@@ -129,6 +134,7 @@ impl Draft {
             events: Vec::new(),
             requeue: Duration::from_secs(30),
             header_routes: Vec::new(),
+            mirror_routes: Vec::new(),
         }
     }
 
@@ -166,6 +172,7 @@ impl Draft {
     pub fn finish(mut self, replicas: Vec<(String, i32)>, canary_weight: i32) -> Decision {
         let canary_weight = canary_weight.clamp(0, 100);
         self.st.header_routes = self.header_routes.iter().map(|r| r.name.clone()).collect();
+        self.st.mirror_routes = self.mirror_routes.iter().map(|r| r.name.clone()).collect();
         self.st.weights = Some(Weights {
             stable: 100 - canary_weight,
             canary: canary_weight,
@@ -175,6 +182,7 @@ impl Draft {
             replicas,
             canary_weight,
             header_routes: self.header_routes,
+            mirror_routes: self.mirror_routes,
             events: self.events,
             requeue: self.requeue,
         }

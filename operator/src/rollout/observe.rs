@@ -15,7 +15,7 @@ use sluice_crds::Rollout;
 use sluice_crds::rollout::{AnalysisSpec, RolloutReason, RolloutStatus};
 
 use super::analysis::evaluate;
-use super::header_routes::{COMPANION_LABEL, invalid_regex};
+use super::canary_routes::{CANARY_ROUTES_LABEL, invalid_regex};
 use super::model::{Evaluation, Invalid, secs};
 use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL, duration};
 use crate::traffic::window::Totals;
@@ -99,7 +99,7 @@ pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, 
                 routes.insert(r.name.clone(), route);
             }
         }
-        let of = format!("{COMPANION_LABEL}={}", rollout.name_any());
+        let of = format!("{CANARY_ROUTES_LABEL}={}", rollout.name_any());
         companions = api
             .list_metadata(&ListParams::default().labels(&of))
             .await?

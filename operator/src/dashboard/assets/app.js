@@ -115,6 +115,9 @@ function drawRollouts(list, actions) {
     if ((r.headerRoutes || []).length) {
       card.append(el("p", { class: "header-routes" }, `Header routes to the canary: ${r.headerRoutes.join(", ")}`));
     }
+    if ((r.mirrorRoutes || []).length) {
+      card.append(el("p", { class: "mirror-routes" }, `Mirror routes to the canary: ${r.mirrorRoutes.join(", ")}`));
+    }
     if (r.analysis) {
       const a = r.analysis;
       const rate = (v) => (v === undefined || v === null ? "-" : pct(Number(v)));

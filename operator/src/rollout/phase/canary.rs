@@ -1,14 +1,14 @@
 //! A canary walks its steps as far as they allow in one pass: `setWeight`
 //! once its pods are ready, `pause` until its time is up or the user
 //! promotes (one pause per promote), `setCanaryScale`, `setHeaderRoute`
-//! once the canary has pods to answer, and inline `analysis` until an
+//! and `setMirrorRoute` once the canary has pods to answer, and inline `analysis` until an
 //! evaluation passes. Every wait has the progress deadline.
 
 use std::time::Duration;
 
 use sluice_crds::rollout::{
     AnalysisSpec, CanaryStep, PauseStep, Request, RolloutPhase, RolloutReason, SetCanaryScale,
-    SetHeaderRoute, Verdict, header_routes,
+    Verdict, header_routes, mirror_routes,
 };
 
 use super::super::duration;
@@ -116,7 +116,9 @@ fn take(o: &Observed, d: &mut Draft, w: &mut Walk, step: &CanaryStep) -> Next {
     } else if let Some(a) = &step.analysis {
         analysis(o, d, w, a)
     } else if let Some(r) = &step.set_header_route {
-        set_header_route(o, d, w, r)
+        set_route(o, d, w, RouteKind::Header, &r.name, r.matches.is_empty())
+    } else if let Some(r) = &step.set_mirror_route {
+        set_route(o, d, w, RouteKind::Mirror, &r.name, r.matches.is_empty())
     } else {
         Next::Advance
     }
@@ -169,14 +171,40 @@ fn set_weight(o: &Observed, d: &mut Draft, w: &mut Walk, target: i32) -> Next {
     Next::Advance
 }
 
-/// A header route sends requests to the canary whatever its weight, so it
-/// waits for the canary's pods at the current weight first.
-fn set_header_route(o: &Observed, d: &mut Draft, w: &mut Walk, r: &SetHeaderRoute) -> Next {
-    if r.matches.is_empty() {
-        d.normal(
+/// Which kind of named route a step sets.
+#[derive(Clone, Copy)]
+enum RouteKind {
+    Header,
+    Mirror,
+}
+
+/// A header route sends requests to the canary whatever its weight, and a
+/// mirror route copies them there, so either waits for the canary's pods
+/// at the current weight first; a step without `match` removes its route.
+fn set_route(
+    o: &Observed,
+    d: &mut Draft,
+    w: &mut Walk,
+    kind: RouteKind,
+    name: &str,
+    removes: bool,
+) -> Next {
+    let (set, removed, what, does) = match kind {
+        RouteKind::Header => (
+            "HeaderRouteSet",
             "HeaderRouteRemoved",
-            format!("{}: header route {} removed", label(o, w), r.name),
-        );
+            "header route",
+            "go to",
+        ),
+        RouteKind::Mirror => (
+            "MirrorRouteSet",
+            "MirrorRouteRemoved",
+            "mirror route",
+            "are copied to",
+        ),
+    };
+    if removes {
+        d.normal(removed, format!("{}: {what} {name} removed", label(o, w)));
         return Next::Advance;
     }
     let want = replicas::canary(o.replicas(), w.weight, o.routed(), w.scale);
@@ -184,11 +212,10 @@ fn set_header_route(o: &Observed, d: &mut Draft, w: &mut Walk, r: &SetHeaderRout
         return next;
     }
     d.normal(
-        "HeaderRouteSet",
+        set,
         format!(
-            "{}: requests matching header route {} go to the canary",
-            label(o, w),
-            r.name
+            "{}: requests matching {what} {name} {does} the canary",
+            label(o, w)
         ),
     );
     Next::Advance
@@ -299,10 +326,9 @@ fn finish(o: &Observed, mut d: Draft, stable: &str, w: &Walk) -> Decision {
     d.st.canary_scale = w.scale;
     requeue_for_analysis(o, &mut d);
     let steps = &o.spec.strategy.canary.steps;
-    d.header_routes = header_routes(steps, usize::try_from(w.index).unwrap_or(0))
-        .into_iter()
-        .cloned()
-        .collect();
+    let done = usize::try_from(w.index).unwrap_or(0);
+    d.header_routes = header_routes(steps, done).into_iter().cloned().collect();
+    d.mirror_routes = mirror_routes(steps, done).into_iter().cloned().collect();
     let pods = running_pods(o, stable, w.weight, w.scale, w.want_pods);
     d.finish(pods, w.weight)
 }

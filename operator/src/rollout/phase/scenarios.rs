@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use sluice_crds::rollout::{
-    AnalysisSpec, AnalysisStatus, CanaryStep, CanaryStrategy, HeaderRouteMatch, PauseStep, Request,
-    RolloutPhase, RolloutReason, RolloutSpec, RolloutStatus, RolloutStrategy, SetCanaryScale,
-    SetHeaderRoute, StringMatch, Verdict,
+    AnalysisSpec, AnalysisStatus, CanaryStep, CanaryStrategy, HeaderRouteMatch, MirrorRouteMatch,
+    PauseStep, Request, RolloutPhase, RolloutReason, RolloutSpec, RolloutStatus, RolloutStrategy,
+    SetCanaryScale, SetHeaderRoute, SetMirrorRoute, StringMatch, Verdict,
 };
 
 use super::super::model::{Decision, Evaluation, Invalid, Observed};
@@ -603,4 +603,32 @@ fn header_routes_of_different_names_add_up_and_go_at_promotion_and_abort() {
     let promoted = step(&s, &paused.status, "b", 11, Some(Request::Promote), None);
     assert_eq!(promoted.status.current_step_index, Some(3));
     assert!(promoted.header_routes.is_empty());
+}
+
+#[test]
+fn a_mirror_route_copies_to_a_ready_canary_until_the_canary_is_aborted() {
+    let mirror = CanaryStep {
+        set_mirror_route: Some(SetMirrorRoute {
+            name: "shadow".into(),
+            percentage: Some(50),
+            matches: vec![MirrorRouteMatch::default()],
+        }),
+        ..Default::default()
+    };
+    let s = spec(vec![mirror, pause(None)]);
+    let ready: BTreeMap<String, i32> = [("a".to_owned(), 2)].into();
+    let waiting = with_ready(&s, &stable_a(&s), "b", 10, None, None, &ready);
+    assert!(waiting.mirror_routes.is_empty());
+    assert_eq!(
+        waiting.status.reason,
+        Some(RolloutReason::WaitingForCanaryPods)
+    );
+    let paused = step(&s, &waiting.status, "b", 11, None, None);
+    assert_eq!(paused.status.mirror_routes, vec!["shadow".to_owned()]);
+    assert_eq!(paused.canary_weight, 0);
+    assert!(reasons(&paused).contains(&"MirrorRouteSet"));
+    let aborted = step(&s, &paused.status, "b", 12, None, Some(failed()));
+    assert!(aborted.mirror_routes.is_empty());
+    assert!(aborted.status.mirror_routes.is_empty());
+    assert_eq!(aborted.status.phase, Some(RolloutPhase::Degraded));
 }
