@@ -22,6 +22,15 @@ pub enum Refused {
     Body,
 }
 
+/// Whether an upstream send failed because the downstream request's own
+/// body failed (a bad chunk, a body cut short): hyper reports that as a
+/// user error caused by the body's own `hyper::Error`. Other user errors
+/// (a connection whose dispatch task is gone) are the upstream's.
+pub fn downstream_body_failed(e: &hyper::Error) -> bool {
+    e.is_user()
+        && std::error::Error::source(e).is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some())
+}
+
 /// The answer to refused framing: 400, and the connection closed, since
 /// where the next request would start is unknown.
 pub fn refusal(why: Refused) -> Response<RespBody> {

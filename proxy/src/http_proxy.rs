@@ -436,7 +436,7 @@ impl ProxyService {
                 }
                 // The downstream's own body broke (bad chunk, cut short):
                 // its fault, not the upstream's, and never retried.
-                Err(UpstreamError::Request(_, e)) if e.is_user() => {
+                Err(UpstreamError::Request(_, e)) if framing::downstream_body_failed(&e) => {
                     debug!(backend = %backend.name, "request body: {e}");
                     return self.refuse_framing(listener, framing::Refused::Body, start);
                 }

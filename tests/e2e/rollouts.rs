@@ -403,13 +403,20 @@ pub async fn failing_canary_is_rolled_back(cluster: Arc<Cluster>) -> anyhow::Res
     set_image(&cluster, ns, "red", 0.5).await?;
     wait_condition(&cluster, ns, "handson", "RolledBack", 60)?;
     let rolled_back_at = Instant::now();
-    // All traffic back on stable.
-    let counts = tally(&mesh, &host(ns), 200).await?;
+    // All traffic back on stable: the weights are written before the
+    // status, and the gateway has them within moments of the status.
+    let settled = poll(
+        "200 requests in a row answered by blue after the rollback",
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || async {
+            let counts = tally(&mesh, &host(ns), 200).await?;
+            Ok((counts.get("blue") == Some(&200)).then(|| rolled_back_at.elapsed()))
+        },
+    )
+    .await?;
+    eprintln!("rollout: 200 requests in a row all blue, done {settled:?} after RolledBack");
     let seen = load.finish().await?;
-    ensure!(
-        counts.get("blue") == Some(&200),
-        "after the rollback: {counts:?}"
-    );
     let red: Vec<Instant> = seen
         .iter()
         .filter(|(_, r)| {
