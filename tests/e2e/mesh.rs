@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             Box::pin(logged(c, rollouts::operator_restart_resumes_the_step))
         }),
         (
-            "header_routes_send_matching_requests_to_the_canary_through_gateway_and_sidecar",
+            "header_and_mirror_routes_reach_the_canary_through_gateway_and_sidecar",
             |c| Box::pin(logged(c, strategies::header_routes)),
         ),
         (

@@ -21,8 +21,8 @@ use super::rollouts::{
 use super::{GATEWAY_PORT, Load, Mesh, TIMEOUT, gateway, get_with, mesh, sidecar_client, version};
 
 /// Two header routes (an exact value, and a prefix the proxies match as a
-/// regex), then a step that removes the first.
-const HEADER_STEPS: &str = r#"[{setHeaderRoute: {name: testers, match: [{headerName: x-canary, headerValue: {exact: "yes"}}]}}, {setHeaderRoute: {name: staff, match: [{headerName: x-user, headerValue: {prefix: "staff-"}}]}}, {pause: {}}, {setHeaderRoute: {name: testers}}, {pause: {}}]"#;
+/// regex) and a mirror route, then a step that removes the first.
+const HEADER_STEPS: &str = r#"[{setHeaderRoute: {name: testers, match: [{headerName: x-canary, headerValue: {exact: "yes"}}]}}, {setHeaderRoute: {name: staff, match: [{headerName: x-user, headerValue: {prefix: "staff-"}}]}}, {setMirrorRoute: {name: shadow, match: [{headers: {x-shadow: {exact: "1"}}}]}}, {pause: {}}, {setHeaderRoute: {name: testers}}, {pause: {}}]"#;
 
 /// `n` requests through the gateway with `headers`, by colour.
 async fn through_gateway(
@@ -132,12 +132,14 @@ pub async fn header_routes(cluster: Arc<Cluster>) -> anyhow::Result<()> {
 
     set_image(&cluster, ns, "yellow", 0.0).await?;
     let ro = until(&cluster, ns, "both header routes, paused", |ro| {
-        step_index(ro) == Some(2) && phase(ro) == Some(RolloutPhase::Paused)
+        step_index(ro) == Some(3) && phase(ro) == Some(RolloutPhase::Paused)
     })
     .await?;
     let st = ro.status.clone().context("no status")?;
     ensure!(
-        st.header_routes == ["testers", "staff"] && weight(&ro) == 0,
+        st.header_routes == ["testers", "staff"]
+            && st.mirror_routes == ["shadow"]
+            && weight(&ro) == 0,
         "status at the pause: {st:?}"
     );
     until_both_answer(&cluster, &mesh, ns, &[("x-canary", "yes")], "yellow").await?;
@@ -158,9 +160,11 @@ pub async fn header_routes(cluster: Arc<Cluster>) -> anyhow::Result<()> {
             "{others:?} from the sidecar at weight 0: {sc:?}"
         );
     }
+    copies_reach_the_canary(&cluster, &mesh, ns).await?;
     let tree = cluster.kubectl(&["sluice", "-n", ns, "get", "rollout", "handson"], None)?;
     ensure!(
-        tree.contains("testers (x-canary=yes), staff (x-user^=staff-)"),
+        tree.contains("testers (x-canary=yes), staff (x-user^=staff-)")
+            && tree.contains("Mirror routes to the canary: shadow (100% of /* x-shadow=1)"),
         "kubectl sluice get:\n{tree}"
     );
     let routes: Api<HttpRoute> = Api::namespaced(cluster.client(), ns);
@@ -172,7 +176,7 @@ pub async fn header_routes(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     // The next step removes the testers' route only.
     cluster.kubectl(&["sluice", "-n", ns, "promote", "handson"], None)?;
     until(&cluster, ns, "the testers' route removed", |ro| {
-        step_index(ro) == Some(4)
+        step_index(ro) == Some(5)
             && ro
                 .status
                 .as_ref()
@@ -332,6 +336,51 @@ pub async fn mirror_route_rolls_back_a_canary_clients_never_see(
     );
     let routes: Api<HttpRoute> = Api::namespaced(cluster.client(), ns);
     until_companion_gone(&routes).await?;
+    Ok(())
+}
+
+/// Requests with `x-shadow: 1` get stable's answers through the gateway and
+/// from the sidecar, and each proxy sends the canary a copy of each,
+/// counted on the canary's backend.
+async fn copies_reach_the_canary(cluster: &Cluster, mesh: &Mesh, ns: &str) -> anyhow::Result<()> {
+    let pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(cluster.client(), ns)
+        .get("client")
+        .await?;
+    let client_ip = pod
+        .status
+        .and_then(|s| s.pod_ip)
+        .context("the client has no IP")?;
+    let label = format!("backend=\"{ns}/handson-canary:8080\"");
+    let copies = |ip: String| {
+        let label = label.clone();
+        async move { proxy_counter(&ip, "sluice_requests_total", &label).await }
+    };
+    let before = (
+        copies(mesh.gateway_ip.clone()).await?,
+        copies(client_ip.clone()).await?,
+    );
+    let shadow = [("x-shadow", "1")];
+    let gw = through_gateway(mesh, ns, &shadow, 20).await?;
+    let sc = through_sidecar(cluster, ns, &shadow, 20).await?;
+    ensure!(
+        gw.get("blue") == Some(&20) && sc.get("blue") == Some(&20),
+        "mirrored requests answered: gateway {gw:?}, sidecar {sc:?}"
+    );
+    let counted = poll(
+        "20 copies from the gateway and 20 from the sidecar",
+        TIMEOUT,
+        Duration::from_millis(100),
+        || async {
+            let gw = copies(mesh.gateway_ip.clone()).await? - before.0;
+            let sc = copies(client_ip.clone()).await? - before.1;
+            Ok((gw >= 20.0 && sc >= 20.0).then_some((gw, sc)))
+        },
+    )
+    .await?;
+    eprintln!(
+        "mirror route: copies to the canary: {} from the gateway, {} from the sidecar",
+        counted.0, counted.1
+    );
     Ok(())
 }
 
