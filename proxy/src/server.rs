@@ -51,9 +51,15 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
         .keep_alive(true)
         .timer(hyper_util::rt::TokioTimer::new());
     b.http1().header_read_timeout(Duration::from_secs(30));
+    // Rapid reset (CVE-2023-44487): a connection whose client resets
+    // streams faster than they are served, or keeps provoking resets, gets
+    // a GOAWAY. Set here rather than left to hyper's defaults, which may
+    // change.
     b.http2()
         .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .adaptive_window(true);
+        .adaptive_window(true)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
     b
 }
 

@@ -715,3 +715,53 @@ listeners:
         "the POST was copied"
     );
 }
+
+/// HTTP/2 rapid reset (CVE-2023-44487), with a raw h2 client: a connection
+/// that opens streams and resets them at once, without end, is cut off
+/// (GOAWAY or closed) long before 10,000 streams, and the proxy goes on
+/// serving other clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_is_cut_off_and_others_keep_being_served() {
+    let up = upstream("blue").await;
+    let (port, admin) = (free_port(), free_port());
+    let _p = ProxyProcess::start(
+        &http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], ""),
+        addr(admin),
+    )
+    .await;
+    let tcp = TcpStream::connect(addr(port)).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut opened = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while opened < 10_000 && Instant::now() < deadline {
+        let Ok(ready) = h2.clone().ready().await else {
+            break;
+        };
+        h2 = ready;
+        let req = http::Request::builder()
+            .uri(format!("http://app.test:{port}/slow"))
+            .body(())
+            .unwrap();
+        let Ok((_resp, mut stream)) = h2.send_request(req, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        opened += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    eprintln!("rapid reset: cut off after {opened} reset streams: {ended:?}");
+    assert!(opened > 0, "no stream was ever opened: {ended:?}");
+    assert!(
+        opened < 10_000 && ended.is_ok(),
+        "the proxy took {opened} reset streams and the connection is {}",
+        if ended.is_ok() {
+            "closed"
+        } else {
+            "still open"
+        }
+    );
+    // The proxy goes on serving other clients.
+    let (s, body) = get(&client(), port, "/").await;
+    assert_eq!((s, body.as_str()), (200, "blue"));
+}
