@@ -276,6 +276,25 @@ pub enum PathMatch {
     Prefix(String),
 }
 
+impl PathMatch {
+    /// Whether `path` (without its query) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(e) => path == e,
+            PathMatch::Prefix(p) => prefix_covers(p, path),
+        }
+    }
+}
+
+/// Whether Gateway API path prefix `prefix` covers `path`: whole segments
+/// only (`/api` and `/api/` cover `/api` and `/api/v1`, not `/apix`).
+pub fn prefix_covers(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    prefix.is_empty()
+        || (path.starts_with(prefix)
+            && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+}
+
 /// A header match: an exact value, a regular expression over the whole
 /// value, or presence when neither is given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

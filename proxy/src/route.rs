@@ -120,15 +120,8 @@ impl Matcher {
     /// Compiles a validated match (invalid names were refused by validation
     /// and are skipped here).
     pub fn new(m: &RouteMatch) -> Matcher {
-        let path = m.path.clone().map(|p| match p {
-            // `/foo/` as a prefix means `/foo` at a segment boundary.
-            PathMatch::Prefix(s) if s.len() > 1 && s.ends_with('/') => {
-                PathMatch::Prefix(s.trim_end_matches('/').to_owned())
-            }
-            other => other,
-        });
         Matcher {
-            path,
+            path: m.path.clone(),
             method: m
                 .method
                 .as_deref()
@@ -151,19 +144,10 @@ impl Matcher {
         {
             return false;
         }
-        if let Some(p) = &self.path {
-            let path = parts.uri.path();
-            let ok = match p {
-                PathMatch::Exact(e) => path == e,
-                PathMatch::Prefix(pre) => {
-                    pre == "/"
-                        || (path.starts_with(pre.as_str())
-                            && matches!(path.as_bytes().get(pre.len()), None | Some(b'/')))
-                }
-            };
-            if !ok {
-                return false;
-            }
+        if let Some(p) = &self.path
+            && !p.matches(parts.uri.path())
+        {
+            return false;
         }
         self.headers
             .iter()

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sluice_crds::rollout::{
     CanaryStep, MirrorRouteMatch, RolloutStatus, SetHeaderRoute, SetMirrorRoute, StringMatch,
 };
-use sluice_proto::config::header_regex;
+use sluice_proto::config::{header_regex, prefix_covers};
 
 pub use crate::mesh::CANARY_ROUTES_LABEL;
 
@@ -52,25 +52,32 @@ fn done(status: &RolloutStatus) -> usize {
         .unwrap_or(0)
 }
 
+/// `routes` that `names` (from status) says are in force, as text.
+fn described<T: std::fmt::Display>(
+    routes: Vec<&T>,
+    names: &[String],
+    name: impl Fn(&T) -> &str,
+) -> Vec<String> {
+    routes
+        .into_iter()
+        .filter(|r| names.iter().any(|n| n == name(r)))
+        .map(ToString::to_string)
+        .collect()
+}
+
 /// The header routes `status` says are in force, with their conditions
 /// as text (`testers (x-canary=yes)`): what `kubectl sluice get` and the
 /// dashboard show.
 pub fn header_routes_in_force(steps: &[CanaryStep], status: &RolloutStatus) -> Vec<String> {
-    sluice_crds::rollout::header_routes(steps, done(status))
-        .iter()
-        .filter(|r| status.header_routes.contains(&r.name))
-        .map(ToString::to_string)
-        .collect()
+    let routes = sluice_crds::rollout::header_routes(steps, done(status));
+    described(routes, &status.header_routes, |r| &r.name)
 }
 
 /// The mirror routes `status` says are in force, as text (`shadow (100%
 /// of /*)`).
 pub fn mirror_routes_in_force(steps: &[CanaryStep], status: &RolloutStatus) -> Vec<String> {
-    sluice_crds::rollout::mirror_routes(steps, done(status))
-        .iter()
-        .filter(|r| status.mirror_routes.contains(&r.name))
-        .map(ToString::to_string)
-        .collect()
+    let routes = sluice_crds::rollout::mirror_routes(steps, done(status));
+    described(routes, &status.mirror_routes, |r| &r.name)
 }
 
 /// The companion route of user route `route` for Rollout `rollout`.
@@ -78,17 +85,27 @@ pub fn companion_name(rollout: &str, route: &str) -> String {
     format!("{rollout}-{route}-canary")
 }
 
+/// The regular expression a prefix or regex condition is matched with;
+/// `None` for an exact value.
+fn pattern(v: &StringMatch) -> Option<String> {
+    match (&v.exact, &v.prefix, &v.regex) {
+        (Some(_), _, _) => None,
+        (None, Some(p), _) => Some(format!("{}.*", regex::escape(p))),
+        (None, None, Some(r)) => Some(r.clone()),
+        // Admission requires one of them.
+        (None, None, None) => None,
+    }
+}
+
 /// A header condition as a Gateway API header match; a prefix is a
 /// regular expression (Gateway API has no prefix match for headers).
 fn gateway_header(name: &str, v: &StringMatch) -> Value {
-    let (kind, value) = match (&v.exact, &v.prefix, &v.regex) {
-        (Some(e), _, _) => ("Exact", e.clone()),
-        (None, Some(p), _) => ("RegularExpression", format!("{}.*", regex::escape(p))),
-        (None, None, Some(r)) => ("RegularExpression", r.clone()),
-        // Admission requires one of them.
-        (None, None, None) => ("Exact", String::new()),
-    };
-    json!({"name": name, "type": kind, "value": value})
+    match pattern(v) {
+        Some(p) => json!({"name": name, "type": "RegularExpression", "value": p}),
+        None => {
+            json!({"name": name, "type": "Exact", "value": v.exact.clone().unwrap_or_default()})
+        }
+    }
 }
 
 /// The first header regex (or prefix) of a `setHeaderRoute` or
@@ -115,12 +132,9 @@ pub fn invalid_regex(steps: &[CanaryStep]) -> Option<String> {
             }
         }
         for (field, v) in conditions {
-            if v.exact.is_some() {
-                continue;
-            }
-            let header = gateway_header("x", v);
-            let pattern = header["value"].as_str().unwrap_or_default();
-            if let Err(e) = header_regex(pattern) {
+            if let Some(p) = pattern(v)
+                && let Err(e) = header_regex(&p)
+            {
                 return Some(format!("spec.strategy.canary.steps[{i}].{field}: {e}"));
             }
         }
@@ -300,14 +314,6 @@ fn with_headers(mut m: Value, extra: &[Value]) -> Value {
     m
 }
 
-/// Whether `path` lies under Gateway API prefix `prefix` (whole segments).
-fn under(path: &str, prefix: &str) -> bool {
-    let prefix = prefix.trim_end_matches('/');
-    prefix.is_empty()
-        || path == prefix
-        || (path.starts_with(prefix) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
-}
-
 /// The user's match `user` (Gateway API JSON) narrowed to mirror match
 /// `m`: the more specific path, one method, both sets of headers; `None`
 /// when no request can match both.
@@ -329,10 +335,10 @@ fn intersect(user: &Value, m: &MirrorRouteMatch) -> Option<Value> {
         _ => ("PathPrefix", "/"),
     };
     let path = match (kind, m_kind) {
-        ("PathPrefix", "PathPrefix") if under(m_value, value) => (m_kind, m_value),
-        ("PathPrefix", "PathPrefix") if under(value, m_value) => (kind, value),
-        ("PathPrefix", "Exact") if under(m_value, value) => (m_kind, m_value),
-        ("Exact", "PathPrefix") if under(value, m_value) => (kind, value),
+        ("PathPrefix", "PathPrefix") if prefix_covers(value, m_value) => (m_kind, m_value),
+        ("PathPrefix", "PathPrefix") if prefix_covers(m_value, value) => (kind, value),
+        ("PathPrefix", "Exact") if prefix_covers(value, m_value) => (m_kind, m_value),
+        ("Exact", "PathPrefix") if prefix_covers(m_value, value) => (kind, value),
         ("Exact", "Exact") if value == m_value => (kind, value),
         _ => return None,
     };
