@@ -13,6 +13,8 @@ use crate::balance::{Endpoint, Split};
 use crate::config::{
     Backend, Config, Listener, ListenerProtocol, MtlsMode, Route, UpstreamProtocol, WeightedBackend,
 };
+use crate::identity::MeshIdentity;
+use crate::pool::Target;
 use crate::route::{HostMatcher, Matcher};
 use crate::telemetry::{Cell, CellKey, Telemetry};
 
@@ -74,6 +76,20 @@ pub struct CompiledBackend {
     pub respond: Option<http::StatusCode>,
     /// Endpoints behind a sidecar, with the identity each must present.
     pub mesh: HashMap<SocketAddr, Arc<str>>,
+}
+
+impl CompiledBackend {
+    /// How to reach endpoint `addr`: over mTLS, expecting its sidecar's
+    /// identity, when it has one and this proxy holds a mesh certificate;
+    /// in plaintext otherwise.
+    pub fn target<'a>(&'a self, addr: SocketAddr, identity: &'a Arc<MeshIdentity>) -> Target<'a> {
+        let mesh = self
+            .mesh
+            .get(&addr)
+            .filter(|_| identity.has_leaf())
+            .map(|id| (identity, id));
+        Target { addr, mesh }
+    }
 }
 
 /// A listener with its routes.

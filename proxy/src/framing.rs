@@ -13,14 +13,9 @@ use http::{Response, StatusCode};
 
 use crate::body::RespBody;
 
-/// Why a request's framing is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Refused {
-    /// The body broke its own framing (an invalid chunk size, a body
-    /// shorter than its length) before it could be forwarded.
-    #[error("the request body does not match its framing")]
-    Body,
-}
+/// What a refused request is told: its body broke its own framing (an
+/// invalid chunk size, a body shorter than its length).
+pub const REFUSED: &str = "the request body does not match its framing\n";
 
 /// Whether an upstream send failed because the downstream request's own
 /// body failed (a bad chunk, a body cut short): hyper reports that as a
@@ -33,10 +28,8 @@ pub fn downstream_body_failed(e: &hyper::Error) -> bool {
 
 /// The answer to refused framing: 400, and the connection closed, since
 /// where the next request would start is unknown.
-pub fn refusal(why: Refused) -> Response<RespBody> {
-    let mut resp = Response::new(RespBody::text(match why {
-        Refused::Body => "the request body does not match its framing\n",
-    }));
+pub fn refusal() -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::text(REFUSED));
     *resp.status_mut() = StatusCode::BAD_REQUEST;
     let h = resp.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -53,7 +46,7 @@ mod tests {
 
     #[test]
     fn a_refusal_is_a_400_that_closes_the_connection() {
-        let refused = refusal(Refused::Body);
+        let refused = refusal();
         assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
         assert_eq!(refused.headers()[header::CONNECTION], "close");
     }

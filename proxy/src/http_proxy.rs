@@ -276,21 +276,15 @@ impl ProxyService {
         }
     }
 
-    /// Answers refused framing with a 400 that closes the connection, and
-    /// counts it.
-    fn refuse_framing(
-        &self,
-        listener: &CompiledListener,
-        why: framing::Refused,
-        start: Instant,
-    ) -> Response<RespBody> {
-        debug!(peer = %self.peer, "refused: {why}");
+    /// Answers a request whose body broke its framing with a 400 that
+    /// closes the connection, and counts it.
+    fn refuse_framing(&self, listener: &CompiledListener, start: Instant) -> Response<RespBody> {
         self.proxy
             .telemetry
             .framing_refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         listener.unrouted.record(400, start.elapsed(), false);
-        framing::refusal(why)
+        framing::refusal()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -357,15 +351,7 @@ impl ProxyService {
             };
             let req = prepared.request(proto, req_body, last);
             let in_flight = endpoint.begin();
-            let mesh = backend
-                .mesh
-                .get(&endpoint.addr)
-                .filter(|_| self.proxy.identity.has_leaf())
-                .map(|id| (&self.proxy.identity, id));
-            let target = pool::Target {
-                addr: endpoint.addr,
-                mesh,
-            };
+            let target = backend.target(endpoint.addr, &self.proxy.identity);
             let sent = pool::send(
                 target,
                 proto,
@@ -437,8 +423,8 @@ impl ProxyService {
                 // The downstream's own body broke (bad chunk, cut short):
                 // its fault, not the upstream's, and never retried.
                 Err(UpstreamError::Request(_, e)) if framing::downstream_body_failed(&e) => {
-                    debug!(backend = %backend.name, "request body: {e}");
-                    return self.refuse_framing(listener, framing::Refused::Body, start);
+                    debug!(peer = %self.peer, backend = %backend.name, "request body: {e}");
+                    return self.refuse_framing(listener, start);
                 }
                 Err(e) => {
                     debug!(backend = %backend.name, "{e}");

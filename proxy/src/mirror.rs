@@ -50,15 +50,7 @@ pub async fn send(
         cell.record(503, start.elapsed(), true);
         return;
     };
-    let mesh = b
-        .mesh
-        .get(&endpoint.addr)
-        .filter(|_| proxy.identity.has_leaf())
-        .map(|id| (&proxy.identity, id));
-    let target = pool::Target {
-        addr: endpoint.addr,
-        mesh,
-    };
+    let target = b.target(endpoint.addr, &proxy.identity);
     let in_flight = endpoint.begin();
     let copy = async {
         let resp = pool::send(target, proto, b.connect_timeout, req, &proxy.telemetry).await?;
