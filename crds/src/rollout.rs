@@ -20,6 +20,17 @@ const DURATION_RULE: &str = "self.matches('^([0-9]{1,6}(\\\\.[0-9]{1,3})?(ms|s|m
 const DURATION_MESSAGE: &str =
     "must be a duration such as 500ms, 30s, 5m or 1h30m, with at most 6 digits per unit";
 
+/// A header or mirror route's name: a lowercase RFC 1123 label.
+const ROUTE_NAME_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
+
+/// The characters of an HTTP header name (RFC 9110 token), for the rules
+/// on header routes' and mirror routes' header names.
+macro_rules! header_name_chars {
+    () => {
+        "[A-Za-z0-9!#$%&*+.^_|~-]"
+    };
+}
+
 /// Desired state of a [`Rollout`].
 // clippy reads the repeated `type_ = ...` of printcolumn(...) as duplicates.
 #[allow(clippy::duplicated_attributes)]
@@ -201,7 +212,7 @@ pub struct CanaryStep {
 #[serde(rename_all = "camelCase")]
 pub struct SetMirrorRoute {
     /// Names the route, so that a later step can replace or remove it.
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("must be a lowercase RFC 1123 label, such as shadow"))]
+    #[x_kube(validation = Rule::new(ROUTE_NAME_RULE).message("must be a lowercase RFC 1123 label, such as shadow"))]
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// Percentage (0-100) of matching requests copied. Defaults to 100.
@@ -230,7 +241,7 @@ pub struct MirrorRouteMatch {
     /// Header name to value match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 8))]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9!#$%&*+.^_|~-]{1,256}$'))").message("header names must be HTTP header names, such as x-canary"))]
+    #[x_kube(validation = Rule::new(concat!("self.all(k, k.matches('^", header_name_chars!(), "{1,256}$'))")).message("header names must be HTTP header names, such as x-canary"))]
     pub headers: BTreeMap<String, StringMatch>,
 }
 
@@ -279,7 +290,7 @@ fn string_match(v: &StringMatch) -> String {
 #[serde(rename_all = "camelCase")]
 pub struct SetHeaderRoute {
     /// Names the route, so that a later step can replace or remove it.
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("must be a lowercase RFC 1123 label, such as testers"))]
+    #[x_kube(validation = Rule::new(ROUTE_NAME_RULE).message("must be a lowercase RFC 1123 label, such as testers"))]
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// Conditions that all hold for a request routed to the canary; absent
@@ -310,7 +321,7 @@ impl std::fmt::Display for SetHeaderRoute {
 #[serde(rename_all = "camelCase")]
 pub struct HeaderRouteMatch {
     /// The header's name (case-insensitive).
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9!#$%&*+.^_|~-]+$')").message("must be an HTTP header name, such as x-canary"))]
+    #[x_kube(validation = Rule::new(concat!("self.matches('^", header_name_chars!(), "+$')")).message("must be an HTTP header name, such as x-canary"))]
     #[schemars(length(min = 1, max = 256))]
     pub header_name: String,
     /// How its value is matched.

@@ -151,8 +151,8 @@ pub fn weight_patch(
 }
 
 /// Sets the stable and canary backendRefs' weights in every routed
-/// HTTPRoute (a JSON Patch: the routes are the user's), keeps their header
-/// routes' companions, and keeps the mesh route of `trafficRouting.mesh`
+/// HTTPRoute (a JSON Patch: the routes are the user's), keeps their
+/// companions for header and mirror routes, and keeps the mesh route of `trafficRouting.mesh`
 /// (the operator's own: server-side apply).
 async fn apply_weights(
     rollout: &Rollout,
@@ -221,9 +221,9 @@ async fn apply_weights(
     Ok(())
 }
 
-/// Keeps one companion route per routed HTTPRoute while header routes are
-/// in force, and deletes those no longer wanted (all of them once the
-/// canary is promoted or aborted).
+/// Keeps one companion route per routed HTTPRoute while header or mirror
+/// routes are in force, and deletes those no longer wanted (all of them
+/// once the canary is promoted or aborted).
 async fn apply_companions(
     rollout: &Rollout,
     ctx: &Context,
@@ -251,7 +251,7 @@ async fn apply_companions(
     }
     for gone in world.companions.iter().filter(|c| !wanted.contains(*c)) {
         match api.delete(gone, &Default::default()).await {
-            Ok(_) => info!(route = %gone, "header routes removed"),
+            Ok(_) => info!(route = %gone, "canary routes removed"),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }

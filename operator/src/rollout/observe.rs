@@ -34,7 +34,8 @@ pub struct World {
     pub services: BTreeMap<String, Service>,
     /// The HTTPRoutes of `trafficRouting` that exist, by name.
     pub routes: BTreeMap<String, HttpRoute>,
-    /// The operator's companion routes of this Rollout's header routes.
+    /// The operator's companion routes of this Rollout's header and mirror
+    /// routes.
     pub companions: Vec<String>,
 }
 
@@ -99,14 +100,16 @@ pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, 
                 routes.insert(r.name.clone(), route);
             }
         }
-        let of = format!("{CANARY_ROUTES_LABEL}={}", rollout.name_any());
-        companions = api
-            .list_metadata(&ListParams::default().labels(&of))
-            .await?
-            .items
-            .into_iter()
-            .map(|m| m.name_any())
-            .collect();
+        if may_have_companions(rollout) {
+            let of = format!("{CANARY_ROUTES_LABEL}={}", rollout.name_any());
+            companions = api
+                .list_metadata(&ListParams::default().labels(&of))
+                .await?
+                .items
+                .into_iter()
+                .map(|m| m.name_any())
+                .collect();
+        }
     }
     Ok(World {
         owned,
@@ -115,6 +118,25 @@ pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, 
         routes,
         companions,
     })
+}
+
+/// Whether `rollout` can have companion routes: its steps set header or
+/// mirror routes, or its status still names some (removed from the spec
+/// since). Companions are deleted before the status stops naming their
+/// routes, so the Rollouts that never used them are spared a list per
+/// reconcile.
+fn may_have_companions(rollout: &Rollout) -> bool {
+    let uses = rollout
+        .spec
+        .strategy
+        .canary
+        .steps
+        .iter()
+        .any(|s| s.set_header_route.is_some() || s.set_mirror_route.is_some());
+    uses || rollout
+        .status
+        .as_ref()
+        .is_some_and(|s| !s.header_routes.is_empty() || !s.mirror_routes.is_empty())
 }
 
 /// Ready endpoints of Service `service` per revision of Rollout `rollout`
@@ -159,8 +181,8 @@ pub fn references(route: &HttpRoute, service: &str) -> bool {
 }
 
 /// What makes a Rollout that passed admission unable to run now, naming the
-/// field or object: a missing Service, a header route's regex the proxies
-/// would refuse, an HTTPRoute of `trafficRouting` that is gone or lost its
+/// field or object: a missing Service, a header or mirror route's regex the
+/// proxies would refuse, an HTTPRoute of `trafficRouting` that is gone or lost its
 /// backendRef to either Service.
 pub fn invalid(rollout: &Rollout, ns: &str, world: &World) -> Option<Invalid> {
     let canary = &rollout.spec.strategy.canary;

@@ -58,23 +58,34 @@ pub fn template_of(rs: &ReplicaSet) -> Option<PodTemplateSpec> {
 
 /// The revision hash of `template`: that of an owned ReplicaSet whose
 /// template it equals (one restored by an undo), else its content hash.
+/// Pod specs are compared first: they differ for every ReplicaSet but a
+/// restored one (the API server defaults its template), so the usual
+/// reconcile clones no template.
 pub fn current_hash(owned: &[ReplicaSet], template: &PodTemplateSpec) -> String {
     owned
         .iter()
+        .filter(|rs| {
+            let spec = rs.spec.as_ref().and_then(|s| s.template.as_ref());
+            spec.is_some_and(|t| t.spec == template.spec)
+        })
         .find(|rs| template_of(rs).as_ref() == Some(template))
         .and_then(hash_of)
         .map_or_else(|| template_hash(template), str::to_owned)
+}
+
+/// The revision number of revision `hash`, if its ReplicaSet has one.
+fn number_of(owned: &[ReplicaSet], hash: &str) -> Option<u64> {
+    owned
+        .iter()
+        .find(|rs| hash_of(rs) == Some(hash))
+        .and_then(revision)
 }
 
 /// The number revision `hash` should carry now: the next one, unless it is
 /// already the highest.
 pub fn next_number(owned: &[ReplicaSet], hash: &str) -> Option<u64> {
     let highest = owned.iter().filter_map(revision).max().unwrap_or(0);
-    let mine = owned
-        .iter()
-        .find(|rs| hash_of(rs) == Some(hash))
-        .and_then(revision);
-    match mine {
+    match number_of(owned, hash) {
         Some(n) if n == highest => None,
         _ => Some(highest + 1),
     }
@@ -87,11 +98,7 @@ pub fn undo_target<'a>(
     hash: &str,
     to: Option<u64>,
 ) -> Result<&'a ReplicaSet, UndoError> {
-    let current = owned
-        .iter()
-        .find(|rs| hash_of(rs) == Some(hash))
-        .and_then(revision)
-        .unwrap_or(u64::MAX);
+    let current = number_of(owned, hash).unwrap_or(u64::MAX);
     let numbered = || owned.iter().filter_map(|rs| Some((revision(rs)?, rs)));
     match to {
         Some(n) if n == current => Err(UndoError::AlreadyCurrent(n)),

@@ -1,8 +1,9 @@
 //! A canary walks its steps as far as they allow in one pass: `setWeight`
 //! once its pods are ready, `pause` until its time is up or the user
 //! promotes (one pause per promote), `setCanaryScale`, `setHeaderRoute`
-//! and `setMirrorRoute` once the canary has pods to answer, and inline `analysis` until an
-//! evaluation passes. Every wait has the progress deadline.
+//! and `setMirrorRoute` once the canary has pods to answer, and inline
+//! `analysis` until an evaluation passes. Every wait has the progress
+//! deadline.
 
 use std::time::Duration;
 
