@@ -210,6 +210,28 @@ pub(crate) async fn healthy_blue(
     Ok(())
 }
 
+/// Waits (5 s at most) until `n` requests in a row through the gateway are
+/// answered by `colour`; how long after `since` that was.
+async fn all_answer_within_5s(
+    mesh: &super::Mesh,
+    ns: &str,
+    colour: &str,
+    n: usize,
+    since: Instant,
+) -> anyhow::Result<Duration> {
+    let done = poll(
+        &format!("{n} requests in a row answered by {colour}"),
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        || async {
+            let counts = tally(mesh, &host(ns), n).await?;
+            Ok((counts.get(colour) == Some(&n)).then(|| since.elapsed()))
+        },
+    )
+    .await?;
+    Ok(done)
+}
+
 /// Scenarios 1 and 2: Healthy, then a canary (started with `kubectl sluice
 /// set image`) through its steps with the observed split following the
 /// weights, and `kubectl sluice promote`.
@@ -274,17 +296,7 @@ pub async fn canary_steps_and_promote(cluster: Arc<Cluster>) -> anyhow::Result<(
     // Healthy is written when the stable Service selects the new revision;
     // the gateway follows once the EndpointSlice does (the old pods still
     // answer meanwhile, for scaleDownDelaySeconds): all yellow within 5 s.
-    let promoted = Instant::now();
-    let last_blue = poll(
-        "100 requests in a row answered by yellow",
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || async {
-            let counts = tally(&mesh, &host(ns), 100).await?;
-            Ok((counts.get("yellow") == Some(&100)).then(|| promoted.elapsed()))
-        },
-    )
-    .await?;
+    let last_blue = all_answer_within_5s(&mesh, ns, "yellow", 100, Instant::now()).await?;
     eprintln!("rollout: all yellow {last_blue:?} after Healthy");
     // The old stable (blue) scales to 0 after scaleDownDelaySeconds.
     let stable = st.stable_revision.clone().unwrap_or_default();
@@ -405,16 +417,7 @@ pub async fn failing_canary_is_rolled_back(cluster: Arc<Cluster>) -> anyhow::Res
     let rolled_back_at = Instant::now();
     // All traffic back on stable: the weights are written before the
     // status, and the gateway has them within moments of the status.
-    let settled = poll(
-        "200 requests in a row answered by blue after the rollback",
-        Duration::from_secs(5),
-        Duration::from_millis(10),
-        || async {
-            let counts = tally(&mesh, &host(ns), 200).await?;
-            Ok((counts.get("blue") == Some(&200)).then(|| rolled_back_at.elapsed()))
-        },
-    )
-    .await?;
+    let settled = all_answer_within_5s(&mesh, ns, "blue", 200, rolled_back_at).await?;
     eprintln!("rollout: 200 requests in a row all blue, done {settled:?} after RolledBack");
     let seen = load.finish().await?;
     let red: Vec<Instant> = seen

@@ -207,14 +207,26 @@ async fn set_image(api: &Api<Rollout>, name: &str, args: &[String]) -> Result<()
         .await
         .with_context(|| format!("reading rollout {name}"))?;
     let patch = edit::set_image(&rollout.spec.template, &changes)?;
+    json_patch(api, name, patch, "setting the images").await?;
+    println!("rollout {name}: image updated ({})", args.join(" "));
+    Ok(())
+}
+
+/// Applies JSON Patch `patch` to Rollout `name`; `doing` names the edit in
+/// the error.
+async fn json_patch(
+    api: &Api<Rollout>,
+    name: &str,
+    patch: serde_json::Value,
+    doing: &str,
+) -> Result<()> {
     api.patch(
         name,
         &PatchParams::default(),
         &Patch::Json::<()>(serde_json::from_value(patch)?),
     )
     .await
-    .with_context(|| format!("setting the images of rollout {name}"))?;
-    println!("rollout {name}: image updated ({})", args.join(" "));
+    .with_context(|| format!("{doing} of rollout {name}"))?;
     Ok(())
 }
 
@@ -246,13 +258,7 @@ async fn undo(
         {"op": "test", "path": "/metadata/resourceVersion", "value": rollout.resource_version()},
         {"op": "replace", "path": "/spec/template", "value": template},
     ]);
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Json::<()>(serde_json::from_value(patch)?),
-    )
-    .await
-    .with_context(|| format!("restoring the template of rollout {name}"))?;
+    json_patch(api, name, patch, "restoring the template").await?;
     println!(
         "rollout {name}: back to revision {} ({})",
         revisions::revision(target).map_or("?".into(), |n| n.to_string()),
