@@ -376,9 +376,19 @@ spec:
 
 /// `n` sequential requests; counts by colour (non-200 as `status N`).
 async fn tally(mesh: &Mesh, host: &str, n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+    tally_with(mesh, host, &[], n).await
+}
+
+/// [`tally`] with extra request headers.
+async fn tally_with(
+    mesh: &Mesh,
+    host: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> anyhow::Result<BTreeMap<String, usize>> {
     let mut counts = BTreeMap::new();
     for _ in 0..n {
-        let r = get(&mesh.gateway_ip, GATEWAY_PORT, host, "/").await?;
+        let r = get_with(&mesh.gateway_ip, GATEWAY_PORT, host, "/", headers).await?;
         let key = if r.status == 200 {
             r.colour().to_owned()
         } else {

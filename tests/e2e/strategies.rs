@@ -18,7 +18,9 @@ use sluice_tests::wait::{deployment_available, pod_ready, poll};
 use super::rollouts::{
     healthy_blue, host, phase, rollout, set_image, step_index, until, wait_condition, weight,
 };
-use super::{GATEWAY_PORT, Load, Mesh, TIMEOUT, gateway, get_with, mesh, sidecar_client, version};
+use super::{
+    GATEWAY_PORT, Load, Mesh, TIMEOUT, gateway, get_with, mesh, sidecar_client, tally_with, version,
+};
 
 /// Two header routes (an exact value, and a prefix the proxies match as a
 /// regex) and a mirror route, then a step that removes the first.
@@ -31,17 +33,7 @@ async fn through_gateway(
     headers: &[(&str, &str)],
     n: usize,
 ) -> anyhow::Result<BTreeMap<String, usize>> {
-    let mut counts = BTreeMap::new();
-    for _ in 0..n {
-        let r = get_with(&mesh.gateway_ip, GATEWAY_PORT, &host(ns), "/", headers).await?;
-        let key = if r.status == 200 {
-            r.colour().to_owned()
-        } else {
-            format!("status {}", r.status)
-        };
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    Ok(counts)
+    tally_with(mesh, &host(ns), headers, n).await
 }
 
 /// `n` requests from the client pod's app container to
