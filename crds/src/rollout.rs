@@ -64,8 +64,11 @@ macro_rules! header_name_chars {
     )
 )]
 #[x_kube(validation = Rule::new(
-    "!has(self.selector.matchLabels) || (has(self.template.metadata) && has(self.template.metadata.labels) && self.selector.matchLabels.all(k, k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k]))"
+    "!has(self.selector) || !has(self.template) || !has(self.selector.matchLabels) || (has(self.template.metadata) && has(self.template.metadata.labels) && self.selector.matchLabels.all(k, k in self.template.metadata.labels && self.template.metadata.labels[k] == self.selector.matchLabels[k]))"
 ).message("spec.selector.matchLabels must match spec.template.metadata.labels").field_path(".selector"))]
+#[x_kube(validation = Rule::new(
+    "has(self.workloadRef) ? !has(self.template) && !has(self.selector) : has(self.template) && has(self.selector)"
+).message("spec sets selector and template, or workloadRef (whose Deployment gives both)"))]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
     /// Number of desired pods across stable and canary. Defaults to 1.
@@ -73,9 +76,20 @@ pub struct RolloutSpec {
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
     pub replicas: i32,
     /// Label selector for the pods; must match the template's labels.
+    /// Absent with `workloadRef` (the Deployment's is used).
+    #[serde(default, skip_serializing_if = "is_empty_selector")]
     pub selector: LabelSelector,
-    /// The pod template; a change to it starts a new revision.
+    /// The pod template; a change to it starts a new revision. Absent with
+    /// `workloadRef` (the Deployment's is used).
+    #[serde(default, skip_serializing_if = "is_empty_template")]
     pub template: PodTemplateSpec,
+    /// Take the selector and pod template from this Deployment instead:
+    /// the Rollout runs the pods (the Deployment is scaled to 0 once the
+    /// Rollout's own pods serve) and a change to the Deployment's template
+    /// starts a new revision, so a team adopts Sluice without rewriting
+    /// its manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_ref: Option<WorkloadRef>,
     /// How many old ReplicaSets to keep for rollback. Defaults to 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
@@ -96,12 +110,105 @@ fn default_replicas() -> i32 {
     1
 }
 
-/// The deployment strategy; canary is the one Sluice implements.
+fn is_empty_selector(s: &LabelSelector) -> bool {
+    *s == LabelSelector::default()
+}
+
+fn is_empty_template(t: &PodTemplateSpec) -> bool {
+    *t == PodTemplateSpec::default()
+}
+
+/// The Deployment a Rollout takes its pods' template from.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// `apps/v1`.
+    #[x_kube(validation = Rule::new("self == 'apps/v1'").message("must be apps/v1"))]
+    pub api_version: String,
+    /// `Deployment`.
+    #[x_kube(validation = Rule::new("self == 'Deployment'").message("must be Deployment"))]
+    pub kind: String,
+    /// The Deployment, in the Rollout's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The deployment strategy: exactly one of `canary` and `blueGreen`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.canary) != has(self.blueGreen)")
+    .message("spec.strategy sets exactly one of canary, blueGreen"))]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStrategy {
     /// Shift traffic step by step from the stable revision to the canary.
+    /// Absent and empty are the same to the controller (a blue-green
+    /// Rollout reads an empty one), so it is written only when set.
+    #[serde(default, skip_serializing_if = "CanaryStrategy::is_unset")]
     pub canary: CanaryStrategy,
+    /// Run the new revision beside the active one, reachable through
+    /// `previewService`, then switch `activeService` to it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenStrategy>,
+}
+
+/// A blue-green strategy, as Argo Rollouts' `blueGreen`: the new revision
+/// runs beside the active one, reachable through `previewService`; once it
+/// is ready (and its pre-promotion analysis passed, and it was promoted or
+/// auto-promoted) `activeService` is switched to it in one selector change.
+/// A failed post-promotion analysis switches it back.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new(
+    "!has(self.previewService) || self.previewService != self.activeService"
+).message("spec.strategy.blueGreen.previewService must name another Service than activeService").field_path(".previewService"))]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenStrategy {
+    /// The Service whose selector the controller pins to the active
+    /// revision: what users reach.
+    #[schemars(length(min = 1, max = 63))]
+    pub active_service: String,
+    /// The Service whose selector the controller pins to the new revision
+    /// before it is promoted (to the active one otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub preview_service: Option<String>,
+    /// Switch to the new revision as soon as it is ready (and its
+    /// pre-promotion analysis passed). Defaults to true; false waits for
+    /// `kubectl sluice promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promotion_enabled: Option<bool>,
+    /// With auto-promotion, wait this many seconds after the preview is
+    /// ready before switching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub auto_promotion_seconds: Option<i32>,
+    /// Pods of the new revision while it is only previewed; it is scaled to
+    /// `spec.replicas` before the switch. Defaults to `spec.replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub preview_replica_count: Option<i32>,
+    /// Seconds the old revision keeps its pods after the switch (so that
+    /// clients with connections to it, and a switch back, lose nothing).
+    /// Defaults to 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub scale_down_delay_seconds: Option<i32>,
+    /// Seconds the new revision keeps its pods after an abort. Defaults to 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must be 0 or more"))]
+    pub abort_scale_down_delay_seconds: Option<i32>,
+    /// Analysis of the preview pods that must pass before the switch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promotion_analysis: Option<AnalysisSpec>,
+    /// Analysis of the new revision once it is active; a failure switches
+    /// back. The revision becomes stable only when it passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_promotion_analysis: Option<AnalysisSpec>,
+}
+
+impl BlueGreenStrategy {
+    /// Whether the switch happens without `kubectl sluice promote`.
+    pub fn auto_promotes(&self) -> bool {
+        self.auto_promotion_enabled.unwrap_or(true)
+    }
 }
 
 /// A canary strategy: steps that move weight, pause and analyse.
@@ -243,6 +350,13 @@ pub struct MirrorRouteMatch {
     #[schemars(extend("maxProperties" = 8))]
     #[x_kube(validation = Rule::new(concat!("self.all(k, k.matches('^", header_name_chars!(), "{1,256}$'))")).message("header names must be HTTP header names, such as x-canary"))]
     pub headers: BTreeMap<String, StringMatch>,
+}
+
+impl CanaryStrategy {
+    /// Whether nothing of it is set (a blue-green Rollout's).
+    pub fn is_unset(&self) -> bool {
+        *self == CanaryStrategy::default()
+    }
 }
 
 impl std::fmt::Display for SetMirrorRoute {
@@ -582,10 +696,23 @@ pub struct RolloutStatus {
     /// requests go to the canary.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirror_routes: Vec<String>,
+    /// Which revision each blue-green Service selects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenStatus>,
     /// `Available`, `Progressing`, `Paused`, `Healthy`, `RolledBack`,
     /// `InvalidSpec`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Which revision each Service of a blue-green Rollout selects.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenStatus {
+    /// The revision `activeService` selects.
+    pub active_revision: String,
+    /// The revision `previewService` selects.
+    pub preview_revision: String,
 }
 
 /// The phase of a rollout.
@@ -617,6 +744,11 @@ pub enum RolloutReason {
     StepAdvanced,
     /// Progressing: the canary is scaled to full size before it becomes stable.
     Promoting,
+    /// Progressing: waiting for a blue-green preview's pods.
+    WaitingForPreviewPods,
+    /// Progressing: `activeService` selects the new revision; its
+    /// post-promotion analysis decides whether it stays.
+    PostPromotionAnalysis,
     /// Paused: a timed pause step.
     PauseStep,
     /// Paused: a pause step without duration, until promoted.
@@ -647,6 +779,8 @@ impl RolloutReason {
             RolloutReason::WaitingForAnalysis => "WaitingForAnalysis",
             RolloutReason::StepAdvanced => "StepAdvanced",
             RolloutReason::Promoting => "Promoting",
+            RolloutReason::WaitingForPreviewPods => "WaitingForPreviewPods",
+            RolloutReason::PostPromotionAnalysis => "PostPromotionAnalysis",
             RolloutReason::PauseStep => "PauseStep",
             RolloutReason::PausedUntilPromoted => "PausedUntilPromoted",
             RolloutReason::SpecPaused => "SpecPaused",

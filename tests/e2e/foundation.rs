@@ -217,6 +217,32 @@ async fn invalid_rollout(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         "spec.strategy.canary.canaryService",
         "another Service",
     )?;
+    // A strategy is canary or blue-green, never both; blue-green's two
+    // Services differ.
+    let both = rollout_yaml("invalid", "both", 10).replace(
+        "  strategy:\n",
+        "  strategy:\n    blueGreen: {activeService: web}\n",
+    );
+    refused(
+        &cluster,
+        &both,
+        "spec.strategy",
+        "exactly one of canary, blueGreen",
+    )?;
+    let blue_green = |services: &str| {
+        let yaml = rollout_yaml("invalid", "bg", 10);
+        let at = yaml.find("  strategy:\n").unwrap_or(yaml.len());
+        format!("{}  strategy:\n    blueGreen: {services}\n", &yaml[..at])
+    };
+    refused(
+        &cluster,
+        &blue_green("{activeService: web, previewService: web}"),
+        "spec.strategy.blueGreen.previewService",
+        "another Service than activeService",
+    )?;
+    cluster.apply(&blue_green(
+        "{activeService: web, previewService: web-preview}",
+    ))?;
     // A header route needs traffic routing, and one kind of value match.
     let header_route = |value: &str| {
         rollout_yaml("invalid", "hdr", 10).replace(

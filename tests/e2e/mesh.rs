@@ -29,6 +29,8 @@ use sluice_tests::operator::{
 use sluice_tests::wait::{deployment_available, pod_names, pod_ready, poll, ready_endpoints};
 use tokio::sync::{Mutex, OnceCell};
 
+mod adoption;
+mod blue_green;
 mod dashboard;
 mod identity;
 mod rollouts;
@@ -92,6 +94,14 @@ fn main() -> ExitCode {
                     strategies::mirror_route_rolls_back_a_canary_clients_never_see,
                 ))
             },
+        ),
+        (
+            "rollout_adopts_a_deployment_without_errors_and_follows_its_template",
+            |c| Box::pin(logged(c, adoption::adopts_a_deployment)),
+        ),
+        (
+            "blue_green_previews_switches_without_errors_and_switches_back",
+            |c| Box::pin(logged(c, blue_green::blue_green)),
         ),
         (
             "rollout_promote_ends_one_pause_only_and_full_goes_to_100",
@@ -443,6 +453,20 @@ fn failures(seen: &[(Instant, Result<Reply, String>)]) -> Vec<String> {
         .collect()
 }
 
+/// Fails unless every request of a load run succeeded, naming the first
+/// failures and `during` what.
+fn none_failed(seen: &[(Instant, Result<Reply, String>)], during: &str) -> anyhow::Result<()> {
+    let failed = failures(seen);
+    ensure!(
+        failed.is_empty(),
+        "{} of {} requests failed {during}: {:?}",
+        failed.len(),
+        seen.len(),
+        &failed[..failed.len().min(5)]
+    );
+    Ok(())
+}
+
 /// Demo-app Deployment `name` (labels app=`app`, version=`color`) and a
 /// Service of the same name selecting it.
 fn version(ns: &str, name: &str, app: &str, color: &str, replicas: i32) -> String {
@@ -706,14 +730,7 @@ async fn switch_under_load(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     )
     .await?;
     let seen = load.finish().await?;
-    let failed = failures(&seen);
-    ensure!(
-        failed.is_empty(),
-        "{} of {} requests failed during the switch: {:?}",
-        failed.len(),
-        seen.len(),
-        &failed[..failed.len().min(5)]
-    );
+    none_failed(&seen, "during the switch")?;
     let last_blue = seen
         .iter()
         .filter(|(_, r)| r.as_ref().is_ok_and(|r| r.colour() == "blue"))

@@ -15,7 +15,7 @@ use sluice_tests::Cluster;
 use sluice_tests::operator::demo_app_container;
 use sluice_tests::wait::poll;
 
-use super::{GATEWAY_PORT, Load, TIMEOUT, get, mesh, tally};
+use super::{GATEWAY_PORT, Load, TIMEOUT, mesh, tally, until_gateway_answers};
 
 /// Each scenario's own host: Gateways on one port must not claim the same
 /// hostname.
@@ -23,34 +23,41 @@ pub(crate) fn host(ns: &str) -> String {
     format!("{ns}.example.com")
 }
 
-/// Services, Gateway and HTTPRoute of the hands-on, and a Rollout of
-/// demo-app `blue` with the steps of the hands-on.
-pub(crate) fn resources(ns: &str, steps: &str, analysis: &str) -> String {
-    let host = host(ns);
+/// Service `name` in `ns`, selecting the `app: handson` pods on port 8080
+/// (the controller pins it to a revision).
+pub(crate) fn service(ns: &str, name: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Service
-metadata: {{name: handson-stable, namespace: {ns}}}
+metadata: {{name: {name}, namespace: {ns}}}
 spec:
   selector: {{app: handson}}
   ports: [{{name: http, port: 8080, targetPort: http}}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: handson-canary, namespace: {ns}}}
-spec:
-  selector: {{app: handson}}
-  ports: [{{name: http, port: 8080, targetPort: http}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: {ns}}}
-spec:
-  gatewayClassName: sluice
-  listeners:
-  - {{name: http, port: {GATEWAY_PORT}, protocol: HTTP, hostname: "{host}"}}
----
-apiVersion: gateway.networking.k8s.io/v1
+"#
+    )
+}
+
+/// Gateway `gw` in `ns` with an HTTP listener per (name, hostname).
+pub(crate) fn gateway(ns: &str, listeners: &[(&str, &str)]) -> String {
+    let listeners: String = listeners
+        .iter()
+        .map(|(name, host)| {
+            format!(
+                "  - {{name: {name}, port: {GATEWAY_PORT}, protocol: HTTP, hostname: \"{host}\"}}\n"
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: {ns}}}\nspec:\n  gatewayClassName: sluice\n  listeners:\n{listeners}---\n"
+    )
+}
+
+/// The hands-on's stable and canary Services, its Gateway and its HTTPRoute
+/// with weights (all to stable).
+pub(crate) fn routed_services(ns: &str) -> String {
+    format!(
+        r#"{stable}{canary}{gateway}apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {{name: handson, namespace: {ns}}}
 spec:
@@ -60,7 +67,18 @@ spec:
     - {{name: handson-stable, port: 8080, weight: 100}}
     - {{name: handson-canary, port: 8080, weight: 0}}
 ---
-apiVersion: sluice.dev/v1alpha1
+"#,
+        stable = service(ns, "handson-stable"),
+        canary = service(ns, "handson-canary"),
+        gateway = gateway(ns, &[("http", &host(ns))]),
+    )
+}
+
+/// Rollout `handson` of demo-app `blue` with `strategy` (the YAML under
+/// `strategy:`).
+pub(crate) fn blue_rollout(ns: &str, strategy: &str) -> String {
+    format!(
+        r#"apiVersion: sluice.dev/v1alpha1
 kind: Rollout
 metadata: {{name: handson, namespace: {ns}}}
 spec:
@@ -71,7 +89,16 @@ spec:
     spec:
       containers:
 {container}  strategy:
-    canary:
+{strategy}"#,
+        container = demo_app_container("blue", 6)
+    )
+}
+
+/// The hands-on's canary strategy (its Services and route) with `steps`
+/// and `analysis`.
+pub(crate) fn canary_strategy(steps: &str, analysis: &str) -> String {
+    format!(
+        r#"    canary:
       stableService: handson-stable
       canaryService: handson-canary
       trafficRouting:
@@ -80,9 +107,13 @@ spec:
       abortScaleDownDelaySeconds: 2
       steps: {steps}
       analysis: {analysis}
-"#,
-        container = demo_app_container("blue", 6)
+"#
     )
+}
+
+/// [`routed_services`] and a Rollout of demo-app `blue` with `steps`.
+pub(crate) fn resources(ns: &str, steps: &str, analysis: &str) -> String {
+    routed_services(ns) + &blue_rollout(ns, &canary_strategy(steps, analysis))
 }
 
 pub(crate) const HANDS_ON_STEPS: &str =
@@ -193,26 +224,13 @@ pub(crate) async fn healthy_blue(
     cluster.create_namespace(ns).await?;
     cluster.apply(&resources(ns, steps, analysis))?;
     wait_condition(cluster, ns, "handson", "Healthy", 60)?;
-    poll(
-        "the gateway to answer blue",
-        TIMEOUT,
-        Duration::from_millis(100),
-        || async {
-            // Refused or reset while the listener is being set up: not yet.
-            let r = get(&mesh.gateway_ip, GATEWAY_PORT, &host(ns), "/")
-                .await
-                .ok();
-            Ok(r.filter(|r| r.status == 200 && r.colour() == "blue")
-                .map(|_| ()))
-        },
-    )
-    .await?;
-    Ok(())
+    // Refused or reset while the listener is being set up: not yet.
+    until_gateway_answers(&mesh, &host(ns), "blue").await
 }
 
 /// Waits (5 s at most) until `n` requests in a row through the gateway are
 /// answered by `colour`; how long after `since` that was.
-async fn all_answer_within_5s(
+pub(crate) async fn all_answer_within_5s(
     mesh: &super::Mesh,
     ns: &str,
     colour: &str,

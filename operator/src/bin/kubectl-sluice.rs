@@ -17,7 +17,7 @@ use serde_json::json;
 use sluice_crds::rollout::Request;
 use sluice_crds::{Rollout, RolloutPhase};
 use sluice_operator::rollout::canary_routes::{header_routes_in_force, mirror_routes_in_force};
-use sluice_operator::rollout::{HASH_LABEL, ROLLOUT_LABEL, edit, revisions};
+use sluice_operator::rollout::{HASH_LABEL, ROLLOUT_LABEL, edit, lint, revisions};
 
 #[derive(Parser)]
 #[command(name = "kubectl sluice", about = "Watch and steer Sluice Rollouts")]
@@ -85,6 +85,12 @@ enum Cmd {
         #[arg(long)]
         to_revision: Option<u64>,
     },
+    /// Validate the Rollouts of a file offline (`-` reads standard input),
+    /// as admission and the controller would: exit 1 when one is invalid.
+    Lint {
+        /// A YAML file of one or more documents; other kinds are skipped.
+        file: String,
+    },
     /// Wait until the rollout is Healthy (exit 0) or Degraded (exit 1).
     Status {
         /// The Rollout.
@@ -112,6 +118,10 @@ enum SetCmd {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Offline: no cluster needed.
+    if let Cmd::Lint { file } = &cli.cmd {
+        return lint_file(file);
+    }
     let client = Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
@@ -153,6 +163,8 @@ async fn main() -> Result<()> {
         Cmd::Undo { name, to_revision } => undo(&client, &api, &ns, &name, to_revision).await,
         Cmd::Pause { name } => set_paused(&api, &name, true).await,
         Cmd::Resume { name } => set_paused(&api, &name, false).await,
+        // Handled before connecting.
+        Cmd::Lint { .. } => Ok(()),
         Cmd::Status { name, timeout } => {
             let deadline = Instant::now() + Duration::from_secs(timeout);
             let mut last = String::new();
@@ -206,9 +218,24 @@ async fn set_image(api: &Api<Rollout>, name: &str, args: &[String]) -> Result<()
         .get(name)
         .await
         .with_context(|| format!("reading rollout {name}"))?;
+    own_template(&rollout, "kubectl set image deployment/")?;
     let patch = edit::set_image(&rollout.spec.template, &changes)?;
     json_patch(api, name, patch, "setting the images").await?;
     println!("rollout {name}: image updated ({})", args.join(" "));
+    Ok(())
+}
+
+/// Refuses to edit the template of a Rollout that takes it from a
+/// Deployment: the Deployment is where it changes (`how` + its name).
+fn own_template(rollout: &Rollout, how: &str) -> Result<()> {
+    if let Some(w) = &rollout.spec.workload_ref {
+        bail!(
+            "rollout {} takes its pod template from Deployment {}: change it there ({how}{})",
+            rollout.name_any(),
+            w.name,
+            w.name
+        );
+    }
     Ok(())
 }
 
@@ -248,6 +275,7 @@ async fn undo(
         .get(name)
         .await
         .with_context(|| format!("reading rollout {name}"))?;
+    own_template(&rollout, "kubectl rollout undo deployment/")?;
     let owned = owned_replicasets(client, ns, name).await?;
     let current = revisions::current_hash(&owned, &rollout.spec.template);
     let target = revisions::undo_target(&owned, &current, to)?;
@@ -281,6 +309,34 @@ async fn set_paused(api: &Api<Rollout>, name: &str, paused: bool) -> Result<()> 
     Ok(())
 }
 
+/// `lint FILE`: each Rollout's findings, exit 1 if any.
+fn lint_file(file: &str) -> Result<()> {
+    let text = if file == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+    };
+    let report = lint::lint(&text).with_context(|| format!("linting {file}"))?;
+    if report.rollouts.is_empty() {
+        bail!(
+            "{file}: no Rollout found ({} other documents)",
+            report.skipped
+        );
+    }
+    for (name, findings) in &report.rollouts {
+        if findings.is_empty() {
+            println!("rollout/{name}: valid");
+        }
+        for f in findings {
+            println!("rollout/{name}: {f}");
+        }
+    }
+    if !report.ok() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 /// The rollout as text: what `get` prints.
 async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
     let ro = Api::<Rollout>::namespaced(client.clone(), ns)
@@ -291,14 +347,36 @@ async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
     let w = st.weights.clone().unwrap_or_default();
     out += &format!("Name:       {name}\nNamespace:  {ns}\n");
     out += &format!(
-        "Status:     {:?}{}\nMessage:    {}\nStep:       {}\nWeights:    stable {}%  canary {}%\n",
+        "Status:     {:?}{}\nMessage:    {}\n",
         st.phase.unwrap_or(RolloutPhase::Progressing),
         st.reason.map_or(String::new(), |r| format!(" ({r})")),
         st.message.clone().unwrap_or_default(),
-        st.step.clone().unwrap_or_default(),
-        w.stable,
-        w.canary
     );
+    if let Some(w) = &ro.spec.workload_ref {
+        out += &format!("Workload:   Deployment {} (its pod template)\n", w.name);
+    }
+    match (&ro.spec.strategy.blue_green, &st.blue_green) {
+        (Some(bg), sel) => {
+            let (active, preview) = sel.as_ref().map_or(("-", "-"), |s| {
+                (s.active_revision.as_str(), s.preview_revision.as_str())
+            });
+            out += &format!(
+                "Strategy:   blue-green\nActive:     {} → {active}\n",
+                bg.active_service
+            );
+            if let Some(p) = &bg.preview_service {
+                out += &format!("Preview:    {p} → {preview}\n");
+            }
+        }
+        (None, _) => {
+            out += &format!(
+                "Step:       {}\nWeights:    stable {}%  canary {}%\n",
+                st.step.clone().unwrap_or_default(),
+                w.stable,
+                w.canary
+            );
+        }
+    }
     if !st.header_routes.is_empty() {
         out += &format!(
             "Header routes to the canary: {}\n",
@@ -341,9 +419,22 @@ async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
         let role = if st.stable_revision.as_deref() == Some(&hash) {
             "stable"
         } else if st.canary_revision.as_deref() == Some(&hash) {
-            "canary"
+            if ro.spec.strategy.blue_green.is_some() {
+                "preview"
+            } else {
+                "canary"
+            }
         } else {
             "old"
+        };
+        let active = st
+            .blue_green
+            .as_ref()
+            .is_some_and(|b| b.active_revision == hash);
+        let role = if active {
+            format!("{role}, active")
+        } else {
+            role.to_owned()
         };
         let s = r.status.clone().unwrap_or_default();
         let number = revisions::revision(r).map_or(String::new(), |n| format!(" #{n}"));

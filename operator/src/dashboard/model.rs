@@ -208,6 +208,8 @@ pub struct RolloutView {
     pub header_routes: Vec<String>,
     /// Mirror routes to the canary in force, as text.
     pub mirror_routes: Vec<String>,
+    /// A blue-green Rollout's Services and the revision each selects.
+    pub blue_green: Option<BlueGreenView>,
     /// Revisions.
     pub stable_revision: Option<String>,
     /// While a canary runs.
@@ -220,6 +222,20 @@ pub struct RolloutView {
     pub series: BTreeMap<String, Vec<Point>>,
     /// Recent events.
     pub events: Vec<serde_json::Value>,
+}
+
+/// A blue-green Rollout's Services and the revisions they select.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreenView {
+    /// `activeService`.
+    pub active_service: String,
+    /// The revision it selects.
+    pub active_revision: Option<String>,
+    /// `previewService`, if any.
+    pub preview_service: Option<String>,
+    /// The revision it selects.
+    pub preview_revision: Option<String>,
 }
 
 /// A step as text: `setWeight 20`, `pause 5s`, `pause (until promoted)`.
@@ -279,6 +295,15 @@ pub fn rollout_view(
             &ro.spec.strategy.canary.steps,
             &status,
         ),
+        blue_green: ro.spec.strategy.blue_green.as_ref().map(|bg| {
+            let sel = status.blue_green.as_ref();
+            BlueGreenView {
+                active_service: bg.active_service.clone(),
+                active_revision: sel.map(|s| s.active_revision.clone()),
+                preview_service: bg.preview_service.clone(),
+                preview_revision: sel.map(|s| s.preview_revision.clone()),
+            }
+        }),
         stable_revision: status.stable_revision.clone(),
         canary_revision: status.canary_revision.clone(),
         analysis: to_json(&status.analysis),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use gateway_api::httproutes::HttpRoute;
-use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{Patch, PatchParams, PostParams};
@@ -15,7 +15,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use sluice_crds::Rollout;
-use sluice_crds::rollout::Request;
+use sluice_crds::rollout::{Request, RolloutSpec, RolloutStatus};
 use tracing::info;
 
 use super::canary_routes::{self, CanaryRoutes};
@@ -23,6 +23,7 @@ use super::model::{Decision, Observed};
 use super::observe::{self, World};
 use super::phase::decide;
 use super::revisions::{self, REVISION_ANNOTATION};
+use super::workload::{self, Adoption, WORKLOAD_LABEL};
 use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL};
 use crate::status::{FIELD_MANAGER, apply_status, to_conditions};
 
@@ -30,6 +31,11 @@ use crate::status::{FIELD_MANAGER, apply_status, to_conditions};
 pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Action, Error> {
     let status = rollout.status.clone().unwrap_or_default();
     let world = observe::world(rollout, ns, ctx).await?;
+    let adopted = world
+        .workload
+        .as_ref()
+        .map(|d| workload::effective(rollout, d));
+    let rollout = adopted.as_ref().unwrap_or(rollout);
     let hash = revisions::current_hash(&world.owned, &rollout.spec.template);
     // Taken (removed) before it is acted on, and acted on only if this
     // pass removed it: the cache may still show a request that an earlier
@@ -40,7 +46,7 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
     };
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     let evaluation = observe::evaluation_due(rollout, &hash, now)
-        .map(|a| observe::analyse(ctx, ns, &status, &hash, &a, now));
+        .map(|a| observe::analyse(ctx, rollout, ns, &hash, &a, now));
     let observed = Observed {
         spec: &rollout.spec,
         status: &status,
@@ -56,12 +62,81 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
 
     apply_weights(rollout, ns, ctx, &world, &decision).await?;
     apply_replicasets(rollout, ns, ctx, &world.owned, &hash, &decision).await?;
-    apply_services(rollout, ns, ctx, &world.services, &decision).await?;
+    let adoption = take_over(rollout, ns, ctx, &world, &decision).await?;
+    if adoption != Some(Adoption::Waiting) {
+        apply_services(rollout, ns, ctx, &world.services, &decision).await?;
+    }
     write_status(rollout, ns, ctx, &decision, &world.ready).await?;
     record_events(rollout, ctx, &decision).await;
-    Ok(Action::requeue(
-        decision.requeue.max(Duration::from_millis(500)),
-    ))
+    let requeue = match adoption {
+        // Taking over: look again soon.
+        Some(Adoption::Waiting | Adoption::Draining) => {
+            decision.requeue.min(Duration::from_secs(1))
+        }
+        _ => decision.requeue,
+    };
+    Ok(Action::requeue(requeue.max(Duration::from_millis(500))))
+}
+
+/// With `workloadRef`: labels the Deployment (so that its changes wake the
+/// controller) and scales it to 0 once the take-over allows; says where the
+/// take-over stands.
+async fn take_over(
+    rollout: &Rollout,
+    ns: &str,
+    ctx: &Context,
+    world: &World,
+    d: &Decision,
+) -> Result<Option<Adoption>, Error> {
+    let Some(deployment) = &world.workload else {
+        return Ok(None);
+    };
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let name = rollout.name_any();
+    if deployment.labels().get(WORKLOAD_LABEL) != Some(&name) {
+        api.patch(
+            &deployment.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {WORKLOAD_LABEL: name}}})),
+        )
+        .await?;
+    }
+    let stable = d.status.stable_revision.as_deref().unwrap_or_default();
+    let step = workload::adoption(workload::Observed {
+        deployment_replicas: deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1),
+        stable_ready: world.ready.get(stable).copied().unwrap_or(0),
+        replicas: rollout.spec.replicas,
+        services_pinned: world.services_pinned,
+        foreign_endpoints: world.foreign_endpoints,
+    });
+    if step == Adoption::ScaleDown {
+        info!(deployment = %deployment.name_any(), "the Rollout's pods serve: scaling the Deployment to 0");
+        api.patch(
+            &deployment.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 0}})),
+        )
+        .await?;
+        let note = format!(
+            "Deployment {} scaled to 0: revision {stable} serves its traffic",
+            deployment.name_any()
+        );
+        let event = KubeEvent {
+            type_: EventType::Normal,
+            reason: "WorkloadScaledDown".into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
+            tracing::warn!("recording event WorkloadScaledDown: {err}");
+        }
+    }
+    Ok(Some(step))
 }
 
 /// Removes the request annotation if it still holds `seen`, and says
@@ -364,8 +439,34 @@ async fn apply_replicasets(
     Ok(())
 }
 
-/// Pins `stableService` to the stable pods and `canaryService` to the
-/// canary's (or to stable while no canary runs), as Argo Rollouts does.
+/// The revision each pinned Service selects under `status`: a canary's
+/// `stableService` the stable pods and `canaryService` the canary's (or
+/// stable's while no canary runs), as Argo Rollouts does; a blue-green
+/// Rollout's Services what its status says.
+pub fn pins<'a>(spec: &'a RolloutSpec, status: &RolloutStatus) -> Vec<(&'a str, String)> {
+    if let Some(bg) = &spec.strategy.blue_green {
+        let Some(sel) = &status.blue_green else {
+            return Vec::new();
+        };
+        let mut out = vec![(bg.active_service.as_str(), sel.active_revision.clone())];
+        if let Some(p) = &bg.preview_service {
+            out.push((p.as_str(), sel.preview_revision.clone()));
+        }
+        return out;
+    }
+    let canary = &spec.strategy.canary;
+    let stable = status.stable_revision.clone();
+    let canary_rev = status.canary_revision.clone().or_else(|| stable.clone());
+    [
+        (&canary.stable_service, stable),
+        (&canary.canary_service, canary_rev),
+    ]
+    .into_iter()
+    .filter_map(|(svc, rev)| Some((svc.as_deref()?, rev?)))
+    .collect()
+}
+
+/// Pins each Service's selector to its revision ([`pins`]).
 async fn apply_services(
     rollout: &Rollout,
     ns: &str,
@@ -373,17 +474,8 @@ async fn apply_services(
     services: &BTreeMap<String, Service>,
     d: &Decision,
 ) -> Result<(), Error> {
-    let canary = &rollout.spec.strategy.canary;
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
-    let stable = d.status.stable_revision.clone();
-    let canary_rev = d.status.canary_revision.clone().or_else(|| stable.clone());
-    for (svc, rev) in [
-        (&canary.stable_service, stable),
-        (&canary.canary_service, canary_rev),
-    ] {
-        let (Some(svc), Some(rev)) = (svc, rev) else {
-            continue;
-        };
+    for (svc, rev) in pins(&rollout.spec, &d.status) {
         let Some(current) = services.get(svc) else {
             continue;
         };

@@ -12,19 +12,22 @@ pub mod apply;
 pub mod canary_routes;
 pub mod conditions;
 pub mod edit;
+pub mod lint;
 pub mod model;
 pub mod observe;
 pub mod phase;
 pub mod replicas;
 pub mod revisions;
+pub mod workload;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use sluice_crds::Rollout;
@@ -100,8 +103,17 @@ pub async fn run(
     info!("Rollout controller started");
     Controller::new(rollouts, watcher::Config::default())
         .owns(
-            Api::<ReplicaSet>::all(client),
+            Api::<ReplicaSet>::all(client.clone()),
             watcher::Config::default().labels(ROLLOUT_LABEL),
+        )
+        // Adopted Deployments only: their template is a Rollout's.
+        .watches(
+            Api::<Deployment>::all(client),
+            watcher::Config::default().labels(workload::WORKLOAD_LABEL),
+            |d| {
+                let rollout = d.labels().get(workload::WORKLOAD_LABEL)?;
+                Some(ObjectRef::new(rollout).within(&d.namespace()?))
+            },
         )
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {

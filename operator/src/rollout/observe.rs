@@ -6,17 +6,18 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gateway_api::httproutes::HttpRoute;
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use sluice_crds::Rollout;
-use sluice_crds::rollout::{AnalysisSpec, RolloutReason, RolloutStatus};
+use sluice_crds::rollout::{AnalysisSpec, RolloutReason, RolloutSpec};
 
 use super::analysis::evaluate;
 use super::canary_routes::{CANARY_ROUTES_LABEL, invalid_regex};
 use super::model::{Evaluation, Invalid, secs};
+use super::phase::{analysis_in_force, analysis_since};
 use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL, duration};
 use crate::traffic::window::Totals;
 
@@ -37,6 +38,13 @@ pub struct World {
     /// The operator's companion routes of this Rollout's header and mirror
     /// routes.
     pub companions: Vec<String>,
+    /// The Deployment of `workloadRef`, if there is one and it exists.
+    pub workload: Option<Deployment>,
+    /// With `workloadRef`: every pinned Service selects a revision.
+    pub services_pinned: bool,
+    /// With `workloadRef`: endpoints of the pinned Services that are not
+    /// the Rollout's pods.
+    pub foreign_endpoints: usize,
 }
 
 /// Reads the world of `rollout` in `ns`.
@@ -60,7 +68,12 @@ pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, 
     let canary = &rollout.spec.strategy.canary;
     let ready = match (&canary.traffic_routing, &canary.canary_service) {
         (Some(_), Some(svc)) => {
-            let serving = serving(client, ns, svc, &rollout.name_any()).await?;
+            let prefix = format!("{}-", rollout.name_any());
+            let serving: BTreeMap<String, i32> = serving(client, ns, svc)
+                .await?
+                .into_iter()
+                .filter_map(|(rs, n)| Some((rs.strip_prefix(&prefix)?.to_owned(), n)))
+                .collect();
             let stable = rollout
                 .status
                 .as_ref()
@@ -81,12 +94,9 @@ pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, 
     };
     let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
     let mut services = BTreeMap::new();
-    for name in [&canary.stable_service, &canary.canary_service]
-        .into_iter()
-        .flatten()
-    {
+    for (_, name) in services_of(&rollout.spec) {
         if let Some(svc) = svc_api.get_opt(name).await? {
-            services.insert(name.clone(), svc);
+            services.insert(name.to_owned(), svc);
         }
     }
     let mut routes = BTreeMap::new();
@@ -111,13 +121,73 @@ pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, 
                 .collect();
         }
     }
-    Ok(World {
+    let mut world = World {
         owned,
         ready,
         services,
         routes,
         companions,
-    })
+        ..Default::default()
+    };
+    if let Some(w) = &rollout.spec.workload_ref {
+        world.workload = Api::<Deployment>::namespaced(client.clone(), ns)
+            .get_opt(&w.name)
+            .await?;
+        take_over(client, ns, rollout, &mut world).await?;
+    }
+    Ok(world)
+}
+
+/// Whether every pinned Service selects a revision, and how many of their
+/// endpoints are not the Rollout's pods (the Deployment's, being taken
+/// over).
+async fn take_over(
+    client: &kube::Client,
+    ns: &str,
+    rollout: &Rollout,
+    world: &mut World,
+) -> Result<(), Error> {
+    let ours: Vec<String> = world.owned.iter().map(ResourceExt::name_any).collect();
+    let mut pinned = true;
+    let mut foreign = 0;
+    for (_, name) in services_of(&rollout.spec) {
+        let selects_revision = world
+            .services
+            .get(name)
+            .and_then(|s| s.spec.as_ref()?.selector.as_ref())
+            .is_some_and(|s| s.contains_key(HASH_LABEL));
+        pinned &= selects_revision;
+        for (rs, n) in serving(client, ns, name).await? {
+            if !ours.contains(&rs) {
+                foreign += usize::try_from(n).unwrap_or(0);
+            }
+        }
+    }
+    world.services_pinned = pinned;
+    world.foreign_endpoints = foreign;
+    Ok(())
+}
+
+/// The Services the controller pins, each with the field that names it.
+pub fn services_of(spec: &RolloutSpec) -> Vec<(&'static str, &str)> {
+    if let Some(bg) = &spec.strategy.blue_green {
+        let mut out = vec![(
+            "spec.strategy.blueGreen.activeService",
+            bg.active_service.as_str(),
+        )];
+        if let Some(p) = &bg.preview_service {
+            out.push(("spec.strategy.blueGreen.previewService", p.as_str()));
+        }
+        return out;
+    }
+    let canary = &spec.strategy.canary;
+    [
+        ("spec.strategy.canary.stableService", &canary.stable_service),
+        ("spec.strategy.canary.canaryService", &canary.canary_service),
+    ]
+    .into_iter()
+    .filter_map(|(field, svc)| Some((field, svc.as_deref()?)))
+    .collect()
 }
 
 /// Whether `rollout` can have companion routes: its steps set header or
@@ -139,31 +209,29 @@ fn may_have_companions(rollout: &Rollout) -> bool {
         .is_some_and(|s| !s.header_routes.is_empty() || !s.mirror_routes.is_empty())
 }
 
-/// Ready endpoints of Service `service` per revision of Rollout `rollout`
-/// (its pods are named `<rollout>-<hash>-<suffix>`, after their ReplicaSet).
+/// Ready endpoints of Service `service` per ReplicaSet of their pods (a
+/// ReplicaSet's pods are named `<replicaset>-<suffix>`; the Rollout's
+/// ReplicaSets are `<rollout>-<hash>`).
 async fn serving(
     client: &kube::Client,
     ns: &str,
     service: &str,
-    rollout: &str,
 ) -> Result<BTreeMap<String, i32>, Error> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let list = slices
         .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
         .await?;
-    let prefix = format!("{rollout}-");
     let mut out = BTreeMap::new();
     for e in list.items.iter().flat_map(|s| s.endpoints.iter().flatten()) {
         let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false);
-        let hash = e
+        let replicaset = e
             .target_ref
             .as_ref()
             .and_then(|t| t.name.as_deref())
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|rest| rest.rsplit_once('-'))
-            .map(|(hash, _)| hash.to_owned());
-        if let (true, Some(hash)) = (ready, hash) {
-            *out.entry(hash).or_insert(0) += 1;
+            .and_then(|n| n.rsplit_once('-'))
+            .map(|(rs, _)| rs.to_owned());
+        if ready {
+            *out.entry(replicaset.unwrap_or_default()).or_insert(0) += 1;
         }
     }
     Ok(out)
@@ -190,13 +258,16 @@ pub fn invalid(rollout: &Rollout, ns: &str, world: &World) -> Option<Invalid> {
         reason: RolloutReason::InvalidSpec,
         message,
     };
-    for (field, svc) in [
-        ("spec.strategy.canary.stableService", &canary.stable_service),
-        ("spec.strategy.canary.canaryService", &canary.canary_service),
-    ] {
-        if let Some(svc) = svc
-            && !world.services.contains_key(svc)
-        {
+    if let Some(w) = &rollout.spec.workload_ref
+        && world.workload.is_none()
+    {
+        return Some(spec_error(format!(
+            "spec.workloadRef.name: Deployment {ns}/{} does not exist",
+            w.name
+        )));
+    }
+    for (field, svc) in services_of(&rollout.spec) {
+        if !world.services.contains_key(svc) {
             return Some(spec_error(format!(
                 "{field}: Service {ns}/{svc} does not exist"
             )));
@@ -236,7 +307,6 @@ pub fn invalid(rollout: &Rollout, ns: &str, world: &World) -> Option<Invalid> {
 /// promotion has started (a full promotion skips the analysis).
 pub fn evaluation_due(rollout: &Rollout, hash: &str, now: i64) -> Option<AnalysisSpec> {
     let status = rollout.status.as_ref()?;
-    let canary = &rollout.spec.strategy.canary;
     if status.canary_revision.as_deref() != Some(hash)
         || status.aborted
         || status.stable_revision.as_deref() == Some(hash)
@@ -244,11 +314,7 @@ pub fn evaluation_due(rollout: &Rollout, hash: &str, now: i64) -> Option<Analysi
     {
         return None;
     }
-    let step = status
-        .current_step_index
-        .and_then(|i| canary.steps.get(usize::try_from(i).ok()?))
-        .and_then(|s| s.analysis.clone());
-    let spec = step.or_else(|| canary.analysis.clone())?;
+    let spec = analysis_in_force(&rollout.spec, status)?.clone();
     let interval = duration(&spec.interval).unwrap_or(Duration::from_secs(5));
     let last = status
         .analysis
@@ -259,21 +325,21 @@ pub fn evaluation_due(rollout: &Rollout, hash: &str, now: i64) -> Option<Analysi
     (now.saturating_sub(last) >= every).then_some(spec)
 }
 
-/// Evaluates `spec` for canary revision `canary` from the proxies'
-/// telemetry window: only what the canary did since it started counts.
+/// Evaluates `spec` for new revision `canary` of `rollout` from the
+/// proxies' telemetry window: only what it did since it started (or, after
+/// a blue-green switch, since the switch) counts.
 pub fn analyse(
     ctx: &Context,
+    rollout: &Rollout,
     ns: &str,
-    status: &RolloutStatus,
     canary: &str,
     spec: &AnalysisSpec,
     now: i64,
 ) -> Evaluation {
+    let status = rollout.status.clone().unwrap_or_default();
     let window = duration(&spec.window).unwrap_or(Duration::from_secs(30));
-    let since_start = status
-        .canary_start_time
-        .as_ref()
-        .map(|t| Duration::from_secs(u64::try_from((now - t.0.as_second()).max(1)).unwrap_or(1)))
+    let since_start = analysis_since(&rollout.spec, &status)
+        .map(|t| Duration::from_secs(u64::try_from((now - t).max(1)).unwrap_or(1)))
         .unwrap_or(window);
     let window = window.min(since_start + Duration::from_secs(1));
     let stable = status.stable_revision.clone().unwrap_or_default();

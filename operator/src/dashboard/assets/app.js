@@ -111,7 +111,13 @@ function drawRollouts(list, actions) {
     r.steps.forEach((s, i) => steps.append(el("li", i === r.currentStep ? { "aria-current": "step" } : {}, `${i + 1}. ${s}`)));
     card.append(steps);
     const w = r.weights || {};
-    card.append(el("p", {}, `Weights: stable ${w.stable ?? "-"}%, canary ${w.canary ?? "-"}% · stable ${r.stableRevision ?? "-"}${r.canaryRevision ? " · canary " + r.canaryRevision : ""}`));
+    const bg = r.blueGreen;
+    if (bg) {
+      const preview = bg.previewService ? ` · preview ${bg.previewService} → ${bg.previewRevision ?? "-"}` : "";
+      card.append(el("p", { class: "blue-green" }, `Blue-green: active ${bg.activeService} → ${bg.activeRevision ?? "-"}${preview} · stable ${r.stableRevision ?? "-"}`));
+    } else {
+      card.append(el("p", {}, `Weights: stable ${w.stable ?? "-"}%, canary ${w.canary ?? "-"}% · stable ${r.stableRevision ?? "-"}${r.canaryRevision ? " · canary " + r.canaryRevision : ""}`));
+    }
     if ((r.headerRoutes || []).length) {
       card.append(el("p", { class: "header-routes" }, `Header routes to the canary: ${r.headerRoutes.join(", ")}`));
     }

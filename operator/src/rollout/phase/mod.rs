@@ -7,14 +7,18 @@
 //! [`decide`] only dispatches, the way Argo Rollouts' `rollout/canary.go`
 //! reads: [`stable`] when the template is the stable revision, [`canary`]
 //! while a canary walks its steps, [`promote`] once they are done,
-//! [`abort`] after a rollback or while the spec cannot run.
+//! [`abort`] after a rollback or while the spec cannot run; a blue-green
+//! Rollout's new revision goes through [`blue_green`] instead.
 
 pub mod abort;
+pub mod blue_green;
 pub mod canary;
 pub mod promote;
 pub mod stable;
 
-use sluice_crds::rollout::{Request, RolloutReason, Verdict};
+use sluice_crds::rollout::{
+    AnalysisSpec, Request, RolloutReason, RolloutSpec, RolloutStatus, Verdict,
+};
 
 use super::model::{Decision, Draft, Observed, time};
 
@@ -27,6 +31,19 @@ pub const DEFAULT_PROGRESS_DEADLINE: i32 = 600;
 
 /// Decides.
 pub fn decide(o: &Observed) -> Decision {
+    let mut decision = decide_for_strategy(o);
+    if o.spec.strategy.blue_green.is_some() {
+        // Steps are a canary's: a blue-green status names the Services'
+        // revisions instead.
+        let st = &mut decision.status;
+        st.blue_green = blue_green::selectors(st);
+        st.step = None;
+        st.current_step_index = None;
+    }
+    decision
+}
+
+fn decide_for_strategy(o: &Observed) -> Decision {
     let mut d = Draft::new(o);
     if let Some(invalid) = &o.invalid {
         return abort::invalid(o, d, invalid);
@@ -38,6 +55,9 @@ pub fn decide(o: &Observed) -> Decision {
     start_canary(o, &mut d, &stable);
     let full = handle_request(o, &mut d);
     record_analysis(o, &mut d, &stable);
+    if let Some(bg) = &o.spec.strategy.blue_green {
+        return blue_green::decide(o, d, bg, &stable, full);
+    }
     if d.st.aborted {
         return abort::decide(o, d, &stable);
     }
@@ -69,11 +89,16 @@ fn start_canary(o: &Observed, d: &mut Draft, stable: &str) {
         return;
     }
     let replaced = d.st.canary_revision.replace(hash.clone());
+    let (reason, role) = if o.spec.strategy.blue_green.is_some() {
+        ("PreviewStarted", "preview")
+    } else {
+        ("CanaryStarted", "canary")
+    };
     d.normal(
-        "CanaryStarted",
+        reason,
         match &replaced {
-            Some(old) => format!("revision {hash} replaces canary {old}"),
-            None => format!("revision {hash} starts as canary of {stable}"),
+            Some(old) => format!("revision {hash} replaces {role} {old}"),
+            None => format!("revision {hash} starts as {role} of {stable}"),
         },
     );
     restart_steps(o, d);
@@ -139,14 +164,7 @@ fn record_analysis(o: &Observed, d: &mut Draft, stable: &str) {
     if d.st.aborted {
         return;
     }
-    let canary = &o.spec.strategy.canary;
-    let inline =
-        d.st.current_step_index
-            .and_then(|i| canary.steps.get(usize::try_from(i).ok()?))
-            .and_then(|s| s.analysis.as_ref());
-    let limit = inline
-        .or(canary.analysis.as_ref())
-        .map_or(1, |a| a.failure_limit.max(1));
+    let limit = analysis_in_force(o.spec, &d.st).map_or(1, |a| a.failure_limit.max(1));
     let previous = d.st.analysis.clone().unwrap_or_default();
     let mut figures = e.figures.clone();
     figures.verdict = Some(e.verdict);
@@ -167,6 +185,39 @@ fn record_analysis(o: &Observed, d: &mut Draft, stable: &str) {
             format!("{}; rolling back to {stable}", e.reason),
         );
     }
+}
+
+/// The analysis that judges the new revision now: a blue-green Rollout's
+/// pre-promotion analysis before the switch and post-promotion analysis
+/// after it; a canary's current inline step, else its background one.
+pub fn analysis_in_force<'a>(
+    spec: &'a RolloutSpec,
+    st: &RolloutStatus,
+) -> Option<&'a AnalysisSpec> {
+    if let Some(bg) = &spec.strategy.blue_green {
+        return if blue_green::switched(st) {
+            bg.post_promotion_analysis.as_ref()
+        } else {
+            bg.pre_promotion_analysis.as_ref()
+        };
+    }
+    let canary = &spec.strategy.canary;
+    st.current_step_index
+        .and_then(|i| canary.steps.get(usize::try_from(i).ok()?))
+        .and_then(|s| s.analysis.as_ref())
+        .or(canary.analysis.as_ref())
+}
+
+/// Since when the new revision's telemetry counts: since the switch for a
+/// blue-green post-promotion analysis (the preview's traffic was another
+/// load), since the canary (or preview) started otherwise.
+pub fn analysis_since(spec: &RolloutSpec, st: &RolloutStatus) -> Option<i64> {
+    let switched = spec.strategy.blue_green.is_some() && blue_green::switched(st);
+    super::model::secs(if switched {
+        &st.step_start_time
+    } else {
+        &st.canary_start_time
+    })
 }
 
 /// Reconciles again on the background analysis's interval: it runs while

@@ -56,16 +56,20 @@ pub fn decide(o: &Observed, mut d: Draft, stable: &str, release: bool) -> Decisi
         ];
         return d.finish(pods, weight);
     }
+    let keep = o.spec.strategy.canary.scale_down_delay_seconds;
+    make_stable(o, d, stable, keep)
+}
+
+/// The new revision `o.template_hash` becomes the stable one; `stable`
+/// keeps its pods for `keep` seconds (30 unless given).
+pub fn make_stable(o: &Observed, mut d: Draft, stable: &str, keep: Option<i32>) -> Decision {
+    let hash = o.template_hash.clone();
+    let r = o.replicas();
     d.normal(
         "Promoted",
         format!("revision {hash} is now stable (was {stable})"),
     );
-    let keep = o
-        .spec
-        .strategy
-        .canary
-        .scale_down_delay_seconds
-        .unwrap_or(DEFAULT_SCALE_DOWN_DELAY);
+    let keep = keep.unwrap_or(DEFAULT_SCALE_DOWN_DELAY);
     let st = &mut d.st;
     st.previous_stable_revision = Some(stable.to_owned());
     st.scale_down_time = Some(time(o.now.saturating_add(i64::from(keep))));

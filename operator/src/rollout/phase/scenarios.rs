@@ -21,6 +21,7 @@ fn spec(steps: Vec<CanaryStep>) -> RolloutSpec {
         revision_history_limit: None,
         progress_deadline_seconds: Some(60),
         paused: false,
+        workload_ref: None,
         strategy: RolloutStrategy {
             canary: CanaryStrategy {
                 steps,
@@ -28,6 +29,7 @@ fn spec(steps: Vec<CanaryStep>) -> RolloutSpec {
                 traffic_routing: Some(Default::default()),
                 ..Default::default()
             },
+            blue_green: None,
         },
     }
 }
@@ -631,4 +633,270 @@ fn a_mirror_route_copies_to_a_ready_canary_until_the_canary_is_aborted() {
     assert!(aborted.mirror_routes.is_empty());
     assert!(aborted.status.mirror_routes.is_empty());
     assert_eq!(aborted.status.phase, Some(RolloutPhase::Degraded));
+}
+
+mod blue_green {
+    //! Blue-green scenarios: `active` and `preview` Services, two replicas.
+
+    use sluice_crds::rollout::{BlueGreenStatus, BlueGreenStrategy};
+
+    use super::*;
+
+    fn spec(edit: impl FnOnce(&mut BlueGreenStrategy)) -> RolloutSpec {
+        let mut bg = BlueGreenStrategy {
+            active_service: "active".into(),
+            preview_service: Some("preview".into()),
+            ..Default::default()
+        };
+        edit(&mut bg);
+        let mut s = super::spec(vec![]);
+        s.strategy = RolloutStrategy {
+            canary: CanaryStrategy::default(),
+            blue_green: Some(bg),
+        };
+        s
+    }
+
+    fn selects(d: &Decision) -> (String, String) {
+        let sel = d
+            .status
+            .blue_green
+            .clone()
+            .unwrap_or_else(|| BlueGreenStatus {
+                active_revision: "-".into(),
+                preview_revision: "-".into(),
+            });
+        (sel.active_revision, sel.preview_revision)
+    }
+
+    fn pair(active: &str, preview: &str) -> (String, String) {
+        (active.into(), preview.into())
+    }
+
+    #[test]
+    fn the_preview_runs_beside_the_active_revision_and_is_switched_to_once_ready() {
+        let s = spec(|_| {});
+        let first = stable_a(&s);
+        assert_eq!(
+            first
+                .blue_green
+                .as_ref()
+                .map(|b| b.active_revision.as_str()),
+            Some("a")
+        );
+        assert_eq!(first.step, None);
+        let ready: BTreeMap<String, i32> = [("a".to_owned(), 2), ("b".to_owned(), 1)].into();
+        let waiting = with_ready(&s, &first, "b", 10, None, None, &ready);
+        assert_eq!(
+            waiting.status.reason,
+            Some(RolloutReason::WaitingForPreviewPods)
+        );
+        assert_eq!(selects(&waiting), pair("a", "b"));
+        assert_eq!(waiting.replicas, vec![("a".into(), 2), ("b".into(), 2)]);
+        assert!(reasons(&waiting).contains(&"PreviewStarted"));
+        let switched = step(&s, &waiting.status, "b", 11, None, None);
+        assert!(reasons(&switched).contains(&"Switched"));
+        assert_eq!(selects(&switched), pair("b", "b"));
+        assert_eq!(switched.status.stable_revision.as_deref(), Some("b"));
+        assert_eq!(switched.status.phase, Some(RolloutPhase::Healthy));
+        // The old revision keeps its pods for the scale-down delay.
+        let later = step(&s, &switched.status, "b", 20, None, None);
+        assert_eq!(later.replicas, vec![("b".into(), 2), ("a".into(), 2)]);
+        let done = step(&s, &later.status, "b", 42, None, None);
+        assert_eq!(done.replicas, vec![("b".into(), 2)]);
+    }
+
+    #[test]
+    fn without_auto_promotion_the_ready_preview_waits_for_the_user() {
+        let s = spec(|bg| bg.auto_promotion_enabled = Some(false));
+        let paused = step(&s, &stable_a(&s), "b", 10, None, None);
+        assert_eq!(paused.status.phase, Some(RolloutPhase::Paused));
+        assert_eq!(
+            paused.status.reason,
+            Some(RolloutReason::PausedUntilPromoted)
+        );
+        assert_eq!(selects(&paused), pair("a", "b"));
+        let still = step(&s, &paused.status, "b", 500, None, None);
+        assert_eq!(selects(&still), pair("a", "b"));
+        let promoted = step(&s, &still.status, "b", 501, Some(Request::Promote), None);
+        assert_eq!(selects(&promoted), pair("b", "b"));
+        assert_eq!(promoted.status.stable_revision.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn the_promote_that_ends_the_preview_does_not_skip_the_post_promotion_analysis() {
+        let s = spec(|bg| {
+            bg.auto_promotion_enabled = Some(false);
+            bg.post_promotion_analysis = Some(AnalysisSpec::default());
+        });
+        let paused = step(&s, &stable_a(&s), "b", 10, None, None);
+        let switched = step(&s, &paused.status, "b", 11, Some(Request::Promote), None);
+        assert_eq!(selects(&switched), pair("b", "b"));
+        assert_eq!(
+            switched.status.reason,
+            Some(RolloutReason::PostPromotionAnalysis)
+        );
+        assert_eq!(switched.status.stable_revision.as_deref(), Some("a"));
+        // A second promote, during the analysis, lifts it.
+        let promoted = step(&s, &switched.status, "b", 12, Some(Request::Promote), None);
+        assert_eq!(promoted.status.stable_revision.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn a_full_promotion_skips_both_analyses() {
+        let s = spec(|bg| {
+            bg.pre_promotion_analysis = Some(AnalysisSpec::default());
+            bg.post_promotion_analysis = Some(AnalysisSpec::default());
+        });
+        let judging = step(&s, &stable_a(&s), "b", 10, None, None);
+        let done = step(
+            &s,
+            &judging.status,
+            "b",
+            11,
+            Some(Request::PromoteFull),
+            None,
+        );
+        assert_eq!(done.status.stable_revision.as_deref(), Some("b"));
+        assert_eq!(selects(&done), pair("b", "b"));
+    }
+
+    #[test]
+    fn auto_promotion_seconds_hold_the_switch_that_long_after_the_preview_is_ready() {
+        let s = spec(|bg| bg.auto_promotion_seconds = Some(30));
+        let held = step(&s, &stable_a(&s), "b", 10, None, None);
+        assert_eq!(held.status.reason, Some(RolloutReason::PauseStep));
+        assert!(held.requeue <= std::time::Duration::from_secs(30));
+        let still = step(&s, &held.status, "b", 39, None, None);
+        assert_eq!(selects(&still), pair("a", "b"));
+        let switched = step(&s, &still.status, "b", 40, None, None);
+        assert_eq!(selects(&switched), pair("b", "b"));
+    }
+
+    #[test]
+    fn a_smaller_preview_is_scaled_to_full_size_before_the_switch() {
+        let s = spec(|bg| bg.preview_replica_count = Some(1));
+        let ready: BTreeMap<String, i32> = [("a".to_owned(), 2), ("b".to_owned(), 1)].into();
+        let scaling = with_ready(&s, &stable_a(&s), "b", 10, None, None, &ready);
+        assert_eq!(scaling.status.reason, Some(RolloutReason::Promoting));
+        assert_eq!(scaling.replicas, vec![("a".into(), 2), ("b".into(), 2)]);
+        assert_eq!(selects(&scaling), pair("a", "b"));
+        let switched = step(&s, &scaling.status, "b", 11, None, None);
+        assert_eq!(selects(&switched), pair("b", "b"));
+    }
+
+    #[test]
+    fn a_failing_pre_promotion_analysis_aborts_before_any_switch() {
+        let s = spec(|bg| bg.pre_promotion_analysis = Some(AnalysisSpec::default()));
+        let judging = step(&s, &stable_a(&s), "b", 10, None, None);
+        assert_eq!(
+            judging.status.reason,
+            Some(RolloutReason::WaitingForAnalysis)
+        );
+        let inconclusive = step(
+            &s,
+            &judging.status,
+            "b",
+            15,
+            None,
+            Some(evaluation(Verdict::Inconclusive)),
+        );
+        assert_eq!(selects(&inconclusive), pair("a", "b"));
+        let failed = step(&s, &inconclusive.status, "b", 20, None, Some(failed()));
+        assert_eq!(failed.status.phase, Some(RolloutPhase::Degraded));
+        assert_eq!(failed.status.reason, Some(RolloutReason::AnalysisFailed));
+        assert_eq!(selects(&failed), pair("a", "b"));
+        assert!(!reasons(&failed).contains(&"SwitchedBack"));
+        // The preview's pods stay for the abort delay, then go.
+        assert_eq!(failed.replicas, vec![("a".into(), 2), ("b".into(), 2)]);
+        let gone = step(&s, &failed.status, "b", 51, None, None);
+        assert_eq!(gone.replicas, vec![("a".into(), 2)]);
+    }
+
+    #[test]
+    fn a_passing_pre_promotion_analysis_opens_the_switch() {
+        let s = spec(|bg| bg.pre_promotion_analysis = Some(AnalysisSpec::default()));
+        let judging = step(&s, &stable_a(&s), "b", 10, None, None);
+        let switched = step(&s, &judging.status, "b", 15, None, Some(passed()));
+        assert_eq!(selects(&switched), pair("b", "b"));
+    }
+
+    #[test]
+    fn a_failing_post_promotion_analysis_switches_back_to_the_old_revision() {
+        let s = spec(|bg| bg.post_promotion_analysis = Some(AnalysisSpec::default()));
+        let switched = step(&s, &stable_a(&s), "b", 10, None, None);
+        assert_eq!(
+            switched.status.reason,
+            Some(RolloutReason::PostPromotionAnalysis)
+        );
+        assert_eq!(selects(&switched), pair("b", "b"));
+        assert_eq!(switched.status.stable_revision.as_deref(), Some("a"));
+        assert_eq!(switched.replicas, vec![("b".into(), 2), ("a".into(), 2)]);
+        let back = step(&s, &switched.status, "b", 15, None, Some(failed()));
+        assert_eq!(back.status.phase, Some(RolloutPhase::Degraded));
+        assert_eq!(back.status.reason, Some(RolloutReason::AnalysisFailed));
+        assert!(back.status.aborted);
+        assert_eq!(selects(&back), pair("a", "b"));
+        assert!(reasons(&back).contains(&"SwitchedBack"));
+        let after = step(&s, &back.status, "b", 16, None, None);
+        assert_eq!(selects(&after), pair("a", "b"));
+        assert!(!reasons(&after).contains(&"SwitchedBack"));
+    }
+
+    #[test]
+    fn a_passing_post_promotion_analysis_makes_the_new_revision_stable() {
+        let s = spec(|bg| bg.post_promotion_analysis = Some(AnalysisSpec::default()));
+        let switched = step(&s, &stable_a(&s), "b", 10, None, None);
+        let judged = step(
+            &s,
+            &switched.status,
+            "b",
+            15,
+            None,
+            Some(evaluation(Verdict::Inconclusive)),
+        );
+        assert_eq!(judged.status.stable_revision.as_deref(), Some("a"));
+        let stable = step(&s, &judged.status, "b", 20, None, Some(passed()));
+        assert_eq!(stable.status.stable_revision.as_deref(), Some("b"));
+        assert_eq!(stable.status.phase, Some(RolloutPhase::Healthy));
+        assert_eq!(selects(&stable), pair("b", "b"));
+    }
+
+    #[test]
+    fn the_post_promotion_analysis_judges_only_what_came_after_the_switch() {
+        let s = spec(|bg| bg.post_promotion_analysis = Some(AnalysisSpec::default()));
+        let switched = step(&s, &stable_a(&s), "b", 10, None, None);
+        assert_eq!(super::super::analysis_since(&s, &switched.status), Some(10));
+        assert!(super::super::analysis_in_force(&s, &switched.status).is_some());
+        let spec_pre = spec(|bg| bg.pre_promotion_analysis = Some(AnalysisSpec::default()));
+        let judging = step(&spec_pre, &stable_a(&spec_pre), "b", 3, None, None);
+        assert_eq!(
+            super::super::analysis_since(&spec_pre, &judging.status),
+            Some(3)
+        );
+        assert!(super::super::analysis_in_force(&spec_pre, &judging.status).is_some());
+        // Before the switch the post-promotion analysis is not in force.
+        assert!(super::super::analysis_in_force(&s, &judging.status).is_none());
+    }
+
+    #[test]
+    fn an_abort_while_switched_switches_back_and_a_retry_previews_again() {
+        let s = spec(|bg| bg.post_promotion_analysis = Some(AnalysisSpec::default()));
+        let switched = step(&s, &stable_a(&s), "b", 10, None, None);
+        let aborted = step(&s, &switched.status, "b", 11, Some(Request::Abort), None);
+        assert_eq!(selects(&aborted), pair("a", "b"));
+        assert_eq!(aborted.status.reason, Some(RolloutReason::Aborted));
+        let retried = step(&s, &aborted.status, "b", 12, Some(Request::Retry), None);
+        assert!(!retried.status.aborted);
+        assert_eq!(selects(&retried), pair("b", "b"));
+    }
+
+    #[test]
+    fn a_template_reverted_while_switched_puts_the_old_revision_back_at_once() {
+        let s = spec(|bg| bg.post_promotion_analysis = Some(AnalysisSpec::default()));
+        let switched = step(&s, &stable_a(&s), "b", 10, None, None);
+        let reverted = step(&s, &switched.status, "a", 11, None, None);
+        assert_eq!(selects(&reverted), pair("a", "a"));
+        assert!(reasons(&reverted).contains(&"RolledBack"));
+    }
 }
