@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::mirror::{CopyFrames, Tee};
 use crate::telemetry::Cell;
 
 /// A body sent upstream.
@@ -21,6 +22,15 @@ pub enum ReqBody {
         body: Incoming,
         /// Where its bytes are counted.
         cell: Arc<Cell>,
+        /// Its mirrors' copies, fed as it is read.
+        tee: Option<Box<Tee>>,
+    },
+    /// A mirror's copy of a downstream body, frame by frame.
+    Copy {
+        /// The frames, in order; ended when the original ends.
+        frames: CopyFrames,
+        /// The original's size hint (its length, when it has one).
+        hint: SizeHint,
     },
     /// No body (a retry of a bodiless request).
     Empty,
@@ -35,14 +45,36 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ReqBody::Stream { body, cell } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let Some(data) = frame.data_ref()
-                {
-                    cell.add_bytes(data.len() as u64, 0);
+            ReqBody::Stream { body, cell, tee } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            cell.add_bytes(data.len() as u64, 0);
+                            if let Some(t) = tee {
+                                t.data(data);
+                            }
+                        }
+                        // With a length, the last frame may be the last
+                        // poll: the copies end with it.
+                        if body.is_end_stream()
+                            && let Some(t) = tee
+                        {
+                            t.end();
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(t) = tee {
+                            t.end();
+                        }
+                    }
+                    // A failed original gives its copies up (on drop).
+                    Poll::Ready(Some(Err(_))) | Poll::Pending => {}
                 }
                 polled
+            }
+            ReqBody::Copy { frames, .. } => {
+                frames.poll_next(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
             }
             ReqBody::Empty => Poll::Ready(None),
         }
@@ -51,6 +83,8 @@ impl Body for ReqBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ReqBody::Stream { body, .. } => body.is_end_stream(),
+            // A hint only: the queue may still get frames.
+            ReqBody::Copy { .. } => false,
             ReqBody::Empty => true,
         }
     }
@@ -58,9 +92,19 @@ impl Body for ReqBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ReqBody::Stream { body, .. } => body.size_hint(),
+            ReqBody::Copy { hint, .. } => *hint,
             ReqBody::Empty => SizeHint::with_exact(0),
         }
     }
+}
+
+/// A downstream request's body and the mirrors' copies it feeds.
+#[derive(Debug)]
+pub struct Downstream {
+    /// The body.
+    pub body: Incoming,
+    /// The copies, if the request is mirrored.
+    pub tee: Option<Box<Tee>>,
 }
 
 /// A body sent downstream.

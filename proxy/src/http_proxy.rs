@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use crate::balance::{Endpoint, pick, usable_besides};
-use crate::body::{ReqBody, RespBody};
+use crate::body::{Downstream, ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
 use crate::config::UpstreamProtocol;
 use crate::framing;
@@ -247,15 +247,26 @@ impl ProxyService {
             version: parts.version,
             headers,
         };
-        if !route.mirrors.is_empty() && body.is_end_stream() && upgrade.is_none() {
-            self.mirror(&compiled, route, &mut prepared);
-        }
+        let tee = if !route.mirrors.is_empty() && upgrade.is_none() {
+            self.mirror(&compiled, route, &mut prepared, &body)
+        } else {
+            None
+        };
+        let body = Downstream { body, tee };
         self.forward(&compiled, &listener, route, prepared, body, upgrade, start)
             .await
     }
 
-    /// Sends the copies of a bodiless request to the route's mirrors.
-    fn mirror(&self, compiled: &Arc<Compiled>, route: &CompiledRoute, prepared: &mut Prepared) {
+    /// Sends the copies of a request to the route's mirrors; a body is
+    /// teed to them as the original's upstream reads it.
+    fn mirror(
+        &self,
+        compiled: &Arc<Compiled>,
+        route: &CompiledRoute,
+        prepared: &mut Prepared,
+        body: &Incoming,
+    ) -> Option<Box<mirror::Tee>> {
+        let mut tee = mirror::Tee::default();
         for m in &route.mirrors {
             if !mirror::sampled(m.percent) {
                 continue;
@@ -264,7 +275,14 @@ impl ProxyService {
                 continue;
             };
             let proto = upstream_proto(backend.protocol, prepared.version);
-            let req = prepared.request(proto, ReqBody::Empty, false);
+            let (copy, abort) = if body.is_end_stream() {
+                (ReqBody::Empty, None)
+            } else {
+                let (frames, abort) = tee.add();
+                let hint = body.size_hint();
+                (ReqBody::Copy { frames, hint }, Some(abort))
+            };
+            let req = prepared.request(proto, copy, false);
             tokio::spawn(mirror::send(
                 self.proxy.clone(),
                 compiled.clone(),
@@ -272,8 +290,10 @@ impl ProxyService {
                 m.cell.clone(),
                 proto,
                 req,
+                abort,
             ));
         }
+        (!tee.is_empty()).then(|| Box::new(tee))
     }
 
     /// Answers a request whose body broke its framing with a 400 that
@@ -294,7 +314,7 @@ impl ProxyService {
         listener: &CompiledListener,
         route: &CompiledRoute,
         mut prepared: Prepared,
-        body: Incoming,
+        body: Downstream,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
         start: Instant,
     ) -> Response<RespBody> {
@@ -312,7 +332,7 @@ impl ProxyService {
         }
         let retryable = retry.is_some()
             && idempotent(&prepared.method)
-            && body.is_end_stream()
+            && body.body.is_end_stream()
             && upgrade.is_none();
         let attempts = if retryable {
             retry.map_or(0, |r| r.attempts) + 1
@@ -343,9 +363,10 @@ impl ProxyService {
             };
             let proto = upstream_proto(backend.protocol, prepared.version);
             let req_body = match body.take() {
-                Some(b) => ReqBody::Stream {
-                    body: b,
+                Some(Downstream { body, tee }) => ReqBody::Stream {
+                    body,
                     cell: cell.clone(),
+                    tee,
                 },
                 None => ReqBody::Empty,
             };

@@ -151,6 +151,9 @@ pub struct Telemetry {
     pub admin_config_refused: AtomicU64,
     /// HTTP/1 requests refused for ambiguous framing (400).
     pub framing_refused: AtomicU64,
+    /// Mirror copies given up because their body could not follow the
+    /// original's.
+    pub mirror_copies_given_up: AtomicU64,
     /// Workload certificates installed.
     pub certificates_issued: AtomicU64,
     /// Certificate requests that failed.
@@ -344,6 +347,11 @@ impl Collector for TelemetryCollector {
                 "sluice_framing_refused",
                 "HTTP/1 requests refused for ambiguous or broken framing (400, connection closed).",
                 &t.framing_refused,
+            ),
+            (
+                "sluice_mirror_copies_given_up",
+                "Mirror copies given up (not counted for the mirror backend): their upstream fell behind the original's body, or the original failed.",
+                &t.mirror_copies_given_up,
             ),
             (
                 "sluice_plaintext_refused",

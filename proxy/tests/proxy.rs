@@ -658,9 +658,9 @@ async fn connections_beyond_the_limit_are_closed_and_counted() {
 }
 
 /// A route with mirrors: clients get the primary's answers only; every
-/// bodiless request is copied to the mirror, one with a body is not; a
-/// mirror that cannot be reached is counted on its own backend and never
-/// seen by clients.
+/// request is copied to the mirror, a body whole (teed as the primary
+/// reads it); a mirror that cannot be reached is counted on its own
+/// backend and never seen by clients.
 #[tokio::test]
 async fn mirrored_requests_reach_the_mirror_and_its_answers_are_discarded() {
     let (blue, yellow) = (upstream("blue").await, upstream("yellow").await);
@@ -688,21 +688,24 @@ listeners:
     for _ in 0..20 {
         assert_eq!(get(&c, port, "/").await, (200, "blue".to_owned()));
     }
+    // A body of many frames.
+    let payload = vec![b'x'; 300 * 1024];
     let r = c
         .post(format!("http://127.0.0.1:{port}/"))
         .header("host", "app.test")
-        .body("payload")
+        .body(payload.clone())
         .send()
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "blue");
-    // Copies are sent in the background: wait for all 20 to be counted.
+    // Copies are sent in the background: wait for all 21 to be counted.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let m = p.metrics().await;
-        let copies = m.contains(r#"backend="yellow",revision="",code="200"} 20"#);
-        let failed = m.contains(r#"backend="dead",revision="",code="503"} 20"#);
+        let copies = m.contains(r#"backend="yellow",revision="",code="200"} 21"#);
+        let failed = m.contains(r#"backend="dead",revision="",code="503"} 21"#);
         if copies && failed {
+            assert!(m.contains("sluice_mirror_copies_given_up_total 0"), "{m}");
             break;
         }
         assert!(Instant::now() < deadline, "copies not all counted:\n{m}");
@@ -711,8 +714,15 @@ listeners:
     assert_eq!(blue.hits.load(Ordering::Relaxed), 21);
     assert_eq!(
         yellow.hits.load(Ordering::Relaxed),
-        20,
-        "the POST was copied"
+        21,
+        "the POST was not copied"
+    );
+    let sent = payload.len() as u64;
+    assert_eq!(blue.body_bytes.load(Ordering::Relaxed), sent);
+    assert_eq!(
+        yellow.body_bytes.load(Ordering::Relaxed),
+        sent,
+        "the copy's body is not the original's"
     );
 }
 

@@ -14,8 +14,8 @@ use sluice_crds::{Rollout, RolloutPhase, RolloutReason};
 use sluice_tests::Cluster;
 
 use super::rollouts::{
-    all_answer_within_5s, blue_rollout, gateway, host, phase, rollout, service, set_image, until,
-    wait_condition,
+    all_answer_within_5s, blue_rollout, event_note, gateway, host, phase, rollout, service,
+    set_image, until, wait_condition,
 };
 use super::{Load, Mesh, mesh, none_failed, tally, until_gateway_answers};
 
@@ -159,7 +159,7 @@ pub async fn blue_green(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     let load = Load::start(mesh.gateway_ip.clone(), host(ns));
     let promoted_at = Instant::now();
     cluster.kubectl(&["sluice", "-n", ns, "promote", "handson"], None)?;
-    let ro = until(
+    until(
         &cluster,
         ns,
         "yellow to pass its post-promotion analysis",
@@ -180,14 +180,16 @@ pub async fn blue_green(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         counts.get("yellow").copied().unwrap_or(0) > 0,
         "the steady client never reached yellow: {counts:?}"
     );
-    let figures = ro.status.as_ref().and_then(|s| s.analysis.clone());
+    // The status moves on to the stable revision's: the event keeps what
+    // the analysis judged.
+    let judged = event_note(&cluster, ns, "PostPromotionAnalysisPassed").await?;
     ensure!(
-        figures.as_ref().is_some_and(|a| a.canary_requests >= 20),
-        "yellow became stable without being judged: {figures:?}"
+        judged.contains(&yellow) && judged.contains("requests"),
+        "post-promotion analysis event: {judged}"
     );
     ensure!(pinned(&cluster, ns, "handson-active").await? == yellow);
     eprintln!(
-        "blue-green: switched to yellow (all yellow {switched:?} after promote; stable after {took:?}); steady client {counts:?}, 0 failed"
+        "blue-green: switched to yellow (all yellow {switched:?} after promote; stable after {took:?}; {judged}); steady client {counts:?}, 0 failed"
     );
 
     // A failing revision is switched back to on its own.

@@ -468,9 +468,24 @@ pub async fn failing_canary_is_rolled_back(cluster: Arc<Cluster>) -> anyhow::Res
         "{:?}",
         ro.status
     );
+    let why = event_note(&cluster, ns, "AnalysisFailed").await?;
+    eprintln!("rollout: event: {why}");
+    ensure!(
+        why.contains("error rate"),
+        "the event does not give the error rate: {why}"
+    );
+    Ok(())
+}
+
+/// Waits for an Event of `reason` in `ns` and returns its note.
+pub(crate) async fn event_note(
+    cluster: &Cluster,
+    ns: &str,
+    reason: &str,
+) -> anyhow::Result<String> {
     let events: Api<Event> = Api::namespaced(cluster.client(), ns);
-    let why = poll(
-        "an AnalysisFailed event",
+    let note = poll(
+        &format!("a {reason} event"),
         TIMEOUT,
         Duration::from_millis(200),
         || async {
@@ -478,17 +493,12 @@ pub async fn failing_canary_is_rolled_back(cluster: Arc<Cluster>) -> anyhow::Res
             Ok(list
                 .items
                 .into_iter()
-                .find(|e| e.reason.as_deref() == Some("AnalysisFailed"))
+                .find(|e| e.reason.as_deref() == Some(reason))
                 .and_then(|e| e.note))
         },
     )
     .await?;
-    eprintln!("rollout: event: {why}");
-    ensure!(
-        why.contains("error rate"),
-        "the event does not give the error rate: {why}"
-    );
-    Ok(())
+    Ok(note)
 }
 
 /// Scenario 4: a canary with errors but fewer requests than minRequests is

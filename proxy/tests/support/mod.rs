@@ -154,6 +154,8 @@ impl Drop for ProxyProcess {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicU64>,
+    /// Request body bytes received, all requests together.
+    pub body_bytes: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -167,21 +169,25 @@ pub async fn upstream(name: &'static str) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
+    let body_bytes = Arc::new(AtomicU64::new(0));
     let counter = hits.clone();
+    let bytes = body_bytes.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let counter = counter.clone();
+            let (counter, bytes) = (counter.clone(), bytes.clone());
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let counter = counter.clone();
+                    let (counter, bytes) = (counter.clone(), bytes.clone());
                     async move {
                         counter.fetch_add(1, Ordering::Relaxed);
                         let path = req.uri().path().to_owned();
                         let echo_headers = format!("{:?}", req.headers());
-                        let _ = req.into_body().collect().await;
+                        if let Ok(body) = req.into_body().collect().await {
+                            bytes.fetch_add(body.to_bytes().len() as u64, Ordering::Relaxed);
+                        }
                         if path == "/slow" {
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
@@ -203,7 +209,12 @@ pub async fn upstream(name: &'static str) -> Upstream {
             });
         }
     });
-    Upstream { addr, hits, task }
+    Upstream {
+        addr,
+        hits,
+        body_bytes,
+        task,
+    }
 }
 
 /// A proxy config: one HTTP listener for host `app.test`, split across

@@ -272,6 +272,14 @@ fn post_promotion(
         requeue_for(bg.post_promotion_analysis.as_ref(), &mut d);
         return d.finish(vec![(hash, r), (stable.to_owned(), r)], 100);
     }
+    if let Some(a) = d.st.analysis.as_ref().filter(|_| passed) {
+        let note = format!(
+            "revision {hash} passed its post-promotion analysis: {} requests, error rate {}",
+            a.canary_requests,
+            a.canary_error_rate.as_deref().unwrap_or("-")
+        );
+        d.normal("PostPromotionAnalysisPassed", note);
+    }
     promote::make_stable(o, d, stable, bg.scale_down_delay_seconds)
 }
 

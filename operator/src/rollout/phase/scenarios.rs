@@ -858,6 +858,7 @@ mod blue_green {
         assert_eq!(judged.status.stable_revision.as_deref(), Some("a"));
         let stable = step(&s, &judged.status, "b", 20, None, Some(passed()));
         assert_eq!(stable.status.stable_revision.as_deref(), Some("b"));
+        assert!(reasons(&stable).contains(&"PostPromotionAnalysisPassed"));
         assert_eq!(stable.status.phase, Some(RolloutPhase::Healthy));
         assert_eq!(selects(&stable), pair("b", "b"));
     }
