@@ -218,6 +218,16 @@ pub async fn blue_green(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     );
     ensure!(pinned(&cluster, ns, "handson-active").await? == yellow);
     ensure!(pinned(&cluster, ns, "handson-preview").await? == red);
+    // The dashboard says which revision each Service selects.
+    let base = format!("http://{}", mesh.operator.lock().await.dashboard);
+    let shot = super::dashboard::artifacts()?.join("dashboard-blue-green.png");
+    let dom = super::dashboard::browse(&format!("{base}/?namespace={ns}"), &shot).await?;
+    let want =
+        format!("Blue-green: active handson-active → {yellow} · preview handson-preview → {red}");
+    ensure!(
+        dom.contains(&want),
+        "the dashboard does not show {want:?}:\n{dom}"
+    );
     eprintln!(
         "blue-green: red switched to and back ({counts:?}; all yellow again within {back:?}), analysis {:?}",
         st.analysis

@@ -17,7 +17,7 @@ use super::{Mesh, mesh, tally, two_versions};
 const NS: &str = "dash";
 const HOST: &str = "dash.example.com";
 
-fn artifacts() -> anyhow::Result<PathBuf> {
+pub(crate) fn artifacts() -> anyhow::Result<PathBuf> {
     let dir = sluice_tests::toolchain::workspace_root().join("target/e2e-artifacts");
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -25,7 +25,7 @@ fn artifacts() -> anyhow::Result<PathBuf> {
 
 /// Headless Chromium on `url`: its DOM after the page's scripts ran, and a
 /// screenshot at `shot`.
-async fn browse(url: &str, shot: &std::path::Path) -> anyhow::Result<String> {
+pub(crate) async fn browse(url: &str, shot: &std::path::Path) -> anyhow::Result<String> {
     let base = [
         "--headless",
         "--no-sandbox",
