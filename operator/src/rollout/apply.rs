@@ -19,7 +19,7 @@ use sluice_crds::rollout::{Request, RolloutSpec, RolloutStatus};
 use tracing::info;
 
 use super::canary_routes::{self, CanaryRoutes};
-use super::model::{Decision, Observed};
+use super::model::{Decision, Event, Observed};
 use super::observe::{self, World};
 use super::phase::decide;
 use super::revisions::{self, REVISION_ANNOTATION};
@@ -114,7 +114,6 @@ async fn take_over(
         foreign_endpoints: world.foreign_endpoints,
     });
     if step == Adoption::ScaleDown {
-        info!(deployment = %deployment.name_any(), "the Rollout's pods serve: scaling the Deployment to 0");
         api.patch(
             &deployment.name_any(),
             &PatchParams::default(),
@@ -125,16 +124,12 @@ async fn take_over(
             "Deployment {} scaled to 0: revision {stable} serves its traffic",
             deployment.name_any()
         );
-        let event = KubeEvent {
-            type_: EventType::Normal,
-            reason: "WorkloadScaledDown".into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
+        let event = Event {
+            warning: false,
+            reason: "WorkloadScaledDown",
+            note,
         };
-        if let Err(err) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
-            tracing::warn!("recording event WorkloadScaledDown: {err}");
-        }
+        record_event(rollout, ctx, &event).await;
     }
     Ok(Some(step))
 }
@@ -175,22 +170,27 @@ async fn take_request(
 
 async fn record_events(rollout: &Rollout, ctx: &Context, d: &Decision) {
     for e in &d.events {
-        info!(reason = e.reason, "{}", e.note);
-        let event = KubeEvent {
-            type_: if e.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: e.reason.into(),
-            note: Some(e.note.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        // An event that cannot be written must not stop the rollout.
-        if let Err(err) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
-            tracing::warn!("recording event {}: {err}", e.reason);
-        }
+        record_event(rollout, ctx, e).await;
+    }
+}
+
+/// Logs `e` and records it as an Event on the Rollout.
+async fn record_event(rollout: &Rollout, ctx: &Context, e: &Event) {
+    info!(reason = e.reason, "{}", e.note);
+    let event = KubeEvent {
+        type_: if e.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: e.reason.into(),
+        note: Some(e.note.clone()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // An event that cannot be written must not stop the rollout.
+    if let Err(err) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
+        tracing::warn!("recording event {}: {err}", e.reason);
     }
 }
 

@@ -156,6 +156,14 @@ impl Draft {
         });
     }
 
+    /// Whether an evaluation of the analysis running now has passed.
+    pub fn analysis_passed(&self) -> bool {
+        self.st
+            .analysis
+            .as_ref()
+            .is_some_and(|a| a.successful_evaluations > 0)
+    }
+
     /// Reconciles again after `d` at the latest.
     pub fn requeue_within(&mut self, d: Duration) {
         self.requeue = self.requeue.min(d);

@@ -13,12 +13,12 @@
 use std::time::Duration;
 
 use sluice_crds::rollout::{
-    AnalysisSpec, BlueGreenStatus, BlueGreenStrategy, Request, RolloutPhase, RolloutReason,
-    RolloutStatus, Weights,
+    BlueGreenStatus, BlueGreenStrategy, Request, RolloutPhase, RolloutReason, RolloutStatus,
+    Weights,
 };
 
 use super::super::model::{Decision, Draft, Observed, delay, secs, time};
-use super::{DEFAULT_ABORT_DELAY, abort, last_verdict, progress_deadline, promote, waited};
+use super::{DEFAULT_ABORT_DELAY, abort_past_deadline, last_verdict, promote, requeue_for};
 
 /// Whether `activeService` selects the new revision (the switch happened
 /// and was not undone).
@@ -158,11 +158,7 @@ fn preview_gate(
         );
         return Some(Wait::Gate);
     }
-    let passed =
-        d.st.analysis
-            .as_ref()
-            .is_some_and(|a| a.successful_evaluations > 0);
-    if bg.pre_promotion_analysis.is_some() && !passed && !release {
+    if bg.pre_promotion_analysis.is_some() && !d.analysis_passed() && !release {
         let last = last_verdict(d);
         d.state(
             RolloutPhase::Progressing,
@@ -222,11 +218,9 @@ fn wait_or_abort(
 ) -> Decision {
     match wait {
         Wait::Pods => {
-            let deadline = progress_deadline(o);
-            if waited(o, &d) > deadline {
-                let why = format!("{} pods not ready within {deadline}s", o.template_hash);
-                d.warning("ProgressDeadlineExceeded", format!("{why}; rolling back"));
-                abort::start(&mut d, o.now, RolloutReason::ProgressDeadlineExceeded, why);
+            if abort_past_deadline(o, &mut d, |deadline| {
+                format!("{} pods not ready within {deadline}s", o.template_hash)
+            }) {
                 return aborted(o, d, bg, stable);
             }
             d.requeue_within(Duration::from_secs(2));
@@ -234,13 +228,6 @@ fn wait_or_abort(
         Wait::Gate => requeue_for(bg.pre_promotion_analysis.as_ref(), &mut d),
     }
     d.finish(pods, 0)
-}
-
-/// Reconciles again on `analysis`'s interval, if there is one.
-fn requeue_for(analysis: Option<&AnalysisSpec>, d: &mut Draft) {
-    if let Some(i) = analysis.and_then(|a| super::super::duration(&a.interval)) {
-        d.requeue_within(i);
-    }
 }
 
 /// After the switch: the new revision serves all traffic, the old one keeps
@@ -255,10 +242,7 @@ fn post_promotion(
 ) -> Decision {
     let hash = o.template_hash.clone();
     let r = o.replicas();
-    let passed =
-        d.st.analysis
-            .as_ref()
-            .is_some_and(|a| a.successful_evaluations > 0);
+    let passed = d.analysis_passed();
     if bg.post_promotion_analysis.is_some() && !passed && !release {
         let last = last_verdict(&d);
         d.state(

@@ -16,7 +16,8 @@ use super::super::duration;
 use super::super::model::{Decision, Draft, Observed, delay, secs, time, whole_secs};
 use super::super::replicas;
 use super::{
-    abort, last_verdict, progress_deadline, promote, requeue_for_analysis, running_pods, waited,
+    abort, abort_past_deadline, last_verdict, progress_deadline, promote, requeue_for,
+    running_pods, waited,
 };
 
 /// Where the walk stands.
@@ -138,11 +139,9 @@ fn wait_for_canary_pods(o: &Observed, d: &mut Draft, w: &mut Walk, want: i32) ->
     }
     // The canary is scaled to what this step needs while it waits.
     w.want_pods = want;
-    let deadline = progress_deadline(o);
-    if waited(o, d) > deadline {
-        let why = format!("canary pods not ready within {deadline}s ({ready} of {want})");
-        d.warning("ProgressDeadlineExceeded", format!("{why}; rolling back"));
-        abort::start(d, o.now, RolloutReason::ProgressDeadlineExceeded, why);
+    if abort_past_deadline(o, d, |deadline| {
+        format!("canary pods not ready within {deadline}s ({ready} of {want})")
+    }) {
         return Some(Next::Abort);
     }
     d.state(
@@ -325,7 +324,7 @@ fn finish(o: &Observed, mut d: Draft, stable: &str, w: &Walk) -> Decision {
     d.st.current_step_index = Some(w.index);
     d.st.step = Some(format!("{}/{total}", w.index.min(total)));
     d.st.canary_scale = w.scale;
-    requeue_for_analysis(o, &mut d);
+    requeue_for(o.spec.strategy.canary.analysis.as_ref(), &mut d);
     let steps = &o.spec.strategy.canary.steps;
     let done = usize::try_from(w.index).unwrap_or(0);
     d.header_routes = header_routes(steps, done).into_iter().cloned().collect();

@@ -220,19 +220,25 @@ pub fn analysis_since(spec: &RolloutSpec, st: &RolloutStatus) -> Option<i64> {
     })
 }
 
-/// Reconciles again on the background analysis's interval: it runs while
-/// the canary is live.
-fn requeue_for_analysis(o: &Observed, d: &mut Draft) {
-    if let Some(i) = o
-        .spec
-        .strategy
-        .canary
-        .analysis
-        .as_ref()
-        .and_then(|a| super::duration(&a.interval))
-    {
+/// Reconciles again on `analysis`'s interval, if there is one (it is
+/// evaluated while the new revision is live).
+fn requeue_for(analysis: Option<&AnalysisSpec>, d: &mut Draft) {
+    if let Some(i) = analysis.and_then(|a| super::duration(&a.interval)) {
         d.requeue_within(i);
     }
+}
+
+/// Aborts with `ProgressDeadlineExceeded` when the current wait has passed
+/// the progress deadline, saying why with `why(deadline)`; whether it did.
+fn abort_past_deadline(o: &Observed, d: &mut Draft, why: impl FnOnce(i64) -> String) -> bool {
+    let deadline = progress_deadline(o);
+    if waited(o, d) <= deadline {
+        return false;
+    }
+    let why = why(deadline);
+    d.warning("ProgressDeadlineExceeded", format!("{why}; rolling back"));
+    abort::start(d, o.now, RolloutReason::ProgressDeadlineExceeded, why);
+    true
 }
 
 /// Pods while canary `o.template_hash` runs at `weight` beside `stable`:

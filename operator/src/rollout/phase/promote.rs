@@ -12,8 +12,7 @@ use sluice_crds::rollout::{RolloutPhase, RolloutReason};
 use super::super::model::{Decision, Draft, Observed, time};
 use super::super::replicas;
 use super::{
-    DEFAULT_SCALE_DOWN_DELAY, abort, last_verdict, progress_deadline, requeue_for_analysis,
-    running_pods, waited,
+    DEFAULT_SCALE_DOWN_DELAY, abort, abort_past_deadline, last_verdict, requeue_for, running_pods,
 };
 
 /// The decision once the steps are done; `release` is the user's promote
@@ -37,11 +36,9 @@ pub fn decide(o: &Observed, mut d: Draft, stable: &str, release: bool) -> Decisi
     }
     let ready = o.ready(&hash);
     if ready < r {
-        let deadline = progress_deadline(o);
-        if waited(o, &d) > deadline {
-            let why = format!("canary not fully ready within {deadline}s ({ready} of {r})");
-            d.warning("ProgressDeadlineExceeded", format!("{why}; rolling back"));
-            abort::start(&mut d, o.now, RolloutReason::ProgressDeadlineExceeded, why);
+        if abort_past_deadline(o, &mut d, |deadline| {
+            format!("canary not fully ready within {deadline}s ({ready} of {r})")
+        }) {
             return abort::decide(o, d, stable);
         }
         d.state(
@@ -90,11 +87,7 @@ pub fn make_stable(o: &Observed, mut d: Draft, stable: &str, keep: Option<i32>) 
 /// the user did not promote, and the promotion has not started already.
 fn gate_closed(o: &Observed, d: &Draft, release: bool) -> bool {
     let analysed = o.spec.strategy.canary.analysis.is_some();
-    let passed =
-        d.st.analysis
-            .as_ref()
-            .is_some_and(|a| a.successful_evaluations > 0);
-    analysed && !passed && !release && d.st.reason != Some(RolloutReason::Promoting)
+    analysed && !d.analysis_passed() && !release && d.st.reason != Some(RolloutReason::Promoting)
 }
 
 fn inconclusive(o: &Observed, mut d: Draft, stable: &str, weight: i32) -> Decision {
@@ -113,7 +106,7 @@ fn inconclusive(o: &Observed, mut d: Draft, stable: &str, weight: i32) -> Decisi
              waiting for traffic, or `kubectl sluice promote`"
         ),
     );
-    requeue_for_analysis(o, &mut d);
+    requeue_for(o.spec.strategy.canary.analysis.as_ref(), &mut d);
     let pods = running_pods(o, stable, weight, d.st.canary_scale, 0);
     d.finish(pods, weight)
 }
