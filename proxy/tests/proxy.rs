@@ -35,13 +35,7 @@ async fn get(c: &reqwest::Client, port: u16, path: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn http1_and_http2_share_one_port() {
-    let up = upstream("blue").await;
-    let (port, admin) = (free_port(), free_port());
-    let _p = ProxyProcess::start(
-        &http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], ""),
-        addr(admin),
-    )
-    .await;
+    let (_up, _p, port) = proxied_blue().await;
     let (s, body) = get(&client(), port, "/").await;
     assert_eq!((s, body.as_str()), (200, "blue"));
     let h2 = reqwest::Client::builder()
@@ -491,13 +485,7 @@ async fn retries_route_around_a_dead_endpoint() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests() {
-    let up = upstream("blue").await;
-    let (port, admin) = (free_port(), free_port());
-    let mut p = ProxyProcess::start(
-        &http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], ""),
-        addr(admin),
-    )
-    .await;
+    let (up, mut p, port) = proxied_blue().await;
     let slow = tokio::spawn(async move { get(&client(), port, "/slow").await });
     let deadline = Instant::now() + Duration::from_secs(5);
     while up.hits.load(Ordering::Relaxed) == 0 {
@@ -528,13 +516,7 @@ async fn sigterm_drains_in_flight_requests() {
 /// so that no upstream ever sees framing it might read another way.
 #[tokio::test]
 async fn smuggling_shapes_get_400_or_are_reframed_never_forwarded_as_sent() {
-    let up = upstream("blue").await;
-    let (port, admin) = (free_port(), free_port());
-    let p = ProxyProcess::start(
-        &http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], ""),
-        addr(admin),
-    )
-    .await;
+    let (up, p, port) = proxied_blue().await;
     let cases: [(&str, &[u8]); 4] = [
         (
             "two different Content-Lengths",
@@ -732,13 +714,7 @@ listeners:
 /// serving other clients.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_is_cut_off_and_others_keep_being_served() {
-    let up = upstream("blue").await;
-    let (port, admin) = (free_port(), free_port());
-    let _p = ProxyProcess::start(
-        &http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], ""),
-        addr(admin),
-    )
-    .await;
+    let (_up, _p, port) = proxied_blue().await;
     let tcp = TcpStream::connect(addr(port)).await.unwrap();
     let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
     let conn = tokio::spawn(conn);

@@ -217,6 +217,19 @@ pub async fn upstream(name: &'static str) -> Upstream {
     }
 }
 
+/// Upstream `blue` behind a proxy that routes host `app.test` to it: the
+/// upstream, the proxy and its listening port.
+pub async fn proxied_blue() -> (Upstream, ProxyProcess, u16) {
+    let up = upstream("blue").await;
+    let (port, admin) = (free_port(), free_port());
+    let p = ProxyProcess::start(
+        &http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], ""),
+        addr(admin),
+    )
+    .await;
+    (up, p, port)
+}
+
 /// A proxy config: one HTTP listener for host `app.test`, split across
 /// `backends` (name, endpoint, weight).
 pub fn http_config(
