@@ -133,7 +133,16 @@ pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, 
         world.workload = Api::<Deployment>::namespaced(client.clone(), ns)
             .get_opt(&w.name)
             .await?;
-        take_over(client, ns, rollout, &mut world).await?;
+        // Once the Deployment is at 0 the take-over is done: its endpoints
+        // need no more reading.
+        let serving = world
+            .workload
+            .as_ref()
+            .and_then(|d| d.spec.as_ref()?.replicas)
+            .is_none_or(|n| n > 0);
+        if world.workload.is_some() && serving {
+            take_over(client, ns, rollout, &mut world).await?;
+        }
     }
     Ok(world)
 }
