@@ -31,6 +31,7 @@ helm_bin="$cache/helm/$HELM_VERSION/bin"
 containerd_bin="$cache/containerd/$CONTAINERD_VERSION/bin"
 coredns_bin="$cache/coredns/$COREDNS_VERSION/bin"
 metrics_bin="$cache/metrics-server/$METRICS_SERVER_VERSION/bin"
+prometheus_dir="$cache/prometheus/debian"
 gw_dir="$cache/gateway-api/$GATEWAY_API_VERSION"
 
 print_paths() {
@@ -49,6 +50,7 @@ print_paths() {
   echo "COREDNS_VERSION=$COREDNS_VERSION"
   echo "METRICS_SERVER=$metrics_bin/metrics-server"
   echo "METRICS_SERVER_VERSION=$METRICS_SERVER_VERSION"
+  echo "PROMETHEUS=$prometheus_dir/usr/bin/prometheus"
   echo "RUNC=$(command -v runc || echo /usr/sbin/runc)"
   echo "CNI_BIN_DIR=/usr/lib/cni"
   echo "GATEWAY_API_CRDS=$gw_dir/standard-install.yaml"
@@ -61,7 +63,7 @@ all_present() {
     [ -x "$k8s_bin/kubectl" ] && [ -x "$k8s_bin/kubelet" ] && [ -x "$k8s_bin/kube-proxy" ] &&
     [ -x "$helm_bin/helm" ] && [ -x "$containerd_bin/containerd" ] && [ -x "$containerd_bin/ctr" ] &&
     [ -x "$containerd_bin/containerd-shim-runc-v2" ] && [ -x "$coredns_bin/coredns" ] &&
-    [ -x "$metrics_bin/metrics-server" ] &&
+    [ -x "$metrics_bin/metrics-server" ] && [ -x "$prometheus_dir/usr/bin/prometheus" ] &&
     [ -s "$gw_dir/standard-install.yaml" ] && [ -f "$cache/.debian-packages-v3-ok" ]
 }
 
@@ -300,6 +302,27 @@ build_metrics_server() {
     "sigs.k8s.io/metrics-server/cmd/metrics-server@$METRICS_SERVER_VERSION"
 }
 
+# Prometheus from Debian's package, unpacked into the cache rather than
+# installed: installing it would start a system service on :9090. The
+# analysis tests start it themselves, on loopback.
+fetch_prometheus() {
+  [ -x "$prometheus_dir/usr/bin/prometheus" ] && return 0
+  say "fetching Debian's prometheus package"
+  local tmp
+  tmp="$(mktemp -d)"
+  if ! (cd "$tmp" && apt-get download -qq prometheus >&2 2>/dev/null); then
+    [ "$(id -u)" = 0 ] || die "apt-get download prometheus failed (run as root once so that apt-get update can run)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    (cd "$tmp" && apt-get download -qq prometheus >&2) || die "apt-get download prometheus failed"
+  fi
+  rm -rf "$prometheus_dir.tmp"
+  mkdir -p "$prometheus_dir.tmp"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$prometheus_dir.tmp"
+  rm -rf "$tmp" "$prometheus_dir"
+  mv "$prometheus_dir.tmp" "$prometheus_dir"
+  [ -x "$prometheus_dir/usr/bin/prometheus" ] || die "the prometheus package has no usr/bin/prometheus"
+}
+
 fetch_gateway_api() {
   [ -s "$gw_dir/standard-install.yaml" ] && return 0
   need_go
@@ -325,6 +348,7 @@ fetch_gateway_api
 build_containerd
 build_coredns
 build_metrics_server
+fetch_prometheus
 build_k8s
 all_present || die "build finished but some binaries are missing under $cache"
 say "test bed ready under $cache"

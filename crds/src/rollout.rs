@@ -13,12 +13,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, T
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-/// A Go-style duration such as `30s`, `5m` or `1h30m`; what `pause.duration`,
-/// `analysis.interval` and friends accept. At most six digits per unit, so
-/// that every admitted duration fits the controller's arithmetic.
-const DURATION_RULE: &str = "self.matches('^([0-9]{1,6}(\\\\.[0-9]{1,3})?(ms|s|m|h))+$')";
-const DURATION_MESSAGE: &str =
-    "must be a duration such as 500ms, 30s, 5m or 1h30m, with at most 6 digits per unit";
+use crate::analysis::MetricResult;
+pub use crate::analysis::{BuiltinAnalysis, StableComparison};
+use crate::rules::{DURATION_MESSAGE, DURATION_RULE};
 
 /// A header or mirror route's name: a lowercase RFC 1123 label.
 const ROUTE_NAME_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
@@ -104,6 +101,33 @@ pub struct RolloutSpec {
     pub paused: bool,
     /// How a new revision replaces the stable one.
     pub strategy: RolloutStrategy,
+    /// Webhooks that receive this Rollout's decisions as JSON POSTs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Notifications>,
+}
+
+/// Where a Rollout's decisions are sent, besides its Events.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Notifications {
+    /// Each receives a JSON body per decision (reason, message, phase,
+    /// step, weights, revisions), retried with backoff when it fails.
+    #[schemars(length(max = 8))]
+    pub webhooks: Vec<NotificationWebhook>,
+}
+
+/// One webhook of [`Notifications`].
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationWebhook {
+    /// The URL to POST to.
+    #[schemars(length(max = 2048), regex(pattern = "^https?://"))]
+    pub url: String,
+    /// Only these event reasons (e.g. `AnalysisFailed`, `Promoted`); all
+    /// when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub reasons: Vec<String>,
 }
 
 fn default_replicas() -> i32 {
@@ -535,83 +559,80 @@ pub struct SetCanaryScale {
     pub match_traffic_weight: Option<bool>,
 }
 
-/// Error-rate analysis of the canary from the proxies' telemetry.
+/// Analysis of the new revision: by default the built-in judge of the
+/// proxies' telemetry (its error rate, and p99, alone or against the stable
+/// revision); with `templates`, the metrics of those AnalysisTemplates.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisSpec {
-    /// How often the analysis is evaluated.
+    /// How often the analysis is evaluated (with templates: how often their
+    /// metrics are checked for a measurement due).
     #[serde(default = "default_interval")]
     #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     #[schemars(length(max = 32))]
     pub interval: String,
-    /// The sliding window of telemetry each evaluation looks at.
-    #[serde(default = "default_window")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
-    #[schemars(length(max = 32))]
-    pub window: String,
-    /// Highest acceptable fraction of failed requests (5xx and connection
-    /// failures), from 0 to 1.
-    #[serde(default = "default_max_error_rate")]
-    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be between 0 and 1"))]
-    pub max_error_rate: f64,
-    /// Highest acceptable p99 latency of the canary, as a duration.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
-    #[schemars(length(max = 32))]
-    pub max_latency_p99: Option<String>,
-    /// Fewer canary requests than this in the window make the evaluation
-    /// inconclusive, never a failure.
-    #[serde(default = "default_min_requests")]
-    #[x_kube(validation = Rule::new("self >= 1").message("must be 1 or more"))]
-    pub min_requests: i64,
-    /// Failed evaluations in a row that abort the rollout.
+    /// The built-in judge's limits; unused when `templates` are given (a
+    /// template's `sluice` metric carries its own).
+    #[serde(flatten)]
+    pub builtin: BuiltinAnalysis,
+    /// Failed evaluations in a row that abort the rollout (the built-in
+    /// judge; a template's metrics have their own `failureLimit`).
     #[serde(default = "default_failure_limit")]
     #[x_kube(validation = Rule::new("self >= 1").message("must be 1 or more"))]
     pub failure_limit: i32,
-    /// Judge the canary against the stable revision instead of the absolute
-    /// limit alone, so that a shared downstream outage does not blame it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compare_with_stable: Option<StableComparison>,
+    /// AnalysisTemplates (or ClusterAnalysisTemplates) whose metrics judge
+    /// the new revision instead of the built-in limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub templates: Vec<AnalysisTemplateRef>,
+    /// Values of the templates' `args`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub args: Vec<AnalysisArg>,
 }
 
 impl Default for AnalysisSpec {
     fn default() -> Self {
         AnalysisSpec {
             interval: default_interval(),
-            window: default_window(),
-            max_error_rate: default_max_error_rate(),
-            max_latency_p99: None,
-            min_requests: default_min_requests(),
+            builtin: BuiltinAnalysis::default(),
             failure_limit: default_failure_limit(),
-            compare_with_stable: None,
+            templates: Vec::new(),
+            args: Vec::new(),
         }
     }
+}
+
+/// A reference to an analysis template.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisTemplateRef {
+    /// The template's name.
+    #[schemars(length(max = 253), regex(pattern = "^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"))]
+    pub template_name: String,
+    /// A ClusterAnalysisTemplate rather than an AnalysisTemplate of the
+    /// Rollout's namespace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster_scope: bool,
+}
+
+/// The value of a template argument.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisArg {
+    /// The argument's name.
+    #[schemars(length(max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Its value; `{{rollout.*}}` is substituted here too.
+    #[schemars(length(max = 1024))]
+    pub value: String,
 }
 
 fn default_interval() -> String {
     "5s".to_owned()
 }
-fn default_window() -> String {
-    "30s".to_owned()
-}
-fn default_max_error_rate() -> f64 {
-    0.05
-}
-fn default_min_requests() -> i64 {
-    20
-}
 fn default_failure_limit() -> i32 {
     1
-}
-
-/// The comparison mode of an analysis.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct StableComparison {
-    /// How far (as a fraction, 0-1) the canary's error rate may exceed the
-    /// stable's before the evaluation fails.
-    #[x_kube(validation = Rule::new("self >= 0.0 && self <= 1.0").message("must be between 0 and 1"))]
-    pub max_error_rate_margin: f64,
 }
 
 /// Observed state of a [`Rollout`].
@@ -913,6 +934,13 @@ pub struct AnalysisStatus {
     /// not promoted on its own.
     #[serde(default)]
     pub successful_evaluations: i32,
+    /// Which analysis the metrics belong to (`background`, `step 3`,
+    /// `pre-promotion`, `post-promotion`): a new one starts them afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// The templates' metrics and their latest measurements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricResult>,
 }
 
 #[cfg(test)]

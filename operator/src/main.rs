@@ -136,6 +136,14 @@ struct Args {
     /// notices.
     #[arg(long, hide = true)]
     test_faults: bool,
+    /// Webhooks that receive every Rollout's decisions as JSON POSTs (the
+    /// cluster's default; a Rollout names more in `spec.notifications`).
+    #[arg(
+        long = "notify-webhook",
+        env = "SLUICE_NOTIFY_WEBHOOKS",
+        value_delimiter = ','
+    )]
+    notify_webhooks: Vec<String>,
 }
 
 /// An owner reference to Deployment `name` in `namespace`.
@@ -460,6 +468,10 @@ fn spawn_leader_tasks(
     );
     let (step_down, supervisor) = (parts.step_down.clone(), parts.supervisor.clone());
     let faults = args.test_faults;
+    let notifier = sluice_operator::rollout::notify::Notifier::start(
+        args.notify_webhooks.clone(),
+        parts.metrics.clone(),
+    );
     tokio::spawn(async move {
         if let (Some(settings), Some(step_down)) = (election, step_down)
             && !leader::lead(c.clone(), settings, step_down).await
@@ -474,7 +486,7 @@ fn spawn_leader_tasks(
                 beating(
                     &heart,
                     Duration::from_secs(1),
-                    sluice_operator::rollout::run(cr, t, sv, faults),
+                    sluice_operator::rollout::run(cr, t, sv, notifier, faults),
                 )
                 .await
             },

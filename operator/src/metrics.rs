@@ -82,6 +82,8 @@ pub struct Metrics {
     pub telemetry_series: Gauge,
     /// Dashboard and debug requests refused.
     pub http_refused: Family<RefusedLabels, Counter>,
+    /// Webhook notifications by result (`sent`, `failed`, `dropped`).
+    pub notifications: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -102,6 +104,7 @@ impl Default for Metrics {
             telemetry_refused: Family::default(),
             telemetry_series: Gauge::default(),
             http_refused: Family::default(),
+            notifications: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -175,11 +178,25 @@ impl Default for Metrics {
             "Dashboard and debug requests refused, by endpoint and reason",
             m.http_refused.clone(),
         );
+        registry.register(
+            "notifications",
+            "Webhook notifications of rollout decisions, by result (sent; failed after every retry; dropped with the queue full)",
+            m.notifications.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
 
 impl Metrics {
+    /// Counts a webhook notification's outcome.
+    pub fn notification(&self, result: &str) {
+        self.notifications
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
     /// Counts a refusal by gRPC service `service`.
     pub fn refused(&self, service: &str, reason: &str) {
         self.control_plane_refused

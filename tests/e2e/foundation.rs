@@ -145,7 +145,7 @@ async fn crds_install(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     ensure!(back.spec.strategy.canary.steps.len() == 3);
     ensure!(back.spec.strategy.canary.steps[0].set_weight == Some(20));
     let analysis_default = serde_json_default_analysis()?;
-    ensure!(analysis_default.interval == "5s" && analysis_default.min_requests == 20);
+    ensure!(analysis_default.interval == "5s" && analysis_default.builtin.min_requests == 20);
 
     let out = cluster.kubectl(&["get", "rollouts", "-n", "crds"], None)?;
     let header: Vec<&str> = out

@@ -30,6 +30,7 @@ use sluice_tests::wait::{deployment_available, pod_names, pod_ready, poll, ready
 use tokio::sync::{Mutex, OnceCell};
 
 mod adoption;
+mod analysis;
 mod blue_green;
 mod dashboard;
 mod identity;
@@ -98,6 +99,10 @@ fn main() -> ExitCode {
         (
             "rollout_adopts_a_deployment_without_errors_and_follows_its_template",
             |c| Box::pin(logged(c, adoption::adopts_a_deployment)),
+        ),
+        (
+            "analysis_templates_judge_with_prometheus_web_and_job_metrics_and_roll_back",
+            |c| Box::pin(logged(c, analysis::templates_judge_the_canary)),
         ),
         (
             "blue_green_previews_switches_without_errors_and_switches_back",

@@ -220,7 +220,9 @@ spec:
   replicas: 1
   selector: {{matchLabels: {{app: sluice-gateway}}}}
   template:
-    metadata: {{labels: {{app: sluice-gateway}}}}
+    metadata:
+      labels: {{app: sluice-gateway}}
+      annotations: {{prometheus.io/scrape: "true", prometheus.io/port: "{ADMIN_PORT}", prometheus.io/path: /metrics}}
     spec:
       serviceAccountName: sluice-gateway
       containers:

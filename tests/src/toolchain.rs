@@ -48,6 +48,8 @@ pub struct Toolchain {
     pub metrics_server: PathBuf,
     /// Its version, the tag of its image.
     pub metrics_server_version: String,
+    /// Prometheus (Debian's build), for the analysis tests.
+    pub prometheus: PathBuf,
 }
 
 /// The workspace root (the directory holding the top `Cargo.toml`).
@@ -110,6 +112,7 @@ impl Toolchain {
             coredns: path("COREDNS")?,
             coredns_version: vars.get("COREDNS_VERSION").unwrap_or(&"").to_string(),
             metrics_server: path("METRICS_SERVER")?,
+            prometheus: path("PROMETHEUS")?,
             metrics_server_version: vars
                 .get("METRICS_SERVER_VERSION")
                 .unwrap_or(&"")

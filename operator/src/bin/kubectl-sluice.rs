@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use sluice_crds::rollout::Request;
+use sluice_crds::rollout::{AnalysisStatus, Request};
 use sluice_crds::{Rollout, RolloutPhase};
 use sluice_operator::rollout::canary_routes::{header_routes_in_force, mirror_routes_in_force};
 use sluice_operator::rollout::{HASH_LABEL, ROLLOUT_LABEL, edit, lint, revisions};
@@ -309,7 +309,8 @@ async fn set_paused(api: &Api<Rollout>, name: &str, paused: bool) -> Result<()> 
     Ok(())
 }
 
-/// `lint FILE`: each Rollout's findings, exit 1 if any.
+/// `lint FILE`: each Rollout's and analysis template's findings, exit 1
+/// if any.
 fn lint_file(file: &str) -> Result<()> {
     let text = if file == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading standard input")?
@@ -317,18 +318,19 @@ fn lint_file(file: &str) -> Result<()> {
         std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
     };
     let report = lint::lint(&text).with_context(|| format!("linting {file}"))?;
-    if report.rollouts.is_empty() {
+    if report.objects.is_empty() {
         bail!(
-            "{file}: no Rollout found ({} other documents)",
+            "{file}: no Rollout or analysis template found ({} other documents)",
             report.skipped
         );
     }
-    for (name, findings) in &report.rollouts {
-        if findings.is_empty() {
-            println!("rollout/{name}: valid");
+    for o in &report.objects {
+        let name = format!("{}/{}", o.kind.as_str().to_lowercase(), o.name);
+        if o.findings.is_empty() {
+            println!("{name}: valid");
         }
-        for f in findings {
-            println!("rollout/{name}: {f}");
+        for f in &o.findings {
+            println!("{name}: {f}");
         }
     }
     if !report.ok() {
@@ -390,15 +392,7 @@ async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
         );
     }
     if let Some(a) = &st.analysis {
-        out += &format!(
-            "Analysis:   {} — canary {} requests, error rate {} (stable {} over {}), p99 {}\n",
-            a.verdict.map_or("-", |v| v.as_str()),
-            a.canary_requests,
-            a.canary_error_rate.as_deref().unwrap_or("-"),
-            a.stable_error_rate.as_deref().unwrap_or("-"),
-            a.stable_requests,
-            a.canary_p99_ms.map_or("-".into(), |v| format!("{v} ms"))
-        );
+        out += &analysis_lines(a);
     }
     let mut rs = owned_replicasets(client, ns, name).await?;
     // Newest revision first.
@@ -458,4 +452,43 @@ async fn tree(client: &Client, ns: &str, name: &str) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// The analysis in a line (the built-in judge) or a line per template
+/// metric: its phase, counts and latest measurement.
+fn analysis_lines(a: &AnalysisStatus) -> String {
+    let verdict = a.verdict.map_or("-", |v| v.as_str());
+    if a.metrics.is_empty() {
+        return format!(
+            "Analysis:   {verdict} — canary {} requests, error rate {} (stable {} over {}), p99 {}\n",
+            a.canary_requests,
+            a.canary_error_rate.as_deref().unwrap_or("-"),
+            a.stable_error_rate.as_deref().unwrap_or("-"),
+            a.stable_requests,
+            a.canary_p99_ms.map_or("-".into(), |v| format!("{v} ms"))
+        );
+    }
+    let mut out = format!(
+        "Analysis:   {verdict} ({} analysis)\n",
+        a.run.as_deref().unwrap_or("-")
+    );
+    for m in &a.metrics {
+        let last = m.measurements.last();
+        let value = last.and_then(|l| l.value.as_deref()).unwrap_or("-");
+        let message = last
+            .and_then(|l| l.message.as_deref())
+            .map_or_else(String::new, |t| format!(" ({t})"));
+        out += &format!(
+            "  {:<20} {:<12} {} measured: {} ok, {} failed, {} inconclusive, {} errors; last {value}{message}{}\n",
+            m.name,
+            m.phase.as_str(),
+            m.count,
+            m.successful,
+            m.failed,
+            m.inconclusive,
+            m.error,
+            if m.dry_run { " [dry run]" } else { "" }
+        );
+    }
+    out
 }

@@ -161,7 +161,32 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
         ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": {}}));
     }
     ops.push(json!({"op": "add", "path": "/metadata/annotations/sluice.dev~1status", "value": "injected"}));
+    ops.extend(scrape_annotations(pod));
     Some(ops)
+}
+
+/// The `prometheus.io/*` annotations that point a Prometheus configured the
+/// usual way at the proxy's `/metrics`, as Istio's injector sets them;
+/// none when the pod names its own scrape target.
+fn scrape_annotations(pod: &Pod) -> Vec<Value> {
+    let own = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key("prometheus.io/scrape"));
+    if own {
+        return Vec::new();
+    }
+    [
+        ("scrape", "true".to_owned()),
+        ("port", sluice_proto::probes::ADMIN_PORT.to_string()),
+        ("path", "/metrics".to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| {
+        json!({"op": "add", "path": format!("/metadata/annotations/prometheus.io~1{key}"), "value": value})
+    })
+    .collect()
 }
 
 #[cfg(test)]

@@ -45,8 +45,15 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
         _ => None,
     };
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    let evaluation = observe::evaluation_due(rollout, &hash, now)
-        .map(|a| observe::analyse(ctx, rollout, ns, &hash, &a, now));
+    let evaluation = match observe::evaluation_due(rollout, &hash, now) {
+        Some(due) => Some(observe::analyse(ctx, rollout, ns, &hash, due, now).await),
+        None => None,
+    };
+    let (evaluation, unrunnable) = match evaluation {
+        Some(Err(invalid)) => (None, Some(invalid)),
+        Some(Ok(e)) => (Some(e), None),
+        None => (None, None),
+    };
     let observed = Observed {
         spec: &rollout.spec,
         status: &status,
@@ -55,7 +62,7 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
         ready: &world.ready,
         request,
         evaluation,
-        invalid: observe::invalid(rollout, ns, &world),
+        invalid: observe::invalid(rollout, ns, &world).or(unrunnable),
         now,
     };
     let decision = decide(&observed);
@@ -68,6 +75,8 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
     }
     write_status(rollout, ns, ctx, &decision, &world.ready).await?;
     record_events(rollout, ctx, &decision).await;
+    ctx.notifier
+        .notify(rollout, &decision.status, &decision.events, now);
     let requeue = match adoption {
         // Taking over: look again soon.
         Some(Adoption::Waiting | Adoption::Draining) => {

@@ -4,14 +4,20 @@
 //! (unknown and missing fields, types, sizes), its CEL rules (evaluated
 //! with kube-cel as the API server evaluates them, defaults applied first),
 //! and the spec checks the controller makes before it runs a Rollout
-//! (regular expressions the proxies must compile).
+//! (regular expressions the proxies must compile). AnalysisTemplates and
+//! ClusterAnalysisTemplates get the same passes, the last one parsing
+//! their metrics' conditions.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use kube_cel::Validator;
 use serde::Deserialize;
 use serde_json::Value;
-use sluice_crds::Rollout;
+use sluice_crds::analysis::AnalysisTemplateSpec;
+use sluice_crds::{AnalysisTemplate, ClusterAnalysisTemplate, Rollout};
 
+use super::analysis::condition::Conditions;
+use super::analysis::template::substitute_with;
 use super::canary_routes::invalid_regex;
 
 /// Why a file could not be linted at all.
@@ -25,9 +31,9 @@ pub enum LintError {
         /// What the parser said.
         source: serde_yaml::Error,
     },
-    /// The CRD carries no schema (a build error, never input).
-    #[error("the Rollout CRD has no schema")]
-    NoSchema,
+    /// A CRD carries no schema (a build error, never input).
+    #[error("the {0} CRD has no schema")]
+    NoSchema(&'static str),
 }
 
 /// One thing wrong with a Rollout.
@@ -50,25 +56,81 @@ impl std::fmt::Display for Finding {
     }
 }
 
+/// The kinds `lint` checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A `Rollout`.
+    Rollout,
+    /// An `AnalysisTemplate`.
+    AnalysisTemplate,
+    /// A `ClusterAnalysisTemplate`.
+    ClusterAnalysisTemplate,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [
+        Kind::Rollout,
+        Kind::AnalysisTemplate,
+        Kind::ClusterAnalysisTemplate,
+    ];
+
+    /// As `kind:` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Rollout => "Rollout",
+            Kind::AnalysisTemplate => "AnalysisTemplate",
+            Kind::ClusterAnalysisTemplate => "ClusterAnalysisTemplate",
+        }
+    }
+
+    fn crd(self) -> CustomResourceDefinition {
+        match self {
+            Kind::Rollout => Rollout::crd(),
+            Kind::AnalysisTemplate => AnalysisTemplate::crd(),
+            Kind::ClusterAnalysisTemplate => ClusterAnalysisTemplate::crd(),
+        }
+    }
+}
+
+/// One object of the file and what is wrong with it (nothing: valid).
+#[derive(Debug)]
+pub struct Linted {
+    /// Its kind.
+    pub kind: Kind,
+    /// Its name.
+    pub name: String,
+    /// What is wrong.
+    pub findings: Vec<Finding>,
+}
+
 /// What linting a file found.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Each Rollout by name, with what is wrong with it (nothing: valid).
-    pub rollouts: Vec<(String, Vec<Finding>)>,
+    /// Each Rollout and analysis template, in the file's order.
+    pub objects: Vec<Linted>,
     /// Documents of other kinds, not linted.
     pub skipped: usize,
 }
 
 impl Report {
-    /// Whether every Rollout is valid.
+    /// Whether every object is valid.
     pub fn ok(&self) -> bool {
-        self.rollouts.iter().all(|(_, f)| f.is_empty())
+        self.objects.iter().all(|o| o.findings.is_empty())
+    }
+
+    /// The Rollouts among the objects.
+    pub fn rollouts(&self) -> impl Iterator<Item = &Linted> {
+        self.objects.iter().filter(|o| o.kind == Kind::Rollout)
     }
 }
 
-/// Lints every Rollout in the YAML documents of `text`.
+/// Lints every Rollout and analysis template in the YAML documents of
+/// `text`.
 pub fn lint(text: &str) -> Result<Report, LintError> {
-    let schema = schema()?;
+    let schemas = Kind::ALL
+        .iter()
+        .map(|k| schema(*k).map(|s| (*k, s)))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut report = Report::default();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value = Value::deserialize(doc).map_err(|source| LintError::Yaml {
@@ -78,40 +140,46 @@ pub fn lint(text: &str) -> Result<Report, LintError> {
         if value.is_null() {
             continue;
         }
-        let is_rollout = value["kind"] == "Rollout"
-            && value["apiVersion"]
-                .as_str()
-                .is_some_and(|v| v.starts_with("sluice.dev/"));
-        if !is_rollout {
+        let ours = value["apiVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("sluice.dev/"));
+        let Some((kind, schema)) = schemas
+            .iter()
+            .find(|(k, _)| ours && value["kind"] == k.as_str())
+        else {
             report.skipped += 1;
             continue;
-        }
+        };
         let name = value["metadata"]["name"]
             .as_str()
             .unwrap_or("(no name)")
             .to_owned();
-        report.rollouts.push((name, lint_rollout(&schema, &value)));
+        report.objects.push(Linted {
+            kind: *kind,
+            name,
+            findings: lint_object(*kind, schema, &value),
+        });
     }
     Ok(report)
 }
 
-/// The Rollout CRD's OpenAPI schema, as the API server holds it.
-fn schema() -> Result<Value, LintError> {
-    let crd = Rollout::crd();
+/// `kind`'s CRD OpenAPI schema, as the API server holds it.
+fn schema(kind: Kind) -> Result<Value, LintError> {
+    let crd = kind.crd();
     let schema = crd
         .spec
         .versions
         .first()
         .and_then(|v| v.schema.as_ref())
         .and_then(|s| s.open_api_v3_schema.as_ref())
-        .ok_or(LintError::NoSchema)?;
-    serde_json::to_value(schema).map_err(|_| LintError::NoSchema)
+        .ok_or(LintError::NoSchema(kind.as_str()))?;
+    serde_json::to_value(schema).map_err(|_| LintError::NoSchema(kind.as_str()))
 }
 
-/// Everything wrong with one Rollout, each pass on what the one before
+/// Everything wrong with one object, each pass on what the one before
 /// let through (CEL rules assume a structurally valid object, as on the
 /// API server).
-pub fn lint_rollout(schema: &Value, object: &Value) -> Vec<Finding> {
+pub fn lint_object(kind: Kind, schema: &Value, object: &Value) -> Vec<Finding> {
     let mut found = Vec::new();
     structural(schema, object, "", &mut found);
     if !found.is_empty() {
@@ -129,6 +197,18 @@ pub fn lint_rollout(schema: &Value, object: &Value) -> Vec<Finding> {
     if !found.is_empty() {
         return found;
     }
+    match kind {
+        Kind::Rollout => controller_checks(object, &mut found),
+        Kind::AnalysisTemplate | Kind::ClusterAnalysisTemplate => {
+            condition_checks(object, &mut found);
+        }
+    }
+    found
+}
+
+/// What the controller refuses in a Rollout: regular expressions the
+/// proxies cannot compile.
+fn controller_checks(object: &Value, found: &mut Vec<Finding>) {
     match serde_json::from_value::<Rollout>(object.clone()) {
         Ok(ro) => found.extend(
             invalid_regex(&ro.spec.strategy.canary.steps).map(|m| Finding {
@@ -141,7 +221,34 @@ pub fn lint_rollout(schema: &Value, object: &Value) -> Vec<Finding> {
             message: e.to_string(),
         }),
     }
-    found
+}
+
+/// Conditions of a template's metrics that do not parse, each placeholder
+/// read as `0` (the values come with the Rollout).
+fn condition_checks(object: &Value, found: &mut Vec<Finding>) {
+    match serde_json::from_value::<AnalysisTemplateSpec>(object["spec"].clone()) {
+        Ok(spec) => {
+            for (i, m) in spec.metrics.iter().enumerate() {
+                let neutral = |c: &Option<String>| {
+                    c.as_deref()
+                        .and_then(|c| substitute_with(c, |_| Some("0".into())).ok())
+                };
+                let mut m = m.clone();
+                m.success_condition = neutral(&m.success_condition);
+                m.failure_condition = neutral(&m.failure_condition);
+                if let Err(e) = Conditions::of(&m) {
+                    found.push(Finding {
+                        field: format!("spec.metrics[{i}]"),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        Err(e) => found.push(Finding {
+            field: "spec".into(),
+            message: e.to_string(),
+        }),
+    }
 }
 
 /// `path.field`, or `field` at the root.
@@ -299,9 +406,9 @@ mod tests {
     fn findings(text: &str) -> Vec<String> {
         let report = lint(text).expect("lints");
         report
-            .rollouts
+            .objects
             .iter()
-            .flat_map(|(_, f)| f.iter().map(ToString::to_string))
+            .flat_map(|o| o.findings.iter().map(ToString::to_string))
             .collect()
     }
 
@@ -314,8 +421,8 @@ mod tests {
         );
         let report = lint(&text).expect("lints");
         assert_eq!(report.skipped, 1);
-        assert_eq!(report.rollouts.len(), 2);
-        assert!(report.ok(), "{:?}", report.rollouts);
+        assert_eq!(report.rollouts().count(), 2);
+        assert!(report.ok(), "{:?}", report.objects);
     }
 
     #[test]
@@ -397,12 +504,35 @@ mod tests {
             let text = std::fs::read_to_string(&file).expect("readable");
             let report = lint(&text).expect("lints");
             assert!(
-                !report.rollouts.is_empty(),
+                report.rollouts().count() > 0,
                 "{} has no Rollout",
                 file.display()
             );
-            assert!(report.ok(), "{}: {:?}", file.display(), report.rollouts);
+            assert!(report.ok(), "{}: {:?}", file.display(), report.objects);
         }
+    }
+
+    #[test]
+    fn a_template_condition_that_does_not_parse_is_named_by_its_metric() {
+        let text = "apiVersion: sluice.dev/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  metrics:\n  - name: rate\n    successCondition: \"result[0] <\"\n    provider: {prometheus: {address: \"http://p:9090\", query: up}}\n";
+        let found = findings(text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("spec.metrics[0]: successCondition does not parse"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_template_metric_with_two_providers_is_refused_as_admission_would() {
+        let text = "apiVersion: sluice.dev/v1alpha1\nkind: ClusterAnalysisTemplate\nmetadata: {name: t}\nspec:\n  metrics:\n  - name: rate\n    successCondition: \"result < 1\"\n    provider: {prometheus: {address: \"http://p:9090\", query: up}, web: {url: \"http://w\"}}\n";
+        let found = findings(text);
+        assert!(
+            found
+                .iter()
+                .any(|f| f.contains("exactly one of sluice, prometheus, web, job")),
+            "{found:?}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod conditions;
 pub mod edit;
 pub mod lint;
 pub mod model;
+pub mod notify;
 pub mod observe;
 pub mod phase;
 pub mod replicas;
@@ -58,6 +59,10 @@ pub enum Error {
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
+    /// Prometheus and web metrics' client.
+    http: reqwest::Client,
+    /// Where decisions are sent besides Events.
+    notifier: notify::Notifier,
     traffic: Arc<TrafficWindow>,
     recorder: Recorder,
     /// `--test-faults`: see [`TEST_FAULT_ANNOTATION`].
@@ -80,6 +85,7 @@ pub async fn run(
     client: Client,
     traffic: Arc<TrafficWindow>,
     supervisor: crate::health::Supervisor,
+    notifier: notify::Notifier,
     test_faults: bool,
 ) {
     let rollouts: Api<Rollout> = Api::all(client.clone());
@@ -96,6 +102,8 @@ pub async fn run(
             },
         ),
         client: client.clone(),
+        http: reqwest::Client::new(),
+        notifier,
         traffic,
         test_faults,
         supervisor,

@@ -22,6 +22,43 @@ pub struct Evaluation {
     pub reason: String,
 }
 
+/// Which of a Rollout's analyses judges the new revision now; a new one
+/// starts its templates' metrics afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnalysisRun {
+    /// A canary's `analysis`, from the first step until promotion.
+    Background,
+    /// The inline analysis of canary step N (from 1).
+    Step(i32),
+    /// A blue-green preview's, before the switch.
+    PrePromotion,
+    /// A blue-green new revision's, after the switch.
+    PostPromotion,
+}
+
+impl AnalysisRun {
+    /// A short form for object names.
+    pub fn tag(self) -> String {
+        match self {
+            AnalysisRun::Background => "bg".into(),
+            AnalysisRun::Step(n) => format!("s{n}"),
+            AnalysisRun::PrePromotion => "pre".into(),
+            AnalysisRun::PostPromotion => "post".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for AnalysisRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnalysisRun::Background => f.write_str("background"),
+            AnalysisRun::Step(n) => write!(f, "step {n}"),
+            AnalysisRun::PrePromotion => f.write_str("pre-promotion"),
+            AnalysisRun::PostPromotion => f.write_str("post-promotion"),
+        }
+    }
+}
+
 /// Why the spec cannot run as it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invalid {

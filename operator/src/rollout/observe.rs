@@ -14,12 +14,11 @@ use kube::{Api, ResourceExt};
 use sluice_crds::Rollout;
 use sluice_crds::rollout::{AnalysisSpec, RolloutReason, RolloutSpec};
 
-use super::analysis::evaluate;
+use super::analysis::{self, measure::Subject};
 use super::canary_routes::{CANARY_ROUTES_LABEL, invalid_regex};
-use super::model::{Evaluation, Invalid, secs};
+use super::model::{AnalysisRun, Evaluation, Invalid, secs};
 use super::phase::{analysis_in_force, analysis_since};
 use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL, duration};
-use crate::traffic::window::Totals;
 
 /// What one reconcile read.
 #[derive(Debug, Default)]
@@ -314,7 +313,11 @@ pub fn invalid(rollout: &Rollout, ns: &str, world: &World) -> Option<Invalid> {
 /// The analysis to evaluate now, if one is due: the current step's inline
 /// one, else the background analysis, every `interval`; none once the
 /// promotion has started (a full promotion skips the analysis).
-pub fn evaluation_due(rollout: &Rollout, hash: &str, now: i64) -> Option<AnalysisSpec> {
+pub fn evaluation_due(
+    rollout: &Rollout,
+    hash: &str,
+    now: i64,
+) -> Option<(AnalysisRun, AnalysisSpec)> {
     let status = rollout.status.as_ref()?;
     if status.canary_revision.as_deref() != Some(hash)
         || status.aborted
@@ -323,7 +326,7 @@ pub fn evaluation_due(rollout: &Rollout, hash: &str, now: i64) -> Option<Analysi
     {
         return None;
     }
-    let spec = analysis_in_force(&rollout.spec, status)?.clone();
+    let (run, spec) = analysis_in_force(&rollout.spec, status)?;
     let interval = duration(&spec.interval).unwrap_or(Duration::from_secs(5));
     let last = status
         .analysis
@@ -331,40 +334,40 @@ pub fn evaluation_due(rollout: &Rollout, hash: &str, now: i64) -> Option<Analysi
         .and_then(|a| secs(&a.evaluated_at))
         .unwrap_or(0);
     let every = i64::try_from(interval.as_secs().max(1)).unwrap_or(i64::MAX);
-    (now.saturating_sub(last) >= every).then_some(spec)
+    (now.saturating_sub(last) >= every).then(|| (run, spec.clone()))
 }
 
-/// Evaluates `spec` for new revision `canary` of `rollout` from the
-/// proxies' telemetry window: only what it did since it started (or, after
-/// a blue-green switch, since the switch) counts.
-pub fn analyse(
+/// Evaluates analysis `run` of new revision `canary`: the built-in judge
+/// or its templates' metrics. Templates that cannot run (missing, an
+/// argument without value) hold the rollout as an invalid spec.
+pub async fn analyse(
     ctx: &Context,
     rollout: &Rollout,
     ns: &str,
     canary: &str,
-    spec: &AnalysisSpec,
+    (run, spec): (AnalysisRun, AnalysisSpec),
     now: i64,
-) -> Evaluation {
+) -> Result<Evaluation, Invalid> {
     let status = rollout.status.clone().unwrap_or_default();
-    let window = duration(&spec.window).unwrap_or(Duration::from_secs(30));
-    let since_start = analysis_since(&rollout.spec, &status)
-        .map(|t| Duration::from_secs(u64::try_from((now - t).max(1)).unwrap_or(1)))
-        .unwrap_or(window);
-    let window = window.min(since_start + Duration::from_secs(1));
-    let stable = status.stable_revision.clone().unwrap_or_default();
-    let totals = ctx.traffic.sum(
-        window,
-        |k| k.namespace == ns && (k.revision == canary || k.revision == stable),
-        |k| (k.revision == canary, k.inbound),
-    );
-    let bounds = ctx.traffic.bounds_ms();
-    let side = |canary: bool| {
-        let get = |inbound| totals.get(&(canary, inbound)).cloned().unwrap_or_default();
-        Totals::either_side(&get(true), &get(false))
+    let since = analysis_since(&rollout.spec, &status);
+    let subject = Subject {
+        rollout,
+        ns,
+        canary,
+        run,
+        since,
+        started: match run {
+            AnalysisRun::Step(_) => secs(&status.step_start_time),
+            _ => since,
+        },
+        now,
     };
-    let (c, s) = (side(true), side(false));
-    let p99 = c.quantile_ms(0.99, &bounds);
-    evaluate(spec, &c, &s, p99, now)
+    analysis::evaluate(ctx, &subject, &spec)
+        .await
+        .map_err(|e| Invalid {
+            reason: RolloutReason::InvalidSpec,
+            message: format!("{run} analysis: {e}"),
+        })
 }
 
 #[cfg(test)]

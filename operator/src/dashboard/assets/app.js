@@ -21,6 +21,24 @@ const el = (tag, attrs = {}, text) => {
   if (text !== undefined) e.textContent = text;
   return e;
 };
+// A template analysis: a row per metric with its phase, counts and latest
+// measurement.
+const metricsTable = (a) => {
+  const t = el("table", { class: "analysis metrics", "data-verdict": a.verdict ?? "" });
+  t.append(el("caption", {}, `Analysis (${a.run ?? "-"}, ${a.evaluatedAt ?? "-"}): ${a.verdict ?? "-"}`));
+  for (const m of a.metrics) {
+    const last = (m.measurements || []).at(-1) || {};
+    const tr = el("tr", { "data-metric": m.name, "data-phase": m.phase });
+    tr.append(
+      el("th", { scope: "row" }, m.name + (m.dryRun ? " (dry run)" : "")),
+      el("td", {}, m.phase),
+      el("td", {}, `${m.successful ?? 0} ok · ${m.failed ?? 0} failed · ${(m.inconclusive ?? 0) + (m.error ?? 0)} inconclusive/error of ${m.count ?? 0}`),
+      el("td", {}, `${last.value ?? "-"}${last.message ? " — " + last.message : ""}`),
+    );
+    t.append(tr);
+  }
+  return t;
+};
 const svgEl = (tag, attrs = {}, text) => {
   const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
@@ -124,7 +142,9 @@ function drawRollouts(list, actions) {
     if ((r.mirrorRoutes || []).length) {
       card.append(el("p", { class: "mirror-routes" }, `Mirror routes to the canary: ${r.mirrorRoutes.join(", ")}`));
     }
-    if (r.analysis) {
+    if (r.analysis && (r.analysis.metrics || []).length) {
+      card.append(metricsTable(r.analysis));
+    } else if (r.analysis) {
       const a = r.analysis;
       const rate = (v) => (v === undefined || v === null ? "-" : pct(Number(v)));
       card.append(el("p", { class: "analysis", "data-verdict": a.verdict ?? "" },

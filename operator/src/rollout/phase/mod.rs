@@ -20,7 +20,7 @@ use sluice_crds::rollout::{
     AnalysisSpec, Request, RolloutReason, RolloutSpec, RolloutStatus, Verdict,
 };
 
-use super::model::{Decision, Draft, Observed, time};
+use super::model::{AnalysisRun, Decision, Draft, Observed, time};
 
 /// Seconds the canary's pods stay after an abort, unless the spec says.
 pub const DEFAULT_ABORT_DELAY: i32 = 30;
@@ -164,7 +164,10 @@ fn record_analysis(o: &Observed, d: &mut Draft, stable: &str) {
     if d.st.aborted {
         return;
     }
-    let limit = analysis_in_force(o.spec, &d.st).map_or(1, |a| a.failure_limit.max(1));
+    // A template metric has applied its own failureLimit already.
+    let limit = analysis_in_force(o.spec, &d.st)
+        .filter(|(_, a)| a.templates.is_empty())
+        .map_or(1, |(_, a)| a.failure_limit.max(1));
     let previous = d.st.analysis.clone().unwrap_or_default();
     let mut figures = e.figures.clone();
     figures.verdict = Some(e.verdict);
@@ -193,19 +196,31 @@ fn record_analysis(o: &Observed, d: &mut Draft, stable: &str) {
 pub fn analysis_in_force<'a>(
     spec: &'a RolloutSpec,
     st: &RolloutStatus,
-) -> Option<&'a AnalysisSpec> {
+) -> Option<(AnalysisRun, &'a AnalysisSpec)> {
     if let Some(bg) = &spec.strategy.blue_green {
         return if blue_green::switched(st) {
-            bg.post_promotion_analysis.as_ref()
+            bg.post_promotion_analysis
+                .as_ref()
+                .map(|a| (AnalysisRun::PostPromotion, a))
         } else {
-            bg.pre_promotion_analysis.as_ref()
+            bg.pre_promotion_analysis
+                .as_ref()
+                .map(|a| (AnalysisRun::PrePromotion, a))
         };
     }
     let canary = &spec.strategy.canary;
-    st.current_step_index
-        .and_then(|i| canary.steps.get(usize::try_from(i).ok()?))
-        .and_then(|s| s.analysis.as_ref())
-        .or(canary.analysis.as_ref())
+    let step = st.current_step_index.and_then(|i| {
+        let a = canary
+            .steps
+            .get(usize::try_from(i).ok()?)?
+            .analysis
+            .as_ref()?;
+        Some((AnalysisRun::Step(i.saturating_add(1)), a))
+    });
+    step.or(canary
+        .analysis
+        .as_ref()
+        .map(|a| (AnalysisRun::Background, a)))
 }
 
 /// Since when the new revision's telemetry counts: since the switch for a

@@ -22,6 +22,7 @@ fn spec(steps: Vec<CanaryStep>) -> RolloutSpec {
         progress_deadline_seconds: Some(60),
         paused: false,
         workload_ref: None,
+        notifications: None,
         strategy: RolloutStrategy {
             canary: CanaryStrategy {
                 steps,

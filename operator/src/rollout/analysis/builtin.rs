@@ -1,15 +1,52 @@
-//! Judging a canary from the proxies' telemetry: its error rate (and p99)
+//! The built-in judge: a canary judged from the proxies' telemetry: its error rate (and p99)
 //! over the analysis window, alone or against the stable revision's.
 
-use sluice_crds::rollout::{AnalysisSpec, AnalysisStatus, Verdict};
+use std::time::Duration;
 
-use super::duration;
-use super::model::{Evaluation, time};
+use sluice_crds::Rollout;
+use sluice_crds::rollout::{AnalysisStatus, BuiltinAnalysis, Verdict};
+
+use super::super::model::{Evaluation, time};
+use super::super::{Context, duration};
 use crate::traffic::window::Totals;
+
+/// Evaluates `spec` for new revision `canary` of `rollout` from the
+/// proxies' telemetry window: only what it did since `since` (when it
+/// started or, after a blue-green switch, the switch) counts.
+pub fn analyse(
+    ctx: &Context,
+    rollout: &Rollout,
+    ns: &str,
+    canary: &str,
+    spec: &BuiltinAnalysis,
+    since: Option<i64>,
+    now: i64,
+) -> Evaluation {
+    let status = rollout.status.clone().unwrap_or_default();
+    let window = duration(&spec.window).unwrap_or(Duration::from_secs(30));
+    let since_start = since
+        .map(|t| Duration::from_secs(u64::try_from((now - t).max(1)).unwrap_or(1)))
+        .unwrap_or(window);
+    let window = window.min(since_start + Duration::from_secs(1));
+    let stable = status.stable_revision.clone().unwrap_or_default();
+    let totals = ctx.traffic.sum(
+        window,
+        |k| k.namespace == ns && (k.revision == canary || k.revision == stable),
+        |k| (k.revision == canary, k.inbound),
+    );
+    let bounds = ctx.traffic.bounds_ms();
+    let side = |canary: bool| {
+        let get = |inbound| totals.get(&(canary, inbound)).cloned().unwrap_or_default();
+        Totals::either_side(&get(true), &get(false))
+    };
+    let (c, s) = (side(true), side(false));
+    let p99 = c.quantile_ms(0.99, &bounds);
+    evaluate(spec, &c, &s, p99, now)
+}
 
 /// Evaluates one interval from the window's totals of each revision.
 pub fn evaluate(
-    spec: &AnalysisSpec,
+    spec: &BuiltinAnalysis,
     canary: &Totals,
     stable: &Totals,
     canary_p99_ms: Option<f64>,
@@ -25,8 +62,7 @@ pub fn evaluate(
         canary_error_rate: Some(format!("{canary_rate:.4}")),
         stable_error_rate: (stable.requests > 0).then(|| format!("{stable_rate:.4}")),
         canary_p99_ms: canary_p99_ms.map(|v| v.round() as i64),
-        consecutive_failures: 0,
-        successful_evaluations: 0,
+        ..AnalysisStatus::default()
     };
     let (verdict, reason) = judge(spec, canary, stable, canary_p99_ms);
     Evaluation {
@@ -40,7 +76,7 @@ pub fn evaluate(
 }
 
 fn judge(
-    spec: &AnalysisSpec,
+    spec: &BuiltinAnalysis,
     canary: &Totals,
     stable: &Totals,
     canary_p99_ms: Option<f64>,
@@ -112,14 +148,14 @@ mod tests {
 
     #[test]
     fn few_requests_are_inconclusive_never_failed() {
-        let spec = AnalysisSpec::default();
+        let spec = BuiltinAnalysis::default();
         let e = evaluate(&spec, &totals(19, 19), &totals(0, 0), None, 0);
         assert_eq!(e.verdict, Verdict::Inconclusive);
     }
 
     #[test]
     fn absolute_error_rate() {
-        let spec = AnalysisSpec::default();
+        let spec = BuiltinAnalysis::default();
         assert_eq!(
             evaluate(&spec, &totals(100, 5), &totals(0, 0), None, 0).verdict,
             Verdict::Successful
@@ -132,11 +168,11 @@ mod tests {
 
     #[test]
     fn comparison_with_stable_forgives_a_shared_outage() {
-        let spec = AnalysisSpec {
+        let spec = BuiltinAnalysis {
             compare_with_stable: Some(StableComparison {
                 max_error_rate_margin: 0.05,
             }),
-            ..AnalysisSpec::default()
+            ..BuiltinAnalysis::default()
         };
         // Both at 40%: the downstream, not the canary.
         assert_eq!(
@@ -152,9 +188,9 @@ mod tests {
 
     #[test]
     fn p99_limit() {
-        let spec = AnalysisSpec {
+        let spec = BuiltinAnalysis {
             max_latency_p99: Some("200ms".into()),
-            ..AnalysisSpec::default()
+            ..BuiltinAnalysis::default()
         };
         assert_eq!(
             evaluate(&spec, &totals(100, 0), &totals(0, 0), Some(500.0), 0).verdict,
