@@ -407,7 +407,8 @@ fn serving_names(args: &Args) -> Vec<String> {
     names
 }
 
-/// The injection webhook and its caBundle, when `--webhook-listen` is set.
+/// The admission webhooks and their caBundles, when `--webhook-listen` is
+/// set.
 fn spawn_webhook(args: &Args, parts: &Parts, ca: &CaParts) -> anyhow::Result<()> {
     tokio::spawn(inject::webhook::keep_ca_bundle_current(
         parts.client.clone(),
@@ -432,8 +433,9 @@ fn spawn_webhook(args: &Args, parts: &Parts, ca: &CaParts) -> anyhow::Result<()>
         intercept: args.intercept,
     };
     let (identity, roots) = (parts.identity.clone(), ca.roots.clone());
+    let metrics = parts.metrics.clone();
     tokio::spawn(async move {
-        if let Err(e) = inject::webhook::serve(addr, identity, settings, roots).await {
+        if let Err(e) = inject::webhook::serve(addr, identity, settings, roots, metrics).await {
             error!("injection webhook: {e}");
         }
     });

@@ -80,7 +80,7 @@ pub struct Metrics {
     pub telemetry_refused: Family<ReasonLabel, Counter>,
     /// Series held by the telemetry window.
     pub telemetry_series: Gauge,
-    /// Dashboard and debug requests refused.
+    /// Dashboard, debug and admission requests refused.
     pub http_refused: Family<RefusedLabels, Counter>,
     /// Webhook notifications by result (`sent`, `failed`, `dropped`).
     pub notifications: Family<ResultLabel, Counter>,
@@ -175,7 +175,7 @@ impl Default for Metrics {
         );
         registry.register(
             "http_refused",
-            "Dashboard and debug requests refused, by endpoint and reason",
+            "Dashboard, debug and admission requests refused, by endpoint and reason",
             m.http_refused.clone(),
         );
         registry.register(
@@ -188,6 +188,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a refusal by HTTP surface `service` that answers it itself
+    /// (e.g. an admission webhook's denial).
+    pub fn count_refusal(&self, service: &str, reason: &str) {
+        self.http_refused
+            .get_or_create(&RefusedLabels {
+                service: service.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
     /// Counts a webhook notification's outcome.
     pub fn notification(&self, result: &str) {
         self.notifications

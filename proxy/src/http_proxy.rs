@@ -409,7 +409,7 @@ impl ProxyService {
                         && let Some(downstream) = upgrade
                     {
                         let upstream = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(downstream, upstream));
+                        tokio::spawn(tunnel(self.proxy.clone(), downstream, upstream));
                         let (parts, _) = resp.into_parts();
                         return Response::from_parts(parts, RespBody::empty());
                     }
@@ -534,12 +534,18 @@ fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
     }
 }
 
-/// Splices an upgraded (e.g. WebSocket) connection to its upstream.
-async fn tunnel(downstream: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Splices an upgraded (e.g. WebSocket) connection to its upstream, both
+/// sides under the idle timeout (the downstream one already is, through
+/// the connection it came from).
+async fn tunnel(
+    proxy: Arc<Proxy>,
+    downstream: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+) {
     let (Ok(down), Ok(up)) = (downstream.await, upstream.await) else {
         return;
     };
     let mut down = TokioIo::new(down);
-    let mut up = TokioIo::new(up);
+    let mut up = proxy.idle(TokioIo::new(up));
     let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
 }

@@ -212,7 +212,10 @@ async fn serve_port<S>(
                     info.clone(),
                 );
                 let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(proxy.idle(io)),
+                        TowerToHyperService::new(svc),
+                    )
                     .into_owned();
                 let _ = watcher.watch(conn).await;
             }

@@ -18,6 +18,7 @@ pub mod control;
 pub mod framing;
 pub mod http_proxy;
 pub mod identity;
+pub mod idle;
 pub mod inbound;
 pub mod intercept;
 pub mod mirror;

@@ -146,6 +146,11 @@ struct RuntimeArgs {
     /// clients cannot exhaust memory or file descriptors.
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 20_000)]
     max_connections: u64,
+    /// A downstream connection (HTTP/1 keep-alive, HTTP/2, TCP) on which
+    /// no byte moves either way for this long is closed and counted
+    /// (`sluice_idle_timeouts_total`), as Envoy's idle timeout; 0: never.
+    #[arg(long, env = "SLUICE_CONNECTION_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    connection_idle_timeout: Duration,
 }
 
 fn main() -> ExitCode {
@@ -280,6 +285,7 @@ fn serve(
 ) -> anyhow::Result<()> {
     let health = Arc::new(sluice_proxy::app_health::AppHealth::from_env()?);
     proxy.telemetry.set_max_connections(rt.max_connections);
+    proxy.set_connection_idle_timeout(rt.connection_idle_timeout);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let workers = start_workers(&proxy, rt.workers, &shutdown_rx, rt.drain_timeout)?;
     let main_rt = tokio::runtime::Builder::new_current_thread()

@@ -221,7 +221,7 @@ async fn accept_loop(
                     peer,
                 ));
                 let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(proxy.idle(stream)), svc)
                     .into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(counted(proxy.clone(), async move {

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
@@ -27,6 +28,8 @@ pub struct Proxy {
     configured: AtomicBool,
     /// Static reloads applied, for version labels.
     generation: AtomicU64,
+    /// Downstream connections idle this long are closed (ms; 0: never).
+    connection_idle_ms: AtomicU64,
 }
 
 impl Proxy {
@@ -43,7 +46,23 @@ impl Proxy {
             changes: watch::channel(0).0,
             configured: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            connection_idle_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Closes downstream connections idle for `d` (zero: never).
+    pub fn set_connection_idle_timeout(&self, d: Duration) {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        self.connection_idle_ms.store(ms, Relaxed);
+    }
+
+    /// `stream`, closed once idle for the configured time ([`crate::idle`]).
+    pub fn idle<S>(&self, stream: S) -> crate::idle::Idle<S> {
+        let idle = match self.connection_idle_ms.load(Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
+        crate::idle::Idle::new(stream, idle, self.telemetry.clone())
     }
 
     /// The running configuration. Requests hold this `Arc` until they

@@ -17,7 +17,7 @@ use crate::state::Proxy;
 
 /// Serves one accepted connection on TCP listener `listener` (a bound one,
 /// or an inbound port's, where `downstream` may be a TLS stream).
-pub async fn serve<S>(proxy: Arc<Proxy>, listener: Arc<str>, mut downstream: S)
+pub async fn serve<S>(proxy: Arc<Proxy>, listener: Arc<str>, downstream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -47,7 +47,7 @@ where
         crate::pool::marked_connect(endpoint.addr),
     )
     .await;
-    let mut upstream = match upstream {
+    let upstream = match upstream {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             debug!(backend = %backend.name, "connect {}: {e}", endpoint.addr);
@@ -63,11 +63,22 @@ where
     let _ = upstream.set_nodelay(true);
     endpoint.observe(start.elapsed());
     cell.record(200, start.elapsed(), false);
-    if let Ok((sent, received)) =
-        tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await
-    {
+    if let Ok((sent, received)) = splice(&proxy, downstream, upstream).await {
         cell.add_bytes(sent, received);
     }
+}
+
+/// Copies both ways until both are done, or until neither moved a byte for
+/// the idle timeout: each side is tracked, so a one-way stream keeps both
+/// open and a silent connection ends even when its peer ignores a
+/// half-close.
+async fn splice<A, B>(proxy: &Proxy, a: A, b: B) -> std::io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a, mut b) = (proxy.idle(a), proxy.idle(b));
+    tokio::io::copy_bidirectional(&mut a, &mut b).await
 }
 
 /// How long a passthrough connection may take to connect.
@@ -77,7 +88,7 @@ const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// outbound traffic to what the mesh does not route (another protocol, an
 /// address outside the mesh, the API server) and inbound traffic to a
 /// port the pod does not declare, as Istio's passthrough clusters do.
-pub async fn passthrough(proxy: Arc<Proxy>, mut downstream: TcpStream, dst: SocketAddr) {
+pub async fn passthrough(proxy: Arc<Proxy>, downstream: TcpStream, dst: SocketAddr) {
     let telemetry = &proxy.telemetry;
     telemetry.passthrough_connections.fetch_add(1, Relaxed);
     let upstream = tokio::time::timeout(
@@ -85,7 +96,7 @@ pub async fn passthrough(proxy: Arc<Proxy>, mut downstream: TcpStream, dst: Sock
         crate::pool::marked_connect(dst),
     )
     .await;
-    let mut upstream = match upstream {
+    let upstream = match upstream {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             debug!(%dst, "passthrough connect: {e}");
@@ -100,5 +111,5 @@ pub async fn passthrough(proxy: Arc<Proxy>, mut downstream: TcpStream, dst: Sock
     };
     telemetry.upstream_connects.fetch_add(1, Relaxed);
     let _ = upstream.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+    let _ = splice(&proxy, downstream, upstream).await;
 }

@@ -121,6 +121,8 @@ pub struct Telemetry {
     max_connections: AtomicU64,
     /// Downstream connections closed at once for being over the limit.
     pub connections_over_limit: AtomicU64,
+    /// Connections closed after their idle timeout.
+    pub idle_timeouts: AtomicU64,
     /// Accepted downstream connections.
     pub accepted_connections: AtomicU64,
     /// Configs applied.
@@ -337,6 +339,11 @@ impl Collector for TelemetryCollector {
                 "sluice_admin_config_refused",
                 "Requests for /config on the admin port from off the pod, refused (403).",
                 &t.admin_config_refused,
+            ),
+            (
+                "sluice_idle_timeouts",
+                "Connections closed after --connection-idle-timeout without a byte either way.",
+                &t.idle_timeouts,
             ),
             (
                 "sluice_connections_over_limit",

@@ -751,3 +751,85 @@ async fn http2_rapid_reset_is_cut_off_and_others_keep_being_served() {
     let (s, body) = get(&client(), port, "/").await;
     assert_eq!((s, body.as_str()), (200, "blue"));
 }
+
+/// Idle timeouts: a keep-alive HTTP/1 connection, an HTTP/2 connection and
+/// a TCP splice on which nothing moves are closed after
+/// `--connection-idle-timeout` and counted; one with steady traffic is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_busy_ones_are_not() {
+    let up = upstream("blue").await;
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let (port, tcp_port, admin) = (free_port(), free_port(), free_port());
+    let mut cfg = http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], "");
+    cfg = cfg.replacen(
+        "backends:\n",
+        &format!("backends:\n  - name: echo\n    endpoints: [\"{echo_addr}\"]\n"),
+        1,
+    );
+    cfg.push_str(&format!(
+        "  - name: db\n    address: 127.0.0.1:{tcp_port}\n    protocol: tcp\n    backends: [{{name: echo}}]\n"
+    ));
+    let p = ProxyProcess::spawn(&cfg, addr(admin), &["--connection-idle-timeout", "600ms"]);
+    p.wait_ready().await;
+
+    // Closed within the deadline: read gives 0 (or a reset).
+    async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 1024];
+        let deadline = Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+    let request = b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    let mut h1 = TcpStream::connect(addr(port)).await.unwrap();
+    h1.write_all(request).await.unwrap();
+    let mut h2 = TcpStream::connect(addr(port)).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut tcp = TcpStream::connect(addr(tcp_port)).await.unwrap();
+    tcp.write_all(b"hello").await.unwrap();
+    // A TCP connection that keeps talking, every 200 ms, outlives them all.
+    let mut busy = TcpStream::connect(addr(tcp_port)).await.unwrap();
+    let busy_task = tokio::spawn(async move {
+        let mut buf = [0u8; 8];
+        for _ in 0..10 {
+            busy.write_all(b"ping").await?;
+            busy.read_exact(&mut buf[..4]).await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    for (what, s) in [("HTTP/1", &mut h1), ("HTTP/2", &mut h2), ("TCP", &mut tcp)] {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "the idle {what} connection is still open"
+        );
+    }
+    busy_task
+        .await
+        .unwrap()
+        .expect("the busy connection was cut while it talked");
+    let metrics = p.metrics().await;
+    let closed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_idle_timeouts_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    // Each idle connection, and the TCP one's upstream side too.
+    assert!(closed >= 3.0, "{metrics}");
+    server.abort();
+}

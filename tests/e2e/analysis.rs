@@ -194,6 +194,17 @@ pub async fn templates_judge_the_canary(cluster: Arc<Cluster>) -> anyhow::Result
         &["apply", "--dry-run=server", "-n", NS, "-f", &example],
         None,
     )?;
+    // A condition that does not parse is refused at admission, naming it.
+    let refused = cluster
+        .apply(&templates().replace("result[0] < {{args.max}}", "result[0] <"))
+        .err()
+        .context("a template whose condition does not parse was admitted")?;
+    ensure!(
+        refused
+            .to_string()
+            .contains("spec.metrics[0]: successCondition does not parse"),
+        "{refused}"
+    );
     deployment_available(&cluster.client(), NS, "judge", super::TIMEOUT).await?;
     let judge_ip = Api::<Service>::namespaced(cluster.client(), NS)
         .get("judge")

@@ -17,6 +17,7 @@ pub mod node;
 pub mod operator;
 pub mod pki;
 pub mod process;
+pub mod procfs;
 pub mod prometheus;
 pub mod toolchain;
 pub mod wait;

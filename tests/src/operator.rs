@@ -307,11 +307,13 @@ pub async fn helm_install_mesh(cluster: &Cluster) -> Result<(), Error> {
     Ok(())
 }
 
-/// The injection webhook's configuration, as the chart declares it but
-/// pointing at the operator's host address; the operator fills in its
-/// `caBundle`, which this waits for.
+/// The webhook configurations (injection, template validation), as the
+/// chart declares them but pointing at the operator's host address; the
+/// operator fills in their `caBundle`, which this waits for.
 async fn install_injector(cluster: &Cluster, operator: &Operator) -> Result<(), Error> {
-    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
     cluster.apply(&format!(
         r#"apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
@@ -329,30 +331,45 @@ webhooks:
     matchExpressions:
     - {{key: sluice.dev/inject, operator: In, values: [enabled]}}
     - {{key: kubernetes.io/metadata.name, operator: NotIn, values: [kube-system, {GATEWAY_NS}]}}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {{name: sluice-validator}}
+webhooks:
+- name: templates.validate.sluice.dev
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Ignore
+  timeoutSeconds: 5
+  clientConfig: {{url: "https://{addr}/validate"}}
+  rules: [{{operations: [CREATE, UPDATE], apiGroups: [sluice.dev], apiVersions: [v1alpha1], resources: [analysistemplates, clusteranalysistemplates]}}]
 "#,
         addr = operator.webhook
     ))?;
-    let api: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(cluster.client());
-    // The operator watches the configuration and sets the bundle.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = api.get("sluice-injector").await?;
-        let set = c.webhooks.iter().flatten().all(|w| {
-            w.client_config
-                .ca_bundle
-                .as_ref()
-                .is_some_and(|b| !b.0.is_empty())
-        });
-        if set {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(Error::Check(
-                "the operator did not set the injector's caBundle within 30 s".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let injector: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(cluster.client());
+    let validator: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(cluster.client());
+    let has = |b: &Option<k8s_openapi::ByteString>| b.as_ref().is_some_and(|b| !b.0.is_empty());
+    // The operator watches the configurations and sets the bundles.
+    crate::wait::poll(
+        "the operator sets the webhooks' caBundle",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let i = injector.get("sluice-injector").await?;
+            let v = validator.get("sluice-validator").await?;
+            let set = i
+                .webhooks
+                .iter()
+                .flatten()
+                .all(|w| has(&w.client_config.ca_bundle))
+                && v.webhooks
+                    .iter()
+                    .flatten()
+                    .all(|w| has(&w.client_config.ca_bundle));
+            Ok(set.then_some(()))
+        },
+    )
+    .await
 }
 
 /// The env, bootstrap mount and readiness probe of a proxy container in

@@ -7,6 +7,7 @@
 //! idempotent; [`webhook`] serves it to the API server.
 
 pub mod probes;
+pub mod validate;
 pub mod webhook;
 
 use k8s_openapi::api::core::v1::Pod;

@@ -1,8 +1,9 @@
-//! The mutating admission webhook: HTTPS with the operator's own
+//! The admission webhooks: HTTPS with the operator's own
 //! certificate from the mesh CA (renewed before it expires and whenever
 //! the CA changes, see [`crate::ca::own`]), `POST /inject` answering
-//! AdmissionReviews with the injection patch, and the webhook
-//! configuration's `caBundle` kept equal to the mesh roots. Before it
+//! AdmissionReviews with the injection patch, `POST /validate` checking
+//! analysis templates ([`super::validate`]), and the webhook
+//! configurations' `caBundle` kept equal to the mesh roots. Before it
 //! admits an injected pod it makes sure the pod's namespace has the roots'
 //! ConfigMap, which the pod mounts.
 
@@ -11,25 +12,32 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::FromRef;
 use axum::extract::State;
 use axum::routing::post;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Pod;
-use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::{ApiResource, DynamicObject};
 use kube::{Api, Client};
 use sluice_identity::MeshIdentity;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::{InjectSettings, patch};
+use super::{InjectSettings, patch, validate};
 use crate::ca::publish::RootPublisher;
+use crate::metrics::Metrics;
 
 /// The MutatingWebhookConfiguration whose `caBundle` the operator keeps.
 pub const CONFIGURATION_NAME: &str = "sluice-injector";
+/// The ValidatingWebhookConfiguration (analysis templates) whose
+/// `caBundle` the operator keeps.
+pub const VALIDATOR_NAME: &str = "sluice-validator";
 
 /// Why the webhook could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +54,13 @@ pub enum WebhookError {
 struct WebhookState {
     settings: Arc<InjectSettings>,
     roots: Arc<RootPublisher>,
+    metrics: Arc<Metrics>,
+}
+
+impl FromRef<WebhookState> for Arc<Metrics> {
+    fn from_ref(state: &WebhookState) -> Arc<Metrics> {
+        state.metrics.clone()
+    }
 }
 
 async fn inject(
@@ -81,22 +96,26 @@ async fn inject(
     }
 }
 
-/// Serves the webhook on `addr` with the operator's `identity` until the
-/// process ends; a renewed certificate applies to the next handshake.
+/// Serves the webhooks (`/inject`, `/validate`) on `addr` with the
+/// operator's `identity` until the process ends; a renewed certificate
+/// applies to the next handshake.
 pub async fn serve(
     addr: SocketAddr,
     identity: Arc<MeshIdentity>,
     settings: InjectSettings,
     roots: Arc<RootPublisher>,
+    metrics: Arc<Metrics>,
 ) -> Result<(), WebhookError> {
     let tls = sluice_identity::verify::serving_config(&identity)
         .map_err(|e| WebhookError::Certificate(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let app = Router::new()
         .route("/inject", post(inject))
+        .route("/validate", post(validate::review))
         .with_state(WebhookState {
             settings: Arc::new(settings),
             roots,
+            metrics,
         });
     let listener = TcpListener::bind(addr)
         .await
@@ -122,9 +141,9 @@ pub async fn serve(
     }
 }
 
-/// Keeps [`CONFIGURATION_NAME`]'s `caBundle` equal to the mesh roots:
-/// whenever the configuration is created or changed (e.g. by `helm
-/// upgrade`), and when the roots change (`roots_changed`).
+/// Keeps the `caBundle` of [`CONFIGURATION_NAME`] and [`VALIDATOR_NAME`]
+/// equal to the mesh roots: whenever a configuration is created or changed
+/// (e.g. by `helm upgrade`), and when the roots change (`roots_changed`).
 pub async fn keep_ca_bundle_current(
     client: Client,
     authority: Arc<arc_swap::ArcSwap<crate::ca::Authority>>,
@@ -132,15 +151,28 @@ pub async fn keep_ca_bundle_current(
 ) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let config = watcher::Config::default().fields(&format!("metadata.name={CONFIGURATION_NAME}"));
-    let mut events = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+    let named = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let injector = watcher(
+        Api::<MutatingWebhookConfiguration>::all(client.clone()),
+        named(CONFIGURATION_NAME),
+    )
+    .default_backoff()
+    .applied_objects()
+    .map(|r| r.map(|_| ()));
+    let validator = watcher(
+        Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+        named(VALIDATOR_NAME),
+    )
+    .default_backoff()
+    .applied_objects()
+    .map(|r| r.map(|_| ()));
+    let mut events = std::pin::pin!(futures::stream::select(injector, validator));
     loop {
         tokio::select! {
             ev = events.next() => match ev {
-                Some(Ok(_)) => {}
+                Some(Ok(())) => {}
                 Some(Err(e)) => {
-                    debug!("watching {CONFIGURATION_NAME}: {e}");
+                    debug!("watching the webhook configurations: {e}");
                     continue;
                 }
                 None => return,
@@ -153,31 +185,47 @@ pub async fn keep_ca_bundle_current(
     }
 }
 
-/// Sets every webhook's `caBundle` in [`CONFIGURATION_NAME`] to `roots`
-/// (when the configuration exists: the chart creates it).
+/// Sets every webhook's `caBundle` in [`CONFIGURATION_NAME`] and
+/// [`VALIDATOR_NAME`] to `roots` (those that exist: the chart creates
+/// them).
 pub async fn keep_ca_bundle(client: &Client, roots: &[String]) {
-    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let bundle = k8s_openapi::ByteString(roots.concat().into_bytes());
-    let current = match api.get_opt(CONFIGURATION_NAME).await {
-        Ok(Some(c)) => c,
-        Ok(None) => return,
+    let bundle = match serde_json::to_value(k8s_openapi::ByteString(roots.concat().into_bytes())) {
+        Ok(b) => b,
         Err(e) => {
-            warn!("reading {CONFIGURATION_NAME}: {e}");
+            warn!("encoding the mesh roots: {e}");
             return;
         }
     };
-    let mut wanted = current.clone();
-    for w in wanted.webhooks.iter_mut().flatten() {
-        w.client_config.ca_bundle = Some(bundle.clone());
-    }
-    if wanted == current {
-        return;
-    }
-    match api
-        .replace(CONFIGURATION_NAME, &Default::default(), &wanted)
-        .await
-    {
-        Ok(_) => info!("{CONFIGURATION_NAME}: caBundle set to the mesh roots"),
-        Err(e) => warn!("updating {CONFIGURATION_NAME}: {e}"),
+    let configurations = [
+        (
+            ApiResource::erase::<MutatingWebhookConfiguration>(&()),
+            CONFIGURATION_NAME,
+        ),
+        (
+            ApiResource::erase::<ValidatingWebhookConfiguration>(&()),
+            VALIDATOR_NAME,
+        ),
+    ];
+    for (resource, name) in configurations {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let current = match api.get_opt(name).await {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                warn!("reading {name}: {e}");
+                continue;
+            }
+        };
+        let mut wanted = current.clone();
+        for w in wanted.data["webhooks"].as_array_mut().into_iter().flatten() {
+            w["clientConfig"]["caBundle"] = bundle.clone();
+        }
+        if wanted == current {
+            continue;
+        }
+        match api.replace(name, &Default::default(), &wanted).await {
+            Ok(_) => info!("{name}: caBundle set to the mesh roots"),
+            Err(e) => warn!("updating {name}: {e}"),
+        }
     }
 }

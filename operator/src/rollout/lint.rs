@@ -200,7 +200,7 @@ pub fn lint_object(kind: Kind, schema: &Value, object: &Value) -> Vec<Finding> {
     match kind {
         Kind::Rollout => controller_checks(object, &mut found),
         Kind::AnalysisTemplate | Kind::ClusterAnalysisTemplate => {
-            condition_checks(object, &mut found);
+            found.extend(template_findings(object));
         }
     }
     found
@@ -223,9 +223,12 @@ fn controller_checks(object: &Value, found: &mut Vec<Finding>) {
     }
 }
 
-/// Conditions of a template's metrics that do not parse, each placeholder
-/// read as `0` (the values come with the Rollout).
-fn condition_checks(object: &Value, found: &mut Vec<Finding>) {
+/// What an analysis template's schema cannot say: a spec that does not
+/// read as one (a Job spec of the wrong shape) and conditions that do not
+/// parse, each placeholder read as `0` (the values come with the
+/// Rollout). The admission webhook refuses the same.
+pub fn template_findings(object: &Value) -> Vec<Finding> {
+    let mut found = Vec::new();
     match serde_json::from_value::<AnalysisTemplateSpec>(object["spec"].clone()) {
         Ok(spec) => {
             for (i, m) in spec.metrics.iter().enumerate() {
@@ -249,6 +252,7 @@ fn condition_checks(object: &Value, found: &mut Vec<Finding>) {
             message: e.to_string(),
         }),
     }
+    found
 }
 
 /// `path.field`, or `field` at the root.

@@ -14,8 +14,6 @@
 //! namespace, and each simulated proxy opens its own TLS connection with
 //! that certificate and names that pod in its hello.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -31,6 +29,7 @@ use sluice_proto::mesh::{Ack, ProxyIdentity, ProxyMessage, config_message, proxy
 use sluice_tests::Cluster;
 use sluice_tests::mesh_client::{MeshClient, host_pod};
 use sluice_tests::operator::{GATEWAY_NS, Operator};
+use sluice_tests::procfs::{cpu_ticks, quantile, rss_kib, ticks_per_second};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
@@ -225,14 +224,6 @@ fn ms(d: Duration) -> String {
 }
 
 /// Nearest-rank quantile of sorted durations.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 /// Reads reports until every proxy's latest weight is `weight`; returns
 /// when the first and the last of them got there.
 async fn wait_all(
@@ -360,40 +351,4 @@ spec:
 "#
     );
     yaml
-}
-
-fn proc_file(pid: u32, file: &str) -> Result<String> {
-    let path = format!("/proc/{pid}/{file}");
-    std::fs::read_to_string(Path::new(&path)).with_context(|| format!("reading {path}"))
-}
-
-/// A `VmRSS:`-style line of `/proc/<pid>/status`, in KiB.
-fn rss_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = proc_file(pid, "status")?;
-    let fields: BTreeMap<&str, &str> = status
-        .lines()
-        .filter_map(|l| l.split_once(char::is_whitespace))
-        .collect();
-    fields
-        .get(field)
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
-}
-
-/// User plus system CPU time of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = proc_file(pid, "stat")?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
-    let tick = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok());
-    Ok(tick(14).context("utime")? + tick(15).context("stime")?)
-}
-
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf with a valid name has no preconditions.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
 }

@@ -13,11 +13,11 @@ use sluice_crds::rollout::{
 };
 
 use super::super::duration;
-use super::super::model::{Decision, Draft, Observed, delay, secs, time, whole_secs};
+use super::super::model::{AnalysisRun, Decision, Draft, Observed, delay, secs, time, whole_secs};
 use super::super::replicas;
 use super::{
     abort, abort_past_deadline, last_verdict, progress_deadline, promote, requeue_for,
-    running_pods, waited,
+    running_pods, settled_inconclusive, waited,
 };
 
 /// Where the walk stands.
@@ -293,14 +293,18 @@ fn analysis(o: &Observed, d: &mut Draft, w: &mut Walk, a: &AnalysisSpec) -> Next
     }
     let last = last_verdict(d);
     let deadline = progress_deadline(o);
-    if waited(o, d) > deadline {
+    // A template metric past its inconclusiveLimit will say no more: the
+    // user decides now, as Argo Rollouts pauses an inconclusive run.
+    let stuck = settled_inconclusive(d, AnalysisRun::Step(w.index.saturating_add(1)));
+    if stuck.is_some() || waited(o, d) > deadline {
+        let why = stuck.map_or_else(
+            || format!("no conclusive analysis within {deadline}s ({last})"),
+            |m| format!("metric {m} is inconclusive"),
+        );
         d.state(
             RolloutPhase::Paused,
             RolloutReason::InconclusiveAnalysis,
-            format!(
-                "{}: no conclusive analysis within {deadline}s ({last}); promote to go on",
-                label(o, w)
-            ),
+            format!("{}: {why}; promote to go on", label(o, w)),
         );
     } else {
         d.state(

@@ -16,6 +16,7 @@ pub mod canary;
 pub mod promote;
 pub mod stable;
 
+use sluice_crds::analysis::MetricPhase;
 use sluice_crds::rollout::{
     AnalysisSpec, Request, RolloutReason, RolloutSpec, RolloutStatus, Verdict,
 };
@@ -276,6 +277,20 @@ fn running_pods(
             super::replicas::canary(r, weight, routed, scale).max(want),
         ),
     ]
+}
+
+/// The first metric of analysis `run` (not a dry run) that is past its
+/// `inconclusiveLimit`: nothing more will be measured, so waiting for the
+/// deadline would only delay the user's decision.
+fn settled_inconclusive(d: &Draft, run: AnalysisRun) -> Option<String> {
+    let a = d.st.analysis.as_ref()?;
+    if a.run.as_deref() != Some(run.to_string().as_str()) {
+        return None;
+    }
+    a.metrics
+        .iter()
+        .find(|m| !m.dry_run && m.phase == MetricPhase::Inconclusive)
+        .map(|m| m.name.clone())
 }
 
 /// The last analysis verdict, for messages.

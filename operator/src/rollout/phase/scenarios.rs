@@ -416,6 +416,58 @@ fn an_inline_analysis_that_never_gets_traffic_pauses_at_the_deadline() {
 }
 
 #[test]
+fn an_inline_template_metric_past_its_inconclusive_limit_pauses_at_once() {
+    use sluice_crds::analysis::{MetricPhase, MetricResult};
+    let s = spec(vec![weight(20), analysis_step(), weight(50), pause(None)]);
+    let d = step(&s, &stable_a(&s), "b", 10, None, None);
+    let metric = |name: &str, dry_run: bool| MetricResult {
+        name: name.into(),
+        phase: MetricPhase::Inconclusive,
+        dry_run,
+        count: 2,
+        successful: 0,
+        failed: 0,
+        inconclusive: 0,
+        error: 2,
+        measurements: Vec::new(),
+    };
+    let stuck = |metrics: Vec<MetricResult>| {
+        let mut e = evaluation(Verdict::Inconclusive);
+        e.figures.run = Some("step 2".into());
+        e.figures.metrics = metrics;
+        Some(e)
+    };
+    // A dry run's inconclusive metric holds nothing.
+    let d = step(
+        &s,
+        &d.status,
+        "b",
+        12,
+        None,
+        stuck(vec![metric("p99", true)]),
+    );
+    assert_eq!(d.status.reason, Some(RolloutReason::WaitingForAnalysis));
+    // Long before the deadline, the user decides.
+    let d = step(
+        &s,
+        &d.status,
+        "b",
+        14,
+        None,
+        stuck(vec![metric("error-rate", false)]),
+    );
+    assert_eq!(d.status.phase, Some(RolloutPhase::Paused));
+    assert_eq!(d.status.reason, Some(RolloutReason::InconclusiveAnalysis));
+    let message = d.status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("metric error-rate is inconclusive"),
+        "{message}"
+    );
+    let d = step(&s, &d.status, "b", 15, Some(Request::Promote), None);
+    assert_eq!(d.canary_weight, 50);
+}
+
+#[test]
 fn user_abort_and_template_revert() {
     let s = spec(vec![weight(20), pause(None), weight(60), pause(None)]);
     let running = step(&s, &stable_a(&s), "b", 10, None, None).status;
