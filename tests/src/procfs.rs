@@ -1,5 +1,5 @@
-//! What the benchmarks read of a process from `/proc`: its memory and CPU
-//! time; and the quantile of a sorted sample.
+//! What the benchmarks read of a process from `/proc` (its memory and CPU
+//! time), the quantile of a sorted sample, and the runtime they run on.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -54,4 +54,15 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// The benchmarks' runtime: two workers (the machine's cores, shared with
+/// what they measure) and the open-file limit raised for their many
+/// connections and watches.
+pub fn bench_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
 }

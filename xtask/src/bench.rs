@@ -586,6 +586,18 @@ pub fn proxy() -> Result<()> {
 /// Runs the control-plane benchmark against the test bed (built release,
 /// like the operator it measures) and prints its table.
 pub fn control_plane(args: &[String]) -> Result<()> {
+    on_test_bed("control-plane", "sluice-control-plane-bench", args)
+}
+
+/// Runs the scale benchmark (many Rollouts on one operator) against the
+/// test bed and prints its report.
+pub fn scale(args: &[String]) -> Result<()> {
+    on_test_bed("scale", "sluice-scale-bench", args)
+}
+
+/// Installs the test bed, then builds and runs benchmark binary `bin` of
+/// the test crate in release mode with `args`.
+fn on_test_bed(what: &str, bin: &str, args: &[String]) -> Result<()> {
     run(
         "install the test bed (Kubernetes, etcd, Gateway API CRDs)",
         {
@@ -594,7 +606,7 @@ pub fn control_plane(args: &[String]) -> Result<()> {
             c
         },
     )?;
-    run("build and run the control-plane benchmark (release)", {
+    run(&format!("build and run the {what} benchmark (release)"), {
         let mut c = cargo();
         c.args([
             "run",
@@ -603,7 +615,7 @@ pub fn control_plane(args: &[String]) -> Result<()> {
             "-p",
             "sluice-tests",
             "--bin",
-            "sluice-control-plane-bench",
+            bin,
             "--",
         ]);
         c.args(args);

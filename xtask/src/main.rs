@@ -7,6 +7,7 @@
 //! - `cargo xtask images`: Sluice's OCI image archives from a release build.
 //! - `cargo xtask bench proxy`: the proxy against nginx and HAProxy.
 //! - `cargo xtask bench control-plane`: HTTPRoute change to every proxy's ACK.
+//! - `cargo xtask bench scale`: 10,000 Rollouts on one operator.
 
 mod bench;
 mod handson;
@@ -67,10 +68,12 @@ enum Task {
         seconds: u64,
     },
     /// Benchmarks: `proxy` (sluice-proxy against a direct connection, nginx
-    /// and HAProxy) or `control-plane` (an HTTPRoute change to every
-    /// connected proxy's ACK, with 1, 100 and 1,000 proxies).
+    /// and HAProxy), `control-plane` (an HTTPRoute change to every
+    /// connected proxy's ACK, with 1, 100 and 1,000 proxies) or `scale`
+    /// (10,000 Rollouts on one operator: time to Healthy, RSS, change
+    /// latency, soak).
     Bench {
-        /// What to benchmark: `proxy` or `control-plane`.
+        /// What to benchmark: `proxy`, `control-plane` or `scale`.
         what: String,
         /// Passed on to the benchmark (e.g. `--proxies 1,100 --changes 20`).
         #[arg(last = true)]
@@ -610,7 +613,8 @@ fn main() -> Result<()> {
         Task::Bench { what, args } => match what.as_str() {
             "proxy" => bench::proxy(),
             "control-plane" => bench::control_plane(&args),
-            other => bail!("unknown benchmark {other:?}: use `proxy` or `control-plane`"),
+            "scale" => bench::scale(&args),
+            other => bail!("unknown benchmark {other:?}: use `proxy`, `control-plane` or `scale`"),
         },
     }
 }

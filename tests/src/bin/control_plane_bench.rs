@@ -62,12 +62,7 @@ struct Seen {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    sluice_tests::procfs::bench_runtime()?.block_on(run(args))
 }
 
 async fn run(args: Args) -> Result<()> {

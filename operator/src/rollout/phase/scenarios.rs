@@ -154,6 +154,19 @@ fn stable_a(s: &RolloutSpec) -> RolloutStatus {
 }
 
 #[test]
+fn a_healthy_rollout_is_resynced_rarely_and_a_pending_scale_down_sooner() {
+    let s = spec(vec![weight(20)]);
+    let healthy = step(&s, &RolloutStatus::default(), "a", 0, None, None);
+    assert_eq!(healthy.status.phase, Some(RolloutPhase::Healthy));
+    assert_eq!(healthy.requeue, super::stable::HEALTHY_RESYNC);
+    let mut st = healthy.status.clone();
+    st.previous_stable_revision = Some("old".into());
+    st.scale_down_time = Some(super::super::model::time(40));
+    let waiting = step(&s, &st, "a", 10, None, None);
+    assert_eq!(waiting.requeue, std::time::Duration::from_secs(30));
+}
+
+#[test]
 fn the_first_revision_is_stable_at_once() {
     let s = spec(vec![weight(20)]);
     let d = step(&s, &RolloutStatus::default(), "a", 0, None, None);

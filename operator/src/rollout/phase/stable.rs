@@ -8,6 +8,11 @@ use sluice_crds::rollout::{RolloutPhase, RolloutReason};
 
 use super::super::model::{Decision, Draft, Observed, delay, secs};
 
+/// How often a Healthy Rollout is looked at without a change: with
+/// thousands of them, a 30 s resync kept the API server busy at rest (see
+/// `cargo xtask bench scale` in docs/benchmarks.md).
+pub const HEALTHY_RESYNC: Duration = Duration::from_secs(300);
+
 /// The decision when the template is the stable revision `stable`.
 pub fn decide(o: &Observed, mut d: Draft, stable: &str) -> Decision {
     if let Some(old) = d.st.canary_revision.take() {
@@ -38,6 +43,10 @@ pub fn decide(o: &Observed, mut d: Draft, stable: &str) -> Decision {
             RolloutReason::RolloutCompleted,
             format!("revision {stable} serves all traffic"),
         );
+        // Nothing to do until the Rollout, its ReplicaSets or its
+        // Deployment change, and each of those wakes the controller: the
+        // resync only repairs drift (a Service selector edited by hand).
+        d.requeue = HEALTHY_RESYNC;
     } else {
         d.state(
             RolloutPhase::Progressing,
