@@ -221,12 +221,7 @@ impl Metrics {
     /// Counts a refusal by HTTP surface `service` (the dashboard, the
     /// debug endpoint) and answers it with its status and reason.
     pub fn refuse_http(&self, service: &str, denied: &Denied) -> axum::response::Response {
-        self.http_refused
-            .get_or_create(&RefusedLabels {
-                service: service.to_owned(),
-                reason: denied.reason().into(),
-            })
-            .inc();
+        self.count_refusal(service, denied.reason());
         (denied.status(), format!("{denied}\n")).into_response()
     }
 }

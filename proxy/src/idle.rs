@@ -71,6 +71,24 @@ impl<S> Idle<S> {
     }
 }
 
+impl<S> Idle<S> {
+    /// Runs a write on the inner stream, refused once expired; bytes
+    /// written are activity.
+    fn written(
+        &mut self,
+        write: impl FnOnce(&mut S) -> Poll<std::io::Result<usize>>,
+    ) -> Poll<std::io::Result<usize>> {
+        if self.expired {
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+        }
+        let n = ready!(write(&mut self.inner))?;
+        if n > 0 {
+            self.last = Instant::now();
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -97,15 +115,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if this.expired {
-            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
-        }
-        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, data))?;
-        if n > 0 {
-            this.last = Instant::now();
-        }
-        Poll::Ready(Ok(n))
+        self.get_mut()
+            .written(|inner| Pin::new(inner).poll_write(cx, data))
     }
 
     fn poll_write_vectored(
@@ -113,15 +124,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Idle<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        if this.expired {
-            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
-        }
-        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        if n > 0 {
-            this.last = Instant::now();
-        }
-        Poll::Ready(Ok(n))
+        self.get_mut()
+            .written(|inner| Pin::new(inner).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

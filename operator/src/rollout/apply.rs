@@ -45,13 +45,12 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
         _ => None,
     };
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
-    let evaluation = match observe::evaluation_due(rollout, &hash, now) {
-        Some(due) => Some(observe::analyse(ctx, rollout, ns, &hash, due, now).await),
-        None => None,
-    };
-    let (evaluation, unrunnable) = match evaluation {
-        Some(Err(invalid)) => (None, Some(invalid)),
-        Some(Ok(e)) => (Some(e), None),
+    // Templates that cannot run hold the Rollout as an invalid spec.
+    let (evaluation, unrunnable) = match observe::evaluation_due(rollout, &hash, now) {
+        Some(due) => match observe::analyse(ctx, rollout, ns, &hash, due, now).await {
+            Ok(e) => (Some(e), None),
+            Err(invalid) => (None, Some(invalid)),
+        },
         None => (None, None),
     };
     let observed = Observed {

@@ -47,7 +47,6 @@ pub struct Subject<'a> {
 /// Takes the measurement `due` says for `metric`.
 pub async fn take(ctx: &Context, s: &Subject<'_>, metric: &Metric, due: Due) -> Measurement {
     let p = &metric.provider;
-    let started = Some(time(s.now));
     if let Some(b) = &p.sluice {
         let e = builtin::analyse(ctx, s.rollout, s.ns, s.canary, b, s.since, s.now);
         let phase = match e.verdict {
@@ -70,12 +69,10 @@ pub async fn take(ctx: &Context, s: &Subject<'_>, metric: &Metric, due: Due) -> 
     } else {
         Err("the metric names no provider".to_owned())
     };
-    let mut m = match result {
+    match result {
         Ok(value) => judge(metric, &value, s.now),
         Err(why) => finished(MetricPhase::Error, None, Some(why), s.now),
-    };
-    m.started_at = started;
-    m
+    }
 }
 
 fn n_of(due: Due) -> i32 {
@@ -273,13 +270,7 @@ async fn start_job(
         status: None,
     };
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), s.ns);
-    let running = Measurement {
-        phase: MetricPhase::Running,
-        value: None,
-        message: Some(format!("Job {name} runs")),
-        started_at: Some(time(s.now)),
-        finished_at: None,
-    };
+    let running = running(&name, s.now);
     match api.create(&PostParams::default(), &object).await {
         Ok(_) => running,
         Err(kube::Error::Api(e)) if e.code == 409 => running,
@@ -351,6 +342,11 @@ pub fn job_outcome(name: &str, job: &Job, now: i64) -> Measurement {
             now,
         );
     }
+    running(name, now)
+}
+
+/// Job `name`'s measurement while it runs.
+fn running(name: &str, now: i64) -> Measurement {
     Measurement {
         phase: MetricPhase::Running,
         value: None,
