@@ -6,6 +6,7 @@
 //! the control plane and to authenticate its peers.
 
 pub mod channel;
+pub mod serving;
 pub mod verify;
 
 use std::sync::Arc;

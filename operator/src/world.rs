@@ -10,7 +10,8 @@ use futures::StreamExt;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use gateway_api::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -30,6 +31,10 @@ pub struct World {
     classes: Option<Store<GatewayClass>>,
     gateways: Option<Store<Gateway>>,
     routes: Option<Store<HttpRoute>>,
+    grants: Option<Store<ReferenceGrant>>,
+    /// Only `kubernetes.io/tls` Secrets, and only with the Gateway API: the
+    /// certificates HTTPS listeners name.
+    tls_secrets: Option<Store<Secret>>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
@@ -48,13 +53,19 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    reflect_with(api, watcher::Config::default(), changed)
+}
+
+/// [`reflect`] with a selection (fields or labels) of what is watched.
+fn reflect_with<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
     let (reader, writer) = reflector::store();
-    let stream = reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    )
-    // Managed fields are large and never read.
-    .modify(|o: &mut K| o.meta_mut().managed_fields = None);
+    let stream = reflector(writer, watcher(api, config).default_backoff())
+        // Managed fields are large and never read.
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
@@ -95,6 +106,11 @@ impl World {
             classes: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             gateways: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             routes: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
+            grants: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
+            tls_secrets: opt(gateway_api).map(|_| {
+                let tls_only = watcher::Config::default().fields("type=kubernetes.io/tls");
+                reflect_with(Api::all(client.clone()), tls_only, changed.clone())
+            }),
             services: reflect(Api::all(client.clone()), changed.clone()),
             slices: reflect(Api::all(client.clone()), changed.clone()),
             pods: reflect(Api::all(client.clone()), changed.clone()),
@@ -131,6 +147,8 @@ impl World {
             classes: None,
             gateways: None,
             routes: None,
+            grants: None,
+            tls_secrets: None,
             services: empty(),
             slices: empty(),
             pods: store,
@@ -168,6 +186,12 @@ impl World {
         if let Some(s) = &self.routes {
             let _ = s.wait_until_ready().await;
         }
+        if let Some(s) = &self.grants {
+            let _ = s.wait_until_ready().await;
+        }
+        if let Some(s) = &self.tls_secrets {
+            let _ = s.wait_until_ready().await;
+        }
     }
 
     /// The state now.
@@ -181,6 +205,12 @@ impl World {
             pods: self.pods.state(),
             namespaces: self.namespaces.state(),
             policies: self.policies.as_ref().map(Store::state).unwrap_or_default(),
+            grants: self.grants.as_ref().map(Store::state).unwrap_or_default(),
+            tls_secrets: self
+                .tls_secrets
+                .as_ref()
+                .map(Store::state)
+                .unwrap_or_default(),
             sidecar_pods: registry.sidecar_pods(),
             mesh: (**self.mesh.load()).clone(),
         }

@@ -192,6 +192,61 @@ pub struct Listener {
     /// For `tcp` listeners: where connections go, by weight.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<WeightedBackend>,
+    /// For `http` listeners: terminate TLS (HTTPS) with these certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS termination on a listener: the certificate is chosen per handshake
+/// by the client's SNI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// At least one; the first for a hostname wins.
+    pub certificates: Vec<ServerCertificate>,
+}
+
+/// A certificate a listener serves.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerCertificate {
+    /// SNI names it serves, exact or `*.`-wildcard; empty: clients without
+    /// SNI or with a name no other certificate serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    /// PEM chain, leaf first.
+    pub chain_pem: String,
+    /// PEM private key; never shown (see [`Config::redacted`]).
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerCertificate")
+            .field("hostnames", &self.hostnames)
+            .field("chain_pem", &format_args!("{} bytes", self.chain_pem.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What stands for a private key in a config that is shown.
+pub const REDACTED: &str = "[redacted]";
+
+impl Config {
+    /// This config without its private keys: what is shown (the admin
+    /// port's `/config`, logs) rather than applied.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for cert in c
+            .listeners
+            .iter_mut()
+            .filter_map(|l| l.tls.as_mut())
+            .flat_map(|t| t.certificates.iter_mut())
+        {
+            cert.key_pem = REDACTED.to_owned();
+        }
+        c
+    }
 }
 
 /// The protocol of a listener.

@@ -134,7 +134,7 @@ pub fn answer(
         }
         "/config" => {
             let current = proxy.current();
-            let doc = serde_json::json!({ "version": current.version, "config": current.config });
+            let doc = serde_json::json!({ "version": current.version, "config": current.config.redacted() });
             match serde_json::to_vec_pretty(&doc) {
                 Ok(body) => reply(StatusCode::OK, "application/json", body),
                 Err(e) => reply(

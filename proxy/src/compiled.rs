@@ -109,7 +109,15 @@ pub struct CompiledListener {
     pub tcp_cells: Vec<(usize, Arc<Cell>)>,
     /// Requests that matched no route (or were malformed).
     pub unrouted: Arc<Cell>,
+    /// HTTPS: the TLS it terminates (certificates by SNI).
+    pub tls: Option<Termination>,
 }
+
+/// TLS a listener terminates; `None` inside when its certificates did not
+/// load (validation refuses such configs, so only if that were skipped):
+/// then every connection is refused rather than served in plaintext.
+#[derive(Debug, Clone)]
+pub struct Termination(pub Option<Arc<rustls::ServerConfig>>);
 
 /// An HTTP route.
 #[derive(Debug)]
@@ -281,6 +289,7 @@ fn inbound_parts(config: &Config) -> (Vec<Backend>, Vec<Listener>) {
                 protocol: p.protocol,
                 routes,
                 backends,
+                tls: None,
             };
             (backend, listener)
         })
@@ -391,6 +400,12 @@ pub fn compile(
                 .map(|(i, _)| (*i, cell(&empty, Some(*i))))
                 .collect(),
             unrouted: cell(&empty, None),
+            // Validation built this already; should that ever be skipped,
+            // a listener whose certificates fail has none and refuses
+            // every handshake.
+            tls: l.tls.as_ref().map(|t| {
+                Termination(sluice_identity::serving::listener_config(&t.certificates).ok())
+            }),
             name: lname,
         })
     };

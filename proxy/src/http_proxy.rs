@@ -40,6 +40,8 @@ pub struct ProxyService {
     proxy: Arc<Proxy>,
     listener: Arc<str>,
     peer: SocketAddr,
+    /// The proxy terminated TLS for this connection.
+    tls: bool,
 }
 
 impl ProxyService {
@@ -49,7 +51,15 @@ impl ProxyService {
             proxy,
             listener,
             peer,
+            tls: false,
         }
+    }
+
+    /// For a connection whose TLS this proxy terminated: upstream sees
+    /// `x-forwarded-proto: https`, whatever the client claimed.
+    pub fn over_tls(mut self) -> ProxyService {
+        self.tls = true;
+        self
     }
 }
 
@@ -235,7 +245,7 @@ impl ProxyService {
         });
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrade.is_some());
-        append_forwarded(&mut headers, self.peer);
+        append_forwarded(&mut headers, self.peer, self.tls);
         let mut prepared = Prepared {
             path_and_query: parts
                 .uri
@@ -517,7 +527,7 @@ fn small_body_now(mut body: Incoming, cell: Arc<crate::telemetry::Cell>) -> Resp
     }
 }
 
-fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
+fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool) {
     let ip = peer.ip().to_string();
     let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
@@ -526,7 +536,12 @@ fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
-    if !headers.contains_key("x-forwarded-proto") {
+    if tls {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("https"),
+        );
+    } else if !headers.contains_key("x-forwarded-proto") {
         headers.insert(
             HeaderName::from_static("x-forwarded-proto"),
             HeaderValue::from_static("http"),

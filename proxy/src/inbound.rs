@@ -34,7 +34,7 @@ use crate::identity::verify::server_config;
 use crate::state::Proxy;
 
 /// Time allowed for a client's first bytes and its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one connection accepted on the inbound port.
 pub async fn serve(

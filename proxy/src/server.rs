@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::compiled::Termination;
 use crate::config::ListenerProtocol;
 use crate::http_proxy::ProxyService;
 use crate::state::Proxy;
@@ -215,11 +216,26 @@ async fn accept_loop(
                     ));
                     continue;
                 }
-                let svc = TowerToHyperService::new(ProxyService::new(
-                    proxy.clone(),
-                    key.name.clone(),
-                    peer,
-                ));
+                let svc = ProxyService::new(proxy.clone(), key.name.clone(), peer);
+                let tls = proxy
+                    .current()
+                    .listener(&key.name)
+                    .and_then(|l| l.tls.clone());
+                if let Some(tls) = tls {
+                    tokio::spawn(counted(
+                        proxy.clone(),
+                        serve_https(
+                            proxy.clone(),
+                            stream,
+                            tls,
+                            svc.over_tls(),
+                            builder.clone(),
+                            graceful.watcher(),
+                        ),
+                    ));
+                    continue;
+                }
+                let svc = TowerToHyperService::new(svc);
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(proxy.idle(stream)), svc)
                     .into_owned();
@@ -238,6 +254,38 @@ async fn accept_loop(
     if tokio::time::timeout(drain, drained).await.is_err() {
         warn!(listener = %key.name, "drain deadline reached; closing remaining connections");
     }
+}
+
+/// Terminates TLS (the certificate picked by SNI, read from the config
+/// current at accept time, so renewed certificates need no rebind), then
+/// serves HTTP/1.1 or HTTP/2 as ALPN settled.
+async fn serve_https(
+    proxy: Arc<Proxy>,
+    stream: tokio::net::TcpStream,
+    tls: Termination,
+    svc: ProxyService,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) {
+    let failed = || {
+        proxy.telemetry.tls_handshake_failures.fetch_add(1, Relaxed);
+    };
+    let Termination(Some(config)) = tls else {
+        return failed();
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    let io = match tokio::time::timeout(crate::inbound::HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(io)) => io,
+        Ok(Err(e)) => {
+            debug!("TLS handshake: {e}");
+            return failed();
+        }
+        Err(_) => return failed(),
+    };
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(proxy.idle(io)), TowerToHyperService::new(svc))
+        .into_owned();
+    let _ = watcher.watch(conn).await;
 }
 
 /// Whether HTTP listener `name` has a route for intercepted destination

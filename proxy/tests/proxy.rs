@@ -447,15 +447,7 @@ async fn invalid_config_is_refused_and_the_running_one_stays() {
         &format!("address: 127.0.0.1:{port}"),
         "address: not-an-address",
     ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !p
-        .metrics()
-        .await
-        .contains(r#"sluice_config_reloads_total{result="refused"} 1"#)
-    {
-        assert!(Instant::now() < deadline, "refusal not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    p.wait_refusals(1).await;
     assert_eq!(p.config_version().await, v);
     assert!(
         p.log_text().contains("listeners[0].address (line 8)"),
@@ -832,4 +824,142 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
     // Each idle connection, and the TCP one's upstream side too.
     assert!(closed >= 3.0, "{metrics}");
     server.abort();
+}
+
+/// A CA and leaf certificates it signs, as PEM: (chain, key).
+struct TestCa(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
+
+impl TestCa {
+    fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        TestCa(rcgen::CertifiedIssuer::self_signed(params, key).unwrap())
+    }
+
+    fn leaf(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.0)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// One HTTPS listener on `port` in front of `blue`, with `certs`
+/// (hostnames, chain, key).
+fn https_config(
+    port: u16,
+    admin: u16,
+    blue: std::net::SocketAddr,
+    certs: &[(&[&str], &(String, String))],
+) -> String {
+    let mut s = format!(
+        "admin:\n  address: {}\nbackends:\n  - name: blue\n    endpoints: [\"{blue}\"]\nlisteners:\n  - name: web\n    address: {}\n    routes:\n      - name: all\n        backends: [{{name: blue, weight: 1}}]\n    tls:\n      certificates:\n",
+        addr(admin),
+        addr(port)
+    );
+    for (hosts, (chain, key)) in certs {
+        s.push_str(&format!(
+            "        - hostnames: {}\n          chain_pem: {}\n          key_pem: {}\n",
+            serde_json::to_string(hosts).unwrap(),
+            serde_json::to_string(chain).unwrap(),
+            serde_json::to_string(key).unwrap(),
+        ));
+    }
+    s
+}
+
+#[tokio::test]
+async fn https_listeners_pick_the_certificate_by_sni_and_tell_upstream_https() {
+    let up = upstream("blue").await;
+    let ca = TestCa::new();
+    let exact = ca.leaf(&["a.test"]);
+    let wildcard = ca.leaf(&["*.w.test"]);
+    let (port, admin) = (free_port(), free_port());
+    let config = https_config(
+        port,
+        admin,
+        up.addr,
+        &[(&["a.test"], &exact), (&["*.w.test"], &wildcard)],
+    );
+    let p = ProxyProcess::start(&config, addr(admin)).await;
+    let root = reqwest::Certificate::from_pem(ca.0.pem().as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .resolve("a.test", addr(port))
+        .resolve("x.w.test", addr(port))
+        .resolve("other.test", addr(port))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+
+    // Each name gets the certificate that names it (the client checks the
+    // name), over HTTP/2 as ALPN settles; upstream hears https whatever
+    // the client claimed.
+    for host in ["a.test", "x.w.test"] {
+        let r = client
+            .get(format!("https://{host}:{port}/headers"))
+            .header("x-forwarded-proto", "http")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e:?}"));
+        assert_eq!(r.status(), 200, "{host}");
+        assert_eq!(r.version(), http::Version::HTTP_2, "{host}");
+        let headers = r.text().await.unwrap();
+        assert!(
+            headers.contains(r#""x-forwarded-proto": "https""#),
+            "{headers}"
+        );
+    }
+    // No certificate serves other.test and there is no default: refused
+    // in the handshake, and counted.
+    let refused = client
+        .get(format!("https://other.test:{port}/"))
+        .send()
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        p.metrics()
+            .await
+            .contains("sluice_tls_handshake_failures_total 1")
+    );
+
+    // The running config shown on the admin port carries no private key.
+    let shown = reqwest::get(format!("http://{}/config", addr(admin)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+    assert!(shown.contains("[redacted]"), "{shown}");
+
+    // A key that is not its certificate's is refused, naming the
+    // certificate, and the running certificates keep serving.
+    let v = p.config_version().await;
+    let mismatched = (exact.0.clone(), wildcard.1.clone());
+    p.rewrite(&https_config(
+        port,
+        admin,
+        up.addr,
+        &[(&["a.test"], &mismatched)],
+    ));
+    p.wait_refusals(1).await;
+    assert_eq!(p.config_version().await, v);
+    assert!(
+        p.log_text()
+            .contains("listeners[0].tls.certificates[0] (line 14): unusable private key"),
+        "{}",
+        p.log_text()
+    );
+    let r = client
+        .get(format!("https://x.w.test:{port}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "blue");
 }

@@ -33,6 +33,7 @@ mod adoption;
 mod analysis;
 mod blue_green;
 mod dashboard;
+mod gateway_tls;
 mod identity;
 mod rollouts;
 mod semantics;
@@ -44,6 +45,10 @@ fn main() -> ExitCode {
         (
             "gateway_routes_by_host_and_writes_gateway_api_status",
             |c| Box::pin(logged(c, gateway_routes)),
+        ),
+        (
+            "https_listeners_serve_certificates_from_secrets_by_sni_with_reference_grants",
+            |c| Box::pin(logged(c, gateway_tls::https_listeners)),
         ),
         ("weighted_split_of_2000_requests_is_50_50", |c| {
             Box::pin(logged(c, weighted_split))

@@ -10,16 +10,16 @@ use gateway_api::gateways::{
 };
 use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs, HttpRouteStatusParentsParentRef};
 use kube::ResourceExt;
-use sluice_proto::config::{Config, Listener, ListenerProtocol};
+use sluice_proto::config::{Config, Listener, ListenerProtocol, ListenerTls, ServerCertificate};
 use sluice_proto::probes::ADMIN_PORT;
 
+use super::certificates;
+use super::grants::{GATEWAY_GROUP, Grants};
 use super::rules::{self, Ranked};
 use super::services::ServiceIndex;
 use super::{
     CONTROLLER_NAME, Cond, ConfigKey, GatewayDraft, ListenerDraft, MeshInput, MeshOutput, reason,
 };
-
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 
 /// Fills the gateway audience's config and the Gateway API statuses.
 pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) {
@@ -49,40 +49,25 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
         )
     });
 
-    let mut ports: BTreeMap<u16, Vec<Ranked>> = BTreeMap::new();
+    let secrets = certificates::Secrets::of(&input.tls_secrets);
+    let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
     let mut backends = BTreeMap::new();
     for gw in &gateways {
         let gw_ns = gw.namespace().unwrap_or_default();
         let gw_name = gw.name_any();
         let mut listeners = Vec::new();
         for l in &gw.spec.listeners {
-            let mut conditions = Vec::new();
-            let port = u16::try_from(l.port).ok();
-            // The gateway proxy serves its admin endpoint there: a listener
-            // on it would make the proxy refuse the whole config.
-            let reserved = port == Some(ADMIN_PORT);
-            let supported = l.protocol == "HTTP" && port.is_some() && !reserved;
-            if supported {
-                conditions.push(Cond::yes("Accepted", reason::ACCEPTED));
-                conditions.push(Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
-                conditions.push(Cond::no("Conflicted", "NoConflicts", ""));
-            } else if reserved {
-                conditions.push(Cond::no(
-                    "Accepted",
-                    reason::PORT_UNAVAILABLE,
-                    format!("port {ADMIN_PORT} is the Sluice proxy's admin port; use another"),
-                ));
-            } else {
-                conditions.push(Cond::no(
-                    "Accepted",
-                    reason::UNSUPPORTED_PROTOCOL,
-                    format!("protocol {} is not supported yet; use HTTP", l.protocol),
-                ));
-            }
+            let checked = check_listener(l, &gw_ns, &ports, &secrets, index.grants());
             let mut attached = 0;
-            if let (true, Some(port)) = (supported, port) {
+            if let Some((port, certificates)) = checked.serve {
                 // The port is opened even before a route attaches (404s).
-                ports.entry(port).or_default();
+                let entry = ports.entry(port).or_insert_with(|| Port {
+                    tls: certificates.is_some(),
+                    ..Port::default()
+                });
+                entry
+                    .certificates
+                    .extend(certificates.into_iter().flatten());
                 for route in &input.routes {
                     let route_ns = route.namespace().unwrap_or_default();
                     for pr in route.spec.parent_refs.iter().flatten() {
@@ -102,14 +87,15 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
                         let scope = format!("{gw_ns}/{gw_name}/{}", l.name);
                         let r = rules::translate(route, &hosts, &scope, index);
                         backends.extend(r.backends);
-                        ports.entry(port).or_default().extend(r.routes);
+                        entry.routes.extend(r.routes);
                     }
                 }
             }
             listeners.push(ListenerDraft {
                 name: l.name.clone(),
                 attached_routes: attached,
-                conditions,
+                conditions: checked.conditions,
+                programmed: checked.programmed,
             });
         }
         out.gateways.push(GatewayDraft {
@@ -124,14 +110,17 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
 
     let listeners = ports
         .into_iter()
-        .map(|(port, mut routes)| {
-            rules::sort(&mut routes);
+        .map(|(port, mut p)| {
+            rules::sort(&mut p.routes);
             Listener {
                 name: format!("gateway-{port}"),
                 address: SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
                 protocol: ListenerProtocol::Http,
-                routes: routes.into_iter().map(|r| r.route).collect(),
+                routes: p.routes.into_iter().map(|r| r.route).collect(),
                 backends: vec![],
+                tls: p.tls.then_some(ListenerTls {
+                    certificates: p.certificates,
+                }),
             }
         })
         .collect();
@@ -147,6 +136,111 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
             mesh_tls: input.mesh.mesh_tls(),
         },
     );
+}
+
+/// One port of the gateway proxies, shared by every listener on it.
+#[derive(Default)]
+struct Port {
+    /// HTTPS (every listener on the port must agree).
+    tls: bool,
+    certificates: Vec<ServerCertificate>,
+    routes: Vec<Ranked>,
+}
+
+/// What [`check_listener`] found.
+struct Checked {
+    conditions: Vec<Cond>,
+    /// Whether the proxies serve it (for `Programmed`).
+    programmed: Result<(), String>,
+    /// Its port, and for HTTPS its usable certificates.
+    serve: Option<(u16, Option<Vec<ServerCertificate>>)>,
+}
+
+impl Checked {
+    fn refused(conditions: Vec<Cond>) -> Checked {
+        Checked {
+            conditions,
+            programmed: Err("the listener is not accepted".into()),
+            serve: None,
+        }
+    }
+}
+
+/// A listener's conditions and whether (and with what) it is served: HTTP,
+/// or HTTPS terminated with its certificateRefs, on a port that no older
+/// listener holds with the other protocol.
+fn check_listener(
+    l: &GatewayListeners,
+    gw_ns: &str,
+    ports: &BTreeMap<u16, Port>,
+    secrets: &certificates::Secrets,
+    grants: &Grants,
+) -> Checked {
+    let Ok(port) = u16::try_from(l.port) else {
+        return Checked::refused(vec![Cond::no(
+            "Accepted",
+            reason::PORT_UNAVAILABLE,
+            format!("port {} is out of range", l.port),
+        )]);
+    };
+    // The gateway proxy serves its admin endpoint there: a listener on it
+    // would make the proxy refuse the whole config.
+    if port == ADMIN_PORT {
+        return Checked::refused(vec![Cond::no(
+            "Accepted",
+            reason::PORT_UNAVAILABLE,
+            format!("port {ADMIN_PORT} is the Sluice proxy's admin port; use another"),
+        )]);
+    }
+    let tls = match l.protocol.as_str() {
+        "HTTP" => false,
+        "HTTPS" => true,
+        other => {
+            return Checked::refused(vec![Cond::no(
+                "Accepted",
+                reason::UNSUPPORTED_PROTOCOL,
+                format!("protocol {other} is not supported yet; use HTTP or HTTPS"),
+            )]);
+        }
+    };
+    if let Some(held) = ports.get(&port).filter(|p| p.tls != tls) {
+        let held = if held.tls { "HTTPS" } else { "HTTP" };
+        return Checked::refused(vec![
+            Cond::no(
+                "Accepted",
+                reason::PORT_UNAVAILABLE,
+                format!("port {port} already serves {held} for an older listener"),
+            ),
+            Cond::yes("Conflicted", reason::PROTOCOL_CONFLICT),
+        ]);
+    }
+    let mut conditions = vec![Cond::yes("Accepted", reason::ACCEPTED)];
+    let mut programmed = Ok(());
+    let certificates = if tls {
+        let found = match certificates::of_listener(l, gw_ns, secrets, grants) {
+            Ok(found) => found,
+            Err(refused) => return Checked::refused(vec![refused]),
+        };
+        conditions.push(
+            found
+                .problem
+                .unwrap_or_else(|| Cond::yes("ResolvedRefs", reason::RESOLVED_REFS)),
+        );
+        if found.usable.is_empty() {
+            programmed = Err("no certificateRef of the listener is usable".into());
+        }
+        Some(found.usable)
+    } else {
+        conditions.push(Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
+        None
+    };
+    conditions.push(Cond::no("Conflicted", "NoConflicts", ""));
+    let serve = programmed.is_ok().then_some((port, certificates));
+    Checked {
+        conditions,
+        programmed,
+        serve,
+    }
 }
 
 /// The parent status of every route that names one of Sluice's Gateways.
@@ -176,7 +270,7 @@ fn route_statuses(
                 .iter()
                 .filter(|l| {
                     selects_listener(pr, l)
-                        && l.protocol == "HTTP"
+                        && matches!(l.protocol.as_str(), "HTTP" | "HTTPS")
                         && l.port != i32::from(ADMIN_PORT)
                 })
                 .collect();
@@ -309,8 +403,11 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::fixtures::{class, gateway, pod, route, service, slice};
+    use crate::mesh::fixtures::{
+        certificate, class, gateway, grant, pod, route, service, slice, tls_secret,
+    };
     use crate::mesh::translate;
+    use serde_json::Value;
     use serde_json::json;
 
     fn input() -> MeshInput {
@@ -324,7 +421,7 @@ mod tests {
                     "h",
                     "gw",
                     "sluice",
-                    json!([{"name": "http", "port": 18080, "protocol": "HTTP", "hostname": "app.example.com"}, {"name": "tls", "port": 443, "protocol": "HTTPS"}]),
+                    json!([{"name": "http", "port": 18080, "protocol": "HTTP", "hostname": "app.example.com"}, {"name": "tls", "port": 443, "protocol": "HTTPS", "hostname": "secure.example.com"}]),
                 ),
                 gateway(
                     "h",
@@ -397,10 +494,13 @@ mod tests {
         assert_eq!(out.gateways.len(), 1);
         let gw = &out.gateways[0];
         assert_eq!(gw.listeners[0].attached_routes, 2);
+        // HTTPS without a certificate: accepted, not resolved, not served.
+        assert!(gw.listeners[1].conditions[0].ok);
         assert_eq!(
-            gw.listeners[1].conditions[0].reason,
-            reason::UNSUPPORTED_PROTOCOL
+            gw.listeners[1].conditions[1].reason,
+            reason::INVALID_CERTIFICATE_REF
         );
+        assert!(gw.listeners[1].programmed.is_err());
 
         let cond = |route: &str, kind: &str| {
             out.routes[&(
@@ -427,6 +527,100 @@ mod tests {
         assert_eq!(
             cond("elsewhere", "Accepted").reason,
             reason::NO_MATCHING_LISTENER_HOSTNAME
+        );
+    }
+
+    #[test]
+    fn https_listeners_serve_usable_certificates_and_report_the_others() {
+        let site = certificate(&["a.example.com"]);
+        let shared = certificate(&["b.example.com"]);
+        let other = certificate(&["c.example.com"]);
+        let https = |name: &str, host: &str, cert: Value| {
+            json!({"name": name, "port": 443, "protocol": "HTTPS", "hostname": host,
+                   "tls": {"certificateRefs": [cert]}})
+        };
+        let mut input = MeshInput {
+            classes: vec![class("sluice", CONTROLLER_NAME)],
+            gateways: vec![gateway(
+                "h",
+                "gw",
+                "sluice",
+                json!([
+                    https("a", "a.example.com", json!({"name": "site"})),
+                    https("b", "b.example.com", json!({"name": "shared", "namespace": "certs"})),
+                    https("c", "c.example.com", json!({"name": "broken"})),
+                    https("d", "d.example.com", json!({"name": "absent"})),
+                    {"name": "plain", "port": 443, "protocol": "HTTP"},
+                ]),
+            )],
+            tls_secrets: vec![
+                tls_secret("h", "site", &site.0, &site.1),
+                tls_secret("certs", "shared", &shared.0, &shared.1),
+                // A key that is not its certificate's.
+                tls_secret("h", "broken", &site.0, &other.1),
+            ],
+            ..MeshInput::default()
+        };
+        let listener = |out: &MeshOutput, name: &str| {
+            out.gateways[0]
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+                .cloned()
+                .expect("listener")
+        };
+        let resolved = |out: &MeshOutput, name: &str| {
+            let l = listener(out, name);
+            let c = l.conditions.iter().find(|c| c.kind == "ResolvedRefs");
+            c.map(|c| (c.ok, c.reason)).expect("ResolvedRefs")
+        };
+        let served = |out: &MeshOutput| -> Vec<Vec<String>> {
+            let cfg = &out.configs[&ConfigKey::Gateway];
+            let tls = cfg.listeners[0].tls.as_ref().expect("HTTPS");
+            tls.certificates
+                .iter()
+                .map(|c| c.hostnames.clone())
+                .collect()
+        };
+
+        let out = translate(&input);
+        assert_eq!(served(&out), vec![vec!["a.example.com".to_owned()]]);
+        assert_eq!(resolved(&out, "a"), (true, reason::RESOLVED_REFS));
+        assert_eq!(resolved(&out, "b"), (false, reason::REF_NOT_PERMITTED));
+        assert_eq!(
+            resolved(&out, "c"),
+            (false, reason::INVALID_CERTIFICATE_REF)
+        );
+        assert_eq!(
+            resolved(&out, "d"),
+            (false, reason::INVALID_CERTIFICATE_REF)
+        );
+        assert!(listener(&out, "b").programmed.is_err());
+        let plain = listener(&out, "plain");
+        assert!(
+            plain
+                .conditions
+                .iter()
+                .any(|c| c.kind == "Conflicted" && c.ok && c.reason == reason::PROTOCOL_CONFLICT)
+        );
+
+        // A grant in the Secret's namespace lets the Gateway use it.
+        input.grants = vec![grant("certs", "Gateway", "h", "Secret")];
+        let out = translate(&input);
+        assert_eq!(
+            served(&out),
+            vec![
+                vec!["a.example.com".to_owned()],
+                vec!["b.example.com".to_owned()]
+            ]
+        );
+        assert_eq!(resolved(&out, "b"), (true, reason::RESOLVED_REFS));
+        assert!(listener(&out, "b").programmed.is_ok());
+        // A grant for routes is not one for Gateways.
+        input.grants = vec![grant("certs", "HTTPRoute", "h", "Secret")];
+        assert_eq!(
+            resolved(&translate(&input), "b").1,
+            reason::REF_NOT_PERMITTED
         );
     }
 

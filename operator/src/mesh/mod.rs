@@ -6,7 +6,9 @@
 //! proxies share one; sidecars share one per namespace) and the Gateway API
 //! status each object should show.
 
+pub mod certificates;
 pub mod gateway;
+pub mod grants;
 pub mod inbound;
 pub mod policies;
 pub mod rules;
@@ -24,7 +26,8 @@ use std::sync::Arc;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::{HttpRoute, HttpRouteStatusParentsParentRef};
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use gateway_api::referencegrants::ReferenceGrant;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_crds::AuthorizationPolicy;
 use sluice_proto::config::{Config, MeshTls, MtlsMode};
@@ -52,15 +55,20 @@ pub mod reason {
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     /// A backendRef names a kind other than Service.
     pub const INVALID_KIND: &str = "InvalidKind";
-    /// A backendRef to another namespace without a grant.
+    /// A backendRef or certificateRef to another namespace without a grant.
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
+    /// A certificateRef names no usable `kubernetes.io/tls` Secret.
+    pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    /// Another listener holds the port with the other protocol.
+    pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
     /// No listener admits the route.
     pub const NOT_ALLOWED_BY_LISTENERS: &str = "NotAllowedByListeners";
     /// No listener hostname intersects the route's.
     pub const NO_MATCHING_LISTENER_HOSTNAME: &str = "NoMatchingListenerHostname";
     /// A listener protocol Sluice does not serve.
     pub const UNSUPPORTED_PROTOCOL: &str = "UnsupportedProtocol";
-    /// A listener port the proxy cannot serve (its own admin port).
+    /// A listener port the proxy cannot serve (its own admin port, or one
+    /// another listener holds with the other protocol).
     pub const PORT_UNAVAILABLE: &str = "PortUnavailable";
     /// The data plane has not taken the config yet.
     pub const PENDING: &str = "Pending";
@@ -123,6 +131,10 @@ pub struct MeshInput {
     pub namespaces: Vec<Arc<Namespace>>,
     /// AuthorizationPolicies.
     pub policies: Vec<Arc<AuthorizationPolicy>>,
+    /// ReferenceGrants.
+    pub grants: Vec<Arc<ReferenceGrant>>,
+    /// `kubernetes.io/tls` Secrets (certificates of HTTPS listeners).
+    pub tls_secrets: Vec<Arc<Secret>>,
     /// Sidecars connected, by (namespace, pod): each gets a snapshot.
     pub sidecar_pods: BTreeSet<(String, String)>,
     /// Mesh-wide identity and mTLS settings.
@@ -196,6 +208,8 @@ pub struct ListenerDraft {
     pub attached_routes: i32,
     /// `Accepted`, `ResolvedRefs`, `Conflicted`.
     pub conditions: Vec<Cond>,
+    /// Whether the proxies serve it, or why not (its `Programmed`).
+    pub programmed: Result<(), String>,
 }
 
 /// Status the translation wants on one HttpRoute: one entry per parent
@@ -234,7 +248,8 @@ pub fn translate(input: &MeshInput) -> MeshOutput {
         &input.slices,
         &input.pods,
         &input.mesh.trust_domain,
-    );
+    )
+    .with_grants(grants::Grants::of(&input.grants));
     let checked = policies::Checked::of(&input.policies);
     let mut out = MeshOutput::default();
     gateway::translate(input, &index, &mut out);

@@ -247,12 +247,12 @@ fn resolve(ns: &str, r: &HttpRouteRulesBackendRefs, index: &ServiceIndex) -> Res
         ));
     }
     let target_ns = r.namespace.as_deref().unwrap_or(ns);
-    if target_ns != ns {
+    if !index.route_may_use(ns, target_ns, &r.name) {
         return Err(Cond::no(
             "ResolvedRefs",
             reason::REF_NOT_PERMITTED,
             format!(
-                "backendRef {target_ns}/{}: references to other namespaces need a ReferenceGrant, which Sluice does not support yet",
+                "backendRef {target_ns}/{}: no ReferenceGrant in {target_ns} lets HTTPRoutes of {ns} use it",
                 r.name
             ),
         ));
@@ -346,7 +346,8 @@ pub fn sort(routes: &mut [Ranked]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::fixtures::{pod, route, service, slice};
+    use crate::mesh::fixtures::{grant, pod, route, service, slice};
+    use crate::mesh::grants::Grants;
     use serde_json::json;
 
     fn index() -> ServiceIndex {
@@ -458,6 +459,27 @@ mod tests {
                 .iter()
                 .all(|r| r.route.backends[0].name == UNRESOLVED_BACKEND)
         );
+        assert_eq!(
+            out.unresolved.expect("refused").reason,
+            reason::REF_NOT_PERMITTED
+        );
+    }
+
+    #[test]
+    fn a_reference_grant_lets_a_route_use_a_service_of_another_namespace() {
+        let r = route(
+            "web",
+            "r",
+            json!({"rules": [{"backendRefs": [{"name": "blue", "namespace": "h", "port": 8080}]}]}),
+        );
+        let granted = index().with_grants(Grants::of(&[grant("h", "HTTPRoute", "web", "Service")]));
+        let out = translate(&r, &[], "gw", &granted);
+        assert!(out.unresolved.is_none(), "{:?}", out.unresolved);
+        assert_eq!(out.routes[0].route.backends[0].name, "h/blue:8080");
+        // A grant for another namespace's routes does not count.
+        let elsewhere =
+            index().with_grants(Grants::of(&[grant("h", "HTTPRoute", "shop", "Service")]));
+        let out = translate(&r, &[], "gw", &elsewhere);
         assert_eq!(
             out.unresolved.expect("refused").reason,
             reason::REF_NOT_PERMITTED

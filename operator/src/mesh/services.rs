@@ -10,6 +10,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use sluice_proto::config::{Backend, UpstreamProtocol};
 
+use super::grants::{Grants, Kind};
+
 /// Labels that name a pod's revision, most specific first.
 const REVISION_LABELS: [&str; 2] = ["rollouts-pod-template-hash", "pod-template-hash"];
 
@@ -108,10 +110,12 @@ pub fn backend_name(namespace: &str, name: &str, port: u16) -> String {
     format!("{namespace}/{name}:{port}")
 }
 
-/// Services by (namespace, name).
+/// Services by (namespace, name), and the ReferenceGrants that let routes
+/// of other namespaces name them: what backendRefs resolve against.
 #[derive(Debug, Default, Clone)]
 pub struct ServiceIndex {
     services: BTreeMap<(String, String), ServiceInfo>,
+    grants: Grants,
 }
 
 impl ServiceIndex {
@@ -256,6 +260,24 @@ impl ServiceIndex {
             );
         }
         index
+    }
+
+    /// The index with `grants` for references across namespaces.
+    pub fn with_grants(self, grants: Grants) -> ServiceIndex {
+        ServiceIndex { grants, ..self }
+    }
+
+    /// The ReferenceGrants (Gateways naming Secrets check them too).
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+
+    /// Whether an HTTPRoute in `route_ns` may send to Service
+    /// `namespace/name` (see [`Grants::permits`]).
+    pub fn route_may_use(&self, route_ns: &str, namespace: &str, name: &str) -> bool {
+        let route = Kind::gateway_api("HTTPRoute", route_ns);
+        self.grants
+            .permits(route, Kind::core("Service", namespace), name)
     }
 
     /// The Service `namespace/name`.

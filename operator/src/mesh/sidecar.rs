@@ -168,6 +168,7 @@ fn namespace_config(
             protocol: ListenerProtocol::Http,
             routes: with_port,
             backends: vec![],
+            tls: None,
         }],
         inbound: None,
         mesh_tls: None,

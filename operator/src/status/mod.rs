@@ -80,15 +80,9 @@ fn gateway_status(
         .iter()
         .map(|l| {
             let mut conds = l.conditions.clone();
-            let accepted = conds.first().is_some_and(|c| c.ok);
-            conds.push(if accepted {
-                programmed.clone()
-            } else {
-                Cond::no(
-                    "Programmed",
-                    reason::INVALID,
-                    "the listener is not accepted",
-                )
+            conds.push(match &l.programmed {
+                Ok(()) => programmed.clone(),
+                Err(why) => Cond::no("Programmed", reason::INVALID, why.clone()),
             });
             let old: Vec<Condition> = existing_listeners
                 .as_array()

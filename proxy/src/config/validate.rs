@@ -3,7 +3,9 @@
 use std::collections::HashSet;
 
 use super::ConfigError;
-use sluice_proto::config::{Config, HeaderMatch, ListenerProtocol, PathMatch, header_regex};
+use sluice_proto::config::{
+    Config, HeaderMatch, Listener, ListenerProtocol, PathMatch, header_regex,
+};
 
 fn err(path: String, message: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -59,6 +61,39 @@ fn validate_header_value(h: &HeaderMatch, at: &str) -> Result<(), ConfigError> {
 }
 
 /// Validates `c`; the first problem found is returned.
+/// A listener's TLS: HTTP only, with certificates that parse and match
+/// their keys (what the listener will serve).
+fn check_tls(l: &Listener, lp: &str) -> Result<(), ConfigError> {
+    let Some(tls) = &l.tls else {
+        return Ok(());
+    };
+    if l.protocol != ListenerProtocol::Http {
+        return Err(err(
+            format!("{lp}.tls"),
+            "TLS is terminated on http listeners only",
+        ));
+    }
+    if tls.certificates.is_empty() {
+        return Err(err(
+            format!("{lp}.tls.certificates"),
+            "a listener that terminates TLS needs a certificate",
+        ));
+    }
+    for (ci, c) in tls.certificates.iter().enumerate() {
+        for (hi, h) in c.hostnames.iter().enumerate() {
+            if !valid_host(h) {
+                return Err(err(
+                    format!("{lp}.tls.certificates[{ci}].hostnames[{hi}]"),
+                    format!("{h:?} is not a hostname (exact, or `*.` and a suffix)"),
+                ));
+            }
+        }
+    }
+    sluice_identity::serving::listener_config(&tls.certificates)
+        .map(|_| ())
+        .map_err(|(ci, e)| err(format!("{lp}.tls.certificates[{ci}]"), e.to_string()))
+}
+
 pub fn check(c: &Config) -> Result<(), ConfigError> {
     if let Some(m) = &c.mesh_tls {
         if m.trust_domain.is_empty() {
@@ -147,6 +182,7 @@ pub fn check(c: &Config) -> Result<(), ConfigError> {
             }
             _ => {}
         }
+        check_tls(l, &lp)?;
         for (bi, wb) in l.backends.iter().enumerate() {
             if !backends.contains(wb.name.as_str()) {
                 return Err(err(

@@ -108,6 +108,16 @@ impl ProxyProcess {
             .unwrap()
     }
 
+    /// Waits until `n` reloads have been refused (and counted).
+    pub async fn wait_refusals(&self, n: u32) {
+        let want = format!(r#"sluice_config_reloads_total{{result="refused"}} {n}"#);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.metrics().await.contains(&want) {
+            assert!(Instant::now() < deadline, "refusal not counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn config_version(&self) -> String {
         let v: serde_json::Value = reqwest::get(format!("http://{}/config", self.admin))
             .await
