@@ -289,6 +289,97 @@ pub struct Route {
     /// discarded (Gateway API's `RequestMirror`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<Mirror>,
+    /// Changes to matching requests and their responses, or a redirect.
+    #[serde(default, skip_serializing_if = "Filters::is_empty")]
+    pub filters: Filters,
+}
+
+/// What a route does to a request besides choosing its backend (Gateway
+/// API's HTTPRoute filters other than `RequestMirror`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filters {
+    /// Headers of the request as it goes upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderChanges>,
+    /// Headers of the response as it goes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderChanges>,
+    /// Answer with a redirect instead of forwarding (`backends` unused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<Redirect>,
+    /// Host and path as they go upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Rewrite>,
+}
+
+impl Filters {
+    /// Whether no filter is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Filters::default()
+    }
+}
+
+/// Header changes, applied in the order remove, set, add.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderChanges {
+    /// Replace (or add) these headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<(String, String)>,
+    /// Append these values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<(String, String)>,
+    /// Remove these headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// A redirect answered by the proxy; what is not given keeps the request's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Redirect {
+    /// `http` or `https`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// Host of the `Location`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Port of the `Location` (the scheme's own is left out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Path of the `Location`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathChange>,
+    /// 301 or 302 (the default); 303, 307 and 308 too.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+/// How a redirect or rewrite changes the path (the query is kept).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum PathChange {
+    /// The whole path becomes this.
+    Full(String),
+    /// The part the route's `Prefix` path match matched becomes this.
+    Prefix(String),
+}
+
+/// Host and path changes on the way upstream.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rewrite {
+    /// The `Host` (`:authority`) upstream sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The path upstream sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathChange>,
 }
 
 /// A copy of a route's requests to another backend.
@@ -319,6 +410,10 @@ pub struct RouteMatch {
     /// Header matches, all of which must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    /// Query parameter matches, all of which must hold (the name exactly,
+    /// the value of its first occurrence).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query: Vec<HeaderMatch>,
 }
 
 /// A path match.
@@ -329,16 +424,8 @@ pub enum PathMatch {
     Exact(String),
     /// The path starts with this, at a `/` boundary (Gateway API semantics).
     Prefix(String),
-}
-
-impl PathMatch {
-    /// Whether `path` (without its query) matches.
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PathMatch::Exact(e) => path == e,
-            PathMatch::Prefix(p) => prefix_covers(p, path),
-        }
-    }
+    /// The whole path matches this regular expression ([`match_regex`]).
+    Regex(String),
 }
 
 /// Whether Gateway API path prefix `prefix` covers `path`: whole segments
@@ -350,32 +437,33 @@ pub fn prefix_covers(prefix: &str, path: &str) -> bool {
             && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
 }
 
-/// A header match: an exact value, a regular expression over the whole
-/// value, or presence when neither is given.
+/// A header (or query parameter) match: an exact value, a regular
+/// expression over the whole value, or presence when neither is given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatch {
-    /// Header name (case-insensitive).
+    /// Header name (case-insensitive), or query parameter name (exact).
     pub name: String,
     /// Exact value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
-    /// A regular expression ([`header_regex`]) the whole value must match;
+    /// A regular expression ([`match_regex`]) the whole value must match;
     /// never together with `value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<String>,
 }
 
-/// The compiled-size cap of a header regex: matching stays linear in the
+/// The compiled-size cap of a match regex: matching stays linear in the
 /// value, and this bounds the memory a pushed pattern may take.
-const HEADER_REGEX_SIZE_LIMIT: usize = 64 * 1024;
+const MATCH_REGEX_SIZE_LIMIT: usize = 64 * 1024;
 
-/// Compiles a [`HeaderMatch::regex`] as the proxy runs it: anchored at both
-/// ends (as Istio's RE2 matchers are) and size-capped. The operator calls
-/// it before pushing, so that it never sends a pattern the proxy refuses.
-pub fn header_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+/// Compiles a regular expression of a route match (a header's or query
+/// parameter's value, a path) as the proxy runs it: anchored at both ends
+/// (as Istio's RE2 matchers are) and size-capped. The operator calls it
+/// before pushing, so that it never sends a pattern the proxy refuses.
+pub fn match_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
     regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(HEADER_REGEX_SIZE_LIMIT)
+        .size_limit(MATCH_REGEX_SIZE_LIMIT)
         .build()
 }
 

@@ -2,6 +2,7 @@
 //! weighted splits, endpoint load state and telemetry cells, all resolved to
 //! indices. A new config is compiled off the hot path and swapped in whole.
 
+use crate::filters::CompiledFilters;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
@@ -136,8 +137,11 @@ pub struct CompiledRoute {
     pub retry: Option<RetryPolicy>,
     /// Telemetry per backend index.
     pub cells: Vec<(usize, Arc<Cell>)>,
-    /// Telemetry when no backend could be chosen (all weights 0).
+    /// Telemetry when no backend could be chosen (all weights 0), and of
+    /// redirects.
     pub no_backend: Arc<Cell>,
+    /// Header changes, redirect, rewrites.
+    pub filters: CompiledFilters,
     /// Backends that get copies of the route's requests.
     pub mirrors: Vec<CompiledMirror>,
 }
@@ -278,6 +282,7 @@ fn inbound_parts(config: &Config) -> (Vec<Backend>, Vec<Listener>) {
                         timeout: None,
                         retries: None,
                         mirrors: vec![],
+                        filters: Default::default(),
                     }],
                     vec![],
                 ),
@@ -373,6 +378,7 @@ pub fn compile(
                         .map(|(i, _)| (*i, cell(&rname, Some(*i))))
                         .collect(),
                     no_backend: cell(&rname, None),
+                    filters: CompiledFilters::new(&r.filters),
                     mirrors: r
                         .mirrors
                         .iter()

@@ -21,7 +21,8 @@ use tracing::debug;
 use crate::balance::{Endpoint, pick, usable_besides};
 use crate::body::{Downstream, ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
-use crate::config::UpstreamProtocol;
+use crate::config::{OUTBOUND_PORT, UpstreamProtocol};
+use crate::filters;
 use crate::framing;
 use crate::mirror;
 use crate::pool::{self, Proto, UpstreamError};
@@ -236,22 +237,57 @@ impl ProxyService {
             listener.unrouted.record(404, start.elapsed(), false);
             return local_reply(StatusCode::NOT_FOUND, "NR", "no route matched\n");
         };
-        let authority = parts.uri.authority().cloned().or_else(|| {
+        let filters = &route.filters;
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        // What a prefix rewrite or redirect replaces.
+        let matched_prefix = || {
+            route
+                .matchers
+                .iter()
+                .find(|m| m.matches(&parts))
+                .map_or(Some("/"), |m| m.prefix())
+        };
+        if let Some(redirect) = &filters.redirect {
+            // Without a port in the Host, the one the client reached: the
+            // listener's (a sidecar's outbound port says nothing of it).
+            let listener_port = listener.address.port();
+            let requested = filters::Requested {
+                scheme: if self.tls { "https" } else { "http" },
+                host,
+                port: port.or((listener_port != OUTBOUND_PORT).then_some(listener_port)),
+                path_and_query: &path_and_query,
+                matched_prefix: matched_prefix(),
+            };
+            return redirect_reply(route, redirect, &requested, start);
+        }
+        let mut authority = parts.uri.authority().cloned().or_else(|| {
             parts
                 .headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .and_then(|h| h.parse().ok())
         });
+        let mut path_and_query = path_and_query;
+        if let Some(rw) = &filters.rewrite {
+            if let Some(path) = &rw.path {
+                let new = filters::changed_path(path, path_and_query.path(), matched_prefix());
+                path_and_query =
+                    filters::with_path(&path_and_query, &new).unwrap_or(path_and_query);
+            }
+            if let Some(h) = rw.hostname.as_deref().and_then(|h| h.parse().ok()) {
+                authority = Some(h);
+            }
+        }
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrade.is_some());
         append_forwarded(&mut headers, self.peer, self.tls);
+        filters.change_request_headers(&mut headers);
         let mut prepared = Prepared {
-            path_and_query: parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            path_and_query,
             method: parts.method,
             authority,
             version: parts.version,
@@ -263,8 +299,13 @@ impl ProxyService {
             None
         };
         let body = Downstream { body, tee };
-        self.forward(&compiled, &listener, route, prepared, body, upgrade, start)
-            .await
+        let mut resp = self
+            .forward(&compiled, &listener, route, prepared, body, upgrade, start)
+            .await;
+        if let Some(changes) = &filters.response_headers {
+            changes.apply(resp.headers_mut());
+        }
+        resp
     }
 
     /// Sends the copies of a request to the route's mirrors; a body is
@@ -525,6 +566,24 @@ fn small_body_now(mut body: Incoming, cell: Arc<crate::telemetry::Cell>) -> Resp
         // Not here yet, or an error that the stream will report.
         _ => RespBody::Stream { body, cell },
     }
+}
+
+/// The proxy's own answer for a route that redirects.
+fn redirect_reply(
+    route: &CompiledRoute,
+    redirect: &sluice_proto::config::Redirect,
+    requested: &filters::Requested<'_>,
+    start: Instant,
+) -> Response<RespBody> {
+    let location = filters::location(redirect, requested);
+    let status = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND);
+    route
+        .no_backend
+        .record(status.as_u16(), start.elapsed(), false);
+    let mut resp = Response::new(RespBody::text(""));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = filters::redirect_headers(&location);
+    resp
 }
 
 fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool) {

@@ -15,6 +15,7 @@ pub mod body;
 pub mod compiled;
 pub mod config;
 pub mod control;
+pub mod filters;
 pub mod framing;
 pub mod http_proxy;
 pub mod identity;

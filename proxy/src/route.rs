@@ -1,10 +1,10 @@
-//! Route matching: host (exact or `*.` wildcard), path (exact or prefix),
-//! method and headers. Compiled once per config; matching a request
-//! allocates nothing.
+//! Route matching: host (exact or `*.` wildcard), path (exact, prefix or
+//! regular expression), method, headers and query parameters. Compiled
+//! once per config; matching a request allocates nothing.
 
 use http::{HeaderName, HeaderValue, Method, request::Parts};
 
-use crate::config::{HeaderMatch, PathMatch, RouteMatch};
+use crate::config::{HeaderMatch, PathMatch, RouteMatch, match_regex, prefix_covers};
 
 /// The hosts a route answers for. An entry with a port (`handson:8080`)
 /// matches only requests for that port; one without matches any port.
@@ -82,9 +82,36 @@ pub fn request_authority(parts: &Parts) -> Option<(&str, Option<u16>)> {
 /// One compiled `match` entry.
 #[derive(Debug, Clone)]
 pub struct Matcher {
-    path: Option<PathMatch>,
+    path: Option<PathMatcher>,
     method: Option<Method>,
     headers: Vec<(HeaderName, ValueMatch)>,
+    query: Vec<(String, ValueMatch)>,
+}
+
+/// How the path is matched.
+#[derive(Debug, Clone)]
+enum PathMatcher {
+    Exact(String),
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+impl PathMatcher {
+    fn new(m: &PathMatch) -> Option<PathMatcher> {
+        Some(match m {
+            PathMatch::Exact(p) => PathMatcher::Exact(p.clone()),
+            PathMatch::Prefix(p) => PathMatcher::Prefix(p.clone()),
+            PathMatch::Regex(r) => PathMatcher::Regex(match_regex(r).ok()?),
+        })
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatcher::Exact(e) => path == e,
+            PathMatcher::Prefix(p) => prefix_covers(p, path),
+            PathMatcher::Regex(re) => re.is_match(path),
+        }
+    }
 }
 
 /// How one header's value is matched.
@@ -99,9 +126,25 @@ impl ValueMatch {
     fn new(m: &HeaderMatch) -> Option<ValueMatch> {
         Some(match (&m.value, &m.regex) {
             (Some(v), _) => ValueMatch::Exact(HeaderValue::from_str(v).ok()?),
-            (None, Some(r)) => ValueMatch::Regex(sluice_proto::config::header_regex(r).ok()?),
+            (None, Some(r)) => ValueMatch::Regex(sluice_proto::config::match_regex(r).ok()?),
             (None, None) => ValueMatch::Present,
         })
+    }
+
+    /// Whether a query parameter's value (its first occurrence) fits.
+    fn fits_param(&self, name: &str, query: Option<&str>) -> bool {
+        let value = query.and_then(|q| {
+            q.split('&').find_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                (k == name).then_some(v)
+            })
+        });
+        match (self, value) {
+            (_, None) => false,
+            (ValueMatch::Present, Some(_)) => true,
+            (ValueMatch::Exact(want), Some(v)) => want.as_bytes() == v.as_bytes(),
+            (ValueMatch::Regex(re), Some(v)) => re.is_match(v),
+        }
     }
 
     /// Whether one of the request's values of this header fits.
@@ -121,7 +164,7 @@ impl Matcher {
     /// and are skipped here).
     pub fn new(m: &RouteMatch) -> Matcher {
         Matcher {
-            path: m.path.clone(),
+            path: m.path.as_ref().and_then(PathMatcher::new),
             method: m
                 .method
                 .as_deref()
@@ -134,6 +177,20 @@ impl Matcher {
                     Some((n, ValueMatch::new(h)?))
                 })
                 .collect(),
+            query: m
+                .query
+                .iter()
+                .filter_map(|q| Some((q.name.clone(), ValueMatch::new(q)?)))
+                .collect(),
+        }
+    }
+
+    /// The path prefix this match requires, if it is a prefix match (what
+    /// a prefix rewrite or redirect replaces).
+    pub fn prefix(&self) -> Option<&str> {
+        match &self.path {
+            Some(PathMatcher::Prefix(p)) => Some(p),
+            _ => None,
         }
     }
 
@@ -152,6 +209,10 @@ impl Matcher {
         self.headers
             .iter()
             .all(|(name, value)| value.fits(name, &parts.headers))
+            && self
+                .query
+                .iter()
+                .all(|(name, value)| value.fits_param(name, parts.uri.query()))
     }
 }
 
@@ -263,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn a_header_regex_matches_the_whole_value_of_any_of_its_values() {
+    fn a_match_regex_matches_the_whole_value_of_any_of_its_values() {
         let m = Matcher::new(&RouteMatch {
             headers: vec![HeaderMatch {
                 name: "x-user".into(),

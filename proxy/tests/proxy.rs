@@ -963,3 +963,93 @@ async fn https_listeners_pick_the_certificate_by_sni_and_tell_upstream_https() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "blue");
 }
+
+#[tokio::test]
+async fn route_filters_redirect_rewrite_change_headers_and_match_queries_and_regexes() {
+    let (blue, green) = (upstream("blue").await, upstream("green").await);
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"admin: {{address: "{admin}"}}
+backends:
+  - {{name: blue, endpoints: ["{blue}"]}}
+  - {{name: green, endpoints: ["{green}"]}}
+listeners:
+  - name: web
+    address: "{listen}"
+    routes:
+      - name: redirect
+        hosts: [r.test]
+        match: [{{path: !prefix /old}}]
+        backends: [{{name: blue}}]
+        filters:
+          redirect: {{scheme: https, hostname: example.net, path: !prefix /new, status: 301}}
+      - name: rewrite
+        hosts: [rw.test]
+        backends: [{{name: blue}}]
+        filters:
+          rewrite: {{hostname: backend.test, path: !full /headers}}
+          request_headers: {{set: [[x-env, prod]], remove: [x-secret]}}
+          response_headers: {{add: [[x-route, rewrite]]}}
+      - name: query
+        hosts: [q.test]
+        match: [{{query: [{{name: v, value: "2"}}]}}]
+        backends: [{{name: green}}]
+      - name: regex
+        hosts: [q.test]
+        match: [{{path: !regex "/items/[0-9]+"}}]
+        backends: [{{name: green}}]
+      - name: rest
+        hosts: [q.test]
+        backends: [{{name: blue}}]
+"#,
+        admin = addr(admin),
+        blue = blue.addr,
+        green = green.addr,
+        listen = addr(port),
+    );
+    let _p = ProxyProcess::start(&config, addr(admin)).await;
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let send = |host: &'static str, path: &'static str| {
+        c.get(format!("http://127.0.0.1:{port}{path}"))
+            .header("host", host)
+            .header("x-secret", "s")
+            .send()
+    };
+
+    let r = send("r.test", "/old/page?x=1").await.unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(
+        r.headers()["location"],
+        "https://example.net/new/page?x=1",
+        "the prefix is replaced, the query kept, the scheme's port left out"
+    );
+    assert_eq!(
+        blue.hits.load(Ordering::Relaxed),
+        0,
+        "a redirect reaches no backend"
+    );
+
+    let r = send("rw.test", "/anything").await.unwrap();
+    assert_eq!(r.headers()["x-route"], "rewrite");
+    let seen = r.text().await.unwrap();
+    assert!(seen.contains(r#""host": "backend.test""#), "{seen}");
+    assert!(seen.contains(r#""x-env": "prod""#), "{seen}");
+    assert!(!seen.contains("x-secret"), "{seen}");
+
+    for (path, want) in [
+        ("/?v=2", "green"),
+        ("/?a=1&v=2", "green"),
+        ("/?v=22", "blue"),
+        ("/?v=3&v=2", "blue"),
+        ("/items/42", "green"),
+        ("/items/42/x", "blue"),
+        ("/items/abc", "blue"),
+    ] {
+        let body = send("q.test", path).await.unwrap().text().await.unwrap();
+        assert_eq!(body, want, "{path}");
+    }
+}

@@ -18,8 +18,9 @@ use sluice_tests::wait::{deployment_available, poll};
 
 use super::{TIMEOUT, mesh, version};
 
-/// The port of the scenario's HTTPS listeners.
-const HTTPS_PORT: u16 = 18443;
+/// The port of the scenario's HTTPS listeners: the usual one, which the
+/// non-root gateway binds thanks to its pod's sysctl.
+const HTTPS_PORT: u16 = 443;
 
 /// A CA of the test's own, and the leaves it signs.
 struct Ca(CertifiedIssuer<'static, KeyPair>);

@@ -36,6 +36,7 @@ mod dashboard;
 mod gateway_tls;
 mod identity;
 mod rollouts;
+mod route_filters;
 mod semantics;
 mod strategies;
 mod trust;
@@ -49,6 +50,10 @@ fn main() -> ExitCode {
         (
             "https_listeners_serve_certificates_from_secrets_by_sni_with_reference_grants",
             |c| Box::pin(logged(c, gateway_tls::https_listeners)),
+        ),
+        (
+            "httproute_redirect_rewrite_header_and_query_and_regex_matches_on_the_gateway",
+            |c| Box::pin(logged(c, route_filters::matches_and_filters)),
         ),
         ("weighted_split_of_2000_requests_is_50_50", |c| {
             Box::pin(logged(c, weighted_split))

@@ -225,6 +225,8 @@ spec:
       annotations: {{prometheus.io/scrape: "true", prometheus.io/port: "{ADMIN_PORT}", prometheus.io/path: /metrics}}
     spec:
       serviceAccountName: sluice-gateway
+      # Listeners on 80 and 443 without root or a capability, as the chart does.
+      securityContext: {{sysctls: [{{name: net.ipv4.ip_unprivileged_port_start, value: "0"}}]}}
       containers:
       - name: proxy
         image: {proxy}

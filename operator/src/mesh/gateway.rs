@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use gateway_api::gateways::{
     Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
+    GatewayListenersAllowedRoutesNamespacesSelector,
 };
 use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs, HttpRouteStatusParentsParentRef};
 use kube::ResourceExt;
@@ -50,6 +51,7 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
     });
 
     let secrets = certificates::Secrets::of(&input.tls_secrets);
+    let namespaces = namespace_labels(input);
     let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
     let mut backends = BTreeMap::new();
     for gw in &gateways {
@@ -74,7 +76,7 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
                         if !refers_to(pr, &route_ns, &gw_ns, &gw_name) || !selects_listener(pr, l) {
                             continue;
                         }
-                        if !allows(l, &gw_ns, &route_ns) {
+                        if !allows(l, &gw_ns, &route_ns, &namespaces) {
                             continue;
                         }
                         let Some(hosts) = intersect(
@@ -106,7 +108,7 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
             listeners,
         });
     }
-    route_statuses(input, &gateways, index, out);
+    route_statuses(input, &gateways, index, &namespaces, out);
 
     let listeners = ports
         .into_iter()
@@ -248,6 +250,7 @@ fn route_statuses(
     input: &MeshInput,
     gateways: &[&Gateway],
     index: &ServiceIndex,
+    namespaces: &NamespaceLabels<'_>,
     out: &mut MeshOutput,
 ) {
     for route in &input.routes {
@@ -276,7 +279,7 @@ fn route_statuses(
                 .collect();
             let allowed: Vec<&&GatewayListeners> = candidates
                 .iter()
-                .filter(|l| allows(l, &gw_ns, &route_ns))
+                .filter(|l| allows(l, &gw_ns, &route_ns, namespaces))
                 .collect();
             let route_hosts = route.spec.hostnames.as_deref().unwrap_or(&[]);
             let accepted = if allowed.is_empty() {
@@ -300,10 +303,8 @@ fn route_statuses(
             } else {
                 Cond::yes("Accepted", reason::ACCEPTED)
             };
-            let resolved = rules::translate(route, &[], "status", index)
-                .unresolved
-                .unwrap_or_else(|| Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
-            push_parent(out, route, status_ref(pr), vec![accepted, resolved]);
+            let conds = rules::parent_conditions(route, index, accepted);
+            push_parent(out, route, status_ref(pr), conds);
         }
     }
 }
@@ -347,9 +348,52 @@ fn selects_listener(pr: &HttpRouteParentRefs, l: &GatewayListeners) -> bool {
     pr.section_name.as_ref().is_none_or(|s| *s == l.name) && pr.port.is_none_or(|p| p == l.port)
 }
 
-/// allowedRoutes: `Same` (the default) or `All`; label selectors are not
-/// supported yet and admit nothing.
-fn allows(l: &GatewayListeners, gw_ns: &str, route_ns: &str) -> bool {
+/// Namespace labels by name, for allowedRoutes selectors.
+pub(super) type NamespaceLabels<'a> = BTreeMap<String, &'a BTreeMap<String, String>>;
+
+fn namespace_labels(input: &MeshInput) -> NamespaceLabels<'_> {
+    static NONE: BTreeMap<String, String> = BTreeMap::new();
+    input
+        .namespaces
+        .iter()
+        .map(|n| (n.name_any(), n.metadata.labels.as_ref().unwrap_or(&NONE)))
+        .collect()
+}
+
+/// Whether a label selector admits `labels`: every `matchLabels` pair and
+/// every expression (`In`, `NotIn`, `Exists`, `DoesNotExist`; another
+/// operator admits nothing).
+fn selector_admits(
+    sel: &GatewayListenersAllowedRoutesNamespacesSelector,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let pairs = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    pairs
+        && sel.match_expressions.iter().flatten().all(|e| {
+            let values = e.values.as_deref().unwrap_or(&[]);
+            let value = labels.get(&e.key);
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| values.contains(v)),
+                "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
+}
+
+/// allowedRoutes: `Same` (the default), `All`, or the namespaces a label
+/// `Selector` picks.
+fn allows(
+    l: &GatewayListeners,
+    gw_ns: &str,
+    route_ns: &str,
+    namespaces: &NamespaceLabels<'_>,
+) -> bool {
     let ar = l.allowed_routes.as_ref();
     let kinds_ok = ar.and_then(|a| a.kinds.as_ref()).is_none_or(|ks| {
         ks.iter().any(|k| {
@@ -364,7 +408,15 @@ fn allows(l: &GatewayListeners, gw_ns: &str, route_ns: &str) -> bool {
         && match from {
             GatewayListenersAllowedRoutesNamespacesFrom::All => true,
             GatewayListenersAllowedRoutesNamespacesFrom::Same => gw_ns == route_ns,
-            GatewayListenersAllowedRoutesNamespacesFrom::Selector => false,
+            GatewayListenersAllowedRoutesNamespacesFrom::Selector => {
+                let selector = ar
+                    .and_then(|a| a.namespaces.as_ref())
+                    .and_then(|n| n.selector.as_ref());
+                match (selector, namespaces.get(route_ns)) {
+                    (Some(sel), Some(labels)) => selector_admits(sel, labels),
+                    _ => false,
+                }
+            }
         }
 }
 
@@ -407,8 +459,10 @@ mod tests {
         certificate, class, gateway, grant, pod, route, service, slice, tls_secret,
     };
     use crate::mesh::translate;
+    use k8s_openapi::api::core::v1::Namespace;
     use serde_json::Value;
     use serde_json::json;
+    use std::sync::Arc;
 
     fn input() -> MeshInput {
         MeshInput {
@@ -622,6 +676,50 @@ mod tests {
             resolved(&translate(&input), "b").1,
             reason::REF_NOT_PERMITTED
         );
+    }
+
+    #[test]
+    fn a_namespace_selector_admits_routes_of_the_namespaces_it_picks() {
+        let ns = |name: &str, labels: serde_json::Value| -> Arc<Namespace> {
+            Arc::new(
+                serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+                    .expect("a namespace"),
+            )
+        };
+        let input = MeshInput {
+            classes: vec![class("sluice", CONTROLLER_NAME)],
+            gateways: vec![gateway(
+                "infra",
+                "gw",
+                "sluice",
+                json!([{"name": "http", "port": 18080, "protocol": "HTTP",
+                        "allowedRoutes": {"namespaces": {"from": "Selector", "selector": {
+                            "matchLabels": {"team": "shop"},
+                            "matchExpressions": [{"key": "stage", "operator": "NotIn", "values": ["dev"]}]}}}}]),
+            )],
+            namespaces: vec![
+                ns("shop", json!({"team": "shop"})),
+                ns("shop-dev", json!({"team": "shop", "stage": "dev"})),
+                ns("blog", json!({"team": "blog"})),
+            ],
+            routes: ["shop", "shop-dev", "blog"]
+                .iter()
+                .map(|n| {
+                    route(
+                        n,
+                        "r",
+                        json!({"parentRefs": [{"name": "gw", "namespace": "infra"}]}),
+                    )
+                })
+                .collect(),
+            ..MeshInput::default()
+        };
+        let out = translate(&input);
+        let accepted = |ns: &str| out.routes[&(ns.to_owned(), "r".to_owned())].parents[0].1[0].ok;
+        assert!(accepted("shop"));
+        assert!(!accepted("shop-dev"));
+        assert!(!accepted("blog"));
+        assert_eq!(out.gateways[0].listeners[0].attached_routes, 1);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! status each object should show.
 
 pub mod certificates;
+pub mod filters;
 pub mod gateway;
 pub mod grants;
 pub mod inbound;
@@ -59,6 +60,8 @@ pub mod reason {
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
     /// A certificateRef names no usable `kubernetes.io/tls` Secret.
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    /// A filter (or combination) Sluice cannot serve.
+    pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     /// Another listener holds the port with the other protocol.
     pub const PROTOCOL_CONFLICT: &str = "ProtocolConflict";
     /// No listener admits the route.

@@ -8,13 +8,15 @@ use std::time::Duration;
 use gateway_api::httproutes::{
     HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    HttpRouteRulesMatchesQueryParamsType,
 };
 use kube::ResourceExt;
 use sluice_proto::config::{
-    Backend, HeaderMatch, Mirror, PathMatch, Retries, Route, RouteMatch, WeightedBackend,
-    header_regex,
+    Backend, Filters, HeaderMatch, Mirror, PathMatch, Retries, Route, RouteMatch, WeightedBackend,
+    match_regex,
 };
 
+use super::filters;
 use super::services::ServiceIndex;
 use super::{CANARY_ROUTES_LABEL, Cond, reason};
 
@@ -32,14 +34,16 @@ pub struct Ranked {
 }
 
 /// Precedence of a match (Gateway API: exact hosts before wildcards, exact
-/// paths before prefixes, longer prefixes first, then method, then more
-/// header matches, then a Rollout's managed routes ([`CANARY_ROUTES_LABEL`]),
+/// paths before prefixes and regular expressions, longer ones first, then
+/// method, then more header matches, then more query parameter matches,
+/// then a Rollout's managed routes ([`CANARY_ROUTES_LABEL`]),
 /// then the oldest route, then by name, then rule order).
 pub type RankKey = (
     u8,
     u8,
     Reverse<usize>,
     u8,
+    Reverse<usize>,
     Reverse<usize>,
     u8,
     String,
@@ -57,6 +61,23 @@ pub struct RuleOutput {
     pub backends: BTreeMap<String, Backend>,
     /// `ResolvedRefs`: the first problem found with a backendRef, if any.
     pub unresolved: Option<Cond>,
+    /// `Accepted=False`: a rule whose filters cannot be served (it answers
+    /// 500), if any.
+    pub unsupported: Option<Cond>,
+}
+
+/// A parent's `Accepted` and `ResolvedRefs` for `route`: `accepted` as
+/// the parent decided, unless a rule's filters cannot be served.
+pub fn parent_conditions(route: &HttpRoute, index: &ServiceIndex, accepted: Cond) -> Vec<Cond> {
+    let r = translate(route, &[], "status", index);
+    let accepted = match r.unsupported {
+        Some(c) if accepted.ok => c,
+        _ => accepted,
+    };
+    let resolved = r
+        .unresolved
+        .unwrap_or_else(|| Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
+    vec![accepted, resolved]
 }
 
 /// Translates `route`'s rules for a parent answering `hosts` (empty: any
@@ -86,8 +107,21 @@ pub fn translate(
             .collect()
     };
     for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
-        let backends = rule_backends(&ns, rule, index, &mut out);
+        let mut backends = rule_backends(&ns, rule, index, &mut out);
         let mirrors = rule_mirrors(&ns, rule, index, &mut out);
+        let filters = match filters::of_rule(rule) {
+            Ok(f) => f,
+            Err(cond) => {
+                out.unsupported.get_or_insert(cond);
+                out.backends
+                    .insert(UNRESOLVED_BACKEND.into(), unresolved_backend());
+                backends = vec![WeightedBackend {
+                    name: UNRESOLVED_BACKEND.into(),
+                    weight: 1,
+                }];
+                Filters::default()
+            }
+        };
         let timeout = rule
             .timeouts
             .as_ref()
@@ -111,6 +145,7 @@ pub fn translate(
                     Reverse(path_len),
                     u8::from(route_match.method.is_none()),
                     Reverse(route_match.headers.len()),
+                    Reverse(route_match.query.len()),
                     u8::from(!managed),
                     created.clone(),
                     format!("{ns}/{name}"),
@@ -132,6 +167,7 @@ pub fn translate(
                             budget: 0.2,
                         }),
                         mirrors: mirrors.clone(),
+                        filters: filters.clone(),
                     },
                 });
             }
@@ -283,12 +319,11 @@ fn resolve(ns: &str, r: &HttpRouteRulesBackendRefs, index: &ServiceIndex) -> Res
 }
 
 /// A Gateway API match as a proxy match, with its path rank and length;
-/// `None` for what the proxy cannot match yet (path regular expressions,
-/// query parameters), which is left out rather than widened.
+/// `None` for a regular expression the proxy would refuse, which is left
+/// out rather than widened. A path regular expression ranks with the
+/// prefixes by its length (precedence among them is the implementation's
+/// to choose), so that a catch-all `/` still comes after it.
 fn convert_match(m: &HttpRouteRulesMatches) -> Option<(RouteMatch, u8, usize)> {
-    if m.query_params.as_ref().is_some_and(|q| !q.is_empty()) {
-        return None;
-    }
     let (path, rank, len) = match &m.path {
         None => (PathMatch::Prefix("/".into()), 1, 1),
         Some(p) => {
@@ -301,26 +336,32 @@ fn convert_match(m: &HttpRouteRulesMatches) -> Option<(RouteMatch, u8, usize)> {
             {
                 HttpRouteRulesMatchesPathType::Exact => (PathMatch::Exact(value), 0, len),
                 HttpRouteRulesMatchesPathType::PathPrefix => (PathMatch::Prefix(value), 1, len),
-                HttpRouteRulesMatchesPathType::RegularExpression => return None,
+                HttpRouteRulesMatchesPathType::RegularExpression => {
+                    match_regex(&value).ok()?;
+                    (PathMatch::Regex(value), 1, len)
+                }
             }
         }
     };
+    let mut query: Vec<HeaderMatch> = Vec::new();
+    for q in m.query_params.iter().flatten() {
+        let regex = matches!(
+            q.r#type,
+            Some(HttpRouteRulesMatchesQueryParamsType::RegularExpression)
+        );
+        let q = value_match(q.name.clone(), &q.value, regex)?;
+        // Only the first entry of a name counts, as the Gateway API says.
+        if !query.iter().any(|x| x.name == q.name) {
+            query.push(q);
+        }
+    }
     let mut headers = Vec::new();
     for h in m.headers.iter().flatten() {
         let regex = matches!(
             h.r#type,
             Some(HttpRouteRulesMatchesHeadersType::RegularExpression)
         );
-        // A pattern the proxy would refuse leaves the match out: pushing it
-        // would have the whole snapshot refused.
-        if regex && header_regex(&h.value).is_err() {
-            return None;
-        }
-        headers.push(HeaderMatch {
-            name: h.name.to_ascii_lowercase(),
-            value: (!regex).then(|| h.value.clone()),
-            regex: regex.then(|| h.value.clone()),
-        });
+        headers.push(value_match(h.name.to_ascii_lowercase(), &h.value, regex)?);
     }
     let method = m.method.as_ref().and_then(|m| {
         serde_json::to_value(m)
@@ -332,10 +373,25 @@ fn convert_match(m: &HttpRouteRulesMatches) -> Option<(RouteMatch, u8, usize)> {
             path: Some(path),
             method,
             headers,
+            query,
         },
         rank,
         len,
     ))
+}
+
+/// A header or query parameter match; `None` for a pattern the proxy
+/// would refuse, which leaves the whole match out (pushing it would have
+/// the whole snapshot refused).
+fn value_match(name: String, value: &str, regex: bool) -> Option<HeaderMatch> {
+    if regex && match_regex(value).is_err() {
+        return None;
+    }
+    Some(HeaderMatch {
+        name,
+        value: (!regex).then(|| value.to_owned()),
+        regex: regex.then(|| value.to_owned()),
+    })
 }
 
 /// Sorts routes by precedence.
@@ -430,7 +486,7 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(order.len(), 6, "the regex match is left out: {order:?}");
+        assert_eq!(order.len(), 8, "{order:?}");
         assert_eq!(
             order[0],
             ("a.example.com".into(), "Some(Exact(\"/api/x\"))".into())
@@ -439,11 +495,17 @@ mod tests {
             order[1],
             ("a.example.com".into(), "Some(Prefix(\"/api\"))".into())
         );
+        // A regular expression ranks with the prefixes by its length:
+        // after `/api`, before the catch-all `/`.
         assert_eq!(
             order[2],
+            ("a.example.com".into(), "Some(Regex(\".*\"))".into())
+        );
+        assert_eq!(
+            order[3],
             ("a.example.com".into(), "Some(Prefix(\"/\"))".into())
         );
-        assert_eq!(order[3].0, "*.example.com");
+        assert_eq!(order[4].0, "*.example.com");
     }
 
     #[test]
@@ -463,6 +525,60 @@ mod tests {
             out.unresolved.expect("refused").reason,
             reason::REF_NOT_PERMITTED
         );
+    }
+
+    #[test]
+    fn query_and_path_regex_matches_and_filters_reach_the_proxy_route() {
+        let r = route(
+            "h",
+            "r",
+            json!({"rules": [
+                {"matches": [{"queryParams": [{"name": "v", "value": "2"}, {"name": "v", "value": "3"},
+                                              {"type": "RegularExpression", "name": "id", "value": "[0-9]+"}]}],
+                 "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-env", "value": "prod"}]}}],
+                 "backendRefs": [{"name": "yellow", "port": 8080}]},
+                {"matches": [{"path": {"type": "RegularExpression", "value": "/items/[0-9]+"}}],
+                 "backendRefs": [{"name": "blue", "port": 8080}]},
+                {"matches": [{"path": {"type": "RegularExpression", "value": "(unclosed"}}],
+                 "backendRefs": [{"name": "blue", "port": 8080}]},
+            ]}),
+        );
+        let mut out = translate(&r, &[], "gw", &index());
+        sort(&mut out.routes);
+        // The longer path (the regex) first; the query route's is `/`.
+        let (regex, query) = (&out.routes[0].route, &out.routes[1].route);
+        assert_eq!(
+            query.matches[0].query.len(),
+            2,
+            "the first `v` only, and `id`"
+        );
+        assert_eq!(query.matches[0].query[0].value.as_deref(), Some("2"));
+        assert_eq!(query.matches[0].query[1].regex.as_deref(), Some("[0-9]+"));
+        assert!(query.filters.request_headers.is_some());
+        assert_eq!(
+            regex.matches[0].path,
+            Some(PathMatch::Regex("/items/[0-9]+".into()))
+        );
+        assert_eq!(
+            out.routes.len(),
+            2,
+            "a pattern the proxy refuses is left out"
+        );
+        assert!(out.unsupported.is_none());
+    }
+
+    #[test]
+    fn a_rule_with_a_filter_the_proxy_cannot_apply_answers_500_and_is_not_accepted() {
+        let r = route(
+            "h",
+            "r",
+            json!({"rules": [{"filters": [{"type": "ExtensionRef", "extensionRef": {"group": "example.com", "kind": "Auth", "name": "a"}}],
+                              "backendRefs": [{"name": "blue", "port": 8080}]}]}),
+        );
+        let out = translate(&r, &[], "gw", &index());
+        assert_eq!(out.routes[0].route.backends[0].name, UNRESOLVED_BACKEND);
+        let conds = parent_conditions(&r, &index(), Cond::yes("Accepted", reason::ACCEPTED));
+        assert_eq!(conds[0].reason, reason::UNSUPPORTED_VALUE);
     }
 
     #[test]

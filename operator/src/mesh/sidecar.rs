@@ -50,10 +50,8 @@ pub fn translate(
                 format!("Service {svc_ns}/{} does not exist", pr.name),
             ),
         };
-        let resolved = rules::translate(route, &[], "status", index)
-            .unresolved
-            .unwrap_or_else(|| Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
-        push_parent(out, route, status_ref(pr), vec![accepted, resolved]);
+        let conds = rules::parent_conditions(route, index, accepted);
+        push_parent(out, route, status_ref(pr), conds);
     }
     if input.sidecar_pods.is_empty() {
         return;
@@ -139,6 +137,7 @@ fn namespace_config(
                         budget: 0.2,
                     }),
                     mirrors: vec![],
+                    filters: Default::default(),
                 });
                 routes
             };

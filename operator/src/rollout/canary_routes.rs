@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sluice_crds::rollout::{
     CanaryStep, MirrorRouteMatch, RolloutStatus, SetHeaderRoute, SetMirrorRoute, StringMatch,
 };
-use sluice_proto::config::{header_regex, prefix_covers};
+use sluice_proto::config::{match_regex, prefix_covers};
 
 pub use crate::mesh::CANARY_ROUTES_LABEL;
 
@@ -133,7 +133,7 @@ pub fn invalid_regex(steps: &[CanaryStep]) -> Option<String> {
         }
         for (field, v) in conditions {
             if let Some(p) = pattern(v)
-                && let Err(e) = header_regex(&p)
+                && let Err(e) = match_regex(&p)
             {
                 return Some(format!("spec.strategy.canary.steps[{i}].{field}: {e}"));
             }
@@ -562,7 +562,7 @@ mod tests {
         let header = gateway_header("x-version", &prefix("v1.2"));
         assert_eq!(header["type"], "RegularExpression");
         let pattern = header["value"].as_str().expect("a pattern");
-        let re = header_regex(pattern).expect("compiles");
+        let re = match_regex(pattern).expect("compiles");
         assert!(re.is_match("v1.2-beta"));
         assert!(!re.is_match("v1x2"));
         let bad = CanaryStep {

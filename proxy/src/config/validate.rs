@@ -4,7 +4,8 @@ use std::collections::HashSet;
 
 use super::ConfigError;
 use sluice_proto::config::{
-    Config, HeaderMatch, Listener, ListenerProtocol, PathMatch, header_regex,
+    Config, HeaderChanges, HeaderMatch, Listener, ListenerProtocol, PathChange, PathMatch, Route,
+    RouteMatch, match_regex,
 };
 
 fn err(path: String, message: impl Into<String>) -> ConfigError {
@@ -53,7 +54,7 @@ fn validate_header_value(h: &HeaderMatch, at: &str) -> Result<(), ConfigError> {
             format!("{at}.regex"),
             "give either value or regex, not both",
         )),
-        (None, Some(r)) => header_regex(r)
+        (None, Some(r)) => match_regex(r)
             .map(|_| ())
             .map_err(|e| err(format!("{at}.regex"), e.to_string())),
         _ => Ok(()),
@@ -61,6 +62,144 @@ fn validate_header_value(h: &HeaderMatch, at: &str) -> Result<(), ConfigError> {
 }
 
 /// Validates `c`; the first problem found is returned.
+/// One `match` entry: paths start with `/` (or compile, as a regex), the
+/// method and header names parse, values are exact or regex.
+fn check_match(m: &RouteMatch, mp: &str) -> Result<(), ConfigError> {
+    match &m.path {
+        Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) if !p.starts_with('/') => {
+            return Err(err(
+                format!("{mp}.path"),
+                format!("{p:?} must start with /"),
+            ));
+        }
+        Some(PathMatch::Regex(r)) => {
+            match_regex(r).map_err(|e| err(format!("{mp}.path.regex"), e.to_string()))?;
+        }
+        _ => {}
+    }
+    if let Some(method) = &m.method
+        && http::Method::from_bytes(method.as_bytes()).is_err()
+    {
+        return Err(err(
+            format!("{mp}.method"),
+            format!("{method:?} is not an HTTP method"),
+        ));
+    }
+    for (hi, h) in m.headers.iter().enumerate() {
+        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+            return Err(err(
+                format!("{mp}.headers[{hi}].name"),
+                format!("{:?} is not a header name", h.name),
+            ));
+        }
+        validate_header_value(h, &format!("{mp}.headers[{hi}]"))?;
+    }
+    for (qi, q) in m.query.iter().enumerate() {
+        if q.name.is_empty() || q.name.contains(['&', '=', '#']) {
+            return Err(err(
+                format!("{mp}.query[{qi}].name"),
+                format!("{:?} is not a query parameter name", q.name),
+            ));
+        }
+        validate_header_value(q, &format!("{mp}.query[{qi}]"))?;
+    }
+    Ok(())
+}
+
+/// A route's filters: header names and values that parse, a redirect to
+/// http or https with a redirect status, hostnames, and paths that start
+/// with `/`; a prefix change only where every match is a prefix match.
+fn check_filters(r: &Route, rp: &str) -> Result<(), ConfigError> {
+    let f = &r.filters;
+    let fp = format!("{rp}.filters");
+    for (which, changes) in [
+        ("request_headers", &f.request_headers),
+        ("response_headers", &f.response_headers),
+    ] {
+        if let Some(c) = changes {
+            check_header_changes(c, &format!("{fp}.{which}"))?;
+        }
+    }
+    let prefix_ok = r
+        .matches
+        .iter()
+        .all(|m| matches!(m.path, None | Some(PathMatch::Prefix(_))));
+    let check_path = |change: &Option<PathChange>, at: String| match change {
+        Some(PathChange::Full(p) | PathChange::Prefix(p))
+            if !p.is_empty() && !p.starts_with('/') =>
+        {
+            Err(err(at, format!("{p:?} must start with /")))
+        }
+        Some(PathChange::Prefix(_)) if !prefix_ok => Err(err(
+            at,
+            "a prefix replacement needs every match of the route to be a prefix match",
+        )),
+        _ => Ok(()),
+    };
+    if let Some(rd) = &f.redirect {
+        if let Some(scheme) = rd
+            .scheme
+            .as_deref()
+            .filter(|s| !matches!(*s, "http" | "https"))
+        {
+            return Err(err(
+                format!("{fp}.redirect.scheme"),
+                format!("{scheme:?}: http or https"),
+            ));
+        }
+        if !matches!(rd.status, 301 | 302 | 303 | 307 | 308) {
+            return Err(err(
+                format!("{fp}.redirect.status"),
+                format!("{}: one of 301, 302, 303, 307, 308", rd.status),
+            ));
+        }
+        check_hostname(rd.hostname.as_deref(), format!("{fp}.redirect.hostname"))?;
+        check_path(&rd.path, format!("{fp}.redirect.path"))?;
+    }
+    if let Some(rw) = &f.rewrite {
+        check_hostname(rw.hostname.as_deref(), format!("{fp}.rewrite.hostname"))?;
+        check_path(&rw.path, format!("{fp}.rewrite.path"))?;
+    }
+    Ok(())
+}
+
+fn check_hostname(h: Option<&str>, at: String) -> Result<(), ConfigError> {
+    match h {
+        Some(h) if h.starts_with('*') || !valid_host(h) => {
+            Err(err(at, format!("{h:?} is not a hostname")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_header_changes(c: &HeaderChanges, at: &str) -> Result<(), ConfigError> {
+    for (list, pairs) in [("set", &c.set), ("add", &c.add)] {
+        for (i, (name, value)) in pairs.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(err(
+                    format!("{at}.{list}[{i}]"),
+                    format!("{name:?} is not a header name"),
+                ));
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(err(
+                    format!("{at}.{list}[{i}]"),
+                    format!("{value:?} is not a header value"),
+                ));
+            }
+        }
+    }
+    for (i, name) in c.remove.iter().enumerate() {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(err(
+                format!("{at}.remove[{i}]"),
+                format!("{name:?} is not a header name"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A listener's TLS: HTTP only, with certificates that parse and match
 /// their keys (what the listener will serve).
 fn check_tls(l: &Listener, lp: &str) -> Result<(), ConfigError> {
@@ -209,33 +348,9 @@ pub fn check(c: &Config) -> Result<(), ConfigError> {
                 }
             }
             for (mi, m) in r.matches.iter().enumerate() {
-                let mp = format!("{rp}.match[{mi}]");
-                if let Some(PathMatch::Exact(p) | PathMatch::Prefix(p)) = &m.path
-                    && !p.starts_with('/')
-                {
-                    return Err(err(
-                        format!("{mp}.path"),
-                        format!("{p:?} must start with /"),
-                    ));
-                }
-                if let Some(method) = &m.method
-                    && http::Method::from_bytes(method.as_bytes()).is_err()
-                {
-                    return Err(err(
-                        format!("{mp}.method"),
-                        format!("{method:?} is not an HTTP method"),
-                    ));
-                }
-                for (hi, h) in m.headers.iter().enumerate() {
-                    if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
-                        return Err(err(
-                            format!("{mp}.headers[{hi}].name"),
-                            format!("{:?} is not a header name", h.name),
-                        ));
-                    }
-                    validate_header_value(h, &format!("{mp}.headers[{hi}]"))?;
-                }
+                check_match(m, &format!("{rp}.match[{mi}]"))?;
             }
+            check_filters(r, &rp)?;
             if r.backends.is_empty() {
                 return Err(err(
                     format!("{rp}.backends"),
