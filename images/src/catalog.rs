@@ -184,18 +184,49 @@ pub fn metrics_server(binary: &Path, version: &str) -> Result<Image, Error> {
 
 /// One program of the test bed's own (not Sluice's) as `sluice.test/<name>`.
 fn test_bed_program(name: &str, binary: &Path, version: &str) -> Result<Image, Error> {
+    program_image(
+        name,
+        binary,
+        &format!("sluice.test/{name}:{version}"),
+        format!("{name} for the Sluice test bed"),
+        NONROOT_UID,
+    )
+}
+
+/// A static program of another project under the exact `reference` its own
+/// manifests run (the node pulls nothing): the Gateway API conformance
+/// suite's backends. `uid` is who it runs as (0 for one that binds a
+/// privileged port through a file capability in its upstream image).
+pub fn named_program(reference: &str, binary: &Path, uid: u32) -> Result<Image, Error> {
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "program".to_owned());
+    let description = format!("{reference}, built from its source for the test bed");
+    program_image(&name, binary, reference, description, uid)
+}
+
+/// `binary` as `/<name>`, the image's only program.
+fn program_image(
+    name: &str,
+    binary: &Path,
+    reference: &str,
+    description: String,
+    uid: u32,
+) -> Result<Image, Error> {
     let mut rootfs = Rootfs::base()?;
     let at = format!("/{name}");
     rootfs.program(&at, binary)?;
+    let (repository, tags) = split(reference);
     Ok(Image {
-        repository: format!("sluice.test/{name}"),
-        tags: vec![Tag::plain(version)],
-        description: format!("{name} for the Sluice test bed"),
+        repository,
+        tags,
+        description,
         rootfs,
         entrypoint: vec![at],
         cmd: Vec::new(),
         env: Vec::new(),
-        user: user(NONROOT_UID),
+        user: user(uid),
         ports: Vec::new(),
     })
 }

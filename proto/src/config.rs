@@ -282,6 +282,14 @@ pub struct Route {
         with = "opt_duration"
     )]
     pub timeout: Option<Duration>,
+    /// Time allowed for each attempt's response headers (Gateway API's
+    /// `backendRequest`), within `timeout`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
+    pub attempt_timeout: Option<Duration>,
     /// Retries of idempotent requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,

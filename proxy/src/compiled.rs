@@ -133,6 +133,8 @@ pub struct CompiledRoute {
     pub split: Split,
     /// Response-headers deadline over all attempts.
     pub timeout: Option<Duration>,
+    /// Response-headers deadline of each attempt.
+    pub attempt_timeout: Option<Duration>,
     /// Retry policy.
     pub retry: Option<RetryPolicy>,
     /// Telemetry per backend index.
@@ -280,6 +282,7 @@ fn inbound_parts(config: &Config) -> (Vec<Backend>, Vec<Listener>) {
                         matches: vec![],
                         backends: to,
                         timeout: None,
+                        attempt_timeout: None,
                         retries: None,
                         mirrors: vec![],
                         filters: Default::default(),
@@ -369,6 +372,7 @@ pub fn compile(
                     matchers: r.matches.iter().map(Matcher::new).collect(),
                     split: Split::new(pairs.iter().copied()),
                     timeout: r.timeout,
+                    attempt_timeout: r.attempt_timeout,
                     retry: r.retries.as_ref().map(|rt| RetryPolicy {
                         attempts: rt.attempts,
                         budget: Arc::new(RetryBudget::new(rt.budget)),

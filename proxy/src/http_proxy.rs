@@ -431,7 +431,12 @@ impl ProxyService {
                 req,
                 &self.proxy.telemetry,
             );
-            let result = match deadline {
+            // The route's deadline, or this attempt's if that comes first.
+            let attempt_deadline = match (deadline, route.attempt_timeout) {
+                (d, Some(t)) => Some(d.map_or(Instant::now() + t, |d| d.min(Instant::now() + t))),
+                (d, None) => d,
+            };
+            let result = match attempt_deadline {
                 Some(d) => match tokio::time::timeout_at(d.into(), sent).await {
                     Ok(r) => r,
                     Err(_) => {

@@ -1053,3 +1053,26 @@ listeners:
         assert_eq!(body, want, "{path}");
     }
 }
+
+#[tokio::test]
+async fn an_attempt_slower_than_its_backend_request_timeout_gets_504() {
+    let up = upstream("blue").await;
+    let (port, admin) = (free_port(), free_port());
+    let config = http_config(
+        addr(port),
+        addr(admin),
+        &[("blue", up.addr, 1)],
+        "        timeout: 5s\n        attempt_timeout: 200ms\n",
+    );
+    let _p = ProxyProcess::start(&config, addr(admin)).await;
+    let c = client();
+    let started = Instant::now();
+    let (status, _) = get(&c, port, "/slow").await;
+    assert_eq!(status, 504, "the 500 ms answer outlasts the 200 ms attempt");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(get(&c, port, "/").await, (200, "blue".to_owned()));
+}

@@ -1,6 +1,7 @@
 //! Project tasks, run as `cargo xtask <task>` from anywhere in the workspace.
 //!
-//! - `cargo xtask test`: every check and test, as CI runs them.
+//! - `cargo xtask test`: every check and test, as CI runs them (the demo
+//!   and the Gateway API conformance suite among them).
 //! - `cargo xtask demo [down] [--step N]`: the local sandbox of the hands-on.
 //! - `cargo xtask crds [--check]`: regenerate (or check) the CRD YAML.
 //! - `cargo xtask test-bed`: build or reuse the Kubernetes binaries.
@@ -8,8 +9,10 @@
 //! - `cargo xtask bench proxy`: the proxy against nginx and HAProxy.
 //! - `cargo xtask bench control-plane`: HTTPRoute change to every proxy's ACK.
 //! - `cargo xtask bench scale`: 10,000 Rollouts on one operator.
+//! - `cargo xtask conformance`: the Gateway API conformance suite.
 
 mod bench;
+mod conformance;
 mod handson;
 
 use std::path::{Path, PathBuf};
@@ -79,6 +82,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The Gateway API conformance suite against Sluice on the test bed;
+    /// the report goes to `docs/conformance/`.
+    Conformance {
+        /// Passed on to `sluice-conformance` (e.g. `--run-test HTTPRouteSimpleSameNamespace`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Where cargo puts what it builds (`CARGO_TARGET_DIR`, else `target/`).
@@ -120,6 +130,24 @@ fn test_bed() -> Result<Command> {
     cmd.arg(root().join("scripts/test-bed.sh"))
         .current_dir(root());
     Ok(cmd)
+}
+
+/// Runs one check of `cargo xtask test` outside `cargo test`, counted in
+/// `totals`; a failure ends the run with the totals printed.
+fn counted(totals: &mut Totals, what: &str, check: impl FnOnce() -> Result<()>) -> Result<()> {
+    let started = Instant::now();
+    match check() {
+        Ok(()) => {
+            totals.passed += 1;
+            eprintln!("<== {what}: ok in {:.1}s", started.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Err(e) => {
+            totals.failed += 1;
+            println!("{totals}");
+            Err(e.context(format!("{what} failed")))
+        }
+    }
 }
 
 fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
@@ -178,23 +206,16 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
     } else {
         let dir = demo_dir().with_file_name("demo-ci");
         eprintln!("\n==> the demo, end to end ({})", dir.display());
-        let started = Instant::now();
-        let result = demo_up(&dir, None);
-        let down = demo_down(&dir);
-        match result.and(down) {
-            Ok(()) => {
-                totals.passed += 1;
-                eprintln!(
-                    "<== the demo: ok in {:.1}s",
-                    started.elapsed().as_secs_f64()
-                );
-            }
-            Err(e) => {
-                totals.failed += 1;
-                println!("{totals}");
-                return Err(e.context("the demo failed"));
-            }
-        }
+        counted(&mut totals, "the demo", || {
+            let result = demo_up(&dir, None);
+            result.and(demo_down(&dir))
+        })?;
+        // The Gateway API conformance suite's GATEWAY-HTTP profile, core
+        // and the extended features Sluice claims; a failed test fails CI.
+        let report = target_dir().join("conformance/report.yaml");
+        counted(&mut totals, "the Gateway API conformance suite", || {
+            conformance::conformance(&[], Some(report))
+        })?;
     }
     eprintln!(
         "\nall checks passed in {:.1}s",
@@ -610,6 +631,7 @@ fn main() -> Result<()> {
         Task::TestBed => run("install the test bed", test_bed()?),
         Task::Images { debug } => task_images(debug),
         Task::Fuzz { seconds } => task_fuzz(seconds),
+        Task::Conformance { args } => conformance::conformance(&args, None),
         Task::Bench { what, args } => match what.as_str() {
             "proxy" => bench::proxy(),
             "control-plane" => bench::control_plane(&args),

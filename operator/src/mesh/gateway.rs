@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use gateway_api::gateways::{
-    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom,
-    GatewayListenersAllowedRoutesNamespacesSelector,
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesKinds,
+    GatewayListenersAllowedRoutesNamespacesFrom, GatewayListenersAllowedRoutesNamespacesSelector,
 };
 use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs, HttpRouteStatusParentsParentRef};
 use kube::ResourceExt;
@@ -60,7 +60,13 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
         let mut listeners = Vec::new();
         for l in &gw.spec.listeners {
             let checked = check_listener(l, &gw_ns, &ports, &secrets, index.grants());
-            let mut attached = 0;
+            // Routes count as attached to an accepted listener even while
+            // it is not served (its certificates do not resolve).
+            let attached = if checked.accepted {
+                attachments(input, &gw_ns, &gw_name, l, &namespaces)
+            } else {
+                Vec::new()
+            };
             if let Some((port, certificates)) = checked.serve {
                 // The port is opened even before a route attaches (404s).
                 let entry = ports.entry(port).or_insert_with(|| Port {
@@ -70,34 +76,19 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
                 entry
                     .certificates
                     .extend(certificates.into_iter().flatten());
-                for route in &input.routes {
-                    let route_ns = route.namespace().unwrap_or_default();
-                    for pr in route.spec.parent_refs.iter().flatten() {
-                        if !refers_to(pr, &route_ns, &gw_ns, &gw_name) || !selects_listener(pr, l) {
-                            continue;
-                        }
-                        if !allows(l, &gw_ns, &route_ns, &namespaces) {
-                            continue;
-                        }
-                        let Some(hosts) = intersect(
-                            l.hostname.as_deref(),
-                            route.spec.hostnames.as_deref().unwrap_or(&[]),
-                        ) else {
-                            continue;
-                        };
-                        attached += 1;
-                        let scope = format!("{gw_ns}/{gw_name}/{}", l.name);
-                        let r = rules::translate(route, &hosts, &scope, index);
-                        backends.extend(r.backends);
-                        entry.routes.extend(r.routes);
-                    }
+                for (route, hosts) in &attached {
+                    let scope = format!("{gw_ns}/{gw_name}/{}", l.name);
+                    let r = rules::translate(route, hosts, &scope, index);
+                    backends.extend(r.backends);
+                    entry.routes.extend(r.routes);
                 }
             }
             listeners.push(ListenerDraft {
                 name: l.name.clone(),
-                attached_routes: attached,
+                attached_routes: i32::try_from(attached.len()).unwrap_or(i32::MAX),
                 conditions: checked.conditions,
                 programmed: checked.programmed,
+                route_kinds: checked.route_kinds,
             });
         }
         out.gateways.push(GatewayDraft {
@@ -140,6 +131,34 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
     );
 }
 
+/// The routes attached to listener `l` of Gateway `gw_ns/gw_name`, with
+/// the hostnames each answers there.
+fn attachments<'a>(
+    input: &'a MeshInput,
+    gw_ns: &str,
+    gw_name: &str,
+    l: &GatewayListeners,
+    namespaces: &NamespaceLabels<'_>,
+) -> Vec<(&'a HttpRoute, Vec<String>)> {
+    let mut out = Vec::new();
+    for route in &input.routes {
+        let route_ns = route.namespace().unwrap_or_default();
+        for pr in route.spec.parent_refs.iter().flatten() {
+            if !refers_to(pr, &route_ns, gw_ns, gw_name)
+                || !selects_listener(pr, l)
+                || !allows(l, gw_ns, &route_ns, namespaces)
+            {
+                continue;
+            }
+            let route_hosts = route.spec.hostnames.as_deref().unwrap_or(&[]);
+            if let Some(hosts) = intersect(l.hostname.as_deref(), route_hosts) {
+                out.push((&**route, hosts));
+            }
+        }
+    }
+    out
+}
+
 /// One port of the gateway proxies, shared by every listener on it.
 #[derive(Default)]
 struct Port {
@@ -151,6 +170,10 @@ struct Port {
 
 /// What [`check_listener`] found.
 struct Checked {
+    /// Its `Accepted`.
+    accepted: bool,
+    /// The route kinds it admits (`HTTPRoute`, or none).
+    route_kinds: Vec<&'static str>,
     conditions: Vec<Cond>,
     /// Whether the proxies serve it (for `Programmed`).
     programmed: Result<(), String>,
@@ -161,11 +184,42 @@ struct Checked {
 impl Checked {
     fn refused(conditions: Vec<Cond>) -> Checked {
         Checked {
+            accepted: false,
+            route_kinds: vec!["HTTPRoute"],
             conditions,
             programmed: Err("the listener is not accepted".into()),
             serve: None,
         }
     }
+}
+
+/// The route kinds listener `l` admits, and the problem with the kinds
+/// it names that Sluice does not serve (`ResolvedRefs=False`).
+fn route_kinds(l: &GatewayListeners) -> (Vec<&'static str>, Option<Cond>) {
+    let Some(kinds) = l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) else {
+        return (vec!["HTTPRoute"], None);
+    };
+    let http = |k: &&GatewayListenersAllowedRoutesKinds| {
+        k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+    };
+    let served = if kinds.iter().any(|k| http(&k)) {
+        vec!["HTTPRoute"]
+    } else {
+        vec![]
+    };
+    let other: Vec<&str> = kinds
+        .iter()
+        .filter(|k| !http(k))
+        .map(|k| k.kind.as_str())
+        .collect();
+    let problem = (!other.is_empty()).then(|| {
+        Cond::no(
+            "ResolvedRefs",
+            reason::INVALID_ROUTE_KINDS,
+            format!("route kinds Sluice does not serve: {}", other.join(", ")),
+        )
+    });
+    (served, problem)
 }
 
 /// A listener's conditions and whether (and with what) it is served: HTTP,
@@ -218,6 +272,7 @@ fn check_listener(
     }
     let mut conditions = vec![Cond::yes("Accepted", reason::ACCEPTED)];
     let mut programmed = Ok(());
+    let (route_kinds, kinds_problem) = route_kinds(l);
     let certificates = if tls {
         let found = match certificates::of_listener(l, gw_ns, secrets, grants) {
             Ok(found) => found,
@@ -236,9 +291,15 @@ fn check_listener(
         conditions.push(Cond::yes("ResolvedRefs", reason::RESOLVED_REFS));
         None
     };
+    if let Some(problem) = kinds_problem {
+        conditions.retain(|c| c.kind != "ResolvedRefs");
+        conditions.push(problem);
+    }
     conditions.push(Cond::no("Conflicted", "NoConflicts", ""));
     let serve = programmed.is_ok().then_some((port, certificates));
     Checked {
+        accepted: true,
+        route_kinds,
         conditions,
         programmed,
         serve,
@@ -282,7 +343,16 @@ fn route_statuses(
                 .filter(|l| allows(l, &gw_ns, &route_ns, namespaces))
                 .collect();
             let route_hosts = route.spec.hostnames.as_deref().unwrap_or(&[]);
-            let accepted = if allowed.is_empty() {
+            let accepted = if candidates.is_empty() {
+                Cond::no(
+                    "Accepted",
+                    reason::NO_MATCHING_PARENT,
+                    format!(
+                        "Gateway {gw_ns}/{} has no HTTP or HTTPS listener that the parentRef's sectionName and port select",
+                        gw.name_any()
+                    ),
+                )
+            } else if allowed.is_empty() {
                 Cond::no(
                     "Accepted",
                     reason::NOT_ALLOWED_BY_LISTENERS,
@@ -607,6 +677,11 @@ mod tests {
                     {"name": "plain", "port": 443, "protocol": "HTTP"},
                 ]),
             )],
+            routes: vec![route(
+                "h",
+                "to-b",
+                json!({"parentRefs": [{"name": "gw", "sectionName": "b"}]}),
+            )],
             tls_secrets: vec![
                 tls_secret("h", "site", &site.0, &site.1),
                 tls_secret("certs", "shared", &shared.0, &shared.1),
@@ -650,6 +725,11 @@ mod tests {
             (false, reason::INVALID_CERTIFICATE_REF)
         );
         assert!(listener(&out, "b").programmed.is_err());
+        assert_eq!(
+            listener(&out, "b").attached_routes,
+            1,
+            "attached, though not served"
+        );
         let plain = listener(&out, "plain");
         assert!(
             plain
@@ -720,6 +800,52 @@ mod tests {
         assert!(!accepted("shop-dev"));
         assert!(!accepted("blog"));
         assert_eq!(out.gateways[0].listeners[0].attached_routes, 1);
+    }
+
+    #[test]
+    fn unknown_route_kinds_and_unmatched_section_names_are_reported() {
+        let input = MeshInput {
+            classes: vec![class("sluice", CONTROLLER_NAME)],
+            gateways: vec![gateway(
+                "h",
+                "gw",
+                "sluice",
+                json!([
+                    {"name": "mixed", "port": 18080, "protocol": "HTTP",
+                     "allowedRoutes": {"kinds": [{"kind": "InvalidRoute"}, {"kind": "HTTPRoute"}]}},
+                    {"name": "none", "port": 18081, "protocol": "HTTP",
+                     "allowedRoutes": {"kinds": [{"kind": "InvalidRoute"}]}},
+                ]),
+            )],
+            routes: vec![
+                route("h", "all", json!({"parentRefs": [{"name": "gw"}]})),
+                route(
+                    "h",
+                    "lost",
+                    json!({"parentRefs": [{"name": "gw", "sectionName": "nope"}]}),
+                ),
+            ],
+            ..MeshInput::default()
+        };
+        let out = translate(&input);
+        let gw = &out.gateways[0];
+        for l in &gw.listeners {
+            let resolved = l.conditions.iter().find(|c| c.kind == "ResolvedRefs");
+            assert_eq!(
+                resolved.map(|c| (c.ok, c.reason)),
+                Some((false, reason::INVALID_ROUTE_KINDS)),
+                "{}",
+                l.name
+            );
+        }
+        assert_eq!(gw.listeners[0].route_kinds, vec!["HTTPRoute"]);
+        assert!(gw.listeners[1].route_kinds.is_empty());
+        assert_eq!(gw.listeners[0].attached_routes, 1);
+        assert_eq!(gw.listeners[1].attached_routes, 0);
+        let accepted =
+            |name: &str| out.routes[&("h".to_owned(), name.to_owned())].parents[0].1[0].clone();
+        assert!(accepted("all").ok);
+        assert_eq!(accepted("lost").reason, reason::NO_MATCHING_PARENT);
     }
 
     #[test]

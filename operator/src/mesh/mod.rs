@@ -60,6 +60,10 @@ pub mod reason {
     pub const REF_NOT_PERMITTED: &str = "RefNotPermitted";
     /// A certificateRef names no usable `kubernetes.io/tls` Secret.
     pub const INVALID_CERTIFICATE_REF: &str = "InvalidCertificateRef";
+    /// A parentRef's sectionName or port selects no listener.
+    pub const NO_MATCHING_PARENT: &str = "NoMatchingParent";
+    /// A listener names route kinds Sluice does not serve.
+    pub const INVALID_ROUTE_KINDS: &str = "InvalidRouteKinds";
     /// A filter (or combination) Sluice cannot serve.
     pub const UNSUPPORTED_VALUE: &str = "UnsupportedValue";
     /// Another listener holds the port with the other protocol.
@@ -213,6 +217,8 @@ pub struct ListenerDraft {
     pub conditions: Vec<Cond>,
     /// Whether the proxies serve it, or why not (its `Programmed`).
     pub programmed: Result<(), String>,
+    /// Its `supportedKinds` (of the Gateway API group).
+    pub route_kinds: Vec<&'static str>,
 }
 
 /// Status the translation wants on one HttpRoute: one entry per parent

@@ -122,13 +122,9 @@ pub fn translate(
                 Filters::default()
             }
         };
-        let timeout = rule
-            .timeouts
-            .as_ref()
-            .and_then(|t| t.request.as_deref())
-            .and_then(|d| d.parse::<gateway_api::Duration>().ok())
-            .map(|d| Duration::from_millis(d.as_millis() as u64))
-            .filter(|d| !d.is_zero());
+        let timeouts = rule.timeouts.as_ref();
+        let timeout = duration(timeouts.and_then(|t| t.request.as_deref()));
+        let attempt_timeout = duration(timeouts.and_then(|t| t.backend_request.as_deref()));
         let default_match = [HttpRouteRulesMatches::default()];
         let matches = match rule.matches.as_deref() {
             Some(m) if !m.is_empty() => m,
@@ -160,6 +156,7 @@ pub fn translate(
                         matches: vec![route_match.clone()],
                         backends: backends.clone(),
                         timeout,
+                        attempt_timeout,
                         // As Istio does by default: two retries for connect
                         // failures and 503s of idempotent requests.
                         retries: Some(Retries {
@@ -380,6 +377,14 @@ fn convert_match(m: &HttpRouteRulesMatches) -> Option<(RouteMatch, u8, usize)> {
     ))
 }
 
+/// A Gateway API duration; zero (which disables a timeout) and what does
+/// not parse give none.
+fn duration(d: Option<&str>) -> Option<Duration> {
+    d.and_then(|d| d.parse::<gateway_api::Duration>().ok())
+        .map(|d| Duration::from_millis(d.as_millis() as u64))
+        .filter(|d| !d.is_zero())
+}
+
 /// A header or query parameter match; `None` for a pattern the proxy
 /// would refuse, which leaves the whole match out (pushing it would have
 /// the whole snapshot refused).
@@ -565,6 +570,22 @@ mod tests {
             "a pattern the proxy refuses is left out"
         );
         assert!(out.unsupported.is_none());
+    }
+
+    #[test]
+    fn request_and_backend_request_timeouts_bound_the_route_and_each_attempt() {
+        let r = route(
+            "h",
+            "r",
+            json!({"rules": [{"timeouts": {"request": "10s", "backendRequest": "500ms"},
+                              "backendRefs": [{"name": "blue", "port": 8080}]},
+                             {"timeouts": {"request": "0s"}, "backendRefs": [{"name": "blue", "port": 8080}]}]}),
+        );
+        let out = translate(&r, &[], "gw", &index());
+        let first = &out.routes[0].route;
+        assert_eq!(first.timeout, Some(Duration::from_secs(10)));
+        assert_eq!(first.attempt_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(out.routes[1].route.timeout, None, "0s disables it");
     }
 
     #[test]

@@ -132,6 +132,7 @@ fn namespace_config(
                         weight: 1,
                     }],
                     timeout: None,
+                    attempt_timeout: None,
                     retries: Some(sluice_proto::config::Retries {
                         attempts: 2,
                         budget: 0.2,

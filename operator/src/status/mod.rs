@@ -92,7 +92,11 @@ fn gateway_status(
             json!({
                 "name": l.name,
                 "attachedRoutes": l.attached_routes,
-                "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}],
+                "supportedKinds": l
+                    .route_kinds
+                    .iter()
+                    .map(|k| json!({"group": "gateway.networking.k8s.io", "kind": k}))
+                    .collect::<Vec<_>>(),
                 "conditions": to_conditions(&conds, d.generation, &old),
             })
         })
