@@ -26,7 +26,7 @@ use crate::filters;
 use crate::framing;
 use crate::mirror;
 use crate::pool::{self, Proto, UpstreamError};
-use crate::route::{any_matches, request_authority};
+use crate::route::{Matcher, first_match, request_authority};
 use crate::state::Proxy;
 
 /// Response header naming why the proxy answered itself, as Envoy's
@@ -229,11 +229,12 @@ impl ProxyService {
             listener.unrouted.record(400, start.elapsed(), false);
             return local_reply(StatusCode::BAD_REQUEST, "NR", "missing Host header\n");
         };
-        let Some(route) = listener
-            .routes
-            .iter()
-            .find(|r| r.hosts.matches(host, port) && any_matches(&r.matchers, &parts))
-        else {
+        let Some((route, matched)) = listener.routes.iter().find_map(|r| {
+            let fits = r.hosts.matches(host, port);
+            fits.then(|| first_match(&r.matchers, &parts))
+                .flatten()
+                .map(|m| (r, m))
+        }) else {
             listener.unrouted.record(404, start.elapsed(), false);
             return local_reply(StatusCode::NOT_FOUND, "NR", "no route matched\n");
         };
@@ -244,13 +245,7 @@ impl ProxyService {
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         // What a prefix rewrite or redirect replaces.
-        let matched_prefix = || {
-            route
-                .matchers
-                .iter()
-                .find(|m| m.matches(&parts))
-                .map_or(Some("/"), |m| m.prefix())
-        };
+        let matched_prefix = matched.map_or(Some("/"), Matcher::prefix);
         if let Some(redirect) = &filters.redirect {
             // Without a port in the Host, the one the client reached: the
             // listener's (a sidecar's outbound port says nothing of it).
@@ -260,7 +255,7 @@ impl ProxyService {
                 host,
                 port: port.or((listener_port != OUTBOUND_PORT).then_some(listener_port)),
                 path_and_query: &path_and_query,
-                matched_prefix: matched_prefix(),
+                matched_prefix,
             };
             return redirect_reply(route, redirect, &requested, start);
         }
@@ -274,7 +269,7 @@ impl ProxyService {
         let mut path_and_query = path_and_query;
         if let Some(rw) = &filters.rewrite {
             if let Some(path) = &rw.path {
-                let new = filters::changed_path(path, path_and_query.path(), matched_prefix());
+                let new = filters::changed_path(path, path_and_query.path(), matched_prefix);
                 path_and_query =
                     filters::with_path(&path_and_query, &new).unwrap_or(path_and_query);
             }

@@ -216,9 +216,14 @@ impl Matcher {
     }
 }
 
-/// Whether any of `matchers` fits; an empty list fits every request.
-pub fn any_matches(matchers: &[Matcher], parts: &Parts) -> bool {
-    matchers.is_empty() || matchers.iter().any(|m| m.matches(parts))
+/// The first of `matchers` that fits: `Some(None)` for an empty list,
+/// which fits every request, `None` when none fits. Which one fitted is
+/// what a prefix rewrite or redirect replaces.
+pub fn first_match<'a>(matchers: &'a [Matcher], parts: &Parts) -> Option<Option<&'a Matcher>> {
+    if matchers.is_empty() {
+        return Some(None);
+    }
+    matchers.iter().find(|m| m.matches(parts)).map(Some)
 }
 
 #[cfg(test)]
@@ -320,7 +325,7 @@ mod tests {
         assert!(!m.matches(&parts("GET", "/", &[("x-env", "canary"), ("x-user", "1")])));
         assert!(!m.matches(&parts("POST", "/", &[("x-env", "prod"), ("x-user", "1")])));
         assert!(!m.matches(&parts("POST", "/", &[("x-env", "canary")])));
-        assert!(any_matches(&[], &parts("DELETE", "/", &[])));
+        assert!(first_match(&[], &parts("DELETE", "/", &[])).is_some());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::compiled::Termination;
+use crate::compiled::{CompiledListener, Termination};
 use crate::config::ListenerProtocol;
 use crate::http_proxy::ProxyService;
 use crate::state::Proxy;
@@ -207,8 +207,11 @@ async fn accept_loop(
                 ));
             }
             ListenerProtocol::Http => {
+                // One look at the running config per connection.
+                let compiled = proxy.current();
+                let listener = compiled.listener(&key.name);
                 if let Some(dst) = crate::original_dst::redirected(&stream)
-                    && !routes_to(&proxy, &key.name, dst)
+                    && !listener.is_some_and(|l| routes_to(l, dst))
                 {
                     tcp_conns.spawn(counted(
                         proxy.clone(),
@@ -217,11 +220,7 @@ async fn accept_loop(
                     continue;
                 }
                 let svc = ProxyService::new(proxy.clone(), key.name.clone(), peer);
-                let tls = proxy
-                    .current()
-                    .listener(&key.name)
-                    .and_then(|l| l.tls.clone());
-                if let Some(tls) = tls {
+                if let Some(tls) = listener.and_then(|l| l.tls.clone()) {
                     tokio::spawn(counted(
                         proxy.clone(),
                         serve_https(
@@ -288,14 +287,10 @@ async fn serve_https(
     let _ = watcher.watch(conn).await;
 }
 
-/// Whether HTTP listener `name` has a route for intercepted destination
-/// `dst` (a Service's ClusterIP and port); what it has none for passes
-/// through untouched.
-fn routes_to(proxy: &Proxy, name: &str, dst: SocketAddr) -> bool {
-    let compiled = proxy.current();
-    let Some(listener) = compiled.listener(name) else {
-        return false;
-    };
+/// Whether HTTP `listener` has a route for intercepted destination `dst`
+/// (a Service's ClusterIP and port); what it has none for passes through
+/// untouched.
+fn routes_to(listener: &CompiledListener, dst: SocketAddr) -> bool {
     let ip = dst.ip().to_string();
     listener
         .routes
