@@ -3,7 +3,8 @@
 //! inbound side (and be refused in STRICT mTLS), so the injector points the
 //! app's HTTP and TCP probes at the sidecar's admin port instead, as Istio
 //! does, and hands the sidecar the original probes in [`APP_PROBES_ENV`].
-//! The sidecar runs each against the app over loopback.
+//! gRPC health probes move the same way. The sidecar runs each against the
+//! app over loopback.
 
 use std::collections::BTreeMap;
 
@@ -24,12 +25,31 @@ pub type AppProbes = BTreeMap<String, AppProbe>;
 pub struct AppProbe {
     /// The app's port (named ports already resolved).
     pub port: u16,
-    /// `Some` for an HTTP GET probe: its path and headers; `None` for a
-    /// TCP probe, which only connects.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpGet>,
+    /// What the probe asks the app.
+    pub check: Check,
     /// The probe's `timeoutSeconds`.
     pub timeout_seconds: u32,
+}
+
+/// The kind of an [`AppProbe`], as the kubelet has them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Check {
+    /// Connect, nothing more.
+    TcpSocket,
+    /// An HTTP GET: any status from 200 to 399 passes.
+    HttpGet(HttpGet),
+    /// A `grpc.health.v1.Health/Check` call: `SERVING` passes.
+    Grpc(Grpc),
+}
+
+/// The gRPC part of an [`AppProbe`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grpc {
+    /// The service name asked about; empty asks about the server as a whole.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
 }
 
 /// The HTTP part of an [`AppProbe`].

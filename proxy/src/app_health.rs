@@ -2,17 +2,21 @@
 //! [`sluice_proto::probes`]): each `/app-health/<container>/<kind>` runs the
 //! original probe against the app over loopback, which interception leaves
 //! alone, and answers as the kubelet would judge it: `200` for an app
-//! status from 200 to 399, the app's own status otherwise, `503` when the
-//! app does not answer in time.
+//! status from 200 to 399 or a gRPC `SERVING`, the app's own HTTP status
+//! otherwise, `503` for any other gRPC answer or when the app does not
+//! answer in time.
 
+use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use sluice_proto::probes::{APP_PROBES_ENV, AppProbe, AppProbes, HttpGet};
+use sluice_proto::probes::{APP_PROBES_ENV, AppProbe, AppProbes, Check, Grpc, HttpGet};
 use tokio::net::TcpStream;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// Why the probes handed to the sidecar could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -45,34 +49,85 @@ impl AppHealth {
     pub async fn check(&self, path: &str) -> Option<(StatusCode, String)> {
         let probe = self.probes.get(path)?;
         let timeout = Duration::from_secs(u64::from(probe.timeout_seconds.max(1)));
+        let port = probe.port;
         Some(match tokio::time::timeout(timeout, run(probe)).await {
-            Ok(Ok(status)) if probe.http.is_none() || (200..400).contains(&status.as_u16()) => (
-                StatusCode::OK,
-                format!("app port {}: {status}\n", probe.port),
-            ),
-            Ok(Ok(status)) => (status, format!("app port {}: {status}\n", probe.port)),
+            Ok(Ok(answer)) => (answer.status(), format!("app port {port}: {answer}\n")),
             Ok(Err(e)) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("app port {}: {e}\n", probe.port),
+                format!("app port {port}: {e}\n"),
             ),
             Err(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("app port {}: no answer within {timeout:?}\n", probe.port),
+                format!("app port {port}: no answer within {timeout:?}\n"),
             ),
         })
     }
 }
 
-/// Connects to the app (and for an HTTP probe, sends the GET); the app's
-/// status, or `200` for a TCP probe that connected.
-async fn run(probe: &AppProbe) -> Result<StatusCode, String> {
+/// What the app answered a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// A TCP probe connected.
+    Connected,
+    /// An HTTP probe's status.
+    Http(StatusCode),
+    /// A gRPC health check's serving status.
+    Grpc(ServingStatus),
+}
+
+impl Answer {
+    /// The admin endpoint's status: `200` when the kubelet would count the
+    /// probe as passed; otherwise the app's HTTP status, or `503`.
+    fn status(self) -> StatusCode {
+        match self {
+            Answer::Connected => StatusCode::OK,
+            Answer::Http(s) if (200..400).contains(&s.as_u16()) => StatusCode::OK,
+            Answer::Http(s) => s,
+            Answer::Grpc(ServingStatus::Serving) => StatusCode::OK,
+            Answer::Grpc(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Answer::Connected => f.write_str("connected"),
+            Answer::Http(s) => write!(f, "{s}"),
+            Answer::Grpc(s) => write!(f, "gRPC health {}", s.as_str_name()),
+        }
+    }
+}
+
+/// Connects to the app and asks what the probe asks.
+async fn run(probe: &AppProbe) -> Result<Answer, String> {
+    if let Check::Grpc(grpc) = &probe.check {
+        return health_check(probe.port, grpc).await.map(Answer::Grpc);
+    }
     let stream = TcpStream::connect(("127.0.0.1", probe.port))
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let Some(http) = &probe.http else {
-        return Ok(StatusCode::OK);
-    };
-    get(stream, probe.port, http).await
+    match &probe.check {
+        Check::HttpGet(http) => get(stream, probe.port, http).await.map(Answer::Http),
+        Check::TcpSocket | Check::Grpc(_) => Ok(Answer::Connected),
+    }
+}
+
+/// `grpc.health.v1.Health/Check` over plaintext HTTP/2, as the kubelet
+/// calls it.
+async fn health_check(port: u16, probe: &Grpc) -> Result<ServingStatus, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .map_err(|e| format!("gRPC endpoint: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let reply = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: probe.service.clone(),
+        })
+        .await
+        .map_err(|e| format!("gRPC health check: {} {}", e.code(), e.message()))?;
+    Ok(ServingStatus::try_from(reply.into_inner().status).unwrap_or(ServingStatus::Unknown))
 }
 
 async fn get(stream: TcpStream, port: u16, probe: &HttpGet) -> Result<StatusCode, String> {
@@ -120,16 +175,40 @@ mod tests {
         port
     }
 
-    fn health(entries: &[(&str, u16, bool)]) -> AppHealth {
+    /// A gRPC health server: the server and `sluice.Up` serving,
+    /// `sluice.Down` not.
+    async fn grpc_app() -> u16 {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("sluice.Up", tonic_health::ServingStatus::Serving)
+            .await;
+        reporter
+            .set_service_status("sluice.Down", tonic_health::ServingStatus::NotServing)
+            .await;
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let incoming = futures::stream::unfold(l, |l| async move {
+            let accepted = l.accept().await.map(|(s, _)| s);
+            Some((accepted, l))
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming),
+        );
+        port
+    }
+
+    fn health(entries: &[(&str, u16, Check)]) -> AppHealth {
         let probes: AppProbes = entries
             .iter()
-            .map(|(path, port, http)| {
+            .map(|(path, port, check)| {
                 let probe = AppProbe {
                     port: *port,
-                    http: http.then(|| HttpGet {
-                        path: "/healthz".into(),
-                        headers: vec![],
-                    }),
+                    check: check.clone(),
                     timeout_seconds: 1,
                 };
                 ((*path).to_owned(), probe)
@@ -146,13 +225,31 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             l.local_addr().expect("addr").port()
         };
+        let get = || {
+            Check::HttpGet(HttpGet {
+                path: "/healthz".into(),
+                headers: vec![],
+            })
+        };
+        let grpc = |service: &str| {
+            Check::Grpc(Grpc {
+                service: service.into(),
+            })
+        };
+        let rpc = grpc_app().await;
         let h = health(&[
-            ("/ok", ok, true),
-            ("/redirect", redirect, true),
-            ("/failing", failing, true),
-            ("/closed", closed, true),
-            ("/tcp", failing, false),
-            ("/tcp-closed", closed, false),
+            ("/ok", ok, get()),
+            ("/redirect", redirect, get()),
+            ("/failing", failing, get()),
+            ("/closed", closed, get()),
+            ("/tcp", failing, Check::TcpSocket),
+            ("/tcp-closed", closed, Check::TcpSocket),
+            ("/grpc", rpc, grpc("")),
+            ("/grpc-serving", rpc, grpc("sluice.Up")),
+            ("/grpc-not-serving", rpc, grpc("sluice.Down")),
+            ("/grpc-unknown-service", rpc, grpc("sluice.Missing")),
+            ("/grpc-to-http", ok, grpc("")),
+            ("/grpc-closed", closed, grpc("")),
         ]);
         let status = |path: &'static str| {
             let h = &h;
@@ -164,7 +261,15 @@ mod tests {
         assert_eq!(status("/closed").await, Some(503));
         assert_eq!(status("/tcp").await, Some(200));
         assert_eq!(status("/tcp-closed").await, Some(503));
+        assert_eq!(status("/grpc").await, Some(200));
+        assert_eq!(status("/grpc-serving").await, Some(200));
+        assert_eq!(status("/grpc-not-serving").await, Some(503));
+        assert_eq!(status("/grpc-unknown-service").await, Some(503));
+        assert_eq!(status("/grpc-to-http").await, Some(503));
+        assert_eq!(status("/grpc-closed").await, Some(503));
         assert_eq!(status("/unknown").await, None);
+        let (_, said) = h.check("/grpc-not-serving").await.expect("registered");
+        assert!(said.contains("NOT_SERVING"), "{said}");
     }
 
     #[test]

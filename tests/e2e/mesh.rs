@@ -35,6 +35,7 @@ mod blue_green;
 mod dashboard;
 mod gateway_tls;
 mod identity;
+mod probes;
 mod rollouts;
 mod route_filters;
 mod semantics;
@@ -179,6 +180,10 @@ fn main() -> ExitCode {
         ("l7_authorization_policy_allows_only_get", |c| {
             Box::pin(logged(c, identity::l7_policy_allows_only_get))
         }),
+        (
+            "grpc_health_probes_run_in_the_sidecar_under_strict_mtls",
+            |c| Box::pin(logged(c, probes::grpc_probes_run_in_the_sidecar)),
+        ),
         (
             "certificates_are_bound_to_the_token_and_strict_refuses_plaintext",
             |c| Box::pin(logged(c, identity::certificates_are_bound_to_identity)),

@@ -12,6 +12,9 @@
 //! configured fraction of requests), `/color` returns the colour alone,
 //! `/burn?ms=N` spends N ms (at most 1,000) of CPU before answering, for
 //! autoscaling demos, and `/healthz` always answers 200 for probes.
+//! With `--grpc-health-port`, it also serves the gRPC health service
+//! (`grpc.health.v1.Health`) there, for gRPC probes, answering with
+//! `--grpc-health`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,6 +52,22 @@ struct Settings {
     /// apart (a pod's `HOSTNAME` is its name).
     #[arg(long, env = "HOSTNAME", default_value = "")]
     served_by: String,
+    /// Port of the gRPC health service; none when unset.
+    #[arg(long, env = "GRPC_HEALTH_PORT")]
+    grpc_health_port: Option<u16>,
+    /// What the gRPC health service answers, for the server and every
+    /// service name.
+    #[arg(long, env = "GRPC_HEALTH", value_enum, default_value_t = Health::Serving)]
+    grpc_health: Health,
+}
+
+/// The gRPC health answer `demo-app` gives.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    /// `SERVING`: gRPC probes pass.
+    Serving,
+    /// `NOT_SERVING`: gRPC probes fail.
+    NotServing,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -142,6 +161,24 @@ fn burn(ms: u64) {
     }
 }
 
+/// Serves `grpc.health.v1.Health` on `port`, answering `health` for the
+/// server (the empty name) and `sluice.Demo`.
+async fn serve_grpc_health(port: u16, health: Health) -> anyhow::Result<()> {
+    let status = match health {
+        Health::Serving => tonic_health::ServingStatus::Serving,
+        Health::NotServing => tonic_health::ServingStatus::NotServing,
+    };
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status("sluice.Demo", status).await;
+    info!(port, ?health, "gRPC health service listening");
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve(SocketAddr::from(([0, 0, 0, 0], port)))
+        .await?;
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -160,6 +197,14 @@ async fn main() -> anyhow::Result<()> {
         latency_ms = settings.latency_ms,
         "demo-app listening"
     );
+    if let Some(port) = settings.grpc_health_port {
+        let health = settings.grpc_health;
+        tokio::spawn(async move {
+            if let Err(e) = serve_grpc_health(port, health).await {
+                warn!("gRPC health service: {e}");
+            }
+        });
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let (stream, _) = tokio::select! {

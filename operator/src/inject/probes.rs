@@ -1,14 +1,13 @@
-//! Probe rewriting for intercepted pods: an app container's HTTP GET and
-//! TCP probes are pointed at the sidecar's admin port, which runs the
+//! Probe rewriting for intercepted pods: an app container's HTTP GET, TCP
+//! and gRPC probes are pointed at the sidecar's admin port, which runs the
 //! original probe against the app over loopback (see
 //! [`sluice_proto::probes`]). Exec probes run inside the container and need
-//! nothing; gRPC probes, HTTPS probes and probes to another host are left
-//! as they are.
+//! nothing; HTTPS probes and probes to another host are left as they are.
 
 use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
-use sluice_proto::probes::{ADMIN_PORT, AppProbe, AppProbes, HttpGet, probe_path};
+use sluice_proto::probes::{ADMIN_PORT, AppProbe, AppProbes, Check, Grpc, HttpGet, probe_path};
 
 /// The JSON Patch operations that rewrite `spec`'s app probes, and the
 /// original probes the sidecar must run.
@@ -31,6 +30,7 @@ pub fn rewrite(spec: &PodSpec) -> (Vec<Value>, AppProbes) {
                 continue;
             };
             new.remove("tcpSocket");
+            new.remove("grpc");
             new.insert(
                 "httpGet".into(),
                 json!({"path": path, "port": ADMIN_PORT, "scheme": "HTTP"}),
@@ -65,9 +65,18 @@ fn app_probe(c: &Container, probe: &Probe) -> Option<AppProbe> {
             .collect();
         return Some(AppProbe {
             port: port(c, &h.port)?,
-            http: Some(HttpGet {
+            check: Check::HttpGet(HttpGet {
                 path: h.path.clone().unwrap_or_else(|| "/".into()),
                 headers,
+            }),
+            timeout_seconds,
+        });
+    }
+    if let Some(g) = &probe.grpc {
+        return Some(AppProbe {
+            port: u16::try_from(g.port).ok()?,
+            check: Check::Grpc(Grpc {
+                service: g.service.clone().unwrap_or_default(),
             }),
             timeout_seconds,
         });
@@ -78,7 +87,7 @@ fn app_probe(c: &Container, probe: &Probe) -> Option<AppProbe> {
     }
     Some(AppProbe {
         port: port(c, &t.port)?,
-        http: None,
+        check: Check::TcpSocket,
         timeout_seconds,
     })
 }
@@ -106,7 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn http_and_tcp_probes_move_to_the_admin_port() {
+    fn http_tcp_and_grpc_probes_move_to_the_admin_port() {
         let s = spec(json!({"containers": [{
             "name": "web",
             "ports": [{"name": "http", "containerPort": 8080}],
@@ -114,9 +123,13 @@ mod tests {
                 "httpHeaders": [{"name": "X-Probe", "value": "1"}]}, "periodSeconds": 2},
             "livenessProbe": {"tcpSocket": {"port": 8080}, "timeoutSeconds": 3},
             "startupProbe": {"exec": {"command": ["true"]}}
+        }, {
+            "name": "rpc",
+            "readinessProbe": {"grpc": {"port": 9090, "service": "sluice.Demo"}, "failureThreshold": 5},
+            "livenessProbe": {"grpc": {"port": 9090}}
         }]}));
         let (ops, probes) = rewrite(&s);
-        assert_eq!(ops.len(), 2, "{ops:#?}");
+        assert_eq!(ops.len(), 4, "{ops:#?}");
         assert_eq!(ops[0]["path"], "/spec/containers/0/readinessProbe");
         assert_eq!(
             ops[0]["value"],
@@ -132,7 +145,7 @@ mod tests {
             probes.get("/app-health/web/readiness"),
             Some(&AppProbe {
                 port: 8080,
-                http: Some(HttpGet {
+                check: Check::HttpGet(HttpGet {
                     path: "/healthz".into(),
                     headers: vec![("X-Probe".into(), "1".into())]
                 }),
@@ -143,9 +156,24 @@ mod tests {
             probes.get("/app-health/web/liveness"),
             Some(&AppProbe {
                 port: 8080,
-                http: None,
+                check: Check::TcpSocket,
                 timeout_seconds: 3
             })
+        );
+        assert_eq!(
+            ops[2]["value"],
+            json!({"httpGet": {"path": "/app-health/rpc/readiness", "port": 15021, "scheme": "HTTP"},
+                "failureThreshold": 5})
+        );
+        assert_eq!(
+            probes.get("/app-health/rpc/readiness").map(|p| &p.check),
+            Some(&Check::Grpc(Grpc {
+                service: "sluice.Demo".into()
+            }))
+        );
+        assert_eq!(
+            probes.get("/app-health/rpc/liveness").map(|p| &p.check),
+            Some(&Check::Grpc(Grpc::default()))
         );
     }
 
