@@ -7,8 +7,8 @@
 //! 3. any matching ALLOW policy allows;
 //! 4. otherwise deny (an ALLOW policy without rules allows nothing).
 //!
-//! HTTP-only fields (`hosts`, `methods`, `paths`, `request.headers[...]`)
-//! applied to opaque TCP: an ALLOW rule with them never matches, a DENY
+//! HTTP-only fields (`hosts`, `methods`, `paths`, `requestPrincipals`,
+//! `request.headers[...]`, `request.auth.*`) applied to opaque TCP: an ALLOW rule with them never matches, a DENY
 //! rule ignores them. Before a connection's first request is read only the
 //! connection's attributes are known: [`Traffic::Connection`] denies when the
 //! outcome is already certain and defers otherwise.
@@ -16,7 +16,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use sluice_proto::authz::{Action, CONDITION_KEYS, Condition, HEADER_KEY_PREFIX, Policy};
+use sluice_proto::authz::{
+    Action, CLAIM_KEY_PREFIX, CONDITION_KEYS, Condition, HEADER_KEY_PREFIX, Policy,
+};
+
+pub mod jwt;
+
+pub use jwt::RequestAuth;
 
 /// A compiled string matcher.
 #[derive(Debug, Clone, PartialEq)]
@@ -179,6 +185,9 @@ enum Key {
     SourceNamespace,
     SourcePrincipal,
     DestinationPort,
+    RequestPrincipal,
+    RequestAudiences,
+    RequestClaim(String),
 }
 
 #[derive(Debug, Clone)]
@@ -189,7 +198,13 @@ enum When {
 }
 
 fn when(c: &Condition, path: &str) -> Result<When, String> {
-    let key = if let Some(rest) = c.key.strip_prefix(HEADER_KEY_PREFIX) {
+    let key = if let Some(rest) = c.key.strip_prefix(CLAIM_KEY_PREFIX) {
+        let name = rest
+            .strip_suffix(']')
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("{path}.key: {:?} is not request.auth.claims[<name>]", c.key))?;
+        Key::RequestClaim(name.to_owned())
+    } else if let Some(rest) = c.key.strip_prefix(HEADER_KEY_PREFIX) {
         let name = rest
             .strip_suffix(']')
             .ok_or_else(|| format!("{path}.key: {:?} lacks the closing ]", c.key))?;
@@ -203,9 +218,11 @@ fn when(c: &Condition, path: &str) -> Result<When, String> {
             "source.namespace" => Key::SourceNamespace,
             "source.principal" => Key::SourcePrincipal,
             "destination.port" => Key::DestinationPort,
+            "request.auth.principal" => Key::RequestPrincipal,
+            "request.auth.audiences" => Key::RequestAudiences,
             other => {
                 return Err(format!(
-                    "{path}.key: {other:?} is not supported (use {} or {HEADER_KEY_PREFIX}<name>])",
+                    "{path}.key: {other:?} is not supported (use {}, {HEADER_KEY_PREFIX}<name>] or {CLAIM_KEY_PREFIX}<name>])",
                     CONDITION_KEYS.join(", ")
                 ));
             }
@@ -223,6 +240,7 @@ struct Source {
     principals: Field<Pattern>,
     namespaces: Field<Pattern>,
     ip_blocks: Field<Cidr>,
+    request_principals: Field<Pattern>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -265,6 +283,8 @@ pub struct HttpAttributes<'a> {
     pub host: &'a str,
     /// Headers.
     pub headers: &'a http::HeaderMap,
+    /// What a verified JWT says; none without a token.
+    pub auth: Option<&'a RequestAuth>,
 }
 
 /// What is being authorized.
@@ -386,6 +406,11 @@ impl Policies {
                             &s.ip_blocks,
                             &s.not_ip_blocks,
                         )?,
+                        request_principals: strings(
+                            &s.request_principals,
+                            &s.not_request_principals,
+                            false,
+                        ),
                     });
                 }
                 for (ti, t) in r.to.iter().enumerate() {
@@ -494,7 +519,11 @@ fn rule(r: &Rule, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri
         Traffic::Http(h) => Some(*h),
         _ => None,
     };
-    let from = any(r.from.iter().map(|s| source(s, peer)).collect());
+    let from = any(r
+        .from
+        .iter()
+        .map(|s| source(s, action, peer, traffic))
+        .collect());
     let to = any(r
         .to
         .iter()
@@ -527,16 +556,31 @@ fn rule(r: &Rule, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri
     from.and(to).and(when)
 }
 
-fn source(s: &Source, peer: &Peer<'_>) -> Tri {
+fn source(s: &Source, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
     let strings = |f: &Field<Pattern>, v: Option<&str>| match v {
         Some(v) => f.check(Some(&|p: &Pattern| p.matches(v))),
         None => f.check(None),
     };
-    Tri::of(
+    let connection = Tri::of(
         strings(&s.principals, peer.principal)
             && strings(&s.namespaces, peer.namespace())
             && s.ip_blocks.check(Some(&|c: &Cidr| c.contains(peer.ip))),
-    )
+    );
+    let request = http_field(!s.request_principals.is_empty(), action, traffic, || {
+        strings(
+            &s.request_principals,
+            request_auth(traffic).map(|a| a.principal.as_str()),
+        )
+    });
+    connection.and(request)
+}
+
+/// The verified JWT of an HTTP request, if any.
+fn request_auth<'a>(traffic: &Traffic<'a>) -> Option<&'a RequestAuth> {
+    match traffic {
+        Traffic::Http(h) => h.auth,
+        _ => None,
+    }
 }
 
 fn condition(w: &When, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
@@ -553,14 +597,23 @@ fn condition(w: &When, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            if values.is_empty() {
-                f.check(None)
-            } else {
-                values
-                    .iter()
-                    .any(|v| f.check(Some(&|p: &Pattern| p.matches(v))))
-            }
+            any_value(f, Some(values))
         }),
+        When::Strings(Key::RequestAudiences, f) => http_field(true, action, traffic, || {
+            any_value(
+                f,
+                request_auth(traffic).map(|a| a.audiences.iter().map(String::as_str).collect()),
+            )
+        }),
+        When::Strings(Key::RequestClaim(name), f) => http_field(true, action, traffic, || {
+            any_value(f, request_auth(traffic).map(|a| a.claim_strings(name)))
+        }),
+        When::Strings(Key::RequestPrincipal, f) => {
+            http_field(true, action, traffic, || match request_auth(traffic) {
+                Some(a) => f.check(Some(&|p: &Pattern| p.matches(&a.principal))),
+                None => f.check(None),
+            })
+        }
         When::Strings(key, f) => {
             let v = match key {
                 Key::SourceNamespace => peer.namespace(),
@@ -572,6 +625,17 @@ fn condition(w: &When, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -
                 None => f.check(None),
             })
         }
+    }
+}
+
+/// A multi-valued attribute: one value matching is enough; no values is
+/// absent.
+fn any_value(f: &Field<Pattern>, values: Option<Vec<&str>>) -> bool {
+    match values.filter(|v| !v.is_empty()) {
+        Some(values) => values
+            .iter()
+            .any(|v| f.check(Some(&|p: &Pattern| p.matches(v)))),
+        None => f.check(None),
     }
 }
 
@@ -602,6 +666,7 @@ mod tests {
             path,
             host: "handson:8080",
             headers,
+            auth: None,
         })
     }
 
@@ -1005,8 +1070,7 @@ mod tests {
             json!([{"name": "a", "rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/40"]}}]}]}]),
         );
         assert!(e.contains("ipBlocks"), "{e}");
-        let e =
-            bad(json!([{"name": "a", "rules": [{"when": [{"key": "request.auth.claims[iss]"}]}]}]));
+        let e = bad(json!([{"name": "a", "rules": [{"when": [{"key": "connection.sni"}]}]}]));
         assert!(e.contains("when[0].key"), "{e}");
     }
 
@@ -1025,5 +1089,59 @@ mod tests {
                 .expect("v6")
                 .contains("::1".parse().expect("ip"))
         );
+    }
+
+    #[test]
+    fn request_principals_and_jwt_claims_decide_only_http_requests() {
+        let h = http::HeaderMap::new();
+        let alice = RequestAuth {
+            principal: "https://issuer.test/alice".into(),
+            audiences: vec!["shop".into()],
+            claims: json!({"groups": ["admin", "dev"], "tier": "gold"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        let with = |auth: Option<&'static RequestAuth>| -> Traffic<'_> {
+            Traffic::Http(HttpAttributes {
+                method: "GET",
+                path: "/",
+                host: "shop",
+                headers: &h,
+                auth,
+            })
+        };
+        let alice: &'static RequestAuth = Box::leak(Box::new(alice));
+        let require_jwt = policies(json!([{"name": "h/jwt", "action": "ALLOW",
+            "rules": [{"from": [{"source": {"requestPrincipals": ["*"]}}]}]}]));
+        let verdict = |p: &Policies, t: Traffic<'_>| p.decide(&peer(None), &t).verdict;
+        assert_eq!(verdict(&require_jwt, with(Some(alice))), Verdict::Allow);
+        assert_eq!(verdict(&require_jwt, with(None)), no_allow());
+        assert_eq!(verdict(&require_jwt, Traffic::Connection), Verdict::Defer);
+        assert_eq!(verdict(&require_jwt, Traffic::Tcp), no_allow());
+
+        let admins = policies(json!([{"name": "h/admins", "action": "ALLOW",
+            "rules": [{"from": [{"source": {"requestPrincipals": ["https://issuer.test/*"]}}],
+                "when": [{"key": "request.auth.claims[groups]", "values": ["admin"]},
+                         {"key": "request.auth.audiences", "values": ["shop"]},
+                         {"key": "request.auth.principal", "notValues": ["*/mallory"]}]}]}]));
+        assert_eq!(verdict(&admins, with(Some(alice))), Verdict::Allow);
+        let no_gold = policies(json!([{"name": "h/no-gold", "action": "DENY",
+            "rules": [{"when": [{"key": "request.auth.claims[tier]", "values": ["gold"]}]}]}]));
+        assert_eq!(verdict(&no_gold, with(Some(alice))), deny("h/no-gold"));
+        assert_eq!(verdict(&no_gold, with(None)), Verdict::Allow);
+        let not_alice = policies(json!([{"name": "h/not-alice", "action": "DENY",
+            "rules": [{"from": [{"source": {"notRequestPrincipals": ["*/alice"]}}]}]}]));
+        assert_eq!(verdict(&not_alice, with(Some(alice))), Verdict::Allow);
+        assert_eq!(verdict(&not_alice, with(None)), deny("h/not-alice"));
+    }
+
+    #[test]
+    fn a_claim_key_without_a_name_is_an_error() {
+        let list: Vec<Policy> = serde_json::from_value(json!([{"name": "h/x",
+            "rules": [{"when": [{"key": "request.auth.claims[]", "values": ["a"]}]}]}]))
+        .expect("policies");
+        let e = Policies::compile(&list).expect_err("refused");
+        assert!(e.contains("rules[0].when[0].key"), "{e}");
     }
 }

@@ -6,11 +6,13 @@
 //! fails when the two differ (`cargo xtask crds` rewrites them).
 
 pub mod analysis;
+pub mod authn;
 pub mod authz;
 pub mod rollout;
 mod rules;
 
 pub use analysis::{AnalysisTemplate, ClusterAnalysisTemplate};
+pub use authn::{RequestAuthentication, RequestAuthenticationSpec};
 pub use authz::{AuthorizationPolicy, AuthorizationPolicySpec};
 pub use rollout::{
     Request, Rollout, RolloutPhase, RolloutReason, RolloutSpec, RolloutStatus, Verdict,
@@ -37,6 +39,7 @@ pub fn generated_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         post_process(AnalysisTemplate::crd()),
         post_process(AuthorizationPolicy::crd()),
         post_process(ClusterAnalysisTemplate::crd()),
+        post_process(RequestAuthentication::crd()),
         post_process(Rollout::crd()),
     ];
     crds.iter()
@@ -61,6 +64,7 @@ fn post_process(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
             slim_job_templates(root);
             bound_label_maps(root);
             policy_patterns(root);
+            jwt_rule_checks(root);
         }
     }
     crd
@@ -153,7 +157,7 @@ fn policy_patterns(root: &mut JSONSchemaProps) {
     }
     const PORT: &str = "^[0-9]{1,5}$";
     let keys = format!(
-        "^({}|request\\.headers\\[[^\\]]+\\])$",
+        "^({}|request\\.headers\\[[^\\]]+\\]|request\\.auth\\.claims\\[[^\\]]+\\])$",
         sluice_proto::authz::CONDITION_KEYS
             .iter()
             .map(|k| k.replace('.', "\\."))
@@ -183,6 +187,8 @@ fn policy_patterns(root: &mut JSONSchemaProps) {
         &["from", "source", "notPrincipals"],
         &["from", "source", "namespaces"],
         &["from", "source", "notNamespaces"],
+        &["from", "source", "requestPrincipals"],
+        &["from", "source", "notRequestPrincipals"],
         &["to", "operation", "hosts"],
         &["to", "operation", "notHosts"],
         &["to", "operation", "methods"],
@@ -227,6 +233,43 @@ fn policy_patterns(root: &mut JSONSchemaProps) {
             "destination.port values must be port numbers from 1 to 65535",
         ),
     ]);
+}
+
+/// Admission checks of a RequestAuthentication's rules: an issuer, keys
+/// from somewhere, an http(s) `jwksUri`; bounded so the apiserver's CEL
+/// cost estimate stays within budget. What needs parsing (the JWKS
+/// document itself) the operator checks, on the resource's status.
+fn jwt_rule_checks(root: &mut JSONSchemaProps) {
+    let Some(rules) = at(root, &["spec", "jwtRules"]) else {
+        return;
+    };
+    rules.max_items = Some(16);
+    let Some(rule) = items(rules) else {
+        return;
+    };
+    if let Some(issuer) = at(rule, &["issuer"]) {
+        issuer.min_length = Some(1);
+        issuer.max_length = Some(512);
+    }
+    if let Some(uri) = at(rule, &["jwksUri"]) {
+        uri.max_length = Some(2048);
+        uri.pattern = Some("^https?://".into());
+    }
+    if let Some(jwks) = at(rule, &["jwks"]) {
+        jwks.max_length = Some(65536);
+    }
+    for list in ["audiences", "fromParams"] {
+        if let Some(l) = at(rule, &[list]) {
+            bound_list(l, 32, 256, None);
+        }
+    }
+    if let Some(l) = at(rule, &["fromHeaders"]) {
+        l.max_items = Some(8);
+    }
+    rule.x_kubernetes_validations = Some(vec![cel(
+        "has(self.jwks) || has(self.jwksUri)",
+        "needs its keys: jwks (inline) or jwksUri",
+    )]);
 }
 
 /// The list at `path` below a rule: every step but the last into a list's

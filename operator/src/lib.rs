@@ -15,6 +15,7 @@ pub mod control_plane;
 pub mod dashboard;
 pub mod health;
 pub mod inject;
+pub mod jwks;
 pub mod leader;
 pub mod mesh;
 pub mod metrics;

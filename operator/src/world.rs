@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::mesh::{self, MeshInput, MeshOutput, MeshSettings};
 use crate::metrics::Metrics;
 use crate::push::{Registry, SnapshotSet, Snapshots};
-use sluice_crds::AuthorizationPolicy;
+use sluice_crds::{AuthorizationPolicy, RequestAuthentication};
 
 /// The reflectors' stores.
 #[derive(Clone)]
@@ -40,6 +40,9 @@ pub struct World {
     pods: Store<Pod>,
     namespaces: Store<Namespace>,
     policies: Option<Store<AuthorizationPolicy>>,
+    authentications: Option<Store<RequestAuthentication>>,
+    /// The documents of the RequestAuthentications' `jwksUri`s.
+    jwks: crate::jwks::Documents,
     mesh: Arc<ArcSwap<MeshSettings>>,
     changed: Arc<Notify>,
     /// True once every store has listed. A store's own readiness wakes
@@ -90,15 +93,23 @@ impl World {
         if !gateway_api {
             warn!("the Gateway API CRDs are not installed: only mesh (sidecar) routing is served");
         }
-        let policies = kube::discovery::group(client, "sluice.dev")
+        let sluice_kinds: Vec<String> = kube::discovery::group(client, "sluice.dev")
             .await
-            .is_ok_and(|g| {
+            .map(|g| {
                 g.recommended_resources()
-                    .iter()
-                    .any(|(r, _)| r.kind == "AuthorizationPolicy")
-            });
+                    .into_iter()
+                    .map(|(r, _)| r.kind)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let installed = |kind: &str| sluice_kinds.iter().any(|k| k == kind);
+        let policies = installed("AuthorizationPolicy");
         if !policies {
             warn!("the AuthorizationPolicy CRD is not installed: no authorization is pushed");
+        }
+        let authentications = installed("RequestAuthentication");
+        if !authentications {
+            warn!("the RequestAuthentication CRD is not installed: no JWT rules are pushed");
         }
         let opt = |on: bool| on.then_some(());
         let (synced_tx, synced) = watch::channel(false);
@@ -116,10 +127,20 @@ impl World {
             pods: reflect(Api::all(client.clone()), changed.clone()),
             namespaces: reflect(Api::all(client.clone()), changed.clone()),
             policies: opt(policies).map(|_| reflect(Api::all(client.clone()), changed.clone())),
+            authentications: opt(authentications)
+                .map(|_| reflect(Api::all(client.clone()), changed.clone())),
+            jwks: Default::default(),
             mesh: Arc::new(ArcSwap::from_pointee(mesh)),
             changed,
             synced,
         };
+        if let Some(store) = world.authentications.clone() {
+            tokio::spawn(crate::jwks::run(
+                store,
+                world.jwks.clone(),
+                world.changed.clone(),
+            ));
+        }
         let stores = world.clone();
         tokio::spawn(async move {
             stores.wait_for_stores().await;
@@ -154,6 +175,8 @@ impl World {
             pods: store,
             namespaces: empty(),
             policies: None,
+            authentications: None,
+            jwks: Default::default(),
             mesh: Arc::new(ArcSwap::from_pointee(mesh)),
             changed: Arc::new(Notify::new()),
             synced: watch::channel(true).1,
@@ -175,6 +198,9 @@ impl World {
         let _ = self.pods.wait_until_ready().await;
         let _ = self.namespaces.wait_until_ready().await;
         if let Some(s) = &self.policies {
+            let _ = s.wait_until_ready().await;
+        }
+        if let Some(s) = &self.authentications {
             let _ = s.wait_until_ready().await;
         }
         if let Some(s) = &self.classes {
@@ -205,6 +231,12 @@ impl World {
             pods: self.pods.state(),
             namespaces: self.namespaces.state(),
             policies: self.policies.as_ref().map(Store::state).unwrap_or_default(),
+            authentications: self
+                .authentications
+                .as_ref()
+                .map(Store::state)
+                .unwrap_or_default(),
+            jwks: (**self.jwks.load()).clone(),
             grants: self.grants.as_ref().map(Store::state).unwrap_or_default(),
             tls_secrets: self
                 .tls_secrets
@@ -248,6 +280,17 @@ impl World {
     /// An AuthorizationPolicy by namespace and name.
     pub fn policy(&self, namespace: &str, name: &str) -> Option<Arc<AuthorizationPolicy>> {
         self.policies
+            .as_ref()?
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// A RequestAuthentication by namespace and name.
+    pub fn authentication(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<RequestAuthentication>> {
+        self.authentications
             .as_ref()?
             .get(&reflector::ObjectRef::new(name).within(namespace))
     }

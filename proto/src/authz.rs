@@ -86,6 +86,13 @@ pub struct Source {
     /// Addresses that must not match.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ip_blocks: Vec<String>,
+    /// Request identities from a verified JWT, `<iss>/<sub>` (HTTP only;
+    /// `*` asks for any verified token).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<String>,
+    /// Request identities that must not match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_request_principals: Vec<String>,
 }
 
 /// The request: all given fields must match. `hosts`, `methods` and `paths`
@@ -121,7 +128,9 @@ pub struct Operation {
 }
 
 /// A condition on one attribute: `request.headers[<name>]`, `source.ip`,
-/// `source.namespace`, `source.principal`, `destination.port`.
+/// `source.namespace`, `source.principal`, `destination.port`,
+/// `request.auth.principal`, `request.auth.audiences`,
+/// `request.auth.claims[<name>]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -143,7 +152,12 @@ pub const CONDITION_KEYS: &[&str] = &[
     "source.namespace",
     "source.principal",
     "destination.port",
+    "request.auth.principal",
+    "request.auth.audiences",
 ];
+
+/// The prefix of JWT claim condition keys: `request.auth.claims[groups]`.
+pub const CLAIM_KEY_PREFIX: &str = "request.auth.claims[";
 
 /// The prefix of header condition keys: `request.headers[x-user]`.
 pub const HEADER_KEY_PREFIX: &str = "request.headers[";

@@ -82,6 +82,10 @@ pub struct Inbound {
     /// The authorization policies selecting this workload.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<crate::authz::Policy>,
+    /// The JWT issuers this workload trusts (from the RequestAuthentications
+    /// that select it), keys inline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_rules: Vec<crate::authn::JwtRule>,
 }
 
 /// One port of the workload.

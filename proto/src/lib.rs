@@ -8,6 +8,7 @@ pub mod mesh {
     tonic::include_proto!("sluice.mesh.v1alpha1");
 }
 
+pub mod authn;
 pub mod authz;
 pub mod bootstrap;
 pub mod config;

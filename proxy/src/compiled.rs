@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use crate::authz::Policies;
+use crate::authz::{Authenticator, JWT_RULES_PATH, Policies};
 use crate::balance::{Endpoint, Split};
 use crate::config::{
     Backend, Config, Listener, ListenerProtocol, MtlsMode, Route, UpstreamProtocol, WeightedBackend,
@@ -60,6 +60,8 @@ pub struct CompiledInbound {
     pub ports: HashMap<u16, Arc<CompiledListener>>,
     /// The policies selecting this workload.
     pub policies: Arc<Policies>,
+    /// The JWT issuers it trusts.
+    pub authn: Arc<Authenticator>,
 }
 
 /// A backend, ready to be balanced across.
@@ -420,19 +422,27 @@ pub fn compile(
         })
     };
     let listeners = config.listeners.iter().map(&compile_listener).collect();
-    let inbound = config.inbound.as_ref().map(|inb| CompiledInbound {
-        mode: inb.mode,
-        ports: inb
-            .ports
-            .iter()
-            .zip(&inbound_listeners)
-            .map(|(p, l)| (p.port, compile_listener(l)))
-            .collect(),
+    let inbound = config.inbound.as_ref().map(|inb| {
         // Validation compiled these already; should that ever be skipped,
         // fail closed.
-        policies: Arc::new(
-            Policies::compile(&inb.policies).unwrap_or_else(|_| Policies::deny_all()),
-        ),
+        let (policies, authn) = match (
+            Policies::compile(&inb.policies),
+            Authenticator::compile(&inb.jwt_rules, JWT_RULES_PATH),
+        ) {
+            (Ok(p), Ok(a)) => (p, a),
+            _ => (Policies::deny_all(), Authenticator::default()),
+        };
+        CompiledInbound {
+            mode: inb.mode,
+            ports: inb
+                .ports
+                .iter()
+                .zip(&inbound_listeners)
+                .map(|(p, l)| (p.port, compile_listener(l)))
+                .collect(),
+            policies: Arc::new(policies),
+            authn: Arc::new(authn),
+        }
     });
     Compiled {
         config,

@@ -141,6 +141,8 @@ pub struct Telemetry {
     pub control_plane_connected: AtomicBool,
     /// Inbound HTTP requests denied by authorization (403).
     pub authz_denied_requests: AtomicU64,
+    /// Inbound HTTP requests whose JWT failed verification (401).
+    pub jwt_refused_requests: AtomicU64,
     /// Inbound connections denied by authorization (closed).
     pub authz_denied_connections: AtomicU64,
     /// Requests and connections matched by an AUDIT policy.
@@ -324,6 +326,11 @@ impl Collector for TelemetryCollector {
                 "sluice_authz_denied_requests",
                 "Inbound HTTP requests denied by an authorization policy (403).",
                 &t.authz_denied_requests,
+            ),
+            (
+                "sluice_jwt_refused_requests",
+                "Inbound HTTP requests refused because their JWT failed verification (401).",
+                &t.jwt_refused_requests,
             ),
             (
                 "sluice_authz_denied_connections",

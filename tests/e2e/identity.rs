@@ -33,7 +33,7 @@ use tokio::sync::OnceCell;
 
 use super::{TIMEOUT, mesh};
 
-const NS: &str = "authz";
+pub(crate) const NS: &str = "authz";
 const TD: &str = "cluster.local";
 
 /// The namespace, opted into injection, with an mTLS mode.
@@ -54,7 +54,7 @@ fn client_pod(name: &str) -> String {
 /// The namespace, opted into injection: `handson` (blue) and the client
 /// pods `curl`, `curl-allow` and `curl-deny`, each with its own service
 /// account; none of the manifests mentions a sidecar.
-async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
+pub(crate) async fn setup(cluster: &Cluster) -> anyhow::Result<()> {
     static DONE: OnceCell<()> = OnceCell::const_new();
     DONE.get_or_try_init(|| async {
         mesh(cluster).await?;
@@ -322,6 +322,17 @@ async fn call(
     method: &str,
     path: &str,
 ) -> anyhow::Result<(String, String)> {
+    call_with(cluster, pod, method, path, &[]).await
+}
+
+/// [`call`] with extra request headers (`Name: value`).
+pub(crate) async fn call_with(
+    cluster: &Cluster,
+    pod: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> anyhow::Result<(String, String)> {
     let url = format!("http://127.0.0.1:15001{path}");
     let mut argv = vec![
         "curl",
@@ -335,6 +346,9 @@ async fn call(
         "-H",
         "Host: handson:8080",
     ];
+    for h in headers {
+        argv.extend(["-H", h]);
+    }
     if method == "POST" {
         argv.extend(["-d", "{}"]);
     }
@@ -346,7 +360,7 @@ async fn call(
 
 /// The address of the handson pod that serves (not one still going away
 /// after a restart).
-async fn handson_ip(cluster: &Cluster) -> anyhow::Result<String> {
+pub(crate) async fn handson_ip(cluster: &Cluster) -> anyhow::Result<String> {
     pods_by_label(&cluster.client(), NS, "app=handson")
         .await?
         .into_iter()
@@ -364,13 +378,13 @@ async fn pod_ip(cluster: &Cluster, name: &str) -> anyhow::Result<String> {
         .context("no pod IP")
 }
 
-fn policy(name: &str, body: &str) -> String {
+pub(crate) fn policy(name: &str, body: &str) -> String {
     format!(
         "apiVersion: sluice.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  selector: {{matchLabels: {{app: handson}}}}\n{body}"
     )
 }
 
-async fn delete_policy(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn delete_policy(cluster: &Cluster, name: &str) -> anyhow::Result<()> {
     let api: Api<sluice_crds::AuthorizationPolicy> = Api::namespaced(cluster.client(), NS);
     api.delete(name, &DeleteParams::default()).await?;
     Ok(())

@@ -35,6 +35,7 @@ mod blue_green;
 mod dashboard;
 mod gateway_tls;
 mod identity;
+mod jwt;
 mod probes;
 mod rollouts;
 mod route_filters;
@@ -180,6 +181,10 @@ fn main() -> ExitCode {
         ("l7_authorization_policy_allows_only_get", |c| {
             Box::pin(logged(c, identity::l7_policy_allows_only_get))
         }),
+        (
+            "request_authentication_refuses_bad_jwts_and_request_principals_require_one",
+            |c| Box::pin(logged(c, jwt::request_authentication)),
+        ),
         (
             "grpc_health_probes_run_in_the_sidecar_under_strict_mtls",
             |c| Box::pin(logged(c, probes::grpc_probes_run_in_the_sidecar)),

@@ -316,6 +316,7 @@ async fn policies_api(
         .collect();
     // One row per workload (pods with the same app/version labels).
     let checked = crate::mesh::policies::Checked::of(&input.policies);
+    let resolved = crate::mesh::authn::Resolved::of(&input.authentications, &input.jwks);
     let mut rows: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     for pod in input
         .pods
@@ -329,12 +330,13 @@ async fn policies_api(
             _ => pod.name_any(),
         };
         let row = rows.entry(workload.clone()).or_insert_with(|| {
-            let inbound = crate::mesh::inbound::for_pod(&input, &checked, &ns, Some(pod));
+            let inbound = crate::mesh::inbound::for_pod(&input, &checked, &resolved, &ns, Some(pod));
             json!({
                 "workload": workload,
                 "sidecar": crate::mesh::services::has_sidecar(pod),
                 "mtlsMode": inbound.mode,
                 "policies": inbound.policies.iter().map(|p| json!({"name": p.name, "action": p.action, "rules": p.rules.len()})).collect::<Vec<_>>(),
+                "jwtIssuers": inbound.jwt_rules.iter().map(|r| r.issuer.clone()).collect::<Vec<_>>(),
                 "denied": 0,
             })
         });

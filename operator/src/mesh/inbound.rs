@@ -1,15 +1,18 @@
 //! A sidecar's inbound side: the workload's ports, its mTLS mode (the
-//! namespace's `sluice.dev/mtls-mode` label, else the mesh's) and the
-//! AuthorizationPolicies that select its pod.
+//! namespace's `sluice.dev/mtls-mode` label, else the mesh's), and the
+//! AuthorizationPolicies and RequestAuthentications that select its pod.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use sluice_crds::authz::WorkloadSelector;
+use sluice_proto::authn::JwtRule;
 use sluice_proto::authz::Policy;
 use sluice_proto::config::{Inbound, InboundPort, ListenerProtocol, MtlsMode};
 
 use super::MeshInput;
+use super::authn::Resolved;
 use super::policies::{Checked, to_proxy};
 use super::services::PROXY_CONTAINER;
 
@@ -18,10 +21,12 @@ pub const MTLS_MODE_LABEL: &str = "sluice.dev/mtls-mode";
 
 /// The inbound side of a pod in `namespace` (no ports and no policies
 /// while the pod is not known yet: its snapshot follows as soon as it is).
-/// Policies `checked` refused are left out.
+/// Policies `checked` refused and RequestAuthentications `resolved` left
+/// out are left out here too.
 pub fn for_pod(
     input: &MeshInput,
     checked: &Checked,
+    resolved: &Resolved,
     namespace: &str,
     pod: Option<&Pod>,
 ) -> Inbound {
@@ -32,7 +37,57 @@ pub fn for_pod(
         policies: pod
             .map(|_| policies(input, checked, namespace, &labels))
             .unwrap_or_default(),
+        jwt_rules: pod
+            .map(|_| jwt_rules(input, resolved, namespace, &labels))
+            .unwrap_or_default(),
     }
+}
+
+/// Whether an object of namespace `of` with `selector` selects a pod of
+/// `namespace` with `labels`: its own namespace's or the root namespace's,
+/// no selector selecting all.
+fn selects(
+    input: &MeshInput,
+    of: &str,
+    selector: Option<&WorkloadSelector>,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    (of == namespace || of == input.mesh.root_namespace)
+        && selector.is_none_or(|s| s.matches(labels))
+}
+
+/// The rules of the RequestAuthentications selecting the pod, in name
+/// order; an issuer a rule earlier in that order gave is skipped, as a
+/// proxy trusts one key set per issuer.
+fn jwt_rules(
+    input: &MeshInput,
+    resolved: &Resolved,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Vec<JwtRule> {
+    let mut selected: Vec<(String, String)> = input
+        .authentications
+        .iter()
+        .filter(|a| {
+            let ns = a.namespace().unwrap_or_default();
+            selects(input, &ns, a.spec.selector.as_ref(), namespace, labels)
+        })
+        .map(|a| (a.namespace().unwrap_or_default(), a.name_any()))
+        .collect();
+    selected.sort();
+    let mut out: Vec<JwtRule> = Vec::new();
+    for key in selected {
+        let Some(rules) = resolved.rules.get(&key) else {
+            continue;
+        };
+        for r in rules {
+            if !out.iter().any(|o| o.issuer == r.issuer) {
+                out.push(r.clone());
+            }
+        }
+    }
+    out
 }
 
 fn mode(input: &MeshInput, namespace: &str) -> MtlsMode {
@@ -95,8 +150,7 @@ fn policies(
         .iter()
         .filter(|p| {
             let ns = p.namespace().unwrap_or_default();
-            (ns == namespace || ns == input.mesh.root_namespace)
-                && p.spec.selector.as_ref().is_none_or(|s| s.matches(labels))
+            selects(input, &ns, p.spec.selector.as_ref(), namespace, labels)
                 && checked.accepted(&ns, &p.name_any())
         })
         .map(|p| to_proxy(p))
@@ -156,7 +210,13 @@ mod tests {
             ..Default::default()
         };
         let checked = Checked::of(&input.policies);
-        let inb = for_pod(&input, &checked, "h", input.pods.first().map(|p| &**p));
+        let inb = for_pod(
+            &input,
+            &checked,
+            &Resolved::default(),
+            "h",
+            input.pods.first().map(|p| &**p),
+        );
         assert_eq!(inb.mode, MtlsMode::Strict);
         let names: Vec<&str> = inb.policies.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, vec!["h/mine", "sluice-system/mesh-wide"]);
@@ -175,8 +235,63 @@ mod tests {
         );
         // Another namespace falls back to the mesh's mode.
         assert_eq!(
-            for_pod(&input, &checked, "x", None).mode,
+            for_pod(&input, &checked, &Resolved::default(), "x", None).mode,
             MtlsMode::Permissive
         );
+    }
+
+    #[test]
+    fn jwt_rules_of_the_selecting_request_authentications_one_per_issuer() {
+        let jwks = r#"{"keys": []}"#;
+        let authn = |name: &str, ns: &str, selector: serde_json::Value, issuers: &[&str]| {
+            let rules: Vec<serde_json::Value> = issuers
+                .iter()
+                .map(|i| json!({"issuer": i, "jwks": jwks}))
+                .collect();
+            parse::<sluice_crds::RequestAuthentication>(json!({
+                "apiVersion": "sluice.dev/v1alpha1", "kind": "RequestAuthentication",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"selector": selector, "jwtRules": rules}
+            }))
+        };
+        let input = MeshInput {
+            pods: vec![parse(json!({
+                "metadata": {"name": "shop-1", "namespace": "h", "labels": {"app": "shop"}},
+                "spec": {"containers": [{"name": "app"}]}
+            }))],
+            authentications: vec![
+                authn(
+                    "b-mine",
+                    "h",
+                    json!({"matchLabels": {"app": "shop"}}),
+                    &["idp-1", "idp-2"],
+                ),
+                authn("a-mesh", "sluice-system", json!(null), &["idp-2"]),
+                authn(
+                    "c-other",
+                    "h",
+                    json!({"matchLabels": {"app": "bank"}}),
+                    &["idp-3"],
+                ),
+                authn("d-elsewhere", "x", json!(null), &["idp-4"]),
+            ],
+            mesh: MeshSettings {
+                root_namespace: "sluice-system".into(),
+                ..MeshSettings::default()
+            },
+            ..MeshInput::default()
+        };
+        let checked = Checked::of(&[]);
+        let resolved = Resolved::of(&input.authentications, &BTreeMap::new());
+        let inb = for_pod(
+            &input,
+            &checked,
+            &resolved,
+            "h",
+            input.pods.first().map(|p| &**p),
+        );
+        let issuers: Vec<&str> = inb.jwt_rules.iter().map(|r| r.issuer.as_str()).collect();
+        // h/b-mine sorts before sluice-system/a-mesh: its idp-2 is kept.
+        assert_eq!(issuers, ["idp-1", "idp-2"]);
     }
 }

@@ -6,6 +6,7 @@
 //! proxies share one; sidecars share one per namespace) and the Gateway API
 //! status each object should show.
 
+pub mod authn;
 pub mod certificates;
 pub mod filters;
 pub mod gateway;
@@ -138,6 +139,10 @@ pub struct MeshInput {
     pub namespaces: Vec<Arc<Namespace>>,
     /// AuthorizationPolicies.
     pub policies: Vec<Arc<AuthorizationPolicy>>,
+    /// RequestAuthentications.
+    pub authentications: Vec<Arc<sluice_crds::RequestAuthentication>>,
+    /// The JWKS documents of their `jwksUri`s, as fetched, by URI.
+    pub jwks: BTreeMap<String, authn::Fetched>,
     /// ReferenceGrants.
     pub grants: Vec<Arc<ReferenceGrant>>,
     /// `kubernetes.io/tls` Secrets (certificates of HTTPS listeners).
@@ -248,6 +253,9 @@ pub struct MeshOutput {
     /// Every AuthorizationPolicy, by (namespace, name): accepted, or left
     /// out of every snapshot and why.
     pub policies: BTreeMap<(String, String), policies::PolicyDraft>,
+    /// Every RequestAuthentication, by (namespace, name): accepted, pushed
+    /// without keys (pending), or left out and why.
+    pub authentications: BTreeMap<(String, String), policies::PolicyDraft>,
 }
 
 /// Computes every audience's config and every status from observed state.
@@ -260,9 +268,11 @@ pub fn translate(input: &MeshInput) -> MeshOutput {
     )
     .with_grants(grants::Grants::of(&input.grants));
     let checked = policies::Checked::of(&input.policies);
+    let resolved = authn::Resolved::of(&input.authentications, &input.jwks);
     let mut out = MeshOutput::default();
     gateway::translate(input, &index, &mut out);
-    sidecar::translate(input, &index, &checked, &mut out);
+    sidecar::translate(input, &index, &checked, &resolved, &mut out);
     out.policies = checked.drafts;
+    out.authentications = resolved.drafts;
     out
 }

@@ -26,6 +26,7 @@ pub fn translate(
     input: &MeshInput,
     index: &ServiceIndex,
     checked: &super::policies::Checked,
+    resolved: &super::authn::Resolved,
     out: &mut MeshOutput,
 ) {
     let gamma: Vec<(&HttpRoute, &HttpRouteParentRefs, String)> = input
@@ -67,7 +68,7 @@ pub fn translate(
             .entry(ns.as_str())
             .or_insert_with(|| namespace_config(ns, index, &gamma));
         let found = pods.get(&(ns.clone(), pod.clone())).copied();
-        let inbound = super::inbound::for_pod(input, checked, ns, found);
+        let inbound = super::inbound::for_pod(input, checked, resolved, ns, found);
         let key = ConfigKey::Sidecar(ns.clone(), variant(&inbound));
         out.configs.entry(key.clone()).or_insert_with(|| Config {
             inbound: Some(inbound),

@@ -18,10 +18,11 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
-use sluice_crds::AuthorizationPolicy;
+use sluice_crds::{AuthorizationPolicy, RequestAuthentication};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::mesh::policies::PolicyDraft;
 use crate::mesh::{Audience, CONTROLLER_NAME, Cond, GatewayDraft, MeshOutput, reason};
 use crate::push::{Registry, Snapshots};
 use crate::world::World;
@@ -149,8 +150,8 @@ where
     .map(|_| ())
 }
 
-/// Writes every AuthorizationPolicy's `Accepted`; a policy newly refused
-/// also gets a Warning Event saying why.
+/// Writes every AuthorizationPolicy's and RequestAuthentication's
+/// `Accepted`.
 async fn write_policies(
     client: &Client,
     world: &World,
@@ -158,37 +159,68 @@ async fn write_policies(
     out: &MeshOutput,
 ) -> Result<(), kube::Error> {
     for ((ns, name), draft) in &out.policies {
-        let Some(obj) = world.policy(ns, name) else {
-            continue;
+        if let Some(obj) = world.policy(ns, name) {
+            let existing = obj.status.as_ref().map(|s| s.conditions.as_slice());
+            write_accepted::<AuthorizationPolicy>(client, recorder, &obj, existing, draft).await?;
+        }
+    }
+    for ((ns, name), draft) in &out.authentications {
+        if let Some(obj) = world.authentication(ns, name) {
+            let existing = obj.status.as_ref().map(|s| s.conditions.as_slice());
+            write_accepted::<RequestAuthentication>(client, recorder, &obj, existing, draft)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes one object's `Accepted` (skipped when unchanged); an object
+/// newly refused also gets a Warning Event saying why.
+async fn write_accepted<K>(
+    client: &Client,
+    recorder: &Recorder,
+    obj: &K,
+    existing: Option<&[Condition]>,
+    draft: &PolicyDraft,
+) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let (ns, name) = (
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default(),
+    );
+    let existing = existing.unwrap_or_default().to_vec();
+    let was_refused = existing.iter().any(|c| {
+        c.type_ == "Accepted" && c.status == "False" && c.message == draft.accepted.message
+    });
+    let conditions = to_conditions(
+        std::slice::from_ref(&draft.accepted),
+        draft.generation,
+        &existing,
+    );
+    let desired = json!({ "conditions": conditions });
+    let current = json!({ "conditions": existing });
+    apply_status(
+        Api::<K>::namespaced(client.clone(), &ns),
+        &name,
+        current,
+        desired,
+    )
+    .await?;
+    if !draft.accepted.ok && !was_refused {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "Refused".into(),
+            note: Some(draft.accepted.message.clone()),
+            action: "Translate".into(),
+            secondary: None,
         };
-        let existing = obj
-            .status
-            .as_ref()
-            .map(|s| s.conditions.clone())
-            .unwrap_or_default();
-        let was_refused = existing.iter().any(|c| {
-            c.type_ == "Accepted" && c.status == "False" && c.message == draft.accepted.message
-        });
-        let desired = json!({"conditions": to_conditions(std::slice::from_ref(&draft.accepted), draft.generation, &existing)});
-        let current = status_value(obj.status.as_ref());
-        apply_status(
-            Api::<AuthorizationPolicy>::namespaced(client.clone(), ns),
-            name,
-            current,
-            desired,
-        )
-        .await?;
-        if !draft.accepted.ok && !was_refused {
-            let event = Event {
-                type_: EventType::Warning,
-                reason: "Refused".into(),
-                note: Some(draft.accepted.message.clone()),
-                action: "Translate".into(),
-                secondary: None,
-            };
-            if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
-                warn!("recording the refusal of {ns}/{name}: {e}");
-            }
+        if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
+            warn!("recording the refusal of {ns}/{name}: {e}");
         }
     }
     Ok(())

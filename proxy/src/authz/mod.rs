@@ -1,7 +1,8 @@
-//! Authorization on a sidecar's inbound side: the pure evaluator (the
-//! `sluice-authz` crate, which the operator also runs before it pushes a
-//! policy) and the tower layer that applies it to every HTTP request before
-//! the forwarding service sees it.
+//! Authentication and authorization on a sidecar's inbound side: the pure
+//! evaluators (the `sluice-authz` crate, which the operator also runs
+//! before it pushes a policy or a JWT rule) and the tower layer that
+//! applies them to every HTTP request before the forwarding service sees
+//! it: a request's JWT is verified first, then the policies judge it.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -17,7 +18,11 @@ use tracing::debug;
 use crate::body::RespBody;
 use crate::route::request_authority;
 use crate::state::Proxy;
+pub use sluice_authz::jwt::{Authenticator, JwtError};
 pub use sluice_authz::{Decision, HttpAttributes, Peer, Policies, Traffic, Verdict};
+
+/// Where JWT rules sit in a config, for validation errors.
+pub const JWT_RULES_PATH: &str = "inbound.jwtRules";
 
 pub use sluice_proto::authz::DENIED_BODY;
 
@@ -60,12 +65,26 @@ impl<S> Authorize<S> {
     }
 }
 
-fn denied() -> Response<RespBody> {
-    let mut resp = Response::new(RespBody::text(DENIED_BODY));
-    *resp.status_mut() = StatusCode::FORBIDDEN;
+fn refusal(status: StatusCode, body: &'static str) -> Response<RespBody> {
+    let mut resp = Response::new(RespBody::text(body));
+    *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn denied() -> Response<RespBody> {
+    refusal(StatusCode::FORBIDDEN, DENIED_BODY)
+}
+
+/// `401` with Istio's reason, and the challenge RFC 6750 asks for.
+fn unauthenticated(e: &JwtError) -> Response<RespBody> {
+    let mut resp = refusal(StatusCode::UNAUTHORIZED, e.reason());
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
     );
     resp
 }
@@ -88,30 +107,41 @@ where
         let Some(inbound) = &compiled.inbound else {
             return Box::pin(self.inner.call(req));
         };
-        if !inbound.policies.is_empty() {
-            let telemetry = &self.proxy.telemetry;
-            let (parts, body) = req.into_parts();
-            let host = request_authority(&parts).map_or("", |(h, _)| h);
-            let decision = inbound.policies.decide(
-                &self.peer.peer(),
-                &Traffic::Http(HttpAttributes {
-                    method: parts.method.as_str(),
-                    path: parts.uri.path(),
-                    host,
-                    headers: &parts.headers,
-                }),
-            );
-            if decision.audited {
-                telemetry.authz_audited.fetch_add(1, Relaxed);
-            }
-            if let Verdict::Deny(policy) = &decision.verdict {
-                debug!(%policy, method = %parts.method, path = parts.uri.path(), principal = ?self.peer.principal, "request denied");
-                telemetry.authz_denied_requests.fetch_add(1, Relaxed);
-                return Box::pin(async { Ok(denied()) });
-            }
-            let req = Request::from_parts(parts, body);
+        if inbound.policies.is_empty() && inbound.authn.is_empty() {
             return Box::pin(self.inner.call(req));
         }
-        Box::pin(self.inner.call(req))
+        let telemetry = &self.proxy.telemetry;
+        let (mut parts, body) = req.into_parts();
+        let verified = match inbound.authn.verify(&parts.headers, parts.uri.query()) {
+            Ok(v) => v,
+            Err(e) => {
+                debug!(reason = %e, method = %parts.method, path = parts.uri.path(), "JWT refused");
+                telemetry.jwt_refused_requests.fetch_add(1, Relaxed);
+                return Box::pin(async move { Ok(unauthenticated(&e)) });
+            }
+        };
+        let host = request_authority(&parts).map_or("", |(h, _)| h);
+        let decision = inbound.policies.decide(
+            &self.peer.peer(),
+            &Traffic::Http(HttpAttributes {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                host,
+                headers: &parts.headers,
+                auth: verified.as_ref().map(|v| &v.auth),
+            }),
+        );
+        if decision.audited {
+            telemetry.authz_audited.fetch_add(1, Relaxed);
+        }
+        if let Verdict::Deny(policy) = &decision.verdict {
+            debug!(%policy, method = %parts.method, path = parts.uri.path(), principal = ?self.peer.principal, "request denied");
+            telemetry.authz_denied_requests.fetch_add(1, Relaxed);
+            return Box::pin(async { Ok(denied()) });
+        }
+        if let Some(v) = &verified {
+            inbound.authn.pass_on(v, &mut parts.headers);
+        }
+        Box::pin(self.inner.call(Request::from_parts(parts, body)))
     }
 }

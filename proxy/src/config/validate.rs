@@ -255,6 +255,13 @@ pub fn check(c: &Config) -> Result<(), ConfigError> {
             let (path, message) = e.split_once(": ").unwrap_or(("inbound.policies", &e));
             err(path.to_owned(), message.to_owned())
         })?;
+        crate::authz::Authenticator::compile(&inb.jwt_rules, crate::authz::JWT_RULES_PATH)
+            .map_err(|e| {
+                let (path, message) = e
+                    .split_once(": ")
+                    .unwrap_or((crate::authz::JWT_RULES_PATH, &e));
+                err(path.to_owned(), message.to_owned())
+            })?;
     }
     let mut backends = HashSet::new();
     for (i, b) in c.backends.iter().enumerate() {
