@@ -266,7 +266,8 @@ pub fn server_config(
 }
 
 /// The outbound config towards endpoints that must present `expected`,
-/// offering `alpn` (the application protocol carried through the tunnel).
+/// offering `alpn` (the application protocol carried through the tunnel;
+/// empty for opaque TCP, which offers none).
 pub fn client_config(
     identity: &Arc<MeshIdentity>,
     expected: &str,
@@ -280,7 +281,11 @@ pub fn client_config(
             expected: expected.to_owned(),
         }))
         .with_client_cert_resolver(Arc::new(CurrentLeaf(identity.clone())));
-    config.alpn_protocols = vec![alpn.to_vec()];
+    config.alpn_protocols = if alpn.is_empty() {
+        Vec::new()
+    } else {
+        vec![alpn.to_vec()]
+    };
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }

@@ -4,7 +4,8 @@
 //! in the contract crate so that the operator writes exactly what the proxy
 //! reads.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -29,6 +30,36 @@ pub struct Config {
     /// Sidecars: the mesh's trust domain and roots, for mTLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_tls: Option<MeshTls>,
+    /// Sidecars: intercepted TCP that no route takes but that the mesh
+    /// still carries over mTLS.
+    #[serde(default, skip_serializing_if = "MeshTcp::is_empty")]
+    pub mesh_tcp: MeshTcp,
+}
+
+/// Where a sidecar sends intercepted outbound TCP that no HTTP route takes
+/// (an opaque Service port, a pod's address) over mTLS to the destination's
+/// sidecar, as Istio does, instead of in plaintext, which a `STRICT`
+/// destination refuses. Anything else passes through to its original
+/// destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MeshTcp {
+    /// Opaque Service ports by `clusterIP:port`: the backend (in
+    /// [`Config::backends`]) whose endpoints the sidecar balances across.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<SocketAddr, String>,
+    /// Pods behind a sidecar, by address: the identity each must present.
+    /// A connection to one of these addresses goes to its sidecar's
+    /// [`INBOUND_PORT`] over mTLS, the port in the server name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workloads: BTreeMap<IpAddr, String>,
+}
+
+impl MeshTcp {
+    /// Whether there is nothing to carry.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.workloads.is_empty()
+    }
 }
 
 /// The port where a sidecar takes inbound traffic: mTLS from other sidecars

@@ -32,6 +32,18 @@ pub struct Compiled {
     pub backends: Vec<Arc<CompiledBackend>>,
     /// Sidecars: the inbound side.
     pub inbound: Option<CompiledInbound>,
+    /// Sidecars: intercepted TCP carried over mTLS.
+    pub mesh_tcp: CompiledMeshTcp,
+}
+
+/// [`crate::config::MeshTcp`], ready for lookups on every intercepted
+/// connection.
+#[derive(Debug, Default)]
+pub struct CompiledMeshTcp {
+    /// Opaque Service ports: the backend and the telemetry cell.
+    pub services: HashMap<SocketAddr, (usize, Arc<Cell>)>,
+    /// Pods behind a sidecar: the identity each must present.
+    pub workloads: HashMap<std::net::IpAddr, Arc<str>>,
 }
 
 impl Compiled {
@@ -444,11 +456,39 @@ pub fn compile(
             authn: Arc::new(authn),
         }
     });
+    let mesh_tcp = CompiledMeshTcp {
+        services: config
+            .mesh_tcp
+            .services
+            .iter()
+            .filter_map(|(addr, name)| {
+                let i = *index.get(name.as_str())?;
+                let cell = telemetry.cell(CellKey {
+                    listener: MESH_TCP_LISTENER.into(),
+                    route: empty.clone(),
+                    backend: backends[i].name.clone(),
+                    revision: revision(i),
+                });
+                Some((*addr, (i, cell)))
+            })
+            .collect(),
+        workloads: config
+            .mesh_tcp
+            .workloads
+            .iter()
+            .map(|(ip, id)| (*ip, Arc::from(id.as_str())))
+            .collect(),
+    };
     Compiled {
         config,
         version,
         listeners,
         backends,
         inbound,
+        mesh_tcp,
     }
 }
+
+/// The listener name telemetry gives opaque Service connections a sidecar
+/// carries over mTLS.
+pub const MESH_TCP_LISTENER: &str = "outbound-tcp";

@@ -12,7 +12,7 @@
 //! traffic goes to `127.0.0.1:<port>`, or for a port the pod does not
 //! declare, passes through to where it was going.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -93,16 +93,18 @@ pub async fn serve(
             telemetry.tls_handshake_failures.fetch_add(1, Relaxed);
             return;
         };
-        let port = start.client_hello().server_name().and_then(inbound_port_of);
-        let Some((port, listener)) =
-            port.and_then(|p| inbound.ports.get(&p).map(|l| (p, l.clone())))
-        else {
-            debug!(%peer, "mTLS for a port this workload does not serve");
+        let Some(port) = start.client_hello().server_name().and_then(inbound_port_of) else {
+            debug!(%peer, "mTLS without a workload port in its server name");
             telemetry.tls_handshake_failures.fetch_add(1, Relaxed);
             return;
         };
+        // A port the pod does not declare is opaque TCP to the app, as
+        // plaintext to it is (another sidecar dialled the pod's address).
+        let listener = inbound.ports.get(&port).cloned();
         let (p, t) = (policies.clone(), proxy.telemetry.clone());
-        let traffic = connection_traffic(&listener);
+        let traffic = listener
+            .as_ref()
+            .map_or(Some(Traffic::Tcp), |l| connection_traffic(l));
         let ip = peer.ip();
         // The verifier has parsed the client's identity: keep it for the
         // per-request checks instead of parsing the certificate again.
@@ -134,6 +136,11 @@ pub async fn serve(
                 telemetry.tls_handshake_failures.fetch_add(1, Relaxed);
                 return;
             }
+        };
+        let Some(listener) = listener else {
+            let app = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            crate::tcp_proxy::passthrough(proxy.clone(), tls, app).await;
+            return;
         };
         let info = PeerInfo {
             ip,

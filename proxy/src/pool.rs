@@ -46,6 +46,15 @@ pub enum Proto {
     H2,
 }
 
+/// What an upstream connection carries, which its mTLS handshake names
+/// (ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Carried {
+    Http(Proto),
+    /// Opaque TCP: the bytes as they come, no ALPN offered.
+    Opaque,
+}
+
 /// Why an upstream request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -170,7 +179,7 @@ impl AsyncWrite for Io {
 type Key = (SocketAddr, bool);
 
 /// Client TLS configs by (expected identity, protocol).
-type TlsConfigs = HashMap<(Arc<str>, Proto), Arc<rustls::ClientConfig>>;
+type TlsConfigs = HashMap<(Arc<str>, Carried), Arc<rustls::ClientConfig>>;
 
 thread_local! {
     static H1_IDLE: RefCell<HashMap<Key, Vec<http1::SendRequest<ReqBody>>>> = RefCell::new(HashMap::new());
@@ -192,9 +201,19 @@ pub async fn marked_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
     socket.connect(addr).await
 }
 
+/// Opens an opaque TCP connection to `target`: over mTLS to its sidecar
+/// when it has one, plaintext otherwise.
+pub async fn connect_opaque(
+    target: Target<'_>,
+    timeout: Duration,
+    telemetry: &Telemetry,
+) -> Result<Io, UpstreamError> {
+    connect(target, Carried::Opaque, timeout, telemetry).await
+}
+
 async fn connect(
     target: Target<'_>,
-    proto: Proto,
+    carried: Carried,
     timeout: Duration,
     telemetry: &Telemetry,
 ) -> Result<Io, UpstreamError> {
@@ -220,16 +239,17 @@ async fn connect(
         return Ok(Io::Plain(stream));
     };
     let config = TLS_CONFIGS.with_borrow_mut(|m| {
-        if let Some(c) = m.get(&(expected.clone(), proto)) {
+        if let Some(c) = m.get(&(expected.clone(), carried)) {
             return Ok(c.clone());
         }
-        let alpn: &[u8] = match proto {
-            Proto::H1 => b"http/1.1",
-            Proto::H2 => b"h2",
+        let alpn: &[u8] = match carried {
+            Carried::Http(Proto::H1) => b"http/1.1",
+            Carried::Http(Proto::H2) => b"h2",
+            Carried::Opaque => b"",
         };
         let c = client_config(identity, expected, alpn)
             .map_err(|e| UpstreamError::Tls(addr, std::io::Error::other(e)))?;
-        m.insert((expected.clone(), proto), c.clone());
+        m.insert((expected.clone(), carried), c.clone());
         Ok(c)
     })?;
     let name = ServerName::try_from(inbound_server_name(addr.port()))
@@ -250,7 +270,7 @@ async fn connect_h1(
     telemetry: &Telemetry,
 ) -> Result<http1::SendRequest<ReqBody>, UpstreamError> {
     let addr = target.addr;
-    let stream = connect(target, Proto::H1, timeout, telemetry).await?;
+    let stream = connect(target, Carried::Http(Proto::H1), timeout, telemetry).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -268,7 +288,7 @@ async fn connect_h2(
     telemetry: &Telemetry,
 ) -> Result<http2::SendRequest<ReqBody>, UpstreamError> {
     let addr = target.addr;
-    let stream = connect(target, Proto::H2, timeout, telemetry).await?;
+    let stream = connect(target, Carried::Http(Proto::H2), timeout, telemetry).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .adaptive_window(true)
         .handshake(TokioIo::new(stream))

@@ -215,7 +215,7 @@ async fn accept_loop(
                 {
                     tcp_conns.spawn(counted(
                         proxy.clone(),
-                        crate::tcp_proxy::passthrough(proxy.clone(), stream, dst),
+                        crate::tcp_proxy::outbound(proxy.clone(), stream, dst),
                     ));
                     continue;
                 }

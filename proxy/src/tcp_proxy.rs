@@ -13,7 +13,10 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::balance::pick;
+use crate::compiled::CompiledBackend;
+use crate::pool::Target;
 use crate::state::Proxy;
+use crate::telemetry::Cell;
 
 /// Serves one accepted connection on TCP listener `listener` (a bound one,
 /// or an inbound port's, where `downstream` may be a TLS stream).
@@ -22,49 +25,101 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let start = Instant::now();
-    let compiled = proxy.current();
-    let Some(l) = compiled.listener(&listener) else {
-        return;
+    let (backend, cell) = {
+        let compiled = proxy.current();
+        let Some(l) = compiled.listener(&listener) else {
+            return;
+        };
+        let Some(idx) = l.tcp_split.choose() else {
+            l.unrouted.record(503, start.elapsed(), true);
+            return;
+        };
+        let cell = l
+            .tcp_cells
+            .iter()
+            .find(|(i, _)| *i == idx)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| l.unrouted.clone());
+        (compiled.backends[idx].clone(), cell)
     };
-    let Some(idx) = l.tcp_split.choose() else {
-        l.unrouted.record(503, start.elapsed(), true);
-        return;
-    };
-    let backend = &compiled.backends[idx];
-    let cell = l
-        .tcp_cells
-        .iter()
-        .find(|(i, _)| *i == idx)
-        .map(|(_, c)| c.clone())
-        .unwrap_or_else(|| l.unrouted.clone());
+    to_backend(&proxy, &backend, &cell, downstream, start).await;
+}
+
+/// Splices `downstream` to an endpoint of `backend`: over mTLS to its
+/// sidecar when it has one, plaintext otherwise.
+async fn to_backend<S>(
+    proxy: &Proxy,
+    backend: &CompiledBackend,
+    cell: &Cell,
+    downstream: S,
+    start: Instant,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let Some(endpoint) = pick(&backend.endpoints, None).cloned() else {
         cell.record(503, start.elapsed(), true);
         return;
     };
     let _in_flight = endpoint.begin();
-    let upstream = tokio::time::timeout(
+    let target = backend.target(endpoint.addr, &proxy.identity);
+    let upstream = match crate::pool::connect_opaque(
+        target,
         backend.connect_timeout,
-        crate::pool::marked_connect(endpoint.addr),
+        &proxy.telemetry,
     )
-    .await;
-    let upstream = match upstream {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            debug!(backend = %backend.name, "connect {}: {e}", endpoint.addr);
-            endpoint.eject();
-            cell.record(503, start.elapsed(), true);
-            return;
-        }
-        Err(_) => {
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(backend = %backend.name, "{e}");
+            if e.is_connect() {
+                endpoint.eject();
+            }
             cell.record(503, start.elapsed(), true);
             return;
         }
     };
-    let _ = upstream.set_nodelay(true);
     endpoint.observe(start.elapsed());
     cell.record(200, start.elapsed(), false);
-    if let Ok((sent, received)) = splice(&proxy, downstream, upstream).await {
+    if let Ok((sent, received)) = splice(proxy, downstream, upstream).await {
         cell.add_bytes(sent, received);
+    }
+}
+
+/// Intercepted outbound TCP that no HTTP route takes: to an opaque port of
+/// a meshed Service, balanced over its endpoints; to a pod behind a
+/// sidecar, to that sidecar; both over mTLS (counted as
+/// `sluice_mesh_tcp_connections`). Anything else passes through.
+pub async fn outbound(proxy: Arc<Proxy>, downstream: TcpStream, dst: SocketAddr) {
+    let start = Instant::now();
+    let (service, workload) = {
+        let compiled = proxy.current();
+        let service = compiled
+            .mesh_tcp
+            .services
+            .get(&dst)
+            .map(|(i, cell)| (compiled.backends[*i].clone(), cell.clone()));
+        let workload = compiled.mesh_tcp.workloads.get(&dst.ip()).cloned();
+        (service, workload)
+    };
+    let telemetry = &proxy.telemetry;
+    if let Some((backend, cell)) = service {
+        telemetry.mesh_tcp_connections.fetch_add(1, Relaxed);
+        return to_backend(&proxy, &backend, &cell, downstream, start).await;
+    }
+    let Some(expected) = workload.filter(|_| proxy.identity.has_leaf()) else {
+        return passthrough(proxy, downstream, dst).await;
+    };
+    telemetry.mesh_tcp_connections.fetch_add(1, Relaxed);
+    let target = Target {
+        addr: dst,
+        mesh: Some((&proxy.identity, &expected)),
+    };
+    match crate::pool::connect_opaque(target, PASSTHROUGH_CONNECT_TIMEOUT, telemetry).await {
+        Ok(upstream) => {
+            let _ = splice(&proxy, downstream, upstream).await;
+        }
+        Err(e) => debug!(%dst, "{e}"),
     }
 }
 
@@ -88,7 +143,10 @@ const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// outbound traffic to what the mesh does not route (another protocol, an
 /// address outside the mesh, the API server) and inbound traffic to a
 /// port the pod does not declare, as Istio's passthrough clusters do.
-pub async fn passthrough(proxy: Arc<Proxy>, downstream: TcpStream, dst: SocketAddr) {
+pub async fn passthrough<S>(proxy: Arc<Proxy>, downstream: S, dst: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let telemetry = &proxy.telemetry;
     telemetry.passthrough_connections.fetch_add(1, Relaxed);
     let upstream = tokio::time::timeout(

@@ -135,6 +135,8 @@ pub struct Telemetry {
     pub upstream_connect_failures: AtomicU64,
     /// Intercepted connections passed to their original destination.
     pub passthrough_connections: AtomicU64,
+    /// Intercepted outbound TCP carried over mTLS to another sidecar.
+    pub mesh_tcp_connections: AtomicU64,
     /// Whether this proxy takes its config from a control plane.
     pub managed: AtomicBool,
     /// Whether the config stream to the control plane is up.
@@ -321,6 +323,11 @@ impl Collector for TelemetryCollector {
                 "sluice_passthrough_connections",
                 "Intercepted connections the mesh does not route, passed to their original destination.",
                 &t.passthrough_connections,
+            ),
+            (
+                "sluice_mesh_tcp_connections",
+                "Intercepted outbound TCP connections no route takes, carried over mTLS to the destination's sidecar.",
+                &t.mesh_tcp_connections,
             ),
             (
                 "sluice_authz_denied_requests",

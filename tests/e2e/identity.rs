@@ -247,12 +247,13 @@ pub async fn injection_adds_a_native_sidecar(cluster: Arc<Cluster>) -> anyhow::R
     Ok(())
 }
 
-/// Interception takes everything, so what the mesh does not route must
-/// still work, as Istio's passthrough clusters keep it working: outbound
-/// TLS to the API server, plaintext to a pod port and to an opaque
-/// (`tcp-*`) Service port go to where they were going; inbound, a port the
-/// pod does not declare is served to a client outside the mesh. The unlisted app's TCP readiness probe is
-/// run by its sidecar.
+/// Interception takes everything, so what no route takes must still
+/// work, as Istio keeps it working: outbound TLS to the API server passes
+/// through to where it was going; a pod's port and an opaque (`tcp-*`)
+/// Service port of a meshed pod are carried over mTLS to its sidecar, which
+/// hands them to the app's port even though the pod does not declare it;
+/// inbound, that port is served to a client outside the mesh too. The
+/// unlisted app's TCP readiness probe is run by its sidecar.
 pub async fn interception_passes_through_what_the_mesh_does_not_route(
     cluster: Arc<Cluster>,
 ) -> anyhow::Result<()> {
@@ -283,7 +284,12 @@ pub async fn interception_passes_through_what_the_mesh_does_not_route(
     );
     // Outbound: the API server's TLS, a pod's port, an opaque Service port.
     let client_ip = pod_ip(&cluster, "curl").await?;
+    let carried = |ip: String| async move {
+        proxy_counter(&ip, "sluice_mesh_tcp_connections_total", "").await
+    };
     let before = passed(client_ip.clone()).await?;
+    let carried_before = carried(client_ip.clone()).await?;
+    let unlisted_before = passed(unlisted.clone()).await?;
     let healthz = format!("{}/healthz", cluster.apiserver());
     let direct = format!("http://{unlisted}:9090/");
     // A Service port named `tcp-*` is opaque: passed through, not routed.
@@ -299,11 +305,15 @@ pub async fn interception_passes_through_what_the_mesh_does_not_route(
             out.stderr
         );
     }
-    let after = passed(client_ip).await?;
+    let (passed_n, carried_n, handed_n) = (
+        passed(client_ip.clone()).await? - before,
+        carried(client_ip).await? - carried_before,
+        passed(unlisted.clone()).await? - unlisted_before,
+    );
     ensure!(
-        after - before >= 3.0,
-        "the client's sidecar passed {} connections through, expected 3",
-        after - before
+        passed_n == 1.0 && carried_n == 2.0 && handed_n >= 2.0,
+        "the client's sidecar passed {passed_n} connections through (expected 1: the API server) \
+         and carried {carried_n} over mTLS (expected 2); the unlisted pod's sidecar handed {handed_n} to its app"
     );
     Api::<k8s_openapi::api::core::v1::Pod>::namespaced(cluster.client(), NS)
         .delete("unlisted", &DeleteParams::default())

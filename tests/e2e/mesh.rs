@@ -36,6 +36,7 @@ mod dashboard;
 mod gateway_tls;
 mod identity;
 mod jwt;
+mod opaque_tcp;
 mod probes;
 mod rollouts;
 mod route_filters;
@@ -184,6 +185,10 @@ fn main() -> ExitCode {
         (
             "request_authentication_refuses_bad_jwts_and_request_principals_require_one",
             |c| Box::pin(logged(c, jwt::request_authentication)),
+        ),
+        (
+            "opaque_tcp_and_pod_addresses_go_between_sidecars_over_mtls",
+            |c| Box::pin(logged(c, opaque_tcp::opaque_tcp_over_mtls)),
         ),
         (
             "grpc_health_probes_run_in_the_sidecar_under_strict_mtls",

@@ -55,7 +55,7 @@ impl Operator {
             format!("--dashboard-listen={dashboard}"),
             format!("--webhook-names={ip}"),
             format!("--proxy-control-plane=https://{grpc}"),
-            "--proxy-log=info,sluice_proxy::http_proxy=debug".into(),
+            "--proxy-log=info,sluice_proxy::http_proxy=debug,sluice_proxy::tcp_proxy=debug,sluice_proxy::inbound=debug".into(),
         ];
         extra.extend(extra_flags.iter().map(|s| (*s).to_owned()));
         let log = cluster.dir().join("sluice-operator.log");

@@ -127,6 +127,8 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
             // A gateway with a mesh certificate reaches meshed workloads
             // over mTLS (needed for STRICT ones).
             mesh_tls: input.mesh.mesh_tls(),
+            // The gateway intercepts nothing.
+            mesh_tcp: Default::default(),
         },
     );
 }

@@ -105,6 +105,55 @@ pub fn has_sidecar(pod: &Pod) -> bool {
     })
 }
 
+/// The SPIFFE ID of a pod that runs a sidecar, when the mesh has a trust
+/// domain.
+fn pod_identity(pod: &Pod, trust_domain: &str) -> Option<String> {
+    if trust_domain.is_empty() || !has_sidecar(pod) {
+        return None;
+    }
+    let sa = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .unwrap_or("default");
+    let ns = pod.namespace().unwrap_or_default();
+    Some(sluice_proto::config::spiffe_id(trust_domain, &ns, sa))
+}
+
+/// The addresses of live pods with a sidecar and their identities. Pods on
+/// the host's network share the node's address and are left out, as are
+/// finished pods, whose address a new pod may have taken.
+fn workloads(pods: &[Arc<Pod>], trust_domain: &str) -> BTreeMap<IpAddr, String> {
+    let mut out = BTreeMap::new();
+    for p in pods {
+        let host_network = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let status = p.status.as_ref();
+        let finished = status
+            .and_then(|s| s.phase.as_deref())
+            .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+        if host_network || finished {
+            continue;
+        }
+        let Some(id) = pod_identity(p, trust_domain) else {
+            continue;
+        };
+        let ips = status
+            .and_then(|s| s.pod_ips.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|ip| ip.ip.as_str())
+            .chain(status.and_then(|s| s.pod_ip.as_deref()));
+        for ip in ips.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
+            out.insert(ip, id.clone());
+        }
+    }
+    out
+}
+
 /// `namespace/name:port`: the backend of one Service port.
 pub fn backend_name(namespace: &str, name: &str, port: u16) -> String {
     format!("{namespace}/{name}:{port}")
@@ -116,6 +165,7 @@ pub fn backend_name(namespace: &str, name: &str, port: u16) -> String {
 pub struct ServiceIndex {
     services: BTreeMap<(String, String), ServiceInfo>,
     grants: Grants,
+    workloads: BTreeMap<IpAddr, String>,
 }
 
 impl ServiceIndex {
@@ -139,19 +189,12 @@ impl ServiceIndex {
             .collect();
         let pod_identities: BTreeMap<(String, String), String> = pods
             .iter()
-            .filter(|_| !trust_domain.is_empty())
-            .filter(|p| has_sidecar(p))
-            .map(|p| {
-                let ns = p.namespace().unwrap_or_default();
-                let sa = p
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.service_account_name.clone())
-                    .unwrap_or_else(|| "default".into());
-                let id = sluice_proto::config::spiffe_id(trust_domain, &ns, &sa);
-                ((ns, p.name_any()), id)
+            .filter_map(|p| {
+                let id = pod_identity(p, trust_domain)?;
+                Some(((p.namespace().unwrap_or_default(), p.name_any()), id))
             })
             .collect();
+        let workloads = workloads(pods, trust_domain);
         let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
         for s in slices {
             if let Some(svc) = s.labels().get("kubernetes.io/service-name") {
@@ -161,7 +204,10 @@ impl ServiceIndex {
                     .push(s);
             }
         }
-        let mut index = ServiceIndex::default();
+        let mut index = ServiceIndex {
+            workloads,
+            ..ServiceIndex::default()
+        };
         for svc in services {
             let namespace = svc.namespace().unwrap_or_default();
             let name = svc.name_any();
@@ -260,6 +306,12 @@ impl ServiceIndex {
             );
         }
         index
+    }
+
+    /// Pods behind a sidecar by address, with their SPIFFE IDs (none
+    /// without a trust domain): where sidecars carry TCP over mTLS.
+    pub fn workloads(&self) -> &BTreeMap<IpAddr, String> {
+        &self.workloads
     }
 
     /// The index with `grants` for references across namespaces.

@@ -11,7 +11,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use sluice_proto::config::{Config, Inbound, Listener, ListenerProtocol, Route, WeightedBackend};
+use sluice_proto::config::{
+    Config, Inbound, Listener, ListenerProtocol, MeshTcp, Route, WeightedBackend,
+};
 
 use super::gateway::{push_parent, status_ref};
 use super::rules::{self, Ranked};
@@ -102,7 +104,22 @@ fn namespace_config(
     let mut backends = BTreeMap::new();
     let mut with_port: Vec<Route> = Vec::new();
     let mut bare: Vec<Route> = Vec::new();
+    let mut mesh_tcp = MeshTcp {
+        services: BTreeMap::new(),
+        workloads: index.workloads().clone(),
+    };
     for svc in index.iter() {
+        // Opaque ports of meshed Services: carried over mTLS, balanced by
+        // the client's sidecar.
+        for port in svc.ports.iter().filter(|p| p.opaque && !p.mesh.is_empty()) {
+            if let Some(ip) = svc.cluster_ip {
+                let backend = svc.backend(port);
+                mesh_tcp
+                    .services
+                    .insert(SocketAddr::new(ip, port.port), backend.name.clone());
+                backends.insert(backend.name.clone(), backend);
+            }
+        }
         let default_port = svc.default_port().map(|p| p.port);
         for port in svc.ports.iter().filter(|p| !p.opaque) {
             let backend = svc.backend(port);
@@ -173,6 +190,7 @@ fn namespace_config(
         }],
         inbound: None,
         mesh_tls: None,
+        mesh_tcp,
     }
 }
 
@@ -203,6 +221,7 @@ mod tests {
     use crate::mesh::fixtures::{pod, route, service, slice};
     use crate::mesh::translate;
     use serde_json::json;
+    use std::sync::Arc;
 
     #[test]
     fn services_by_name_and_gamma_split() {
@@ -310,6 +329,90 @@ mod tests {
                 .iter()
                 .any(|h| h.ends_with(":6379") || h.ends_with(":5432")),
             "{hosts:?}"
+        );
+    }
+
+    #[test]
+    fn opaque_ports_and_pod_addresses_of_meshed_pods_go_over_mtls() {
+        let meshed = |name: &str, ip: &str, sa: &str, extra: serde_json::Value| -> Arc<Pod> {
+            let mut v = json!({
+                "metadata": {"name": name, "namespace": "h"},
+                "spec": {"serviceAccountName": sa, "containers": [{"name": "app"}],
+                    "initContainers": [{"name": "sluice-proxy", "restartPolicy": "Always"}]},
+                "status": {"podIP": ip, "podIPs": [{"ip": ip}], "phase": "Running"}
+            });
+            json_patch::merge(&mut v, &extra);
+            Arc::new(serde_json::from_value(v).expect("pod"))
+        };
+        let input = MeshInput {
+            services: vec![service(
+                "h",
+                "db",
+                &[("tcp-db", 5432, 5432), ("http", 8080, 8080)],
+            )],
+            slices: vec![
+                slice(
+                    "h",
+                    "db",
+                    ("tcp-db", 5432),
+                    &[("10.0.0.2", true, "db-1"), ("10.0.0.9", true, "plain")],
+                ),
+                slice("h", "db", ("http", 8080), &[("10.0.0.2", true, "db-1")]),
+            ],
+            pods: vec![
+                meshed("db-1", "10.0.0.2", "db", json!({})),
+                meshed(
+                    "on-host",
+                    "192.168.0.5",
+                    "x",
+                    json!({"spec": {"hostNetwork": true}}),
+                ),
+                meshed(
+                    "done",
+                    "10.0.0.7",
+                    "x",
+                    json!({"status": {"phase": "Succeeded"}}),
+                ),
+                pod("h", "plain", "p"),
+            ],
+            sidecar_pods: [("h".to_owned(), "db-1".to_owned())].into(),
+            mesh: crate::mesh::MeshSettings {
+                trust_domain: "cluster.local".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let out = translate(&input);
+        let config = &out.configs[&out.sidecars[&Audience::Sidecar("h".into(), "db-1".into())]];
+        let tcp = &config.mesh_tcp;
+        let db: SocketAddr = "198.19.0.10:5432".parse().expect("addr");
+        assert_eq!(tcp.services.get(&db).map(String::as_str), Some("h/db:5432"));
+        // The HTTP port has its routes; only the opaque one is listed.
+        assert_eq!(tcp.services.len(), 1, "{:?}", tcp.services);
+        let backend = config
+            .backends
+            .iter()
+            .find(|b| b.name == "h/db:5432")
+            .expect("the opaque port's backend");
+        let meshed_ep: SocketAddr = "10.0.0.2:5432".parse().expect("addr");
+        assert_eq!(
+            backend.mesh.get(&meshed_ep).map(String::as_str),
+            Some("spiffe://cluster.local/ns/h/sa/db")
+        );
+        assert_eq!(
+            backend.endpoints.len(),
+            2,
+            "plain endpoints stay, in plaintext"
+        );
+        let workloads: Vec<(String, &str)> = tcp
+            .workloads
+            .iter()
+            .map(|(ip, id)| (ip.to_string(), id.as_str()))
+            .collect();
+        assert_eq!(
+            workloads,
+            [("10.0.0.2".to_owned(), "spiffe://cluster.local/ns/h/sa/db")],
+            "host-network and finished pods are left out"
         );
     }
 }

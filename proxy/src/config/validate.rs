@@ -283,6 +283,14 @@ pub fn check(c: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    for (addr, name) in &c.mesh_tcp.services {
+        if !backends.contains(name.as_str()) {
+            return Err(err(
+                format!("mesh_tcp.services[{addr}]"),
+                format!("unknown backend {name:?}"),
+            ));
+        }
+    }
     let mut listener_names = HashSet::new();
     let mut addresses = HashSet::new();
     for (li, l) in c.listeners.iter().enumerate() {
