@@ -3,7 +3,8 @@
 # backend at the Gateway API version the test bed carries, idempotently,
 # and prints where they are.
 #
-#   scripts/conformance.sh    build or reuse both, then print KEY=VALUE lines
+#   scripts/conformance.sh         build or reuse both, then print KEY=VALUE lines
+#   scripts/conformance.sh mesh    the same, plus Istio's echo app for MESH-HTTP
 #
 # The suite is `go test -c sigs.k8s.io/gateway-api/conformance`; the backend
 # is `sigs.k8s.io/gateway-api/conformance/echo-basic`, static. Both come from
@@ -11,6 +12,9 @@
 # ${SLUICE_CACHE:-~/.cache/sluice}/conformance/<version>, keyed by version.
 # ECHO_IMAGE is the image name the suite's manifests run the backend under;
 # COREDNS (its UDP backend, run as COREDNS_IMAGE) is built the same way.
+# With `mesh`, the MESH-HTTP profile's echo app (the image its manifests name
+# is Istio's test app: `server`, `client` and a TLS pair) is built from the
+# Istio module at ISTIO_ECHO_VERSION and printed as ISTIO_ECHO_* lines.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -102,6 +106,29 @@ GO
   go mod tidy >&2
   CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$coredns_bin.tmp" . >&2
   mv "$coredns_bin.tmp" "$coredns_bin"
+fi
+
+if [ "${1:-}" = mesh ]; then
+  istio_dir="$cache/conformance/istio-echo/$ISTIO_ECHO_VERSION"
+  if [ ! -x "$istio_dir/bin/server" ] || [ ! -x "$istio_dir/bin/client" ]; then
+    mkdir -p "$istio_dir/bin"
+    say "building Istio's echo server and client ($ISTIO_ECHO_VERSION; large, once)"
+    GOBIN="$istio_dir/bin.tmp" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w" \
+      "istio.io/istio/pkg/test/echo/cmd/server@$ISTIO_ECHO_VERSION" \
+      "istio.io/istio/pkg/test/echo/cmd/client@$ISTIO_ECHO_VERSION" >&2
+    mv "$istio_dir/bin.tmp/server" "$istio_dir/bin.tmp/client" "$istio_dir/bin/"
+    rmdir "$istio_dir/bin.tmp"
+  fi
+  istio_module="$(go env GOMODCACHE)/istio.io/istio@$ISTIO_ECHO_VERSION"
+  [ -f "$istio_module/tests/testdata/certs/cert.crt" ] ||
+    die "no test certificate in $istio_module/tests/testdata/certs"
+  advanced_image="$(sed -n 's/^ *image: *\(.*echo-advanced:.*\)$/\1/p' "$module/mesh/manifests.yaml" | head -n 1)"
+  [ -n "$advanced_image" ] || die "no echo-advanced image in $module/mesh/manifests.yaml"
+  echo "ISTIO_ECHO_SERVER=$istio_dir/bin/server"
+  echo "ISTIO_ECHO_CLIENT=$istio_dir/bin/client"
+  echo "ISTIO_ECHO_CERT=$istio_module/tests/testdata/certs/cert.crt"
+  echo "ISTIO_ECHO_KEY=$istio_module/tests/testdata/certs/cert.key"
+  echo "ECHO_ADVANCED_IMAGE=$advanced_image"
 fi
 
 echo "SUITE=$suite"

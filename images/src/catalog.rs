@@ -206,6 +206,48 @@ pub fn named_program(reference: &str, binary: &Path, uid: u32) -> Result<Image, 
     program_image(&name, binary, reference, description, uid)
 }
 
+/// What goes into Istio's test echo app, built from its Go module.
+pub struct IstioEcho<'a> {
+    /// The exact reference the suite's mesh manifests run (`echo-advanced`).
+    pub reference: &'a str,
+    /// `istio.io/istio/pkg/test/echo/cmd/server`, the entrypoint.
+    pub server: &'a Path,
+    /// `istio.io/istio/pkg/test/echo/cmd/client`, which the suite execs.
+    pub client: &'a Path,
+    /// The TLS pair the manifests' `--crt=/cert.crt --key=/cert.key` name.
+    pub cert: &'a Path,
+    /// See `cert`.
+    pub key: &'a Path,
+}
+
+/// Istio's echo app as upstream's `app` image lays it out: both programs
+/// in `/usr/local/bin` (on the PATH, since the suite execs `client` by
+/// name), the TLS pair at `/`, run as upstream's UID 1338 (not the proxy's,
+/// so that its traffic is intercepted).
+pub fn istio_echo(parts: &IstioEcho) -> Result<Image, Error> {
+    let mut rootfs = Rootfs::base()?;
+    let server = format!("{BIN}/server");
+    rootfs.program(&server, parts.server)?;
+    rootfs.program(&format!("{BIN}/client"), parts.client)?;
+    rootfs.copy("/cert.crt", parts.cert, 0o444);
+    rootfs.copy("/cert.key", parts.key, 0o444);
+    let (repository, tags) = split(parts.reference);
+    Ok(Image {
+        repository,
+        tags,
+        description: format!(
+            "{}, built from its source for the test bed",
+            parts.reference
+        ),
+        rootfs,
+        entrypoint: vec![server],
+        cmd: Vec::new(),
+        env: vec![("PATH".to_owned(), format!("{BIN}:/usr/bin:/bin"))],
+        user: user(1338),
+        ports: Vec::new(),
+    })
+}
+
 /// `binary` as `/<name>`, the image's only program.
 fn program_image(
     name: &str,

@@ -85,6 +85,10 @@ enum Task {
     /// The Gateway API conformance suite against Sluice on the test bed;
     /// the report goes to `docs/conformance/`.
     Conformance {
+        /// The MESH-HTTP profile (sidecars, Istio's echo app as client and
+        /// backend) instead of GATEWAY-HTTP.
+        #[arg(long)]
+        mesh: bool,
         /// Passed on to `sluice-conformance` (e.g. `--run-test HTTPRouteSimpleSameNamespace`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -219,7 +223,7 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
         // and the extended features Sluice claims; a failed test fails CI.
         let report = target_dir().join("conformance/report.yaml");
         counted(&mut totals, "the Gateway API conformance suite", || {
-            conformance::conformance(&[], Some(report))
+            conformance::conformance(conformance::Profile::Gateway, &[], Some(report))
         })?;
     }
     eprintln!(
@@ -636,7 +640,14 @@ fn main() -> Result<()> {
         Task::TestBed => run("install the test bed", test_bed()?),
         Task::Images { debug } => task_images(debug),
         Task::Fuzz { seconds } => task_fuzz(seconds),
-        Task::Conformance { args } => conformance::conformance(&args, None),
+        Task::Conformance { mesh, args } => {
+            let profile = if mesh {
+                conformance::Profile::Mesh
+            } else {
+                conformance::Profile::Gateway
+            };
+            conformance::conformance(profile, &args, None)
+        }
         Task::Bench { what, args } => match what.as_str() {
             "proxy" => bench::proxy(),
             "control-plane" => bench::control_plane(&args),

@@ -11,7 +11,10 @@ use gateway_api::gateways::{
 };
 use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs, HttpRouteStatusParentsParentRef};
 use kube::ResourceExt;
-use sluice_proto::config::{Config, Listener, ListenerProtocol, ListenerTls, ServerCertificate};
+use sluice_proto::config::{
+    Backend, Config, Listener, ListenerProtocol, ListenerTls, Route, ServerCertificate,
+    UpstreamProtocol, WeightedBackend,
+};
 use sluice_proto::probes::ADMIN_PORT;
 
 use super::certificates;
@@ -76,11 +79,15 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
                 entry
                     .certificates
                     .extend(certificates.into_iter().flatten());
+                let group = entry
+                    .groups
+                    .entry(Specificity::of(l.hostname.as_deref()))
+                    .or_default();
                 for (route, hosts) in &attached {
                     let scope = format!("{gw_ns}/{gw_name}/{}", l.name);
                     let r = rules::translate(route, hosts, &scope, index);
                     backends.extend(r.backends);
-                    entry.routes.extend(r.routes);
+                    group.extend(r.routes);
                 }
             }
             listeners.push(ListenerDraft {
@@ -101,15 +108,19 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
     }
     route_statuses(input, &gateways, index, &namespaces, out);
 
+    let mut isolation = false;
     let listeners = ports
         .into_iter()
-        .map(|(port, mut p)| {
-            rules::sort(&mut p.routes);
+        .map(|(port, p)| {
+            let routes = isolated(p.groups);
+            isolation |= routes
+                .iter()
+                .any(|r| r.backends.iter().any(|b| b.name == ISOLATION_BACKEND));
             Listener {
                 name: format!("gateway-{port}"),
                 address: SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
                 protocol: ListenerProtocol::Http,
-                routes: p.routes.into_iter().map(|r| r.route).collect(),
+                routes,
                 backends: vec![],
                 tls: p.tls.then_some(ListenerTls {
                     certificates: p.certificates,
@@ -117,6 +128,9 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
             }
         })
         .collect();
+    if isolation {
+        backends.insert(ISOLATION_BACKEND.to_owned(), isolation_backend());
+    }
     out.configs.insert(
         ConfigKey::Gateway,
         Config {
@@ -167,7 +181,96 @@ struct Port {
     /// HTTPS (every listener on the port must agree).
     tls: bool,
     certificates: Vec<ServerCertificate>,
-    routes: Vec<Ranked>,
+    /// The routes of the listeners on the port, by listener hostname.
+    groups: BTreeMap<Specificity, Vec<Ranked>>,
+}
+
+/// A listener's hostname, ordered from the most specific: an exact name,
+/// then wildcards, longer first, then none. A request belongs to the most
+/// specific listener whose hostname it matches and sees only that
+/// listener's routes (listener isolation), so those come first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Specificity {
+    wildcard: bool,
+    longer_first: std::cmp::Reverse<usize>,
+    /// `None` for a listener without a hostname, which sorts last.
+    hostname: Option<String>,
+}
+
+impl Specificity {
+    fn of(hostname: Option<&str>) -> Specificity {
+        match hostname {
+            Some(h) => Specificity {
+                wildcard: h.starts_with('*'),
+                longer_first: std::cmp::Reverse(h.len()),
+                hostname: Some(h.to_ascii_lowercase()),
+            },
+            None => Specificity {
+                wildcard: true,
+                longer_first: std::cmp::Reverse(0),
+                hostname: None,
+            },
+        }
+    }
+}
+
+/// The backend that answers 404 to requests for a listener's hostname that
+/// none of its routes took.
+const ISOLATION_BACKEND: &str = "gateway/listener-isolation";
+
+fn isolation_backend() -> Backend {
+    Backend {
+        name: ISOLATION_BACKEND.to_owned(),
+        endpoints: Vec::new(),
+        protocol: UpstreamProtocol::Auto,
+        revision: None,
+        connect_timeout: std::time::Duration::from_secs(1),
+        service: None,
+        respond: Some(404),
+        mesh: BTreeMap::new(),
+    }
+}
+
+/// Whether a request for `host` could match listener hostname `of`.
+fn covers(of: &Specificity, host: &str) -> bool {
+    match of.hostname.as_deref() {
+        None => true,
+        Some(w) => w
+            .strip_prefix('*')
+            .is_some_and(|suffix| host.len() > suffix.len() && host.ends_with(suffix)),
+    }
+}
+
+/// A port's routes: each listener's in precedence order, most specific
+/// listener first; after those of a listener whose hostname a less
+/// specific listener also covers, a route that ends the search for that
+/// hostname with 404, so that a request never falls through to the less
+/// specific listener's routes.
+fn isolated(groups: BTreeMap<Specificity, Vec<Ranked>>) -> Vec<Route> {
+    let keys: Vec<Specificity> = groups.keys().cloned().collect();
+    let mut out = Vec::new();
+    for (i, (listener, mut routes)) in groups.into_iter().enumerate() {
+        rules::sort(&mut routes);
+        out.extend(routes.into_iter().map(|r| r.route));
+        let shadowed = |h: &str| keys[i + 1..].iter().any(|later| covers(later, h));
+        if let Some(host) = listener.hostname.filter(|h| shadowed(h)) {
+            out.push(Route {
+                name: format!("listener-isolation/{host}"),
+                hosts: vec![host],
+                matches: Vec::new(),
+                backends: vec![WeightedBackend {
+                    name: ISOLATION_BACKEND.to_owned(),
+                    weight: 1,
+                }],
+                timeout: None,
+                attempt_timeout: None,
+                retries: None,
+                mirrors: Vec::new(),
+                filters: Default::default(),
+            });
+        }
+    }
+    out
 }
 
 /// What [`check_listener`] found.
@@ -871,5 +974,71 @@ mod tests {
             None
         );
         assert_eq!(intersect(Some("*.example.com"), &s(&["example.com"])), None);
+    }
+
+    #[test]
+    fn a_request_sees_only_the_routes_of_its_most_specific_listener() {
+        let mut input = input();
+        input.gateways = vec![gateway(
+            "h",
+            "gw",
+            "sluice",
+            json!([
+                {"name": "empty", "port": 18080, "protocol": "HTTP"},
+                {"name": "wildcard", "port": 18080, "protocol": "HTTP", "hostname": "*.example.com"},
+                {"name": "foo", "port": 18080, "protocol": "HTTP", "hostname": "foo.example.com"},
+                {"name": "lone", "port": 18081, "protocol": "HTTP", "hostname": "lone.example.com"}
+            ]),
+        )];
+        let to = |name: &str, section: &str, path: &str| {
+            route(
+                "h",
+                name,
+                json!({"parentRefs": [{"name": "gw", "sectionName": section}],
+                    "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": path}}],
+                        "backendRefs": [{"name": "blue", "port": 8080}]}]}),
+            )
+        };
+        input.routes = vec![
+            to("any", "empty", "/any"),
+            to("wild", "wildcard", "/wildcard"),
+            to("foo", "foo", "/foo"),
+            to("lone", "lone", "/lone"),
+        ];
+        let out = translate(&input);
+        let cfg = &out.configs[&ConfigKey::Gateway];
+        let names = |port: u16| -> Vec<String> {
+            cfg.listeners
+                .iter()
+                .find(|l| l.address.port() == port)
+                .map(|l| l.routes.iter().map(|r| r.name.clone()).collect())
+                .unwrap_or_default()
+        };
+        let shared = names(18080);
+        let at = |prefix: &str| {
+            shared
+                .iter()
+                .position(|n| n.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in {shared:?}"))
+        };
+        // foo's routes, then its 404, then the wildcard's, then its 404,
+        // then the listener without a hostname.
+        assert!(at("h/foo") < at("listener-isolation/foo.example.com"));
+        assert!(at("listener-isolation/foo.example.com") < at("h/wild"));
+        assert!(at("h/wild") < at("listener-isolation/*.example.com"));
+        assert!(at("listener-isolation/*.example.com") < at("h/any"));
+        assert!(
+            cfg.backends
+                .iter()
+                .any(|b| b.name == ISOLATION_BACKEND && b.respond == Some(404))
+        );
+        // A listener alone on its port needs no 404 route.
+        assert!(
+            names(18081)
+                .iter()
+                .all(|n| !n.starts_with("listener-isolation")),
+            "{:?}",
+            names(18081)
+        );
     }
 }

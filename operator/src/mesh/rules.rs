@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gateway_api::httproutes::{
-    HttpRoute, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches,
-    HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
+    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
+    HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType, HttpRouteRulesMatchesPathType,
     HttpRouteRulesMatchesQueryParamsType,
 };
 use kube::ResourceExt;
@@ -95,6 +95,7 @@ pub fn translate(
         .map(|t| t.0.to_string())
         .unwrap_or_default();
     let managed = route.labels().contains_key(CANARY_ROUTES_LABEL);
+    let referrer = Referrer::of(route);
     let mut out = RuleOutput::default();
     let (exact, wildcard): (Vec<String>, Vec<String>) =
         hosts.iter().cloned().partition(|h| !h.starts_with("*."));
@@ -107,8 +108,8 @@ pub fn translate(
             .collect()
     };
     for (ri, rule) in route.spec.rules.iter().flatten().enumerate() {
-        let mut backends = rule_backends(&ns, rule, index, &mut out);
-        let mirrors = rule_mirrors(&ns, rule, index, &mut out);
+        let mut backends = rule_backends(&referrer, rule, index, &mut out);
+        let mirrors = rule_mirrors(&referrer, rule, index, &mut out);
         let filters = match filters::of_rule(rule) {
             Ok(f) => f,
             Err(cond) => {
@@ -173,10 +174,54 @@ pub fn translate(
     out
 }
 
+/// Who refers to a backend: a route's namespace, and the Services it is
+/// attached to as a GAMMA route.
+struct Referrer {
+    ns: String,
+    /// `(namespace, name)` of each parent Service.
+    parents: Vec<(String, String)>,
+}
+
+impl Referrer {
+    fn of(route: &HttpRoute) -> Referrer {
+        let ns = route.namespace().unwrap_or_default();
+        let parents = route
+            .spec
+            .parent_refs
+            .iter()
+            .flatten()
+            .filter(|pr| is_service_ref(pr))
+            .map(|pr| {
+                (
+                    pr.namespace.clone().unwrap_or_else(|| ns.clone()),
+                    pr.name.clone(),
+                )
+            })
+            .collect();
+        Referrer { ns, parents }
+    }
+
+    /// Whether the route may send to Service `namespace/name`: in its own
+    /// namespace, through a ReferenceGrant, or (a consumer route) to the
+    /// Service it is attached to, whose traffic it already governs.
+    fn may_use(&self, index: &ServiceIndex, namespace: &str, name: &str) -> bool {
+        index.route_may_use(&self.ns, namespace, name)
+            || self
+                .parents
+                .iter()
+                .any(|(n, s)| n == namespace && s == name)
+    }
+}
+
+/// Whether a parentRef names a Service (a GAMMA route) rather than a Gateway.
+pub fn is_service_ref(pr: &HttpRouteParentRefs) -> bool {
+    pr.group.as_deref().is_none_or(str::is_empty) && pr.kind.as_deref() == Some("Service")
+}
+
 /// The weighted backends of a rule; unresolvable refs keep their weight
 /// and point at [`UNRESOLVED_BACKEND`].
 fn rule_backends(
-    ns: &str,
+    referrer: &Referrer,
     rule: &HttpRouteRules,
     index: &ServiceIndex,
     out: &mut RuleOutput,
@@ -193,7 +238,7 @@ fn rule_backends(
     refs.iter()
         .map(|r| {
             let weight = r.weight.map_or(1, |w| w.max(0) as u32);
-            let name = match resolve(ns, r, index) {
+            let name = match resolve(referrer, r, index) {
                 Ok(b) => {
                     let name = b.name.clone();
                     out.backends.insert(name.clone(), b);
@@ -214,7 +259,7 @@ fn rule_backends(
 /// The rule's `RequestMirror` filters as mirrors; one that cannot be
 /// resolved is dropped (and reported), as the Gateway API asks.
 fn rule_mirrors(
-    ns: &str,
+    referrer: &Referrer,
     rule: &HttpRouteRules,
     index: &ServiceIndex,
     out: &mut RuleOutput,
@@ -234,7 +279,7 @@ fn rule_mirrors(
                 }
                 _ => 100,
             };
-            match resolve(ns, &r, index) {
+            match resolve(referrer, &r, index) {
                 Ok(b) => {
                     let name = b.name.clone();
                     out.backends.insert(name.clone(), b);
@@ -266,7 +311,12 @@ fn unresolved_backend() -> Backend {
 }
 
 /// Resolves one backendRef to a Service port's backend.
-fn resolve(ns: &str, r: &HttpRouteRulesBackendRefs, index: &ServiceIndex) -> Result<Backend, Cond> {
+fn resolve(
+    referrer: &Referrer,
+    r: &HttpRouteRulesBackendRefs,
+    index: &ServiceIndex,
+) -> Result<Backend, Cond> {
+    let ns = referrer.ns.as_str();
     let group = r.group.as_deref().unwrap_or("");
     let kind = r.kind.as_deref().unwrap_or("Service");
     if !group.is_empty() || kind != "Service" {
@@ -280,7 +330,7 @@ fn resolve(ns: &str, r: &HttpRouteRulesBackendRefs, index: &ServiceIndex) -> Res
         ));
     }
     let target_ns = r.namespace.as_deref().unwrap_or(ns);
-    if !index.route_may_use(ns, target_ns, &r.name) {
+    if !referrer.may_use(index, target_ns, &r.name) {
         return Err(Cond::no(
             "ResolvedRefs",
             reason::REF_NOT_PERMITTED,
@@ -600,6 +650,31 @@ mod tests {
         assert_eq!(out.routes[0].route.backends[0].name, UNRESOLVED_BACKEND);
         let conds = parent_conditions(&r, &index(), Cond::yes("Accepted", reason::ACCEPTED));
         assert_eq!(conds[0].reason, reason::UNSUPPORTED_VALUE);
+    }
+
+    #[test]
+    fn a_consumer_route_may_send_to_the_service_it_is_attached_to_without_a_grant() {
+        let r = route(
+            "web",
+            "consumer",
+            json!({"parentRefs": [{"group": "", "kind": "Service", "name": "blue", "namespace": "h"}],
+                   "rules": [{"backendRefs": [{"name": "blue", "namespace": "h", "port": 8080}]}]}),
+        );
+        let out = translate(&r, &[], "mesh", &index());
+        assert!(out.unresolved.is_none(), "{:?}", out.unresolved);
+        assert_eq!(out.routes[0].route.backends[0].name, "h/blue:8080");
+        // Another Service of that namespace still needs a grant.
+        let other = route(
+            "web",
+            "consumer",
+            json!({"parentRefs": [{"group": "", "kind": "Service", "name": "blue", "namespace": "h"}],
+                   "rules": [{"backendRefs": [{"name": "yellow", "namespace": "h", "port": 8080}]}]}),
+        );
+        let out = translate(&other, &[], "mesh", &index());
+        assert_eq!(
+            out.unresolved.map(|c| c.reason),
+            Some(reason::REF_NOT_PERMITTED)
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The sidecars' configs. Outbound: every Service of the mesh by its DNS
 //! names and ClusterIP, split by any HttpRoute whose parentRef is the
-//! Service (the Gateway API's GAMMA mesh routing); the same for a whole
+//! Service (the Gateway API's GAMMA mesh routing: once a route takes a
+//! Service port, a request none of its rules match gets 404); the same for a whole
 //! namespace, as they differ only in which short names resolve. Inbound:
 //! per pod ([`super::inbound`]); pods with the same inbound side share one
 //! config.
@@ -16,7 +17,7 @@ use sluice_proto::config::{
 };
 
 use super::gateway::{push_parent, status_ref};
-use super::rules::{self, Ranked};
+use super::rules::{self, Ranked, is_service_ref};
 use super::services::{ServiceIndex, ServiceInfo, ServicePort};
 use super::{Audience, Cond, ConfigKey, MeshInput, MeshOutput, reason};
 
@@ -90,11 +91,6 @@ fn variant(inbound: &Inbound) -> u64 {
     h.finish()
 }
 
-fn is_service_ref(pr: &HttpRouteParentRefs) -> bool {
-    pr.group.as_deref() == Some("") && pr.kind.as_deref() == Some("Service")
-        || pr.group.is_none() && pr.kind.as_deref() == Some("Service")
-}
-
 /// The outbound config of sidecars in `client_ns`.
 fn namespace_config(
     client_ns: &str,
@@ -139,9 +135,14 @@ fn namespace_config(
                         ranked.extend(r.routes);
                     }
                 }
-                rules::sort(&mut ranked);
-                let mut routes: Vec<Route> = ranked.into_iter().map(|r| r.route).collect();
-                routes.push(Route {
+                // A port with routes answers 404 to what none of them
+                // match (GAMMA); only a port without any goes straight to
+                // the Service.
+                if !ranked.is_empty() {
+                    rules::sort(&mut ranked);
+                    return ranked.into_iter().map(|r| r.route).collect();
+                }
+                vec![Route {
                     name: format!("service/{scope}"),
                     hosts,
                     matches: vec![],
@@ -157,8 +158,7 @@ fn namespace_config(
                     }),
                     mirrors: vec![],
                     filters: Default::default(),
-                });
-                routes
+                }]
             };
             let scope = format!("{}/{}:{}", svc.namespace, svc.name, port.port);
             with_port.extend(routes_for(
@@ -299,6 +299,52 @@ mod tests {
         }));
         let st = &out.routes[&("h".to_owned(), "split".to_owned())];
         assert!(st.parents[0].1.iter().all(|c| c.ok));
+    }
+
+    #[test]
+    fn a_port_with_routes_answers_404_to_what_none_of_them_match() {
+        let input = MeshInput {
+            routes: vec![route(
+                "h",
+                "v2-only",
+                json!({
+                    "parentRefs": [{"group": "", "kind": "Service", "name": "handson", "port": 8080}],
+                    "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+                               "backendRefs": [{"name": "handson", "port": 8080}]}]
+                }),
+            )],
+            services: vec![service(
+                "h",
+                "handson",
+                &[("http", 8080, 8080), ("admin", 9000, 9000)],
+            )],
+            slices: vec![slice(
+                "h",
+                "handson",
+                ("http", 8080),
+                &[("10.0.0.2", true, "b")],
+            )],
+            pods: vec![pod("h", "b", "rb")],
+            sidecar_pods: [("h".to_owned(), "b".to_owned())].into(),
+            ..Default::default()
+        };
+        let out = translate(&input);
+        let cfg = &out.configs[&out.sidecars[&Audience::Sidecar("h".into(), "b".into())]];
+        let routes_of = |host: &str| -> Vec<&Route> {
+            cfg.listeners[0]
+                .routes
+                .iter()
+                .filter(|r| r.hosts.iter().any(|h| h == host))
+                .collect()
+        };
+        // Only the route's rule: nothing else catches other paths.
+        let taken = routes_of("handson:8080");
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        assert!(!taken[0].matches.is_empty());
+        // The port no route takes still goes to the Service.
+        let free = routes_of("handson:9000");
+        assert_eq!(free.len(), 1);
+        assert!(free[0].matches.is_empty() && free[0].name.starts_with("service/"));
     }
 
     #[test]

@@ -36,6 +36,9 @@ struct Args {
     /// The image name the suite's manifests run CoreDNS under.
     #[arg(long)]
     coredns_image: String,
+    /// Istio's echo app, for the MESH-HTTP profile (`scripts/conformance.sh mesh`).
+    #[command(flatten)]
+    mesh: MeshEcho,
     /// Where the suite writes its ConformanceReport.
     #[arg(long)]
     report: PathBuf,
@@ -48,7 +51,7 @@ struct Args {
     /// Features claimed: the core ones and the extended ones implemented.
     #[arg(long, default_value = SUPPORTED)]
     supported_features: String,
-    /// Only these tests (comma-separated short names).
+    /// Only this test (its short name, e.g. `HTTPRouteSimpleSameNamespace`).
     #[arg(long)]
     run_test: Option<String>,
     /// The implementation's version in the report.
@@ -59,16 +62,66 @@ struct Args {
     minutes: u64,
 }
 
+/// The programs and files of Istio's echo app, which the MESH-HTTP
+/// profile's manifests run as `echo-advanced` and whose `client` the suite
+/// execs in a meshed pod.
+#[derive(clap::Args)]
+struct MeshEcho {
+    /// `istio.io/istio/pkg/test/echo/cmd/server`.
+    #[arg(long)]
+    istio_echo_server: Option<PathBuf>,
+    /// `istio.io/istio/pkg/test/echo/cmd/client`.
+    #[arg(long)]
+    istio_echo_client: Option<PathBuf>,
+    /// The certificate its HTTPS port serves.
+    #[arg(long)]
+    istio_echo_cert: Option<PathBuf>,
+    /// Its key.
+    #[arg(long)]
+    istio_echo_key: Option<PathBuf>,
+    /// The image name the mesh manifests run it under.
+    #[arg(long)]
+    echo_advanced_image: Option<String>,
+}
+
+impl MeshEcho {
+    /// The image, when every part was given.
+    fn image(&self) -> Result<Option<sluice_images::Image>> {
+        let (Some(server), Some(client), Some(cert), Some(key), Some(reference)) = (
+            &self.istio_echo_server,
+            &self.istio_echo_client,
+            &self.istio_echo_cert,
+            &self.istio_echo_key,
+            &self.echo_advanced_image,
+        ) else {
+            return Ok(None);
+        };
+        let parts = sluice_images::catalog::IstioEcho {
+            reference,
+            server,
+            client,
+            cert,
+            key,
+        };
+        Ok(Some(sluice_images::catalog::istio_echo(&parts)?))
+    }
+}
+
+/// The profile whose manifests run Istio's echo app.
+const MESH_PROFILE: &str = "MESH-HTTP";
+
 /// The core features of GATEWAY-HTTP and the extended ones Sluice serves.
 const SUPPORTED: &str = "Gateway,HTTPRoute,ReferenceGrant,\
 GatewayPort8080,\
 HTTPRouteQueryParamMatching,HTTPRouteMethodMatching,HTTPRouteParentRefPort,HTTPRouteNamedRouteRule,\
 HTTPRouteResponseHeaderModification,\
 HTTPRoutePortRedirect,HTTPRouteSchemeRedirect,HTTPRoutePathRedirect,\
+HTTPRoute303RedirectStatusCode,HTTPRoute307RedirectStatusCode,HTTPRoute308RedirectStatusCode,\
 HTTPRouteHostRewrite,HTTPRoutePathRewrite,\
 HTTPRouteRequestMirror,HTTPRouteRequestMultipleMirrors,HTTPRouteRequestPercentageMirror,\
 HTTPRouteRequestTimeout,HTTPRouteBackendTimeout,\
-HTTPRouteBackendProtocolH2C,HTTPRouteBackendProtocolWebSocket";
+HTTPRouteBackendProtocolH2C,HTTPRouteBackendProtocolWebSocket,\
+GatewayHTTPListenerIsolation";
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -104,7 +157,14 @@ fn import_backends(cluster: &Cluster, args: &Args) -> Result<()> {
         // NET_BIND_SERVICE the manifest adds does the same here.
         sluice_images::catalog::named_program(&args.coredns_image, &args.coredns, 0)?,
     ];
-    for image in &images {
+    let mesh = args.mesh.image()?;
+    if mesh.is_none() && args.profiles.split(',').any(|p| p == MESH_PROFILE) {
+        bail!(
+            "{MESH_PROFILE} needs Istio's echo app: run `scripts/conformance.sh mesh` and pass what it prints"
+        );
+    }
+    let images = images.iter().chain(&mesh);
+    for image in images {
         let archive = image.build(&out)?;
         let path = archive.display().to_string();
         cluster
@@ -119,6 +179,11 @@ fn import_backends(cluster: &Cluster, args: &Args) -> Result<()> {
 async fn run_suite(cluster: &Cluster, args: &Args, log: &Path) -> Result<()> {
     for dir in [args.report.parent(), log.parent()].into_iter().flatten() {
         std::fs::create_dir_all(dir)?;
+    }
+    // A report left from an earlier run must not pass for this one's.
+    if args.report.exists() {
+        std::fs::remove_file(&args.report)
+            .with_context(|| format!("removing the old {}", args.report.display()))?;
     }
     let log_file = std::fs::File::create(log)?;
     let mut cmd = tokio::process::Command::new(&args.suite);
@@ -137,6 +202,8 @@ async fn run_suite(cluster: &Cluster, args: &Args, log: &Path) -> Result<()> {
         &format!("-version={}", args.version),
         "-contact=@sluice/maintainers",
         "-cleanup-base-resources=false",
+        // The mesh profile's namespaces get the sidecar.
+        "-namespace-labels=sluice.dev/inject=enabled",
     ]);
     if let Some(tests) = &args.run_test {
         cmd.arg(format!("-run-test={tests}"));
