@@ -46,13 +46,16 @@ impl JwtError {
 pub struct RequestAuth {
     /// `<iss>/<sub>`: what `requestPrincipals` match.
     pub principal: String,
-    /// The token's `aud` values.
-    pub audiences: Vec<String>,
     /// Every claim of the payload.
     pub claims: Map<String, Value>,
 }
 
 impl RequestAuth {
+    /// The token's `aud` values.
+    pub fn audiences(&self) -> Vec<&str> {
+        self.claim_strings("aud")
+    }
+
     /// The string values of claim `name`: a string, or the strings of a
     /// list; none for anything else.
     pub fn claim_strings(&self, name: &str) -> Vec<&str> {
@@ -192,14 +195,6 @@ impl Authenticator {
             .filter(|(_, r)| r.locations.contains(&location))
             .ok_or(JwtError::UnknownIssuer)?;
         let (claims, payload) = issuer.check(&token)?;
-        let audiences = match claims.get("aud") {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
-            _ => Vec::new(),
-        };
         let sub = claims
             .get("sub")
             .and_then(Value::as_str)
@@ -207,7 +202,6 @@ impl Authenticator {
         Ok(Some(Verified {
             auth: RequestAuth {
                 principal: format!("{}/{sub}", issuer.issuer),
-                audiences,
                 claims,
             },
             issuer: i,
@@ -451,7 +445,7 @@ mod tests {
             .expect("valid")
             .expect("token");
         assert_eq!(v.auth.principal, "https://issuer.test/alice");
-        assert_eq!(v.auth.audiences, ["shop"]);
+        assert_eq!(v.auth.audiences(), ["shop"]);
         assert_eq!(v.auth.claim_strings("groups"), ["admin", "dev"]);
     }
 

@@ -556,18 +556,22 @@ fn rule(r: &Rule, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri
     from.and(to).and(when)
 }
 
-fn source(s: &Source, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
-    let strings = |f: &Field<Pattern>, v: Option<&str>| match v {
+/// A single-valued attribute against its patterns; `None` is absent.
+fn one_value(f: &Field<Pattern>, v: Option<&str>) -> bool {
+    match v {
         Some(v) => f.check(Some(&|p: &Pattern| p.matches(v))),
         None => f.check(None),
-    };
+    }
+}
+
+fn source(s: &Source, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
     let connection = Tri::of(
-        strings(&s.principals, peer.principal)
-            && strings(&s.namespaces, peer.namespace())
+        one_value(&s.principals, peer.principal)
+            && one_value(&s.namespaces, peer.namespace())
             && s.ip_blocks.check(Some(&|c: &Cidr| c.contains(peer.ip))),
     );
     let request = http_field(!s.request_principals.is_empty(), action, traffic, || {
-        strings(
+        one_value(
             &s.request_principals,
             request_auth(traffic).map(|a| a.principal.as_str()),
         )
@@ -600,30 +604,21 @@ fn condition(w: &When, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -
             any_value(f, Some(values))
         }),
         When::Strings(Key::RequestAudiences, f) => http_field(true, action, traffic, || {
-            any_value(
-                f,
-                request_auth(traffic).map(|a| a.audiences.iter().map(String::as_str).collect()),
-            )
+            any_value(f, request_auth(traffic).map(RequestAuth::audiences))
         }),
         When::Strings(Key::RequestClaim(name), f) => http_field(true, action, traffic, || {
             any_value(f, request_auth(traffic).map(|a| a.claim_strings(name)))
         }),
-        When::Strings(Key::RequestPrincipal, f) => {
-            http_field(true, action, traffic, || match request_auth(traffic) {
-                Some(a) => f.check(Some(&|p: &Pattern| p.matches(&a.principal))),
-                None => f.check(None),
-            })
-        }
+        When::Strings(Key::RequestPrincipal, f) => http_field(true, action, traffic, || {
+            one_value(f, request_auth(traffic).map(|a| a.principal.as_str()))
+        }),
         When::Strings(key, f) => {
             let v = match key {
                 Key::SourceNamespace => peer.namespace(),
                 Key::SourcePrincipal => peer.principal,
                 _ => None,
             };
-            Tri::of(match v {
-                Some(v) => f.check(Some(&|p: &Pattern| p.matches(v))),
-                None => f.check(None),
-            })
+            Tri::of(one_value(f, v))
         }
     }
 }
@@ -1096,8 +1091,7 @@ mod tests {
         let h = http::HeaderMap::new();
         let alice = RequestAuth {
             principal: "https://issuer.test/alice".into(),
-            audiences: vec!["shop".into()],
-            claims: json!({"groups": ["admin", "dev"], "tier": "gold"})
+            claims: json!({"aud": "shop", "groups": ["admin", "dev"], "tier": "gold"})
                 .as_object()
                 .cloned()
                 .unwrap_or_default(),

@@ -236,7 +236,7 @@ impl World {
                 .as_ref()
                 .map(Store::state)
                 .unwrap_or_default(),
-            jwks: (**self.jwks.load()).clone(),
+            jwks: self.jwks.load_full(),
             grants: self.grants.as_ref().map(Store::state).unwrap_or_default(),
             tls_secrets: self
                 .tls_secrets

@@ -101,15 +101,17 @@ impl fmt::Display for Answer {
 
 /// Connects to the app and asks what the probe asks.
 async fn run(probe: &AppProbe) -> Result<Answer, String> {
-    if let Check::Grpc(grpc) = &probe.check {
-        return health_check(probe.port, grpc).await.map(Answer::Grpc);
-    }
-    let stream = TcpStream::connect(("127.0.0.1", probe.port))
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let connect = || async {
+        TcpStream::connect(("127.0.0.1", probe.port))
+            .await
+            .map_err(|e| format!("connect: {e}"))
+    };
     match &probe.check {
-        Check::HttpGet(http) => get(stream, probe.port, http).await.map(Answer::Http),
-        Check::TcpSocket | Check::Grpc(_) => Ok(Answer::Connected),
+        Check::Grpc(grpc) => health_check(probe.port, grpc).await.map(Answer::Grpc),
+        Check::HttpGet(http) => get(connect().await?, probe.port, http)
+            .await
+            .map(Answer::Http),
+        Check::TcpSocket => connect().await.map(|_| Answer::Connected),
     }
 }
 
@@ -127,7 +129,7 @@ async fn health_check(port: u16, probe: &Grpc) -> Result<ServingStatus, String> 
         })
         .await
         .map_err(|e| format!("gRPC health check: {} {}", e.code(), e.message()))?;
-    Ok(ServingStatus::try_from(reply.into_inner().status).unwrap_or(ServingStatus::Unknown))
+    Ok(reply.into_inner().status())
 }
 
 async fn get(stream: TcpStream, port: u16, probe: &HttpGet) -> Result<StatusCode, String> {

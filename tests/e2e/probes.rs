@@ -9,14 +9,13 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
-use kube::api::ListParams;
 use sluice_tests::Cluster;
 use sluice_tests::operator::{ADMIN_PORT, http};
 use sluice_tests::wait::{pod_ready, poll};
 
+use super::rollouts::event_note_where;
 use super::{TIMEOUT, mesh};
 
 const NS: &str = "grpc-probes";
@@ -123,20 +122,11 @@ pub async fn grpc_probes_run_in_the_sidecar(cluster: Arc<Cluster>) -> anyhow::Re
 
 /// Waits for the kubelet's `Unhealthy` event on pod `name`; its note.
 async fn probe_failure(cluster: &Cluster, name: &str) -> anyhow::Result<String> {
-    let events: Api<Event> = Api::namespaced(cluster.client(), NS);
-    Ok(poll(
-        &format!("a readiness probe failure of {name}"),
-        TIMEOUT,
-        Duration::from_millis(200),
-        || async {
-            let list = events.list(&ListParams::default()).await?;
-            Ok(list
-                .items
-                .into_iter()
-                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-                .filter(|e| e.reason.as_deref() == Some("Unhealthy"))
-                .find_map(|e| e.note.filter(|n| n.contains("Readiness probe failed"))))
-        },
-    )
-    .await?)
+    event_note_where(cluster, NS, "Unhealthy", |e| {
+        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            && e.note
+                .as_ref()
+                .is_some_and(|n| n.contains("Readiness probe failed"))
+    })
+    .await
 }

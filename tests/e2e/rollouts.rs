@@ -483,17 +483,28 @@ pub(crate) async fn event_note(
     ns: &str,
     reason: &str,
 ) -> anyhow::Result<String> {
+    event_note_where(cluster, ns, reason, |_| true).await
+}
+
+/// Waits for an Event of `reason` in `ns` that `keep` accepts; its note.
+pub(crate) async fn event_note_where(
+    cluster: &Cluster,
+    ns: &str,
+    reason: &str,
+    keep: impl Fn(&Event) -> bool,
+) -> anyhow::Result<String> {
     let events: Api<Event> = Api::namespaced(cluster.client(), ns);
+    let (events, keep) = (&events, &keep);
     let note = poll(
         &format!("a {reason} event"),
         TIMEOUT,
         Duration::from_millis(200),
-        || async {
+        || async move {
             let list = events.list(&ListParams::default()).await?;
             Ok(list
                 .items
                 .into_iter()
-                .find(|e| e.reason.as_deref() == Some(reason))
+                .find(|e| e.reason.as_deref() == Some(reason) && keep(e))
                 .and_then(|e| e.note))
         },
     )

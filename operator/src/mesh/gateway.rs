@@ -13,7 +13,7 @@ use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs, HttpRouteStatusPar
 use kube::ResourceExt;
 use sluice_proto::config::{
     Backend, Config, Listener, ListenerProtocol, ListenerTls, Route, ServerCertificate,
-    UpstreamProtocol, WeightedBackend,
+    WeightedBackend,
 };
 use sluice_proto::probes::ADMIN_PORT;
 
@@ -108,14 +108,10 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
     }
     route_statuses(input, &gateways, index, &namespaces, out);
 
-    let mut isolation = false;
     let listeners = ports
         .into_iter()
         .map(|(port, p)| {
-            let routes = isolated(p.groups);
-            isolation |= routes
-                .iter()
-                .any(|r| r.backends.iter().any(|b| b.name == ISOLATION_BACKEND));
+            let routes = isolated(p.groups, &mut backends);
             Listener {
                 name: format!("gateway-{port}"),
                 address: SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
@@ -128,9 +124,6 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
             }
         })
         .collect();
-    if isolation {
-        backends.insert(ISOLATION_BACKEND.to_owned(), isolation_backend());
-    }
     out.configs.insert(
         ConfigKey::Gateway,
         Config {
@@ -218,35 +211,20 @@ impl Specificity {
 /// none of its routes took.
 const ISOLATION_BACKEND: &str = "gateway/listener-isolation";
 
-fn isolation_backend() -> Backend {
-    Backend {
-        name: ISOLATION_BACKEND.to_owned(),
-        endpoints: Vec::new(),
-        protocol: UpstreamProtocol::Auto,
-        revision: None,
-        connect_timeout: std::time::Duration::from_secs(1),
-        service: None,
-        respond: Some(404),
-        mesh: BTreeMap::new(),
-    }
-}
-
 /// Whether a request for `host` could match listener hostname `of`.
 fn covers(of: &Specificity, host: &str) -> bool {
-    match of.hostname.as_deref() {
-        None => true,
-        Some(w) => w
-            .strip_prefix('*')
-            .is_some_and(|suffix| host.len() > suffix.len() && host.ends_with(suffix)),
-    }
+    of.hostname.as_deref().is_none_or(|w| within(host, w))
 }
 
 /// A port's routes: each listener's in precedence order, most specific
 /// listener first; after those of a listener whose hostname a less
 /// specific listener also covers, a route that ends the search for that
 /// hostname with 404, so that a request never falls through to the less
-/// specific listener's routes.
-fn isolated(groups: BTreeMap<Specificity, Vec<Ranked>>) -> Vec<Route> {
+/// specific listener's routes (its backend joins `backends`).
+fn isolated(
+    groups: BTreeMap<Specificity, Vec<Ranked>>,
+    backends: &mut BTreeMap<String, Backend>,
+) -> Vec<Route> {
     let keys: Vec<Specificity> = groups.keys().cloned().collect();
     let mut out = Vec::new();
     for (i, (listener, mut routes)) in groups.into_iter().enumerate() {
@@ -254,6 +232,9 @@ fn isolated(groups: BTreeMap<Specificity, Vec<Ranked>>) -> Vec<Route> {
         out.extend(routes.into_iter().map(|r| r.route));
         let shadowed = |h: &str| keys[i + 1..].iter().any(|later| covers(later, h));
         if let Some(host) = listener.hostname.filter(|h| shadowed(h)) {
+            backends
+                .entry(ISOLATION_BACKEND.to_owned())
+                .or_insert_with(|| rules::responding(ISOLATION_BACKEND, 404));
             out.push(Route {
                 name: format!("listener-isolation/{host}"),
                 hosts: vec![host],
@@ -595,6 +576,14 @@ fn allows(
         }
 }
 
+/// Whether `host` falls under `wildcard` (`*.example.com`): a false for a
+/// name that is not a wildcard.
+fn within(host: &str, wildcard: &str) -> bool {
+    wildcard
+        .strip_prefix('*')
+        .is_some_and(|suffix| host.len() > suffix.len() && host.ends_with(suffix))
+}
+
 /// The hostnames a route answers on a listener: `None` when they do not
 /// intersect, an empty list for any host.
 pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
@@ -604,11 +593,6 @@ pub fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>
     if route.is_empty() {
         return Some(vec![l.to_owned()]);
     }
-    let within = |host: &str, wildcard: &str| {
-        wildcard
-            .strip_prefix('*')
-            .is_some_and(|suffix| host.len() > suffix.len() && host.ends_with(suffix))
-    };
     let mut hosts: Vec<String> = Vec::new();
     for h in route {
         let pick = if h.eq_ignore_ascii_case(l) || within(h, l) {

@@ -142,7 +142,7 @@ pub struct MeshInput {
     /// RequestAuthentications.
     pub authentications: Vec<Arc<sluice_crds::RequestAuthentication>>,
     /// The JWKS documents of their `jwksUri`s, as fetched, by URI.
-    pub jwks: BTreeMap<String, authn::Fetched>,
+    pub jwks: Arc<BTreeMap<String, authn::Fetched>>,
     /// ReferenceGrants.
     pub grants: Vec<Arc<ReferenceGrant>>,
     /// `kubernetes.io/tls` Secrets (certificates of HTTPS listeners).

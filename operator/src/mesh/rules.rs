@@ -298,14 +298,19 @@ fn rule_mirrors(
 }
 
 fn unresolved_backend() -> Backend {
+    responding(UNRESOLVED_BACKEND, 500)
+}
+
+/// A backend without endpoints that the proxy answers itself with `status`.
+pub fn responding(name: &str, status: u16) -> Backend {
     Backend {
-        name: UNRESOLVED_BACKEND.into(),
+        name: name.to_owned(),
         endpoints: vec![],
         protocol: Default::default(),
         revision: None,
         connect_timeout: Duration::from_secs(2),
         service: None,
-        respond: Some(500),
+        respond: Some(status),
         mesh: Default::default(),
     }
 }
