@@ -9,7 +9,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 use sluice_proto::authn::{BEARER_PREFIX, DEFAULT_TOKEN_PARAM, JwtRule, refusal};
 
@@ -185,7 +185,8 @@ impl Authenticator {
         let Some((location, token)) = self.find(headers, query) else {
             return Ok(None);
         };
-        let (i, issuer) = unverified_issuer(&token)
+        let header = jsonwebtoken::decode_header(&token).map_err(|_| JwtError::UnknownIssuer)?;
+        let (i, issuer) = unverified_issuer(&token, &header)
             .and_then(|iss| {
                 self.issuers
                     .iter()
@@ -194,7 +195,7 @@ impl Authenticator {
             })
             .filter(|(_, r)| r.locations.contains(&location))
             .ok_or(JwtError::UnknownIssuer)?;
-        let (claims, payload) = issuer.check(&token)?;
+        let (claims, payload) = issuer.check(&token, &header)?;
         let sub = claims
             .get("sub")
             .and_then(Value::as_str)
@@ -247,8 +248,11 @@ impl Authenticator {
 impl Issuer {
     /// Verifies `token`'s signature, time and audience; its claims and
     /// its payload segment.
-    fn check(&self, token: &str) -> Result<(Map<String, Value>, String), JwtError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Invalid)?;
+    fn check(
+        &self,
+        token: &str,
+        header: &Header,
+    ) -> Result<(Map<String, Value>, String), JwtError> {
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_nbf = true;
@@ -361,8 +365,7 @@ fn param(query: &str, name: &str) -> Option<String> {
 
 /// The `iss` of a token, unverified: only to pick the rule whose keys
 /// then verify it.
-fn unverified_issuer(token: &str) -> Option<String> {
-    let header = jsonwebtoken::decode_header(token).ok()?;
+fn unverified_issuer(token: &str, header: &Header) -> Option<String> {
     let mut v = Validation::new(header.alg);
     v.insecure_disable_signature_validation();
     v.validate_exp = false;
