@@ -6,17 +6,12 @@
 //! AuthorizationPolicy with `requestPrincipals` and a claim condition then
 //! requires a good one.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::ensure;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kube::Api;
 use kube::api::DeleteParams;
@@ -73,20 +68,9 @@ impl Idp {
 async fn serve_jwks(body: String) -> anyhow::Result<(String, JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/.well-known/jwks.json", listener.local_addr()?);
-    let body = Bytes::from(body);
+    let app = axum::Router::new().fallback(move || async move { body });
     let task = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req| {
-                    let body = body.clone();
-                    async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(body))) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
+        let _ = axum::serve(listener, app).await;
     });
     Ok((url, task))
 }
@@ -234,8 +218,6 @@ async fn accepted(cluster: &Cluster) -> anyhow::Result<()> {
             let ra = api.get("handson-jwt").await?;
             let cond = ra
                 .status
-                .context("no status")
-                .ok()
                 .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Accepted"));
             Ok(cond.filter(|c| c.status == "True").map(|_| ()))
         },
