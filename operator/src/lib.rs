@@ -13,6 +13,7 @@ pub mod access;
 pub mod ca;
 pub mod control_plane;
 pub mod dashboard;
+pub mod gateway_infra;
 pub mod health;
 pub mod inject;
 pub mod jwks;

@@ -127,6 +127,16 @@ struct Args {
     /// This replica's address, left out of its peers.
     #[arg(long, env = "POD_IP")]
     pod_ip: Option<std::net::IpAddr>,
+    /// The GatewayClass whose Gateways each get their own proxies (a
+    /// Deployment and Service `<gateway>-<class>` in the Gateway's
+    /// namespace, as Istio deploys them); Gateways of Sluice's other
+    /// classes share the installed gateway. Empty: none.
+    #[arg(
+        long,
+        env = "SLUICE_DEDICATED_GATEWAY_CLASS",
+        default_value = "sluice-dedicated"
+    )]
+    dedicated_gateway_class: String,
     /// mTLS mode of namespaces without a `sluice.dev/mtls-mode` label.
     #[arg(long, env = "SLUICE_MTLS_MODE", default_value = "PERMISSIVE", value_parser = parse_mode)]
     mtls_mode: MtlsMode,
@@ -289,7 +299,8 @@ async fn run(args: Args, client: kube::Client) -> anyhow::Result<()> {
                 .await
             });
     }
-    spawn_leader_tasks(&args, &parts, owner, output_rx);
+    let proxy = proxy_settings(&args, &ca.own_id);
+    spawn_leader_tasks(&args, &parts, owner, proxy, output_rx);
     spawn_http(&args, &parts)?;
     serve_grpc(&args, parts, ca.authority).await
 }
@@ -345,11 +356,13 @@ async fn start_ca(
     ));
     let mesh_settings = {
         let (ns, mode) = (args.namespace.clone(), args.mtls_mode);
+        let dedicated_class = args.dedicated_gateway_class.clone();
         move |a: &ca::Authority| MeshSettings {
             trust_domain: a.trust_domain.clone(),
             roots_pem: a.roots_pem.clone(),
             mode,
             root_namespace: ns.clone(),
+            dedicated_class: dedicated_class.clone(),
         }
     };
     let world = world::World::start(client, mesh_settings(&authority.load())).await;
@@ -418,20 +431,7 @@ fn spawn_webhook(args: &Args, parts: &Parts, ca: &CaParts) -> anyhow::Result<()>
     let Some(addr) = args.webhook_listen else {
         return Ok(());
     };
-    let settings = inject::InjectSettings {
-        image: args.proxy_image.clone(),
-        control_plane: args.proxy_control_plane.clone().unwrap_or_else(|| {
-            format!(
-                "https://sluice-operator.{}.svc:{}",
-                args.namespace,
-                sluice_proto::config::CONTROL_PLANE_PORT
-            )
-        }),
-        control_plane_identity: ca.own_id.to_string(),
-        trust_domain: args.trust_domain.clone(),
-        log_level: args.proxy_log.clone(),
-        intercept: args.intercept,
-    };
+    let settings = proxy_settings(args, &ca.own_id);
     let (identity, roots) = (parts.identity.clone(), ca.roots.clone());
     let metrics = parts.metrics.clone();
     tokio::spawn(async move {
@@ -442,12 +442,32 @@ fn spawn_webhook(args: &Args, parts: &Parts, ca: &CaParts) -> anyhow::Result<()>
     Ok(())
 }
 
+/// What the proxies the operator starts (injected sidecars, dedicated
+/// gateways) run and where they connect.
+fn proxy_settings(args: &Args, own_id: &SpiffeId) -> inject::InjectSettings {
+    inject::InjectSettings {
+        image: args.proxy_image.clone(),
+        control_plane: args.proxy_control_plane.clone().unwrap_or_else(|| {
+            format!(
+                "https://sluice-operator.{}.svc:{}",
+                args.namespace,
+                sluice_proto::config::CONTROL_PLANE_PORT
+            )
+        }),
+        control_plane_identity: own_id.to_string(),
+        trust_domain: args.trust_domain.clone(),
+        log_level: args.proxy_log.clone(),
+        intercept: args.intercept,
+    }
+}
+
 /// The writers, which run on the leader only: the Rollout controller and
 /// the status writer, supervised.
 fn spawn_leader_tasks(
     args: &Args,
     parts: &Parts,
     owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    proxy: inject::InjectSettings,
     output_rx: watch::Receiver<Arc<MeshOutput>>,
 ) {
     let election = args.leader_elect.then(|| leader::LeaderSettings {
@@ -470,6 +490,7 @@ fn spawn_leader_tasks(
     );
     let (step_down, supervisor) = (parts.step_down.clone(), parts.supervisor.clone());
     let faults = args.test_faults;
+    let dedicated_class = args.dedicated_gateway_class.clone();
     let notifier = sluice_operator::rollout::notify::Notifier::start(
         args.notify_webhooks.clone(),
         parts.metrics.clone(),
@@ -481,6 +502,19 @@ fn spawn_leader_tasks(
             return;
         }
         let (cr, sv) = (c.clone(), supervisor.clone());
+        let (cd, wd, od) = (c.clone(), w.clone(), output_rx.clone());
+        supervisor.spawn(
+            "gateway deployer",
+            Some(STALL_AFTER),
+            move |heart| async move {
+                beating(
+                    &heart,
+                    Duration::from_secs(1),
+                    sluice_operator::gateway_infra::run(cd, wd, dedicated_class, proxy, od),
+                )
+                .await
+            },
+        );
         supervisor.spawn(
             "rollout controller",
             Some(STALL_AFTER),

@@ -248,6 +248,11 @@ impl World {
         }
     }
 
+    /// The mesh-wide settings.
+    pub fn mesh(&self) -> Arc<MeshSettings> {
+        self.mesh.load_full()
+    }
+
     /// Replaces the mesh-wide settings (e.g. new CA roots) and recomputes.
     pub fn set_mesh(&self, mesh: MeshSettings) {
         self.mesh.store(Arc::new(mesh));
@@ -299,6 +304,12 @@ impl World {
     pub fn gateway(&self, namespace: &str, name: &str) -> Option<Arc<Gateway>> {
         self.gateways
             .as_ref()?
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+    }
+
+    /// A Service by namespace and name.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<Arc<Service>> {
+        self.services
             .get(&reflector::ObjectRef::new(name).within(namespace))
     }
 

@@ -33,6 +33,7 @@ mod adoption;
 mod analysis;
 mod blue_green;
 mod dashboard;
+mod dedicated_gateway;
 mod gateway_tls;
 mod identity;
 mod jwt;
@@ -53,6 +54,10 @@ fn main() -> ExitCode {
         (
             "https_listeners_serve_certificates_from_secrets_by_sni_with_reference_grants",
             |c| Box::pin(logged(c, gateway_tls::https_listeners)),
+        ),
+        (
+            "a_dedicated_gateway_gets_its_own_proxies_and_service_and_takes_them_when_deleted",
+            |c| Box::pin(logged(c, dedicated_gateway::own_proxies)),
         ),
         (
             "httproute_redirect_rewrite_header_and_query_and_regex_matches_on_the_gateway",

@@ -64,28 +64,12 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
         return None;
     }
     let spec = pod.spec.as_ref()?;
-    let field = |path: &str| json!({"valueFrom": {"fieldRef": {"fieldPath": path}}});
-    let env = |name: &str, v: Value| {
-        let mut e = json!({"name": name});
-        if let (Some(obj), Some(src)) = (e.as_object_mut(), v.as_object()) {
-            obj.extend(src.clone());
-        }
-        e
-    };
     let mut sidecar = json!({
         "name": PROXY_CONTAINER,
         "image": settings.image,
         "args": ["sidecar"],
         "restartPolicy": "Always",
-        "env": [
-            env("SLUICE_CONTROL_PLANE", json!({"value": settings.control_plane})),
-            env("SLUICE_CONTROL_PLANE_IDENTITY", json!({"value": settings.control_plane_identity})),
-            env("SLUICE_TRUST_DOMAIN", json!({"value": settings.trust_domain})),
-            env("RUST_LOG", json!({"value": settings.log_level})),
-            env("POD_NAME", field("metadata.name")),
-            env("POD_NAMESPACE", field("metadata.namespace")),
-            env("SERVICE_ACCOUNT", field("spec.serviceAccountName")),
-        ],
+        "env": proxy_env(settings),
         "ports": [{"name": "sluice-admin", "containerPort": ADMIN_PORT}],
         // The app starts once the proxy has its config and certificate.
         "startupProbe": {"httpGet": {"path": "/ready", "port": ADMIN_PORT}, "periodSeconds": 1, "failureThreshold": 300},
@@ -93,17 +77,9 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {"runAsUser": PROXY_UID, "runAsGroup": PROXY_UID, "runAsNonRoot": true,
             "allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "sluice-token", "mountPath": SECRETS_DIR, "readOnly": true}],
+        "volumeMounts": [token_mount()],
     });
-    let volume = json!({
-        "name": "sluice-token",
-        "projected": {"sources": [
-            {"serviceAccountToken": {
-                "audience": TOKEN_AUDIENCE, "path": TOKEN_PATH, "expirationSeconds": 3600
-            }},
-            {"configMap": {"name": ROOT_CERT_CONFIGMAP, "items": [{"key": ROOT_CERT_KEY, "path": ROOT_CERT_PATH}]}},
-        ]}
-    });
+    let volume = token_volume();
     let intercept = match pod
         .metadata
         .annotations
@@ -164,6 +140,45 @@ pub fn patch(pod: &Pod, settings: &InjectSettings) -> Option<Vec<Value>> {
     ops.push(json!({"op": "add", "path": "/metadata/annotations/sluice.dev~1status", "value": "injected"}));
     ops.extend(scrape_annotations(pod));
     Some(ops)
+}
+
+/// The env every proxy the operator starts (sidecar or dedicated gateway)
+/// bootstraps from: where the control plane is, whom it must present, and
+/// the pod's own names (from the downward API, which the pod cannot lie
+/// about to itself).
+pub fn proxy_env(settings: &InjectSettings) -> Vec<Value> {
+    let field = |name: &str, path: &str| json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}});
+    vec![
+        json!({"name": "SLUICE_CONTROL_PLANE", "value": settings.control_plane}),
+        json!({"name": "SLUICE_CONTROL_PLANE_IDENTITY", "value": settings.control_plane_identity}),
+        json!({"name": "SLUICE_TRUST_DOMAIN", "value": settings.trust_domain}),
+        json!({"name": "RUST_LOG", "value": settings.log_level}),
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+    ]
+}
+
+/// The name of the proxy's token volume.
+const TOKEN_VOLUME: &str = "sluice-token";
+
+/// The projected volume with the token a proxy trades for its certificate
+/// and the mesh roots it verifies the operator with.
+pub fn token_volume() -> Value {
+    json!({
+        "name": TOKEN_VOLUME,
+        "projected": {"sources": [
+            {"serviceAccountToken": {
+                "audience": TOKEN_AUDIENCE, "path": TOKEN_PATH, "expirationSeconds": 3600
+            }},
+            {"configMap": {"name": ROOT_CERT_CONFIGMAP, "items": [{"key": ROOT_CERT_KEY, "path": ROOT_CERT_PATH}]}},
+        ]}
+    })
+}
+
+/// Where the proxy container mounts [`token_volume`].
+pub fn token_mount() -> Value {
+    json!({"name": TOKEN_VOLUME, "mountPath": SECRETS_DIR, "readOnly": true})
 }
 
 /// The `prometheus.io/*` annotations that point a Prometheus configured the

@@ -1,5 +1,6 @@
-//! Gateway API `Gateway` + `HttpRoute` as the gateway proxies' config: one
-//! listener per port across Sluice's Gateways, routes attached by
+//! Gateway API `Gateway` + `HttpRoute` as the gateway proxies' configs: per
+//! infrastructure (the shared proxies, or a dedicated Gateway's own), one
+//! listener per port across the Gateways it serves, routes attached by
 //! parentRefs, hostnames intersected, allowedRoutes honoured.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,10 +23,11 @@ use super::grants::{GATEWAY_GROUP, Grants};
 use super::rules::{self, Ranked};
 use super::services::ServiceIndex;
 use super::{
-    CONTROLLER_NAME, Cond, ConfigKey, GatewayDraft, ListenerDraft, MeshInput, MeshOutput, reason,
+    CONTROLLER_NAME, Cond, ConfigKey, GatewayDraft, GatewayInfra, ListenerDraft, MeshInput,
+    MeshOutput, reason,
 };
 
-/// Fills the gateway audience's config and the Gateway API statuses.
+/// Fills the gateway infrastructures' configs and the Gateway API statuses.
 pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) {
     let ours: BTreeSet<String> = input
         .classes
@@ -55,18 +57,71 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
 
     let secrets = certificates::Secrets::of(&input.tls_secrets);
     let namespaces = namespace_labels(input);
+    // The shared proxies serve every Gateway of a shared class, their
+    // listeners merged by port (and get a config with none, to be ready);
+    // a dedicated Gateway's proxies serve it alone.
+    let mut infras: BTreeMap<GatewayInfra, Vec<&Gateway>> =
+        BTreeMap::from([(GatewayInfra::Shared, Vec::new())]);
+    for gw in &gateways {
+        infras
+            .entry(infra_of(gw, &input.mesh.dedicated_class))
+            .or_default()
+            .push(gw);
+    }
+    let ctx = Context {
+        input,
+        index,
+        secrets: &secrets,
+        namespaces: &namespaces,
+    };
+    for (infra, served) in infras {
+        let config = serve(&ctx, &infra, &served, out);
+        out.configs.insert(ConfigKey::Gateway(infra), config);
+    }
+    route_statuses(input, &gateways, index, &namespaces, out);
+}
+
+/// Which proxies serve `gw`: its own when its class is `dedicated_class`.
+pub fn infra_of(gw: &Gateway, dedicated_class: &str) -> GatewayInfra {
+    if !dedicated_class.is_empty() && gw.spec.gateway_class_name == dedicated_class {
+        GatewayInfra::Dedicated {
+            namespace: gw.namespace().unwrap_or_default(),
+            name: gw.name_any(),
+        }
+    } else {
+        GatewayInfra::Shared
+    }
+}
+
+/// What every infrastructure's translation reads.
+struct Context<'a> {
+    input: &'a MeshInput,
+    index: &'a ServiceIndex,
+    secrets: &'a certificates::Secrets<'a>,
+    namespaces: &'a NamespaceLabels<'a>,
+}
+
+/// The config of the proxies of `infra`, which serve `gateways` (oldest
+/// first: an older listener keeps a port another one conflicts on); their
+/// status drafts go to `out`.
+fn serve(
+    ctx: &Context<'_>,
+    infra: &GatewayInfra,
+    gateways: &[&Gateway],
+    out: &mut MeshOutput,
+) -> Config {
     let mut ports: BTreeMap<u16, Port> = BTreeMap::new();
     let mut backends = BTreeMap::new();
-    for gw in &gateways {
+    for gw in gateways {
         let gw_ns = gw.namespace().unwrap_or_default();
         let gw_name = gw.name_any();
         let mut listeners = Vec::new();
         for l in &gw.spec.listeners {
-            let checked = check_listener(l, &gw_ns, &ports, &secrets, index.grants());
+            let checked = check_listener(l, &gw_ns, &ports, ctx.secrets, ctx.index.grants());
             // Routes count as attached to an accepted listener even while
             // it is not served (its certificates do not resolve).
             let attached = if checked.accepted {
-                attachments(input, &gw_ns, &gw_name, l, &namespaces)
+                attachments(ctx.input, &gw_ns, &gw_name, l, ctx.namespaces)
             } else {
                 Vec::new()
             };
@@ -85,7 +140,7 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
                     .or_default();
                 for (route, hosts) in &attached {
                     let scope = format!("{gw_ns}/{gw_name}/{}", l.name);
-                    let r = rules::translate(route, hosts, &scope, index);
+                    let r = rules::translate(route, hosts, &scope, ctx.index);
                     backends.extend(r.backends);
                     group.extend(r.routes);
                 }
@@ -101,13 +156,12 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
         out.gateways.push(GatewayDraft {
             namespace: gw_ns,
             name: gw_name,
+            infra: infra.clone(),
             generation: gw.metadata.generation,
             accepted: Cond::yes("Accepted", reason::ACCEPTED),
             listeners,
         });
     }
-    route_statuses(input, &gateways, index, &namespaces, out);
-
     let listeners = ports
         .into_iter()
         .map(|(port, p)| {
@@ -124,20 +178,17 @@ pub fn translate(input: &MeshInput, index: &ServiceIndex, out: &mut MeshOutput) 
             }
         })
         .collect();
-    out.configs.insert(
-        ConfigKey::Gateway,
-        Config {
-            admin: None,
-            backends: backends.into_values().collect(),
-            listeners,
-            inbound: None,
-            // A gateway with a mesh certificate reaches meshed workloads
-            // over mTLS (needed for STRICT ones).
-            mesh_tls: input.mesh.mesh_tls(),
-            // The gateway intercepts nothing.
-            mesh_tcp: Default::default(),
-        },
-    );
+    Config {
+        admin: None,
+        backends: backends.into_values().collect(),
+        listeners,
+        inbound: None,
+        // A gateway with a mesh certificate reaches meshed workloads
+        // over mTLS (needed for STRICT ones).
+        mesh_tls: ctx.input.mesh.mesh_tls(),
+        // The gateway intercepts nothing.
+        mesh_tcp: Default::default(),
+    }
 }
 
 /// The routes attached to listener `l` of Gateway `gw_ns/gw_name`, with
@@ -678,9 +729,75 @@ mod tests {
     }
 
     #[test]
+    fn a_dedicated_gateway_gets_a_config_of_its_own_and_its_ports_to_itself() {
+        let mut input = input();
+        input.mesh.dedicated_class = "sluice-dedicated".into();
+        input
+            .classes
+            .push(class("sluice-dedicated", CONTROLLER_NAME));
+        // The same port as the shared Gateway's listener: no conflict, since
+        // other proxies serve it.
+        input.gateways.push(gateway(
+            "h",
+            "edge",
+            "sluice-dedicated",
+            json!([{"name": "http", "port": 18080, "protocol": "HTTP", "hostname": "edge.example.com"}]),
+        ));
+        input.routes.push(route(
+            "h",
+            "edge-app",
+            json!({"parentRefs": [{"name": "edge"}], "rules": [{"backendRefs": [{"name": "blue", "port": 8080}]}]}),
+        ));
+        let out = translate(&input);
+        let own = GatewayInfra::Dedicated {
+            namespace: "h".into(),
+            name: "edge".into(),
+        };
+        let cfg = &out.configs[&ConfigKey::Gateway(own.clone())];
+        assert_eq!(cfg.listeners.len(), 1);
+        let hosts: Vec<&str> = cfg.listeners[0]
+            .routes
+            .iter()
+            .flat_map(|r| r.hosts.iter().map(String::as_str))
+            .collect();
+        assert_eq!(hosts, vec!["edge.example.com"], "its own routes only");
+        let shared = &out.configs[&ConfigKey::Gateway(GatewayInfra::Shared)];
+        assert!(
+            shared.listeners[0]
+                .routes
+                .iter()
+                .all(|r| !r.hosts.contains(&"edge.example.com".to_owned())),
+            "the shared proxies do not serve it"
+        );
+        let edge = out
+            .gateways
+            .iter()
+            .find(|g| g.name == "edge")
+            .expect("edge status");
+        assert_eq!(edge.infra, own);
+        let conflicted = edge.listeners[0]
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Conflicted")
+            .expect("Conflicted");
+        assert!(!conflicted.ok, "{conflicted:?}");
+        assert!(edge.listeners[0].programmed.is_ok());
+        assert_eq!(edge.listeners[0].attached_routes, 1);
+    }
+
+    #[test]
+    fn without_gateways_the_shared_proxies_still_get_a_config() {
+        let out = translate(&MeshInput::default());
+        assert!(
+            out.configs
+                .contains_key(&ConfigKey::Gateway(GatewayInfra::Shared))
+        );
+    }
+
+    #[test]
     fn gateway_config_and_statuses() {
         let out = translate(&input());
-        let cfg = &out.configs[&ConfigKey::Gateway];
+        let cfg = &out.configs[&ConfigKey::Gateway(GatewayInfra::Shared)];
         assert_eq!(
             cfg.listeners.len(),
             1,
@@ -793,7 +910,7 @@ mod tests {
             c.map(|c| (c.ok, c.reason)).expect("ResolvedRefs")
         };
         let served = |out: &MeshOutput| -> Vec<Vec<String>> {
-            let cfg = &out.configs[&ConfigKey::Gateway];
+            let cfg = &out.configs[&ConfigKey::Gateway(GatewayInfra::Shared)];
             let tls = cfg.listeners[0].tls.as_ref().expect("HTTPS");
             tls.certificates
                 .iter()
@@ -990,7 +1107,7 @@ mod tests {
             to("lone", "lone", "/lone"),
         ];
         let out = translate(&input);
-        let cfg = &out.configs[&ConfigKey::Gateway];
+        let cfg = &out.configs[&ConfigKey::Gateway(GatewayInfra::Shared)];
         let names = |port: u16| -> Vec<String> {
             cfg.listeners
                 .iter()

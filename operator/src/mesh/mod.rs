@@ -2,8 +2,9 @@
 //! EndpointSlices and Pods mean for each proxy, computed as a pure function
 //! of observed state so that it is unit-tested without a cluster.
 //!
-//! [`translate`] yields one proxy config per distinct audience (all gateway
-//! proxies share one; sidecars share one per namespace) and the Gateway API
+//! [`translate`] yields one proxy config per distinct audience (the shared
+//! gateway proxies one, each dedicated Gateway's proxies one, sidecars one
+//! per namespace and inbound side) and the Gateway API
 //! status each object should show.
 
 pub mod authn;
@@ -164,6 +165,10 @@ pub struct MeshSettings {
     pub mode: MtlsMode,
     /// Policies here without a selector apply to every workload.
     pub root_namespace: String,
+    /// The GatewayClass whose Gateways each get their own proxies
+    /// (Deployment and Service); empty: none. Gateways of Sluice's other
+    /// classes share the installed gateway.
+    pub dedicated_class: String,
 }
 
 impl MeshSettings {
@@ -176,22 +181,37 @@ impl MeshSettings {
     }
 }
 
+/// Which gateway proxies serve a Gateway: the shared ones the chart
+/// installs (every Gateway of a shared class), or the Gateway's own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GatewayInfra {
+    /// The installed gateway, shared by every Gateway of a shared class.
+    Shared,
+    /// The proxies deployed for one Gateway of the dedicated class.
+    Dedicated {
+        /// The Gateway's namespace.
+        namespace: String,
+        /// The Gateway's name.
+        name: String,
+    },
+}
+
 /// Who receives a snapshot: what a proxy's hello says it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Audience {
-    /// Every gateway proxy.
-    Gateway,
+    /// The gateway proxies of one infrastructure.
+    Gateway(GatewayInfra),
     /// The sidecar of one pod: (namespace, pod).
     Sidecar(String, String),
 }
 
-/// One distinct config: the gateways' one, or the sidecars' of one
+/// One distinct config: one per gateway infrastructure, or the sidecars' of one
 /// namespace with one inbound side (pods with the same ports, mTLS mode and
 /// policies share it, so it is serialised once).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ConfigKey {
-    /// The gateways' config.
-    Gateway,
+    /// The config of the gateway proxies of one infrastructure.
+    Gateway(GatewayInfra),
     /// (namespace, hash of the inbound side).
     Sidecar(String, u64),
 }
@@ -203,6 +223,8 @@ pub struct GatewayDraft {
     pub namespace: String,
     /// Name.
     pub name: String,
+    /// The proxies that serve it.
+    pub infra: GatewayInfra,
     /// metadata.generation.
     pub generation: Option<i64>,
     /// Gateway-level `Accepted`.
@@ -242,7 +264,7 @@ pub struct MeshOutput {
     /// Every distinct config.
     pub configs: BTreeMap<ConfigKey, Config>,
     /// Which config each connected sidecar gets (gateways get
-    /// [`ConfigKey::Gateway`]).
+    /// [`ConfigKey::Gateway`] of their infrastructure).
     pub sidecars: BTreeMap<Audience, ConfigKey>,
     /// GatewayClasses of Sluice (name, generation), all accepted.
     pub classes: Vec<(String, Option<i64>)>,

@@ -8,4 +8,4 @@ pub mod snapshots;
 
 pub use registry::Registry;
 pub use server::{ConfigServer, ConfigServerParts};
-pub use snapshots::{SnapshotSet, Snapshots};
+pub use snapshots::{SnapshotSet, Snapshots, fnv1a};

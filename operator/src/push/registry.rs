@@ -9,7 +9,7 @@ use sluice_proto::mesh::ProxyIdentity;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::mesh::Audience;
+use crate::mesh::{Audience, GatewayInfra};
 use crate::metrics::{Metrics, RoleLabel};
 
 /// A connected proxy.
@@ -75,7 +75,7 @@ pub struct Registry {
 fn role(a: &Audience) -> RoleLabel {
     RoleLabel {
         role: match a {
-            Audience::Gateway => "gateway".into(),
+            Audience::Gateway(_) => "gateway".into(),
             Audience::Sidecar(..) => "sidecar".into(),
         },
     }
@@ -140,7 +140,7 @@ impl Registry {
                     *n += 1;
                     *n == 1
                 }
-                Audience::Gateway => false,
+                Audience::Gateway(_) => false,
             };
             c.streams.insert(c.next_id, state);
             (c.next_id, new_pod)
@@ -154,7 +154,7 @@ impl Registry {
     /// sidecar's second stream moves neither).
     fn signal(&self, audience: &Audience, pod_set_moved: bool) {
         match audience {
-            Audience::Gateway => Registry::bump(&self.gateways),
+            Audience::Gateway(_) => Registry::bump(&self.gateways),
             Audience::Sidecar(..) if pod_set_moved => Registry::bump(&self.sidecar_set),
             Audience::Sidecar(..) => {}
         }
@@ -183,7 +183,7 @@ impl Registry {
                     .observe(at.elapsed().as_secs_f64());
             }
             p.acked = Some(version);
-            Some(p.audience == Audience::Gateway)
+            Some(matches!(p.audience, Audience::Gateway(_)))
         });
         if gateway == Some(true) {
             Registry::bump(&self.gateways);
@@ -197,7 +197,7 @@ impl Registry {
             let p = c.streams.get_mut(&id)?;
             warn!(pod = %p.pod(), %version, %error, "proxy refused config snapshot (NACK); it keeps serving its previous config");
             p.nacked = Some((version, error));
-            Some(p.audience == Audience::Gateway)
+            Some(matches!(p.audience, Audience::Gateway(_)))
         });
         if gateway == Some(true) {
             Registry::bump(&self.gateways);
@@ -236,25 +236,26 @@ impl Registry {
         self.with(|c| c.sidecar_pods.keys().cloned().collect())
     }
 
-    /// The pods the connected gateway proxies speak for, as (namespace, pod).
-    pub fn gateway_pods(&self) -> BTreeSet<(String, String)> {
+    /// The pods the connected gateway proxies of `infra` speak for, as
+    /// (namespace, pod).
+    pub fn gateway_pods(&self, infra: &GatewayInfra) -> BTreeSet<(String, String)> {
         self.with(|c| {
             c.streams
                 .values()
-                .filter(|p| p.audience == Audience::Gateway)
+                .filter(|p| matches!(&p.audience, Audience::Gateway(i) if i == infra))
                 .map(|p| (p.identity.namespace.clone(), p.identity.pod_name.clone()))
                 .collect()
         })
     }
 
-    /// Where the gateway proxies are with snapshot `version`.
-    pub fn gateway_progress(&self, version: &str) -> GatewayProgress {
+    /// Where the gateway proxies of `infra` are with snapshot `version`.
+    pub fn gateway_progress(&self, infra: &GatewayInfra, version: &str) -> GatewayProgress {
         self.with(|c| {
             let mut progress = GatewayProgress::default();
             for p in c
                 .streams
                 .values()
-                .filter(|p| p.audience == Audience::Gateway)
+                .filter(|p| matches!(&p.audience, Audience::Gateway(i) if i == infra))
             {
                 progress.connected += 1;
                 progress.acked |= p.acked.as_deref() == Some(version);
@@ -313,10 +314,28 @@ mod tests {
         let r = registry();
         let mut set = r.subscribe_sidecar_set();
         let mut gateways = r.subscribe_gateways();
+        let shared = GatewayInfra::Shared;
         let ids: Vec<u64> = ["g1", "g2", "g3"]
             .iter()
-            .map(|p| r.connect(hello("sluice-system", p), Audience::Gateway, None))
+            .map(|p| {
+                r.connect(
+                    hello("sluice-system", p),
+                    Audience::Gateway(shared.clone()),
+                    None,
+                )
+            })
             .collect();
+        // Another Gateway's own proxy is not one of the shared ones.
+        let own = GatewayInfra::Dedicated {
+            namespace: "shop".into(),
+            name: "edge".into(),
+        };
+        let other = r.connect(
+            hello("shop", "edge-1"),
+            Audience::Gateway(own.clone()),
+            None,
+        );
+        r.nack(other, "v2".into(), "its own problem".into());
         gateways.borrow_and_update();
         r.ack(ids[0], "v2".into());
         assert!(gateways.has_changed().unwrap_or(false));
@@ -326,7 +345,7 @@ mod tests {
         );
         set.borrow_and_update();
         r.nack(ids[1], "v2".into(), "bad route".into());
-        let progress = r.gateway_progress("v2");
+        let progress = r.gateway_progress(&shared, "v2");
         assert_eq!(progress.connected, 3);
         assert!(progress.acked);
         assert_eq!(
@@ -334,13 +353,18 @@ mod tests {
             Some(("sluice-system/g2".into(), "bad route".into()))
         );
         assert_eq!(
-            r.gateway_progress("v3"),
+            r.gateway_progress(&shared, "v3"),
             GatewayProgress {
                 connected: 3,
                 acked: false,
                 refused: None
             }
         );
-        assert_eq!(r.gateway_pods().len(), 3);
+        assert_eq!(r.gateway_pods(&shared).len(), 3);
+        assert_eq!(r.gateway_progress(&own, "v2").connected, 1);
+        assert_eq!(
+            r.gateway_pods(&own),
+            BTreeSet::from([("shop".into(), "edge-1".into())])
+        );
     }
 }

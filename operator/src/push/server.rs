@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use futures::Stream;
 use sluice_proto::mesh::config_discovery_server::ConfigDiscovery;
-use sluice_proto::mesh::proxy_identity::Role;
 use sluice_proto::mesh::{ConfigMessage, Keepalive, ProxyMessage, config_message, proxy_message};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
@@ -72,9 +71,9 @@ impl ConfigServer {
 
 /// Which snapshot a verified proxy gets.
 pub fn audience(proxy: &VerifiedProxy) -> Audience {
-    match proxy.role {
-        Role::Gateway => Audience::Gateway,
-        _ => Audience::Sidecar(proxy.namespace.clone(), proxy.pod.clone()),
+    match &proxy.gateway {
+        Some(infra) => Audience::Gateway(infra.clone()),
+        None => Audience::Sidecar(proxy.namespace.clone(), proxy.pod.clone()),
     }
 }
 

@@ -52,11 +52,10 @@ impl SnapshotSet {
 
     /// The snapshot for `audience`, once it has one.
     pub fn get(&self, audience: &Audience) -> Option<&SharedSnapshot> {
-        let key = match audience {
-            Audience::Gateway => &ConfigKey::Gateway,
-            sidecar => self.sidecars.get(sidecar)?,
-        };
-        self.by_key.get(key)
+        match audience {
+            Audience::Gateway(infra) => self.by_key.get(&ConfigKey::Gateway(infra.clone())),
+            sidecar => self.by_key.get(self.sidecars.get(sidecar)?),
+        }
     }
 
     /// Whether both sets give every audience the same versions.
@@ -119,12 +118,13 @@ impl Snapshots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mesh::GatewayInfra;
 
     #[test]
     fn versions_follow_content() {
         let mut configs = BTreeMap::new();
         let mut sidecars = BTreeMap::new();
-        configs.insert(ConfigKey::Gateway, Config::default());
+        configs.insert(ConfigKey::Gateway(GatewayInfra::Shared), Config::default());
         let a = SnapshotSet::build(&configs, &sidecars);
         let b = SnapshotSet::build(&configs, &sidecars);
         assert!(a.same_versions(&b));

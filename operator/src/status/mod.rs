@@ -7,6 +7,7 @@
 
 mod conditions;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +23,11 @@ use sluice_crds::{AuthorizationPolicy, RequestAuthentication};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use crate::gateway_infra::{self, Address};
 use crate::mesh::policies::PolicyDraft;
-use crate::mesh::{Audience, CONTROLLER_NAME, Cond, GatewayDraft, MeshOutput, reason};
+use crate::mesh::{
+    Audience, CONTROLLER_NAME, Cond, GatewayDraft, GatewayInfra, MeshOutput, reason,
+};
 use crate::push::{Registry, Snapshots};
 use crate::world::World;
 
@@ -32,17 +36,20 @@ pub use conditions::to_conditions;
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "sluice-operator";
 
-/// Whether the gateway proxies run the current gateway snapshot.
-fn programmed(registry: &Registry, snapshots: &Snapshots) -> Cond {
+/// Whether the gateway proxies of `infra` run their current snapshot.
+fn programmed(registry: &Registry, snapshots: &Snapshots, infra: &GatewayInfra) -> Cond {
     let current = snapshots.current();
-    let Some(version) = current.get(&Audience::Gateway).map(|s| s.version.clone()) else {
+    let Some(version) = current
+        .get(&Audience::Gateway(infra.clone()))
+        .map(|s| s.version.clone())
+    else {
         return Cond::no(
             "Programmed",
             reason::PENDING,
             "computing the gateway config",
         );
     };
-    let progress = registry.gateway_progress(&version);
+    let progress = registry.gateway_progress(infra, &version);
     if progress.connected == 0 {
         return Cond::no(
             "Programmed",
@@ -72,7 +79,7 @@ fn programmed(registry: &Registry, snapshots: &Snapshots) -> Cond {
 fn gateway_status(
     d: &GatewayDraft,
     programmed: &Cond,
-    addresses: &[String],
+    addresses: &[Address],
     existing: &[Condition],
     existing_listeners: &Value,
 ) -> Value {
@@ -109,10 +116,44 @@ fn gateway_status(
     if !addresses.is_empty() {
         status["addresses"] = addresses
             .iter()
-            .map(|a| json!({"type": "IPAddress", "value": a}))
+            .map(|a| match a {
+                Address::Ip(ip) => json!({"type": "IPAddress", "value": ip}),
+                Address::Hostname(h) => json!({"type": "Hostname", "value": h}),
+            })
             .collect();
     }
     status
+}
+
+/// Whether the proxies of `infra` (which serve `gw`) run their config, and
+/// where clients reach them: the shared proxies at their pods' addresses,
+/// a dedicated Gateway's at its Service's.
+fn where_served(
+    world: &World,
+    registry: &Registry,
+    snapshots: &Snapshots,
+    infra: &GatewayInfra,
+    gw: &Gateway,
+) -> (Cond, Vec<Address>) {
+    let mut addresses: Vec<Address> = match infra {
+        GatewayInfra::Shared => registry
+            .gateway_pods(infra)
+            .iter()
+            .filter_map(|(ns, pod)| world.pod(ns, pod))
+            .filter_map(|pod| pod.status.as_ref()?.pod_ip.clone())
+            .map(Address::Ip)
+            .collect(),
+        GatewayInfra::Dedicated { namespace, name } => {
+            let service = gateway_infra::resource_name(name, &gw.spec.gateway_class_name);
+            world
+                .service(namespace, &service)
+                .map(|s| gateway_infra::addresses(&s))
+                .unwrap_or_default()
+        }
+    };
+    addresses.sort();
+    addresses.dedup();
+    (programmed(registry, snapshots, infra), addresses)
 }
 
 /// An object's status as JSON (null when it has none), to compare with
@@ -290,26 +331,21 @@ async fn write_all(
         )
         .await?;
     }
-    let programmed = programmed(registry, snapshots);
-    let mut addresses: Vec<String> = registry
-        .gateway_pods()
-        .iter()
-        .filter_map(|(ns, pod)| world.pod(ns, pod))
-        .filter_map(|pod| pod.status.as_ref()?.pod_ip.clone())
-        .collect();
-    addresses.sort();
-    addresses.dedup();
+    let mut infras: BTreeMap<&GatewayInfra, (Cond, Vec<Address>)> = BTreeMap::new();
     for d in &out.gateways {
         let Some(obj) = world.gateway(&d.namespace, &d.name) else {
             continue;
         };
+        let (programmed, addresses) = infras
+            .entry(&d.infra)
+            .or_insert_with(|| where_served(world, registry, snapshots, &d.infra, &obj));
         let existing = obj
             .status
             .as_ref()
             .and_then(|s| s.conditions.clone())
             .unwrap_or_default();
         let current = status_value(obj.status.as_ref());
-        let desired = gateway_status(d, &programmed, &addresses, &existing, &current["listeners"]);
+        let desired = gateway_status(d, programmed, addresses, &existing, &current["listeners"]);
         apply_status(
             Api::<Gateway>::namespaced(client.clone(), &d.namespace),
             &d.name,

@@ -333,6 +333,7 @@ mod tests {
             roots_pem: pki.ca.roots_pem.clone(),
             mode: sluice_proto::config::MtlsMode::Permissive,
             root_namespace: "sluice-system".into(),
+            dedicated_class: String::new(),
         };
         let trust = Arc::new(TrustSettings {
             trust_domain: "cluster.local".into(),

@@ -10,7 +10,9 @@ use sluice_proto::mesh::ProxyIdentity;
 use sluice_proto::mesh::proxy_identity::Role;
 
 use super::{Peer, Reason, Refusal};
+use crate::gateway_infra::{GATEWAY_NAME_LABEL, resource_name};
 use crate::mesh::services::revision_of;
+use crate::mesh::{GatewayInfra, gateway};
 use crate::world::World;
 
 /// A proxy whose hello its connection proves.
@@ -22,6 +24,9 @@ pub struct VerifiedProxy {
     pub pod: String,
     /// Sidecar or gateway.
     pub role: Role,
+    /// For a gateway proxy, the proxies it is one of: the shared ones, or
+    /// a dedicated Gateway's.
+    pub gateway: Option<GatewayInfra>,
     /// The pod's revision (its template hash), empty without one.
     pub revision: String,
     /// The workload the pod belongs to: its controller's name without the
@@ -29,14 +34,27 @@ pub struct VerifiedProxy {
     pub workload: String,
 }
 
+/// What a gateway proxy may be, besides a sidecar.
+pub struct GatewayScope<'a> {
+    /// The shared gateway runs here (where only cluster administrators
+    /// create pods), as the chart installs it.
+    pub root_namespace: &'a str,
+    /// The service account a dedicated Gateway's proxies run as, given its
+    /// (namespace, name); `None` when no Gateway of the dedicated class has
+    /// that name.
+    pub dedicated_account: &'a (dyn Fn(&str, &str) -> Option<String> + Sync),
+}
+
 /// Decides whether `hello` is proven by `peer`, given the pod it names as
-/// the cache has it. Gateways must run in `root_namespace` (where only
-/// cluster administrators create pods), as the chart installs them.
+/// the cache has it. A gateway is the shared one when it runs in the root
+/// namespace, or a dedicated Gateway's when its pod carries that Gateway's
+/// name label and runs as the account the operator made for it (so it
+/// gets the config of a Gateway of its own namespace only).
 pub fn check(
     peer: &Peer,
     hello: &ProxyIdentity,
     pod: Option<&Pod>,
-    root_namespace: &str,
+    scope: &GatewayScope<'_>,
 ) -> Result<VerifiedProxy, Refusal> {
     let role = match Role::try_from(hello.role) {
         Ok(r @ (Role::Sidecar | Role::Gateway)) => r,
@@ -59,15 +77,6 @@ pub fn check(
             format!(
                 "the hello names namespace {:?}, but the certificate is {}",
                 hello.namespace, peer.id
-            ),
-        ));
-    }
-    if role == Role::Gateway && peer.id.namespace != root_namespace {
-        return Err(Refusal::new(
-            Reason::GatewayNamespace,
-            format!(
-                "gateways run in {root_namespace:?}, not {:?}",
-                peer.id.namespace
             ),
         ));
     }
@@ -99,13 +108,46 @@ pub fn check(
             ),
         ));
     }
+    let gateway = match role {
+        Role::Gateway => Some(gateway_of(pod, account, &hello.namespace, scope)?),
+        _ => None,
+    };
     Ok(VerifiedProxy {
         namespace: hello.namespace.clone(),
         pod: hello.pod_name.clone(),
         role,
+        gateway,
         revision: revision_of(pod).cloned().unwrap_or_default(),
         workload: workload_of(pod),
     })
+}
+
+/// Which gateway proxies `pod` (running as `account` in `namespace`) is
+/// one of.
+fn gateway_of(
+    pod: &Pod,
+    account: &str,
+    namespace: &str,
+    scope: &GatewayScope<'_>,
+) -> Result<GatewayInfra, Refusal> {
+    if let Some(name) = pod.labels().get(GATEWAY_NAME_LABEL)
+        && (scope.dedicated_account)(namespace, name).as_deref() == Some(account)
+    {
+        return Ok(GatewayInfra::Dedicated {
+            namespace: namespace.to_owned(),
+            name: name.clone(),
+        });
+    }
+    if namespace == scope.root_namespace {
+        return Ok(GatewayInfra::Shared);
+    }
+    Err(Refusal::new(
+        Reason::GatewayNamespace,
+        format!(
+            "gateways run in {:?} or as a dedicated Gateway's proxies, not as {namespace}/{account}",
+            scope.root_namespace
+        ),
+    ))
 }
 
 fn ended(pod: &Pod) -> bool {
@@ -159,10 +201,22 @@ pub async fn verify_proxy(
     hello: &ProxyIdentity,
     root_namespace: &str,
 ) -> Result<VerifiedProxy, Refusal> {
+    let dedicated_class = world.mesh().dedicated_class.clone();
+    let dedicated_account = |ns: &str, name: &str| {
+        let gw = world.gateway(ns, name)?;
+        match gateway::infra_of(&gw, &dedicated_class) {
+            GatewayInfra::Dedicated { .. } => Some(resource_name(name, &dedicated_class)),
+            GatewayInfra::Shared => None,
+        }
+    };
+    let scope = GatewayScope {
+        root_namespace,
+        dedicated_account: &dedicated_account,
+    };
     let deadline = Instant::now() + POD_WAIT;
     loop {
         let pod = world.pod(&hello.namespace, &hello.pod_name);
-        match check(peer, hello, pod.as_deref(), root_namespace) {
+        match check(peer, hello, pod.as_deref(), &scope) {
             Err(r)
                 if matches!(r.reason, Reason::UnknownPod | Reason::Address)
                     && Instant::now() < deadline =>
@@ -187,6 +241,17 @@ mod tests {
                 service_account: sa.into(),
             },
             addr: ip.parse().ok(),
+        }
+    }
+
+    fn no_dedicated(_: &str, _: &str) -> Option<String> {
+        None
+    }
+
+    fn root(ns: &'static str) -> GatewayScope<'static> {
+        GatewayScope {
+            root_namespace: ns,
+            dedicated_account: &no_dedicated,
         }
     }
 
@@ -220,7 +285,7 @@ mod tests {
             &peer("handson", "web", "10.1.0.5"),
             &hello("handson", "web-1", Role::Sidecar),
             Some(&p),
-            "sluice-system",
+            &root("sluice-system"),
         )
         .expect("verified");
         assert_eq!(v.revision, "5d8f7c9b4");
@@ -234,7 +299,7 @@ mod tests {
             &peer("a", "x", "10.1.0.5"),
             &hello("b", "web-1", Role::Sidecar),
             Some(&p),
-            "sluice-system",
+            &root("sluice-system"),
         )
         .expect_err("refused");
         assert_eq!(e.reason, Reason::Namespace);
@@ -245,11 +310,13 @@ mod tests {
     fn another_account_or_another_address_is_refused() {
         let p = pod("a", "web-1", "web", "10.1.0.5");
         let h = hello("a", "web-1", Role::Sidecar);
-        let e = check(&peer("a", "curl", "10.1.0.5"), &h, Some(&p), "s").expect_err("account");
+        let e =
+            check(&peer("a", "curl", "10.1.0.5"), &h, Some(&p), &root("s")).expect_err("account");
         assert_eq!(e.reason, Reason::ServiceAccount);
-        let e = check(&peer("a", "web", "10.1.0.6"), &h, Some(&p), "s").expect_err("address");
+        let e =
+            check(&peer("a", "web", "10.1.0.6"), &h, Some(&p), &root("s")).expect_err("address");
         assert_eq!(e.reason, Reason::Address);
-        let e = check(&peer("a", "web", "10.1.0.5"), &h, None, "s").expect_err("no pod");
+        let e = check(&peer("a", "web", "10.1.0.5"), &h, None, &root("s")).expect_err("no pod");
         assert_eq!(e.reason, Reason::UnknownPod);
     }
 
@@ -260,7 +327,7 @@ mod tests {
             &peer("a", "gw", "10.1.0.5"),
             &hello("a", "gw-1", Role::Gateway),
             Some(&p),
-            "sluice-system",
+            &root("sluice-system"),
         )
         .expect_err("refused");
         assert_eq!(e.reason, Reason::GatewayNamespace);
@@ -270,10 +337,59 @@ mod tests {
                 &peer("sluice-system", "gw", "10.1.0.5"),
                 &hello("sluice-system", "gw-1", Role::Gateway),
                 Some(&p),
-                "sluice-system",
+                &root("sluice-system"),
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_dedicated_gateways_pod_gets_its_gateway_only_with_its_account() {
+        let account = |ns: &str, name: &str| {
+            (ns == "shop" && name == "edge").then(|| "edge-sluice-dedicated".to_owned())
+        };
+        let scope = GatewayScope {
+            root_namespace: "sluice-system",
+            dedicated_account: &account,
+        };
+        let mut p = pod("shop", "edge-1", "edge-sluice-dedicated", "10.1.0.5");
+        p.labels_mut()
+            .insert(GATEWAY_NAME_LABEL.into(), "edge".into());
+        let h = hello("shop", "edge-1", Role::Gateway);
+        let v = check(
+            &peer("shop", "edge-sluice-dedicated", "10.1.0.5"),
+            &h,
+            Some(&p),
+            &scope,
+        )
+        .expect("verified");
+        assert_eq!(
+            v.gateway,
+            Some(GatewayInfra::Dedicated {
+                namespace: "shop".into(),
+                name: "edge".into()
+            })
+        );
+        // The label alone proves nothing: another account of the namespace
+        // is refused, and so is a label naming a Gateway that is not
+        // dedicated.
+        let mut other = pod("shop", "edge-1", "web", "10.1.0.5");
+        other
+            .labels_mut()
+            .insert(GATEWAY_NAME_LABEL.into(), "edge".into());
+        let e = check(&peer("shop", "web", "10.1.0.5"), &h, Some(&other), &scope)
+            .expect_err("another account");
+        assert_eq!(e.reason, Reason::GatewayNamespace);
+        p.labels_mut()
+            .insert(GATEWAY_NAME_LABEL.into(), "shared-one".into());
+        let e = check(
+            &peer("shop", "edge-sluice-dedicated", "10.1.0.5"),
+            &h,
+            Some(&p),
+            &scope,
+        )
+        .expect_err("not a dedicated Gateway");
+        assert_eq!(e.reason, Reason::GatewayNamespace);
     }
 
     #[test]
@@ -286,6 +402,14 @@ mod tests {
                 .expect("ip")
                 .to_canonical(),
         );
-        assert!(check(&pr, &hello("a", "web-1", Role::Sidecar), Some(&p), "s").is_ok());
+        assert!(
+            check(
+                &pr,
+                &hello("a", "web-1", Role::Sidecar),
+                Some(&p),
+                &root("s")
+            )
+            .is_ok()
+        );
     }
 }

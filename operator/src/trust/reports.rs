@@ -103,6 +103,7 @@ mod tests {
             namespace: "handson".into(),
             pod: "handson-abc-1".into(),
             role: Role::Sidecar,
+            gateway: None,
             revision: "abc".into(),
             workload: "handson".into(),
         }
@@ -161,6 +162,7 @@ mod tests {
             namespace: "sluice-system".into(),
             pod: "gw-1".into(),
             role: Role::Gateway,
+            gateway: Some(crate::mesh::GatewayInfra::Shared),
             revision: "r".into(),
             workload: "sluice-gateway".into(),
         };

@@ -5,7 +5,9 @@
 //! chart, the suite's echo backend built from its Go module and imported
 //! into the node under the name the suite's manifests use, then the suite's
 //! own test binary (`scripts/conformance.sh` builds both) with the
-//! GatewayClass `sluice`. The suite writes its `ConformanceReport`; this
+//! GatewayClass `sluice-dedicated`, whose Gateways each get proxies of
+//! their own, as Istio's do (`--gateway-class sluice` runs it against the
+//! shared gateway). The suite writes its `ConformanceReport`; this
 //! prints the passed, failed and skipped tests of each profile.
 
 use std::path::{Path, PathBuf};
@@ -57,6 +59,10 @@ struct Args {
     /// The implementation's version in the report.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     version: String,
+    /// The GatewayClass the suite's Gateways use: the dedicated one (each
+    /// Gateway its own proxies and Service) or `sluice` (the shared gateway).
+    #[arg(long, default_value = "sluice-dedicated")]
+    gateway_class: String,
     /// Minutes before the suite is stopped.
     #[arg(long, default_value_t = 40)]
     minutes: u64,
@@ -121,7 +127,7 @@ HTTPRouteHostRewrite,HTTPRoutePathRewrite,\
 HTTPRouteRequestMirror,HTTPRouteRequestMultipleMirrors,HTTPRouteRequestPercentageMirror,\
 HTTPRouteRequestTimeout,HTTPRouteBackendTimeout,\
 HTTPRouteBackendProtocolH2C,HTTPRouteBackendProtocolWebSocket,\
-GatewayHTTPListenerIsolation";
+GatewayHTTPListenerIsolation,GatewayInfrastructurePropagation";
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -192,7 +198,7 @@ async fn run_suite(cluster: &Cluster, args: &Args, log: &Path) -> Result<()> {
         "TestConformance",
         "-test.v",
         &format!("-test.timeout={}m", args.minutes),
-        "-gateway-class=sluice",
+        &format!("-gateway-class={}", args.gateway_class),
         &format!("-conformance-profiles={}", args.profiles),
         &format!("-supported-features={}", args.supported_features),
         &format!("-report-output={}", args.report.display()),
