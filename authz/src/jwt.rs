@@ -13,6 +13,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation, errors::ErrorKind
 use serde_json::{Map, Value};
 use sluice_proto::authn::{BEARER_PREFIX, DEFAULT_TOKEN_PARAM, JwtRule, refusal};
 
+use crate::CompileError;
+
 /// The clock skew allowed on `exp` and `nbf`, as Envoy allows.
 const LEEWAY_SECONDS: u64 = 60;
 
@@ -123,22 +125,25 @@ impl Authenticator {
     /// (below `path`, e.g. `inbound.jwtRules`). A rule without inline keys
     /// gets none: every token of its issuer is then refused, the safe side
     /// while its `jwksUri` has not been fetched.
-    pub fn compile(rules: &[JwtRule], path: &str) -> Result<Authenticator, String> {
+    pub fn compile(rules: &[JwtRule], path: &str) -> Result<Authenticator, CompileError> {
         let mut issuers = Vec::new();
         let mut all: Vec<Location> = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             let at = format!("{path}[{i}]");
             if r.issuer.is_empty() {
-                return Err(format!("{at}.issuer: must not be empty"));
+                return Err(CompileError::new(
+                    format!("{at}.issuer"),
+                    "must not be empty",
+                ));
             }
             if rules[..i].iter().any(|o| o.issuer == r.issuer) {
-                return Err(format!(
-                    "{at}.issuer: {:?} is given by an earlier rule",
-                    r.issuer
+                return Err(CompileError::new(
+                    format!("{at}.issuer"),
+                    format!("{:?} is given by an earlier rule", r.issuer),
                 ));
             }
             let keys = match &r.jwks {
-                Some(text) => keys(text).map_err(|e| format!("{at}.jwks: {e}"))?,
+                Some(text) => keys(text).map_err(|e| CompileError::new(format!("{at}.jwks"), e))?,
                 None => Vec::new(),
             };
             let locations = locations(r, &at)?;
@@ -152,7 +157,10 @@ impl Authenticator {
                 .as_deref()
                 .map(|h| {
                     HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
-                        format!("{at}.outputPayloadToHeader: {h:?} is not a header name")
+                        CompileError::new(
+                            format!("{at}.outputPayloadToHeader"),
+                            format!("{h:?} is not a header name"),
+                        )
                     })
                 })
                 .transpose()?;
@@ -316,7 +324,7 @@ fn key(jwk: &Jwk) -> Result<Key, String> {
     })
 }
 
-fn locations(r: &JwtRule, at: &str) -> Result<Vec<Location>, String> {
+fn locations(r: &JwtRule, at: &str) -> Result<Vec<Location>, CompileError> {
     if r.from_headers.is_empty() && r.from_params.is_empty() {
         return Ok(vec![
             Location::Header {
@@ -329,9 +337,9 @@ fn locations(r: &JwtRule, at: &str) -> Result<Vec<Location>, String> {
     let mut out = Vec::new();
     for (i, h) in r.from_headers.iter().enumerate() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| {
-            format!(
-                "{at}.fromHeaders[{i}].name: {:?} is not a header name",
-                h.name
+            CompileError::new(
+                format!("{at}.fromHeaders[{i}].name"),
+                format!("{:?} is not a header name", h.name),
             )
         })?;
         out.push(Location::Header {
@@ -341,7 +349,10 @@ fn locations(r: &JwtRule, at: &str) -> Result<Vec<Location>, String> {
     }
     for (i, p) in r.from_params.iter().enumerate() {
         if p.is_empty() {
-            return Err(format!("{at}.fromParams[{i}]: must not be empty"));
+            return Err(CompileError::new(
+                format!("{at}.fromParams[{i}]"),
+                "must not be empty",
+            ));
         }
         out.push(Location::Param(p.clone()));
     }
@@ -558,21 +569,29 @@ mod tests {
             let r: JwtRule = serde_json::from_value(r).expect("rule");
             Authenticator::compile(&[r], "inbound.jwtRules").expect_err("refused")
         };
-        assert!(err(json!({"issuer": ""})).starts_with("inbound.jwtRules[0].issuer"));
-        assert!(err(json!({"issuer": ISS, "jwks": "{"})).starts_with("inbound.jwtRules[0].jwks"));
-        assert!(
-            err(json!({"issuer": ISS, "jwks": "{\"keys\": [{\"kty\": \"RSA\", \"n\": \"!\", \"e\": \"AQAB\"}]}"}))
-                .starts_with("inbound.jwtRules[0].jwks: keys[0]")
+        assert_eq!(
+            err(json!({"issuer": ""})).path,
+            "inbound.jwtRules[0].issuer"
         );
-        assert!(
-            err(json!({"issuer": ISS, "fromHeaders": [{"name": "bad header"}]}))
-                .contains("fromHeaders[0].name")
+        assert_eq!(
+            err(json!({"issuer": ISS, "jwks": "{"})).path,
+            "inbound.jwtRules[0].jwks"
+        );
+        let bad_key = err(
+            json!({"issuer": ISS, "jwks": "{\"keys\": [{\"kty\": \"RSA\", \"n\": \"!\", \"e\": \"AQAB\"}]}"}),
+        );
+        assert_eq!(bad_key.path, "inbound.jwtRules[0].jwks");
+        assert!(bad_key.message.starts_with("keys[0]"), "{bad_key}");
+        assert_eq!(
+            err(json!({"issuer": ISS, "fromHeaders": [{"name": "bad header"}]})).path,
+            "inbound.jwtRules[0].fromHeaders[0].name"
         );
         let twice = [rule(json!({})), rule(json!({}))];
-        assert!(
+        assert_eq!(
             Authenticator::compile(&twice, "r")
                 .expect_err("refused")
-                .starts_with("r[1].issuer")
+                .path,
+            "r[1].issuer"
         );
     }
 

@@ -22,6 +22,27 @@ use sluice_proto::authz::{
 
 pub mod jwt;
 
+/// A policy or JWT rule that does not compile: the field (a path such as
+/// `inbound.policies[0].rules[1].to[0].operation.ports`) and what is wrong
+/// with its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct CompileError {
+    /// The field.
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl CompileError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> CompileError {
+        CompileError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
 pub use jwt::RequestAuth;
 
 /// A compiled string matcher.
@@ -100,14 +121,13 @@ fn strings(yes: &[String], no: &[String], lowercase: bool) -> Field<Pattern> {
     }
 }
 
-fn ports(field: &str, yes: &[String], no: &[String]) -> Result<Field<u16>, String> {
+fn ports(field: &str, yes: &[String], no: &[String]) -> Result<Field<u16>, CompileError> {
     let parse = |v: &[String]| {
         v.iter()
             .map(|p| {
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| format!("{field}: {p:?} is not a port number (1-65535)"))
+                p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| {
+                    CompileError::new(field, format!("{p:?} is not a port number (1-65535)"))
+                })
             })
             .collect::<Result<Vec<_>, _>>()
     };
@@ -165,10 +185,10 @@ impl Cidr {
     }
 }
 
-fn cidrs(field: &str, yes: &[String], no: &[String]) -> Result<Field<Cidr>, String> {
+fn cidrs(field: &str, yes: &[String], no: &[String]) -> Result<Field<Cidr>, CompileError> {
     let parse = |v: &[String]| {
         v.iter()
-            .map(|s| Cidr::parse(s).map_err(|e| format!("{field}: {e}")))
+            .map(|s| Cidr::parse(s).map_err(|e| CompileError::new(field, e)))
             .collect::<Result<Vec<_>, _>>()
     };
     Ok(Field {
@@ -197,20 +217,21 @@ enum When {
     Port(Field<u16>),
 }
 
-fn when(c: &Condition, path: &str) -> Result<When, String> {
+fn when(c: &Condition, path: &str) -> Result<When, CompileError> {
+    let at_key = |message: String| CompileError::new(format!("{path}.key"), message);
     let key = if let Some(rest) = c.key.strip_prefix(CLAIM_KEY_PREFIX) {
         let name = rest
             .strip_suffix(']')
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| format!("{path}.key: {:?} is not request.auth.claims[<name>]", c.key))?;
+            .ok_or_else(|| at_key(format!("{:?} is not {CLAIM_KEY_PREFIX}<name>]", c.key)))?;
         Key::RequestClaim(name.to_owned())
     } else if let Some(rest) = c.key.strip_prefix(HEADER_KEY_PREFIX) {
         let name = rest
             .strip_suffix(']')
-            .ok_or_else(|| format!("{path}.key: {:?} lacks the closing ]", c.key))?;
+            .ok_or_else(|| at_key(format!("{:?} lacks the closing ]", c.key)))?;
         Key::Header(
             http::HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| format!("{path}.key: {name:?} is not a header name"))?,
+                .map_err(|_| at_key(format!("{name:?} is not a header name")))?,
         )
     } else {
         match c.key.as_str() {
@@ -221,10 +242,10 @@ fn when(c: &Condition, path: &str) -> Result<When, String> {
             "request.auth.principal" => Key::RequestPrincipal,
             "request.auth.audiences" => Key::RequestAudiences,
             other => {
-                return Err(format!(
-                    "{path}.key: {other:?} is not supported (use {}, {HEADER_KEY_PREFIX}<name>] or {CLAIM_KEY_PREFIX}<name>])",
+                return Err(at_key(format!(
+                    "{other:?} is not supported (use {}, {HEADER_KEY_PREFIX}<name>] or {CLAIM_KEY_PREFIX}<name>])",
                     CONDITION_KEYS.join(", ")
-                ));
+                )));
             }
         }
     };
@@ -389,7 +410,7 @@ fn http_field(
 
 impl Policies {
     /// Compiles `policies`; a malformed value is an error naming its field.
-    pub fn compile(policies: &[Policy]) -> Result<Policies, String> {
+    pub fn compile(policies: &[Policy]) -> Result<Policies, CompileError> {
         let mut out = Policies::default();
         for (pi, p) in policies.iter().enumerate() {
             let mut rules = Vec::new();
@@ -1057,16 +1078,17 @@ mod tests {
         };
         let e =
             bad(json!([{"name": "a", "rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}]));
-        assert!(
-            e.contains("inbound.policies[0].rules[0].to[0].operation.ports"),
-            "{e}"
-        );
+        assert_eq!(e.path, "inbound.policies[0].rules[0].to[0].operation.ports");
+        assert!(e.message.contains("\"http\""), "{e}");
         let e = bad(
             json!([{"name": "a", "rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/40"]}}]}]}]),
         );
-        assert!(e.contains("ipBlocks"), "{e}");
+        assert_eq!(
+            e.path,
+            "inbound.policies[0].rules[0].from[0].source.ipBlocks"
+        );
         let e = bad(json!([{"name": "a", "rules": [{"when": [{"key": "connection.sni"}]}]}]));
-        assert!(e.contains("when[0].key"), "{e}");
+        assert_eq!(e.path, "inbound.policies[0].rules[0].when[0].key");
     }
 
     #[test]
@@ -1136,6 +1158,6 @@ mod tests {
             "rules": [{"when": [{"key": "request.auth.claims[]", "values": ["a"]}]}]}]))
         .expect("policies");
         let e = Policies::compile(&list).expect_err("refused");
-        assert!(e.contains("rules[0].when[0].key"), "{e}");
+        assert_eq!(e.path, "inbound.policies[0].rules[0].when[0].key");
     }
 }

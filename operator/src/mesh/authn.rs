@@ -44,25 +44,29 @@ impl Resolved {
                 .iter()
                 .map(|r| resolve(r, jwks, &mut waiting))
                 .collect();
+            // Rules that compile are pushed, with or without their keys.
             let accepted = match Authenticator::compile(&rules, "spec.jwtRules") {
                 Err(e) => Cond::no(
                     "Accepted",
                     super::reason::INVALID,
                     format!("not pushed to any proxy: {e}"),
                 ),
-                Ok(_) if !waiting.is_empty() => Cond::no(
-                    "Accepted",
-                    super::reason::PENDING,
-                    format!(
-                        "pushed without keys, so these issuers' tokens are refused: {}",
-                        waiting.join("; ")
-                    ),
-                ),
-                Ok(_) => Cond::yes("Accepted", super::reason::ACCEPTED),
+                Ok(_) => {
+                    out.rules.insert(key.clone(), rules);
+                    if waiting.is_empty() {
+                        Cond::yes("Accepted", super::reason::ACCEPTED)
+                    } else {
+                        Cond::no(
+                            "Accepted",
+                            super::reason::PENDING,
+                            format!(
+                                "pushed without keys, so these issuers' tokens are refused: {}",
+                                waiting.join("; ")
+                            ),
+                        )
+                    }
+                }
             };
-            if accepted.ok || accepted.reason == super::reason::PENDING {
-                out.rules.insert(key.clone(), rules);
-            }
             let draft = PolicyDraft {
                 generation: a.metadata.generation,
                 accepted,

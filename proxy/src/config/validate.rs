@@ -251,17 +251,9 @@ pub fn check(c: &Config) -> Result<(), ConfigError> {
                 ));
             }
         }
-        crate::authz::Policies::compile(&inb.policies).map_err(|e| {
-            let (path, message) = e.split_once(": ").unwrap_or(("inbound.policies", &e));
-            err(path.to_owned(), message.to_owned())
-        })?;
+        crate::authz::Policies::compile(&inb.policies).map_err(|e| err(e.path, e.message))?;
         crate::authz::Authenticator::compile(&inb.jwt_rules, crate::authz::JWT_RULES_PATH)
-            .map_err(|e| {
-                let (path, message) = e
-                    .split_once(": ")
-                    .unwrap_or((crate::authz::JWT_RULES_PATH, &e));
-                err(path.to_owned(), message.to_owned())
-            })?;
+            .map_err(|e| err(e.path, e.message))?;
     }
     let mut backends = HashSet::new();
     for (i, b) in c.backends.iter().enumerate() {
