@@ -50,21 +50,29 @@ pub async fn run(store: Store<RequestAuthentication>, docs: Documents, changed: 
             return;
         }
     };
-    let mut last: HashMap<String, (Instant, bool)> = HashMap::new();
+    // When each URI was last fetched; whether that worked is in `docs`.
+    let mut last: HashMap<String, Instant> = HashMap::new();
     let mut ticker = tokio::time::interval(TICK);
     loop {
         ticker.tick().await;
         let uris = wanted(&store.state());
-        let mut next = (*docs.load_full()).clone();
-        let before = next.len();
-        next.retain(|u, _| uris.contains(u));
         last.retain(|u, _| uris.contains(u));
-        let mut dirty = next.len() != before;
+        let current = docs.load_full();
+        // Copied only once something changes: most ticks fetch nothing.
+        let mut next: Option<BTreeMap<String, Fetched>> =
+            current.keys().any(|u| !uris.contains(u)).then(|| {
+                current
+                    .iter()
+                    .filter(|(u, _)| uris.contains(*u))
+                    .map(|(u, f)| (u.clone(), f.clone()))
+                    .collect()
+            });
         for uri in uris {
-            let due = last
-                .get(&uri)
-                .is_none_or(|(at, ok)| at.elapsed() >= if *ok { REFRESH } else { RETRY });
-            if !due {
+            let wait = match current.get(&uri) {
+                Some(Ok(_)) => REFRESH,
+                _ => RETRY,
+            };
+            if last.get(&uri).is_some_and(|at| at.elapsed() < wait) {
                 continue;
             }
             let got = fetch(&client, &uri).await;
@@ -72,13 +80,13 @@ pub async fn run(store: Store<RequestAuthentication>, docs: Documents, changed: 
                 Ok(_) => info!(%uri, "JWKS fetched"),
                 Err(e) => warn!(%uri, "JWKS fetch failed: {e}"),
             }
-            last.insert(uri.clone(), (Instant::now(), got.is_ok()));
-            if next.get(&uri) != Some(&got) {
-                next.insert(uri, got);
-                dirty = true;
+            last.insert(uri.clone(), Instant::now());
+            if current.get(&uri) != Some(&got) {
+                next.get_or_insert_with(|| (*current).clone())
+                    .insert(uri, got);
             }
         }
-        if dirty {
+        if let Some(next) = next {
             docs.store(Arc::new(next));
             changed.notify_one();
         }

@@ -129,8 +129,9 @@ fn deployment_spec(
     ] {
         pod_annotations.entry(k.to_owned()).or_insert(v);
     }
+    // No `replicas`: one at creation (the default), then whoever scales it
+    // (a user, an HPA) owns the count, which the periodic apply leaves be.
     json!({
-        "replicas": 1,
         "selector": {"matchLabels": {GATEWAY_NAME_LABEL: gw_name}},
         "template": {
             "metadata": {"labels": labels, "annotations": pod_annotations},
@@ -259,6 +260,10 @@ mod tests {
         assert_eq!(
             o.deployment["spec"]["selector"]["matchLabels"],
             json!({GATEWAY_NAME_LABEL: "edge"})
+        );
+        assert!(
+            o.deployment["spec"].get("replicas").is_none(),
+            "the replica count is left to whoever scales it"
         );
     }
 

@@ -120,10 +120,14 @@ fn pod_identity(pod: &Pod, trust_domain: &str) -> Option<String> {
     Some(sluice_proto::config::spiffe_id(trust_domain, &ns, sa))
 }
 
-/// The addresses of live pods with a sidecar and their identities. Pods on
-/// the host's network share the node's address and are left out, as are
-/// finished pods, whose address a new pod may have taken.
-fn workloads(pods: &[Arc<Pod>], trust_domain: &str) -> BTreeMap<IpAddr, String> {
+/// The addresses of live pods with a sidecar and their identities (from
+/// `identities`, by (namespace, pod)). Pods on the host's network share the
+/// node's address and are left out, as are finished pods, whose address a
+/// new pod may have taken.
+fn workloads(
+    pods: &[Arc<Pod>],
+    identities: &BTreeMap<(String, String), String>,
+) -> BTreeMap<IpAddr, String> {
     let mut out = BTreeMap::new();
     for p in pods {
         let host_network = p
@@ -138,7 +142,7 @@ fn workloads(pods: &[Arc<Pod>], trust_domain: &str) -> BTreeMap<IpAddr, String> 
         if host_network || finished {
             continue;
         }
-        let Some(id) = pod_identity(p, trust_domain) else {
+        let Some(id) = identities.get(&(p.namespace().unwrap_or_default(), p.name_any())) else {
             continue;
         };
         let ips = status
@@ -194,7 +198,7 @@ impl ServiceIndex {
                 Some(((p.namespace().unwrap_or_default(), p.name_any()), id))
             })
             .collect();
-        let workloads = workloads(pods, trust_domain);
+        let workloads = workloads(pods, &pod_identities);
         let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
         for s in slices {
             if let Some(svc) = s.labels().get("kubernetes.io/service-name") {
