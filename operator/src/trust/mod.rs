@@ -26,7 +26,8 @@ pub enum Reason {
     BadHello,
     /// The hello's namespace is not the certificate's.
     Namespace,
-    /// A gateway outside the operator's namespace.
+    /// A gateway that is neither in the operator's namespace nor a
+    /// dedicated Gateway's proxy (its label and its account).
     GatewayNamespace,
     /// The hello names a pod that does not exist (or has ended).
     UnknownPod,
