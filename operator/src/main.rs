@@ -288,16 +288,11 @@ async fn run(args: Args, client: kube::Client) -> anyhow::Result<()> {
             parts.snapshots.clone(),
             parts.metrics.clone(),
         );
-        parts
-            .supervisor
-            .spawn("config push", Some(STALL_AFTER), move |heart| async move {
-                beating(
-                    &heart,
-                    Duration::from_secs(1),
-                    world::run(w, r, s, m, output_tx),
-                )
-                .await
-            });
+        supervise(
+            &parts.supervisor,
+            "config push",
+            world::run(w, r, s, m, output_tx),
+        );
     }
     let proxy = proxy_settings(&args, &ca.own_id);
     spawn_leader_tasks(&args, &parts, owner, proxy, output_rx);
@@ -490,7 +485,6 @@ fn spawn_leader_tasks(
     );
     let (step_down, supervisor) = (parts.step_down.clone(), parts.supervisor.clone());
     let faults = args.test_faults;
-    let dedicated_class = args.dedicated_gateway_class.clone();
     let notifier = sluice_operator::rollout::notify::Notifier::start(
         args.notify_webhooks.clone(),
         parts.metrics.clone(),
@@ -501,44 +495,30 @@ fn spawn_leader_tasks(
         {
             return;
         }
-        let (cr, sv) = (c.clone(), supervisor.clone());
-        let (cd, wd, od) = (c.clone(), w.clone(), output_rx.clone());
-        supervisor.spawn(
-            "gateway deployer",
-            Some(STALL_AFTER),
-            move |heart| async move {
-                beating(
-                    &heart,
-                    Duration::from_secs(1),
-                    sluice_operator::gateway_infra::run(cd, wd, dedicated_class, proxy, od),
-                )
-                .await
-            },
-        );
-        supervisor.spawn(
-            "rollout controller",
-            Some(STALL_AFTER),
-            move |heart| async move {
-                beating(
-                    &heart,
-                    Duration::from_secs(1),
-                    sluice_operator::rollout::run(cr, t, sv, notifier, faults),
-                )
-                .await
-            },
-        );
-        supervisor.spawn(
+        let deployer =
+            sluice_operator::gateway_infra::run(c.clone(), w.clone(), proxy, output_rx.clone());
+        supervise(&supervisor, "gateway deployer", deployer);
+        let controller =
+            sluice_operator::rollout::run(c.clone(), t, supervisor.clone(), notifier, faults);
+        supervise(&supervisor, "rollout controller", controller);
+        supervise(
+            &supervisor,
             "status writer",
-            Some(STALL_AFTER),
-            move |heart| async move {
-                beating(
-                    &heart,
-                    Duration::from_secs(1),
-                    status::run(c, w, r, s, output_rx),
-                )
-                .await
-            },
+            status::run(c, w, r, s, output_rx),
         );
+    });
+}
+
+/// Runs `task` under `supervisor`, beating every second from the task's own
+/// thread: a task that stops making progress for [`STALL_AFTER`] (a blocked
+/// thread) fails the health check.
+fn supervise(
+    supervisor: &Supervisor,
+    name: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    supervisor.spawn(name, Some(STALL_AFTER), move |heart| async move {
+        beating(&heart, Duration::from_secs(1), task).await
     });
 }
 

@@ -184,16 +184,6 @@ pub struct Split {
     count: AtomicU64,
 }
 
-impl Clone for Split {
-    fn clone(&self) -> Split {
-        Split {
-            entries: self.entries.clone(),
-            total: self.total,
-            count: AtomicU64::new(self.count.load(Relaxed)),
-        }
-    }
-}
-
 /// 2^64 divided by the golden ratio: the step of the Weyl sequence.
 const GOLDEN_STEP: u64 = 0x9E37_79B9_7F4A_7C15;
 

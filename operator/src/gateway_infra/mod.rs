@@ -9,7 +9,7 @@
 
 pub mod objects;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,7 +81,6 @@ pub fn addresses(service: &Service) -> Vec<Address> {
 pub async fn run(
     client: Client,
     world: World,
-    class: String,
     proxy: InjectSettings,
     mut output: watch::Receiver<Arc<MeshOutput>>,
 ) {
@@ -89,14 +88,15 @@ pub async fn run(
     let mut resync = tokio::time::interval(RESYNC);
     // A failed apply is tried again this soon.
     let mut retry = tokio::time::interval(Duration::from_secs(10));
+    let mut failed = false;
     loop {
         tokio::select! {
             r = output.changed() => if r.is_err() { return },
             _ = resync.tick() => applied.clear(),
-            _ = retry.tick() => {}
+            _ = retry.tick(), if failed => {}
         }
         let out = output.borrow_and_update().clone();
-        let wanted: Vec<(String, String)> = out
+        let wanted: BTreeSet<(String, String)> = out
             .gateways
             .iter()
             .filter_map(|d| match &d.infra {
@@ -107,11 +107,12 @@ pub async fn run(
             })
             .collect();
         applied.retain(|k, _| wanted.contains(k));
+        failed = false;
         for (ns, name) in wanted {
             let Some(gw) = world.gateway(&ns, &name) else {
                 continue;
             };
-            let Some(objects) = objects::objects(&gw, &class, &proxy) else {
+            let Some(objects) = objects::objects(&gw, &proxy) else {
                 continue;
             };
             let hash = fnv1a(
@@ -128,9 +129,13 @@ pub async fn run(
                     applied.insert((ns, name), hash);
                 }
                 Err(e) => {
+                    failed = true;
                     warn!(gateway = %format!("{ns}/{name}"), "applying the gateway's objects: {e}")
                 }
             }
+        }
+        if failed {
+            retry.reset();
         }
     }
 }

@@ -55,12 +55,12 @@ pub struct Objects {
     pub service: Option<Value>,
 }
 
-/// The objects `gw` (of dedicated class `class`) needs, owned by it so
-/// that deleting it deletes them; none while it has no uid yet.
-pub fn objects(gw: &Gateway, class: &str, proxy: &InjectSettings) -> Option<Objects> {
+/// The objects `gw` (of the dedicated class) needs, owned by it so that
+/// deleting it deletes them; none while it has no uid yet.
+pub fn objects(gw: &Gateway, proxy: &InjectSettings) -> Option<Objects> {
     let uid = gw.uid()?;
     let gw_name = gw.name_any();
-    let name = resource_name(&gw_name, class);
+    let name = resource_name(&gw_name, &gw.spec.gateway_class_name);
     let (labels, annotations) = propagated(gw);
     let metadata = json!({
         "name": name,
@@ -242,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_gateway_gets_an_account_a_deployment_and_a_service_it_owns() {
-        let o = objects(&gateway(json!({})), "sluice-dedicated", &settings()).expect("objects");
+        let o = objects(&gateway(json!({})), &settings()).expect("objects");
         for obj in [
             &o.account,
             &o.deployment,
@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn the_service_has_one_port_per_listener_port() {
-        let o = objects(&gateway(json!({})), "c", &settings()).expect("objects");
+        let o = objects(&gateway(json!({})), &settings()).expect("objects");
         let svc = o.service.expect("service");
         assert_eq!(svc["spec"]["type"], "ClusterIP");
         let ports: Vec<(u64, &str)> = svc["spec"]["ports"]
@@ -292,7 +292,7 @@ mod tests {
             "labels": {"team": "web", GATEWAY_NAME_LABEL: "not-it"},
             "annotations": {"cost-centre": "42", SERVICE_TYPE_ANNOTATION: "NodePort"},
         }}));
-        let o = objects(&gw, "c", &settings()).expect("objects");
+        let o = objects(&gw, &settings()).expect("objects");
         let svc = o.service.expect("service");
         let pod = &o.deployment["spec"]["template"]["metadata"];
         for meta in [
@@ -312,7 +312,7 @@ mod tests {
     fn a_gateway_without_a_uid_yet_gets_nothing() {
         let mut gw = gateway(json!({}));
         gw.metadata.uid = None;
-        assert_eq!(objects(&gw, "c", &settings()), None);
+        assert_eq!(objects(&gw, &settings()), None);
     }
 
     #[test]
