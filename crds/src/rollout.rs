@@ -17,6 +17,10 @@ use crate::analysis::MetricResult;
 pub use crate::analysis::{BuiltinAnalysis, StableComparison};
 use crate::rules::{DURATION_MESSAGE, DURATION_RULE};
 
+/// The label that ties a ReplicaSet to its Rollout (set by the operator,
+/// read by whoever looks for a Rollout's ReplicaSets).
+pub const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
+
 /// A header or mirror route's name: a lowercase RFC 1123 label.
 const ROUTE_NAME_RULE: &str = "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
 

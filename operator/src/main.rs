@@ -498,8 +498,14 @@ fn spawn_leader_tasks(
         let deployer =
             sluice_operator::gateway_infra::run(c.clone(), w.clone(), proxy, output_rx.clone());
         supervise(&supervisor, "gateway deployer", deployer);
-        let controller =
-            sluice_operator::rollout::run(c.clone(), t, supervisor.clone(), notifier, faults);
+        let controller = sluice_operator::rollout::run(
+            c.clone(),
+            w.clone(),
+            t,
+            supervisor.clone(),
+            notifier,
+            faults,
+        );
         supervise(&supervisor, "rollout controller", controller);
         supervise(
             &supervisor,

@@ -282,6 +282,23 @@ impl World {
             .get(&reflector::ObjectRef::new(name).within(namespace))
     }
 
+    /// The names of the HTTPRoutes in `namespace` labelled `key=value`
+    /// (a scan of every route: for the rare reader).
+    pub fn routes_labelled(&self, namespace: &str, key: &str, value: &str) -> Vec<String> {
+        let Some(routes) = &self.routes else {
+            return Vec::new();
+        };
+        routes
+            .state()
+            .iter()
+            .filter(|r| {
+                r.namespace().as_deref() == Some(namespace)
+                    && r.labels().get(key).map(String::as_str) == Some(value)
+            })
+            .map(|r| r.name_any())
+            .collect()
+    }
+
     /// An AuthorizationPolicy by namespace and name.
     pub fn policy(&self, namespace: &str, name: &str) -> Option<Arc<AuthorizationPolicy>> {
         self.policies

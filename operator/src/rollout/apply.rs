@@ -265,6 +265,7 @@ async fn apply_weights(
         routes
             .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
             .await?;
+        info!(route = %name, canary_weight = w, "weights set");
     }
     let canary_routes = CanaryRoutes {
         stable,

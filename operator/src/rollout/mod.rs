@@ -18,6 +18,7 @@ pub mod notify;
 pub mod observe;
 pub mod phase;
 pub mod replicas;
+pub mod replicasets;
 pub mod revisions;
 pub mod workload;
 
@@ -25,22 +26,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use kube::runtime::controller::{Action, Controller};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use sluice_crds::Rollout;
-use tracing::{Instrument, info, warn};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::{Instrument, debug, info, warn};
 
 use crate::traffic::window::TrafficWindow;
+use crate::world::World;
 
 /// The label that carries a pod's revision, as Argo Rollouts names it (the
 /// mesh reads it as the telemetry revision).
 pub const HASH_LABEL: &str = "rollouts-pod-template-hash";
-/// The label that ties a ReplicaSet to its Rollout.
-pub const ROLLOUT_LABEL: &str = "sluice.dev/rollout";
+pub use sluice_crds::rollout::ROLLOUT_LABEL;
 
 /// Why a reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +72,16 @@ pub struct Context {
     test_faults: bool,
     /// Where reconciles register, so that one stuck is noticed.
     supervisor: crate::health::Supervisor,
+    /// The Services and HTTPRoutes a reconcile reads (the mesh's caches).
+    world: World,
+    /// The Rollouts' ReplicaSets.
+    replicasets: replicasets::ReplicaSets,
 }
+
+/// How many Rollouts are reconciled at once: a burst (thousands of
+/// Rollouts created, or the operator starting) queues rather than opening
+/// thousands of API calls at the same time.
+const CONCURRENCY: u16 = 16;
 
 /// A reconcile running longer than this is stuck.
 const RECONCILE_LIMIT: Duration = Duration::from_secs(60);
@@ -83,6 +95,7 @@ pub const TEST_FAULT_ANNOTATION: &str = "sluice.dev/test-fault";
 /// Rollout CRD is not installed).
 pub async fn run(
     client: Client,
+    world: World,
     traffic: Arc<TrafficWindow>,
     supervisor: crate::health::Supervisor,
     notifier: notify::Notifier,
@@ -92,6 +105,21 @@ pub async fn run(
     if let Err(e) = rollouts.list(&Default::default()).await {
         warn!("rollouts.sluice.dev is not served ({e}); the Rollout controller is off");
         return std::future::pending().await;
+    }
+    let replicasets = replicasets::ReplicaSets::default();
+    let (touched_tx, touched) = mpsc::channel(1024);
+    let (synced_tx, mut synced) = watch::channel(false);
+    tokio::spawn(replicasets::watch(
+        Api::all(client.clone()),
+        replicasets.clone(),
+        touched_tx,
+        synced_tx,
+    ));
+    // A reconcile before the caches hold the cluster would see no
+    // ReplicaSet and no Service, and act on that.
+    world.ready().await;
+    if synced.wait_for(|s| *s).await.is_err() {
+        return;
     }
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
@@ -107,13 +135,13 @@ pub async fn run(
         traffic,
         test_faults,
         supervisor,
+        world,
+        replicasets,
     });
     info!("Rollout controller started");
     Controller::new(rollouts, watcher::Config::default())
-        .owns(
-            Api::<ReplicaSet>::all(client.clone()),
-            watcher::Config::default().labels(ROLLOUT_LABEL),
-        )
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .owns_stream(ReceiverStream::new(touched).map(Ok))
         // Adopted Deployments only: their template is a Rollout's.
         .watches(
             Api::<Deployment>::all(client),
@@ -150,7 +178,18 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
         }
     }
     let span = tracing::info_span!("rollout", namespace = %ns, name = %rollout.name_any());
-    apply::reconcile(&rollout, &ns, &ctx).instrument(span).await
+    let start = std::time::Instant::now();
+    let result = apply::reconcile(&rollout, &ns, &ctx)
+        .instrument(span.clone())
+        .await;
+    span.in_scope(|| {
+        debug!(
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "reconciled"
+        )
+    });
+    result
 }
 
 fn error_policy(_: Arc<Rollout>, err: &Error, _: Arc<Context>) -> Action {

@@ -18,7 +18,7 @@ use super::analysis::{self, measure::Subject};
 use super::canary_routes::{CANARY_ROUTES_LABEL, invalid_regex};
 use super::model::{AnalysisRun, Evaluation, Invalid, secs};
 use super::phase::{analysis_in_force, analysis_since};
-use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL, duration};
+use super::{Context, Error, HASH_LABEL, duration};
 
 /// What one reconcile read.
 #[derive(Debug, Default)]
@@ -46,37 +46,31 @@ pub struct World {
     pub foreign_endpoints: usize,
 }
 
-/// Reads the world of `rollout` in `ns`.
+/// Reads the world of `rollout` in `ns`: ReplicaSets, Services and routes
+/// from the caches; endpoints from the API, and only while a canary has
+/// ready pods (the one read that must be current, and the only one not
+/// cached for every Rollout).
 pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, Error> {
     let client = &ctx.client;
-    let rs_api: Api<ReplicaSet> = Api::namespaced(client.clone(), ns);
-    let owned: Vec<ReplicaSet> = rs_api
-        .list(&ListParams::default().labels(&format!("{ROLLOUT_LABEL}={}", rollout.name_any())))
-        .await?
-        .items;
-    let ready = owned
-        .iter()
-        .filter_map(|rs| {
-            let hash = rs.labels().get(HASH_LABEL)?.clone();
-            // Pods of an earlier spec of this ReplicaSet do not count.
-            let current = rs.status.as_ref()?.observed_generation == rs.metadata.generation;
-            let ready = rs.status.as_ref()?.ready_replicas.unwrap_or(0);
-            Some((hash, if current { ready } else { 0 }))
-        })
-        .collect::<BTreeMap<String, i32>>();
+    let name = rollout.name_any();
+    let owned = ctx.replicasets.of(ns, &name);
+    let ready = ready_of(&owned);
     let canary = &rollout.spec.strategy.canary;
+    let stable = rollout
+        .status
+        .as_ref()
+        .and_then(|s| s.stable_revision.as_deref());
+    let canary_ready = ready
+        .iter()
+        .any(|(hash, n)| *n > 0 && Some(hash.as_str()) != stable);
     let ready = match (&canary.traffic_routing, &canary.canary_service) {
-        (Some(_), Some(svc)) => {
-            let prefix = format!("{}-", rollout.name_any());
+        (Some(_), Some(svc)) if canary_ready => {
+            let prefix = format!("{name}-");
             let serving: BTreeMap<String, i32> = serving(client, ns, svc)
                 .await?
                 .into_iter()
                 .filter_map(|(rs, n)| Some((rs.strip_prefix(&prefix)?.to_owned(), n)))
                 .collect();
-            let stable = rollout
-                .status
-                .as_ref()
-                .and_then(|s| s.stable_revision.as_deref());
             ready
                 .into_iter()
                 .map(|(hash, n)| {
@@ -91,33 +85,22 @@ pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, 
         }
         _ => ready,
     };
-    let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
-    let mut services = BTreeMap::new();
-    for (_, name) in services_of(&rollout.spec) {
-        if let Some(svc) = svc_api.get_opt(name).await? {
-            services.insert(name.to_owned(), svc);
-        }
-    }
+    let services = services_of(&rollout.spec)
+        .into_iter()
+        .filter_map(|(_, svc)| Some((svc.to_owned(), (*ctx.world.service(ns, svc)?).clone())))
+        .collect();
     let mut routes = BTreeMap::new();
     let mut companions = Vec::new();
     if let Some(tr) = &canary.traffic_routing
         && !tr.http_routes.is_empty()
     {
-        let api: Api<HttpRoute> = Api::namespaced(client.clone(), ns);
         for r in &tr.http_routes {
-            if let Some(route) = api.get_opt(&r.name).await? {
-                routes.insert(r.name.clone(), route);
+            if let Some(route) = ctx.world.route(ns, &r.name) {
+                routes.insert(r.name.clone(), (*route).clone());
             }
         }
         if may_have_companions(rollout) {
-            let of = format!("{CANARY_ROUTES_LABEL}={}", rollout.name_any());
-            companions = api
-                .list_metadata(&ListParams::default().labels(&of))
-                .await?
-                .items
-                .into_iter()
-                .map(|m| m.name_any())
-                .collect();
+            companions = ctx.world.routes_labelled(ns, CANARY_ROUTES_LABEL, &name);
         }
     }
     let mut world = World {
@@ -144,6 +127,21 @@ pub async fn world(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<World, 
         }
     }
     Ok(world)
+}
+
+/// Ready pods per revision hash, of the ReplicaSets whose status is
+/// current (pods of an earlier spec of a ReplicaSet do not count).
+fn ready_of(owned: &[ReplicaSet]) -> BTreeMap<String, i32> {
+    owned
+        .iter()
+        .filter_map(|rs| {
+            let hash = rs.labels().get(HASH_LABEL)?.clone();
+            let status = rs.status.as_ref()?;
+            let current = status.observed_generation == rs.metadata.generation;
+            let ready = status.ready_replicas.unwrap_or(0);
+            Some((hash, if current { ready } else { 0 }))
+        })
+        .collect()
 }
 
 /// Whether every pinned Service selects a revision, and how many of their

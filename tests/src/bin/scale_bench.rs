@@ -3,10 +3,15 @@
 //! A real test-bed control plane (API server, etcd) and the real operator.
 //! It creates `--rollouts` Rollouts across `--namespaces` namespaces, each
 //! with its stable and canary Services (headless: no ClusterIPs to
-//! allocate) and its HTTPRoute, `replicas: 0` so that no pod has to run.
+//! allocate) and its HTTPRoute, `replicas: 0` and a canary scaled to 0
+//! (`setCanaryScale`) so that no pod runs: what is measured is the
+//! operator, not the kubelet starting canary pods (the rollout end-to-end
+//! tests measure that).
 //! It measures:
 //! - the time from the first write until every Rollout is Healthy;
-//! - the operator's RSS and CPU at rest;
+//! - the operator's RSS and CPU at rest, once the controller manager has
+//!   caught up with every ReplicaSet (it writes their status at its own
+//!   client rate, and each write wakes the operator);
 //! - for `--changes` Rollouts picked at random, one after another, the
 //!   time from the image change (the API write) to the HTTPRoute carrying
 //!   the first step's canary weight, while the others sit there;
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -55,7 +61,8 @@ struct Args {
 
 /// The canary weight of the first step.
 const STEP_WEIGHT: i64 = 50;
-const SETTLE: Duration = Duration::from_secs(30);
+/// A margin after the last ReplicaSet status before measuring at rest.
+const SETTLE: Duration = Duration::from_secs(10);
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -74,9 +81,23 @@ async fn run(args: Args) -> Result<()> {
     cluster.create_namespace(GATEWAY_NS).await?;
     let operator = Operator::start(&cluster).await?;
     let client = cluster.client();
-    let healthy = Arc::new(Mutex::new(HashMap::<String, bool>::new()));
+    let healthy = Flags::default();
+    let settled = Flags::default();
     let (weights_tx, mut weights) = mpsc::unbounded_channel();
-    tokio::spawn(watch_rollouts(client.clone(), healthy.clone()));
+    let all = watcher::Config::default();
+    tokio::spawn(watch_flags(
+        Api::all(client.clone()),
+        all.clone(),
+        self::healthy,
+        healthy.clone(),
+    ));
+    let ours = all.labels(sluice_crds::rollout::ROLLOUT_LABEL);
+    tokio::spawn(watch_flags(
+        Api::all(client.clone()),
+        ours,
+        rs_settled,
+        settled.clone(),
+    ));
     tokio::spawn(watch_routes(client.clone(), weights_tx));
 
     let start = Instant::now();
@@ -89,13 +110,18 @@ async fn run(args: Args) -> Result<()> {
         "{} Rollouts and their Services and routes written in {created:?}",
         args.rollouts
     );
-    wait_healthy(&healthy, args.rollouts).await?;
+    wait_count(&healthy, args.rollouts, "Healthy").await?;
     let to_healthy = start.elapsed();
     eprintln!(
         "all {} Healthy {to_healthy:?} after the first write",
         args.rollouts
     );
 
+    wait_count(&settled, args.rollouts, "ReplicaSets with their status").await?;
+    eprintln!(
+        "controller manager caught up {:?} after the first write",
+        start.elapsed()
+    );
     tokio::time::sleep(SETTLE).await;
     let (rest_rss, rest_cpu) = at_rest(operator.pid()).await?;
     eprintln!("at rest: RSS {rest_rss:.1} MiB, CPU {rest_cpu:.1}%");
@@ -201,23 +227,33 @@ fn rollout(ns: &str, name: &str) -> Value {
                 "stableService": format!("{name}-stable"),
                 "canaryService": format!("{name}-canary"),
                 "trafficRouting": {"httpRoutes": [{"name": name}]},
-                "steps": [{"setWeight": STEP_WEIGHT}, {"pause": {}}]}}}})
+                "steps": [{"setCanaryScale": {"replicas": 0}},
+                    {"setWeight": STEP_WEIGHT}, {"pause": {}}]}}}})
 }
 
-/// Keeps, per Rollout, whether it is Healthy.
-async fn watch_rollouts(client: Client, healthy: Arc<Mutex<HashMap<String, bool>>>) {
-    let api: Api<Rollout> = Api::all(client);
-    let mut events = std::pin::pin!(
-        watcher(api, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-    );
+/// Per object, whether it is what `is` says.
+type Flags = Arc<Mutex<HashMap<String, bool>>>;
+
+/// Keeps in `flags`, per object `api` watches, whether it is `is`.
+async fn watch_flags<K>(api: Api<K>, config: watcher::Config, is: fn(&K) -> bool, flags: Flags)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut events = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
     while let Some(ev) = events.next().await {
-        let Ok(ro) = ev else { continue };
-        let is = ro.status.as_ref().and_then(|s| s.phase) == Some(RolloutPhase::Healthy);
-        let key = format!("{}/{}", ro.namespace().unwrap_or_default(), ro.name_any());
-        healthy.lock().await.insert(key, is);
+        let Ok(o) = ev else { continue };
+        let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+        flags.lock().await.insert(key, is(&o));
     }
+}
+
+fn healthy(ro: &Rollout) -> bool {
+    ro.status.as_ref().and_then(|s| s.phase) == Some(RolloutPhase::Healthy)
+}
+
+/// The controller manager has written the status of this spec.
+fn rs_settled(rs: &ReplicaSet) -> bool {
+    rs.status.as_ref().and_then(|s| s.observed_generation) == rs.metadata.generation
 }
 
 /// Sends (namespace/name, canary weight, when seen) for each HTTPRoute
@@ -250,20 +286,21 @@ async fn watch_routes(client: Client, tx: mpsc::UnboundedSender<(String, i64, In
     }
 }
 
-async fn wait_healthy(healthy: &Mutex<HashMap<String, bool>>, n: usize) -> Result<()> {
+/// Waits until at least `n` of `flags` are set.
+async fn wait_count(flags: &Mutex<HashMap<String, bool>>, n: usize, what: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(3600);
     let mut last = 0;
     loop {
-        let count = healthy.lock().await.values().filter(|h| **h).count();
+        let count = flags.lock().await.values().filter(|h| **h).count();
         if count >= n {
             return Ok(());
         }
         if count != last {
-            eprintln!("  {count}/{n} Healthy");
+            eprintln!("  {count}/{n} {what}");
             last = count;
         }
         if Instant::now() > deadline {
-            bail!("only {count} of {n} Rollouts Healthy after an hour");
+            bail!("only {count} of {n} {what} after an hour");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
