@@ -3,13 +3,14 @@
 //! presents its workload certificate once it has one. Used by proxies and
 //! by operator replicas that relay telemetry to each other.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Why a channel could not be opened.
@@ -84,6 +85,16 @@ pub async fn connect(
     address: &ControlPlaneAddress,
     tls: Arc<ClientConfig>,
 ) -> Result<Channel, ChannelError> {
+    connect_from(address, tls, None).await
+}
+
+/// [`connect`] from local address `local` (the kernel's choice if `None`):
+/// for clients that speak for a pod whose address is one of this host's.
+pub async fn connect_from(
+    address: &ControlPlaneAddress,
+    tls: Arc<ClientConfig>,
+    local: Option<IpAddr>,
+) -> Result<Channel, ChannelError> {
     // The scheme only fills `:scheme`; TLS is the connector's.
     let endpoint = Endpoint::from_shared(format!("http://{}:{}", address.host, address.port))?
         .connect_timeout(Duration::from_secs(2))
@@ -96,7 +107,27 @@ pub async fn connect(
     let connect = tower::service_fn(move |_: Uri| {
         let (connector, target) = (connector.clone(), target.clone());
         async move {
-            let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+            let tcp = match local {
+                None => TcpStream::connect((target.host.as_str(), target.port)).await?,
+                Some(local) => {
+                    let remote = tokio::net::lookup_host((target.host.as_str(), target.port))
+                        .await?
+                        .find(|a| a.is_ipv4() == local.is_ipv4())
+                        .ok_or_else(|| {
+                            std::io::Error::new(
+                                std::io::ErrorKind::AddrNotAvailable,
+                                "no address of the control plane in the local address's family",
+                            )
+                        })?;
+                    let socket = if local.is_ipv4() {
+                        TcpSocket::new_v4()?
+                    } else {
+                        TcpSocket::new_v6()?
+                    };
+                    socket.bind(SocketAddr::new(local, 0))?;
+                    socket.connect(remote).await?
+                }
+            };
             tcp.set_nodelay(true)?;
             // The name is not what is verified (the SPIFFE ID is), but
             // rustls needs one; an IP is valid as such too.

@@ -66,9 +66,13 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(api, config).default_backoff())
-        // Managed fields are large and never read.
+    // Managed fields are large and never read: dropped before the store
+    // keeps the object (after the reflector, they would only leave the
+    // stream, not the store).
+    let events = watcher(api, config)
+        .default_backoff()
         .modify(|o: &mut K| o.meta_mut().managed_fields = None);
+    let stream = reflector(writer, events);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
@@ -364,11 +368,15 @@ pub async fn run(
             info!(elapsed = ?start.elapsed(), "published new snapshots");
         }
         output.send_replace(Arc::new(out));
+        let spent = start.elapsed();
         // Wait for a watched change, or a sidecar pod's proxy (dis)connecting.
         tokio::select! {
             _ = world.changed.notified() => {}
             r = sidecar_set.changed() => if r.is_err() { return },
         }
-        tokio::time::sleep(DEBOUNCE).await;
+        // After a long translation, gather for as long again: a stream of
+        // changes (thousands of objects being written) then costs at most
+        // half a core, and each translation takes in more of them.
+        tokio::time::sleep(DEBOUNCE.max(spent)).await;
     }
 }

@@ -3,6 +3,10 @@
 //! ConfigMap the operator publishes in every namespace (as Istio publishes
 //! `istio-ca-root-cert`), and the identity the operator presents.
 
+/// The name of the proxy's container in a meshed pod: the mesh counts a
+/// pod as a sidecar's when one of its containers has it.
+pub const PROXY_CONTAINER: &str = "sluice-proxy";
+
 /// Where the injector and the chart mount a proxy's bootstrap files (one
 /// projected volume: the token and the mesh roots).
 pub const SECRETS_DIR: &str = "/var/run/secrets/sluice.dev";

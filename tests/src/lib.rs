@@ -20,6 +20,7 @@ pub mod process;
 pub mod procfs;
 pub mod prometheus;
 pub mod toolchain;
+pub mod virtual_node;
 pub mod wait;
 
 pub use cluster::Cluster;

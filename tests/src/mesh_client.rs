@@ -106,7 +106,13 @@ impl MeshClient {
 
     /// A new TLS channel (the certificate, if any, is presented).
     pub async fn channel(&self) -> Result<Channel, Error> {
-        channel::connect(&self.address, self.tls.clone())
+        self.channel_from(None).await
+    }
+
+    /// [`MeshClient::channel`] from local address `from` (the address of
+    /// the pod the client speaks for, when that is one of this host's).
+    pub async fn channel_from(&self, from: Option<std::net::IpAddr>) -> Result<Channel, Error> {
+        channel::connect_from(&self.address, self.tls.clone(), from)
             .await
             .map_err(|e| Error::Check(format!("connecting to the control plane: {e}")))
     }

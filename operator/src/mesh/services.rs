@@ -90,9 +90,7 @@ impl ServiceInfo {
     }
 }
 
-/// The name of the proxy container the injector adds; a pod with it is
-/// reached over mTLS.
-pub const PROXY_CONTAINER: &str = "sluice-proxy";
+pub use sluice_proto::bootstrap::PROXY_CONTAINER;
 
 /// Whether a pod runs Sluice's sidecar (as a container or a native
 /// sidecar init container).

@@ -29,8 +29,8 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use sluice_crds::Rollout;
 use tokio::sync::{mpsc, watch};
@@ -139,7 +139,14 @@ pub async fn run(
         replicasets,
     });
     info!("Rollout controller started");
-    Controller::new(rollouts, watcher::Config::default())
+    // The controller's own store, without managed fields (never read, and
+    // a large share of each Rollout written by server-side apply).
+    let (store, writer) = reflector::store();
+    let events = watcher(rollouts, watcher::Config::default())
+        .default_backoff()
+        .modify(|r: &mut Rollout| r.managed_fields_mut().clear());
+    let rollouts = reflector(writer, events).applied_objects();
+    Controller::for_stream(rollouts, store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(ReceiverStream::new(touched).map(Ok))
         // Adopted Deployments only: their template is a Rollout's.

@@ -9,10 +9,20 @@
 //! proxy has ACKed the snapshot carrying the new weight. The operator's RSS
 //! and CPU come from `/proc`.
 //!
-//! Every proxy speaks mTLS, as real ones do: one gateway identity is
-//! enrolled (token, `Certificates.Sign`) for a pod in the host's network
-//! namespace, and each simulated proxy opens its own TLS connection with
-//! that certificate and names that pod in its hello.
+//! Every proxy speaks mTLS, as real ones do. With `--role gateway` (the
+//! default) one gateway identity is enrolled (token, `Certificates.Sign`)
+//! for a pod in the host's network namespace, and each simulated proxy
+//! opens its own TLS connection with that certificate and names that pod
+//! in its hello: they all share one snapshot.
+//!
+//! With `--role sidecar` each simulated proxy is a distinct pod's sidecar:
+//! the pods are real API objects bound to a node without a kubelet
+//! ([`VirtualNode`]), each with its own loopback address, from which its
+//! proxy connects (the operator believes a hello only from the named pod's
+//! address). `--groups` AuthorizationPolicies each select a share of the
+//! pods, so that there are that many distinct sidecar snapshots, each
+//! carrying the mesh's table of every pod's identity. The change is the
+//! weight of a GAMMA route (parent: a Service), which every sidecar gets.
 
 use std::time::{Duration, Instant};
 
@@ -25,16 +35,22 @@ use serde_json::json;
 use sluice_proto::config::Config;
 use sluice_proto::mesh::config_discovery_client::ConfigDiscoveryClient;
 use sluice_proto::mesh::proxy_identity::Role;
-use sluice_proto::mesh::{Ack, ProxyIdentity, ProxyMessage, config_message, proxy_message};
+use sluice_proto::mesh::telemetry_client::TelemetryClient;
+use sluice_proto::mesh::{
+    Ack, ProxyIdentity, ProxyMessage, TelemetryReport, TrafficDelta, config_message, proxy_message,
+};
 use sluice_tests::Cluster;
 use sluice_tests::mesh_client::{MeshClient, host_pod};
 use sluice_tests::operator::{GATEWAY_NS, Operator};
 use sluice_tests::procfs::{cpu_ticks, quantile, rss_kib, ticks_per_second};
+use sluice_tests::virtual_node::{VirtualNode, loopback_address};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 
 const NS: &str = "bench";
+/// The simulated sidecars' service account (one enrolment serves all).
+const SIDECAR_ACCOUNT: &str = "bench-sidecar";
 /// The backend whose weight every change sets.
 const WATCHED: &str = "bench/yellow:8080";
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -51,6 +67,42 @@ struct Args {
     /// Changes per size (with 100, p99 is the second-slowest, not the max).
     #[arg(long, default_value_t = 100)]
     changes: u32,
+    /// What the simulated proxies are.
+    #[arg(long, value_enum, default_value_t = BenchRole::Gateway)]
+    role: BenchRole,
+    /// With `--role sidecar`: policy groups, hence distinct snapshots.
+    #[arg(long, default_value_t = 10)]
+    groups: usize,
+    /// With `--role sidecar`: after the changes, every sidecar of the
+    /// largest size reports telemetry each second for this many minutes
+    /// (0: no telemetry phase).
+    #[arg(long, default_value_t = 0)]
+    telemetry_minutes: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchRole {
+    /// Gateway proxies, all of one pod: one shared snapshot.
+    Gateway,
+    /// Sidecars, each of its own pod.
+    Sidecar,
+}
+
+impl BenchRole {
+    /// The HTTPRoute whose weights change.
+    fn route(self) -> &'static str {
+        match self {
+            BenchRole::Gateway => "route",
+            BenchRole::Sidecar => "mesh-route",
+        }
+    }
+}
+
+/// Who a simulated proxy is: its hello and the address it connects from.
+#[derive(Clone)]
+struct Speaker {
+    hello: ProxyIdentity,
+    from: Option<std::net::IpAddr>,
 }
 
 /// A proxy saw `weight` (ACK sent) at `at`.
@@ -69,13 +121,19 @@ async fn run(args: Args) -> Result<()> {
     eprintln!("starting the test-bed control plane and the operator");
     let cluster = Cluster::start().await?;
     cluster.install_gateway_api().await?;
+    if args.role == BenchRole::Sidecar {
+        // AuthorizationPolicies are served only if installed at start.
+        cluster.install_crds().await?;
+    }
     cluster.create_namespace(NS).await?;
-    cluster.apply(&resources())?;
+    cluster.apply(&resources(args.role, args.groups))?;
     // The operator keeps its CA there.
     cluster.create_namespace(GATEWAY_NS).await?;
     let operator = Operator::start(&cluster).await?;
-    host_pod(&cluster, GATEWAY_NS, GATEWAY_POD, GATEWAY_ACCOUNT).await?;
-    let mesh = MeshClient::enroll(&cluster, operator.grpc, GATEWAY_NS, GATEWAY_ACCOUNT).await?;
+    let (mesh, speakers, _node) = match args.role {
+        BenchRole::Gateway => gateways(&cluster, &operator, &args).await?,
+        BenchRole::Sidecar => sidecars(&cluster, &operator, &args).await?,
+    };
     let routes = Api::<DynamicObject>::namespaced_with(
         cluster.client(),
         NS,
@@ -86,6 +144,7 @@ async fn run(args: Args) -> Result<()> {
         )),
     );
     let mut rows = Vec::new();
+    let mut telemetry_rows = Vec::new();
     let mut weight = 50;
     for &n in &args.proxies {
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -94,15 +153,16 @@ async fn run(args: Args) -> Result<()> {
         // Connect in waves so that the handshakes do not all time out at once.
         let clients: Vec<_> = futures::stream::iter(0..n)
             .map(|i| {
-                let mesh = mesh.clone();
-                async move { connect(&mesh).await.map(|c| (i, c)) }
+                let (mesh, from) = (mesh.clone(), speakers[i].from);
+                async move { connect(&mesh, from).await.map(|c| (i, c)) }
             })
             .buffer_unordered(100)
             .collect()
             .await;
         for c in clients {
             let (i, client) = c?;
-            sims.spawn(simulated_proxy(i, client, tx.clone()));
+            let hello = speakers[i].hello.clone();
+            sims.spawn(simulated_proxy(i, hello, client, tx.clone(), args.role));
         }
         drop(tx);
         let mut latest = vec![None; n];
@@ -121,7 +181,7 @@ async fn run(args: Args) -> Result<()> {
             let start = Instant::now();
             routes
                 .patch(
-                    "route",
+                    args.role.route(),
                     &PatchParams::default(),
                     &Patch::Merge(json!({"spec": {"rules": [{"backendRefs": [
                         {"name": "blue", "port": 8080, "weight": 100 - weight},
@@ -152,11 +212,20 @@ async fn run(args: Args) -> Result<()> {
         };
         eprintln!("{}", row.line());
         rows.push(row);
+        if n == speakers.len() && args.telemetry_minutes > 0 {
+            let minutes = telemetry(&mesh, &speakers, &operator, args.telemetry_minutes).await?;
+            telemetry_rows = minutes;
+        }
         sims.shutdown().await;
     }
     println!(
-        "\nHTTPRoute weight change (API write) -> every proxy ACKed, {} changes per size",
-        args.changes
+        "\nHTTPRoute weight change (API write) -> every proxy ACKed, {} changes per size, {}",
+        args.changes,
+        match args.role {
+            BenchRole::Gateway => "gateway proxies of one pod".to_owned(),
+            BenchRole::Sidecar =>
+                format!("sidecars of distinct pods, {} snapshot groups", args.groups),
+        }
     );
     println!(
         "{:>8} {:>10} {:>10} {:>10} {:>15} {:>12} {:>14} {:>13}",
@@ -171,6 +240,25 @@ async fn run(args: Args) -> Result<()> {
     );
     for r in &rows {
         println!("{}", r.line());
+    }
+    if !telemetry_rows.is_empty() {
+        println!(
+            "\n{} sidecars reporting telemetry each second, by minute:",
+            speakers.len()
+        );
+        println!(
+            "{:>6} {:>14} {:>14} {:>16}",
+            "minute", "operator RSS", "operator CPU", "reports sent"
+        );
+        for (i, m) in telemetry_rows.iter().enumerate() {
+            println!(
+                "{:>6} {:>10.1} MiB {:>12.1} % {:>16}",
+                i + 1,
+                m.rss_mib,
+                m.cpu_percent,
+                m.reports
+            );
+        }
     }
     println!(
         "operator peak RSS {:.1} MiB",
@@ -252,29 +340,137 @@ async fn wait_all(
     }
 }
 
-/// A connection of its own (TCP and TLS handshake) per simulated proxy.
-async fn connect(mesh: &MeshClient) -> Result<ConfigDiscoveryClient<tonic::transport::Channel>> {
-    let channel = tokio::time::timeout(Duration::from_secs(10), mesh.channel())
+/// One minute of the telemetry phase.
+struct Minute {
+    rss_mib: f64,
+    /// Percent of one core over the minute.
+    cpu_percent: f64,
+    /// Reports the simulated sidecars sent during the minute.
+    reports: u64,
+}
+
+/// Every speaker reports telemetry over a connection of its own (as a
+/// proxy does) once a second for `minutes`: one inbound delta of 10
+/// requests. Returns the operator's RSS and CPU each minute.
+async fn telemetry(
+    mesh: &MeshClient,
+    speakers: &[Speaker],
+    operator: &Operator,
+    minutes: u64,
+) -> Result<Vec<Minute>> {
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs(60 * minutes);
+    let mut reporters = JoinSet::new();
+    for (i, s) in speakers.iter().enumerate() {
+        let (mesh, s, sent) = (mesh.clone(), s.clone(), sent.clone());
+        // Spread over the second, as independent proxies are.
+        let offset = Duration::from_millis((i as u64 * 997) % 1000);
+        reporters.spawn(async move {
+            let channel = mesh.channel_from(s.from).await?;
+            report(channel, s.hello, offset, end, &sent).await
+        });
+    }
+    let mut out = Vec::new();
+    let mut before = (cpu_ticks(operator.pid())?, 0, Instant::now());
+    for _ in 0..minutes {
+        let minute_end = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::time::Instant::now() < minute_end {
+            tokio::select! {
+                _ = tokio::time::sleep_until(minute_end) => {}
+                Some(ended) = reporters.join_next() => ended??,
+            }
+        }
+        let now = (
+            cpu_ticks(operator.pid())?,
+            sent.load(std::sync::atomic::Ordering::Relaxed),
+            Instant::now(),
+        );
+        let secs = now.2.duration_since(before.2).as_secs_f64();
+        out.push(Minute {
+            rss_mib: rss_kib(operator.pid(), "VmRSS:")? as f64 / 1024.0,
+            cpu_percent: 100.0 * (now.0 - before.0) as f64 / ticks_per_second() / secs,
+            reports: now.1 - before.1,
+        });
+        eprintln!(
+            "telemetry minute {}: RSS {:.1} MiB, CPU {:.1} %",
+            out.len(),
+            out[out.len() - 1].rss_mib,
+            out[out.len() - 1].cpu_percent
+        );
+        before = now;
+    }
+    reporters.shutdown().await;
+    Ok(out)
+}
+
+/// One sidecar's telemetry stream until `end`.
+async fn report(
+    channel: tonic::transport::Channel,
+    hello: ProxyIdentity,
+    offset: Duration,
+    end: Instant,
+    sent: &std::sync::atomic::AtomicU64,
+) -> Result<()> {
+    let (tx, rx) = mpsc::channel(4);
+    let mut client = TelemetryClient::new(channel);
+    let call = tokio::spawn(async move { client.report(ReceiverStream::new(rx)).await });
+    tokio::time::sleep(offset).await;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut latency = vec![0; sluice_proto::telemetry::LATENCY_CELLS];
+    latency[3] = 10;
+    while Instant::now() < end {
+        tick.tick().await;
+        let report = TelemetryReport {
+            identity: Some(hello.clone()),
+            bucket_bounds_ms: sluice_proto::telemetry::bounds_with_inf(),
+            deltas: vec![TrafficDelta {
+                requests: 10,
+                latency_buckets: latency.clone(),
+                inbound: true,
+                ..Default::default()
+            }],
+            timestamp_ms: i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis(),
+            )?,
+            relayed: false,
+        };
+        if tx.send(report).await.is_err() {
+            bail!(
+                "{}: the operator ended the telemetry stream",
+                hello.pod_name
+            );
+        }
+        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    drop(tx);
+    call.await??;
+    Ok(())
+}
+
+/// A connection of its own (TCP and TLS handshake) per simulated proxy,
+/// from `from` if given.
+async fn connect(
+    mesh: &MeshClient,
+    from: Option<std::net::IpAddr>,
+) -> Result<ConfigDiscoveryClient<tonic::transport::Channel>> {
+    let channel = tokio::time::timeout(Duration::from_secs(10), mesh.channel_from(from))
         .await
         .context("connecting to the control plane: timed out")??;
     Ok(ConfigDiscoveryClient::new(channel))
 }
 
-/// One gateway-role proxy: hello, then decode and ACK every snapshot,
-/// reporting the watched backend's weight.
+/// One proxy: hello, then decode and ACK every snapshot, reporting the
+/// watched backend's weight.
 async fn simulated_proxy(
     id: usize,
+    hello: ProxyIdentity,
     mut client: ConfigDiscoveryClient<tonic::transport::Channel>,
     seen: mpsc::UnboundedSender<Seen>,
+    role: BenchRole,
 ) -> Result<()> {
     let (tx, rx) = mpsc::channel(4);
-    let hello = ProxyIdentity {
-        namespace: GATEWAY_NS.into(),
-        pod_name: GATEWAY_POD.into(),
-        role: Role::Gateway.into(),
-        service_account: GATEWAY_ACCOUNT.into(),
-        ..Default::default()
-    };
     tx.send(ProxyMessage {
         kind: Some(proxy_message::Kind::Hello(hello)),
     })
@@ -291,7 +487,7 @@ async fn simulated_proxy(
             })),
         })
         .await?;
-        if let Some(weight) = watched_weight(&config) {
+        if let Some(weight) = watched_weight(&config, role.route()) {
             let _ = seen.send(Seen {
                 proxy: id,
                 weight,
@@ -302,24 +498,140 @@ async fn simulated_proxy(
     bail!("sim-{id}: the operator closed the stream")
 }
 
-fn watched_weight(config: &Config) -> Option<u32> {
+/// The watched backend's weight in the routes translated from HTTPRoute
+/// `route` (a sidecar also has each Service's own route to it).
+fn watched_weight(config: &Config, route: &str) -> Option<u32> {
+    let prefix = format!("{NS}/{route}/");
     config
         .listeners
         .iter()
         .flat_map(|l| &l.routes)
+        .filter(|r| r.name.starts_with(&prefix))
         .flat_map(|r| &r.backends)
         .find(|b| b.name == WATCHED)
         .map(|b| b.weight)
 }
 
-fn resources() -> String {
+/// Enrols the gateway identity of a pod in the host's network namespace,
+/// which every simulated gateway speaks for.
+async fn gateways(
+    cluster: &Cluster,
+    operator: &Operator,
+    args: &Args,
+) -> Result<(MeshClient, Vec<Speaker>, Option<VirtualNode>)> {
+    host_pod(cluster, GATEWAY_NS, GATEWAY_POD, GATEWAY_ACCOUNT).await?;
+    let mesh = MeshClient::enroll(cluster, operator.grpc, GATEWAY_NS, GATEWAY_ACCOUNT).await?;
+    let hello = ProxyIdentity {
+        namespace: GATEWAY_NS.into(),
+        pod_name: GATEWAY_POD.into(),
+        role: Role::Gateway.into(),
+        service_account: GATEWAY_ACCOUNT.into(),
+        ..Default::default()
+    };
+    let n = args.proxies.iter().copied().max().unwrap_or(0);
+    let speaker = Speaker { hello, from: None };
+    Ok((mesh, vec![speaker; n], None))
+}
+
+/// Creates a pod per simulated sidecar (of the largest size) on a virtual
+/// node, each in policy group `g<i % groups>` with its own loopback
+/// address, and enrols their service account.
+async fn sidecars(
+    cluster: &Cluster,
+    operator: &Operator,
+    args: &Args,
+) -> Result<(MeshClient, Vec<Speaker>, Option<VirtualNode>)> {
+    let n = args.proxies.iter().copied().max().unwrap_or(0);
+    let mesh = MeshClient::enroll(cluster, operator.grpc, NS, SIDECAR_ACCOUNT).await?;
+    let node = VirtualNode::start(cluster, "bench-virtual").await?;
+    let speakers: Vec<Speaker> = (0..n)
+        .map(|i| {
+            let labels = [
+                ("app".to_owned(), "bench-client".to_owned()),
+                ("group".to_owned(), format!("g{}", i % args.groups.max(1))),
+            ]
+            .into();
+            Speaker {
+                hello: ProxyIdentity {
+                    namespace: NS.into(),
+                    pod_name: format!("sc-{i}"),
+                    role: Role::Sidecar.into(),
+                    service_account: SIDECAR_ACCOUNT.into(),
+                    labels,
+                    ..Default::default()
+                },
+                from: Some(loopback_address(i).into()),
+            }
+        })
+        .collect();
+    let created = Instant::now();
+    let pods = speakers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let labels = s.hello.labels.clone().into_iter().collect();
+            (s.hello.pod_name.clone(), labels, loopback_address(i))
+        })
+        .collect();
+    node.pods(cluster, NS, SIDECAR_ACCOUNT, pods, 32).await?;
+    eprintln!("{n} sidecar pods created in {:?}", created.elapsed());
+    Ok((mesh, speakers, Some(node)))
+}
+
+fn resources(role: BenchRole, groups: usize) -> String {
+    match role {
+        BenchRole::Gateway => gateway_resources(),
+        BenchRole::Sidecar => sidecar_resources(groups),
+    }
+}
+
+/// Services `blue` and `yellow` (no pod of the bench behind them).
+fn services(names: &[&str]) -> String {
     let mut yaml = String::new();
-    for name in ["blue", "yellow"] {
+    for name in names {
         yaml += &format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {NS}}}\n\
              spec: {{selector: {{app: {name}}}, ports: [{{port: 8080}}]}}\n---\n"
         );
     }
+    yaml
+}
+
+/// A GAMMA route of Service `svc` split between `blue` and `yellow`, and an
+/// ALLOW policy per group.
+fn sidecar_resources(groups: usize) -> String {
+    let mut yaml = services(&["blue", "yellow", "svc"]);
+    yaml += &format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: mesh-route, namespace: {NS}}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: svc, port: 8080}}]
+  rules:
+  - backendRefs:
+    - {{name: blue, port: 8080, weight: 50}}
+    - {{name: yellow, port: 8080, weight: 50}}
+"#
+    );
+    for g in 0..groups.max(1) {
+        yaml += &format!(
+            r#"---
+apiVersion: sluice.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: allow-g{g}, namespace: {NS}}}
+spec:
+  selector: {{matchLabels: {{group: g{g}}}}}
+  action: ALLOW
+  rules: [{{to: [{{operation: {{methods: [GET], paths: ["/g{g}"]}}}}]}}]
+"#
+        );
+    }
+    yaml
+}
+
+/// A Gateway and its HTTPRoute split between `blue` and `yellow`.
+fn gateway_resources() -> String {
+    let mut yaml = services(&["blue", "yellow"]);
     yaml += &format!(
         r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass

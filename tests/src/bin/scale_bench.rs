@@ -10,8 +10,9 @@
 //! It measures:
 //! - the time from the first write until every Rollout is Healthy;
 //! - the operator's RSS and CPU at rest, once the controller manager has
-//!   caught up with every ReplicaSet (it writes their status at its own
-//!   client rate, and each write wakes the operator);
+//!   caught up with every ReplicaSet and Service (it writes ReplicaSet
+//!   status and EndpointSlices at its own client rate, and each write
+//!   wakes the operator);
 //! - for `--changes` Rollouts picked at random, one after another, the
 //!   time from the image change (the API write) to the HTTPRoute carrying
 //!   the first step's canary weight, while the others sit there;
@@ -26,6 +27,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -91,12 +93,23 @@ async fn run(args: Args) -> Result<()> {
         self::healthy,
         healthy.clone(),
     ));
-    let ours = all.labels(sluice_crds::rollout::ROLLOUT_LABEL);
+    let ours = all.clone().labels(sluice_crds::rollout::ROLLOUT_LABEL);
     tokio::spawn(watch_flags(
         Api::all(client.clone()),
         ours,
         rs_settled,
         settled.clone(),
+    ));
+    // The controller manager writes an EndpointSlice per Service, at its
+    // own rate too; each is a change the mesh translates.
+    let slices = Flags::default();
+    let sliced = all.labels("kubernetes.io/service-name");
+    let any = |_: &EndpointSlice| true;
+    tokio::spawn(watch_flags(
+        Api::all(client.clone()),
+        sliced,
+        any,
+        slices.clone(),
     ));
     tokio::spawn(watch_routes(client.clone(), weights_tx));
 
@@ -118,6 +131,7 @@ async fn run(args: Args) -> Result<()> {
     );
 
     wait_count(&settled, args.rollouts, "ReplicaSets with their status").await?;
+    wait_count(&slices, 2 * args.rollouts, "EndpointSlices").await?;
     eprintln!(
         "controller manager caught up {:?} after the first write",
         start.elapsed()
