@@ -264,7 +264,7 @@ mod tests {
             .volumes
             .iter()
             .flatten()
-            .find(|v| v.name == "sluice-token")
+            .find(|v| v.name == TOKEN_VOLUME)
             .expect("the bootstrap volume");
         let sources = volume
             .projected
