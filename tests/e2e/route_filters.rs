@@ -105,7 +105,18 @@ spec:
         "rewrite: {rewritten:?}"
     );
 
-    let query = ask(&client, &ip, host, get.clone(), "/?version=yellow").await?;
+    // Yellow runs at weight 0, so nothing above waited for its endpoints
+    // to reach the gateway: until they do, its backend answers 503.
+    let query = poll(
+        "the gateway to have yellow's endpoints",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let r = ask(&client, &ip, host, get.clone(), "/?version=yellow").await;
+            Ok(r.ok().filter(|r| r.0 != 503))
+        },
+    )
+    .await?;
     ensure!(
         (query.2.as_str(), query.3.as_str()) == ("query", "yellow"),
         "query match: {query:?}"
