@@ -129,19 +129,19 @@ pub async fn watch(
     synced: watch::Sender<bool>,
 ) {
     let config = watcher::Config::default().labels(ROLLOUT_LABEL);
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    // Who wrote which field is never read: not worth the memory.
+    let mut events = watcher::watcher(api, config)
+        .default_backoff()
+        .modify(|rs: &mut ReplicaSet| rs.managed_fields_mut().clear())
+        .boxed();
     while let Some(event) = events.next().await {
-        let mut event = match event {
+        let event = match event {
             Ok(e) => e,
             Err(e) => {
                 warn!("watching ReplicaSets: {e}");
                 continue;
             }
         };
-        // Who wrote which field is never read: not worth the memory.
-        if let Event::Apply(rs) | Event::InitApply(rs) | Event::Delete(rs) = &mut event {
-            rs.managed_fields_mut().clear();
-        }
         let changed = match &event {
             Event::Apply(rs) | Event::InitApply(rs) | Event::Delete(rs) => Some(rs.clone()),
             Event::Init => None,
