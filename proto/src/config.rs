@@ -48,11 +48,14 @@ pub struct MeshTcp {
     /// [`Config::backends`]) whose endpoints the sidecar balances across.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub services: BTreeMap<SocketAddr, String>,
-    /// Pods behind a sidecar, by address: the identity each must present.
-    /// A connection to one of these addresses goes to its sidecar's
-    /// [`INBOUND_PORT`] over mTLS, the port in the server name.
+    /// Pods behind a sidecar: each identity they present, with the
+    /// addresses of the pods that present it. A connection to one of these
+    /// addresses goes to its sidecar's [`INBOUND_PORT`] over mTLS, the port
+    /// in the server name. Keyed by identity because a workload's replicas
+    /// share one: every sidecar gets this table, so each identity is
+    /// written once, not once per pod.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub workloads: BTreeMap<IpAddr, String>,
+    pub workloads: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl MeshTcp {

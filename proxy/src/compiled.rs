@@ -476,7 +476,10 @@ pub fn compile(
             .mesh_tcp
             .workloads
             .iter()
-            .map(|(ip, id)| (*ip, Arc::from(id.as_str())))
+            .flat_map(|(id, ips)| {
+                let id: Arc<str> = Arc::from(id.as_str());
+                ips.iter().map(move |ip| (*ip, id.clone()))
+            })
             .collect(),
     };
     Compiled {

@@ -118,14 +118,14 @@ fn pod_identity(pod: &Pod, trust_domain: &str) -> Option<String> {
     Some(sluice_proto::config::spiffe_id(trust_domain, &ns, sa))
 }
 
-/// The addresses of live pods with a sidecar and their identities (from
-/// `identities`, by (namespace, pod)). Pods on the host's network share the
-/// node's address and are left out, as are finished pods, whose address a
-/// new pod may have taken.
+/// The identities of live pods with a sidecar (from `identities`, by
+/// (namespace, pod)), each with its pods' addresses, sorted. Pods on the
+/// host's network share the node's address and are left out, as are
+/// finished pods, whose address a new pod may have taken.
 fn workloads(
     pods: &[Arc<Pod>],
     identities: &BTreeMap<(String, String), String>,
-) -> BTreeMap<IpAddr, String> {
+) -> BTreeMap<String, Vec<IpAddr>> {
     let mut out = BTreeMap::new();
     for p in pods {
         let host_network = p
@@ -149,10 +149,14 @@ fn workloads(
             .flatten()
             .map(|ip| ip.ip.as_str())
             .chain(status.and_then(|s| s.pod_ip.as_deref()));
-        for ip in ips.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
-            out.insert(ip, id.clone());
-        }
+        let addresses: &mut Vec<IpAddr> = out.entry(id.clone()).or_default();
+        addresses.extend(ips.filter_map(|ip| ip.parse::<IpAddr>().ok()));
     }
+    for addresses in out.values_mut() {
+        addresses.sort_unstable();
+        addresses.dedup();
+    }
+    out.retain(|_, addresses| !addresses.is_empty());
     out
 }
 
@@ -167,7 +171,7 @@ pub fn backend_name(namespace: &str, name: &str, port: u16) -> String {
 pub struct ServiceIndex {
     services: BTreeMap<(String, String), ServiceInfo>,
     grants: Grants,
-    workloads: BTreeMap<IpAddr, String>,
+    workloads: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl ServiceIndex {
@@ -312,7 +316,7 @@ impl ServiceIndex {
 
     /// Pods behind a sidecar by address, with their SPIFFE IDs (none
     /// without a trust domain): where sidecars carry TCP over mTLS.
-    pub fn workloads(&self) -> &BTreeMap<IpAddr, String> {
+    pub fn workloads(&self) -> &BTreeMap<String, Vec<IpAddr>> {
         &self.workloads
     }
 

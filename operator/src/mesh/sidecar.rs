@@ -450,14 +450,17 @@ mod tests {
             2,
             "plain endpoints stay, in plaintext"
         );
-        let workloads: Vec<(String, &str)> = tcp
+        let workloads: Vec<(&str, Vec<String>)> = tcp
             .workloads
             .iter()
-            .map(|(ip, id)| (ip.to_string(), id.as_str()))
+            .map(|(id, ips)| (id.as_str(), ips.iter().map(|ip| ip.to_string()).collect()))
             .collect();
         assert_eq!(
             workloads,
-            [("10.0.0.2".to_owned(), "spiffe://cluster.local/ns/h/sa/db")],
+            [(
+                "spiffe://cluster.local/ns/h/sa/db",
+                vec!["10.0.0.2".to_owned()]
+            )],
             "host-network and finished pods are left out"
         );
     }

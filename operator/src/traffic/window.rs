@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sluice_proto::mesh::TrafficDelta;
+use sluice_proto::telemetry::LATENCY_CELLS;
 
 /// What one series counts.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -29,12 +30,42 @@ pub struct TrafficKey {
     pub inbound: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+/// One second of one series. Fixed-size and narrow (a series keeps one
+/// per second of the span, and a mesh has thousands of series): counts of
+/// one second fit in `u32` (they saturate rather than wrap), and the
+/// contract fixes the latency vector's length.
+#[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
-    second: u64,
-    requests: u64,
-    errors: u64,
-    latency: Vec<u64>,
+    /// Unix seconds (`u32` lasts until 2106).
+    second: u32,
+    requests: u32,
+    errors: u32,
+    latency: [u32; LATENCY_CELLS],
+}
+
+impl Bucket {
+    fn at(second: u64) -> Bucket {
+        Bucket {
+            second: narrow(second),
+            ..Default::default()
+        }
+    }
+
+    fn second(&self) -> u64 {
+        u64::from(self.second)
+    }
+
+    fn add(&mut self, d: &TrafficDelta) {
+        self.requests = self.requests.saturating_add(narrow(d.requests));
+        self.errors = self.errors.saturating_add(narrow(d.errors));
+        for (t, n) in self.latency.iter_mut().zip(&d.latency_buckets) {
+            *t = t.saturating_add(narrow(*n));
+        }
+    }
+}
+
+fn narrow(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// Sums over a window.
@@ -95,13 +126,13 @@ impl Totals {
     }
 
     fn add(&mut self, b: &Bucket) {
-        self.requests += b.requests;
-        self.errors += b.errors;
+        self.requests += u64::from(b.requests);
+        self.errors += u64::from(b.errors);
         if self.latency.len() < b.latency.len() {
             self.latency.resize(b.latency.len(), 0);
         }
         for (t, n) in self.latency.iter_mut().zip(&b.latency) {
-            *t += n;
+            *t += u64::from(*n);
         }
     }
 }
@@ -188,28 +219,16 @@ impl TrafficWindow {
                 }
                 None => guard.by_key.entry(key).or_default(),
             };
-            while q.front().is_some_and(|b| b.second < oldest) {
+            while q.front().is_some_and(|b| b.second() < oldest) {
                 q.pop_front();
             }
-            let bucket = match q.back_mut() {
-                Some(b) if b.second == second => b,
+            match q.back_mut() {
+                Some(b) if b.second() == second => b.add(d),
                 _ => {
-                    q.push_back(Bucket {
-                        second,
-                        ..Default::default()
-                    });
-                    // Just pushed: the deque is not empty.
-                    let Some(b) = q.back_mut() else { continue };
-                    b
+                    let mut b = Bucket::at(second);
+                    b.add(d);
+                    q.push_back(b);
                 }
-            };
-            bucket.requests += d.requests;
-            bucket.errors += d.errors;
-            if bucket.latency.len() < d.latency_buckets.len() {
-                bucket.latency.resize(d.latency_buckets.len(), 0);
-            }
-            for (t, n) in bucket.latency.iter_mut().zip(&d.latency_buckets) {
-                *t += n;
             }
         }
         overflow
@@ -254,7 +273,7 @@ impl TrafficWindow {
         let mut out: BTreeMap<G, Totals> = BTreeMap::new();
         for (k, q) in guard.by_key.iter().filter(|(k, _)| filter(k)) {
             let t = out.entry(group(k)).or_default();
-            for b in q.iter().filter(|b| b.second > from && b.second <= now) {
+            for b in q.iter().filter(|b| b.second() > from && b.second() <= now) {
                 t.add(b);
             }
         }
@@ -308,8 +327,13 @@ impl TrafficWindow {
 /// memory of a flood back once it has aged out.
 fn sweep(series: &mut HashMap<TrafficKey, VecDeque<Bucket>>, oldest: u64) {
     series.retain(|_, q| {
-        while q.front().is_some_and(|b| b.second < oldest) {
+        while q.front().is_some_and(|b| b.second() < oldest) {
             q.pop_front();
+        }
+        // A series that was busy once keeps the deque it grew to; give
+        // most of it back once it has gone quiet.
+        if q.capacity() > 64 && q.len() < q.capacity() / 4 {
+            q.shrink_to_fit();
         }
         !q.is_empty()
     });

@@ -3,7 +3,9 @@
 //!
 //! A real test-bed control plane and the real operator; the proxies are
 //! lightweight clients of the real gRPC contract (hello, decode each
-//! snapshot, ACK), so that 1,000 of them fit on one small machine. For each
+//! snapshot, ACK), so that 1,000 of them fit on one small machine; by
+//! default each distinct snapshot is decoded once for all of them (see
+//! [`Decode`]). For each
 //! size, 100 weight changes are written to the API one after another; a
 //! change's time runs from just before the API write to the moment the last
 //! proxy has ACKed the snapshot carrying the new weight. The operator's RSS
@@ -24,6 +26,8 @@
 //! carrying the mesh's table of every pod's identity. The change is the
 //! weight of a GAMMA route (parent: a Service), which every sidecar gets.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -37,14 +41,15 @@ use sluice_proto::mesh::config_discovery_client::ConfigDiscoveryClient;
 use sluice_proto::mesh::proxy_identity::Role;
 use sluice_proto::mesh::telemetry_client::TelemetryClient;
 use sluice_proto::mesh::{
-    Ack, ProxyIdentity, ProxyMessage, TelemetryReport, TrafficDelta, config_message, proxy_message,
+    Ack, ProxyIdentity, ProxyMessage, Snapshot, TelemetryReport, TrafficDelta, config_message,
+    proxy_message,
 };
 use sluice_tests::Cluster;
 use sluice_tests::mesh_client::{MeshClient, host_pod};
 use sluice_tests::operator::{GATEWAY_NS, Operator};
 use sluice_tests::procfs::{cpu_ticks, quantile, rss_kib, ticks_per_second};
 use sluice_tests::virtual_node::{VirtualNode, loopback_address};
-use tokio::sync::mpsc;
+use tokio::sync::{OnceCell, mpsc};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -78,7 +83,26 @@ struct Args {
     /// (0: no telemetry phase).
     #[arg(long, default_value_t = 0)]
     telemetry_minutes: u64,
+    /// How the simulated proxies decode snapshots.
+    #[arg(long, value_enum, default_value_t = Decode::Once)]
+    decode: Decode,
 }
+
+/// Who pays for decoding. A real proxy decodes on its own core, in
+/// parallel with every other proxy; here a thousand simulated ones share
+/// the operator's two cores, so decoding each copy measures the machine's
+/// contention more than the operator's fan-out.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Decode {
+    /// Each distinct snapshot (by version) is decoded once, by the first
+    /// proxy that receives it; the others wait for that decode, then ACK.
+    Once,
+    /// Every proxy decodes every snapshot it receives.
+    Each,
+}
+
+/// The watched weight of each snapshot version decoded so far.
+type Decoded = Arc<Mutex<HashMap<String, Arc<OnceCell<Option<u32>>>>>>;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum BenchRole {
@@ -159,10 +183,16 @@ async fn run(args: Args) -> Result<()> {
             .buffer_unordered(100)
             .collect()
             .await;
+        let decoded = (args.decode == Decode::Once).then(Decoded::default);
         for c in clients {
             let (i, client) = c?;
-            let hello = speakers[i].hello.clone();
-            sims.spawn(simulated_proxy(i, hello, client, tx.clone(), args.role));
+            let sim = Simulated {
+                id: i,
+                hello: speakers[i].hello.clone(),
+                route: args.role.route(),
+                decoded: decoded.clone(),
+            };
+            sims.spawn(sim.run(client, tx.clone()));
         }
         drop(tx);
         let mut latest = vec![None; n];
@@ -219,12 +249,16 @@ async fn run(args: Args) -> Result<()> {
         sims.shutdown().await;
     }
     println!(
-        "\nHTTPRoute weight change (API write) -> every proxy ACKed, {} changes per size, {}",
+        "\nHTTPRoute weight change (API write) -> every proxy ACKed, {} changes per size, {}, {}",
         args.changes,
         match args.role {
             BenchRole::Gateway => "gateway proxies of one pod".to_owned(),
             BenchRole::Sidecar =>
                 format!("sidecars of distinct pods, {} snapshot groups", args.groups),
+        },
+        match args.decode {
+            Decode::Once => "each distinct snapshot decoded once",
+            Decode::Each => "every proxy decoding every snapshot",
         }
     );
     println!(
@@ -463,39 +497,69 @@ async fn connect(
 
 /// One proxy: hello, then decode and ACK every snapshot, reporting the
 /// watched backend's weight.
-async fn simulated_proxy(
+/// One simulated proxy.
+struct Simulated {
     id: usize,
     hello: ProxyIdentity,
-    mut client: ConfigDiscoveryClient<tonic::transport::Channel>,
-    seen: mpsc::UnboundedSender<Seen>,
-    role: BenchRole,
-) -> Result<()> {
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(ProxyMessage {
-        kind: Some(proxy_message::Kind::Hello(hello)),
-    })
-    .await?;
-    let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
-    while let Some(msg) = inbound.message().await? {
-        let Some(config_message::Kind::Snapshot(snapshot)) = msg.kind else {
-            continue;
-        };
-        let config: Config = serde_json::from_slice(&snapshot.config_json)?;
+    /// The HTTPRoute whose weight it reports.
+    route: &'static str,
+    /// Shared decodes ([`Decode::Once`]), or none: decode each.
+    decoded: Option<Decoded>,
+}
+
+impl Simulated {
+    /// Hello, then for each snapshot: decode, ACK, report the weight.
+    async fn run(
+        self,
+        mut client: ConfigDiscoveryClient<tonic::transport::Channel>,
+        seen: mpsc::UnboundedSender<Seen>,
+    ) -> Result<()> {
+        let (tx, rx) = mpsc::channel(4);
         tx.send(ProxyMessage {
-            kind: Some(proxy_message::Kind::Ack(Ack {
-                version: snapshot.version,
-            })),
+            kind: Some(proxy_message::Kind::Hello(self.hello.clone())),
         })
         .await?;
-        if let Some(weight) = watched_weight(&config, role.route()) {
-            let _ = seen.send(Seen {
-                proxy: id,
-                weight,
-                at: Instant::now(),
-            });
+        let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        while let Some(msg) = inbound.message().await? {
+            let Some(config_message::Kind::Snapshot(snapshot)) = msg.kind else {
+                continue;
+            };
+            let weight = self.weight_of(&snapshot).await?;
+            tx.send(ProxyMessage {
+                kind: Some(proxy_message::Kind::Ack(Ack {
+                    version: snapshot.version,
+                })),
+            })
+            .await?;
+            if let Some(weight) = weight {
+                let _ = seen.send(Seen {
+                    proxy: self.id,
+                    weight,
+                    at: Instant::now(),
+                });
+            }
         }
+        bail!("sim-{}: the operator closed the stream", self.id)
     }
-    bail!("sim-{id}: the operator closed the stream")
+
+    /// The watched weight in `snapshot`, decoded here or by whichever
+    /// proxy got this version first.
+    async fn weight_of(&self, snapshot: &Snapshot) -> Result<Option<u32>> {
+        let decode = || -> Result<Option<u32>> {
+            let config: Config = serde_json::from_slice(&snapshot.config_json)?;
+            Ok(watched_weight(&config, self.route))
+        };
+        let Some(decoded) = &self.decoded else {
+            return decode();
+        };
+        let cell = decoded
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a decode panicked"))?
+            .entry(snapshot.version.clone())
+            .or_default()
+            .clone();
+        Ok(*cell.get_or_try_init(|| async { decode() }).await?)
+    }
 }
 
 /// The watched backend's weight in the routes translated from HTTPRoute
