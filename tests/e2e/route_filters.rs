@@ -41,6 +41,24 @@ async fn ask(
     ))
 }
 
+/// GETs `path` through the gateway until its status passes `wanted`, for
+/// `what` to have happened (a config applied, endpoints arrived).
+async fn get_until(
+    client: &reqwest::Client,
+    ip: &str,
+    host: &str,
+    path: &str,
+    what: &str,
+    wanted: fn(u16) -> bool,
+) -> anyhow::Result<(u16, String, String, String)> {
+    let answer = poll(what, TIMEOUT, Duration::from_millis(200), || async {
+        let r = ask(client, ip, host, reqwest::Method::GET, path).await;
+        Ok(r.ok().filter(|r| wanted(r.0)))
+    })
+    .await?;
+    Ok(answer)
+}
+
 pub async fn matches_and_filters(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     let mesh = mesh(&cluster).await?;
     let (ns, host) = ("filters", "filters.example.com");
@@ -83,14 +101,13 @@ spec:
 
     // Applied once the redirect is answered; everything else is checked
     // against that config.
-    let redirect = poll(
+    let redirect = get_until(
+        &client,
+        &ip,
+        host,
+        "/old/page?x=1",
         "the gateway to answer /old with a redirect",
-        TIMEOUT,
-        Duration::from_millis(200),
-        || async {
-            let r = ask(&client, &ip, host, get.clone(), "/old/page?x=1").await;
-            Ok(r.ok().filter(|r| r.0 == 301))
-        },
+        |status| status == 301,
     )
     .await?;
     ensure!(
@@ -107,14 +124,13 @@ spec:
 
     // Yellow runs at weight 0, so nothing above waited for its endpoints
     // to reach the gateway: until they do, its backend answers 503.
-    let query = poll(
+    let query = get_until(
+        &client,
+        &ip,
+        host,
+        "/?version=yellow",
         "the gateway to have yellow's endpoints",
-        TIMEOUT,
-        Duration::from_millis(200),
-        || async {
-            let r = ask(&client, &ip, host, get.clone(), "/?version=yellow").await;
-            Ok(r.ok().filter(|r| r.0 != 503))
-        },
+        |status| status != 503,
     )
     .await?;
     ensure!(

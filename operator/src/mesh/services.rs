@@ -314,8 +314,9 @@ impl ServiceIndex {
         index
     }
 
-    /// Pods behind a sidecar by address, with their SPIFFE IDs (none
-    /// without a trust domain): where sidecars carry TCP over mTLS.
+    /// The SPIFFE IDs of pods behind a sidecar (none without a trust
+    /// domain), each with its pods' addresses: where sidecars carry TCP
+    /// over mTLS.
     pub fn workloads(&self) -> &BTreeMap<String, Vec<IpAddr>> {
         &self.workloads
     }
