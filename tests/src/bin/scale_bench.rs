@@ -141,6 +141,12 @@ async fn run(args: Args) -> Result<()> {
     eprintln!("at rest: RSS {rest_rss:.1} MiB, CPU {rest_cpu:.1}%");
 
     let latencies = changes(&client, &args, &mut weights).await?;
+    eprintln!(
+        "image change -> route weight: p50 {:?}, p99 {:?}, max {:?}",
+        quantile(&latencies, 0.50),
+        quantile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default()
+    );
     let soak = soak(&client, &args, operator.pid()).await?;
     let results = Results {
         created,
