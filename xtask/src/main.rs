@@ -204,6 +204,12 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
         c.arg("--").args(&extra);
     }
     let mut totals = run_counting("cargo test --workspace", c)?;
+    if extra.is_empty() {
+        eprintln!("\n==> fuzzing, {TEST_FUZZ_SECONDS}s per target");
+        counted(&mut totals, "the fuzz targets", || {
+            task_fuzz(TEST_FUZZ_SECONDS)
+        })?;
+    }
     // The main job itself, non-interactively: every step checks what it
     // measured and fails the run when an outcome is off.
     if !extra.is_empty() {
@@ -311,8 +317,19 @@ fn tools_dir() -> PathBuf {
     cache.join("tools")
 }
 
-/// Fuzzes the config parser and the route matcher. cargo-fuzz wants
-/// nightly flags; `RUSTC_BOOTSTRAP=1` lets the stable toolchain take them.
+/// The cargo-fuzz targets of `fuzz/`.
+const FUZZ_TARGETS: [&str; 3] = ["config_yaml", "route_match", "authz_decide"];
+
+/// How long `cargo xtask test` fuzzes each target: long enough for a
+/// regression in parsing or policy evaluation that a few seconds of inputs
+/// reach to fail CI, short enough for every run.
+const TEST_FUZZ_SECONDS: u64 = 20;
+
+/// Fuzzes the config parser, the route matcher and the authorization
+/// evaluator for `seconds` each. cargo-fuzz wants nightly flags;
+/// `RUSTC_BOOTSTRAP=1` lets the stable toolchain take them. Its builds (with
+/// sanitizers, so apart from the workspace's) go to the cache, so that a
+/// fresh checkout reuses them.
 fn task_fuzz(seconds: u64) -> Result<()> {
     let tools = tools_dir();
     let cargo_fuzz = tools.join("bin/cargo-fuzz");
@@ -324,13 +341,17 @@ fn task_fuzz(seconds: u64) -> Result<()> {
             c
         })?;
     }
-    for target in ["config_yaml", "route_match"] {
+    let build = tools.with_file_name("fuzz-target");
+    for target in FUZZ_TARGETS {
         run(&format!("fuzz {target} for {seconds}s"), {
             let mut c = Command::new(&cargo_fuzz);
             c.current_dir(root()).env("RUSTC_BOOTSTRAP", "1").args([
                 "run",
                 "--fuzz-dir",
                 "fuzz",
+                "--target-dir",
+            ]);
+            c.arg(&build).args([
                 target,
                 "--",
                 &format!("-max_total_time={seconds}"),
