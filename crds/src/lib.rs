@@ -6,6 +6,7 @@
 //! fails when the two differ (`cargo xtask crds` rewrites them).
 
 pub mod analysis;
+pub mod annotations;
 pub mod authn;
 pub mod authz;
 pub mod rollout;

@@ -82,7 +82,7 @@ fn main() -> ExitCode {
             |c| Box::pin(logged(c, nack_keeps_old_config)),
         ),
         (
-            "sidecar_routes_services_by_name_and_splits_by_gamma_route",
+            "sidecar_routes_services_by_name_within_their_timeouts_and_splits_by_gamma_route",
             |c| Box::pin(logged(c, sidecar_gamma)),
         ),
         ("rollout_walks_its_steps_and_is_promoted", |c| {
@@ -1212,7 +1212,9 @@ spec:
     deployment_available(&client, ns, "handson-blue", TIMEOUT).await?;
     deployment_available(&client, ns, "handson-yellow", TIMEOUT).await?;
     pod_ready(&client, ns, "client", TIMEOUT).await?;
-    let curl = |host: &'static str| {
+    // One request from the client's app through its sidecar: the status
+    // and the body.
+    let request = |host: &'static str, path: &'static str| {
         let cluster = cluster.clone();
         async move {
             let out = cluster
@@ -1223,16 +1225,20 @@ spec:
                         "curl",
                         "-s",
                         "-m",
-                        "2",
+                        "3",
+                        "-w",
+                        "\n%{http_code}",
                         "-H",
                         &format!("Host: {host}"),
-                        "http://127.0.0.1:15001/",
+                        &format!("http://127.0.0.1:15001{path}"),
                     ],
                 )
                 .await?;
-            anyhow::Ok(out.stdout.trim().to_owned())
+            let (body, status) = out.stdout.trim_end().rsplit_once('\n').unwrap_or_default();
+            anyhow::Ok((status.to_owned(), body.trim().to_owned()))
         }
     };
+    let curl = move |host: &'static str| async move { anyhow::Ok(request(host, "/").await?.1) };
     // Without a route, the Service's own endpoints (both versions).
     poll(
         "the sidecar to route handson.mesh.svc to both versions",
@@ -1247,6 +1253,34 @@ spec:
         },
     )
     .await?;
+    // The Service's timeout annotation bounds its sidecar route while no
+    // HTTPRoute decides: a response slower than 300 ms is a 504 from the
+    // sidecar, a fast one passes.
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: handson
+  namespace: {ns}
+  annotations: {{"{annotation}": 300ms}}
+spec:
+  selector: {{app: handson}}
+  ports: [{{name: http, port: 8080, targetPort: http}}]
+"#,
+        annotation = sluice_crds::annotations::REQUEST_TIMEOUT,
+    ))?;
+    let status = move |path: &'static str| async move {
+        anyhow::Ok(request("handson.mesh.svc", path).await?.0)
+    };
+    poll(
+        "a 1 s response to time out at the Service's 300 ms",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async { Ok((status("/burn?ms=1000").await? == "504").then_some(())) },
+    )
+    .await?;
+    let fast = status("/").await?;
+    ensure!(fast == "200", "a fast request answered {fast}");
     // A GAMMA route on the Service sends everything to yellow.
     cluster.apply(&format!(
         r#"apiVersion: gateway.networking.k8s.io/v1
@@ -1277,25 +1311,9 @@ spec:
         let c = curl(host).await?;
         ensure!(c == "yellow", "{host} answered {c:?}");
     }
-    let unknown = cluster
-        .exec_in_pod(
-            ns,
-            "client",
-            &[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-H",
-                "Host: nothing.mesh.svc",
-                "http://127.0.0.1:15001/",
-            ],
-        )
-        .await?;
-    if unknown.stdout.trim() != "404" {
-        bail!("an unknown service answered {}", unknown.stdout);
+    let (unknown, _) = request("nothing.mesh.svc", "/").await?;
+    if unknown != "404" {
+        bail!("an unknown service answered {unknown}");
     }
     Ok(())
 }

@@ -434,7 +434,7 @@ fn convert_match(m: &HttpRouteRulesMatches) -> Option<(RouteMatch, u8, usize)> {
 
 /// A Gateway API duration; zero (which disables a timeout) and what does
 /// not parse give none.
-fn duration(d: Option<&str>) -> Option<Duration> {
+pub(super) fn duration(d: Option<&str>) -> Option<Duration> {
     d.and_then(|d| d.parse::<gateway_api::Duration>().ok())
         .map(|d| Duration::from_millis(d.as_millis() as u64))
         .filter(|d| !d.is_zero())

@@ -4,10 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
+use sluice_crds::annotations;
 use sluice_proto::config::{Backend, UpstreamProtocol};
 
 use super::grants::{Grants, Kind};
@@ -63,6 +65,36 @@ pub struct ServiceInfo {
     pub ports: Vec<ServicePort>,
     /// The revision all its ready endpoints run, when they agree.
     pub revision: Option<String>,
+    /// Its timeouts for sidecar routes no HTTPRoute sets.
+    pub timeouts: ServiceTimeouts,
+}
+
+/// A Service's own upstream timeouts, for the sidecar routes to it that no
+/// HTTPRoute decides (an HTTPRoute's rule says its own). Set by annotations
+/// ([`sluice_crds::annotations`]), as Linkerd's Service timeout annotations
+/// are; none without them, as in Istio.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceTimeouts {
+    /// Until the response starts, retries included.
+    pub request: Option<Duration>,
+    /// Until the response starts, per attempt.
+    pub backend_request: Option<Duration>,
+}
+
+impl ServiceTimeouts {
+    /// Read from `svc`'s annotations; a value that is not a Gateway API
+    /// duration, or is zero, sets nothing.
+    pub fn of(svc: &Service) -> ServiceTimeouts {
+        let read = |key| {
+            svc.annotations()
+                .get(key)
+                .and_then(|v| super::rules::duration(Some(v)))
+        };
+        ServiceTimeouts {
+            request: read(annotations::REQUEST_TIMEOUT),
+            backend_request: read(annotations::BACKEND_REQUEST_TIMEOUT),
+        }
+    }
 }
 
 impl ServiceInfo {
@@ -82,7 +114,7 @@ impl ServiceInfo {
             endpoints: port.endpoints.clone(),
             protocol: port.protocol,
             revision: self.revision.clone(),
-            connect_timeout: std::time::Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(2),
             service: Some(format!("{}/{}", self.namespace, self.name)),
             respond: None,
             mesh: port.mesh.clone(),
@@ -308,6 +340,7 @@ impl ServiceIndex {
                     cluster_ip,
                     ports,
                     revision,
+                    timeouts: ServiceTimeouts::of(svc),
                 },
             );
         }

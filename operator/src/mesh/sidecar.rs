@@ -150,8 +150,8 @@ fn namespace_config(
                         name: backend.name.clone(),
                         weight: 1,
                     }],
-                    timeout: None,
-                    attempt_timeout: None,
+                    timeout: svc.timeouts.request,
+                    attempt_timeout: svc.timeouts.backend_request,
                     retries: Some(sluice_proto::config::Retries {
                         attempts: 2,
                         budget: 0.2,
@@ -345,6 +345,69 @@ mod tests {
         let free = routes_of("handson:9000");
         assert_eq!(free.len(), 1);
         assert!(free[0].matches.is_empty() && free[0].name.starts_with("service/"));
+    }
+
+    #[test]
+    fn a_services_timeout_annotations_bound_its_sidecar_route_and_an_httproute_says_its_own() {
+        use sluice_crds::annotations::{BACKEND_REQUEST_TIMEOUT, REQUEST_TIMEOUT};
+        use std::time::Duration;
+        let annotated = |name: &str, request: &str, backend: &str| {
+            let mut svc = (*service("h", name, &[("http", 8080, 8080)])).clone();
+            svc.metadata.annotations = Some(
+                [
+                    (REQUEST_TIMEOUT.to_owned(), request.to_owned()),
+                    (BACKEND_REQUEST_TIMEOUT.to_owned(), backend.to_owned()),
+                ]
+                .into(),
+            );
+            Arc::new(svc)
+        };
+        let input = MeshInput {
+            services: vec![
+                annotated("slow", "10s", "2500ms"),
+                annotated("odd", "ten seconds", "0s"),
+                annotated("routed", "10s", "1s"),
+                service("h", "plain", &[("http", 8080, 8080)]),
+            ],
+            routes: vec![route(
+                "h",
+                "own",
+                json!({
+                    "parentRefs": [{"group": "", "kind": "Service", "name": "routed", "port": 8080}],
+                    "rules": [{"timeouts": {"request": "3s"}, "backendRefs": [{"name": "routed", "port": 8080}]}]
+                }),
+            )],
+            sidecar_pods: [("h".to_owned(), "c".to_owned())].into(),
+            ..Default::default()
+        };
+        let out = translate(&input);
+        let config = &out.configs[&out.sidecars[&Audience::Sidecar("h".into(), "c".into())]];
+        let timeouts = |host: &str| {
+            let r = config.listeners[0]
+                .routes
+                .iter()
+                .find(|r| r.hosts.iter().any(|h| h == host))
+                .unwrap_or_else(|| panic!("no route for {host}"));
+            (r.timeout, r.attempt_timeout)
+        };
+        assert_eq!(
+            timeouts("slow:8080"),
+            (
+                Some(Duration::from_secs(10)),
+                Some(Duration::from_millis(2500))
+            )
+        );
+        assert_eq!(
+            timeouts("odd:8080"),
+            (None, None),
+            "unparsable and zero set nothing"
+        );
+        assert_eq!(timeouts("plain:8080"), (None, None));
+        assert_eq!(
+            timeouts("routed:8080"),
+            (Some(Duration::from_secs(3)), None),
+            "the HTTPRoute's rule decides, not the annotations"
+        );
     }
 
     #[test]
