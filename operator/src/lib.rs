@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod push;
 pub mod rollout;
 pub mod status;
+pub mod stored;
 pub mod traffic;
 pub mod trust;
 pub mod world;

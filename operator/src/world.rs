@@ -66,12 +66,11 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    // Managed fields are large and never read: dropped before the store
-    // keeps the object (after the reflector, they would only leave the
-    // stream, not the store).
+    // Trimmed before the store keeps the object (after the reflector, what
+    // is dropped would only leave the stream, not the store).
     let events = watcher(api, config)
         .default_backoff()
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None);
+        .modify(|o: &mut K| crate::stored::trim(o.meta_mut()));
     let stream = reflector(writer, events);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);

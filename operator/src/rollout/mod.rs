@@ -31,7 +31,7 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use sluice_crds::Rollout;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -139,12 +139,13 @@ pub async fn run(
         replicasets,
     });
     info!("Rollout controller started");
-    // The controller's own store, without managed fields (never read, and
-    // a large share of each Rollout written by server-side apply).
+    // The controller's own store, trimmed: managed fields are a large share
+    // of each Rollout written by server-side apply, and `kubectl apply`
+    // keeps a whole copy in an annotation.
     let (store, writer) = reflector::store();
     let events = watcher(rollouts, watcher::Config::default())
         .default_backoff()
-        .modify(|r: &mut Rollout| r.managed_fields_mut().clear());
+        .modify(|r: &mut Rollout| crate::stored::trim(r.meta_mut()));
     let rollouts = reflector(writer, events).applied_objects();
     Controller::for_stream(rollouts, store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
@@ -160,10 +160,9 @@ pub async fn watch(
     synced: watch::Sender<bool>,
 ) {
     let config = watcher::Config::default().labels(ROLLOUT_LABEL);
-    // Who wrote which field is never read: not worth the memory.
     let mut events = watcher::watcher(api, config)
         .default_backoff()
-        .modify(|rs: &mut ReplicaSet| rs.managed_fields_mut().clear())
+        .modify(|rs: &mut ReplicaSet| crate::stored::trim(rs.meta_mut()))
         .boxed();
     while let Some(event) = events.next().await {
         let event = match event {
