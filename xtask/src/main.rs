@@ -351,11 +351,8 @@ fn task_fuzz(seconds: u64) -> Result<()> {
                 "fuzz",
                 "--target-dir",
             ]);
-            c.arg(&build).args([
-                target,
-                "--",
-                &format!("-max_total_time={seconds}"),
-            ]);
+            c.arg(&build)
+                .args([target, "--", &format!("-max_total_time={seconds}")]);
             c
         })?;
     }
