@@ -85,11 +85,7 @@ impl ServiceTimeouts {
     /// Read from `svc`'s annotations; a value that is not a Gateway API
     /// duration, or is zero, sets nothing.
     pub fn of(svc: &Service) -> ServiceTimeouts {
-        let read = |key| {
-            svc.annotations()
-                .get(key)
-                .and_then(|v| super::rules::duration(Some(v)))
-        };
+        let read = |key| super::rules::duration(svc.annotations().get(key).map(String::as_str));
         ServiceTimeouts {
             request: read(annotations::REQUEST_TIMEOUT),
             backend_request: read(annotations::BACKEND_REQUEST_TIMEOUT),

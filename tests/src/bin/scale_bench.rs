@@ -141,12 +141,7 @@ async fn run(args: Args) -> Result<()> {
     eprintln!("at rest: RSS {rest_rss:.1} MiB, CPU {rest_cpu:.1}%");
 
     let latencies = changes(&client, &args, &mut weights).await?;
-    eprintln!(
-        "image change -> route weight: p50 {:?}, p99 {:?}, max {:?}",
-        quantile(&latencies, 0.50),
-        quantile(&latencies, 0.99),
-        latencies.last().copied().unwrap_or_default()
-    );
+    eprintln!("image change -> route weight: {}", summary(&latencies));
     let soak = soak(&client, &args, operator.pid()).await?;
     let results = Results {
         created,
@@ -407,6 +402,16 @@ async fn soak(client: &Client, args: &Args, pid: u32) -> Result<Vec<f64>> {
     Ok(samples)
 }
 
+/// p50, p99 and max of sorted latencies.
+fn summary(sorted: &[Duration]) -> String {
+    format!(
+        "p50 {:?}, p99 {:?}, max {:?}",
+        quantile(sorted, 0.50),
+        quantile(sorted, 0.99),
+        sorted.last().copied().unwrap_or_default()
+    )
+}
+
 impl Results {
     fn print(&self, args: &Args) {
         println!(
@@ -419,13 +424,10 @@ impl Results {
             "  operator at rest      RSS {:.1} MiB, CPU {:.1}% of a core",
             self.rest_rss, self.rest_cpu
         );
-        let l = &self.latencies;
         println!(
-            "  image change -> route weight, {} changes: p50 {:?}, p99 {:?}, max {:?}",
-            l.len(),
-            quantile(l, 0.50),
-            quantile(l, 0.99),
-            l.last().copied().unwrap_or_default()
+            "  image change -> route weight, {} changes: {}",
+            self.latencies.len(),
+            summary(&self.latencies)
         );
         let soak: Vec<String> = self.soak.iter().map(|r| format!("{r:.1}")).collect();
         println!(
