@@ -1,6 +1,7 @@
 //! Choosing where a request goes: a backend by weight, then an endpoint by
 //! power of two choices over outstanding requests and EWMA latency, with
-//! endpoints that refuse connections ejected for a while. All state is
+//! endpoints that refuse connections, or answer 5xx time after time,
+//! ejected for a while. All state is
 //! atomics; nothing here takes a lock.
 
 use std::net::SocketAddr;
@@ -17,6 +18,10 @@ pub fn now_ms() -> u64 {
 /// First ejection; doubles with consecutive failures up to [`EJECT_MAX_MS`].
 const EJECT_BASE_MS: u64 = 1_000;
 const EJECT_MAX_MS: u64 = 30_000;
+/// 5xx answers in a row that eject an endpoint (Envoy's outlier detection
+/// default): without it, an endpoint that fails fast would look fastest
+/// and draw the most traffic.
+const EJECT_AFTER_ERRORS: u32 = 5;
 /// Weight of a new latency sample in the moving average.
 const EWMA_ALPHA: f64 = 0.3;
 /// An endpoint with no samples yet is assumed to be fast, so that a new
@@ -42,7 +47,10 @@ pub struct Endpoint {
     /// Whether any sample arrived.
     sampled: AtomicBool,
     ejected_until_ms: AtomicU64,
+    /// Ejections in a row: each one lasts twice the one before.
     failures: AtomicU32,
+    /// 5xx answers in a row.
+    errors: AtomicU32,
 }
 
 impl Endpoint {
@@ -56,6 +64,7 @@ impl Endpoint {
             sampled: AtomicBool::new(false),
             ejected_until_ms: AtomicU64::new(0),
             failures: AtomicU32::new(0),
+            errors: AtomicU32::new(0),
         }
     }
 
@@ -99,6 +108,16 @@ impl Endpoint {
         self.ewma_us.store(new.max(1.0) as u64, Relaxed);
         self.sampled_ms.store(now, Relaxed);
         self.failures.store(0, Relaxed);
+        self.errors.store(0, Relaxed);
+    }
+
+    /// It answered 5xx: its latency says nothing of how fast it serves,
+    /// and a run of these ejects it.
+    pub fn observe_error(&self) {
+        if self.errors.fetch_add(1, Relaxed) + 1 >= EJECT_AFTER_ERRORS {
+            self.errors.store(0, Relaxed);
+            self.eject();
+        }
     }
 
     /// The endpoint refused a connection: eject it, longer each time in a row.
@@ -318,6 +337,21 @@ mod tests {
         let later = old.sampled_ms.load(Relaxed) + 2_000;
         let left = old.latency_us(later);
         assert!((74.0..=76.0).contains(&left), "{left}");
+    }
+
+    #[test]
+    fn a_run_of_5xx_answers_ejects_and_a_success_breaks_the_run() {
+        let e = Endpoint::new("127.0.0.1:1".parse().unwrap());
+        for _ in 0..EJECT_AFTER_ERRORS - 1 {
+            e.observe_error();
+        }
+        e.observe(Duration::from_millis(1));
+        e.observe_error();
+        assert!(!e.ejected(now_ms()));
+        for _ in 1..EJECT_AFTER_ERRORS {
+            e.observe_error();
+        }
+        assert!(e.ejected(now_ms()));
     }
 
     #[test]

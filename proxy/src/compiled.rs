@@ -208,7 +208,7 @@ pub struct RetryBudget {
 const BUDGET_CAP_MILLI: i64 = 10_000;
 
 impl RetryBudget {
-    fn new(ratio: f64) -> RetryBudget {
+    pub(crate) fn new(ratio: f64) -> RetryBudget {
         // Start with a few tokens so that the first failures can be retried.
         RetryBudget {
             milli: AtomicI64::new(3_000),

@@ -475,6 +475,60 @@ async fn retries_route_around_a_dead_endpoint() {
     }
 }
 
+/// A hundred requests that succeed at once earn the route's retry budget
+/// and spend none of it, so the 503s that follow are each tried again.
+#[tokio::test]
+async fn attempts_that_succeed_spend_none_of_the_retry_budget() {
+    let (a, b) = (upstream("blue").await, upstream("blue").await);
+    let (port, admin) = (free_port(), free_port());
+    let cfg = format!(
+        "admin: {{address: \"127.0.0.1:{admin}\"}}\nbackends:\n  - name: pair\n    endpoints: [\"{}\", \"{}\"]\nlisteners:\n  - name: web\n    address: 127.0.0.1:{port}\n    routes:\n      - name: app\n        backends: [{{name: pair}}]\n        retries: {{attempts: 1, budget: 0.2}}\n",
+        a.addr, b.addr
+    );
+    let _p = ProxyProcess::start(&cfg, addr(admin)).await;
+    let c = client();
+    for _ in 0..100 {
+        assert_eq!(get(&c, port, "/").await, (200, "blue".to_owned()));
+    }
+    // Both endpoints answer this path 503: a retry meets the other one.
+    for _ in 0..5 {
+        assert_eq!(get(&c, port, "/status/503").await.0, 503);
+    }
+    let hits = a.hits.load(Ordering::Relaxed) + b.hits.load(Ordering::Relaxed);
+    assert_eq!(
+        hits - 100,
+        10,
+        "the five 503s were not each retried once: the budget was spent"
+    );
+}
+
+/// An endpoint that fails fast looks fastest to a latency-aware balancer;
+/// five 503s in a row eject it instead, and its peer takes the traffic.
+#[tokio::test]
+async fn an_endpoint_answering_5xx_in_a_row_is_ejected_not_favoured() {
+    let (up, down) = (upstream("blue").await, answering("down", 503).await);
+    let (port, admin) = (free_port(), free_port());
+    let cfg = format!(
+        "admin: {{address: \"127.0.0.1:{admin}\"}}\nbackends:\n  - name: pair\n    endpoints: [\"{}\", \"{}\"]\nlisteners:\n  - name: web\n    address: 127.0.0.1:{port}\n    routes:\n      - name: app\n        backends: [{{name: pair}}]\n        retries: {{attempts: 0}}\n",
+        down.addr, up.addr
+    );
+    let _p = ProxyProcess::start(&cfg, addr(admin)).await;
+    let c = client();
+    let mut failed = 0;
+    for _ in 0..200 {
+        if get(&c, port, "/").await.0 == 503 {
+            failed += 1;
+        }
+    }
+    // Five per ejection; more only if the requests outlast the first one
+    // (a second): then a probe or five, and an ejection twice as long.
+    assert!(
+        failed <= 15,
+        "{failed} of 200 requests met the failing endpoint, {} reached the good one",
+        up.hits.load(Ordering::Relaxed)
+    );
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests() {
     let (up, mut p, port) = proxied_blue().await;

@@ -72,7 +72,13 @@ fn run_with(scenarios: &[(&'static str, Scenario)], sequential: bool) -> ExitCod
                 let diag = cluster.clone();
                 handle
                     .block_on(scenario(cluster))
-                    .map_err(|e| Failed::from(format!("{e:#}\n{}", diag.diagnostics())))
+                    // The error last too: a report cut to its tail still names it.
+                    .map_err(|e| {
+                        Failed::from(format!(
+                            "{e:#}\n{}--- the failure, again ---\n{e:#}",
+                            diag.diagnostics()
+                        ))
+                    })
             })
         })
         .collect();

@@ -191,6 +191,12 @@ impl Drop for Upstream {
 }
 
 pub async fn upstream(name: &'static str) -> Upstream {
+    answering(name, 200).await
+}
+
+/// An upstream like [`upstream`] that answers `status` where that answers
+/// 200.
+pub async fn answering(name: &'static str, status: u16) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
@@ -217,6 +223,7 @@ pub async fn upstream(name: &'static str) -> Upstream {
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
                         let mut resp = Response::new(Full::new(Bytes::from(name)));
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
                         if let Some(code) =
                             path.strip_prefix("/status/").and_then(|c| c.parse().ok())
                         {

@@ -1,0 +1,248 @@
+//! Forwarding a routed request upstream, one concern per piece: attempts
+//! to an endpoint of a backend drawn from the route's split, each under
+//! the route's and its own deadline ([`Forwarding::forward`]); what an
+//! attempt's result means, counted ([`Forwarding::settle`]); whether and
+//! where to try again ([`retry`]); the upstream's answer passed on
+//! ([`answer`]); the proxy's own answer when none came ([`LocalReply`]).
+
+mod answer;
+mod request;
+mod retry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Response, StatusCode};
+use hyper::body::{Body, Incoming};
+use hyper::upgrade::OnUpgrade;
+use tracing::debug;
+
+use crate::balance::{Endpoint, pick};
+use crate::body::{Downstream, ReqBody, RespBody};
+use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
+use crate::framing;
+use crate::local_reply::LocalReply;
+use crate::pool::{self, UpstreamError};
+use crate::state::Proxy;
+use crate::telemetry::Cell;
+
+pub use request::{Prepared, upstream_proto};
+use retry::Retries;
+
+/// The destination's sidecar refused this client's connection (L4
+/// authorization): the client's own connection is closed in turn, without
+/// a response, as a direct connection would have been.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the destination refused the connection (authorization)")]
+pub struct ConnectionRefused;
+
+/// One routed request's forwarding: what all its attempts share.
+#[derive(Debug)]
+pub struct Forwarding<'a> {
+    /// The proxy (its identity, pools and telemetry).
+    pub proxy: &'a Arc<Proxy>,
+    /// The config the request was routed by.
+    pub compiled: &'a Compiled,
+    /// The listener it came in on.
+    pub listener: &'a CompiledListener,
+    /// The route it matched.
+    pub route: &'a CompiledRoute,
+    /// The downstream peer, for logs.
+    pub peer: SocketAddr,
+    /// When the request arrived: deadlines and latencies count from then.
+    pub start: Instant,
+}
+
+/// One attempt: its number (from 1), its backend, and the endpoint that
+/// failed the one before, to be avoided.
+struct Attempt<'r> {
+    n: u32,
+    backend: usize,
+    avoid: Option<Arc<Endpoint>>,
+    retries: &'r Retries<'r>,
+}
+
+/// What one attempt came to.
+// Returned once per attempt and matched at once: boxing the response would
+// cost an allocation per request to save a move.
+#[allow(clippy::large_enum_variant)]
+enum Tried {
+    /// The request's answer: the upstream's, or the proxy's own.
+    Answer(Response<RespBody>),
+    /// It failed on this endpoint in a way another attempt may get past.
+    Failed(Arc<Endpoint>),
+}
+
+impl Forwarding<'_> {
+    /// Forwards the request, retrying what is safe to retry, and answers
+    /// with the upstream's response or the proxy's own.
+    pub async fn forward(
+        &self,
+        mut prepared: Prepared,
+        body: Downstream,
+        mut upgrade: Option<OnUpgrade>,
+    ) -> Response<RespBody> {
+        let route = self.route;
+        let Some(first) = route.split.choose() else {
+            return LocalReply::NoBackend.counted(&route.no_backend, self.start);
+        };
+        let replayable = body.body.is_end_stream() && upgrade.is_none();
+        let retries = Retries::plan(route.retry.as_ref(), &prepared.method, replayable);
+        let mut body = Some(body);
+        let mut attempt = Attempt {
+            n: 1,
+            backend: first,
+            avoid: None,
+            retries: &retries,
+        };
+        loop {
+            let tried = self
+                .attempt(&attempt, &mut prepared, body.take(), upgrade.take())
+                .await;
+            let failed = match tried {
+                Tried::Answer(resp) => return resp,
+                Tried::Failed(endpoint) => endpoint,
+            };
+            attempt.backend = retry::next_backend(
+                &route.split,
+                &self.compiled.backends,
+                attempt.backend,
+                &failed,
+                first,
+            );
+            attempt.avoid = Some(failed);
+            attempt.n += 1;
+        }
+    }
+
+    /// Sends one attempt to an endpoint of its backend, within its deadline.
+    async fn attempt(
+        &self,
+        attempt: &Attempt<'_>,
+        prepared: &mut Prepared,
+        body: Option<Downstream>,
+        upgrade: Option<OnUpgrade>,
+    ) -> Tried {
+        let backend = &self.compiled.backends[attempt.backend];
+        let cell = self.route.cell(attempt.backend);
+        if let Some(status) = backend.respond {
+            return Tried::Answer(LocalReply::Unresolved(status).counted(cell, self.start));
+        }
+        let Some(endpoint) = pick(&backend.endpoints, attempt.avoid.as_ref()).cloned() else {
+            return Tried::Answer(LocalReply::NoEndpoint.counted(cell, self.start));
+        };
+        let proto = upstream_proto(backend.protocol, prepared.version);
+        let req_body = match body {
+            Some(Downstream { body, tee }) => ReqBody::Stream {
+                body,
+                cell: cell.clone(),
+                tee,
+            },
+            None => ReqBody::Empty,
+        };
+        let req = prepared.request(proto, req_body, attempt.retries.is_last(attempt.n));
+        let in_flight = endpoint.begin();
+        let target = backend.target(endpoint.addr, &self.proxy.identity);
+        let telemetry = &self.proxy.telemetry;
+        let sent = pool::send(target, proto, backend.connect_timeout, req, telemetry);
+        let result = match self.attempt_deadline() {
+            Some(d) => tokio::time::timeout_at(d.into(), sent).await.ok(),
+            None => Some(sent.await),
+        };
+        drop(in_flight);
+        match result {
+            Some(result) => self.settle(attempt, result, cell, endpoint, upgrade),
+            None => Tried::Answer(LocalReply::Timeout.counted(cell, self.start)),
+        }
+    }
+
+    /// The route's deadline, or the attempt's if that comes first.
+    fn attempt_deadline(&self) -> Option<Instant> {
+        let whole = self.route.timeout.map(|t| self.start + t);
+        let own = self.route.attempt_timeout.map(|t| Instant::now() + t);
+        match (whole, own) {
+            (Some(w), Some(o)) => Some(w.min(o)),
+            (w, o) => w.or(o),
+        }
+    }
+
+    /// What an attempt's result means for the request, counted: the answer
+    /// to pass on, or a failure that may be retried (a retry token is
+    /// taken only then); an endpoint that could not be reached is ejected.
+    fn settle(
+        &self,
+        attempt: &Attempt<'_>,
+        result: Result<Response<Incoming>, UpstreamError>,
+        cell: &Arc<Cell>,
+        endpoint: Arc<Endpoint>,
+        upgrade: Option<OnUpgrade>,
+    ) -> Tried {
+        let start = self.start;
+        let backend = &self.compiled.backends[attempt.backend].name;
+        match result {
+            Ok(resp)
+                if resp.status() == StatusCode::SERVICE_UNAVAILABLE
+                    && attempt.retries.after_failure(attempt.n) =>
+            {
+                endpoint.observe_error();
+                cell.record(503, start.elapsed(), false);
+                debug!(%backend, "503 from upstream; retrying");
+                Tried::Failed(endpoint)
+            }
+            Ok(resp) => {
+                if resp.status().is_server_error() {
+                    endpoint.observe_error();
+                } else {
+                    endpoint.observe(start.elapsed());
+                }
+                cell.record(resp.status().as_u16(), start.elapsed(), false);
+                Tried::Answer(answer::pass_on(self.proxy, resp, cell, upgrade))
+            }
+            Err(e) if e.is_access_denied() => {
+                debug!(%backend, "{e}: the destination's policy refused this workload");
+                cell.record(403, start.elapsed(), false);
+                let mut resp = Response::new(RespBody::empty());
+                resp.extensions_mut().insert(ConnectionRefused);
+                Tried::Answer(resp)
+            }
+            Err(e) if e.is_connect() => {
+                // Refused, unreachable or silent: out of rotation for a
+                // while, and not this request's next try.
+                if !matches!(e, UpstreamError::Handshake(..)) {
+                    endpoint.eject();
+                }
+                let retry = attempt.retries.after_failure(attempt.n);
+                debug!(%backend, attempt = attempt.n, retry, "{e}");
+                if !retry {
+                    return Tried::Answer(LocalReply::ConnectFailed.counted(cell, start));
+                }
+                cell.record(503, start.elapsed(), true);
+                Tried::Failed(endpoint)
+            }
+            // The downstream's own body broke (bad chunk, cut short): its
+            // fault, not the upstream's, and never retried.
+            Err(UpstreamError::Request(_, e)) if framing::downstream_body_failed(&e) => {
+                debug!(peer = %self.peer, %backend, "request body: {e}");
+                Tried::Answer(self.refuse_framing())
+            }
+            Err(e) => {
+                debug!(%backend, "{e}");
+                Tried::Answer(LocalReply::Reset.counted(cell, start))
+            }
+        }
+    }
+
+    /// Answers a request whose body broke its framing with a 400 that
+    /// closes the connection, and counts it.
+    fn refuse_framing(&self) -> Response<RespBody> {
+        self.proxy
+            .telemetry
+            .framing_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.listener
+            .unrouted
+            .record(400, self.start.elapsed(), false);
+        framing::refusal()
+    }
+}

@@ -1,0 +1,131 @@
+//! What changes in a request's or response's headers from one hop to the
+//! next: hop-by-hop headers dropped, `x-forwarded-*` appended.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
+
+/// Headers that describe one hop and are never forwarded.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Drops the hop-by-hop headers, and those `Connection` names; an upgrade
+/// keeps `Connection` and `Upgrade`, which the next hop needs to agree.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        if keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(n);
+    }
+    // `te` may only say `trailers` (gRPC needs it end to end).
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+/// An HTTP/1.1 request asking to switch protocols (a WebSocket).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+/// Appends the peer to `x-forwarded-for`, and says the scheme in
+/// `x-forwarded-proto`: `https` whenever this proxy terminated TLS,
+/// whatever the client claimed.
+pub fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+    }
+    if tls {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("https"),
+        );
+    } else if !headers.contains_key("x-forwarded-proto") {
+        headers.insert(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "gzip"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, headers(&[("x-kept", "1")]));
+    }
+
+    #[test]
+    fn an_upgrade_keeps_connection_and_upgrade_and_te_trailers_stays() {
+        let mut h = headers(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+        ]);
+        let want = h.clone();
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h, want);
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_and_tls_overrides_the_claimed_scheme() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        append_forwarded(&mut h, "10.0.0.1:5000".parse().unwrap(), true);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}
