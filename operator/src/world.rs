@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use crate::mesh::{self, MeshInput, MeshOutput, MeshSettings};
 use crate::metrics::Metrics;
 use crate::push::{Registry, SnapshotSet, Snapshots};
+use crate::stored::Stored;
 use sluice_crds::{AuthorizationPolicy, RequestAuthentication};
 
 /// The reflectors' stores.
@@ -53,7 +54,7 @@ pub struct World {
 
 fn reflect<K>(api: Api<K>, changed: Arc<Notify>) -> Store<K>
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Stored + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     reflect_with(api, watcher::Config::default(), changed)
@@ -62,15 +63,13 @@ where
 /// [`reflect`] with a selection (fields or labels) of what is watched.
 fn reflect_with<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Stored + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (reader, writer) = reflector::store();
-    // Trimmed before the store keeps the object (after the reflector, what
+    // Slimmed before the store keeps the object (after the reflector, what
     // is dropped would only leave the stream, not the store).
-    let events = watcher(api, config)
-        .default_backoff()
-        .modify(|o: &mut K| crate::stored::trim(o.meta_mut()));
+    let events = watcher(api, config).default_backoff().modify(K::slim);
     let stream = reflector(writer, events);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -158,7 +157,7 @@ impl World {
     pub fn with_pods(pods: Vec<Pod>, mesh: MeshSettings) -> World {
         fn empty<K>() -> Store<K>
         where
-            K: Resource + Clone + 'static,
+            K: kube::Resource + Clone + 'static,
             K::DynamicType: Default + Eq + std::hash::Hash + Clone,
         {
             reflector::store().0

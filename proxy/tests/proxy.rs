@@ -462,12 +462,7 @@ async fn invalid_config_is_refused_and_the_running_one_stays() {
 async fn retries_route_around_a_dead_endpoint() {
     let up = upstream("blue").await;
     let dead = addr(free_port());
-    let (port, admin) = (free_port(), free_port());
-    let cfg = format!(
-        "admin: {{address: \"127.0.0.1:{admin}\"}}\nbackends:\n  - name: mixed\n    endpoints: [\"{dead}\", \"{}\"]\nlisteners:\n  - name: web\n    address: 127.0.0.1:{port}\n    routes:\n      - name: app\n        backends: [{{name: mixed}}]\n        retries: {{attempts: 2}}\n",
-        up.addr
-    );
-    let _p = ProxyProcess::start(&cfg, addr(admin)).await;
+    let (_p, port) = pair_behind_proxy(dead, up.addr, "{attempts: 2}").await;
     let c = client();
     for _ in 0..50 {
         let (status, body) = get(&c, port, "/").await;
@@ -480,12 +475,7 @@ async fn retries_route_around_a_dead_endpoint() {
 #[tokio::test]
 async fn attempts_that_succeed_spend_none_of_the_retry_budget() {
     let (a, b) = (upstream("blue").await, upstream("blue").await);
-    let (port, admin) = (free_port(), free_port());
-    let cfg = format!(
-        "admin: {{address: \"127.0.0.1:{admin}\"}}\nbackends:\n  - name: pair\n    endpoints: [\"{}\", \"{}\"]\nlisteners:\n  - name: web\n    address: 127.0.0.1:{port}\n    routes:\n      - name: app\n        backends: [{{name: pair}}]\n        retries: {{attempts: 1, budget: 0.2}}\n",
-        a.addr, b.addr
-    );
-    let _p = ProxyProcess::start(&cfg, addr(admin)).await;
+    let (_p, port) = pair_behind_proxy(a.addr, b.addr, "{attempts: 1, budget: 0.2}").await;
     let c = client();
     for _ in 0..100 {
         assert_eq!(get(&c, port, "/").await, (200, "blue".to_owned()));
@@ -507,12 +497,7 @@ async fn attempts_that_succeed_spend_none_of_the_retry_budget() {
 #[tokio::test]
 async fn an_endpoint_answering_5xx_in_a_row_is_ejected_not_favoured() {
     let (up, down) = (upstream("blue").await, answering("down", 503).await);
-    let (port, admin) = (free_port(), free_port());
-    let cfg = format!(
-        "admin: {{address: \"127.0.0.1:{admin}\"}}\nbackends:\n  - name: pair\n    endpoints: [\"{}\", \"{}\"]\nlisteners:\n  - name: web\n    address: 127.0.0.1:{port}\n    routes:\n      - name: app\n        backends: [{{name: pair}}]\n        retries: {{attempts: 0}}\n",
-        down.addr, up.addr
-    );
-    let _p = ProxyProcess::start(&cfg, addr(admin)).await;
+    let (_p, port) = pair_behind_proxy(down.addr, up.addr, "{attempts: 0}").await;
     let c = client();
     let mut failed = 0;
     for _ in 0..200 {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::stored::SERVICE_NAME_LABEL;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
@@ -28,7 +29,7 @@ pub fn slice(
     eps: &[(&str, bool, &str)],
 ) -> Arc<EndpointSlice> {
     parse(json!({
-        "metadata": {"name": format!("{svc}-abc"), "namespace": ns, "labels": {"kubernetes.io/service-name": svc}},
+        "metadata": {"name": format!("{svc}-abc"), "namespace": ns, "labels": {SERVICE_NAME_LABEL: svc}},
         "addressType": "IPv4",
         "ports": [{"name": port.0, "port": port.1}],
         "endpoints": eps.iter().map(|(ip, ready, pod)| json!({"addresses": [ip], "conditions": {"ready": ready}, "targetRef": {"kind": "Pod", "name": pod, "namespace": ns}})).collect::<Vec<_>>()

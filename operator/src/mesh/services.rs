@@ -13,6 +13,7 @@ use sluice_crds::annotations;
 use sluice_proto::config::{Backend, UpstreamProtocol};
 
 use super::grants::{Grants, Kind};
+use crate::stored::SERVICE_NAME_LABEL;
 
 /// Labels that name a pod's revision, most specific first.
 const REVISION_LABELS: [&str; 2] = ["rollouts-pod-template-hash", "pod-template-hash"];
@@ -231,7 +232,7 @@ impl ServiceIndex {
         let workloads = workloads(pods, &pod_identities);
         let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
         for s in slices {
-            if let Some(svc) = s.labels().get("kubernetes.io/service-name") {
+            if let Some(svc) = s.labels().get(SERVICE_NAME_LABEL) {
                 by_service
                     .entry((s.namespace().unwrap_or_default(), svc.clone()))
                     .or_default()

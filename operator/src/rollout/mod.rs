@@ -31,12 +31,13 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use sluice_crds::Rollout;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::stored::Stored;
 use crate::traffic::window::TrafficWindow;
 use crate::world::World;
 
@@ -145,7 +146,7 @@ pub async fn run(
     let (store, writer) = reflector::store();
     let events = watcher(rollouts, watcher::Config::default())
         .default_backoff()
-        .modify(|r: &mut Rollout| crate::stored::trim(r.meta_mut()));
+        .modify(Rollout::slim);
     let rollouts = reflector(writer, events).applied_objects();
     Controller::for_stream(rollouts, store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))

@@ -19,6 +19,7 @@ use super::canary_routes::{CANARY_ROUTES_LABEL, invalid_regex};
 use super::model::{AnalysisRun, Evaluation, Invalid, secs};
 use super::phase::{analysis_in_force, analysis_since};
 use super::{Context, Error, HASH_LABEL, duration};
+use crate::stored::SERVICE_NAME_LABEL;
 
 /// What one reconcile read.
 #[derive(Debug, Default)]
@@ -225,7 +226,7 @@ async fn serving(
 ) -> Result<BTreeMap<String, i32>, Error> {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
     let list = slices
-        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={service}")))
         .await?;
     let mut out = BTreeMap::new();
     for e in list.items.iter().flat_map(|s| s.endpoints.iter().flatten()) {

@@ -20,11 +20,12 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use super::ROLLOUT_LABEL;
+use crate::stored::Stored;
 
 /// A Rollout by namespace and name.
 type Key = (String, String);
@@ -162,7 +163,7 @@ pub async fn watch(
     let config = watcher::Config::default().labels(ROLLOUT_LABEL);
     let mut events = watcher::watcher(api, config)
         .default_backoff()
-        .modify(|rs: &mut ReplicaSet| crate::stored::trim(rs.meta_mut()))
+        .modify(ReplicaSet::slim)
         .boxed();
     while let Some(event) = events.next().await {
         let event = match event {

@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 use sluice_identity::channel::{self, ControlPlaneAddress};
 
 use crate::metrics::Metrics;
+use crate::stored::SERVICE_NAME_LABEL;
 
 /// Reports queued per peer before new ones are dropped.
 const QUEUE: usize = 256;
@@ -155,8 +156,7 @@ pub async fn watch_peers(
     own_ip: IpAddr,
 ) {
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
-    let config =
-        watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
+    let config = watcher::Config::default().labels(&format!("{SERVICE_NAME_LABEL}={service}"));
     let mut slices = std::pin::pin!(watcher(api, config).default_backoff());
     let mut by_name: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     while let Some(event) = slices.next().await {

@@ -283,6 +283,21 @@ pub fn http_config(
     s
 }
 
+/// A proxy with one route (any host) to one backend of two endpoints,
+/// with `retries` (a YAML flow map): the proxy and its listening port.
+pub async fn pair_behind_proxy(
+    first: SocketAddr,
+    second: SocketAddr,
+    retries: &str,
+) -> (ProxyProcess, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let cfg = format!(
+        "admin: {{address: \"{}\"}}\nbackends:\n  - name: pair\n    endpoints: [\"{first}\", \"{second}\"]\nlisteners:\n  - name: web\n    address: 127.0.0.1:{port}\n    routes:\n      - name: app\n        backends: [{{name: pair}}]\n        retries: {retries}\n",
+        addr(admin)
+    );
+    (ProxyProcess::start(&cfg, addr(admin)).await, port)
+}
+
 pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
