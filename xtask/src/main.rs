@@ -13,6 +13,7 @@
 
 mod bench;
 mod conformance;
+mod fuzz;
 mod handson;
 
 use std::path::{Path, PathBuf};
@@ -205,9 +206,9 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
     }
     let mut totals = run_counting("cargo test --workspace", c)?;
     if extra.is_empty() {
-        eprintln!("\n==> fuzzing, {TEST_FUZZ_SECONDS}s per target");
+        eprintln!("\n==> fuzzing, {}s per target", fuzz::TEST_SECONDS);
         counted(&mut totals, "the fuzz targets", || {
-            task_fuzz(TEST_FUZZ_SECONDS)
+            fuzz::run_all(fuzz::TEST_SECONDS)
         })?;
     }
     // The main job itself, non-interactively: every step checks what it
@@ -315,48 +316,6 @@ fn tools_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sluice")))
         .unwrap_or_else(|| PathBuf::from("/tmp/sluice"));
     cache.join("tools")
-}
-
-/// The cargo-fuzz targets of `fuzz/`.
-const FUZZ_TARGETS: [&str; 3] = ["config_yaml", "route_match", "authz_decide"];
-
-/// How long `cargo xtask test` fuzzes each target: long enough for a
-/// regression in parsing or policy evaluation that a few seconds of inputs
-/// reach to fail CI, short enough for every run.
-const TEST_FUZZ_SECONDS: u64 = 20;
-
-/// Fuzzes the config parser, the route matcher and the authorization
-/// evaluator for `seconds` each. cargo-fuzz wants nightly flags;
-/// `RUSTC_BOOTSTRAP=1` lets the stable toolchain take them. Its builds (with
-/// sanitizers, so apart from the workspace's) go to the cache, so that a
-/// fresh checkout reuses them.
-fn task_fuzz(seconds: u64) -> Result<()> {
-    let tools = tools_dir();
-    let cargo_fuzz = tools.join("bin/cargo-fuzz");
-    if !cargo_fuzz.exists() {
-        run("install cargo-fuzz", {
-            let mut c = cargo();
-            c.args(["install", "--locked", "cargo-fuzz"])
-                .env("CARGO_INSTALL_ROOT", &tools);
-            c
-        })?;
-    }
-    let build = tools.with_file_name("fuzz-target");
-    for target in FUZZ_TARGETS {
-        run(&format!("fuzz {target} for {seconds}s"), {
-            let mut c = Command::new(&cargo_fuzz);
-            c.current_dir(root()).env("RUSTC_BOOTSTRAP", "1").args([
-                "run",
-                "--fuzz-dir",
-                "fuzz",
-                "--target-dir",
-            ]);
-            c.arg(&build)
-                .args([target, "--", &format!("-max_total_time={seconds}")]);
-            c
-        })?;
-    }
-    Ok(())
 }
 
 /// The binaries the images hold, built in one cargo invocation, then the
@@ -657,7 +616,7 @@ fn main() -> Result<()> {
         Task::Crds { check } => task_crds(check),
         Task::TestBed => run("install the test bed", test_bed()?),
         Task::Images { debug } => task_images(debug),
-        Task::Fuzz { seconds } => task_fuzz(seconds),
+        Task::Fuzz { seconds } => fuzz::run_all(seconds),
         Task::Conformance { mesh, args } => {
             let profile = if mesh {
                 conformance::Profile::Mesh
