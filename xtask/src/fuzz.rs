@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, root, run, tools_dir};
+use crate::{cargo, root, run, tools_dir, without_cargo_run_vars};
 
 /// How long `cargo xtask test` fuzzes each target: long enough for a
 /// regression in parsing or policy evaluation that a few seconds of inputs
@@ -53,14 +53,8 @@ pub fn run_all(seconds: u64) -> Result<()> {
             .env("RUSTC_BOOTSTRAP", "1")
             .args(args)
             .args(["--fuzz-dir", "fuzz"]);
-        // What `cargo run` told xtask about itself (its manifest's path)
-        // would reach the build scripts that rerun when such a variable
-        // changes (ring's does), and so differ from clone to clone.
-        for (key, _) in std::env::vars_os() {
-            if key.to_str().is_some_and(from_cargo_run) {
-                c.env_remove(key);
-            }
-        }
+        // The same environment as `cargo()`'s (see there).
+        without_cargo_run_vars(&mut c);
         c
     };
     let listed = fuzz(&["list"]).output().context("cargo fuzz list")?;
@@ -83,18 +77,6 @@ pub fn run_all(seconds: u64) -> Result<()> {
         })?;
     }
     Ok(())
-}
-
-/// Whether `var` is one `cargo run` sets for the program it runs.
-fn from_cargo_run(var: &str) -> bool {
-    var.starts_with("CARGO_MANIFEST_")
-        || var.starts_with("CARGO_PKG_")
-        || [
-            "CARGO_CRATE_NAME",
-            "CARGO_BIN_NAME",
-            "CARGO_PRIMARY_PACKAGE",
-        ]
-        .contains(&var)
 }
 
 /// Makes `to` hold the checkout's sources (git's tracked and untracked

@@ -113,10 +113,35 @@ fn root() -> PathBuf {
     manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
 }
 
+/// A cargo command at the workspace root, without the variables `cargo
+/// run` set for xtask: build scripts that rerun when such a variable
+/// changes (ring's reruns on `CARGO_MANIFEST_DIR`) would otherwise rebuild,
+/// with everything above them, each time `cargo xtask` and a plain `cargo`
+/// take turns, and in every new clone.
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
+    without_cargo_run_vars(&mut cmd);
     cmd
+}
+
+/// Removes from `cmd`'s environment what `cargo run` set for xtask.
+fn without_cargo_run_vars(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let set_by_cargo_run = key.to_str().is_some_and(|k| {
+            k.starts_with("CARGO_MANIFEST_")
+                || k.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                ]
+                .contains(&k)
+        });
+        if set_by_cargo_run {
+            cmd.env_remove(key);
+        }
+    }
 }
 
 /// Runs a command, echoing it, and fails with its exit status.
