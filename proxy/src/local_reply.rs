@@ -111,13 +111,19 @@ impl LocalReply {
         resp
     }
 
-    /// The answer, counted in `cell` as a request that started at `start`.
-    pub fn counted(self, cell: &Cell, start: Instant) -> Response<RespBody> {
+    /// Counts the outcome in `cell` as a request that started at `start`,
+    /// for those with nobody to answer (a mirrored copy, a TCP connection).
+    pub fn count(self, cell: &Cell, start: Instant) {
         cell.record(
             self.status().as_u16(),
             start.elapsed(),
             self.upstream_failure(),
         );
+    }
+
+    /// The answer, counted in `cell` as a request that started at `start`.
+    pub fn counted(self, cell: &Cell, start: Instant) -> Response<RespBody> {
+        self.count(cell, start);
         self.response()
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::balance::pick;
 use crate::body::ReqBody;
 use crate::compiled::Compiled;
+use crate::local_reply::LocalReply;
 use crate::pool::{self, Proto};
 use crate::state::Proxy;
 use crate::telemetry::Cell;
@@ -157,11 +158,11 @@ pub async fn send(
         return;
     };
     if let Some(status) = b.respond {
-        cell.record(status.as_u16(), start.elapsed(), false);
+        LocalReply::Unresolved(status).count(&cell, start);
         return;
     }
     let Some(endpoint) = pick(&b.endpoints, None).cloned() else {
-        cell.record(503, start.elapsed(), true);
+        LocalReply::NoEndpoint.count(&cell, start);
         return;
     };
     let target = b.target(endpoint.addr, &proxy.identity);
@@ -185,13 +186,13 @@ pub async fn send(
         Ok(Ok(status)) => cell.record(status, start.elapsed(), false),
         Ok(Err(e)) if e.is_connect() => {
             tracing::debug!(backend = %b.name, "mirror: {e}");
-            cell.record(503, start.elapsed(), true);
+            LocalReply::ConnectFailed.count(&cell, start);
         }
         Ok(Err(e)) => {
             tracing::debug!(backend = %b.name, "mirror: {e}");
-            cell.record(502, start.elapsed(), true);
+            LocalReply::Reset.count(&cell, start);
         }
-        Err(_) => cell.record(504, start.elapsed(), true),
+        Err(_) => LocalReply::Timeout.count(&cell, start),
     }
     drop(in_flight);
 }

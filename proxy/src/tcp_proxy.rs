@@ -14,6 +14,7 @@ use tracing::debug;
 
 use crate::balance::pick;
 use crate::compiled::CompiledBackend;
+use crate::local_reply::LocalReply;
 use crate::pool::Target;
 use crate::state::Proxy;
 use crate::telemetry::Cell;
@@ -57,7 +58,7 @@ async fn to_backend<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let Some(endpoint) = pick(&backend.endpoints, None).cloned() else {
-        cell.record(503, start.elapsed(), true);
+        LocalReply::NoEndpoint.count(cell, start);
         return;
     };
     let _in_flight = endpoint.begin();
@@ -75,7 +76,7 @@ async fn to_backend<S>(
             if e.is_connect() {
                 endpoint.eject();
             }
-            cell.record(503, start.elapsed(), true);
+            LocalReply::ConnectFailed.count(cell, start);
             return;
         }
     };

@@ -217,7 +217,8 @@ impl Forwarding<'_> {
                 if !retry {
                     return Tried::Answer(LocalReply::ConnectFailed.counted(cell, start));
                 }
-                cell.record(503, start.elapsed(), true);
+                // Counted as the failure it was, though a retry may answer.
+                LocalReply::ConnectFailed.count(cell, start);
                 Tried::Failed(endpoint)
             }
             // The downstream's own body broke (bad chunk, cut short): its
