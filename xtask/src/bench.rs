@@ -1,11 +1,13 @@
 //! `cargo xtask bench proxy`: sluice-proxy side by side with a direct
-//! connection, nginx and HAProxy (Debian's), in one run on this machine.
+//! connection, nginx and HAProxy (Debian's) and Pingora (a minimal
+//! one-upstream proxy in `bench/pingora-peer`), in one run on this machine.
 //!
 //! Every proxy runs with one worker thread pinned to CPU 0; the backend (an
 //! nginx answering `200 ok`) and the load generators are pinned to CPU 1, so
 //! each proxy gets the same single core. Peak throughput comes from `wrk`
 //! (closed loop); latency at a fixed 2,000 requests/s from `sluice-bench
-//! rate` (open loop); memory from `/proc` idle and with 1,000 open
+//! rate` (open loop); CPU per request from the proxy's threads' CPU time
+//! over each of those runs; memory from `/proc` idle and with 1,000 open
 //! keep-alive connections held by `sluice-bench hold`.
 //!
 //! The mesh rows chain two sluice proxies (a client sidecar and a server
@@ -95,19 +97,12 @@ fn wait_http(port: u16, proc: &mut Proc) -> Result<()> {
     }
 }
 
-/// Resident memory of `pid` and its descendants, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let mut total = 0;
+/// `pid` and its descendants (nginx's master and worker, say).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut all = Vec::new();
     let mut stack = vec![pid];
     while let Some(p) = stack.pop() {
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{p}/status")) {
-            total += status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
+        all.push(p);
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
             for t in tasks.flatten() {
                 if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
@@ -120,7 +115,43 @@ fn rss_kib(pid: u32) -> u64 {
             }
         }
     }
-    total
+    all
+}
+
+/// Resident memory of `pid` and its descendants, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    process_tree(pid)
+        .into_iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// CPU time spent so far by every thread of `pids` and their descendants,
+/// in nanoseconds (`schedstat`, not the 10 ms ticks of `stat`: a 10 s run
+/// at 2,000 req/s costs a proxy a few hundred milliseconds).
+fn cpu_ns(pids: &[u32]) -> u64 {
+    pids.iter()
+        .flat_map(|&pid| process_tree(pid))
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flat_map(|tasks| tasks.flatten())
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU microseconds per request over a run that cost `ns` for `requests`.
+fn per_request_us(ns: u64, requests: u64) -> f64 {
+    if requests == 0 {
+        return 0.0;
+    }
+    ns as f64 / 1000.0 / requests as f64
 }
 
 #[derive(Debug, Default, Clone)]
@@ -132,9 +163,19 @@ struct Row {
     errors: u64,
     rss_idle_kib: u64,
     rss_conns_kib: u64,
+    /// The proxy's CPU per request at the fixed rate, in µs.
+    cpu_fixed_us: f64,
+    /// The proxy's CPU per request at peak throughput, in µs.
+    cpu_peak_us: f64,
 }
 
-fn wrk_peak(port: u16, seconds: u32) -> Result<f64> {
+/// What one `wrk` run measured.
+struct Peak {
+    rps: f64,
+    requests: u64,
+}
+
+fn wrk_peak(port: u16, seconds: u32) -> Result<Peak> {
     let out = pinned("1", "wrk")
         .args([
             "-t1",
@@ -150,13 +191,27 @@ fn wrk_peak(port: u16, seconds: u32) -> Result<f64> {
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    // "  1234567 requests in 10.00s, 180.00MB read"
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse::<u64>().ok())
+        .with_context(|| format!("no request count in wrk output:\n{text}"))?;
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         bail!("wrk saw errors against port {port}:\n{text}");
     }
-    Ok(rps)
+    Ok(Peak { rps, requests })
 }
 
-fn fixed_rate(bench: &Path, port: u16) -> Result<(u64, u64, u64)> {
+/// What one `sluice-bench rate` run measured.
+struct Fixed {
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+    requests: u64,
+}
+
+fn fixed_rate(bench: &Path, port: u16) -> Result<Fixed> {
     let out = pinned("1", &bench.display().to_string())
         .args([
             "rate",
@@ -183,7 +238,12 @@ fn fixed_rate(bench: &Path, port: u16) -> Result<(u64, u64, u64)> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok((field("p50_us"), field("p99_us"), field("errors")))
+    Ok(Fixed {
+        p50_us: field("p50_us"),
+        p99_us: field("p99_us"),
+        errors: field("errors"),
+        requests: field("requests"),
+    })
 }
 
 fn hold_and_measure(bench: &Path, port: u16, pid: u32) -> Result<u64> {
@@ -213,18 +273,32 @@ fn hold_and_measure(bench: &Path, port: u16, pid: u32) -> Result<u64> {
     rss
 }
 
-fn measure(name: &'static str, port: u16, proc: Option<&mut Proc>, bench: &Path) -> Result<Row> {
+/// Measures the proxy in front of `port`: `proc` is the one whose memory
+/// is reported, `also` any other process of the same path whose CPU counts
+/// (the server sidecar of a mesh row).
+fn measure(
+    name: &'static str,
+    port: u16,
+    proc: Option<&mut Proc>,
+    also: Option<&Proc>,
+    bench: &Path,
+) -> Result<Row> {
     let pid = proc.as_ref().map(|p| p.child.id());
     if let Some(p) = proc {
         wait_http(port, p)?;
     }
+    let cpu_pids: Vec<u32> = pid.into_iter().chain(also.map(|p| p.child.id())).collect();
     eprintln!("    {name}: warming up");
     let rss_idle_kib = pid.map(rss_kib).unwrap_or(0);
     wrk_peak(port, 2)?;
     eprintln!("    {name}: peak throughput ({PEAK_SECONDS} s)");
-    let peak_rps = wrk_peak(port, PEAK_SECONDS)?;
-    eprintln!("    {name}: latency at {FIXED_RPS} rps (10 s)");
-    let (p50_us, p99_us, errors) = fixed_rate(bench, port)?;
+    let before = cpu_ns(&cpu_pids);
+    let peak = wrk_peak(port, PEAK_SECONDS)?;
+    let cpu_peak_us = per_request_us(cpu_ns(&cpu_pids).saturating_sub(before), peak.requests);
+    eprintln!("    {name}: latency and CPU at {FIXED_RPS} rps (10 s)");
+    let before = cpu_ns(&cpu_pids);
+    let fixed = fixed_rate(bench, port)?;
+    let cpu_fixed_us = per_request_us(cpu_ns(&cpu_pids).saturating_sub(before), fixed.requests);
     let rss_conns_kib = match pid {
         Some(pid) => {
             eprintln!("    {name}: memory with 1,000 open connections");
@@ -234,12 +308,14 @@ fn measure(name: &'static str, port: u16, proc: Option<&mut Proc>, bench: &Path)
     };
     Ok(Row {
         name,
-        peak_rps,
-        p50_us,
-        p99_us,
-        errors,
+        peak_rps: peak.rps,
+        p50_us: fixed.p50_us,
+        p99_us: fixed.p99_us,
+        errors: fixed.errors,
         rss_idle_kib,
         rss_conns_kib,
+        cpu_fixed_us,
+        cpu_peak_us,
     })
 }
 
@@ -285,6 +361,7 @@ fn write_configs(dir: &Path) -> Result<()> {
 struct Ports {
     nginx: u16,
     haproxy: u16,
+    pingora: u16,
     sluice: u16,
     /// Client sidecar → server sidecar's plain listener.
     chain_plain: u16,
@@ -296,6 +373,7 @@ struct Ports {
 const PORTS: Ports = Ports {
     nginx: 19_101,
     haproxy: 19_102,
+    pingora: 19_107,
     sluice: 19_103,
     chain_plain: 19_104,
     server_plain: 19_105,
@@ -351,41 +429,36 @@ fn write_mesh_configs(dir: &Path) -> Result<()> {
 }
 
 fn table(rows: &[Row]) -> String {
-    let direct = rows
-        .iter()
-        .find(|r| r.name == "direct")
-        .cloned()
-        .unwrap_or_default();
     let get = |n: &str| {
         rows.iter()
             .find(|r| r.name == n)
             .cloned()
             .unwrap_or_default()
     };
-    let (sluice, nginx, haproxy) = (get("sluice-proxy"), get("nginx"), get("haproxy"));
-    let (plain, mtls, authz) = (get(MESH_ROWS[0]), get(MESH_ROWS[1]), get(MESH_ROWS[2]));
+    let direct = get("direct");
     let mut s = String::new();
-    s.push_str("| | peak req/s (1 core) | p50 at 2,000 req/s | p99 at 2,000 req/s | added p50 | added p99 | errors | RSS idle | RSS, 1,000 conns |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    s.push_str("| | peak req/s (1 core) | CPU/req at 2,000 req/s | CPU/req at peak | p50 at 2,000 req/s | p99 at 2,000 req/s | added p50 | added p99 | errors | RSS idle | RSS, 1,000 conns |\n");
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
-        let added = |v: u64, base: u64| {
-            if r.name == "direct" {
-                "-".to_owned()
-            } else {
-                format!("{} µs", v as i64 - base as i64)
-            }
+        let proxied = r.name != "direct";
+        let added = |v: u64, base: u64| match proxied {
+            true => format!("{} µs", v as i64 - base as i64),
+            false => "-".to_owned(),
         };
-        let mem = |k: u64| {
-            if r.name == "direct" {
-                "-".to_owned()
-            } else {
-                format!("{:.1} MiB", k as f64 / 1024.0)
-            }
+        let mem = |k: u64| match proxied {
+            true => format!("{:.1} MiB", k as f64 / 1024.0),
+            false => "-".to_owned(),
+        };
+        let cpu = |us: f64| match proxied {
+            true => format!("{us:.1} µs"),
+            false => "-".to_owned(),
         };
         s.push_str(&format!(
-            "| {} | {:.0} | {} µs | {} µs | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.0} | {} | {} | {} µs | {} µs | {} | {} | {} | {} | {} |\n",
             r.name,
             r.peak_rps,
+            cpu(r.cpu_fixed_us),
+            cpu(r.cpu_peak_us),
             r.p50_us,
             r.p99_us,
             added(r.p50_us, direct.p50_us),
@@ -395,22 +468,44 @@ fn table(rows: &[Row]) -> String {
             mem(r.rss_conns_kib),
         ));
     }
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    s.push_str(&format!(
-        "\nsluice/nginx throughput: {:.2}x; sluice/HAProxy throughput: {:.2}x; added p99: sluice {} µs, nginx {} µs, HAProxy {} µs\n",
-        ratio(sluice.peak_rps, nginx.peak_rps),
-        ratio(sluice.peak_rps, haproxy.peak_rps),
-        sluice.p99_us as i64 - direct.p99_us as i64,
-        nginx.p99_us as i64 - direct.p99_us as i64,
-        haproxy.p99_us as i64 - direct.p99_us as i64,
-    ));
+    s.push('\n');
+    s.push_str(&ratios(&get("sluice-proxy"), &direct, &PEERS.map(get)));
+    let (plain, mtls, authz) = (get(MESH_ROWS[0]), get(MESH_ROWS[1]), get(MESH_ROWS[2]));
     if plain.peak_rps > 0.0 {
         s.push_str(&format!(
-            "two sidecars, mTLS/plaintext throughput: {:.2}x (added p99 {} µs); mTLS + 100-rule policy/plaintext: {:.2}x (added p99 {} µs)\n",
+            "two sidecars against plaintext: mTLS {:.2}x throughput, {:.2}x CPU/req, added p99 {} µs; mTLS + 100-rule policy {:.2}x throughput, {:.2}x CPU/req, added p99 {} µs\n",
             ratio(mtls.peak_rps, plain.peak_rps),
+            ratio(mtls.cpu_fixed_us, plain.cpu_fixed_us),
             mtls.p99_us as i64 - plain.p99_us as i64,
             ratio(authz.peak_rps, plain.peak_rps),
+            ratio(authz.cpu_fixed_us, plain.cpu_fixed_us),
             authz.p99_us as i64 - plain.p99_us as i64,
+        ));
+    }
+    s
+}
+
+/// The proxies sluice-proxy is compared with, in the table's order.
+const PEERS: [&str; 3] = ["nginx", "haproxy", "pingora"];
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// sluice-proxy against each peer: CPU per request (the target,
+/// ≤ 1.0x), throughput, memory with 1,000 connections and added p99.
+fn ratios(sluice: &Row, direct: &Row, peers: &[Row]) -> String {
+    let mut s = String::new();
+    for peer in peers.iter().filter(|p| p.peak_rps > 0.0) {
+        s.push_str(&format!(
+            "sluice/{}: CPU/req at 2,000 req/s {:.2}x, at peak {:.2}x; throughput {:.2}x; RSS with 1,000 conns {:.2}x; added p99 {} µs against {} µs\n",
+            peer.name,
+            ratio(sluice.cpu_fixed_us, peer.cpu_fixed_us),
+            ratio(sluice.cpu_peak_us, peer.cpu_peak_us),
+            ratio(sluice.peak_rps, peer.peak_rps),
+            ratio(sluice.rss_conns_kib as f64, peer.rss_conns_kib as f64),
+            sluice.p99_us as i64 - direct.p99_us as i64,
+            peer.p99_us as i64 - direct.p99_us as i64,
         ));
     }
     s
@@ -443,6 +538,20 @@ fn sluice(bin: &Path, dir: &Path, config: &str, cert: Option<&str>) -> Result<Pr
     spawn("sluice-proxy", c, &dir.join(format!("{config}.log")))
 }
 
+/// Builds the Pingora peer (its own lock file, its own target directory in
+/// the cache: the project's builds never compile it) and returns its path.
+fn build_pingora() -> Result<PathBuf> {
+    let target = crate::cache_dir().join("pingora-target");
+    run("build the Pingora peer (release)", {
+        let mut c = cargo();
+        c.args(["build", "--release", "--locked", "--manifest-path"])
+            .arg(root().join("bench/pingora-peer/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target);
+        c
+    })?;
+    Ok(target.join("release/sluice-bench-pingora"))
+}
+
 /// Runs the proxy benchmark and prints (and saves) the table.
 pub fn proxy() -> Result<()> {
     run("install nginx, HAProxy and wrk", {
@@ -462,6 +571,7 @@ pub fn proxy() -> Result<()> {
         ]);
         c
     })?;
+    let pingora = build_pingora()?;
     let target = crate::target_dir();
     let dir = target.join("bench/proxy");
     std::fs::create_dir_all(&dir)?;
@@ -488,7 +598,7 @@ pub fn proxy() -> Result<()> {
 
     let mut rows = Vec::new();
     eprintln!("\n==> direct connection");
-    rows.push(measure("direct", BACKEND_PORT, None, &bench)?);
+    rows.push(measure("direct", BACKEND_PORT, None, None, &bench)?);
     {
         eprintln!("\n==> nginx (1 worker, CPU 0)");
         let mut p = spawn(
@@ -505,7 +615,7 @@ pub fn proxy() -> Result<()> {
             },
             &dir.join("nginx.log"),
         )?;
-        rows.push(measure("nginx", PORTS.nginx, Some(&mut p), &bench)?);
+        rows.push(measure("nginx", PORTS.nginx, Some(&mut p), None, &bench)?);
     }
     {
         eprintln!("\n==> HAProxy (1 thread, CPU 0)");
@@ -518,7 +628,29 @@ pub fn proxy() -> Result<()> {
             },
             &dir.join("haproxy.log"),
         )?;
-        rows.push(measure("haproxy", PORTS.haproxy, Some(&mut p), &bench)?);
+        rows.push(measure(
+            "haproxy",
+            PORTS.haproxy,
+            Some(&mut p),
+            None,
+            &bench,
+        )?);
+    }
+    {
+        eprintln!("\n==> Pingora (1 thread, CPU 0)");
+        let mut c = pinned("0", &pingora.display().to_string());
+        c.args([
+            format!("127.0.0.1:{}", PORTS.pingora),
+            format!("127.0.0.1:{BACKEND_PORT}"),
+        ]);
+        let mut p = spawn("pingora", c, &dir.join("pingora.log"))?;
+        rows.push(measure(
+            "pingora",
+            PORTS.pingora,
+            Some(&mut p),
+            None,
+            &bench,
+        )?);
     }
     {
         eprintln!("\n==> sluice-proxy (1 worker, CPU 0)");
@@ -538,7 +670,13 @@ pub fn proxy() -> Result<()> {
             },
             &dir.join("sluice.log"),
         )?;
-        rows.push(measure("sluice-proxy", PORTS.sluice, Some(&mut p), &bench)?);
+        rows.push(measure(
+            "sluice-proxy",
+            PORTS.sluice,
+            Some(&mut p),
+            None,
+            &bench,
+        )?);
     }
     {
         run("mesh certificates", {
@@ -556,12 +694,14 @@ pub fn proxy() -> Result<()> {
                 MESH_ROWS[0],
                 PORTS.chain_plain,
                 Some(&mut client),
+                Some(&server),
                 &bench,
             )?);
             rows.push(measure(
                 MESH_ROWS[1],
                 PORTS.chain_mtls,
                 Some(&mut client),
+                Some(&server),
                 &bench,
             )?);
         }
@@ -571,6 +711,7 @@ pub fn proxy() -> Result<()> {
             MESH_ROWS[2],
             PORTS.chain_mtls,
             Some(&mut client),
+            Some(&server),
             &bench,
         )?);
     }

@@ -335,12 +335,17 @@ fn run_counting(what: &str, mut cmd: Command) -> Result<Totals> {
     Ok(totals)
 }
 
-fn tools_dir() -> PathBuf {
-    let cache = std::env::var_os("SLUICE_CACHE")
+/// The project's cache outside the checkout (`SLUICE_CACHE`, else
+/// `~/.cache/sluice`): what a new clone would otherwise download or build again.
+fn cache_dir() -> PathBuf {
+    std::env::var_os("SLUICE_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sluice")))
-        .unwrap_or_else(|| PathBuf::from("/tmp/sluice"));
-    cache.join("tools")
+        .unwrap_or_else(|| PathBuf::from("/tmp/sluice"))
+}
+
+fn tools_dir() -> PathBuf {
+    cache_dir().join("tools")
 }
 
 /// The binaries the images hold, built in one cargo invocation, then the
@@ -409,11 +414,7 @@ fn demo_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("SLUICE_DEMO_DIR") {
         return PathBuf::from(dir);
     }
-    let cache = std::env::var_os("SLUICE_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sluice")))
-        .unwrap_or_else(|| PathBuf::from("/tmp/sluice"));
-    cache.join("demo")
+    cache_dir().join("demo")
 }
 
 fn running_pid(dir: &Path) -> Option<i32> {
