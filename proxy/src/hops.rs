@@ -19,13 +19,20 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Drops the hop-by-hop headers, and those `Connection` names; an upgrade
 /// keeps `Connection` and `Upgrade`, which the next hop needs to agree.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Only names beyond the fixed list are collected: the usual
+    // `Connection: keep-alive` costs no allocation per request.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .map(str::trim)
+        .filter(|n| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_str().eq_ignore_ascii_case(n))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     for n in named {
         headers.remove(n);
@@ -57,16 +64,27 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
             })
 }
 
-/// Appends the peer to `x-forwarded-for`, and says the scheme in
-/// `x-forwarded-proto`: `https` whenever this proxy terminated TLS,
-/// whatever the client claimed.
-pub fn append_forwarded(headers: &mut HeaderMap, peer: SocketAddr, tls: bool) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+/// The peer's address as an `x-forwarded-for` entry: made once per
+/// connection, shared by its requests (a clone costs no allocation).
+pub fn forwarded_for(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::try_from(peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Appends the peer (from [`forwarded_for`]) to `x-forwarded-for`, and says
+/// the scheme in `x-forwarded-proto`: `https` whenever this proxy
+/// terminated TLS, whatever the client claimed.
+pub fn append_forwarded(headers: &mut HeaderMap, peer: &HeaderValue, tls: bool) {
+    let value = match headers.get("x-forwarded-for") {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        None => Some(peer.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
     if tls {
@@ -124,8 +142,33 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9"),
             ("x-forwarded-proto", "http"),
         ]);
-        append_forwarded(&mut h, "10.0.0.1:5000".parse().unwrap(), true);
+        let peer = forwarded_for("10.0.0.1:5000".parse().unwrap());
+        append_forwarded(&mut h, &peer, true);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn a_first_hop_starts_forwarded_for_and_keeps_the_claimed_scheme_without_tls() {
+        let mut h = headers(&[("x-forwarded-proto", "https")]);
+        append_forwarded(
+            &mut h,
+            &forwarded_for("[2001:db8::7]:443".parse().unwrap()),
+            false,
+        );
+        assert_eq!(h["x-forwarded-for"], "2001:db8::7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn connection_names_in_any_case_are_dropped_with_the_fixed_list() {
+        let mut h = headers(&[
+            ("connection", "Keep-Alive, Upgrade, X-Trace-Hop"),
+            ("x-trace-hop", "1"),
+            ("upgrade", "h2c"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, headers(&[("x-kept", "1")]));
     }
 }

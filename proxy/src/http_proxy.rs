@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::header;
+use http::HeaderValue;
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
@@ -21,7 +21,7 @@ use crate::compiled::{Compiled, CompiledRoute};
 use crate::config::OUTBOUND_PORT;
 use crate::filters::{self, CompiledFilters};
 use crate::forward::{ConnectionRefused, Forwarding, Prepared, upstream_proto};
-use crate::hops::{append_forwarded, is_upgrade, strip_hop_by_hop};
+use crate::hops::{append_forwarded, forwarded_for, is_upgrade, strip_hop_by_hop};
 use crate::local_reply::LocalReply;
 use crate::mirror;
 use crate::route::{Matcher, first_match, request_authority};
@@ -33,6 +33,8 @@ pub struct ProxyService {
     proxy: Arc<Proxy>,
     listener: Arc<str>,
     peer: SocketAddr,
+    /// `peer` as an `x-forwarded-for` entry.
+    forwarded_for: HeaderValue,
     /// The proxy terminated TLS for this connection.
     tls: bool,
 }
@@ -44,6 +46,7 @@ impl ProxyService {
             proxy,
             listener,
             peer,
+            forwarded_for: forwarded_for(peer),
             tls: false,
         }
     }
@@ -153,13 +156,8 @@ impl ProxyService {
         matched_prefix: Option<&str>,
         upgrading: bool,
     ) -> Prepared {
-        let mut authority = parts.uri.authority().cloned().or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.parse().ok())
-        });
+        // From the `Host` header only when an attempt needs it (HTTP/2).
+        let mut authority = parts.uri.authority().cloned();
         if let Some(rw) = &filters.rewrite {
             if let Some(path) = &rw.path {
                 let new = filters::changed_path(path, path_and_query.path(), matched_prefix);
@@ -172,7 +170,7 @@ impl ProxyService {
         }
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrading);
-        append_forwarded(&mut headers, self.peer, self.tls);
+        append_forwarded(&mut headers, &self.forwarded_for, self.tls);
         filters.change_request_headers(&mut headers);
         Prepared {
             path_and_query,

@@ -961,11 +961,7 @@ async fn https_listeners_pick_the_certificate_by_sni_and_tell_upstream_https() {
         .send()
         .await;
     assert!(refused.is_err(), "{refused:?}");
-    assert!(
-        p.metrics()
-            .await
-            .contains("sluice_tls_handshake_failures_total 1")
-    );
+    p.wait_metric("sluice_tls_handshake_failures_total 1").await;
 
     // The running config shown on the admin port carries no private key.
     let shown = reqwest::get(format!("http://{}/config", addr(admin)))

@@ -15,7 +15,8 @@ pub struct Prepared {
     pub method: Method,
     /// Path and query, rewritten if a filter said so.
     pub path_and_query: http::uri::PathAndQuery,
-    /// The authority (from the URI or `Host`), rewritten if a filter said so.
+    /// The authority of the request's URI, or the one a filter rewrote it
+    /// to; without one, the `Host` header says it.
     pub authority: Option<http::uri::Authority>,
     /// The downstream request's version.
     pub version: Version,
@@ -47,7 +48,10 @@ impl Prepared {
             Proto::H2 => {
                 let mut parts = http::uri::Parts::default();
                 parts.scheme = Some(http::uri::Scheme::HTTP);
-                parts.authority = self.authority.clone();
+                parts.authority = self.authority.clone().or_else(|| {
+                    let host = req.headers().get(header::HOST)?;
+                    http::uri::Authority::try_from(host.as_bytes()).ok()
+                });
                 parts.path_and_query = Some(self.path_and_query.clone());
                 if let Ok(uri) = Uri::from_parts(parts) {
                     *req.uri_mut() = uri;

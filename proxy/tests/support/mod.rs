@@ -123,14 +123,27 @@ impl ProxyProcess {
             .unwrap()
     }
 
-    /// Waits until `n` reloads have been refused (and counted).
-    pub async fn wait_refusals(&self, n: u32) {
-        let want = format!(r#"sluice_config_reloads_total{{result="refused"}} {n}"#);
+    /// Waits until the metrics show `line`: what the client saw first may be
+    /// counted just after (a handshake's alert leaves before its failure is
+    /// counted).
+    pub async fn wait_metric(&self, line: &str) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.metrics().await.contains(&want) {
-            assert!(Instant::now() < deadline, "refusal not counted");
+        loop {
+            let metrics = self.metrics().await;
+            if metrics.contains(line) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {line:?} in\n{metrics}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Waits until `n` reloads have been refused (and counted).
+    pub async fn wait_refusals(&self, n: u32) {
+        self.wait_metric(&format!(
+            r#"sluice_config_reloads_total{{result="refused"}} {n}"#
+        ))
+        .await;
     }
 
     pub async fn config_version(&self) -> String {
