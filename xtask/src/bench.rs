@@ -146,12 +146,23 @@ fn cpu_ns(pids: &[u32]) -> u64 {
         .sum()
 }
 
-/// CPU microseconds per request over a run that cost `ns` for `requests`.
-fn per_request_us(ns: u64, requests: u64) -> f64 {
-    if requests == 0 {
-        return 0.0;
-    }
-    ns as f64 / 1000.0 / requests as f64
+/// Runs `load` and returns what it measured, with the CPU microseconds
+/// `pids` spent per request it served (`requests` reads the count).
+fn with_cpu_per_request<T>(
+    pids: &[u32],
+    load: impl FnOnce() -> Result<T>,
+    requests: impl Fn(&T) -> u64,
+) -> Result<(T, f64)> {
+    let before = cpu_ns(pids);
+    let measured = load()?;
+    let ns = cpu_ns(pids).saturating_sub(before);
+    let n = requests(&measured);
+    let per_request = if n == 0 {
+        0.0
+    } else {
+        ns as f64 / 1000.0 / n as f64
+    };
+    Ok((measured, per_request))
 }
 
 #[derive(Debug, Default, Clone)]
@@ -292,13 +303,11 @@ fn measure(
     let rss_idle_kib = pid.map(rss_kib).unwrap_or(0);
     wrk_peak(port, 2)?;
     eprintln!("    {name}: peak throughput ({PEAK_SECONDS} s)");
-    let before = cpu_ns(&cpu_pids);
-    let peak = wrk_peak(port, PEAK_SECONDS)?;
-    let cpu_peak_us = per_request_us(cpu_ns(&cpu_pids).saturating_sub(before), peak.requests);
+    let (peak, cpu_peak_us) =
+        with_cpu_per_request(&cpu_pids, || wrk_peak(port, PEAK_SECONDS), |p| p.requests)?;
     eprintln!("    {name}: latency and CPU at {FIXED_RPS} rps (10 s)");
-    let before = cpu_ns(&cpu_pids);
-    let fixed = fixed_rate(bench, port)?;
-    let cpu_fixed_us = per_request_us(cpu_ns(&cpu_pids).saturating_sub(before), fixed.requests);
+    let (fixed, cpu_fixed_us) =
+        with_cpu_per_request(&cpu_pids, || fixed_rate(bench, port), |f| f.requests)?;
     let rss_conns_kib = match pid {
         Some(pid) => {
             eprintln!("    {name}: memory with 1,000 open connections");
@@ -440,19 +449,12 @@ fn table(rows: &[Row]) -> String {
     s.push_str("| | peak req/s (1 core) | CPU/req at 2,000 req/s | CPU/req at peak | p50 at 2,000 req/s | p99 at 2,000 req/s | added p50 | added p99 | errors | RSS idle | RSS, 1,000 conns |\n");
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
+        // The direct connection has no proxy to measure or compare.
         let proxied = r.name != "direct";
-        let added = |v: u64, base: u64| match proxied {
-            true => format!("{} µs", v as i64 - base as i64),
-            false => "-".to_owned(),
-        };
-        let mem = |k: u64| match proxied {
-            true => format!("{:.1} MiB", k as f64 / 1024.0),
-            false => "-".to_owned(),
-        };
-        let cpu = |us: f64| match proxied {
-            true => format!("{us:.1} µs"),
-            false => "-".to_owned(),
-        };
+        let shown = |v: String| if proxied { v } else { "-".to_owned() };
+        let added = |v: u64, base: u64| shown(format!("{} µs", v as i64 - base as i64));
+        let mem = |k: u64| shown(format!("{:.1} MiB", k as f64 / 1024.0));
+        let cpu = |us: f64| shown(format!("{us:.1} µs"));
         s.push_str(&format!(
             "| {} | {:.0} | {} | {} | {} µs | {} µs | {} | {} | {} | {} | {} |\n",
             r.name,
@@ -654,22 +656,7 @@ pub fn proxy() -> Result<()> {
     }
     {
         eprintln!("\n==> sluice-proxy (1 worker, CPU 0)");
-        let mut p = spawn(
-            "sluice-proxy",
-            {
-                let mut c = pinned("0", &proxy_bin.display().to_string());
-                c.args([
-                    "run",
-                    "--workers",
-                    "1",
-                    "--config",
-                    &dir.join("sluice.yaml").display().to_string(),
-                ])
-                .env("RUST_LOG", "warn");
-                c
-            },
-            &dir.join("sluice.log"),
-        )?;
+        let mut p = sluice(&proxy_bin, &dir, "sluice.yaml", None)?;
         rows.push(measure(
             "sluice-proxy",
             PORTS.sluice,

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, root, run, tools_dir, without_cargo_run_vars};
+use crate::{cache_dir, cargo, root, run, tools_dir, without_cargo_run_vars};
 
 /// How long `cargo xtask test` fuzzes each target: long enough for a
 /// regression in parsing or policy evaluation that a few seconds of inputs
@@ -44,9 +44,9 @@ pub fn run_all(seconds: u64) -> Result<()> {
             c
         })?;
     }
-    let sources = tools.with_file_name("fuzz-src");
+    let sources = cache_dir().join("fuzz-src");
     sync_sources(&root(), &sources)?;
-    let build = tools.with_file_name("fuzz-target");
+    let build = cache_dir().join("fuzz-target");
     let fuzz = |args: &[&str]| {
         let mut c = Command::new(&cargo_fuzz);
         c.current_dir(&sources)
