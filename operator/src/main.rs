@@ -47,6 +47,11 @@ struct Args {
     /// Keepalive sent on an idle config stream.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     keepalive_seconds: u64,
+    /// Send a proxy only the config sections that changed since its last
+    /// snapshot; `false` sends every snapshot whole (to compare, or to rule
+    /// deltas out).
+    #[arg(long, env = "SLUICE_PUSH_DELTAS", default_value_t = true, action = clap::ArgAction::Set)]
+    push_deltas: bool,
     /// The operator's namespace: the CA Secret lives here, and
     /// AuthorizationPolicies here without a selector apply mesh-wide.
     #[arg(long, env = "POD_NAMESPACE", default_value = "sluice-system")]
@@ -590,6 +595,7 @@ async fn serve_grpc(
         ConfigServerParts {
             registry: parts.registry.clone(),
             keepalive: Duration::from_secs(args.keepalive_seconds.max(1)),
+            deltas: args.push_deltas,
             world: parts.world.clone(),
             trust: parts.trust.clone(),
             metrics: parts.metrics.clone(),

@@ -32,6 +32,13 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// Label of the config bytes counter: how a snapshot was sent.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SnapshotKindLabel {
+    /// `whole` or `delta`.
+    pub kind: &'static str,
+}
+
 /// Labels of refusals by a gRPC service or an HTTP endpoint.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
@@ -57,6 +64,8 @@ pub struct Metrics {
     pub proxies_connected: Family<RoleLabel, Gauge>,
     /// Snapshots sent.
     pub pushes: Counter,
+    /// Snapshot bytes sent, whole documents and deltas apart.
+    pub push_bytes: Family<SnapshotKindLabel, Counter>,
     /// ACKs received.
     pub acks: Counter,
     /// NACKs received.
@@ -92,6 +101,7 @@ impl Default for Metrics {
         let m = Metrics {
             proxies_connected: Family::default(),
             pushes: Counter::default(),
+            push_bytes: Family::default(),
             acks: Counter::default(),
             nacks: Counter::default(),
             push_ack_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -111,6 +121,11 @@ impl Default for Metrics {
             "proxies_connected",
             "Proxies with an open config stream",
             m.proxies_connected.clone(),
+        );
+        registry.register(
+            "config_push_bytes",
+            "Config snapshot bytes sent to proxies, by kind (whole or delta)",
+            m.push_bytes.clone(),
         );
         registry.register(
             "config_push_ack_seconds",

@@ -358,7 +358,11 @@ pub async fn run(
         sidecar_set.borrow_and_update();
         let input = world.input(&registry);
         let out = mesh::translate(&input);
-        let published = snapshots.publish(SnapshotSet::build(&out.configs, &out.sidecars));
+        let published = snapshots.publish(SnapshotSet::build(
+            &out.configs,
+            &out.sidecars,
+            &snapshots.current(),
+        ));
         metrics
             .compute_seconds
             .observe(start.elapsed().as_secs_f64());

@@ -12,6 +12,7 @@ pub mod authn;
 pub mod authz;
 pub mod bootstrap;
 pub mod config;
+pub mod delta;
 pub mod images;
 pub mod probes;
 pub mod telemetry;

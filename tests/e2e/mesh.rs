@@ -293,7 +293,8 @@ where
             logs.push_str(&format!("--- gateway {name} ---\n{log}\n"));
         }
     }
-    Err(e.context(logs))
+    // The cause first: a report cut after its first lines still names it.
+    Err(anyhow::anyhow!("{e:#}\n{logs}"))
 }
 const GATEWAY_PORT: u16 = 18080;
 
@@ -747,6 +748,18 @@ async fn switch_under_load(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         || async { Ok((!load.task.is_finished()).then_some(())) },
     )
     .await?;
+    let pushed = |kind: &'static str| {
+        let mesh = mesh.clone();
+        async move {
+            let op = mesh.operator.lock().await;
+            op.counter(
+                "sluice_config_push_bytes_total",
+                &format!("kind=\"{kind}\""),
+            )
+            .await
+        }
+    };
+    let (delta_before, whole_before) = (pushed("delta").await?, pushed("whole").await?);
     let patched_at = Instant::now();
     cluster.kubectl(
         &["patch", "httproute", "handson", "-n", ns, "--type=json", "-p",
@@ -783,6 +796,14 @@ async fn switch_under_load(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         );
     }
     ensure!(seen.len() > 50, "only {} requests were sent", seen.len());
+    // The gateway got the change as a delta over what it ran.
+    let delta = pushed("delta").await? - delta_before;
+    let whole = pushed("whole").await? - whole_before;
+    ensure!(
+        delta > 0.0,
+        "the weight change went out whole ({whole} bytes)"
+    );
+    eprintln!("switch: {delta} bytes of deltas sent, {whole} of whole documents");
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::{Registry, SnapshotSet, Snapshots};
 use crate::mesh::Audience;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SnapshotKindLabel};
 use crate::trust::{Peer, Reason, Refusal, TrustSettings, VerifiedProxy, verify_proxy};
 use crate::world::World;
 
@@ -30,6 +30,7 @@ pub struct ConfigServer {
     snapshots: Snapshots,
     registry: Arc<Registry>,
     keepalive: Duration,
+    deltas: bool,
     world: World,
     trust: Arc<TrustSettings>,
     metrics: Arc<Metrics>,
@@ -41,6 +42,8 @@ pub struct ConfigServerParts {
     pub registry: Arc<Registry>,
     /// A keepalive after this much silence.
     pub keepalive: Duration,
+    /// Whether a changed config goes as a delta where the stream has a base.
+    pub deltas: bool,
     /// Pods, to check hellos against.
     pub world: World,
     /// What callers are checked against.
@@ -56,6 +59,7 @@ impl ConfigServer {
             snapshots,
             registry: parts.registry,
             keepalive: parts.keepalive,
+            deltas: parts.deltas,
             world: parts.world,
             trust: parts.trust,
             metrics: parts.metrics,
@@ -122,6 +126,9 @@ impl ConfigDiscovery for ConfigServer {
             spoke: false,
             inbound,
             sent: None,
+            sent_delta: false,
+            deltas: self.deltas,
+            metrics: self.metrics.clone(),
         };
         // The response stream drives the session itself: no task and no
         // channel between a new snapshot and its write, and ACKs are read
@@ -146,7 +153,14 @@ struct Session {
     /// Whether a snapshot went out since the last tick.
     spoke: bool,
     inbound: Streaming<ProxyMessage>,
+    /// The version last sent: the base of the next delta.
     sent: Option<String>,
+    /// Whether that went as a delta: a NACK of it is answered with the
+    /// whole document.
+    sent_delta: bool,
+    /// Whether to send deltas at all.
+    deltas: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Session {
@@ -173,32 +187,50 @@ impl Session {
         }
     }
 
-    /// The audience's snapshot, unless this stream already has it.
+    /// The audience's snapshot, unless this stream already has it: a delta
+    /// over what it was sent last when there is one.
     fn snapshot_to_send(&mut self) -> Option<ConfigMessage> {
-        let snapshot = self
+        let current = self
             .snapshots
             .borrow_and_update()
             .get(&self.audience)
             .cloned()?;
-        if self.sent.as_deref() == Some(snapshot.version.as_str()) {
+        if self.sent.as_deref() == Some(current.version()) {
             return None;
         }
+        let base = self.sent.as_deref().filter(|_| self.deltas);
+        let snapshot = current.for_stream(base);
+        self.sent_delta = !snapshot.base.is_empty();
+        let kind = if self.sent_delta { "delta" } else { "whole" };
+        self.metrics
+            .push_bytes
+            .get_or_create(&SnapshotKindLabel { kind })
+            .inc_by(snapshot.config_json.len() as u64);
         self.registry.sent(self.id, &snapshot.version);
         self.sent = Some(snapshot.version.clone());
         Some(ConfigMessage {
-            kind: Some(config_message::Kind::Snapshot((*snapshot).clone())),
+            kind: Some(config_message::Kind::Snapshot(snapshot)),
         })
     }
 
     /// Records an ACK or NACK; `None` when the proxy's side has ended.
-    fn record(&self, msg: Result<Option<ProxyMessage>, Status>) -> Option<()> {
+    fn record(&mut self, msg: Result<Option<ProxyMessage>, Status>) -> Option<()> {
         match msg {
             Ok(Some(ProxyMessage {
                 kind: Some(proxy_message::Kind::Ack(a)),
             })) => self.registry.ack(self.id, a.version),
             Ok(Some(ProxyMessage {
                 kind: Some(proxy_message::Kind::Nack(n)),
-            })) => self.registry.nack(self.id, n.version, n.error),
+            })) => {
+                // A delta the proxy could not use: send the same version
+                // whole (once: a whole one it refuses stays refused).
+                if self.sent_delta && self.sent.as_deref() == Some(n.version.as_str()) {
+                    self.sent = None;
+                    self.sent_delta = false;
+                    self.snapshots.mark_changed();
+                }
+                self.registry.nack(self.id, n.version, n.error)
+            }
             Ok(Some(_)) => {}
             Ok(None) => return None,
             Err(status) => {

@@ -1,17 +1,83 @@
-//! Serialised, versioned configs per audience.
+//! Serialised, versioned configs per audience, each whole and as deltas
+//! over the versions its streams were last sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use sluice_proto::config::Config;
+use sluice_proto::delta;
 use sluice_proto::mesh::Snapshot;
 use tokio::sync::watch;
+use tracing::warn;
 
 use crate::mesh::{Audience, ConfigKey};
 
 /// One audience's snapshot, shared by reference by every stream that sends it.
-pub type SharedSnapshot = Arc<Snapshot>;
+pub type SharedSnapshot = Arc<Versioned>;
+
+/// One config's snapshot: the whole document, and what changed in it since
+/// the versions that streams of its audiences were sent before it.
+#[derive(Debug)]
+pub struct Versioned {
+    /// The whole document.
+    pub whole: Snapshot,
+    /// By base version, the sections that changed since it (ranges of the
+    /// whole document, so a delta costs no copy until it is sent).
+    deltas: BTreeMap<String, Vec<delta::Change>>,
+}
+
+impl Versioned {
+    fn whole(config: &Config) -> Versioned {
+        // A Config holds strings, numbers and lists: serialising it
+        // cannot fail.
+        let bytes = serde_json::to_vec(config).unwrap_or_default();
+        let version = format!("{:016x}", fnv1a(&bytes));
+        Versioned {
+            whole: Snapshot {
+                version,
+                config_json: Bytes::from(bytes),
+                base: String::new(),
+            },
+            deltas: BTreeMap::new(),
+        }
+    }
+
+    /// The version.
+    pub fn version(&self) -> &str {
+        &self.whole.version
+    }
+
+    /// What a stream last sent `sent` gets: the delta over it when there
+    /// is one, else the whole document.
+    pub fn for_stream(&self, sent: Option<&str>) -> Snapshot {
+        let Some((base, changes)) = sent.and_then(|v| self.deltas.get_key_value(v)) else {
+            return self.whole.clone();
+        };
+        Snapshot {
+            version: self.whole.version.clone(),
+            config_json: Bytes::from(delta::encode(&self.whole.config_json, changes)),
+            base: base.clone(),
+        }
+    }
+
+    /// Notes what changed since `base`, unless it is this version or that
+    /// is known.
+    fn add_delta(&mut self, base: &Versioned) {
+        let base_version = base.version();
+        if base_version == self.version() || self.deltas.contains_key(base_version) {
+            return;
+        }
+        match delta::changes(&base.whole.config_json, &self.whole.config_json) {
+            Ok(changes) => {
+                self.deltas.insert(base_version.to_owned(), changes);
+            }
+            // Both are serialised Configs; should it ever fail, streams
+            // get the whole document.
+            Err(e) => warn!(version = %self.version(), "no delta over {base_version}: {e}"),
+        }
+    }
+}
 
 /// Every distinct config's snapshot, and which one each sidecar gets.
 #[derive(Debug, Default, Clone)]
@@ -23,29 +89,34 @@ pub struct SnapshotSet {
 impl SnapshotSet {
     /// Serialises `configs`; the version is a hash of the bytes, so the same
     /// config always has the same version, across operator restarts too
-    /// (a reconnecting proxy that already runs it just ACKs).
+    /// (a reconnecting proxy that already runs it just ACKs). Each config
+    /// that changed gets a delta over what `previous` gave its audiences:
+    /// a gateway its own key's, a sidecar the key it had there.
     pub fn build(
         configs: &BTreeMap<ConfigKey, Config>,
         sidecars: &BTreeMap<Audience, ConfigKey>,
+        previous: &SnapshotSet,
     ) -> SnapshotSet {
-        let by_key = configs
+        let mut built: BTreeMap<ConfigKey, Versioned> = configs
             .iter()
-            .map(|(a, c)| {
-                // A Config holds strings, numbers and lists: serialising
-                // it cannot fail.
-                let bytes = serde_json::to_vec(c).unwrap_or_default();
-                let version = format!("{:016x}", fnv1a(&bytes));
-                (
-                    a.clone(),
-                    Arc::new(Snapshot {
-                        version,
-                        config_json: Bytes::from(bytes),
-                    }),
-                )
-            })
+            .map(|(k, c)| (k.clone(), Versioned::whole(c)))
             .collect();
+        // (key now, key before): a few distinct pairs however many pods.
+        let gateways = configs
+            .keys()
+            .filter(|k| matches!(k, ConfigKey::Gateway(_)))
+            .map(|k| (k, k));
+        let moved = sidecars
+            .iter()
+            .filter_map(|(audience, key)| Some((key, previous.sidecars.get(audience)?)));
+        let pairs: BTreeSet<(&ConfigKey, &ConfigKey)> = gateways.chain(moved).collect();
+        for (key, before) in pairs {
+            if let (Some(now), Some(before)) = (built.get_mut(key), previous.by_key.get(before)) {
+                now.add_delta(before);
+            }
+        }
         SnapshotSet {
-            by_key,
+            by_key: built.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             sidecars: sidecars.clone(),
         }
     }
@@ -66,7 +137,7 @@ impl SnapshotSet {
                 .by_key
                 .iter()
                 .zip(other.by_key.iter())
-                .all(|((a, x), (b, y))| a == b && x.version == y.version)
+                .all(|((a, x), (b, y))| a == b && x.version() == y.version())
     }
 }
 
@@ -120,13 +191,29 @@ mod tests {
     use super::*;
     use crate::mesh::GatewayInfra;
 
+    fn config(json: &str) -> Config {
+        serde_json::from_str(json).expect("config")
+    }
+
+    /// A config with a backend on `port` and the identity table of a
+    /// mesh of 100 pods.
+    fn config_on(port: u16) -> Config {
+        let pods: Vec<String> = (0..100).map(|i| format!("\"10.0.0.{i}\"")).collect();
+        config(&format!(
+            r#"{{"backends":[{{"name":"a","endpoints":["127.0.0.1:{port}"]}}],
+            "mesh_tcp":{{"workloads":{{"spiffe://cluster.local/ns/h/sa/x":[{}]}}}}}}"#,
+            pods.join(",")
+        ))
+    }
+
     #[test]
     fn versions_follow_content() {
         let mut configs = BTreeMap::new();
         let mut sidecars = BTreeMap::new();
         configs.insert(ConfigKey::Gateway(GatewayInfra::Shared), Config::default());
-        let a = SnapshotSet::build(&configs, &sidecars);
-        let b = SnapshotSet::build(&configs, &sidecars);
+        let none = SnapshotSet::default();
+        let a = SnapshotSet::build(&configs, &sidecars, &none);
+        let b = SnapshotSet::build(&configs, &sidecars, &a);
         assert!(a.same_versions(&b));
         let snapshots = Snapshots::default();
         assert!(snapshots.publish(a));
@@ -134,7 +221,54 @@ mod tests {
         let pod = Audience::Sidecar("h".into(), "p".into());
         configs.insert(ConfigKey::Sidecar("h".into(), 1), Config::default());
         sidecars.insert(pod.clone(), ConfigKey::Sidecar("h".into(), 1));
-        assert!(snapshots.publish(SnapshotSet::build(&configs, &sidecars)));
+        assert!(snapshots.publish(SnapshotSet::build(&configs, &sidecars, &none)));
         assert!(snapshots.current().get(&pod).is_some());
+    }
+
+    #[test]
+    fn a_changed_gateway_config_goes_as_a_delta_to_streams_that_had_the_old_one() {
+        let key = ConfigKey::Gateway(GatewayInfra::Shared);
+        let gateway = Audience::Gateway(GatewayInfra::Shared);
+        let sidecars = BTreeMap::new();
+        let one = SnapshotSet::build(
+            &BTreeMap::from([(key.clone(), config_on(1))]),
+            &sidecars,
+            &SnapshotSet::default(),
+        );
+        let two = SnapshotSet::build(&BTreeMap::from([(key, config_on(2))]), &sidecars, &one);
+        let (v1, v2) = (
+            one.get(&gateway).expect("one"),
+            two.get(&gateway).expect("two"),
+        );
+        let delta = v2.for_stream(Some(v1.version()));
+        assert_eq!(delta.base, v1.version());
+        assert_eq!(delta.version, v2.version());
+        assert!(!String::from_utf8_lossy(&delta.config_json).contains("mesh_tcp"));
+        let rebuilt = delta::apply(&v1.whole.config_json, &delta.config_json).expect("apply");
+        assert_eq!(config(&String::from_utf8_lossy(&rebuilt)), config_on(2));
+        // A new stream, or one sent something else, gets it whole.
+        assert!(v2.for_stream(None).base.is_empty());
+        assert!(v2.for_stream(Some("0123456789abcdef")).base.is_empty());
+    }
+
+    #[test]
+    fn a_sidecar_moved_to_another_config_gets_a_delta_over_the_one_it_had() {
+        let pod = Audience::Sidecar("h".into(), "p".into());
+        let (k1, k2) = (
+            ConfigKey::Sidecar("h".into(), 1),
+            ConfigKey::Sidecar("h".into(), 2),
+        );
+        let one = SnapshotSet::build(
+            &BTreeMap::from([(k1.clone(), config_on(1))]),
+            &BTreeMap::from([(pod.clone(), k1)]),
+            &SnapshotSet::default(),
+        );
+        let two = SnapshotSet::build(
+            &BTreeMap::from([(k2.clone(), config_on(2))]),
+            &BTreeMap::from([(pod.clone(), k2)]),
+            &one,
+        );
+        let v1 = one.get(&pod).expect("one").version().to_owned();
+        assert_eq!(two.get(&pod).expect("two").for_stream(Some(&v1)).base, v1);
     }
 }

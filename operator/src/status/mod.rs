@@ -41,7 +41,7 @@ fn programmed(registry: &Registry, snapshots: &Snapshots, infra: &GatewayInfra) 
     let current = snapshots.current();
     let Some(version) = current
         .get(&Audience::Gateway(infra.clone()))
-        .map(|s| s.version.clone())
+        .map(|s| s.version().to_owned())
     else {
         return Cond::no(
             "Programmed",

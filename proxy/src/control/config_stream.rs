@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use bytes::Bytes;
+use sluice_proto::delta::{self, DeltaError};
 use sluice_proto::mesh::config_discovery_client::ConfigDiscoveryClient;
 use sluice_proto::mesh::{
     Ack, ConfigMessage, Nack, ProxyMessage, Snapshot, config_message, proxy_message,
@@ -29,6 +31,27 @@ enum StreamError {
     Closed,
     #[error("nothing received for {0:?}")]
     Idle(Duration),
+}
+
+/// Why a snapshot was refused.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("a delta over version {base}, but this stream last received {}", received.as_deref().unwrap_or("no whole document"))]
+    UnknownBase {
+        base: String,
+        received: Option<String>,
+    },
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// The document of the last snapshot this stream received, applied or
+/// refused: what the operator's next delta is over.
+struct Received {
+    version: String,
+    doc: Bytes,
 }
 
 /// Keeps a config stream open for as long as the process runs.
@@ -79,6 +102,7 @@ async fn session(
     proxy.telemetry.control_plane_connected.store(true, Relaxed);
     backoff.reset();
     info!(endpoint = %settings.address, "connected to the control plane");
+    let mut received = None;
     loop {
         let msg: ConfigMessage =
             match tokio::time::timeout(settings.idle_timeout, inbound.message()).await {
@@ -90,26 +114,33 @@ async fn session(
         let Some(config_message::Kind::Snapshot(snapshot)) = msg.kind else {
             continue; // keepalive
         };
-        let reply = apply(proxy, &snapshot, admin);
+        let reply = receive(proxy, &mut received, snapshot, admin);
         if tx.send(reply).await.is_err() {
             return StreamError::Closed;
         }
     }
 }
 
-/// Applies a snapshot, or refuses it and keeps the running config.
-fn apply(proxy: &Proxy, snapshot: &Snapshot, admin: Option<SocketAddr>) -> ProxyMessage {
+/// Rebuilds a snapshot's whole document (over the last one received, for
+/// a delta), keeps it as the next delta's base, and applies it; or refuses
+/// it and keeps the running config.
+fn receive(
+    proxy: &Proxy,
+    received: &mut Option<Received>,
+    snapshot: Snapshot,
+    admin: Option<SocketAddr>,
+) -> ProxyMessage {
     let version = snapshot.version.clone();
-    if proxy.configured() && proxy.current().version == version {
-        // A reconnect re-sends what is already running.
-        return ack(version);
-    }
-    match parse(&snapshot.config_json, admin) {
-        Ok(config) => {
-            proxy.apply(config, Some(version.clone()));
-            info!(%version, "applied config snapshot");
-            ack(version)
-        }
+    let result = whole_document(received.take(), snapshot).and_then(|doc| {
+        let applied = apply(proxy, &version, &doc, admin);
+        *received = Some(Received {
+            version: version.clone(),
+            doc,
+        });
+        applied
+    });
+    match result {
+        Ok(()) => ack(version),
         Err(e) => {
             proxy.refused();
             warn!(%version, error = %e, "refused config snapshot; the running config stays");
@@ -121,6 +152,39 @@ fn apply(proxy: &Proxy, snapshot: &Snapshot, admin: Option<SocketAddr>) -> Proxy
             }
         }
     }
+}
+
+/// The whole document `snapshot` stands for.
+fn whole_document(received: Option<Received>, snapshot: Snapshot) -> Result<Bytes, Refused> {
+    if snapshot.base.is_empty() {
+        return Ok(snapshot.config_json);
+    }
+    match received {
+        Some(r) if r.version == snapshot.base => {
+            Ok(delta::apply(&r.doc, &snapshot.config_json)?.into())
+        }
+        other => Err(Refused::UnknownBase {
+            base: snapshot.base,
+            received: other.map(|r| r.version),
+        }),
+    }
+}
+
+/// Applies a whole document, unless it is what already runs.
+fn apply(
+    proxy: &Proxy,
+    version: &str,
+    doc: &[u8],
+    admin: Option<SocketAddr>,
+) -> Result<(), Refused> {
+    if proxy.configured() && proxy.current().version == version {
+        // A reconnect re-sends what is already running.
+        return Ok(());
+    }
+    let config = parse(doc, admin)?;
+    proxy.apply(config, Some(version.to_owned()));
+    info!(%version, "applied config snapshot");
+    Ok(())
 }
 
 fn ack(version: String) -> ProxyMessage {
@@ -161,53 +225,146 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 mod tests {
     use super::*;
 
-    fn snapshot(version: &str, json: &str) -> Snapshot {
+    fn whole(version: &str, json: &str) -> Snapshot {
         Snapshot {
             version: version.into(),
             config_json: json.as_bytes().to_vec().into(),
+            base: String::new(),
         }
     }
 
-    fn kind(m: ProxyMessage) -> proxy_message::Kind {
-        m.kind.expect("a reply")
+    fn delta(version: &str, base: &str, json: &str) -> Snapshot {
+        Snapshot {
+            base: base.into(),
+            ..whole(version, json)
+        }
     }
+
+    /// One stream's receiving side.
+    struct Stream {
+        proxy: Arc<Proxy>,
+        received: Option<Received>,
+        admin: Option<SocketAddr>,
+    }
+
+    impl Stream {
+        fn new(admin: Option<&str>) -> Stream {
+            Stream {
+                proxy: Proxy::new(),
+                received: None,
+                admin: admin.map(|a| a.parse().expect("address")),
+            }
+        }
+
+        fn send(&mut self, snapshot: Snapshot) -> proxy_message::Kind {
+            receive(&self.proxy, &mut self.received, snapshot, self.admin)
+                .kind
+                .expect("a reply")
+        }
+
+        fn listener_port(&self) -> Option<u16> {
+            let current = self.proxy.current();
+            current.config.listeners.first().map(|l| l.address.port())
+        }
+    }
+
+    fn acked(version: &str) -> proxy_message::Kind {
+        proxy_message::Kind::Ack(Ack {
+            version: version.into(),
+        })
+    }
+
+    fn nack_error(reply: proxy_message::Kind) -> String {
+        match reply {
+            proxy_message::Kind::Nack(n) => n.error,
+            other => panic!("expected a NACK, got {other:?}"),
+        }
+    }
+
+    const GOOD: &str = r#"{"backends":[{"name":"b","endpoints":["127.0.0.1:1"]}],
+        "listeners":[{"name":"l","address":"127.0.0.1:18080","routes":[{"name":"r","backends":[{"name":"b"}]}]}]}"#;
 
     #[test]
     fn good_snapshot_is_acked_and_applied() {
-        let proxy = Proxy::new();
-        let json = r#"{"backends":[{"name":"b","endpoints":["127.0.0.1:1"]}],
-            "listeners":[{"name":"l","address":"127.0.0.1:18080","routes":[{"name":"r","backends":[{"name":"b"}]}]}]}"#;
-        let reply = apply(&proxy, &snapshot("v1", json), None);
-        assert_eq!(
-            kind(reply),
-            proxy_message::Kind::Ack(Ack {
-                version: "v1".into()
-            })
-        );
-        assert_eq!(proxy.current().version, "v1");
+        let mut stream = Stream::new(None);
+        assert_eq!(stream.send(whole("v1", GOOD)), acked("v1"));
+        assert_eq!(stream.proxy.current().version, "v1");
     }
 
     #[test]
     fn bad_snapshot_is_nacked_and_the_old_config_stays() {
-        let proxy = Proxy::new();
+        let mut stream = Stream::new(Some("0.0.0.0:15021"));
         let good = r#"{"listeners":[{"name":"l","address":"0.0.0.0:18080"}]}"#;
-        assert!(matches!(
-            kind(apply(&proxy, &snapshot("v1", good), None)),
-            proxy_message::Kind::Ack(_)
-        ));
+        assert_eq!(stream.send(whole("v1", good)), acked("v1"));
         let clash = r#"{"listeners":[{"name":"l","address":"0.0.0.0:15021"}]}"#;
-        let admin: SocketAddr = "0.0.0.0:15021".parse().expect("address");
-        match kind(apply(&proxy, &snapshot("v2", clash), Some(admin))) {
-            proxy_message::Kind::Nack(n) => {
-                assert_eq!(n.version, "v2");
-                assert!(n.error.contains("listeners[0].address"), "{}", n.error);
-            }
-            other => panic!("expected a NACK, got {other:?}"),
-        }
-        match kind(apply(&proxy, &snapshot("v3", "{\"listeners\": 3}"), None)) {
-            proxy_message::Kind::Nack(n) => assert!(n.error.contains("listeners"), "{}", n.error),
-            other => panic!("expected a NACK, got {other:?}"),
-        }
-        assert_eq!(proxy.current().version, "v1");
+        let error = nack_error(stream.send(whole("v2", clash)));
+        assert!(error.contains("listeners[0].address"), "{error}");
+        let error = nack_error(stream.send(whole("v3", "{\"listeners\": 3}")));
+        assert!(error.contains("listeners"), "{error}");
+        assert_eq!(stream.proxy.current().version, "v1");
+    }
+
+    #[test]
+    fn a_delta_over_the_last_document_received_is_applied() {
+        let mut stream = Stream::new(None);
+        assert_eq!(stream.send(whole("v1", GOOD)), acked("v1"));
+        let moved = r#"{"listeners":[{"name":"l","address":"127.0.0.1:18081","routes":[{"name":"r","backends":[{"name":"b"}]}]}]}"#;
+        assert_eq!(stream.send(delta("v2", "v1", moved)), acked("v2"));
+        assert_eq!(stream.proxy.current().version, "v2");
+        assert_eq!(stream.listener_port(), Some(18081));
+        // The backends came from v1's document.
+        assert_eq!(stream.proxy.current().config.backends.len(), 1);
+    }
+
+    #[test]
+    fn a_delta_over_a_refused_document_is_applied_too() {
+        let mut stream = Stream::new(Some("0.0.0.0:15021"));
+        assert_eq!(stream.send(whole("v1", GOOD)), acked("v1"));
+        let clash = r#"{"listeners":[{"name":"l","address":"0.0.0.0:15021"}]}"#;
+        nack_error(stream.send(delta("v2", "v1", clash)));
+        // The operator's next delta is over v2, which it sent.
+        let fixed = r#"{"listeners":[{"name":"l","address":"0.0.0.0:18082"}]}"#;
+        assert_eq!(stream.send(delta("v3", "v2", fixed)), acked("v3"));
+        assert_eq!(stream.listener_port(), Some(18082));
+    }
+
+    #[test]
+    fn a_delta_over_another_version_is_nacked_until_a_whole_document_comes() {
+        let mut stream = Stream::new(None);
+        assert_eq!(stream.send(whole("v1", GOOD)), acked("v1"));
+        let error = nack_error(stream.send(delta("v3", "v2", "{}")));
+        assert!(
+            error.contains("over version v2") && error.contains("v1"),
+            "{error}"
+        );
+        assert_eq!(stream.proxy.current().version, "v1");
+        let error = nack_error(stream.send(delta("v4", "v1", "{}")));
+        assert!(error.contains("no whole document"), "{error}");
+        let error = nack_error(Stream::new(None).send(delta("v1", "v0", "{}")));
+        assert!(error.contains("no whole document"), "{error}");
+        assert_eq!(stream.send(whole("v5", GOOD)), acked("v5"));
+    }
+
+    #[test]
+    fn a_malformed_delta_is_nacked_and_the_config_stays() {
+        let mut stream = Stream::new(None);
+        assert_eq!(stream.send(whole("v1", GOOD)), acked("v1"));
+        let error = nack_error(stream.send(delta("v2", "v1", "[\"listeners\"]")));
+        assert!(error.contains("config delta"), "{error}");
+        assert_eq!(stream.proxy.current().version, "v1");
+    }
+
+    #[test]
+    fn a_reconnect_resending_the_running_version_is_acked_and_becomes_the_base() {
+        let mut stream = Stream::new(None);
+        assert_eq!(stream.send(whole("v1", GOOD)), acked("v1"));
+        let mut again = Stream {
+            proxy: stream.proxy,
+            received: None,
+            admin: None,
+        };
+        assert_eq!(again.send(whole("v1", GOOD)), acked("v1"));
+        let moved = r#"{"listeners":[{"name":"l","address":"127.0.0.1:18083"}]}"#;
+        assert_eq!(again.send(delta("v2", "v1", moved)), acked("v2"));
     }
 }

@@ -37,6 +37,7 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::json;
 use sluice_proto::config::Config;
+use sluice_proto::delta;
 use sluice_proto::mesh::config_discovery_client::ConfigDiscoveryClient;
 use sluice_proto::mesh::proxy_identity::Role;
 use sluice_proto::mesh::telemetry_client::TelemetryClient;
@@ -101,8 +102,12 @@ enum Decode {
     Each,
 }
 
-/// The watched weight of each snapshot version decoded so far.
-type Decoded = Arc<Mutex<HashMap<String, Arc<OnceCell<Option<u32>>>>>>;
+/// Each snapshot version decoded so far.
+type Decoded = Arc<Mutex<HashMap<String, Arc<OnceCell<Document>>>>>;
+
+/// A snapshot's whole document (rebuilt from a delta as a proxy does) and
+/// the watched weight in it.
+type Document = (Arc<Vec<u8>>, Option<u32>);
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum BenchRole {
@@ -203,6 +208,8 @@ async fn run(args: Args) -> Result<()> {
         );
         let cpu_before = cpu_ticks(operator.pid())?;
         let clients_before = cpu_ticks(std::process::id())?;
+        let pushed = || operator.counter("sluice_config_push_bytes_total", "");
+        let pushed_before = pushed().await?;
         let wall = Instant::now();
         let mut times = Vec::new();
         let mut firsts = Vec::new();
@@ -227,6 +234,7 @@ async fn run(args: Args) -> Result<()> {
         let clients_seconds =
             (cpu_ticks(std::process::id())? - clients_before) as f64 / ticks_per_second();
         let wall = wall.elapsed().as_secs_f64();
+        let pushed = pushed().await? - pushed_before;
         times.sort();
         firsts.sort();
         let row = Row {
@@ -239,6 +247,7 @@ async fn run(args: Args) -> Result<()> {
             rss_mib: rss_kib(operator.pid(), "VmRSS:")? as f64 / 1024.0,
             cpu_percent: 100.0 * cpu_seconds / wall,
             clients_cpu_percent: 100.0 * clients_seconds / wall,
+            bytes_per_push: pushed / (n as f64 * f64::from(args.changes.max(1))),
         };
         eprintln!("{}", row.line());
         rows.push(row);
@@ -262,7 +271,7 @@ async fn run(args: Args) -> Result<()> {
         }
     );
     println!(
-        "{:>8} {:>10} {:>10} {:>10} {:>15} {:>12} {:>14} {:>13}",
+        "{:>8} {:>10} {:>10} {:>10} {:>15} {:>12} {:>14} {:>13} {:>12}",
         "proxies",
         "p50",
         "p99",
@@ -270,7 +279,8 @@ async fn run(args: Args) -> Result<()> {
         "first ACK p50/p99",
         "operator RSS",
         "operator CPU",
-        "clients CPU"
+        "clients CPU",
+        "bytes/push"
     );
     for r in &rows {
         println!("{}", r.line());
@@ -314,12 +324,15 @@ struct Row {
     cpu_percent: f64,
     /// This process: the simulated proxies, decoding and ACKing.
     clients_cpu_percent: f64,
+    /// Snapshot bytes the operator sent per proxy and change (deltas, and
+    /// whole documents where a stream had no base).
+    bytes_per_push: f64,
 }
 
 impl Row {
     fn line(&self) -> String {
         format!(
-            "{:>8} {:>10} {:>10} {:>10} {:>15} {:>8.1} MiB {:>12.1} % {:>11.1} %",
+            "{:>8} {:>10} {:>10} {:>10} {:>15} {:>8.1} MiB {:>12.1} % {:>11.1} % {:>12.0}",
             self.proxies,
             ms(self.p50),
             ms(self.p99),
@@ -331,7 +344,8 @@ impl Row {
             ),
             self.rss_mib,
             self.cpu_percent,
-            self.clients_cpu_percent
+            self.clients_cpu_percent,
+            self.bytes_per_push
         )
     }
 }
@@ -507,6 +521,9 @@ struct Simulated {
     decoded: Option<Decoded>,
 }
 
+/// The last document a simulated proxy received: a delta's base.
+type Received = Option<(String, Arc<Vec<u8>>)>;
+
 impl Simulated {
     /// Hello, then for each snapshot: decode, ACK, report the weight.
     async fn run(
@@ -520,11 +537,13 @@ impl Simulated {
         })
         .await?;
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        let mut received: Received = None;
         while let Some(msg) = inbound.message().await? {
             let Some(config_message::Kind::Snapshot(snapshot)) = msg.kind else {
                 continue;
             };
-            let weight = self.weight_of(&snapshot).await?;
+            let (doc, weight) = self.decode(&received, &snapshot).await?;
+            received = Some((snapshot.version.clone(), doc));
             tx.send(ProxyMessage {
                 kind: Some(proxy_message::Kind::Ack(Ack {
                     version: snapshot.version,
@@ -542,12 +561,21 @@ impl Simulated {
         bail!("sim-{}: the operator closed the stream", self.id)
     }
 
-    /// The watched weight in `snapshot`, decoded here or by whichever
-    /// proxy got this version first.
-    async fn weight_of(&self, snapshot: &Snapshot) -> Result<Option<u32>> {
-        let decode = || -> Result<Option<u32>> {
-            let config: Config = serde_json::from_slice(&snapshot.config_json)?;
-            Ok(watched_weight(&config, self.route))
+    /// `snapshot`'s whole document and the watched weight in it, decoded
+    /// here or by whichever proxy got this version first.
+    async fn decode(&self, received: &Received, snapshot: &Snapshot) -> Result<Document> {
+        let decode = || -> Result<Document> {
+            let doc = if snapshot.base.is_empty() {
+                snapshot.config_json.to_vec()
+            } else {
+                let (_, base) = received
+                    .as_ref()
+                    .filter(|(v, _)| *v == snapshot.base)
+                    .context("a delta over a version this stream did not receive")?;
+                delta::apply(base, &snapshot.config_json)?
+            };
+            let config: Config = serde_json::from_slice(&doc)?;
+            Ok((Arc::new(doc), watched_weight(&config, self.route)))
         };
         let Some(decoded) = &self.decoded else {
             return decode();
@@ -558,7 +586,7 @@ impl Simulated {
             .entry(snapshot.version.clone())
             .or_default()
             .clone();
-        Ok(*cell.get_or_try_init(|| async { decode() }).await?)
+        Ok(cell.get_or_try_init(|| async { decode() }).await?.clone())
     }
 }
 
