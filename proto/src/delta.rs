@@ -11,13 +11,26 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use bytes::Bytes;
 use serde_json::value::RawValue;
 
-/// A delta that cannot be made or applied: a document or the delta is not a
-/// JSON object.
+use crate::mesh::Snapshot;
+
+/// A delta that cannot be made or applied.
 #[derive(Debug, thiserror::Error)]
-#[error("config delta: {0}")]
-pub struct DeltaError(#[from] serde_json::Error);
+pub enum DeltaError {
+    /// A document or the delta is not a JSON object.
+    #[error("config delta: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The delta is over a version other than the last one received.
+    #[error("a delta over version {base}, but this stream last received {}", received.as_deref().unwrap_or("no whole document"))]
+    UnknownBase {
+        /// The delta's base.
+        base: String,
+        /// The version last received on the stream, if any.
+        received: Option<String>,
+    },
+}
 
 /// A document's sections, by name, as their raw JSON text.
 type Sections<'a> = BTreeMap<String, &'a RawValue>;
@@ -79,11 +92,6 @@ pub fn encode(target: &[u8], changes: &[Change]) -> Vec<u8> {
     out
 }
 
-/// The delta that turns `base` into `target`.
-pub fn diff(base: &[u8], target: &[u8]) -> Result<Vec<u8>, DeltaError> {
-    Ok(encode(target, &changes(base, target)?))
-}
-
 /// `base` with `delta` applied: each section the delta names replaced, or
 /// removed where the delta says `null`.
 pub fn apply(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, DeltaError> {
@@ -98,12 +106,38 @@ pub fn apply(base: &[u8], delta: &[u8]) -> Result<Vec<u8>, DeltaError> {
     Ok(serde_json::to_vec(&doc)?)
 }
 
+/// The whole document `snapshot` stands for, given the version and
+/// document last received on its stream: itself when whole, else its delta
+/// applied over that document, which must be its base.
+pub fn whole_document(
+    received: Option<(&str, &[u8])>,
+    snapshot: Snapshot,
+) -> Result<Bytes, DeltaError> {
+    if snapshot.base.is_empty() {
+        return Ok(snapshot.config_json);
+    }
+    match received {
+        Some((version, doc)) if version == snapshot.base => {
+            Ok(apply(doc, &snapshot.config_json)?.into())
+        }
+        other => Err(DeltaError::UnknownBase {
+            base: snapshot.base,
+            received: other.map(|(v, _)| v.to_owned()),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn value(bytes: &[u8]) -> serde_json::Value {
         serde_json::from_slice(bytes).expect("JSON")
+    }
+
+    /// The delta that turns `base` into `target`.
+    fn diff(base: &[u8], target: &[u8]) -> Result<Vec<u8>, DeltaError> {
+        Ok(encode(target, &changes(base, target)?))
     }
 
     #[test]

@@ -36,11 +36,6 @@ enum StreamError {
 /// Why a snapshot was refused.
 #[derive(Debug, thiserror::Error)]
 enum Refused {
-    #[error("a delta over version {base}, but this stream last received {}", received.as_deref().unwrap_or("no whole document"))]
-    UnknownBase {
-        base: String,
-        received: Option<String>,
-    },
     #[error(transparent)]
     Delta(#[from] DeltaError),
     #[error(transparent)]
@@ -131,7 +126,12 @@ fn receive(
     admin: Option<SocketAddr>,
 ) -> ProxyMessage {
     let version = snapshot.version.clone();
-    let result = whole_document(received.take(), snapshot).and_then(|doc| {
+    let last = received.take();
+    let rebuilt = delta::whole_document(
+        last.as_ref().map(|r| (r.version.as_str(), &r.doc[..])),
+        snapshot,
+    );
+    let result = rebuilt.map_err(Refused::from).and_then(|doc| {
         let applied = apply(proxy, &version, &doc, admin);
         *received = Some(Received {
             version: version.clone(),
@@ -151,22 +151,6 @@ fn receive(
                 })),
             }
         }
-    }
-}
-
-/// The whole document `snapshot` stands for.
-fn whole_document(received: Option<Received>, snapshot: Snapshot) -> Result<Bytes, Refused> {
-    if snapshot.base.is_empty() {
-        return Ok(snapshot.config_json);
-    }
-    match received {
-        Some(r) if r.version == snapshot.base => {
-            Ok(delta::apply(&r.doc, &snapshot.config_json)?.into())
-        }
-        other => Err(Refused::UnknownBase {
-            base: snapshot.base,
-            received: other.map(|r| r.version),
-        }),
     }
 }
 

@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
 use kube::Api;
@@ -107,7 +108,7 @@ type Decoded = Arc<Mutex<HashMap<String, Arc<OnceCell<Document>>>>>;
 
 /// A snapshot's whole document (rebuilt from a delta as a proxy does) and
 /// the watched weight in it.
-type Document = (Arc<Vec<u8>>, Option<u32>);
+type Document = (Bytes, Option<u32>);
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum BenchRole {
@@ -522,7 +523,7 @@ struct Simulated {
 }
 
 /// The last document a simulated proxy received: a delta's base.
-type Received = Option<(String, Arc<Vec<u8>>)>;
+type Received = Option<(String, Bytes)>;
 
 impl Simulated {
     /// Hello, then for each snapshot: decode, ACK, report the weight.
@@ -565,17 +566,10 @@ impl Simulated {
     /// here or by whichever proxy got this version first.
     async fn decode(&self, received: &Received, snapshot: &Snapshot) -> Result<Document> {
         let decode = || -> Result<Document> {
-            let doc = if snapshot.base.is_empty() {
-                snapshot.config_json.to_vec()
-            } else {
-                let (_, base) = received
-                    .as_ref()
-                    .filter(|(v, _)| *v == snapshot.base)
-                    .context("a delta over a version this stream did not receive")?;
-                delta::apply(base, &snapshot.config_json)?
-            };
+            let last = received.as_ref().map(|(v, doc)| (v.as_str(), &doc[..]));
+            let doc = delta::whole_document(last, snapshot.clone())?;
             let config: Config = serde_json::from_slice(&doc)?;
-            Ok((Arc::new(doc), watched_weight(&config, self.route)))
+            Ok((doc, watched_weight(&config, self.route)))
         };
         let Some(decoded) = &self.decoded else {
             return decode();
