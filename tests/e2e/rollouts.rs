@@ -126,7 +126,8 @@ pub(crate) async fn rollout(cluster: &Cluster, ns: &str) -> anyhow::Result<Rollo
 }
 
 /// `kubectl wait` until Rollout `ns/name` has `condition`, `seconds` at
-/// most: the command users run.
+/// most: the command users run. On a timeout, the error carries where the
+/// Rollout stood.
 pub(crate) fn wait_condition(
     cluster: &Cluster,
     ns: &str,
@@ -134,18 +135,28 @@ pub(crate) fn wait_condition(
     condition: &str,
     seconds: u32,
 ) -> anyhow::Result<()> {
-    cluster.kubectl(
+    let rollout = format!("rollout/{name}");
+    let waited = cluster.kubectl(
         &[
             "wait",
             "-n",
             ns,
-            &format!("rollout/{name}"),
+            &rollout,
             &format!("--for=condition={condition}"),
             &format!("--timeout={seconds}s"),
         ],
         None,
-    )?;
-    Ok(())
+    );
+    let Err(e) = waited else { return Ok(()) };
+    let status = cluster
+        .kubectl(
+            &["get", "-n", ns, &rollout, "-o", "jsonpath={.status}"],
+            None,
+        )
+        .unwrap_or_else(|e| format!("(not read: {e})"));
+    Err(anyhow::Error::new(e).context(format!(
+        "{ns}/{name} is not {condition} after {seconds}s; its status: {status}"
+    )))
 }
 
 /// Waits until the Rollout's status passes `check`.

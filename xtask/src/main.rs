@@ -13,6 +13,7 @@
 
 mod bench;
 mod conformance;
+mod failures;
 mod fuzz;
 mod handson;
 
@@ -286,7 +287,8 @@ impl std::fmt::Display for Totals {
 }
 
 /// Runs `cargo test`, passing its output through, and adds up its
-/// `test result:` lines.
+/// `test result:` lines; when it fails, the failed tests and the ends of
+/// their messages are repeated last.
 fn run_counting(what: &str, mut cmd: Command) -> Result<Totals> {
     use std::io::{BufRead, BufReader};
     let start = Instant::now();
@@ -296,10 +298,12 @@ fn run_counting(what: &str, mut cmd: Command) -> Result<Totals> {
         .spawn()
         .with_context(|| format!("starting {what}"))?;
     let mut totals = Totals::default();
+    let mut failed = failures::Failures::default();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
             let line = line?;
             println!("{line}");
+            failed.feed(&line);
             let Some(rest) = line.strip_prefix("test result: ") else {
                 continue;
             };
@@ -329,6 +333,7 @@ fn run_counting(what: &str, mut cmd: Command) -> Result<Totals> {
     );
     if !status.success() {
         totals.failed = totals.failed.max(1);
+        print!("\n{}", failed.report());
         println!("{totals}");
         bail!("{what} failed ({status})");
     }
@@ -628,8 +633,21 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().task {
+/// Ends with the error's chain on one line and exit status 1: no
+/// backtrace after it, so that the last lines of a failed run stay the
+/// failures and the summary.
+fn main() -> std::process::ExitCode {
+    match task(Cli::parse().task) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn task(task: Task) -> Result<()> {
+    match task {
         Task::Test {
             no_lint,
             cargo_test_args,
