@@ -42,17 +42,52 @@ pub trait Stored: Resource {
     fn slim(&mut self) {
         trim(self.meta_mut());
     }
+
+    /// A digest of what the mesh's translation reads of the object, for
+    /// kinds where that is less than the whole object; `None`: every event
+    /// counts.
+    fn mesh_input(&self) -> Option<u64> {
+        None
+    }
 }
 
-impl Stored for GatewayClass {}
-impl Stored for Gateway {}
-impl Stored for HttpRoute {}
-impl Stored for ReferenceGrant {}
+/// A digest of an object's spec (by its generation), labels, annotations
+/// and deletion: for kinds with a status subresource whose status only the
+/// operator writes and the translation never reads. Without it, each status
+/// write would wake a translation that changes nothing.
+fn spec_and_metadata(meta: &ObjectMeta) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// The kinds whose status the translation does not read.
+macro_rules! spec_driven {
+    ($($kind:ty),*) => {$(
+        impl Stored for $kind {
+            fn mesh_input(&self) -> Option<u64> {
+                spec_and_metadata(self.meta())
+            }
+        }
+    )*};
+}
+
+spec_driven!(
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    ReferenceGrant,
+    AuthorizationPolicy,
+    RequestAuthentication
+);
+
 impl Stored for Secret {}
 impl Stored for Pod {}
 impl Stored for Namespace {}
-impl Stored for AuthorizationPolicy {}
-impl Stored for RequestAuthentication {}
 impl Stored for Rollout {}
 impl Stored for ReplicaSet {}
 

@@ -2,6 +2,7 @@
 //! the loop that turns every change into snapshots (debounced, computed
 //! once, shared by all proxies of an audience).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,14 +74,61 @@ where
     let stream = reflector(writer, events);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
+        let mut inputs = MeshInputs::default();
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => changed.notify_one(),
+                Ok(event) => {
+                    if inputs.moved(&event) {
+                        changed.notify_one();
+                    }
+                }
                 Err(e) => warn!(kind = %K::kind(&Default::default()), "watch: {e}"),
             }
         }
     });
     reader
+}
+
+/// Per object of one kind, the digest of what the translation reads of it
+/// ([`Stored::mesh_input`]): an event that leaves it as it was (the
+/// operator's own status write) wakes no translation.
+#[derive(Default)]
+struct MeshInputs {
+    by_object: HashMap<(Option<String>, String), u64>,
+}
+
+impl MeshInputs {
+    /// Records `event`; whether the translation's input moved.
+    fn moved<K: Stored>(&mut self, event: &watcher::Event<K>) -> bool {
+        let key = |k: &K| {
+            (
+                k.meta().namespace.clone(),
+                k.meta().name.clone().unwrap_or_default(),
+            )
+        };
+        match event {
+            watcher::Event::Apply(k) => match k.mesh_input() {
+                Some(digest) => self.by_object.insert(key(k), digest) != Some(digest),
+                None => true,
+            },
+            watcher::Event::Delete(k) => {
+                self.by_object.remove(&key(k));
+                true
+            }
+            // A relist replaces the store when it is done: the digests too.
+            watcher::Event::Init => {
+                self.by_object.clear();
+                false
+            }
+            watcher::Event::InitApply(k) => {
+                if let Some(digest) = k.mesh_input() {
+                    self.by_object.insert(key(k), digest);
+                }
+                false
+            }
+            watcher::Event::InitDone => true,
+        }
+    }
 }
 
 impl World {
@@ -376,9 +424,69 @@ pub async fn run(
             _ = world.changed.notified() => {}
             r = sidecar_set.changed() => if r.is_err() { return },
         }
-        // After a long translation, gather for as long again: a stream of
-        // changes (thousands of objects being written) then costs at most
-        // half a core, and each translation takes in more of them.
-        tokio::time::sleep(DEBOUNCE.max(spent)).await;
+        // The next translation starts no sooner than as long after this one
+        // ended as it took: a stream of changes (thousands of objects being
+        // written) then costs at most half a core and each translation takes
+        // in more of them, while a change after a quiet spell waits only the
+        // debounce.
+        let earliest = start + spent * 2;
+        tokio::time::sleep_until(earliest.max(Instant::now() + DEBOUNCE).into()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_api::httproutes::{HttpRouteSpec, HttpRouteStatus};
+    use k8s_openapi::api::core::v1::Service;
+
+    fn route(generation: i64, accepted: bool) -> HttpRoute {
+        let mut r = HttpRoute::new("r", HttpRouteSpec::default());
+        r.metadata.namespace = Some("ns".into());
+        r.metadata.generation = Some(generation);
+        r.status = accepted.then(|| HttpRouteStatus {
+            parents: Vec::new(),
+        });
+        r
+    }
+
+    #[test]
+    fn the_operator_s_own_status_write_wakes_no_translation() {
+        let mut inputs = MeshInputs::default();
+        assert!(inputs.moved(&watcher::Event::Apply(route(1, false))));
+        assert!(!inputs.moved(&watcher::Event::Apply(route(1, true))));
+    }
+
+    #[test]
+    fn a_spec_label_or_deletion_change_wakes_one() {
+        let mut inputs = MeshInputs::default();
+        inputs.moved(&watcher::Event::Apply(route(1, false)));
+        assert!(inputs.moved(&watcher::Event::Apply(route(2, false))));
+        let mut labelled = route(2, false);
+        labelled.metadata.labels = Some([("a".to_owned(), "b".to_owned())].into());
+        assert!(inputs.moved(&watcher::Event::Apply(labelled.clone())));
+        assert!(inputs.moved(&watcher::Event::Delete(labelled)));
+        // Gone from the digests: the same object again is new.
+        assert!(inputs.moved(&watcher::Event::Apply(route(2, false))));
+    }
+
+    #[test]
+    fn kinds_without_a_digest_wake_one_on_every_event() {
+        let mut inputs = MeshInputs::default();
+        let svc = Service::default();
+        assert!(inputs.moved(&watcher::Event::Apply(svc.clone())));
+        assert!(inputs.moved(&watcher::Event::Apply(svc)));
+        assert!(inputs.by_object.is_empty());
+    }
+
+    #[test]
+    fn a_relist_wakes_one_when_done_and_forgets_what_it_did_not_list() {
+        let mut inputs = MeshInputs::default();
+        inputs.moved(&watcher::Event::Apply(route(1, false)));
+        assert!(!inputs.moved(&watcher::Event::<HttpRoute>::Init));
+        assert!(inputs.by_object.is_empty());
+        assert!(!inputs.moved(&watcher::Event::InitApply(route(1, false))));
+        assert!(inputs.moved(&watcher::Event::<HttpRoute>::InitDone));
+        assert!(!inputs.moved(&watcher::Event::Apply(route(1, true))));
     }
 }

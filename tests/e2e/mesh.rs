@@ -1281,19 +1281,33 @@ spec:
     // The Service's timeout annotation bounds its sidecar route while no
     // HTTPRoute decides: a response slower than 300 ms is a 504 from the
     // sidecar, a fast one passes.
-    cluster.apply(&format!(
-        r#"apiVersion: v1
+    let with_timeout = |value: &str| {
+        format!(
+            r#"apiVersion: v1
 kind: Service
 metadata:
   name: handson
   namespace: {ns}
-  annotations: {{"{annotation}": 300ms}}
+  annotations: {{"{annotation}": "{value}"}}
 spec:
   selector: {{app: handson}}
   ports: [{{name: http, port: 8080, targetPort: http}}]
 "#,
-        annotation = sluice_crds::annotations::REQUEST_TIMEOUT,
-    ))?;
+            annotation = sluice_crds::annotations::REQUEST_TIMEOUT,
+        )
+    };
+    // A value that is not a duration sets nothing, and the Service gets a
+    // Warning Event naming the annotation and the value.
+    cluster.apply(&with_timeout("300 ms"))?;
+    let note = rollouts::event_note_where(&cluster, ns, "InvalidAnnotation", |e| {
+        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("handson")
+    })
+    .await?;
+    ensure!(
+        note.contains(sluice_crds::annotations::REQUEST_TIMEOUT) && note.contains("\"300 ms\""),
+        "the warning does not name the annotation and its value: {note}"
+    );
+    cluster.apply(&with_timeout("300ms"))?;
     let status = move |path: &'static str| async move {
         anyhow::Ok(request("handson.mesh.svc", path).await?.0)
     };

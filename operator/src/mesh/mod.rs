@@ -278,6 +278,9 @@ pub struct MeshOutput {
     /// Every RequestAuthentication, by (namespace, name): accepted, pushed
     /// without keys (pending), or left out and why.
     pub authentications: BTreeMap<(String, String), policies::PolicyDraft>,
+    /// Services with annotations of Sluice's that do not parse, by
+    /// (namespace, name): what is wrong with each.
+    pub invalid_service_annotations: BTreeMap<(String, String), Vec<services::InvalidAnnotation>>,
 }
 
 /// Computes every audience's config and every status from observed state.
@@ -291,7 +294,13 @@ pub fn translate(input: &MeshInput) -> MeshOutput {
     .with_grants(grants::Grants::of(&input.grants));
     let checked = policies::Checked::of(&input.policies);
     let resolved = authn::Resolved::of(&input.authentications, &input.jwks);
-    let mut out = MeshOutput::default();
+    let mut out = MeshOutput {
+        invalid_service_annotations: index
+            .invalid_annotations()
+            .map(|(k, v)| (k.clone(), v.to_vec()))
+            .collect(),
+        ..MeshOutput::default()
+    };
     gateway::translate(input, &index, &mut out);
     sidecar::translate(input, &index, &checked, &resolved, &mut out);
     out.policies = checked.drafts;

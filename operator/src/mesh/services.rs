@@ -68,6 +68,8 @@ pub struct ServiceInfo {
     pub revision: Option<String>,
     /// Its timeouts for sidecar routes no HTTPRoute sets.
     pub timeouts: ServiceTimeouts,
+    /// Its annotations of Sluice's that do not parse.
+    pub invalid: Vec<InvalidAnnotation>,
 }
 
 /// A Service's own upstream timeouts, for the sidecar routes to it that no
@@ -82,15 +84,47 @@ pub struct ServiceTimeouts {
     pub backend_request: Option<Duration>,
 }
 
+/// An annotation of Sluice's on a Service whose value does not parse: it
+/// sets nothing, and the Service gets a Warning Event saying so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidAnnotation {
+    /// The annotation.
+    pub key: &'static str,
+    /// Its value.
+    pub value: String,
+}
+
+impl std::fmt::Display for InvalidAnnotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "annotation {}: {:?} is not a Gateway API duration (e.g. 500ms, 10s, 1m); no timeout is set from it",
+            self.key, self.value
+        )
+    }
+}
+
 impl ServiceTimeouts {
-    /// Read from `svc`'s annotations; a value that is not a Gateway API
-    /// duration, or is zero, sets nothing.
-    pub fn of(svc: &Service) -> ServiceTimeouts {
-        let read = |key| super::rules::duration(svc.annotations().get(key).map(String::as_str));
-        ServiceTimeouts {
+    /// Read from `svc`'s annotations; zero sets nothing (no timeout, as in
+    /// an HTTPRoute), and so does a value that is not a Gateway API
+    /// duration, which is returned beside them.
+    pub fn of(svc: &Service) -> (ServiceTimeouts, Vec<InvalidAnnotation>) {
+        let mut invalid = Vec::new();
+        let mut read = |key: &'static str| {
+            let value = svc.annotations().get(key)?;
+            if value.parse::<gateway_api::Duration>().is_err() {
+                invalid.push(InvalidAnnotation {
+                    key,
+                    value: value.clone(),
+                });
+            }
+            super::rules::duration(Some(value))
+        };
+        let timeouts = ServiceTimeouts {
             request: read(annotations::REQUEST_TIMEOUT),
             backend_request: read(annotations::BACKEND_REQUEST_TIMEOUT),
-        }
+        };
+        (timeouts, invalid)
     }
 }
 
@@ -329,6 +363,7 @@ impl ServiceIndex {
             let revision = (revisions.len() == 1)
                 .then(|| revisions.into_iter().next())
                 .flatten();
+            let (timeouts, invalid) = ServiceTimeouts::of(svc);
             index.services.insert(
                 key,
                 ServiceInfo {
@@ -337,7 +372,8 @@ impl ServiceIndex {
                     cluster_ip,
                     ports,
                     revision,
-                    timeouts: ServiceTimeouts::of(svc),
+                    timeouts,
+                    invalid,
                 },
             );
         }
@@ -349,6 +385,17 @@ impl ServiceIndex {
     /// over mTLS.
     pub fn workloads(&self) -> &BTreeMap<String, Vec<IpAddr>> {
         &self.workloads
+    }
+
+    /// Each Service with annotations of Sluice's that do not parse, by
+    /// (namespace, name).
+    pub fn invalid_annotations(
+        &self,
+    ) -> impl Iterator<Item = (&(String, String), &[InvalidAnnotation])> {
+        self.services
+            .iter()
+            .filter(|(_, s)| !s.invalid.is_empty())
+            .map(|(k, s)| (k, s.invalid.as_slice()))
     }
 
     /// The index with `grants` for references across namespaces.

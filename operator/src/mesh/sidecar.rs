@@ -403,6 +403,17 @@ mod tests {
             "unparsable and zero set nothing"
         );
         assert_eq!(timeouts("plain:8080"), (None, None));
+        // The unparsable one is reported, for a Warning Event on its
+        // Service; zero (no timeout) is a valid value.
+        let invalid = &out.invalid_service_annotations;
+        assert_eq!(invalid.len(), 1, "{invalid:?}");
+        let odd = &invalid[&("h".to_owned(), "odd".to_owned())];
+        assert_eq!(odd.len(), 1);
+        assert_eq!(
+            (odd[0].key, odd[0].value.as_str()),
+            (REQUEST_TIMEOUT, "ten seconds")
+        );
+        assert!(odd[0].to_string().contains("not a Gateway API duration"));
         assert_eq!(
             timeouts("routed:8080"),
             (Some(Duration::from_secs(3)), None),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use gateway_api::gatewayclasses::GatewayClass;
 use gateway_api::gateways::Gateway;
 use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -283,6 +284,7 @@ pub async fn run(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    let mut warned = ServiceWarnings::default();
     loop {
         tokio::select! {
             r = output.changed() => if r.is_err() { return },
@@ -292,6 +294,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
         let out = output.borrow_and_update().clone();
         registry_changes.borrow_and_update();
+        warned.record(&client, &recorder, &out).await;
         let written = match write_all(&client, &world, &registry, &snapshots, &out).await {
             Ok(()) => write_policies(&client, &world, &recorder, &out).await,
             Err(e) => Err(e),
@@ -301,6 +304,60 @@ pub async fn run(
             // Conflicts and transient errors: retry on the next change, or soon.
             tokio::time::sleep(Duration::from_secs(1)).await;
             output.mark_changed();
+        }
+    }
+}
+
+/// The Warning Events given to Services whose annotations do not parse:
+/// one per Service and distinct message (a Service has no status to
+/// remember it in; after a restart each is given once more).
+#[derive(Default)]
+struct ServiceWarnings {
+    given: BTreeMap<(String, String), String>,
+}
+
+impl ServiceWarnings {
+    /// Warns each Service of `out` whose message is new; forgets Services
+    /// that no longer have one.
+    async fn record(&mut self, client: &Client, recorder: &Recorder, out: &MeshOutput) {
+        let now = &out.invalid_service_annotations;
+        self.given.retain(|k, _| now.contains_key(k));
+        for ((ns, name), invalid) in now {
+            let note = invalid
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            let key = (ns.clone(), name.clone());
+            if self.given.get(&key) == Some(&note) {
+                continue;
+            }
+            warn!(service = %format!("{ns}/{name}"), "{note}");
+            // The store keeps no UID, which `kubectl describe` matches
+            // events by: read it (rare: a new wrong value).
+            let service = match Api::<Service>::namespaced(client.clone(), ns)
+                .get(name)
+                .await
+            {
+                Ok(svc) => svc.object_ref(&()),
+                Err(e) => {
+                    warn!("reading Service {ns}/{name} to warn it: {e}");
+                    continue;
+                }
+            };
+            let event = Event {
+                type_: EventType::Warning,
+                reason: "InvalidAnnotation".into(),
+                note: Some(note.clone()),
+                action: "Translate".into(),
+                secondary: None,
+            };
+            match recorder.publish(&event, &service).await {
+                Ok(()) => {
+                    self.given.insert(key, note);
+                }
+                Err(e) => warn!("recording an invalid annotation of {ns}/{name}: {e}"),
+            }
         }
     }
 }

@@ -211,6 +211,12 @@ async fn run(args: Args) -> Result<()> {
         let clients_before = cpu_ticks(std::process::id())?;
         let pushed = || operator.counter("sluice_config_push_bytes_total", "");
         let pushed_before = pushed().await?;
+        let computed = || async {
+            let seconds = operator.counter("sluice_snapshot_compute_seconds_sum", "");
+            let count = operator.counter("sluice_snapshot_compute_seconds_count", "");
+            Ok::<_, sluice_tests::Error>((seconds.await?, count.await?))
+        };
+        let computed_before = computed().await?;
         let wall = Instant::now();
         let mut times = Vec::new();
         let mut firsts = Vec::new();
@@ -236,6 +242,8 @@ async fn run(args: Args) -> Result<()> {
             (cpu_ticks(std::process::id())? - clients_before) as f64 / ticks_per_second();
         let wall = wall.elapsed().as_secs_f64();
         let pushed = pushed().await? - pushed_before;
+        let computed_after = computed().await?;
+        let translations = computed_after.1 - computed_before.1;
         times.sort();
         firsts.sort();
         let row = Row {
@@ -249,6 +257,10 @@ async fn run(args: Args) -> Result<()> {
             cpu_percent: 100.0 * cpu_seconds / wall,
             clients_cpu_percent: 100.0 * clients_seconds / wall,
             bytes_per_push: pushed / (n as f64 * f64::from(args.changes.max(1))),
+            translations_per_change: translations / f64::from(args.changes.max(1)),
+            translation_mean: Duration::from_secs_f64(
+                (computed_after.0 - computed_before.0) / translations.max(1.0),
+            ),
         };
         eprintln!("{}", row.line());
         rows.push(row);
@@ -272,7 +284,7 @@ async fn run(args: Args) -> Result<()> {
         }
     );
     println!(
-        "{:>8} {:>10} {:>10} {:>10} {:>15} {:>12} {:>14} {:>13} {:>12}",
+        "{:>8} {:>10} {:>10} {:>10} {:>15} {:>12} {:>14} {:>13} {:>12} {:>15}",
         "proxies",
         "p50",
         "p99",
@@ -281,7 +293,8 @@ async fn run(args: Args) -> Result<()> {
         "operator RSS",
         "operator CPU",
         "clients CPU",
-        "bytes/push"
+        "bytes/push",
+        "translations"
     );
     for r in &rows {
         println!("{}", r.line());
@@ -328,12 +341,16 @@ struct Row {
     /// Snapshot bytes the operator sent per proxy and change (deltas, and
     /// whole documents where a stream had no base).
     bytes_per_push: f64,
+    /// Translations of the whole mesh the operator made per change.
+    translations_per_change: f64,
+    /// How long one took, on average.
+    translation_mean: Duration,
 }
 
 impl Row {
     fn line(&self) -> String {
         format!(
-            "{:>8} {:>10} {:>10} {:>10} {:>15} {:>8.1} MiB {:>12.1} % {:>11.1} % {:>12.0}",
+            "{:>8} {:>10} {:>10} {:>10} {:>15} {:>8.1} MiB {:>12.1} % {:>11.1} % {:>12.0} {:>15}",
             self.proxies,
             ms(self.p50),
             ms(self.p99),
@@ -346,7 +363,12 @@ impl Row {
             self.rss_mib,
             self.cpu_percent,
             self.clients_cpu_percent,
-            self.bytes_per_push
+            self.bytes_per_push,
+            format!(
+                "{:.1} x {}",
+                self.translations_per_change,
+                ms(self.translation_mean)
+            )
         )
     }
 }
