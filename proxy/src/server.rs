@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use futures::FutureExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -238,10 +239,10 @@ async fn accept_loop(
                 let conn = builder
                     .serve_connection_with_upgrades(TokioIo::new(proxy.idle(stream)), svc)
                     .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(counted(proxy.clone(), async move {
-                    let _ = conn.await;
-                }));
+                // Mapped, not awaited in an async block, which would hold
+                // the connection twice.
+                let conn = graceful.watch(conn).map(drop);
+                tokio::spawn(counted(proxy.clone(), conn));
             }
         }
     }
@@ -298,8 +299,31 @@ fn routes_to(listener: &CompiledListener, dst: SocketAddr) -> bool {
         .any(|r| r.hosts.matches(&ip, Some(dst.port())))
 }
 
-async fn counted(proxy: Arc<Proxy>, fut: impl std::future::Future<Output = ()>) {
-    proxy.telemetry.open_connections.fetch_add(1, Relaxed);
-    fut.await;
-    proxy.telemetry.open_connections.fetch_sub(1, Relaxed);
+/// `fut`, a connection's task, counted among the open connections from
+/// now until it ends or is dropped (a drain deadline cancels it). Not an
+/// `async fn`: its state would hold `fut` twice, as the argument and as
+/// the future awaited, and a connection's task is most of what the proxy
+/// holds per idle connection.
+fn counted<F>(proxy: Arc<Proxy>, fut: F) -> impl std::future::Future<Output = ()>
+where
+    F: std::future::Future<Output = ()>,
+{
+    let open = OpenConnection::new(proxy);
+    fut.map(move |()| drop(open))
+}
+
+/// One open connection in the proxy's count, for as long as it lives.
+struct OpenConnection(Arc<Proxy>);
+
+impl OpenConnection {
+    fn new(proxy: Arc<Proxy>) -> OpenConnection {
+        proxy.telemetry.open_connections.fetch_add(1, Relaxed);
+        OpenConnection(proxy)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.telemetry.open_connections.fetch_sub(1, Relaxed);
+    }
 }
