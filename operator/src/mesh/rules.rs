@@ -436,8 +436,12 @@ fn convert_match(m: &HttpRouteRulesMatches) -> Option<(RouteMatch, u8, usize)> {
 /// not parse give none.
 pub(super) fn duration(d: Option<&str>) -> Option<Duration> {
     d.and_then(|d| d.parse::<gateway_api::Duration>().ok())
-        .map(|d| Duration::from_millis(d.as_millis() as u64))
-        .filter(|d| !d.is_zero())
+        .and_then(timeout_of)
+}
+
+/// The timeout a parsed Gateway API duration sets: none for zero.
+pub(super) fn timeout_of(d: gateway_api::Duration) -> Option<Duration> {
+    Some(Duration::from_millis(d.as_millis() as u64)).filter(|d| !d.is_zero())
 }
 
 /// A header or query parameter match; `None` for a pattern the proxy

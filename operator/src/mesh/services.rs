@@ -112,13 +112,16 @@ impl ServiceTimeouts {
         let mut invalid = Vec::new();
         let mut read = |key: &'static str| {
             let value = svc.annotations().get(key)?;
-            if value.parse::<gateway_api::Duration>().is_err() {
-                invalid.push(InvalidAnnotation {
-                    key,
-                    value: value.clone(),
-                });
+            match value.parse::<gateway_api::Duration>() {
+                Ok(d) => super::rules::timeout_of(d),
+                Err(_) => {
+                    invalid.push(InvalidAnnotation {
+                        key,
+                        value: value.clone(),
+                    });
+                    None
+                }
             }
-            super::rules::duration(Some(value))
         };
         let timeouts = ServiceTimeouts {
             request: read(annotations::REQUEST_TIMEOUT),

@@ -2,7 +2,7 @@
 //! over the versions its streams were last sent.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use sluice_proto::config::Config;
@@ -22,9 +22,17 @@ pub type SharedSnapshot = Arc<Versioned>;
 pub struct Versioned {
     /// The whole document.
     pub whole: Snapshot,
-    /// By base version, the sections that changed since it (ranges of the
-    /// whole document, so a delta costs no copy until it is sent).
-    deltas: BTreeMap<String, Vec<delta::Change>>,
+    /// By base version, the delta over it.
+    deltas: BTreeMap<String, Delta>,
+}
+
+/// What changed since one base version: ranges of the whole document, so
+/// that a delta no stream asks for costs no copy, encoded once by the first
+/// stream that sends it and shared by the others.
+#[derive(Debug)]
+struct Delta {
+    changes: Vec<delta::Change>,
+    encoded: OnceLock<Bytes>,
 }
 
 impl Versioned {
@@ -51,12 +59,15 @@ impl Versioned {
     /// What a stream last sent `sent` gets: the delta over it when there
     /// is one, else the whole document.
     pub fn for_stream(&self, sent: Option<&str>) -> Snapshot {
-        let Some((base, changes)) = sent.and_then(|v| self.deltas.get_key_value(v)) else {
+        let Some((base, delta)) = sent.and_then(|v| self.deltas.get_key_value(v)) else {
             return self.whole.clone();
         };
+        let encoded = delta
+            .encoded
+            .get_or_init(|| delta::encode(&self.whole.config_json, &delta.changes).into());
         Snapshot {
             version: self.whole.version.clone(),
-            config_json: Bytes::from(delta::encode(&self.whole.config_json, changes)),
+            config_json: encoded.clone(),
             base: base.clone(),
         }
     }
@@ -70,7 +81,11 @@ impl Versioned {
         }
         match delta::changes(&base.whole.config_json, &self.whole.config_json) {
             Ok(changes) => {
-                self.deltas.insert(base_version.to_owned(), changes);
+                let delta = Delta {
+                    changes,
+                    encoded: OnceLock::new(),
+                };
+                self.deltas.insert(base_version.to_owned(), delta);
             }
             // Both are serialised Configs; should it ever fail, streams
             // get the whole document.
@@ -244,6 +259,9 @@ mod tests {
         assert_eq!(delta.base, v1.version());
         assert_eq!(delta.version, v2.version());
         assert!(!String::from_utf8_lossy(&delta.config_json).contains("mesh_tcp"));
+        // Encoded once: the next stream shares the bytes.
+        let again = v2.for_stream(Some(v1.version()));
+        assert_eq!(again.config_json.as_ptr(), delta.config_json.as_ptr());
         let rebuilt = delta::apply(&v1.whole.config_json, &delta.config_json).expect("apply");
         assert_eq!(config(&String::from_utf8_lossy(&rebuilt)), config_on(2));
         // A new stream, or one sent something else, gets it whole.
