@@ -5,7 +5,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use sluice_tests::Cluster;
@@ -61,17 +62,24 @@ fn run_with(scenarios: &[(&'static str, Scenario)], sequential: bool) -> ExitCod
             .map_err(|e| e.to_string())
     };
     let handle = runtime.handle().clone();
+    let times = Arc::new(Mutex::new(Vec::new()));
     let trials = scenarios
         .iter()
         .map(|&(name, scenario)| {
             let cluster = cluster.clone();
             let handle = handle.clone();
+            let times = times.clone();
             Trial::test(name, move || {
                 let cluster =
                     cluster.map_err(|e| Failed::from(format!("cluster did not start: {e}")))?;
                 let diag = cluster.clone();
-                handle
-                    .block_on(scenario(cluster))
+                let started = Instant::now();
+                let outcome = handle.block_on(scenario(cluster));
+                times
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((name, started.elapsed()));
+                outcome
                     // The error last too: a report cut to its tail still names it.
                     .map_err(|e| {
                         Failed::from(format!(
@@ -83,7 +91,26 @@ fn run_with(scenarios: &[(&'static str, Scenario)], sequential: bool) -> ExitCod
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
+    print_times(&times.lock().unwrap_or_else(|p| p.into_inner()));
     // Tear down inside the runtime: pod tasks are aborted, processes killed.
     runtime.block_on(async move { drop(cluster) });
     conclusion.exit_code()
+}
+
+/// The slowest scenarios, for whoever shortens the suite.
+fn print_times(times: &[(&str, Duration)]) {
+    if times.len() < 2 {
+        return;
+    }
+    let mut sorted = times.to_vec();
+    sorted.sort_by_key(|&(_, took)| std::cmp::Reverse(took));
+    let total: Duration = times.iter().map(|&(_, took)| took).sum();
+    println!(
+        "scenario times: {:.1}s in {} scenarios; the slowest:",
+        total.as_secs_f64(),
+        times.len()
+    );
+    for (name, took) in sorted.iter().take(10) {
+        println!("{:>8.1}s  {name}", took.as_secs_f64());
+    }
 }

@@ -16,6 +16,7 @@ mod conformance;
 mod failures;
 mod fuzz;
 mod handson;
+mod target;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -97,11 +98,9 @@ enum Task {
     },
 }
 
-/// Where cargo puts what it builds (`CARGO_TARGET_DIR`, else `target/`).
+/// Where cargo puts what it builds (see [`target::dir`]).
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
+    target::dir()
 }
 
 /// The workspace root. `cargo run` tells the binary its manifest's
@@ -123,6 +122,7 @@ fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
     without_cargo_run_vars(&mut cmd);
+    target::configure(&mut cmd);
     cmd
 }
 
@@ -651,9 +651,15 @@ fn task(task: Task) -> Result<()> {
         Task::Test {
             no_lint,
             cargo_test_args,
-        } => task_test(no_lint, cargo_test_args),
+        } => {
+            target::use_cache();
+            task_test(no_lint, cargo_test_args)
+        }
         Task::Demo { action, step } => match action.as_str() {
-            "up" => demo_up(&demo_dir(), step),
+            "up" => {
+                target::use_cache();
+                demo_up(&demo_dir(), step)
+            }
             "down" => demo_down(&demo_dir()),
             other => bail!("unknown demo action {other:?}: use `up` or `down`"),
         },
