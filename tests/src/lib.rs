@@ -9,6 +9,7 @@
 //! mounts, cgroups, iptables chains, sysctls), also when a test panics; a
 //! node whose harness was killed is cleaned up by the next one.
 
+pub mod cargo_env;
 pub mod cluster;
 pub mod control_plane;
 pub mod error;

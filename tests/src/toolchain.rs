@@ -155,6 +155,7 @@ fn build_workspace_bins() -> Result<PathBuf, Error> {
         let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
         cmd.current_dir(workspace_root())
             .args(["build", "--quiet", "--bins"]);
+        crate::cargo_env::clear_run_vars(&mut cmd);
         for bin in WORKSPACE_BINS {
             cmd.args(["--bin", bin]);
         }

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cache_dir, cargo, root, run, tools_dir, without_cargo_run_vars};
+use crate::{cache_dir, cargo, cargo_env, root, run, tools_dir};
 
 /// How long `cargo xtask test` fuzzes each target: long enough for a
 /// regression in parsing or policy evaluation that a few seconds of inputs
@@ -54,7 +54,7 @@ pub fn run_all(seconds: u64) -> Result<()> {
             .args(args)
             .args(["--fuzz-dir", "fuzz"]);
         // The same environment as `cargo()`'s (see there).
-        without_cargo_run_vars(&mut c);
+        cargo_env::clear_run_vars(&mut c);
         c
     };
     let listed = fuzz(&["list"]).output().context("cargo fuzz list")?;

@@ -12,6 +12,8 @@
 //! - `cargo xtask conformance`: the Gateway API conformance suite.
 
 mod bench;
+#[path = "../../tests/src/cargo_env.rs"]
+mod cargo_env;
 mod conformance;
 mod failures;
 mod fuzz;
@@ -121,28 +123,9 @@ fn root() -> PathBuf {
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(root());
-    without_cargo_run_vars(&mut cmd);
+    cargo_env::clear_run_vars(&mut cmd);
     target::configure(&mut cmd);
     cmd
-}
-
-/// Removes from `cmd`'s environment what `cargo run` set for xtask.
-fn without_cargo_run_vars(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let set_by_cargo_run = key.to_str().is_some_and(|k| {
-            k.starts_with("CARGO_MANIFEST_")
-                || k.starts_with("CARGO_PKG_")
-                || [
-                    "CARGO_CRATE_NAME",
-                    "CARGO_BIN_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                ]
-                .contains(&k)
-        });
-        if set_by_cargo_run {
-            cmd.env_remove(key);
-        }
-    }
 }
 
 /// Runs a command, echoing it, and fails with its exit status.
