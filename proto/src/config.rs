@@ -123,7 +123,7 @@ pub struct Inbound {
 }
 
 /// One port of the workload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundPort {
     /// The port the workload listens on.

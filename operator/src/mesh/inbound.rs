@@ -19,6 +19,20 @@ use super::services::PROXY_CONTAINER;
 /// The namespace label that sets the mTLS mode of its workloads.
 pub const MTLS_MODE_LABEL: &str = "sluice.dev/mtls-mode";
 
+/// What of a pod its inbound side depends on besides its namespace: its
+/// labels and ports, or that it is not known yet. Pods that agree on it
+/// (a Deployment's replicas) get the same inbound side, so a translation
+/// computes it once for all of them.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PodInputs<'a>(Option<(&'a BTreeMap<String, String>, Vec<InboundPort>)>);
+
+impl<'a> PodInputs<'a> {
+    /// `pod`'s, or those of a pod not known yet.
+    pub fn of(pod: Option<&'a Pod>) -> PodInputs<'a> {
+        PodInputs(pod.map(|p| (p.labels(), ports(p))))
+    }
+}
+
 /// The inbound side of a pod in `namespace` (no ports and no policies
 /// while the pod is not known yet: its snapshot follows as soon as it is).
 /// Policies `checked` refused and RequestAuthentications `resolved` left
@@ -30,16 +44,28 @@ pub fn for_pod(
     namespace: &str,
     pod: Option<&Pod>,
 ) -> Inbound {
-    let labels: BTreeMap<String, String> = pod.map(|p| p.labels().clone()).unwrap_or_default();
+    for_inputs(input, checked, resolved, namespace, &PodInputs::of(pod))
+}
+
+/// [`for_pod`] of any pod with `pod`'s inputs.
+pub fn for_inputs(
+    input: &MeshInput,
+    checked: &Checked,
+    resolved: &Resolved,
+    namespace: &str,
+    pod: &PodInputs<'_>,
+) -> Inbound {
+    let Some((labels, ports)) = &pod.0 else {
+        return Inbound {
+            mode: mode(input, namespace),
+            ..Inbound::default()
+        };
+    };
     Inbound {
         mode: mode(input, namespace),
-        ports: pod.map(ports).unwrap_or_default(),
-        policies: pod
-            .map(|_| policies(input, checked, namespace, &labels))
-            .unwrap_or_default(),
-        jwt_rules: pod
-            .map(|_| jwt_rules(input, resolved, namespace, &labels))
-            .unwrap_or_default(),
+        ports: ports.clone(),
+        policies: policies(input, checked, namespace, labels),
+        jwt_rules: jwt_rules(input, resolved, namespace, labels),
     }
 }
 

@@ -6,7 +6,8 @@
 //! per pod ([`super::inbound`]); pods with the same inbound side share one
 //! config.
 
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 
 use gateway_api::httproutes::{HttpRoute, HttpRouteParentRefs};
@@ -17,6 +18,7 @@ use sluice_proto::config::{
 };
 
 use super::gateway::{push_parent, status_ref};
+use super::inbound::{PodInputs, for_inputs};
 use super::rules::{self, Ranked, is_service_ref};
 use super::services::{ServiceIndex, ServiceInfo, ServicePort};
 use super::{Audience, Cond, ConfigKey, MeshInput, MeshOutput, reason};
@@ -61,23 +63,34 @@ pub fn translate(
         return;
     }
     let mut outbound: BTreeMap<&str, Config> = BTreeMap::new();
-    let pods: BTreeMap<(String, String), &Pod> = input
+    let pods: HashMap<(&str, &str), &Pod> = input
         .pods
         .iter()
-        .map(|p| ((p.namespace().unwrap_or_default(), p.name_any()), &**p))
+        .map(|p| {
+            let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+            ((ns, p.metadata.name.as_deref().unwrap_or_default()), &**p)
+        })
         .collect();
+    // Each distinct inbound side once, however many replicas share it.
+    let mut keys: HashMap<(&str, PodInputs<'_>), ConfigKey> = HashMap::new();
     for (ns, pod) in &input.sidecar_pods {
-        let base = outbound
-            .entry(ns.as_str())
-            .or_insert_with(|| namespace_config(ns, index, &gamma));
-        let found = pods.get(&(ns.clone(), pod.clone())).copied();
-        let inbound = super::inbound::for_pod(input, checked, resolved, ns, found);
-        let key = ConfigKey::Sidecar(ns.clone(), variant(&inbound));
-        out.configs.entry(key.clone()).or_insert_with(|| Config {
-            inbound: Some(inbound),
-            mesh_tls: input.mesh.mesh_tls(),
-            ..base.clone()
-        });
+        let found = pods.get(&(ns.as_str(), pod.as_str())).copied();
+        let key = match keys.entry((ns.as_str(), PodInputs::of(found))) {
+            Entry::Occupied(known) => known.get().clone(),
+            Entry::Vacant(new) => {
+                let inbound = for_inputs(input, checked, resolved, ns, &new.key().1);
+                let key = ConfigKey::Sidecar(ns.clone(), variant(&inbound));
+                let base = outbound
+                    .entry(ns.as_str())
+                    .or_insert_with(|| namespace_config(ns, index, &gamma));
+                out.configs.entry(key.clone()).or_insert_with(|| Config {
+                    inbound: Some(inbound),
+                    mesh_tls: input.mesh.mesh_tls(),
+                    ..base.clone()
+                });
+                new.insert(key).clone()
+            }
+        };
         out.sidecars
             .insert(Audience::Sidecar(ns.clone(), pod.clone()), key);
     }
@@ -299,6 +312,49 @@ mod tests {
         }));
         let st = &out.routes[&("h".to_owned(), "split".to_owned())];
         assert!(st.parents[0].1.iter().all(|c| c.ok));
+    }
+
+    #[test]
+    fn replicas_with_the_same_labels_and_ports_share_a_config_and_other_ports_get_their_own() {
+        let pod = |name: &str, app: &str, port: u16| -> Arc<Pod> {
+            Arc::new(
+                serde_json::from_value(json!({
+                    "metadata": {"name": name, "namespace": "h", "labels": {"app": app}},
+                    "spec": {"containers": [{"name": "app", "ports": [{"containerPort": port}]}]}
+                }))
+                .expect("pod"),
+            )
+        };
+        let input = MeshInput {
+            pods: vec![
+                pod("a-1", "a", 8080),
+                pod("a-2", "a", 8080),
+                pod("a-3", "a", 9090),
+                pod("b-1", "b", 8080),
+            ],
+            sidecar_pods: ["a-1", "a-2", "a-3", "b-1", "not-yet"]
+                .map(|p| ("h".to_owned(), p.to_owned()))
+                .into(),
+            ..Default::default()
+        };
+        let out = translate(&input);
+        let key = |pod: &str| &out.sidecars[&Audience::Sidecar("h".into(), pod.into())];
+        let ports = |pod: &str| -> Vec<u16> {
+            let inbound = out.configs[key(pod)].inbound.as_ref().expect("inbound");
+            inbound.ports.iter().map(|p| p.port).collect()
+        };
+        assert_eq!(key("a-1"), key("a-2"));
+        assert_eq!(ports("a-1"), vec![8080]);
+        assert_eq!(ports("a-3"), vec![9090]);
+        assert_ne!(key("a-1"), key("a-3"));
+        // No policy tells a and b apart: equal inbound sides, one config.
+        assert_eq!(key("a-1"), key("b-1"));
+        assert_eq!(ports("not-yet"), Vec::<u16>::new());
+        let sidecar_configs = out
+            .configs
+            .keys()
+            .filter(|k| matches!(k, ConfigKey::Sidecar(..)));
+        assert_eq!(sidecar_configs.count(), 3);
     }
 
     #[test]
