@@ -574,7 +574,7 @@ pub fn proxy() -> Result<()> {
         c
     })?;
     let pingora = build_pingora()?;
-    let target = crate::target_dir();
+    let target = crate::target::dir();
     let dir = target.join("bench/proxy");
     std::fs::create_dir_all(&dir)?;
     write_configs(&dir)?;

@@ -120,7 +120,7 @@ pub fn conformance(profile: Profile, args: &[String], report: Option<PathBuf>) -
                 &value("COREDNS_IMAGE")?,
                 "--report",
             ]);
-            let log = crate::target_dir().join("conformance/suite.log");
+            let log = crate::target::dir().join("conformance/suite.log");
             c.arg(&report).arg("--log").arg(log).args(&mesh).args(args);
             c
         },

@@ -100,11 +100,6 @@ enum Task {
     },
 }
 
-/// Where cargo puts what it builds (see [`target::dir`]).
-fn target_dir() -> PathBuf {
-    target::dir()
-}
-
 /// The workspace root. `cargo run` tells the binary its manifest's
 /// directory at run time: one xtask binary in a shared target directory
 /// may have been built from another checkout, whose path it would carry.
@@ -237,7 +232,7 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
         })?;
         // The Gateway API conformance suite's GATEWAY-HTTP profile, core
         // and the extended features Sluice claims; a failed test fails CI.
-        let report = target_dir().join("conformance/report.yaml");
+        let report = target::dir().join("conformance/report.yaml");
         counted(&mut totals, "the Gateway API conformance suite", || {
             conformance::conformance(conformance::Profile::Gateway, &[], Some(report))
         })?;
@@ -356,8 +351,8 @@ fn task_images(debug: bool) -> Result<()> {
         }
         c
     })?;
-    let bins = target_dir().join(profile);
-    let out = target_dir().join("images");
+    let bins = target::dir().join(profile);
+    let out = target::dir().join("images");
     run("write the image archives", {
         let mut c = Command::new(bins.join("sluice-images"));
         c.arg("--bins").arg(&bins).arg("--out").arg(&out);
@@ -426,7 +421,7 @@ fn kubectl_output(dir: &Path, args: &[&str]) -> Result<std::process::Output> {
         .context("no KUBECTL")?;
     let path = format!(
         "{}:{}",
-        target_dir().join("debug").display(),
+        target::dir().join("debug").display(),
         std::env::var("PATH").unwrap_or_default()
     );
     Command::new(&kubectl)
@@ -514,7 +509,7 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
         eprintln!("\n==> the sandbox cluster is already running; reusing it");
     } else {
         std::fs::create_dir_all(dir)?;
-        let bin = target_dir().join("debug/sluice-cluster");
+        let bin = target::dir().join("debug/sluice-cluster");
         let log = std::fs::File::create(dir.join("cluster.log"))?;
         eprintln!(
             "\n==> start the local cluster (log: {})",

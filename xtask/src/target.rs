@@ -55,9 +55,8 @@ pub fn use_cache() {
 /// and, in the cache, no incremental build state (it is most of a debug
 /// target's size and serves only edit-and-rebuild loops).
 pub fn configure(cmd: &mut std::process::Command) {
-    if std::env::var_os("CARGO_TARGET_DIR").is_none()
-        && let Some(dir) = CACHED.get()
-    {
+    // Set only when `CARGO_TARGET_DIR` is not (see `use_cache`).
+    if let Some(dir) = CACHED.get() {
         cmd.env("CARGO_TARGET_DIR", dir)
             .env("CARGO_INCREMENTAL", "0");
     }

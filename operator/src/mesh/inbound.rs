@@ -55,14 +55,15 @@ pub fn for_inputs(
     namespace: &str,
     pod: &PodInputs<'_>,
 ) -> Inbound {
+    let mode = mode(input, namespace);
     let Some((labels, ports)) = &pod.0 else {
         return Inbound {
-            mode: mode(input, namespace),
+            mode,
             ..Inbound::default()
         };
     };
     Inbound {
-        mode: mode(input, namespace),
+        mode,
         ports: ports.clone(),
         policies: policies(input, checked, namespace, labels),
         jwt_rules: jwt_rules(input, resolved, namespace, labels),
