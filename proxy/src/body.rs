@@ -13,13 +13,52 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use crate::mirror::{CopyFrames, Tee};
 use crate::telemetry::Cell;
 
+/// A downstream request's body as it was received.
+#[derive(Debug)]
+pub enum Received {
+    /// Read by hyper.
+    Hyper(Incoming),
+    /// None: the proxy's own HTTP/1 path ([`crate::h1`]) takes only
+    /// requests without a body.
+    Empty,
+}
+
+impl Body for Received {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Received::Hyper(body) => Pin::new(body).poll_frame(cx),
+            Received::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Received::Hyper(body) => body.is_end_stream(),
+            Received::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Received::Hyper(body) => body.size_hint(),
+            Received::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// A body sent upstream.
 #[derive(Debug)]
 pub enum ReqBody {
     /// The downstream request's body, streamed.
     Stream {
         /// The body.
-        body: Incoming,
+        body: Received,
         /// Where its bytes are counted.
         cell: Arc<Cell>,
         /// Its mirrors' copies, fed as it is read.
@@ -102,7 +141,7 @@ impl Body for ReqBody {
 #[derive(Debug)]
 pub struct Downstream {
     /// The body.
-    pub body: Incoming,
+    pub body: Received,
     /// The copies, if the request is mirrored.
     pub tee: Option<Box<Tee>>,
 }

@@ -16,7 +16,7 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
 
-use crate::body::{Downstream, ReqBody, RespBody};
+use crate::body::{Downstream, Received, ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledRoute};
 use crate::config::OUTBOUND_PORT;
 use crate::filters::{self, CompiledFilters};
@@ -72,7 +72,7 @@ impl tower::Service<Request<Incoming>> for ProxyService {
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let resp = this.handle(req).await;
+            let resp = this.handle(req.map(Received::Hyper)).await;
             // hyper closes the connection when the service fails.
             match resp.extensions().get::<ConnectionRefused>() {
                 Some(e) => Err(*e),
@@ -83,7 +83,10 @@ impl tower::Service<Request<Incoming>> for ProxyService {
 }
 
 impl ProxyService {
-    async fn handle(&self, mut req: Request<Incoming>) -> Response<RespBody> {
+    /// Routes and forwards one request; a response carrying
+    /// [`ConnectionRefused`] in its extensions is not to be sent: the
+    /// connection is to be closed instead.
+    pub(crate) async fn handle(&self, mut req: Request<Received>) -> Response<RespBody> {
         let start = Instant::now();
         let compiled = self.proxy.current();
         let Some(listener) = compiled.listener(&self.listener).cloned() else {
@@ -188,7 +191,7 @@ impl ProxyService {
         compiled: &Arc<Compiled>,
         route: &CompiledRoute,
         prepared: &mut Prepared,
-        body: &Incoming,
+        body: &Received,
     ) -> Option<Box<mirror::Tee>> {
         let mut tee = mirror::Tee::default();
         for m in &route.mirrors {

@@ -71,6 +71,27 @@ impl<S> Idle<S> {
     }
 }
 
+impl Idle<tokio::net::TcpStream> {
+    /// Waits until the socket has bytes (or an end) to read: `false` when
+    /// the idle time passed first. Holds no buffer while it waits.
+    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        if self.poll_expired(cx) {
+            return Poll::Ready(Ok(false));
+        }
+        self.inner.poll_read_ready(cx).map_ok(|()| true)
+    }
+
+    /// Reads what the socket has without waiting (`WouldBlock` when it
+    /// has nothing); bytes read are activity.
+    pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
+        let n = self.inner.try_read_buf(buf)?;
+        if n > 0 {
+            self.last = Instant::now();
+        }
+        Ok(n)
+    }
+}
+
 impl<S> Idle<S> {
     /// Runs a write on the inner stream, refused once expired; bytes
     /// written are activity.

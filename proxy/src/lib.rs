@@ -1,7 +1,8 @@
 //! `sluice-proxy`: the Sluice data plane, as a library so that its parts
 //! are testable on their own and the binary stays thin.
 //!
-//! A request flows: [`server`] (accept, HTTP/1.1 or HTTP/2 detection) →
+//! A request flows: [`server`] (accept; plaintext HTTP/1.1 on the proxy's
+//! own path, [`h1`], the rest through hyper) →
 //! [`http_proxy`] (route, split, balance, forward, retry) → [`pool`]
 //! (upstream connections). Configuration arrives as a document
 //! ([`config`]) from a file ([`static_source`]) or the control plane, is
@@ -18,6 +19,7 @@ pub mod control;
 pub mod filters;
 pub mod forward;
 pub mod framing;
+pub mod h1;
 pub mod hops;
 pub mod http_proxy;
 pub mod identity;

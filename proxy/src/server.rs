@@ -45,14 +45,17 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Time allowed for a request head to arrive once it has started.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The connection builder: HTTP/1.1 and HTTP/2 detected per connection.
-fn http_builder() -> auto::Builder<TokioExecutor> {
+pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true)
         .timer(hyper_util::rt::TokioTimer::new());
-    b.http1().header_read_timeout(Duration::from_secs(30));
+    b.http1().header_read_timeout(HEADER_READ_TIMEOUT);
     // Rapid reset (CVE-2023-44487): a connection whose client resets
     // streams faster than they are served, or keeps provoking resets, gets
     // a GOAWAY. Set here rather than left to hyper's defaults, which may
@@ -235,13 +238,8 @@ async fn accept_loop(
                     ));
                     continue;
                 }
-                let svc = TowerToHyperService::new(svc);
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(proxy.idle(stream)), svc)
-                    .into_owned();
-                // Mapped, not awaited in an async block, which would hold
-                // the connection twice.
-                let conn = graceful.watch(conn).map(drop);
+                let conn =
+                    crate::h1::serve(svc, proxy.idle(stream), stop.clone(), graceful.watcher());
                 tokio::spawn(counted(proxy.clone(), conn));
             }
         }

@@ -1111,3 +1111,135 @@ async fn an_attempt_slower_than_its_backend_request_timeout_gets_504() {
     );
     assert_eq!(get(&c, port, "/").await, (200, "blue".to_owned()));
 }
+
+/// One plaintext HTTP/1.1 connection: pipelined bodiless requests are
+/// answered in order on the proxy's own path (a `HEAD` with its length
+/// and no body, a `204` with neither); the first request with a body hands
+/// the connection to hyper, which forwards it whole and serves the rest,
+/// `Connection: close` included.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_across_the_hand_off_to_hyper() {
+    let (up, _p, port) = proxied_blue().await;
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n\
+          HEAD / HTTP/1.1\r\nHost: app.test\r\n\r\n\
+          GET /status/204 HTTP/1.1\r\nHost: app.test\r\n\r\n\
+          POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello\
+          GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .expect("closed after the request that asked")
+        .unwrap();
+    let text = String::from_utf8(answer).unwrap();
+    let responses: Vec<(&str, &str)> = text
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|r| r.split_once("\r\n\r\n").unwrap())
+        .collect();
+    let statuses: Vec<&str> = responses.iter().map(|(h, _)| &h[..3]).collect();
+    assert_eq!(statuses, ["200", "200", "204", "200", "200"], "{text}");
+    let bodies: Vec<&str> = responses.iter().map(|(_, b)| *b).collect();
+    assert_eq!(bodies, ["blue", "", "", "blue", "blue"], "{text}");
+    assert!(responses[1].0.contains("content-length: 4"), "{text}");
+    assert!(!responses[2].0.contains("content-length"), "{text}");
+    assert!(responses[4].0.contains("connection: close"), "{text}");
+    assert_eq!(up.hits.load(Ordering::Relaxed), 5);
+    assert_eq!(up.body_bytes.load(Ordering::Relaxed), 5);
+}
+
+/// A client that sends half a request head and closes gets no answer and
+/// nothing is forwarded; the next connection is served.
+#[tokio::test]
+async fn half_a_head_then_a_close_forwards_nothing() {
+    let (up, _p, port) = proxied_blue().await;
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(get(&client(), port, "/").await, (200, "blue".into()));
+    assert_eq!(up.hits.load(Ordering::Relaxed), 1);
+}
+
+/// An upstream answer of unknown length (chunked, or ended by closing its
+/// connection) reaches an HTTP/1.1 client chunked, whole, and the client's
+/// connection stays open for the next request.
+#[tokio::test]
+async fn answers_of_unknown_length_are_chunked_and_keep_the_connection() {
+    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = raw.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                if head.starts_with(b"GET /close") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
+                        .await;
+                    return;
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    )
+                    .await;
+                let _ = s.flush().await;
+                let _ = s.write_all(b"6\r\n world\r\n0\r\n\r\n").await;
+            });
+        }
+    });
+    let (port, admin) = (free_port(), free_port());
+    let p = ProxyProcess::start(
+        &http_config(addr(port), addr(admin), &[("raw", raw_addr, 1)], ""),
+        addr(admin),
+    )
+    .await;
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    let mut answers = String::new();
+    for path in ["/chunked", "/close"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"0\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("the answer ends")
+                .unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        answers.push_str(&String::from_utf8(got).unwrap());
+    }
+    let bodies: Vec<String> = answers
+        .split("HTTP/1.1 200 OK\r\n")
+        .skip(1)
+        .map(|r| {
+            let (head, chunks) = r.split_once("\r\n\r\n").unwrap();
+            assert!(head.contains("transfer-encoding: chunked"), "{head}");
+            assert!(!head.contains("connection"), "{head}");
+            // Chunk data lines sit between size lines.
+            chunks.split("\r\n").skip(1).step_by(2).collect()
+        })
+        .collect();
+    assert_eq!(bodies, ["hello world", "until the end"], "{answers}");
+    drop(p);
+    server.abort();
+}

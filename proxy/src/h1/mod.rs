@@ -1,0 +1,263 @@
+//! The proxy's own HTTP/1.1 path for plaintext listeners.
+//!
+//! One task per connection reads request heads with `httparse` straight
+//! off the socket, hands them to [`ProxyService::handle`] like any other
+//! request, and writes the answer itself. Compared with hyper's server
+//! connection it saves, per request, the dispatch between the connection
+//! and its service and hyper's general encoder; per idle keep-alive
+//! connection, the ~24 KB of read and write buffers hyper keeps (this
+//! path holds none between requests).
+//!
+//! It serves only what it fully understands ([`head`]): at the first
+//! request that is anything else (a body, an upgrade, HTTP/1.0, an HTTP/2
+//! preface, a malformed head) hyper is handed the connection with every
+//! byte not yet consumed and serves the rest of it, so that hyper's
+//! framing rules and answers hold as before.
+
+pub mod encode;
+pub mod head;
+mod rewind;
+
+use std::future::poll_fn;
+use std::pin::Pin;
+
+use bytes::BytesMut;
+use futures::FutureExt;
+use http::{Method, Response};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::body::{Received, RespBody};
+use crate::forward::ConnectionRefused;
+use crate::http_proxy::ProxyService;
+use crate::idle::Idle;
+use crate::server::{HEADER_READ_TIMEOUT, http_builder};
+use encode::Framing;
+use head::Head;
+use rewind::Rewind;
+
+/// Bytes read per read while a head is incomplete.
+const READ_CHUNK: usize = 4096;
+
+/// A head not complete within this many bytes goes to hyper, which reads
+/// up to [`crate::server::MAX_HEADER_BYTES`] and answers `431` past it.
+const HAND_OFF_AT: usize = 16 * 1024;
+
+/// Body bytes gathered before a write; a larger data frame is written on
+/// its own instead of copied.
+const GATHER: usize = 16 * 1024;
+
+/// The answer to a head `http` refuses, as hyper gives it.
+const BAD_REQUEST: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// What the connection does after a response.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Serves one plaintext HTTP connection until it ends, the listener stops
+/// (`stop` turns true: an idle connection closes at once, a busy one after
+/// its response), or it is handed to hyper.
+pub async fn serve(
+    svc: ProxyService,
+    mut io: Idle<TcpStream>,
+    mut stop: watch::Receiver<bool>,
+    watcher: Watcher,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        if buf.is_empty() && !wait_for_request(&mut io, &mut buf, &mut stop).await {
+            return;
+        }
+        let (req, close) = match read_head(&mut io, &mut buf).await {
+            Some(Head::Request { req, close }) => (req, close),
+            Some(Head::HandOff) => return hand_off(svc, io, buf, watcher).await,
+            Some(Head::Invalid) => {
+                let _ = io.write_all(BAD_REQUEST).await;
+                return;
+            }
+            Some(Head::Partial) | None => return,
+        };
+        let head_request = req.method() == Method::HEAD;
+        // Boxed: the connection's task stays small while it is idle.
+        let resp = Box::pin(svc.handle(req.map(|()| Received::Empty))).await;
+        if resp.extensions().get::<ConnectionRefused>().is_some() {
+            return;
+        }
+        let close = close || *stop.borrow();
+        match respond(&mut io, resp, head_request, close).await {
+            Next::KeepAlive => {}
+            Next::Close => return,
+        }
+        if buf.is_empty() {
+            // Drop the read buffer while idle.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+/// Waits for the first bytes of the next request and reads them into
+/// `buf`; `false` when the connection is to end instead (closed by the
+/// peer, idle too long, the listener stopping).
+async fn wait_for_request(
+    io: &mut Idle<TcpStream>,
+    buf: &mut BytesMut,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return false,
+            ready = poll_fn(|cx| io.poll_read_ready(cx)) => {
+                if !matches!(ready, Ok(true)) {
+                    return false;
+                }
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        match io.try_read_buf(buf) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            // Readiness that was stale: give the buffer back and wait.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => *buf = BytesMut::new(),
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Reads until `buf` starts with a whole head (or one for hyper), within
+/// the header read timeout; `None` when the connection ends or the time
+/// runs out first.
+async fn read_head(io: &mut Idle<TcpStream>, buf: &mut BytesMut) -> Option<Head> {
+    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    loop {
+        match head::parse(buf) {
+            Head::Partial if buf.len() >= HAND_OFF_AT => return Some(Head::HandOff),
+            Head::Partial => {}
+            done => return Some(done),
+        }
+        buf.reserve(READ_CHUNK);
+        match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Gives the connection to hyper, with what was read of it and not
+/// consumed; it serves the rest (and drains on shutdown) as any other.
+async fn hand_off(svc: ProxyService, io: Idle<TcpStream>, read: BytesMut, watcher: Watcher) {
+    let io = TokioIo::new(Rewind::new(read.freeze(), io));
+    let conn = http_builder()
+        .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
+        .into_owned();
+    let _ = Box::pin(watcher.watch(conn)).await;
+}
+
+/// Writes `resp`: the head and a small body in one write, a longer body
+/// as its frames come.
+async fn respond(
+    io: &mut Idle<TcpStream>,
+    resp: Response<RespBody>,
+    head_request: bool,
+    close: bool,
+) -> Next {
+    let (parts, mut body) = resp.into_parts();
+    // The proxy's own answer may end the connection (refused framing).
+    let close = close
+        || parts
+            .headers
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| head::has_token(v.as_bytes(), "close"));
+    let framing = encode::framing(parts.status, head_request, body.size_hint().exact());
+    let small = match framing {
+        Framing::Length(n) if n as usize <= GATHER => n as usize,
+        _ => 0,
+    };
+    let mut out = Vec::with_capacity(256 + small);
+    encode::head(&parts, framing, close, &mut out);
+    let sent = match framing {
+        Framing::NoBody | Framing::AsDeclared => io.write_all(&out).await.is_ok(),
+        Framing::Length(_) | Framing::Chunked => send_body(io, &mut body, framing, out).await,
+    };
+    if sent && !close {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// Sends `body` after the head already in `out`; `false` when the body
+/// failed (the connection then ends without the last chunk, so that the
+/// client sees the answer cut short) or the write did.
+async fn send_body(
+    io: &mut Idle<TcpStream>,
+    body: &mut RespBody,
+    framing: Framing,
+    mut out: Vec<u8>,
+) -> bool {
+    let chunked = framing == Framing::Chunked;
+    let mut sent = 0u64;
+    loop {
+        let polled = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).now_or_never();
+        let frame = match polled {
+            Some(frame) => frame,
+            None => {
+                // Nothing more yet: what is gathered goes out meanwhile.
+                if !out.is_empty() && io.write_all(&out).await.is_err() {
+                    return false;
+                }
+                out.clear();
+                body.frame().await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(_)) => {
+                let _ = io.write_all(&out).await;
+                return false;
+            }
+            // Trailers are not sent on this path.
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        sent += data.len() as u64;
+        if chunked {
+            encode::chunk_start(data.len(), &mut out);
+        }
+        if data.len() > GATHER {
+            if io.write_all(&out).await.is_err() || io.write_all(&data).await.is_err() {
+                return false;
+            }
+            out.clear();
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if chunked {
+            encode::chunk_end(&mut out);
+        }
+        if out.len() >= GATHER {
+            if io.write_all(&out).await.is_err() {
+                return false;
+            }
+            out.clear();
+        }
+    }
+    if chunked {
+        encode::last_chunk(&mut out);
+    }
+    let written = out.is_empty() || io.write_all(&out).await.is_ok();
+    // A body other than its length leaves the client unsure where the
+    // next response starts: the connection ends.
+    written && (chunked || framing == Framing::Length(sent))
+}
