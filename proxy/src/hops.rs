@@ -58,10 +58,15 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            .any(|v| has_token(v.as_bytes(), "upgrade"))
+}
+
+/// Whether comma-separated header `value` holds `token` (any case), as
+/// `Connection` lists its options.
+pub fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// The peer's address as an `x-forwarded-for` entry: made once per

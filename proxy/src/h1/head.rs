@@ -13,6 +13,8 @@ use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
+use crate::hops::has_token;
+
 /// Header lines a head may have on this path; a head with more goes to
 /// hyper, which takes up to 100.
 const MAX_HEADERS: usize = 64;
@@ -51,13 +53,6 @@ fn hand_off_for(name: &[u8], value: &[u8]) -> bool {
         return value.trim_ascii() != b"0";
     }
     is("connection") && has_token(value, "upgrade")
-}
-
-/// Whether comma-separated `value` holds `token` (any case).
-pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Parses the head at the start of `buf`; a request this path serves is
@@ -134,6 +129,12 @@ mod tests {
         matches!(head, Head::HandOff) && &left[..] == bytes
     }
 
+    fn assert_all_handed_off(cases: &[&[u8]]) {
+        for bytes in cases {
+            assert!(handed_off(bytes), "{}", String::from_utf8_lossy(bytes));
+        }
+    }
+
     #[test]
     fn a_bodiless_request_is_split_off_and_what_follows_stays() {
         let (head, left) = parsed(
@@ -184,9 +185,7 @@ mod tests {
             b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
             b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
         ];
-        for bytes in cases {
-            assert!(handed_off(bytes), "{}", String::from_utf8_lossy(bytes));
-        }
+        assert_all_handed_off(&cases);
     }
 
     #[test]
@@ -196,9 +195,7 @@ mod tests {
             b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n",
             b"G\x01T / HTTP/1.1\r\n\r\n",
         ];
-        for bytes in cases {
-            assert!(handed_off(bytes), "{}", String::from_utf8_lossy(bytes));
-        }
+        assert_all_handed_off(&cases);
     }
 
     #[test]

@@ -154,6 +154,8 @@ async fn read_head(io: &mut Idle<TcpStream>, buf: &mut BytesMut) -> Option<Head>
 
 /// Gives the connection to hyper, with what was read of it and not
 /// consumed; it serves the rest (and drains on shutdown) as any other.
+/// The builder is made here, not held by every connection for the
+/// hand-off that most never need.
 async fn hand_off(svc: ProxyService, io: Idle<TcpStream>, read: BytesMut, watcher: Watcher) {
     let io = TokioIo::new(Rewind::new(read.freeze(), io));
     let conn = http_builder()
@@ -176,7 +178,7 @@ async fn respond(
         || parts
             .headers
             .get(http::header::CONNECTION)
-            .is_some_and(|v| head::has_token(v.as_bytes(), "close"));
+            .is_some_and(|v| crate::hops::has_token(v.as_bytes(), "close"));
     let framing = encode::framing(parts.status, head_request, body.size_hint().exact());
     let small = match framing {
         Framing::Length(n) if n as usize <= GATHER => n as usize,
