@@ -80,16 +80,6 @@ impl Idle<tokio::net::TcpStream> {
         }
         self.inner.poll_read_ready(cx).map_ok(|()| true)
     }
-
-    /// Reads what the socket has without waiting (`WouldBlock` when it
-    /// has nothing); bytes read are activity.
-    pub fn try_read_buf(&mut self, buf: &mut bytes::BytesMut) -> std::io::Result<usize> {
-        let n = self.inner.try_read_buf(buf)?;
-        if n > 0 {
-            self.last = Instant::now();
-        }
-        Ok(n)
-    }
 }
 
 impl<S> Idle<S> {

@@ -123,12 +123,15 @@ async fn wait_for_request(
             }
         }
         buf.reserve(READ_CHUNK);
-        match io.try_read_buf(buf) {
-            Ok(0) => return false,
-            Ok(_) => return true,
+        // Through `poll_read`, which marks the socket drained when a read
+        // comes back short: the next wait then goes straight to epoll
+        // instead of a read that finds nothing (nginx's one read per
+        // request). `try_read` would leave the readiness set.
+        match io.read_buf(buf).now_or_never() {
+            Some(Ok(0)) | Some(Err(_)) => return false,
+            Some(Ok(_)) => return true,
             // Readiness that was stale: give the buffer back and wait.
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => *buf = BytesMut::new(),
-            Err(_) => return false,
+            None => *buf = BytesMut::new(),
         }
     }
 }
