@@ -20,6 +20,7 @@ pub mod filters;
 pub mod forward;
 pub mod framing;
 pub mod h1;
+pub mod head_fields;
 pub mod hops;
 pub mod http_proxy;
 pub mod identity;

@@ -589,16 +589,7 @@ async fn smuggling_shapes_get_400_or_are_reframed_never_forwarded_as_sent() {
     assert!(m.contains("sluice_framing_refused_total 1"), "{m}");
     // Content-Length with Transfer-Encoding: read as chunked (RFC 9112
     // 6.3), forwarded without the length, and the connection closed.
-    let mut s = TcpStream::connect(addr(port)).await.unwrap();
-    s.write_all(b"POST /headers HTTP/1.1\r\nHost: app.test\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
-        .await
-        .expect("the connection is closed after the answer")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer);
+    let text = exchange_until_closed(port, b"POST /headers HTTP/1.1\r\nHost: app.test\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(!text.contains("\"50\""), "the length went upstream: {text}");
     assert_eq!(
@@ -1120,22 +1111,15 @@ async fn an_attempt_slower_than_its_backend_request_timeout_gets_504() {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_across_the_hand_off_to_hyper() {
     let (up, _p, port) = proxied_blue().await;
-    let mut s = TcpStream::connect(addr(port)).await.unwrap();
-    s.write_all(
+    let text = exchange_until_closed(
+        port,
         b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n\
           HEAD / HTTP/1.1\r\nHost: app.test\r\n\r\n\
           GET /status/204 HTTP/1.1\r\nHost: app.test\r\n\r\n\
           POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello\
           GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
-        .await
-        .expect("closed after the request that asked")
-        .unwrap();
-    let text = String::from_utf8(answer).unwrap();
+    .await;
     let responses: Vec<(&str, &str)> = text
         .split("HTTP/1.1 ")
         .skip(1)
@@ -1242,4 +1226,92 @@ async fn answers_of_unknown_length_are_chunked_and_keep_the_connection() {
     assert_eq!(bodies, ["hello world", "until the end"], "{answers}");
     drop(p);
     server.abort();
+}
+
+/// A raw upstream that reads each request head and answers with the bytes
+/// `answer` gives for it, closing the connection after them when it says
+/// so; the heads it read are kept.
+async fn raw_upstream(
+    answer: fn(&str) -> (&'static [u8], bool),
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raw_addr = raw.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = raw.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let (bytes, close) = answer(&head);
+                    seen.lock().unwrap().push(head);
+                    if s.write_all(bytes).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (raw_addr, heads)
+}
+
+/// Bodiless requests go upstream through the proxy's own HTTP/1 client:
+/// the request head arrives as sent (host kept, no framing added); an
+/// answer whose length is ambiguous is refused with 502, never passed on;
+/// an upstream that closes every kept connection after its answer costs
+/// no request (the closed connection is not reused, or the request goes
+/// again on a fresh one); an answer cut short reaches the client cut
+/// short, its connection closed.
+#[tokio::test]
+async fn the_own_upstream_client_refuses_ambiguous_answers_and_survives_closed_connections() {
+    let (raw_addr, heads) = raw_upstream(|head| {
+        if head.starts_with("GET /two-lengths") {
+            (
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+                false,
+            )
+        } else if head.starts_with("GET /cut") {
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true)
+        } else {
+            // Keep-alive by its head, closed all the same.
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye", true)
+        }
+    })
+    .await;
+    let (port, admin) = (free_port(), free_port());
+    let _p = ProxyProcess::start(
+        &http_config(addr(port), addr(admin), &[("raw", raw_addr, 1)], ""),
+        addr(admin),
+    )
+    .await;
+    let c = client();
+    assert_eq!(get(&c, port, "/two-lengths").await.0, 502);
+    for i in 0..20 {
+        assert_eq!(
+            get(&c, port, "/bye").await,
+            (200, "bye".into()),
+            "request {i}"
+        );
+    }
+    let first = heads.lock().unwrap()[0].clone();
+    assert!(
+        first.starts_with("GET /two-lengths HTTP/1.1\r\n"),
+        "{first}"
+    );
+    assert!(first.contains("host: app.test\r\n"), "{first}");
+    assert!(!first.contains("transfer-encoding"), "{first}");
+
+    let text = exchange_until_closed(port, b"GET /cut HTTP/1.1\r\nHost: app.test\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("content-length: 10\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nabc"), "{text}");
 }

@@ -21,7 +21,7 @@ use crate::{cache_dir, cargo, cargo_env, root, run, tools_dir};
 /// How long `cargo xtask test` fuzzes each target: long enough for a
 /// regression in parsing or policy evaluation that a few seconds of inputs
 /// reach to fail CI, short enough for every run.
-pub const TEST_SECONDS: u64 = 20;
+pub const TEST_SECONDS: u64 = 15;
 
 /// What cargo-fuzz keeps in the copy between runs (ignored by git, so not
 /// among the sources): the corpus grows from run to run.

@@ -6,19 +6,20 @@ use std::sync::Arc;
 use futures::FutureExt;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::body::RespBody;
 use crate::hops::strip_hop_by_hop;
+use crate::pool::UpBody;
 use crate::state::Proxy;
 use crate::telemetry::Cell;
 
 /// The response downstream gets for the upstream's `resp`.
 pub fn pass_on(
     proxy: &Arc<Proxy>,
-    mut resp: Response<Incoming>,
+    mut resp: Response<UpBody>,
     cell: &Arc<Cell>,
     upgrade: Option<OnUpgrade>,
 ) -> Response<RespBody> {
@@ -39,7 +40,7 @@ pub fn pass_on(
 /// piece, so that the response head and body leave in one write (one
 /// segment, one wake-up of the client) instead of two. Anything else
 /// streams.
-fn small_body_now(mut body: Incoming, cell: Arc<Cell>) -> RespBody {
+fn small_body_now(mut body: UpBody, cell: Arc<Cell>) -> RespBody {
     const SMALL: u64 = 16 * 1024;
     if body.size_hint().exact().is_none_or(|n| n > SMALL) {
         return RespBody::Stream { body, cell };

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Response, StatusCode};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::upgrade::OnUpgrade;
 use tracing::debug;
 
@@ -23,7 +23,7 @@ use crate::body::{Downstream, ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
 use crate::framing;
 use crate::local_reply::LocalReply;
-use crate::pool::{self, UpstreamError};
+use crate::pool::{self, UpBody, UpstreamError};
 use crate::state::Proxy;
 use crate::telemetry::Cell;
 
@@ -173,7 +173,7 @@ impl Forwarding<'_> {
     fn settle(
         &self,
         attempt: &Attempt<'_>,
-        result: Result<Response<Incoming>, UpstreamError>,
+        result: Result<Response<UpBody>, UpstreamError>,
         cell: &Arc<Cell>,
         endpoint: Arc<Endpoint>,
         upgrade: Option<OnUpgrade>,

@@ -7,8 +7,10 @@ use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
-use http::header::{self, HeaderName};
+use http::header;
 use http::response::Parts;
+
+use crate::head_fields::write_field;
 
 /// How a response's body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +54,7 @@ pub fn head(parts: &Parts, framing: Framing, close: bool, out: &mut Vec<u8>) {
         if (own_length && framing_header) || *name == header::CONNECTION {
             continue;
         }
-        field(out, name, value.as_bytes());
+        write_field(out, name, value.as_bytes());
     }
     match framing {
         Framing::Length(n) => {
@@ -69,13 +71,6 @@ pub fn head(parts: &Parts, framing: Framing, close: bool, out: &mut Vec<u8>) {
         date(out);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-}
-
-fn field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
-    out.extend_from_slice(name.as_str().as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

@@ -7,12 +7,10 @@
 //! before any byte is consumed, so that hyper's framing rules (and its
 //! `400`s) hold for it exactly as before.
 
-use std::ops::Range;
-
 use bytes::BytesMut;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
+use crate::head_fields::{Field, header_map, span, spans};
 use crate::hops::has_token;
 
 /// Header lines a head may have on this path; a head with more goes to
@@ -76,37 +74,23 @@ pub fn parse(buf: &mut BytesMut) -> Head {
     };
     // Where each piece lies in `buf`, so that it can be shared once the
     // head is split off (the parsed slices borrow `buf`).
-    let base = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
-    };
-    let target = span(path.as_bytes());
-    let mut fields: [(Range<usize>, Range<usize>); MAX_HEADERS] =
-        std::array::from_fn(|_| (0..0, 0..0));
+    let target = span(buf, path.as_bytes());
+    let mut fields: [Field; MAX_HEADERS] = std::array::from_fn(|_| (0..0, 0..0));
     let mut close = false;
-    for (slot, h) in fields.iter_mut().zip(parsed.headers.iter()) {
+    for h in parsed.headers.iter() {
         if hand_off_for(h.name.as_bytes(), h.value) {
             return Head::HandOff;
         }
         close |= h.name.eq_ignore_ascii_case("connection") && has_token(h.value, "close");
-        *slot = (span(h.name.as_bytes()), span(h.value));
     }
-    let count = parsed.headers.len();
+    let count = spans(buf, parsed.headers, &mut fields);
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target)) else {
         return Head::Invalid;
     };
-    let mut headers = HeaderMap::with_capacity(count);
-    for (name, value) in &fields[..count] {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&head[name.clone()]),
-            HeaderValue::from_maybe_shared(head.slice(value.clone())),
-        ) else {
-            return Head::Invalid;
-        };
-        headers.append(name, value);
-    }
+    let Some(headers) = header_map(&head, &fields[..count]) else {
+        return Head::Invalid;
+    };
     let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;

@@ -311,6 +311,20 @@ pub async fn pair_behind_proxy(
     (ProxyProcess::start(&cfg, addr(admin)).await, port)
 }
 
+/// Sends `bytes` on a new connection to `port` and reads until the proxy
+/// closes it (within 5 s, or the test fails): everything it answered.
+pub async fn exchange_until_closed(port: u16, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer))
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 pub fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }

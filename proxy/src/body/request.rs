@@ -1,13 +1,11 @@
-//! The proxy's body types: request bodies forwarded upstream (or empty, for
-//! a retry), and response bodies streamed from upstream (or written by the
-//! proxy itself). Both count bytes into the request's telemetry cell.
+//! Request bodies: as received downstream, and as forwarded upstream
+//! (streamed and counted, a mirror's copy, or empty for a retry).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::mirror::{CopyFrames, Tee};
@@ -144,114 +142,4 @@ pub struct Downstream {
     pub body: Received,
     /// The copies, if the request is mirrored.
     pub tee: Option<Box<Tee>>,
-}
-
-/// A body sent downstream.
-#[derive(Debug)]
-pub enum RespBody {
-    /// The upstream response's body, streamed (trailers included).
-    Stream {
-        /// The body.
-        body: Incoming,
-        /// Where its bytes are counted.
-        cell: Arc<Cell>,
-    },
-    /// A short body written by the proxy, or a small upstream body that
-    /// had fully arrived with its headers.
-    Local(Option<Bytes>),
-    /// An upstream body whose first frame was already read.
-    Prefixed {
-        /// The frame read ahead.
-        first: Option<Frame<Bytes>>,
-        /// The rest.
-        body: Incoming,
-        /// Where its bytes are counted.
-        cell: Arc<Cell>,
-    },
-}
-
-impl RespBody {
-    /// A body of `text`.
-    pub fn text(text: &'static str) -> RespBody {
-        RespBody::Local(Some(Bytes::from_static(text.as_bytes())))
-    }
-
-    /// No body.
-    pub fn empty() -> RespBody {
-        RespBody::Local(None)
-    }
-
-    /// Reads the whole body (tests and small admin answers).
-    pub async fn collect_bytes(self) -> Result<Bytes, hyper::Error> {
-        Ok(self.collect().await?.to_bytes())
-    }
-}
-
-impl Body for RespBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            RespBody::Stream { body, cell } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let Some(data) = frame.data_ref()
-                {
-                    cell.add_bytes(0, data.len() as u64);
-                }
-                polled
-            }
-            RespBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            RespBody::Prefixed { first, body, cell } => {
-                if let Some(frame) = first.take() {
-                    if let Some(data) = frame.data_ref() {
-                        cell.add_bytes(0, data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let Some(data) = frame.data_ref()
-                {
-                    cell.add_bytes(0, data.len() as u64);
-                }
-                polled
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RespBody::Stream { body, .. } => body.is_end_stream(),
-            RespBody::Local(data) => data.is_none(),
-            RespBody::Prefixed { first, body, .. } => first.is_none() && body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RespBody::Stream { body, .. } => body.size_hint(),
-            RespBody::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
-            RespBody::Local(None) => SizeHint::with_exact(0),
-            RespBody::Prefixed { first, body, .. } => {
-                let mut hint = body.size_hint();
-                if let Some(n) = first
-                    .as_ref()
-                    .and_then(|f| f.data_ref())
-                    .map(|d| d.len() as u64)
-                {
-                    let upper = hint.upper().map(|u| u + n);
-                    hint.set_lower(hint.lower() + n);
-                    if let Some(u) = upper {
-                        hint.set_upper(u);
-                    }
-                }
-                hint
-            }
-        }
-    }
 }

@@ -7,6 +7,14 @@
 //! An endpoint behind a sidecar is reached over mTLS at the sidecar's
 //! inbound port, with the workload port in the TLS server name and the
 //! application protocol in ALPN.
+//!
+//! A bodiless HTTP/1.1 request goes through the proxy's own client
+//! ([`own_h1`]), any other through hyper's; both answer with an
+//! [`UpBody`].
+
+pub mod chunked;
+pub mod own_h1;
+pub mod response_head;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,8 +26,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
@@ -28,7 +37,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::ReqBody;
+use crate::body::request::ReqBody;
 use crate::config::{INBOUND_PORT, inbound_server_name};
 use crate::identity::MeshIdentity;
 use crate::identity::verify::{client_config, is_access_denied};
@@ -73,6 +82,9 @@ pub enum UpstreamError {
     /// The connection failed after the request was sent.
     #[error("request to {0}: {1}")]
     Request(SocketAddr, hyper::Error),
+    /// The own client's exchange failed.
+    #[error("request to {0}: {1}")]
+    Exchange(SocketAddr, own_h1::OwnError),
 }
 
 impl UpstreamError {
@@ -93,6 +105,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Tls(_, e) => is_access_denied(e),
             UpstreamError::Handshake(_, e) | UpstreamError::Request(_, e) => is_access_denied(e),
+            UpstreamError::Exchange(_, own_h1::OwnError::Io(e)) => is_access_denied(e),
             _ => false,
         }
     }
@@ -171,6 +184,47 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why a response body failed: hyper's error or the own client's.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An upstream response's body, read by hyper's client or the own one.
+#[derive(Debug)]
+pub enum UpBody {
+    /// Read by hyper.
+    Hyper(Incoming),
+    /// Read by [`own_h1`].
+    Own(own_h1::OwnBody),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            UpBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpBody::Own(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Hyper(b) => b.is_end_stream(),
+            UpBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Hyper(b) => b.size_hint(),
+            UpBody::Own(b) => b.size_hint(),
         }
     }
 }
@@ -333,11 +387,53 @@ pub async fn send(
     connect_timeout: Duration,
     req: Request<ReqBody>,
     telemetry: &Telemetry,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<Response<UpBody>, UpstreamError> {
     match proto {
-        Proto::H1 => send_h1(target, connect_timeout, req, telemetry).await,
-        Proto::H2 => send_h2(target, connect_timeout, req, telemetry).await,
+        Proto::H1 if own_h1::takes(&req) => send_own(target, connect_timeout, req, telemetry).await,
+        Proto::H1 => send_h1(target, connect_timeout, req, telemetry)
+            .await
+            .map(|r| r.map(UpBody::Hyper)),
+        Proto::H2 => send_h2(target, connect_timeout, req, telemetry)
+            .await
+            .map(|r| r.map(UpBody::Hyper)),
     }
+}
+
+/// Sends a bodiless request through the own client, on an idle connection
+/// when there is one.
+async fn send_own(
+    target: Target<'_>,
+    connect_timeout: Duration,
+    req: Request<ReqBody>,
+    telemetry: &Telemetry,
+) -> Result<Response<UpBody>, UpstreamError> {
+    let key = (target.addr, target.mesh.is_some());
+    let out = own_h1::Outgoing::new(req);
+    if let Some(conn) = own_h1::take_idle(key) {
+        match own_h1::exchange(conn, key, &out).await {
+            Ok(resp) => return Ok(resp.map(UpBody::Own)),
+            // The kept connection was closed under the request before any
+            // answer: a fresh one is safe for a request that may be sent
+            // twice.
+            Err(own_h1::OwnError::ClosedBeforeResponse) if out.idempotent => {}
+            Err(e) => return Err(UpstreamError::Exchange(target.addr, e)),
+        }
+    }
+    Box::pin(send_own_fresh(target, connect_timeout, &out, telemetry)).await
+}
+
+async fn send_own_fresh(
+    target: Target<'_>,
+    connect_timeout: Duration,
+    out: &own_h1::Outgoing,
+    telemetry: &Telemetry,
+) -> Result<Response<UpBody>, UpstreamError> {
+    let key = (target.addr, target.mesh.is_some());
+    let io = connect(target, Carried::Http(Proto::H1), connect_timeout, telemetry).await?;
+    own_h1::exchange(own_h1::Conn::new(io), key, out)
+        .await
+        .map(|r| r.map(UpBody::Own))
+        .map_err(|e| UpstreamError::Exchange(target.addr, e))
 }
 
 async fn send_h1(

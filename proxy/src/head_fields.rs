@@ -1,0 +1,67 @@
+//! Header fields of an HTTP/1 head parsed by `httparse`, kept as ranges
+//! of the head's bytes so that, once the head is split off its read
+//! buffer, every value shares those bytes instead of being copied. Used
+//! for request heads (the own HTTP/1 server path) and response heads (the
+//! own HTTP/1 upstream client) alike; and written back as lines.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// Where one header's name and value lie in the head.
+pub type Field = (Range<usize>, Range<usize>);
+
+/// Where `part` (a slice of `buf`, as `httparse` hands them out) lies in
+/// `buf`.
+pub fn span(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// The fields of `parsed` as ranges of `buf`, into `out`; returns how many.
+pub fn spans(buf: &[u8], parsed: &[httparse::Header<'_>], out: &mut [Field]) -> usize {
+    for (slot, h) in out.iter_mut().zip(parsed) {
+        *slot = (span(buf, h.name.as_bytes()), span(buf, h.value));
+    }
+    parsed.len().min(out.len())
+}
+
+/// The header map of `fields` in `head`; `None` when `http` refuses a
+/// name or value that `httparse` took.
+pub fn header_map(head: &Bytes, fields: &[Field]) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
+        headers.append(name, value);
+    }
+    Some(headers)
+}
+
+/// Writes one field line.
+pub fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_share_the_heads_bytes() {
+        let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nx-a: 2\r\n\r\n");
+        let mut slots = [httparse::EMPTY_HEADER; 4];
+        let mut parsed = httparse::Response::new(&mut slots);
+        assert!(parsed.parse(&head).expect("parses").is_complete());
+        let mut fields: [Field; 4] = std::array::from_fn(|_| (0..0, 0..0));
+        let n = spans(&head, parsed.headers, &mut fields);
+        let map = header_map(&head, &fields[..n]).expect("valid");
+        let values: Vec<_> = map.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(values[0].as_bytes().as_ptr(), head[22..].as_ptr());
+    }
+}
