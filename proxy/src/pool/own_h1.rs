@@ -19,7 +19,7 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio_util::io::poll_read_buf;
 
 use super::chunked::{ChunkError, Chunked, Step};
@@ -75,9 +75,12 @@ impl Conn {
     /// would block. A closed one, or one that sent bytes nobody asked
     /// for, is not reused.
     fn is_quiet(&mut self) -> bool {
-        let mut probe = BytesMut::new();
+        let mut byte = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut byte);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut probe).is_pending()
+        Pin::new(&mut self.io)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
     }
 }
 
