@@ -43,7 +43,8 @@ use crate::identity::MeshIdentity;
 use crate::identity::verify::{client_config, is_access_denied};
 use crate::telemetry::Telemetry;
 
-/// Idle HTTP/1.1 connections kept per endpoint and worker.
+/// Idle HTTP/1.1 connections kept per endpoint and worker (by hyper's
+/// client and by the own one, each).
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// The protocol of one upstream request.

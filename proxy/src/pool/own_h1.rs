@@ -24,15 +24,12 @@ use tokio_util::io::poll_read_buf;
 
 use super::chunked::{ChunkError, Chunked, Step};
 use super::response_head::{self, BodyFraming, Malformed};
-use super::{Io, Key};
+use super::{Io, Key, MAX_IDLE_PER_ENDPOINT};
 use crate::body::request::ReqBody;
 use crate::head_fields::write_field;
 
 /// Bytes read at a time.
 const READ_CHUNK: usize = 8 * 1024;
-
-/// Idle connections kept per endpoint and worker.
-const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// Why an exchange on the own client failed.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +162,12 @@ pub async fn exchange(
     key: Key,
     request: &Outgoing,
 ) -> Result<Response<OwnBody>, OwnError> {
-    if let Err(e) = conn.io.write_all(&request.head).await {
+    // Flushed: over mTLS, a write may leave records in the session.
+    let written = async {
+        conn.io.write_all(&request.head).await?;
+        conn.io.flush().await
+    };
+    if let Err(e) = written.await {
         return Err(match e.kind() {
             // A kept connection the upstream had closed: nothing was read.
             std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
