@@ -1159,35 +1159,23 @@ async fn half_a_head_then_a_close_forwards_nothing() {
 /// connection stays open for the next request.
 #[tokio::test]
 async fn answers_of_unknown_length_are_chunked_and_keep_the_connection() {
-    let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let raw_addr = raw.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        while let Ok((mut s, _)) = raw.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                if head.starts_with(b"GET /close") {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end")
-                        .await;
-                    return;
-                }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
-                    )
-                    .await;
-                let _ = s.flush().await;
-                let _ = s.write_all(b"6\r\n world\r\n0\r\n\r\n").await;
-            });
+    let (raw_addr, _) = raw_upstream(|head| {
+        if head.starts_with("GET /close") {
+            (
+                &[b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end"],
+                true,
+            )
+        } else {
+            (
+                &[
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    b"6\r\n world\r\n0\r\n\r\n",
+                ],
+                true,
+            )
         }
-    });
+    })
+    .await;
     let (port, admin) = (free_port(), free_port());
     let p = ProxyProcess::start(
         &http_config(addr(port), addr(admin), &[("raw", raw_addr, 1)], ""),
@@ -1225,14 +1213,14 @@ async fn answers_of_unknown_length_are_chunked_and_keep_the_connection() {
         .collect();
     assert_eq!(bodies, ["hello world", "until the end"], "{answers}");
     drop(p);
-    server.abort();
 }
 
-/// A raw upstream that reads each request head and answers with the bytes
-/// `answer` gives for it, closing the connection after them when it says
-/// so; the heads it read are kept.
+/// A raw upstream that reads each request head and answers with the
+/// pieces `answer` gives for it, each written and flushed on its own,
+/// closing the connection after them when it says so; the heads it read
+/// are kept.
 async fn raw_upstream(
-    answer: fn(&str) -> (&'static [u8], bool),
+    answer: fn(&str) -> (&'static [&'static [u8]], bool),
 ) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
     let raw = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let raw_addr = raw.local_addr().unwrap();
@@ -1252,9 +1240,14 @@ async fn raw_upstream(
                         head.push(byte[0]);
                     }
                     let head = String::from_utf8_lossy(&head).into_owned();
-                    let (bytes, close) = answer(&head);
+                    let (pieces, close) = answer(&head);
                     seen.lock().unwrap().push(head);
-                    if s.write_all(bytes).await.is_err() || close {
+                    for piece in pieces {
+                        if s.write_all(piece).await.is_err() || s.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                    if close {
                         return;
                     }
                 }
@@ -1276,14 +1269,14 @@ async fn the_own_upstream_client_refuses_ambiguous_answers_and_survives_closed_c
     let (raw_addr, heads) = raw_upstream(|head| {
         if head.starts_with("GET /two-lengths") {
             (
-                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+                &[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"],
                 false,
             )
         } else if head.starts_with("GET /cut") {
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", true)
+            (&[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"], true)
         } else {
             // Keep-alive by its head, closed all the same.
-            (b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye", true)
+            (&[b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nbye"], true)
         }
     })
     .await;

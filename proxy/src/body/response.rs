@@ -61,33 +61,23 @@ impl Body for RespBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            RespBody::Stream { body, cell } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let Some(data) = frame.data_ref()
-                {
-                    cell.add_bytes(0, data.len() as u64);
-                }
-                polled
+        let (polled, cell) = match self.get_mut() {
+            RespBody::Local(data) => {
+                return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
             }
-            RespBody::Local(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            RespBody::Prefixed { first, body, cell } => {
-                if let Some(frame) = first.take() {
-                    if let Some(data) = frame.data_ref() {
-                        cell.add_bytes(0, data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled
-                    && let Some(data) = frame.data_ref()
-                {
-                    cell.add_bytes(0, data.len() as u64);
-                }
-                polled
-            }
+            RespBody::Stream { body, cell } => (Pin::new(body).poll_frame(cx), cell),
+            RespBody::Prefixed { first, body, cell } => match first.take() {
+                Some(frame) => (Poll::Ready(Some(Ok(frame))), cell),
+                None => (Pin::new(body).poll_frame(cx), cell),
+            },
+        };
+        // An upstream body's bytes are counted as they pass.
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            cell.add_bytes(0, data.len() as u64);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
