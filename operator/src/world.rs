@@ -1,10 +1,10 @@
 //! Observed state: one kube-runtime reflector per kind the mesh reads, and
-//! the loop that turns every change into snapshots (debounced, computed
+//! the loop that turns every change into snapshots (rate-limited, computed
 //! once, shared by all proxies of an audience).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use futures::StreamExt;
@@ -386,9 +386,6 @@ impl World {
     }
 }
 
-/// How long to gather a burst of changes before computing.
-const DEBOUNCE: Duration = Duration::from_millis(5);
-
 /// Recomputes and publishes snapshots on every change; sends each
 /// translation to the status writer.
 pub async fn run(
@@ -427,10 +424,17 @@ pub async fn run(
         // The next translation starts no sooner than as long after this one
         // ended as it took: a stream of changes (thousands of objects being
         // written) then costs at most half a core and each translation takes
-        // in more of them, while a change after a quiet spell waits only the
-        // debounce.
+        // in more of them. A change after a quiet spell is translated at
+        // once, after one yield so that events already delivered are applied:
+        // a fixed debounce would add its wait to every change's way to the
+        // proxies, and the part of a burst that arrives during a translation
+        // is taken in by the next one.
         let earliest = start + spent * 2;
-        tokio::time::sleep_until(earliest.max(Instant::now() + DEBOUNCE).into()).await;
+        if Instant::now() < earliest {
+            tokio::time::sleep_until(earliest.into()).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
     }
 }
 

@@ -219,7 +219,32 @@ struct Fixed {
     p50_us: u64,
     p99_us: u64,
     errors: u64,
-    requests: u64,
+    /// Requests answered, warm-up included.
+    answered: u64,
+}
+
+/// Rounds of the fixed-rate load per proxy, and seconds each (after its
+/// own 1 s warm-up). A burst of the shared machine's noise lands in one
+/// round; the median of the rounds' percentiles leaves it out.
+const FIXED_ROUNDS: usize = 3;
+const FIXED_SECONDS: u64 = 5;
+
+/// The fixed-rate rounds: median p50 and p99, errors and requests summed.
+fn fixed_rate_rounds(bench: &Path, port: u16) -> Result<Fixed> {
+    let rounds = (0..FIXED_ROUNDS)
+        .map(|_| fixed_rate(bench, port))
+        .collect::<Result<Vec<_>>>()?;
+    let median = |of: fn(&Fixed) -> u64| {
+        let mut v: Vec<u64> = rounds.iter().map(of).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    Ok(Fixed {
+        p50_us: median(|f| f.p50_us),
+        p99_us: median(|f| f.p99_us),
+        errors: rounds.iter().map(|f| f.errors).sum(),
+        answered: rounds.iter().map(|f| f.answered).sum(),
+    })
 }
 
 fn fixed_rate(bench: &Path, port: u16) -> Result<Fixed> {
@@ -231,7 +256,7 @@ fn fixed_rate(bench: &Path, port: u16) -> Result<Fixed> {
             "--rps",
             &FIXED_RPS.to_string(),
             "--seconds",
-            "10",
+            &FIXED_SECONDS.to_string(),
         ])
         .output()
         .context("running sluice-bench rate")?;
@@ -253,7 +278,7 @@ fn fixed_rate(bench: &Path, port: u16) -> Result<Fixed> {
         p50_us: field("p50_us"),
         p99_us: field("p99_us"),
         errors: field("errors"),
-        requests: field("requests"),
+        answered: field("answered"),
     })
 }
 
@@ -305,9 +330,11 @@ fn measure(
     eprintln!("    {name}: peak throughput ({PEAK_SECONDS} s)");
     let (peak, cpu_peak_us) =
         with_cpu_per_request(&cpu_pids, || wrk_peak(port, PEAK_SECONDS), |p| p.requests)?;
-    eprintln!("    {name}: latency and CPU at {FIXED_RPS} rps (10 s)");
+    eprintln!(
+        "    {name}: latency and CPU at {FIXED_RPS} rps ({FIXED_ROUNDS} x {FIXED_SECONDS} s)"
+    );
     let (fixed, cpu_fixed_us) =
-        with_cpu_per_request(&cpu_pids, || fixed_rate(bench, port), |f| f.requests)?;
+        with_cpu_per_request(&cpu_pids, || fixed_rate_rounds(bench, port), |f| f.answered)?;
     let rss_conns_kib = match pid {
         Some(pid) => {
             eprintln!("    {name}: memory with 1,000 open connections");
