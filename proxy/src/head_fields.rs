@@ -27,10 +27,10 @@ pub fn spans(buf: &[u8], parsed: &[httparse::Header<'_>], out: &mut [Field]) -> 
     parsed.len().min(out.len())
 }
 
-/// The header map of `fields` in `head`; `None` when `http` refuses a
-/// name or value that `httparse` took.
-pub fn header_map(head: &Bytes, fields: &[Field]) -> Option<HeaderMap> {
-    let mut headers = HeaderMap::with_capacity(fields.len());
+/// The header map of `fields` in `head`, with room for `room` more; `None`
+/// when `http` refuses a name or value that `httparse` took.
+pub fn header_map(head: &Bytes, fields: &[Field], room: usize) -> Option<HeaderMap> {
+    let mut headers = HeaderMap::with_capacity(fields.len() + room);
     for (name, value) in fields {
         let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
@@ -59,7 +59,7 @@ mod tests {
         assert!(parsed.parse(&head).expect("parses").is_complete());
         let mut fields: [Field; 4] = std::array::from_fn(|_| (0..0, 0..0));
         let n = spans(&head, parsed.headers, &mut fields);
-        let map = header_map(&head, &fields[..n]).expect("valid");
+        let map = header_map(&head, &fields[..n], 0).expect("valid");
         let values: Vec<_> = map.get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);
         assert_eq!(values[0].as_bytes().as_ptr(), head[22..].as_ptr());

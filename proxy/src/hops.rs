@@ -75,6 +75,10 @@ pub fn forwarded_for(peer: SocketAddr) -> HeaderValue {
     HeaderValue::try_from(peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
+/// Fields [`append_forwarded`] may add to a request, so that a request's
+/// header map is made with room for them instead of growing.
+pub const FORWARDED_FIELDS: usize = 2;
+
 /// Appends the peer (from [`forwarded_for`]) to `x-forwarded-for`, and says
 /// the scheme in `x-forwarded-proto`: `https` whenever this proxy
 /// terminated TLS, whatever the client claimed.

@@ -31,6 +31,7 @@ pub mod local_reply;
 pub mod mirror;
 pub mod original_dst;
 pub mod pool;
+pub mod read_buffers;
 pub mod route;
 pub mod server;
 pub mod state;

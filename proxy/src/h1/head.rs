@@ -7,11 +7,13 @@
 //! before any byte is consumed, so that hyper's framing rules (and its
 //! `400`s) hold for it exactly as before.
 
+use std::mem::MaybeUninit;
+
 use bytes::BytesMut;
 use http::{Method, Request, Uri, Version};
 
 use crate::head_fields::{Field, header_map, span, spans};
-use crate::hops::has_token;
+use crate::hops::{FORWARDED_FIELDS, has_token};
 
 /// Header lines a head may have on this path; a head with more goes to
 /// hyper, which takes up to 100.
@@ -56,9 +58,11 @@ fn hand_off_for(name: &[u8], value: &[u8]) -> bool {
 /// Parses the head at the start of `buf`; a request this path serves is
 /// split off `buf`, and its header values share those bytes.
 pub fn parse(buf: &mut BytesMut) -> Head {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Left uninitialised: httparse writes the slots it fills, and zeroing
+    // all of them was a memset per request.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match parsed.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Head::Partial,
         Err(_) => return Head::HandOff,
@@ -88,7 +92,7 @@ pub fn parse(buf: &mut BytesMut) -> Head {
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target)) else {
         return Head::Invalid;
     };
-    let Some(headers) = header_map(&head, &fields[..count]) else {
+    let Some(headers) = header_map(&head, &fields[..count], FORWARDED_FIELDS) else {
         return Head::Invalid;
     };
     let mut req = Request::new(());

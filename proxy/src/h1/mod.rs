@@ -37,13 +37,11 @@ use crate::body::{Received, RespBody};
 use crate::forward::ConnectionRefused;
 use crate::http_proxy::ProxyService;
 use crate::idle::Idle;
+use crate::read_buffers::{self, READ_CHUNK};
 use crate::server::{HEADER_READ_TIMEOUT, http_builder};
 use encode::Framing;
 use head::Head;
 use rewind::Rewind;
-
-/// Bytes read per read while a head is incomplete.
-const READ_CHUNK: usize = 4096;
 
 /// A head not complete within this many bytes goes to hyper, which reads
 /// up to [`crate::server::MAX_HEADER_BYTES`] and answers `431` past it.
@@ -98,8 +96,8 @@ pub async fn serve(
             Next::Close => return,
         }
         if buf.is_empty() {
-            // Drop the read buffer while idle.
-            buf = BytesMut::new();
+            // No buffer held while idle: it goes back to the thread's spares.
+            read_buffers::give(std::mem::take(&mut buf));
         }
     }
 }
@@ -122,7 +120,9 @@ async fn wait_for_request(
                 }
             }
         }
-        buf.reserve(READ_CHUNK);
+        if buf.capacity() == 0 {
+            *buf = read_buffers::take();
+        }
         // Through `poll_read`, which marks the socket drained when a read
         // comes back short: the next wait then goes straight to epoll
         // instead of a read that finds nothing (nginx's one read per
@@ -131,7 +131,7 @@ async fn wait_for_request(
             Some(Ok(0)) | Some(Err(_)) => return false,
             Some(Ok(_)) => return true,
             // Readiness that was stale: give the buffer back and wait.
-            None => *buf = BytesMut::new(),
+            None => read_buffers::give(std::mem::take(buf)),
         }
     }
 }

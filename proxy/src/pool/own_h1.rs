@@ -27,9 +27,7 @@ use super::response_head::{self, BodyFraming, Malformed};
 use super::{Io, Key, MAX_IDLE_PER_ENDPOINT};
 use crate::body::request::ReqBody;
 use crate::head_fields::write_field;
-
-/// Bytes read at a time.
-const READ_CHUNK: usize = 8 * 1024;
+use crate::read_buffers::{self, READ_CHUNK};
 
 /// Why an exchange on the own client failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,9 +97,9 @@ pub fn take_idle(key: Key) -> Option<Conn> {
 }
 
 /// Keeps `conn` for the next request to `key`; it holds no buffer while
-/// idle.
+/// idle (its buffer goes to the thread's spares).
 fn put_idle(key: Key, mut conn: Conn) {
-    conn.buf = BytesMut::new();
+    read_buffers::give(std::mem::take(&mut conn.buf));
     IDLE.with_borrow_mut(|pool| {
         let list = pool.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
@@ -175,6 +173,9 @@ pub async fn exchange(
             }
             _ => OwnError::Io(e),
         });
+    }
+    if conn.buf.capacity() == 0 {
+        conn.buf = read_buffers::take();
     }
     let head = loop {
         if let Some(head) = response_head::parse(&mut conn.buf, request.head_request)? {

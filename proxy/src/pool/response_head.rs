@@ -3,6 +3,8 @@
 //! connection may carry another request after it. Anything ambiguous is
 //! an error, so that a response is never passed on with a guessed length.
 
+use std::mem::MaybeUninit;
+
 use bytes::BytesMut;
 use http::{Response, StatusCode, Version};
 
@@ -65,9 +67,14 @@ pub enum Malformed {
 /// is incomplete.
 pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHead>, Malformed> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut slots);
-        let len = match parsed.parse(buf) {
+        // Left uninitialised: httparse writes the slots it fills.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut slots,
+        ) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
                 return Err(Malformed::TooLarge);
@@ -93,7 +100,7 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
         let mut fields: [Field; MAX_HEADERS] = std::array::from_fn(|_| (0..0, 0..0));
         let count = spans(buf, parsed.headers, &mut fields);
         let head = buf.split_to(len).freeze();
-        let headers = header_map(&head, &fields[..count]).ok_or(Malformed::Field)?;
+        let headers = header_map(&head, &fields[..count], 0).ok_or(Malformed::Field)?;
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
