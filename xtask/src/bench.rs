@@ -8,7 +8,9 @@
 //! (closed loop); latency at a fixed 2,000 requests/s from `sluice-bench
 //! rate` (open loop); CPU per request from the proxy's threads' CPU time
 //! over each of those runs; memory from `/proc` idle and with 1,000 open
-//! keep-alive connections held by `sluice-bench hold`.
+//! keep-alive connections held by `sluice-bench hold`. The single proxies
+//! run side by side and take turns, three rounds of each load, and every
+//! figure is the median of its rounds.
 //!
 //! The mesh rows chain two sluice proxies (a client sidecar and a server
 //! sidecar, both on CPU 0) in front of the same backend: plaintext between
@@ -26,7 +28,8 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, root, run};
 
 const BACKEND_PORT: u16 = 19_001;
-const PEAK_SECONDS: u32 = 10;
+/// Seconds of each peak-throughput round.
+const PEAK_SECONDS: u32 = 4;
 const FIXED_RPS: u32 = 2_000;
 
 struct Proc {
@@ -223,29 +226,8 @@ struct Fixed {
     answered: u64,
 }
 
-/// Rounds of the fixed-rate load per proxy, and seconds each (after its
-/// own 1 s warm-up). A burst of the shared machine's noise lands in one
-/// round; the median of the rounds' percentiles leaves it out.
-const FIXED_ROUNDS: usize = 3;
+/// Seconds of each fixed-rate round (after its own 1 s warm-up).
 const FIXED_SECONDS: u64 = 5;
-
-/// The fixed-rate rounds: median p50 and p99, errors and requests summed.
-fn fixed_rate_rounds(bench: &Path, port: u16) -> Result<Fixed> {
-    let rounds = (0..FIXED_ROUNDS)
-        .map(|_| fixed_rate(bench, port))
-        .collect::<Result<Vec<_>>>()?;
-    let median = |of: fn(&Fixed) -> u64| {
-        let mut v: Vec<u64> = rounds.iter().map(of).collect();
-        v.sort_unstable();
-        v[v.len() / 2]
-    };
-    Ok(Fixed {
-        p50_us: median(|f| f.p50_us),
-        p99_us: median(|f| f.p99_us),
-        errors: rounds.iter().map(|f| f.errors).sum(),
-        answered: rounds.iter().map(|f| f.answered).sum(),
-    })
-}
 
 fn fixed_rate(bench: &Path, port: u16) -> Result<Fixed> {
     let out = pinned("1", &bench.display().to_string())
@@ -309,50 +291,124 @@ fn hold_and_measure(bench: &Path, port: u16, pid: u32) -> Result<u64> {
     rss
 }
 
-/// Measures the proxy in front of `port`: `proc` is the one whose memory
-/// is reported, `also` any other process of the same path whose CPU counts
-/// (the server sidecar of a mesh row).
-fn measure(
+/// A proxy being measured: where it listens, whose CPU counts (the server
+/// sidecar of a mesh row too) and whose memory is reported.
+struct Contender {
+    name: &'static str,
+    port: u16,
+    pid: Option<u32>,
+    cpu_pids: Vec<u32>,
+    rss_idle_kib: u64,
+}
+
+impl Contender {
+    /// Waits until `proc` serves on `port`, reads its idle memory and warms
+    /// it up.
+    fn ready(
+        name: &'static str,
+        port: u16,
+        proc: Option<&mut Proc>,
+        also: Option<&Proc>,
+    ) -> Result<Contender> {
+        let pid = proc.as_ref().map(|p| p.child.id());
+        if let Some(p) = proc {
+            wait_http(port, p)?;
+        }
+        let rss_idle_kib = pid.map(rss_kib).unwrap_or(0);
+        eprintln!("    {name}: warming up");
+        wrk_peak(port, 2)?;
+        Ok(Contender {
+            name,
+            port,
+            pid,
+            cpu_pids: pid.into_iter().chain(also.map(|p| p.child.id())).collect(),
+            rss_idle_kib,
+        })
+    }
+}
+
+/// Rounds of each load per contender. The contenders take turns round by
+/// round, so that the shared machine's drift over the minutes of a run
+/// falls on all of them alike, and the median of the rounds leaves out a
+/// burst of noise that lands on one.
+const ROUNDS: usize = 3;
+
+/// The median of `values` (not empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Measures `contenders` side by side: peak throughput, then the fixed
+/// rate, each in [`ROUNDS`] interleaved rounds; then memory with 1,000
+/// open connections, one after the other.
+fn measure(contenders: &[Contender], bench: &Path) -> Result<Vec<Row>> {
+    let mut peaks: Vec<Vec<(f64, f64)>> = vec![Vec::new(); contenders.len()];
+    for round in 1..=ROUNDS {
+        for (c, runs) in contenders.iter().zip(&mut peaks) {
+            eprintln!(
+                "    {}: peak throughput, round {round} ({PEAK_SECONDS} s)",
+                c.name
+            );
+            let (peak, cpu) = with_cpu_per_request(
+                &c.cpu_pids,
+                || wrk_peak(c.port, PEAK_SECONDS),
+                |p| p.requests,
+            )?;
+            runs.push((peak.rps, cpu));
+        }
+    }
+    let mut fixed: Vec<Vec<(Fixed, f64)>> = contenders.iter().map(|_| Vec::new()).collect();
+    for round in 1..=ROUNDS {
+        for (c, runs) in contenders.iter().zip(&mut fixed) {
+            eprintln!(
+                "    {}: latency and CPU at {FIXED_RPS} rps, round {round} ({FIXED_SECONDS} s)",
+                c.name
+            );
+            runs.push(with_cpu_per_request(
+                &c.cpu_pids,
+                || fixed_rate(bench, c.port),
+                |f| f.answered,
+            )?);
+        }
+    }
+    let mut rows = Vec::new();
+    for ((c, peak), fixed) in contenders.iter().zip(peaks).zip(fixed) {
+        let rss_conns_kib = match c.pid {
+            Some(pid) => {
+                eprintln!("    {}: memory with 1,000 open connections", c.name);
+                hold_and_measure(bench, c.port, pid)?
+            }
+            None => 0,
+        };
+        let of_fixed =
+            |f: fn(&Fixed) -> u64| median(fixed.iter().map(|(x, _)| f(x) as f64).collect());
+        rows.push(Row {
+            name: c.name,
+            peak_rps: median(peak.iter().map(|p| p.0).collect()),
+            cpu_peak_us: median(peak.iter().map(|p| p.1).collect()),
+            p50_us: of_fixed(|f| f.p50_us) as u64,
+            p99_us: of_fixed(|f| f.p99_us) as u64,
+            errors: fixed.iter().map(|(f, _)| f.errors).sum(),
+            cpu_fixed_us: median(fixed.iter().map(|f| f.1).collect()),
+            rss_idle_kib: c.rss_idle_kib,
+            rss_conns_kib,
+        });
+    }
+    Ok(rows)
+}
+
+/// [`measure`] of one contender.
+fn measure_one(
     name: &'static str,
     port: u16,
     proc: Option<&mut Proc>,
     also: Option<&Proc>,
     bench: &Path,
 ) -> Result<Row> {
-    let pid = proc.as_ref().map(|p| p.child.id());
-    if let Some(p) = proc {
-        wait_http(port, p)?;
-    }
-    let cpu_pids: Vec<u32> = pid.into_iter().chain(also.map(|p| p.child.id())).collect();
-    eprintln!("    {name}: warming up");
-    let rss_idle_kib = pid.map(rss_kib).unwrap_or(0);
-    wrk_peak(port, 2)?;
-    eprintln!("    {name}: peak throughput ({PEAK_SECONDS} s)");
-    let (peak, cpu_peak_us) =
-        with_cpu_per_request(&cpu_pids, || wrk_peak(port, PEAK_SECONDS), |p| p.requests)?;
-    eprintln!(
-        "    {name}: latency and CPU at {FIXED_RPS} rps ({FIXED_ROUNDS} x {FIXED_SECONDS} s)"
-    );
-    let (fixed, cpu_fixed_us) =
-        with_cpu_per_request(&cpu_pids, || fixed_rate_rounds(bench, port), |f| f.answered)?;
-    let rss_conns_kib = match pid {
-        Some(pid) => {
-            eprintln!("    {name}: memory with 1,000 open connections");
-            hold_and_measure(bench, port, pid)?
-        }
-        None => 0,
-    };
-    Ok(Row {
-        name,
-        peak_rps: peak.rps,
-        p50_us: fixed.p50_us,
-        p99_us: fixed.p99_us,
-        errors: fixed.errors,
-        rss_idle_kib,
-        rss_conns_kib,
-        cpu_fixed_us,
-        cpu_peak_us,
-    })
+    let c = Contender::ready(name, port, proc, also)?;
+    let mut rows = measure(&[c], bench)?;
+    rows.pop().context("no row")
 }
 
 fn write_configs(dir: &Path) -> Result<()> {
@@ -625,73 +681,54 @@ pub fn proxy() -> Result<()> {
     )?;
     wait_http(BACKEND_PORT, &mut backend)?;
 
-    let mut rows = Vec::new();
-    eprintln!("\n==> direct connection");
-    rows.push(measure("direct", BACKEND_PORT, None, None, &bench)?);
-    {
-        eprintln!("\n==> nginx (1 worker, CPU 0)");
-        let mut p = spawn(
-            "nginx",
-            {
-                let mut c = pinned("0", "nginx");
-                c.args([
-                    "-p",
-                    &dir.display().to_string(),
-                    "-c",
-                    &dir.join("nginx.conf").display().to_string(),
-                ]);
-                c
-            },
-            &dir.join("nginx.log"),
-        )?;
-        rows.push(measure("nginx", PORTS.nginx, Some(&mut p), None, &bench)?);
-    }
-    {
-        eprintln!("\n==> HAProxy (1 thread, CPU 0)");
-        let mut p = spawn(
-            "haproxy",
-            {
-                let mut c = pinned("0", "haproxy");
-                c.args(["-db", "-f", &dir.join("haproxy.cfg").display().to_string()]);
-                c
-            },
-            &dir.join("haproxy.log"),
-        )?;
-        rows.push(measure(
-            "haproxy",
-            PORTS.haproxy,
-            Some(&mut p),
-            None,
-            &bench,
-        )?);
-    }
-    {
-        eprintln!("\n==> Pingora (1 thread, CPU 0)");
-        let mut c = pinned("0", &pingora.display().to_string());
-        c.args([
-            format!("127.0.0.1:{}", PORTS.pingora),
-            format!("127.0.0.1:{BACKEND_PORT}"),
-        ]);
-        let mut p = spawn("pingora", c, &dir.join("pingora.log"))?;
-        rows.push(measure(
-            "pingora",
-            PORTS.pingora,
-            Some(&mut p),
-            None,
-            &bench,
-        )?);
-    }
-    {
-        eprintln!("\n==> sluice-proxy (1 worker, CPU 0)");
-        let mut p = sluice(&proxy_bin, &dir, "sluice.yaml", None)?;
-        rows.push(measure(
-            "sluice-proxy",
-            PORTS.sluice,
-            Some(&mut p),
-            None,
-            &bench,
-        )?);
-    }
+    // The single proxies run side by side (an idle one costs the others
+    // nothing) and take turns round by round.
+    eprintln!("\n==> nginx, HAProxy, Pingora and sluice-proxy, each 1 worker on CPU 0");
+    let mut nginx = spawn(
+        "nginx",
+        {
+            let mut c = pinned("0", "nginx");
+            c.args([
+                "-p",
+                &dir.display().to_string(),
+                "-c",
+                &dir.join("nginx.conf").display().to_string(),
+            ]);
+            c
+        },
+        &dir.join("nginx.log"),
+    )?;
+    let mut haproxy = spawn(
+        "haproxy",
+        {
+            let mut c = pinned("0", "haproxy");
+            c.args(["-db", "-f", &dir.join("haproxy.cfg").display().to_string()]);
+            c
+        },
+        &dir.join("haproxy.log"),
+    )?;
+    let mut pingora = spawn(
+        "pingora",
+        {
+            let mut c = pinned("0", &pingora.display().to_string());
+            c.args([
+                format!("127.0.0.1:{}", PORTS.pingora),
+                format!("127.0.0.1:{BACKEND_PORT}"),
+            ]);
+            c
+        },
+        &dir.join("pingora.log"),
+    )?;
+    let mut sluice_proxy = sluice(&proxy_bin, &dir, "sluice.yaml", None)?;
+    let contenders = [
+        Contender::ready("direct", BACKEND_PORT, None, None)?,
+        Contender::ready("nginx", PORTS.nginx, Some(&mut nginx), None)?,
+        Contender::ready("haproxy", PORTS.haproxy, Some(&mut haproxy), None)?,
+        Contender::ready("pingora", PORTS.pingora, Some(&mut pingora), None)?,
+        Contender::ready("sluice-proxy", PORTS.sluice, Some(&mut sluice_proxy), None)?,
+    ];
+    let mut rows = measure(&contenders, &bench)?;
+    drop((nginx, haproxy, pingora, sluice_proxy));
     {
         run("mesh certificates", {
             let mut c = Command::new(&bench);
@@ -704,14 +741,14 @@ pub fn proxy() -> Result<()> {
             eprintln!("\n==> two sluice sidecars (1 worker each, both on CPU 0)");
             let mut server = sluice(&proxy_bin, &dir, "sluice-server.yaml", Some("server"))?;
             wait_http(PORTS.server_plain, &mut server)?;
-            rows.push(measure(
+            rows.push(measure_one(
                 MESH_ROWS[0],
                 PORTS.chain_plain,
                 Some(&mut client),
                 Some(&server),
                 &bench,
             )?);
-            rows.push(measure(
+            rows.push(measure_one(
                 MESH_ROWS[1],
                 PORTS.chain_mtls,
                 Some(&mut client),
@@ -721,7 +758,7 @@ pub fn proxy() -> Result<()> {
         }
         let mut server = sluice(&proxy_bin, &dir, "sluice-server-authz.yaml", Some("server"))?;
         wait_http(PORTS.server_plain, &mut server)?;
-        rows.push(measure(
+        rows.push(measure_one(
             MESH_ROWS[2],
             PORTS.chain_mtls,
             Some(&mut client),
