@@ -339,39 +339,43 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// Runs `load` on every contender, each once per round for [`ROUNDS`]
+/// rounds; what each run measured, by contender.
+fn in_turns<T>(
+    contenders: &[Contender],
+    what: &str,
+    mut load: impl FnMut(&Contender) -> Result<T>,
+) -> Result<Vec<Vec<T>>> {
+    let mut runs: Vec<Vec<T>> = contenders.iter().map(|_| Vec::new()).collect();
+    for round in 1..=ROUNDS {
+        for (c, runs) in contenders.iter().zip(&mut runs) {
+            eprintln!("    {}: {what}, round {round}", c.name);
+            runs.push(load(c)?);
+        }
+    }
+    Ok(runs)
+}
+
 /// Measures `contenders` side by side: peak throughput, then the fixed
 /// rate, each in [`ROUNDS`] interleaved rounds; then memory with 1,000
 /// open connections, one after the other.
 fn measure(contenders: &[Contender], bench: &Path) -> Result<Vec<Row>> {
-    let mut peaks: Vec<Vec<(f64, f64)>> = vec![Vec::new(); contenders.len()];
-    for round in 1..=ROUNDS {
-        for (c, runs) in contenders.iter().zip(&mut peaks) {
-            eprintln!(
-                "    {}: peak throughput, round {round} ({PEAK_SECONDS} s)",
-                c.name
-            );
+    let peaks = in_turns(
+        contenders,
+        &format!("peak throughput ({PEAK_SECONDS} s)"),
+        |c| {
             let (peak, cpu) = with_cpu_per_request(
                 &c.cpu_pids,
                 || wrk_peak(c.port, PEAK_SECONDS),
                 |p| p.requests,
             )?;
-            runs.push((peak.rps, cpu));
-        }
-    }
-    let mut fixed: Vec<Vec<(Fixed, f64)>> = contenders.iter().map(|_| Vec::new()).collect();
-    for round in 1..=ROUNDS {
-        for (c, runs) in contenders.iter().zip(&mut fixed) {
-            eprintln!(
-                "    {}: latency and CPU at {FIXED_RPS} rps, round {round} ({FIXED_SECONDS} s)",
-                c.name
-            );
-            runs.push(with_cpu_per_request(
-                &c.cpu_pids,
-                || fixed_rate(bench, c.port),
-                |f| f.answered,
-            )?);
-        }
-    }
+            Ok((peak.rps, cpu))
+        },
+    )?;
+    let what = format!("latency and CPU at {FIXED_RPS} rps ({FIXED_SECONDS} s)");
+    let fixed = in_turns(contenders, &what, |c| {
+        with_cpu_per_request(&c.cpu_pids, || fixed_rate(bench, c.port), |f| f.answered)
+    })?;
     let mut rows = Vec::new();
     for ((c, peak), fixed) in contenders.iter().zip(peaks).zip(fixed) {
         let rss_conns_kib = match c.pid {
@@ -604,6 +608,17 @@ const MESH_ROWS: [&str; 3] = [
 ];
 
 /// Starts a sluice proxy on CPU 0 with `config` (and a certificate).
+/// nginx pinned to `cpu` with `<dir>/<config>.conf`, logging to
+/// `<dir>/<config>.log` (the backend, and the nginx proxy row).
+fn nginx(name: &'static str, cpu: &str, dir: &Path, config: &str) -> Result<Proc> {
+    let mut c = pinned(cpu, "nginx");
+    c.arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(dir.join(format!("{config}.conf")));
+    spawn(name, c, &dir.join(format!("{config}.log")))
+}
+
 fn sluice(bin: &Path, dir: &Path, config: &str, cert: Option<&str>) -> Result<Proc> {
     let mut c = pinned("0", &bin.display().to_string());
     c.args([
@@ -665,39 +680,13 @@ pub fn proxy() -> Result<()> {
     let proxy_bin = target.join("release/sluice-proxy");
 
     eprintln!("\n==> backend: nginx answering 200 on 127.0.0.1:{BACKEND_PORT} (CPU 1)");
-    let mut backend = spawn(
-        "backend",
-        {
-            let mut c = pinned("1", "nginx");
-            c.args([
-                "-p",
-                &dir.display().to_string(),
-                "-c",
-                &dir.join("backend.conf").display().to_string(),
-            ]);
-            c
-        },
-        &dir.join("backend.log"),
-    )?;
+    let mut backend = nginx("backend", "1", &dir, "backend")?;
     wait_http(BACKEND_PORT, &mut backend)?;
 
     // The single proxies run side by side (an idle one costs the others
     // nothing) and take turns round by round.
     eprintln!("\n==> nginx, HAProxy, Pingora and sluice-proxy, each 1 worker on CPU 0");
-    let mut nginx = spawn(
-        "nginx",
-        {
-            let mut c = pinned("0", "nginx");
-            c.args([
-                "-p",
-                &dir.display().to_string(),
-                "-c",
-                &dir.join("nginx.conf").display().to_string(),
-            ]);
-            c
-        },
-        &dir.join("nginx.log"),
-    )?;
+    let mut nginx_proxy = nginx("nginx", "0", &dir, "nginx")?;
     let mut haproxy = spawn(
         "haproxy",
         {
@@ -722,13 +711,13 @@ pub fn proxy() -> Result<()> {
     let mut sluice_proxy = sluice(&proxy_bin, &dir, "sluice.yaml", None)?;
     let contenders = [
         Contender::ready("direct", BACKEND_PORT, None, None)?,
-        Contender::ready("nginx", PORTS.nginx, Some(&mut nginx), None)?,
+        Contender::ready("nginx", PORTS.nginx, Some(&mut nginx_proxy), None)?,
         Contender::ready("haproxy", PORTS.haproxy, Some(&mut haproxy), None)?,
         Contender::ready("pingora", PORTS.pingora, Some(&mut pingora), None)?,
         Contender::ready("sluice-proxy", PORTS.sluice, Some(&mut sluice_proxy), None)?,
     ];
     let mut rows = measure(&contenders, &bench)?;
-    drop((nginx, haproxy, pingora, sluice_proxy));
+    drop((nginx_proxy, haproxy, pingora, sluice_proxy));
     {
         run("mesh certificates", {
             let mut c = Command::new(&bench);
