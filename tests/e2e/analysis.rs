@@ -72,7 +72,10 @@ spec:
               containers:
               - name: smoke
                 image: {curl}
-                command: [curl, -sf, -o, /dev/null, "http://handson-canary.{{{{rollout.namespace}}}}.svc.cluster.local:8080/"]
+                # The step starts as soon as the weight is set; the canary's
+                # endpoints may reach kube-proxy and the mesh a moment later,
+                # as with a smoke Job under any rollout controller.
+                command: [curl, -sf, --retry, "5", --retry-all-errors, --retry-delay, "1", --retry-max-time, "15", -o, /dev/null, "http://handson-canary.{{{{rollout.namespace}}}}.svc.cluster.local:8080/"]
 ---
 apiVersion: sluice.dev/v1alpha1
 kind: AnalysisTemplate
