@@ -177,10 +177,20 @@ struct Row {
     errors: u64,
     rss_idle_kib: u64,
     rss_conns_kib: u64,
-    /// The proxy's CPU per request at the fixed rate, in µs.
-    cpu_fixed_us: f64,
-    /// The proxy's CPU per request at peak throughput, in µs.
-    cpu_peak_us: f64,
+    /// The proxy's CPU per request at the fixed rate, in µs, by round.
+    cpu_fixed_rounds: Vec<f64>,
+    /// The proxy's CPU per request at peak throughput, in µs, by round.
+    cpu_peak_rounds: Vec<f64>,
+}
+
+impl Row {
+    fn cpu_fixed_us(&self) -> f64 {
+        median_or_zero(&self.cpu_fixed_rounds)
+    }
+
+    fn cpu_peak_us(&self) -> f64 {
+        median_or_zero(&self.cpu_peak_rounds)
+    }
 }
 
 /// What one `wrk` run measured.
@@ -331,12 +341,35 @@ impl Contender {
 /// round, so that the shared machine's drift over the minutes of a run
 /// falls on all of them alike, and the median of the rounds leaves out a
 /// burst of noise that lands on one.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// The median of `values` (not empty).
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// The median of `values`, 0 for none (a row not measured).
+fn median_or_zero(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        0.0
+    } else {
+        median(values.to_vec())
+    }
+}
+
+/// `a / b` round by round: the median ratio, the lowest and the highest.
+/// Two contenders measured in the same round ran seconds apart, so their
+/// ratio cancels the drift of the machine that the medians of each alone
+/// keep.
+fn paired(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
+    let ratios: Vec<f64> = a.iter().zip(b).map(|(&a, &b)| ratio(a, b)).collect();
+    if ratios.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = ratios.iter().copied().fold(0.0, f64::max);
+    (median(ratios), low, high)
 }
 
 /// Runs `load` on every contender, each once per round for [`ROUNDS`]
@@ -390,11 +423,11 @@ fn measure(contenders: &[Contender], bench: &Path) -> Result<Vec<Row>> {
         rows.push(Row {
             name: c.name,
             peak_rps: median(peak.iter().map(|p| p.0).collect()),
-            cpu_peak_us: median(peak.iter().map(|p| p.1).collect()),
+            cpu_peak_rounds: peak.iter().map(|p| p.1).collect(),
             p50_us: of_fixed(|f| f.p50_us) as u64,
             p99_us: of_fixed(|f| f.p99_us) as u64,
             errors: fixed.iter().map(|(f, _)| f.errors).sum(),
-            cpu_fixed_us: median(fixed.iter().map(|f| f.1).collect()),
+            cpu_fixed_rounds: fixed.iter().map(|f| f.1).collect(),
             rss_idle_kib: c.rss_idle_kib,
             rss_conns_kib,
         });
@@ -546,8 +579,8 @@ fn table(rows: &[Row]) -> String {
             "| {} | {:.0} | {} | {} | {} µs | {} µs | {} | {} | {} | {} | {} |\n",
             r.name,
             r.peak_rps,
-            cpu(r.cpu_fixed_us),
-            cpu(r.cpu_peak_us),
+            cpu(r.cpu_fixed_us()),
+            cpu(r.cpu_peak_us()),
             r.p50_us,
             r.p99_us,
             added(r.p50_us, direct.p50_us),
@@ -564,10 +597,10 @@ fn table(rows: &[Row]) -> String {
         s.push_str(&format!(
             "two sidecars against plaintext: mTLS {:.2}x throughput, {:.2}x CPU/req, added p99 {} µs; mTLS + 100-rule policy {:.2}x throughput, {:.2}x CPU/req, added p99 {} µs\n",
             ratio(mtls.peak_rps, plain.peak_rps),
-            ratio(mtls.cpu_fixed_us, plain.cpu_fixed_us),
+            ratio(mtls.cpu_fixed_us(), plain.cpu_fixed_us()),
             mtls.p99_us as i64 - plain.p99_us as i64,
             ratio(authz.peak_rps, plain.peak_rps),
-            ratio(authz.cpu_fixed_us, plain.cpu_fixed_us),
+            ratio(authz.cpu_fixed_us(), plain.cpu_fixed_us()),
             authz.p99_us as i64 - plain.p99_us as i64,
         ));
     }
@@ -582,15 +615,18 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 /// sluice-proxy against each peer: CPU per request (the target,
-/// ≤ 1.0x), throughput, memory with 1,000 connections and added p99.
+/// ≤ 1.0x) paired round by round, throughput, memory with 1,000
+/// connections and added p99.
 fn ratios(sluice: &Row, direct: &Row, peers: &[Row]) -> String {
+    let shown =
+        |(mid, low, high): (f64, f64, f64)| format!("{mid:.2}x (rounds {low:.2}-{high:.2})");
     let mut s = String::new();
     for peer in peers.iter().filter(|p| p.peak_rps > 0.0) {
         s.push_str(&format!(
-            "sluice/{}: CPU/req at 2,000 req/s {:.2}x, at peak {:.2}x; throughput {:.2}x; RSS with 1,000 conns {:.2}x; added p99 {} µs against {} µs\n",
+            "sluice/{}: CPU/req at {FIXED_RPS} req/s {}, at peak {}; throughput {:.2}x; RSS with 1,000 conns {:.2}x; added p99 {} µs against {} µs\n",
             peer.name,
-            ratio(sluice.cpu_fixed_us, peer.cpu_fixed_us),
-            ratio(sluice.cpu_peak_us, peer.cpu_peak_us),
+            shown(paired(&sluice.cpu_fixed_rounds, &peer.cpu_fixed_rounds)),
+            shown(paired(&sluice.cpu_peak_rounds, &peer.cpu_peak_rounds)),
             ratio(sluice.peak_rps, peer.peak_rps),
             ratio(sluice.rss_conns_kib as f64, peer.rss_conns_kib as f64),
             sluice.p99_us as i64 - direct.p99_us as i64,
@@ -802,4 +838,22 @@ fn on_test_bed(what: &str, bin: &str, args: &[String]) -> Result<()> {
         c.args(args);
         c
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_ratios_take_the_median_round_and_show_the_spread() {
+        let sluice = [10.0, 12.0, 9.0];
+        let nginx = [10.0, 10.0, 10.0];
+        assert_eq!(paired(&sluice, &nginx), (1.0, 0.9, 1.2));
+    }
+
+    #[test]
+    fn a_row_not_measured_pairs_to_zero_instead_of_panicking() {
+        assert_eq!(paired(&[], &[]), (0.0, 0.0, 0.0));
+        assert_eq!(Row::default().cpu_peak_us(), 0.0);
+    }
 }
