@@ -503,11 +503,11 @@ impl Policies {
             }
         }
         if !self.allow.is_empty() {
-            let any = self
-                .allow
-                .iter()
-                .map(|p| matches(p, Action::Allow, peer, traffic))
-                .fold(Tri::No, Tri::or);
+            let any = or_all(
+                self.allow
+                    .iter()
+                    .map(|p| matches(p, Action::Allow, peer, traffic)),
+            );
             verdict = match any {
                 Tri::Yes => Verdict::Allow,
                 Tri::No => Verdict::Deny("(no ALLOW policy matched)".into()),
@@ -522,59 +522,70 @@ impl Policies {
 }
 
 fn matches(p: &Compiled, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
-    p.rules
-        .iter()
-        .map(|r| rule(r, action, peer, traffic))
-        .fold(Tri::No, Tri::or)
+    or_all(p.rules.iter().map(|r| rule(r, action, peer, traffic)))
 }
 
-fn rule(r: &Rule, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
-    let any = |v: Vec<Tri>| {
-        if v.is_empty() {
-            Tri::Yes
-        } else {
-            v.into_iter().fold(Tri::No, Tri::or)
+/// Any of `tris`, stopping at the first `Yes` (the evaluation is pure, so
+/// what follows cannot change it); `No` for none.
+fn or_all(tris: impl Iterator<Item = Tri>) -> Tri {
+    let mut acc = Tri::No;
+    for t in tris {
+        acc = acc.or(t);
+        if acc == Tri::Yes {
+            break;
         }
-    };
+    }
+    acc
+}
+
+/// A rule's list of alternatives: an empty one matches, else any item.
+fn any_of<T>(items: &[T], f: impl Fn(&T) -> Tri) -> Tri {
+    if items.is_empty() {
+        Tri::Yes
+    } else {
+        or_all(items.iter().map(f))
+    }
+}
+
+/// `from`, `to` and `when` all hold; a part that fails skips the rest.
+fn rule(r: &Rule, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
+    let from = any_of(&r.from, |s| source(s, action, peer, traffic));
+    if from == Tri::No {
+        return Tri::No;
+    }
+    let to = from.and(any_of(&r.to, |o| operation(o, action, peer, traffic)));
+    if to == Tri::No {
+        return Tri::No;
+    }
+    r.when
+        .iter()
+        .map(|w| condition(w, action, peer, traffic))
+        .fold(to, Tri::and)
+}
+
+fn operation(o: &Operation, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
     let http = match traffic {
         Traffic::Http(h) => Some(*h),
         _ => None,
     };
-    let from = any(r
-        .from
-        .iter()
-        .map(|s| source(s, action, peer, traffic))
-        .collect());
-    let to = any(r
-        .to
-        .iter()
-        .map(|o| {
-            let port = Tri::of(o.ports.check(Some(&|p: &u16| *p == peer.port)));
-            let hosts = http_field(!o.hosts.is_empty(), action, traffic, || {
-                let host = http
-                    .map(|h| h.host.to_ascii_lowercase())
-                    .unwrap_or_default();
-                let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
-                o.hosts
-                    .check(Some(&|m: &Pattern| m.matches(&host) || m.matches(bare)))
-            });
-            let methods = http_field(!o.methods.is_empty(), action, traffic, || {
-                let m = http.map_or("", |h| h.method);
-                o.methods.check(Some(&|p: &Pattern| p.matches(m)))
-            });
-            let paths = http_field(!o.paths.is_empty(), action, traffic, || {
-                let path = http.map_or("", |h| h.path);
-                o.paths.check(Some(&|p: &Pattern| p.matches(path)))
-            });
-            port.and(hosts).and(methods).and(paths)
-        })
-        .collect());
-    let when = r
-        .when
-        .iter()
-        .map(|w| condition(w, action, peer, traffic))
-        .fold(Tri::Yes, Tri::and);
-    from.and(to).and(when)
+    let port = Tri::of(o.ports.check(Some(&|p: &u16| *p == peer.port)));
+    let hosts = http_field(!o.hosts.is_empty(), action, traffic, || {
+        let host = http
+            .map(|h| h.host.to_ascii_lowercase())
+            .unwrap_or_default();
+        let bare = host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h);
+        o.hosts
+            .check(Some(&|m: &Pattern| m.matches(&host) || m.matches(bare)))
+    });
+    let methods = http_field(!o.methods.is_empty(), action, traffic, || {
+        let m = http.map_or("", |h| h.method);
+        o.methods.check(Some(&|p: &Pattern| p.matches(m)))
+    });
+    let paths = http_field(!o.paths.is_empty(), action, traffic, || {
+        let path = http.map_or("", |h| h.path);
+        o.paths.check(Some(&|p: &Pattern| p.matches(path)))
+    });
+    port.and(hosts).and(methods).and(paths)
 }
 
 /// A single-valued attribute against its patterns; `None` is absent.
