@@ -372,80 +372,115 @@ fn paired(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
     (median(ratios), low, high)
 }
 
-/// Runs `load` on every contender, each once per round for [`ROUNDS`]
-/// rounds; what each run measured, by contender.
-fn in_turns<T>(
-    contenders: &[Contender],
-    what: &str,
-    mut load: impl FnMut(&Contender) -> Result<T>,
-) -> Result<Vec<Vec<T>>> {
-    let mut runs: Vec<Vec<T>> = contenders.iter().map(|_| Vec::new()).collect();
-    for round in 1..=ROUNDS {
-        for (c, runs) in contenders.iter().zip(&mut runs) {
-            eprintln!("    {}: {what}, round {round}", c.name);
-            runs.push(load(c)?);
-        }
-    }
-    Ok(runs)
+/// What one round measured of one contender: peak throughput and the
+/// CPU per request at it, then the fixed rate and the CPU per request at it.
+struct Round {
+    peak_rps: f64,
+    cpu_peak_us: f64,
+    fixed: Fixed,
+    cpu_fixed_us: f64,
 }
 
-/// Measures `contenders` side by side: peak throughput, then the fixed
-/// rate, each in [`ROUNDS`] interleaved rounds; then memory with 1,000
+/// Round `round` of both loads on `c`.
+fn one_round(c: &Contender, bench: &Path, round: usize) -> Result<Round> {
+    eprintln!(
+        "    {}: round {round}: peak ({PEAK_SECONDS} s), then {FIXED_RPS} rps ({FIXED_SECONDS} s)",
+        c.name
+    );
+    let (peak, cpu_peak_us) = with_cpu_per_request(
+        &c.cpu_pids,
+        || wrk_peak(c.port, PEAK_SECONDS),
+        |p| p.requests,
+    )?;
+    let (fixed, cpu_fixed_us) =
+        with_cpu_per_request(&c.cpu_pids, || fixed_rate(bench, c.port), |f| f.answered)?;
+    Ok(Round {
+        peak_rps: peak.rps,
+        cpu_peak_us,
+        fixed,
+        cpu_fixed_us,
+    })
+}
+
+/// `c`'s row: the medians of its rounds, and its memory with 1,000 open
+/// connections (measured now, after the rounds).
+fn row(c: &Contender, rounds: &[Round], bench: &Path) -> Result<Row> {
+    let rss_conns_kib = match c.pid {
+        Some(pid) => {
+            eprintln!("    {}: memory with 1,000 open connections", c.name);
+            hold_and_measure(bench, c.port, pid)?
+        }
+        None => 0,
+    };
+    let of_fixed =
+        |f: fn(&Fixed) -> u64| median(rounds.iter().map(|r| f(&r.fixed) as f64).collect());
+    Ok(Row {
+        name: c.name,
+        peak_rps: median(rounds.iter().map(|r| r.peak_rps).collect()),
+        cpu_peak_rounds: rounds.iter().map(|r| r.cpu_peak_us).collect(),
+        p50_us: of_fixed(|f| f.p50_us) as u64,
+        p99_us: of_fixed(|f| f.p99_us) as u64,
+        errors: rounds.iter().map(|r| r.fixed.errors).sum(),
+        cpu_fixed_rounds: rounds.iter().map(|r| r.cpu_fixed_us).collect(),
+        rss_idle_kib: c.rss_idle_kib,
+        rss_conns_kib,
+    })
+}
+
+/// Measures `contenders` side by side: they take turns, each running both
+/// loads once per round for [`ROUNDS`] rounds; then memory with 1,000
 /// open connections, one after the other.
 fn measure(contenders: &[Contender], bench: &Path) -> Result<Vec<Row>> {
-    let peaks = in_turns(
-        contenders,
-        &format!("peak throughput ({PEAK_SECONDS} s)"),
-        |c| {
-            let (peak, cpu) = with_cpu_per_request(
-                &c.cpu_pids,
-                || wrk_peak(c.port, PEAK_SECONDS),
-                |p| p.requests,
-            )?;
-            Ok((peak.rps, cpu))
-        },
-    )?;
-    let what = format!("latency and CPU at {FIXED_RPS} rps ({FIXED_SECONDS} s)");
-    let fixed = in_turns(contenders, &what, |c| {
-        with_cpu_per_request(&c.cpu_pids, || fixed_rate(bench, c.port), |f| f.answered)
-    })?;
-    let mut rows = Vec::new();
-    for ((c, peak), fixed) in contenders.iter().zip(peaks).zip(fixed) {
-        let rss_conns_kib = match c.pid {
-            Some(pid) => {
-                eprintln!("    {}: memory with 1,000 open connections", c.name);
-                hold_and_measure(bench, c.port, pid)?
-            }
-            None => 0,
-        };
-        let of_fixed =
-            |f: fn(&Fixed) -> u64| median(fixed.iter().map(|(x, _)| f(x) as f64).collect());
-        rows.push(Row {
-            name: c.name,
-            peak_rps: median(peak.iter().map(|p| p.0).collect()),
-            cpu_peak_rounds: peak.iter().map(|p| p.1).collect(),
-            p50_us: of_fixed(|f| f.p50_us) as u64,
-            p99_us: of_fixed(|f| f.p99_us) as u64,
-            errors: fixed.iter().map(|(f, _)| f.errors).sum(),
-            cpu_fixed_rounds: fixed.iter().map(|f| f.1).collect(),
-            rss_idle_kib: c.rss_idle_kib,
-            rss_conns_kib,
-        });
+    let mut rounds: Vec<Vec<Round>> = contenders.iter().map(|_| Vec::new()).collect();
+    for round in 1..=ROUNDS {
+        for (c, rounds) in contenders.iter().zip(&mut rounds) {
+            rounds.push(one_round(c, bench, round)?);
+        }
     }
-    Ok(rows)
+    contenders
+        .iter()
+        .zip(&rounds)
+        .map(|(c, rounds)| row(c, rounds, bench))
+        .collect()
 }
 
-/// [`measure`] of one contender.
-fn measure_one(
-    name: &'static str,
-    port: u16,
-    proc: Option<&mut Proc>,
-    also: Option<&Proc>,
-    bench: &Path,
-) -> Result<Row> {
-    let c = Contender::ready(name, port, proc, also)?;
-    let mut rows = measure(&[c], bench)?;
-    rows.pop().context("no row")
+/// The mesh rows: a client sidecar and a server sidecar on CPU 0, the
+/// server without a policy (plaintext and mTLS rows) and then with the
+/// 100-rule policy. Both servers take the workload's inbound port, so
+/// they cannot run side by side: each round starts each in turn.
+fn measure_mesh(proxy_bin: &Path, dir: &Path, bench: &Path) -> Result<Vec<Row>> {
+    let mut client = sluice(proxy_bin, dir, "sluice-client.yaml", Some("client"))?;
+    let stages: [(&str, &[(&'static str, u16)]); 2] = [
+        (
+            "sluice-server.yaml",
+            &[
+                (MESH_ROWS[0], PORTS.chain_plain),
+                (MESH_ROWS[1], PORTS.chain_mtls),
+            ],
+        ),
+        (
+            "sluice-server-authz.yaml",
+            &[(MESH_ROWS[2], PORTS.chain_mtls)],
+        ),
+    ];
+    let mut rounds: Vec<Vec<Round>> = MESH_ROWS.iter().map(|_| Vec::new()).collect();
+    let mut rows = Vec::new();
+    for round in 1..=ROUNDS {
+        let mut row_rounds = rounds.iter_mut();
+        for (config, stage_rows) in stages {
+            let mut server = sluice(proxy_bin, dir, config, Some("server"))?;
+            wait_http(PORTS.server_plain, &mut server)?;
+            for &(name, port) in stage_rows {
+                let c = Contender::ready(name, port, Some(&mut client), Some(&server))?;
+                let rounds = row_rounds.next().context("a mesh row without rounds")?;
+                rounds.push(one_round(&c, bench, round)?);
+                if round == ROUNDS {
+                    rows.push(row(&c, rounds, bench)?);
+                }
+            }
+        }
+    }
+    Ok(rows)
 }
 
 fn write_configs(dir: &Path) -> Result<()> {
@@ -761,35 +796,8 @@ pub fn proxy() -> Result<()> {
             c
         })?;
         write_mesh_configs(&dir)?;
-        let mut client = sluice(&proxy_bin, &dir, "sluice-client.yaml", Some("client"))?;
-        {
-            eprintln!("\n==> two sluice sidecars (1 worker each, both on CPU 0)");
-            let mut server = sluice(&proxy_bin, &dir, "sluice-server.yaml", Some("server"))?;
-            wait_http(PORTS.server_plain, &mut server)?;
-            rows.push(measure_one(
-                MESH_ROWS[0],
-                PORTS.chain_plain,
-                Some(&mut client),
-                Some(&server),
-                &bench,
-            )?);
-            rows.push(measure_one(
-                MESH_ROWS[1],
-                PORTS.chain_mtls,
-                Some(&mut client),
-                Some(&server),
-                &bench,
-            )?);
-        }
-        let mut server = sluice(&proxy_bin, &dir, "sluice-server-authz.yaml", Some("server"))?;
-        wait_http(PORTS.server_plain, &mut server)?;
-        rows.push(measure_one(
-            MESH_ROWS[2],
-            PORTS.chain_mtls,
-            Some(&mut client),
-            Some(&server),
-            &bench,
-        )?);
+        eprintln!("\n==> two sluice sidecars (1 worker each, both on CPU 0)");
+        rows.extend(measure_mesh(&proxy_bin, &dir, &bench)?);
     }
     drop(backend);
     let out = table(&rows);
