@@ -563,6 +563,7 @@ fn rule(r: &Rule, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri
         .fold(to, Tri::and)
 }
 
+/// One `to` entry: its ports, hosts, methods and paths all hold.
 fn operation(o: &Operation, action: Action, peer: &Peer<'_>, traffic: &Traffic<'_>) -> Tri {
     let http = match traffic {
         Traffic::Http(h) => Some(*h),
@@ -1071,6 +1072,43 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn the_last_of_many_rules_matches_and_a_failing_source_outweighs_an_unknown_operation() {
+        let h = http::HeaderMap::new();
+        let mut rules: Vec<serde_json::Value> = (0..99)
+            .map(|i| json!({"from": [{"source": {"principals": [format!("cluster.local/ns/other/sa/c-{i}")]}}],
+                "to": [{"operation": {"methods": ["GET"]}}]}))
+            .collect();
+        rules.push(json!({"from": [{"source": {"principals": [CURL]}}], "to": [{"operation": {"methods": ["GET"]}}]}));
+        let allow = policies(json!([{"name": "h/many", "action": "ALLOW", "rules": rules}]));
+        assert_eq!(
+            allow
+                .decide(&peer(Some(CURL)), &req("GET", "/", &h))
+                .verdict,
+            Verdict::Allow
+        );
+        assert_eq!(
+            allow
+                .decide(&peer(Some(DENY_SA)), &req("GET", "/", &h))
+                .verdict,
+            no_allow()
+        );
+        // Before the request is read, the methods are unknown: only the
+        // rule whose source matches can defer; the others fail outright.
+        assert_eq!(
+            allow
+                .decide(&peer(Some(CURL)), &Traffic::Connection)
+                .verdict,
+            Verdict::Defer
+        );
+        assert_eq!(
+            allow
+                .decide(&peer(Some(DENY_SA)), &Traffic::Connection)
+                .verdict,
+            no_allow()
+        );
     }
 
     #[test]
