@@ -17,12 +17,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
-use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::debug;
 
@@ -41,7 +38,7 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     stream: TcpStream,
     peer: SocketAddr,
-    builder: auto::Builder<TokioExecutor>,
+    stop: watch::Receiver<bool>,
     watcher: Watcher,
 ) {
     let compiled = proxy.current();
@@ -69,7 +66,7 @@ pub async fn serve(
                     connection_traffic(&listener),
                     telemetry,
                 ) {
-                    serve_port(proxy.clone(), listener, info, stream, builder, watcher).await;
+                    serve_port(proxy.clone(), listener, info, stream, stop, watcher).await;
                 }
             }
             None => {
@@ -147,7 +144,7 @@ pub async fn serve(
             principal: verified.get().cloned(),
             port,
         };
-        serve_port(proxy.clone(), listener, info, tls, builder, watcher).await;
+        serve_port(proxy.clone(), listener, info, tls, stop, watcher).await;
     } else if inbound.mode == MtlsMode::Strict {
         // Plaintext to this port itself: nothing to forward to, but STRICT
         // counts what it refuses.
@@ -199,10 +196,10 @@ async fn serve_port<S>(
     listener: Arc<CompiledListener>,
     info: PeerInfo,
     io: S,
-    builder: auto::Builder<TokioExecutor>,
+    stop: watch::Receiver<bool>,
     watcher: Watcher,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: crate::h1::Transport,
 {
     let traffic = connection_traffic(&listener);
     let info = Arc::new(info);
@@ -218,13 +215,7 @@ async fn serve_port<S>(
                     proxy.clone(),
                     info.clone(),
                 );
-                let conn = builder
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(proxy.idle(io)),
-                        TowerToHyperService::new(svc),
-                    )
-                    .into_owned();
-                let _ = watcher.watch(conn).await;
+                crate::h1::serve(svc, proxy.idle(io), stop, watcher).await;
             }
         }
     };

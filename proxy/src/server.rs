@@ -197,7 +197,7 @@ async fn accept_loop(
                     proxy.clone(),
                     stream,
                     peer,
-                    builder.clone(),
+                    stop.clone(),
                     graceful.watcher(),
                 ),
             ));

@@ -15,7 +15,9 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use crate::body::RespBody;
+use crate::body::{Received, RespBody};
+use crate::h1::Handler;
+use crate::http_proxy::ProxyService;
 use crate::route::request_authority;
 use crate::state::Proxy;
 pub use sluice_authz::jwt::{Authenticator, JwtError};
@@ -63,6 +65,69 @@ impl<S> Authorize<S> {
     pub fn new(inner: S, proxy: Arc<Proxy>, peer: Arc<PeerInfo>) -> Authorize<S> {
         Authorize { inner, proxy, peer }
     }
+
+    /// The request as it goes on (a verified JWT's claims passed on as
+    /// the rules say), or the answer that refuses it; counts refusals and
+    /// audits.
+    fn admit<B>(&self, req: Request<B>) -> Result<Request<B>, Refused> {
+        let compiled = self.proxy.current();
+        let Some(inbound) = &compiled.inbound else {
+            return Ok(req);
+        };
+        if inbound.policies.is_empty() && inbound.authn.is_empty() {
+            return Ok(req);
+        }
+        let telemetry = &self.proxy.telemetry;
+        let (mut parts, body) = req.into_parts();
+        let verified = match inbound.authn.verify(&parts.headers, parts.uri.query()) {
+            Ok(v) => v,
+            Err(e) => {
+                debug!(reason = %e, method = %parts.method, path = parts.uri.path(), "JWT refused");
+                telemetry.jwt_refused_requests.fetch_add(1, Relaxed);
+                return Err(Refused::Unauthenticated(e));
+            }
+        };
+        let host = request_authority(&parts).map_or("", |(h, _)| h);
+        let decision = inbound.policies.decide(
+            &self.peer.peer(),
+            &Traffic::Http(HttpAttributes {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                host,
+                headers: &parts.headers,
+                auth: verified.as_ref().map(|v| &v.auth),
+            }),
+        );
+        if decision.audited {
+            telemetry.authz_audited.fetch_add(1, Relaxed);
+        }
+        if let Verdict::Deny(policy) = &decision.verdict {
+            debug!(%policy, method = %parts.method, path = parts.uri.path(), principal = ?self.peer.principal, "request denied");
+            telemetry.authz_denied_requests.fetch_add(1, Relaxed);
+            return Err(Refused::Denied);
+        }
+        if let Some(v) = &verified {
+            inbound.authn.pass_on(v, &mut parts.headers);
+        }
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// The inbound side's own HTTP/1 path: the same checks before the
+/// forwarding service.
+impl Handler for Authorize<ProxyService> {
+    type Hyper = Self;
+
+    async fn handle(&self, req: Request<Received>) -> Response<RespBody> {
+        match self.admit(req) {
+            Ok(req) => self.inner.handle(req).await,
+            Err(refused) => refused.answer(),
+        }
+    }
+
+    fn hyper(self) -> Self {
+        self
+    }
 }
 
 fn refusal(status: StatusCode, body: &'static str) -> Response<RespBody> {
@@ -73,6 +138,24 @@ fn refusal(status: StatusCode, body: &'static str) -> Response<RespBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+/// Why a request is answered here instead of forwarded.
+#[derive(Debug)]
+enum Refused {
+    /// Its JWT did not verify.
+    Unauthenticated(JwtError),
+    /// A policy denies it.
+    Denied,
+}
+
+impl Refused {
+    fn answer(&self) -> Response<RespBody> {
+        match self {
+            Refused::Unauthenticated(e) => unauthenticated(e),
+            Refused::Denied => denied(),
+        }
+    }
 }
 
 fn denied() -> Response<RespBody> {
@@ -103,45 +186,12 @@ where
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let compiled = self.proxy.current();
-        let Some(inbound) = &compiled.inbound else {
-            return Box::pin(self.inner.call(req));
-        };
-        if inbound.policies.is_empty() && inbound.authn.is_empty() {
-            return Box::pin(self.inner.call(req));
-        }
-        let telemetry = &self.proxy.telemetry;
-        let (mut parts, body) = req.into_parts();
-        let verified = match inbound.authn.verify(&parts.headers, parts.uri.query()) {
-            Ok(v) => v,
-            Err(e) => {
-                debug!(reason = %e, method = %parts.method, path = parts.uri.path(), "JWT refused");
-                telemetry.jwt_refused_requests.fetch_add(1, Relaxed);
-                return Box::pin(async move { Ok(unauthenticated(&e)) });
+        match self.admit(req) {
+            Ok(req) => Box::pin(self.inner.call(req)),
+            Err(refused) => {
+                let answer = refused.answer();
+                Box::pin(async { Ok(answer) })
             }
-        };
-        let host = request_authority(&parts).map_or("", |(h, _)| h);
-        let decision = inbound.policies.decide(
-            &self.peer.peer(),
-            &Traffic::Http(HttpAttributes {
-                method: parts.method.as_str(),
-                path: parts.uri.path(),
-                host,
-                headers: &parts.headers,
-                auth: verified.as_ref().map(|v| &v.auth),
-            }),
-        );
-        if decision.audited {
-            telemetry.authz_audited.fetch_add(1, Relaxed);
         }
-        if let Verdict::Deny(policy) = &decision.verdict {
-            debug!(%policy, method = %parts.method, path = parts.uri.path(), principal = ?self.peer.principal, "request denied");
-            telemetry.authz_denied_requests.fetch_add(1, Relaxed);
-            return Box::pin(async { Ok(denied()) });
-        }
-        if let Some(v) = &verified {
-            inbound.authn.pass_on(v, &mut parts.headers);
-        }
-        Box::pin(self.inner.call(Request::from_parts(parts, body)))
     }
 }

@@ -1,7 +1,9 @@
-//! The proxy's own HTTP/1.1 path for plaintext listeners.
+//! The proxy's own HTTP/1.1 path for plaintext listeners and a sidecar's
+//! inbound side (plaintext or mTLS).
 //!
 //! One task per connection reads request heads with `httparse` straight
-//! off the socket, hands them to [`ProxyService::handle`] like any other
+//! off the connection, hands them to its [`Handler`] (the forwarding
+//! service, behind authorization on the inbound side) like any other
 //! request, and writes the answer itself. Compared with hyper's server
 //! connection it saves, per request, the dispatch between the connection
 //! and its service and hyper's general encoder; per idle keep-alive
@@ -18,18 +20,18 @@ pub mod encode;
 pub mod head;
 mod rewind;
 
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::pin::Pin;
 
 use bytes::BytesMut;
 use futures::FutureExt;
-use http::{Method, Response};
+use http::{Method, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Body;
+use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -61,39 +63,171 @@ enum Next {
     Close,
 }
 
-/// Serves one plaintext HTTP connection until it ends, the listener stops
-/// (`stop` turns true: an idle connection closes at once, a busy one after
-/// its response), or it is handed to hyper.
-pub async fn serve(
-    svc: ProxyService,
-    mut io: Idle<TcpStream>,
+/// What a connection on this path serves its requests with.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// The same service as hyper calls it, for a connection handed off.
+    type Hyper: tower::Service<
+            Request<Incoming>,
+            Response = Response<RespBody>,
+            Error = ConnectionRefused,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static;
+
+    /// Answers one request; a response carrying [`ConnectionRefused`]
+    /// closes the connection instead of being sent.
+    fn handle(&self, req: Request<Received>) -> impl Future<Output = Response<RespBody>> + Send;
+
+    /// The service for hyper.
+    fn hyper(self) -> Self::Hyper;
+}
+
+impl Handler for ProxyService {
+    type Hyper = ProxyService;
+
+    fn handle(&self, req: Request<Received>) -> impl Future<Output = Response<RespBody>> + Send {
+        ProxyService::handle(self, req)
+    }
+
+    fn hyper(self) -> ProxyService {
+        self
+    }
+}
+
+/// A connection this path serves: how it waits for the next request and
+/// how it ends.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
+    /// Waits for the first bytes of the next request and reads them into
+    /// `buf`; `false` when the connection is to end instead (closed by the
+    /// peer, idle too long, the listener stopping).
+    fn wait_for_request(
+        io: &mut Idle<Self>,
+        buf: &mut BytesMut,
+        stop: &mut watch::Receiver<bool>,
+    ) -> impl Future<Output = bool> + Send;
+
+    /// Ends the connection once this path is done with it.
+    fn close(io: Idle<Self>) -> impl Future<Output = ()> + Send;
+}
+
+impl Transport for TcpStream {
+    async fn wait_for_request(
+        io: &mut Idle<TcpStream>,
+        buf: &mut BytesMut,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return false,
+                ready = poll_fn(|cx| io.poll_read_ready(cx)) => {
+                    if !matches!(ready, Ok(true)) {
+                        return false;
+                    }
+                }
+            }
+            if buf.capacity() == 0 {
+                *buf = read_buffers::take();
+            }
+            // Through `poll_read`, which marks the socket drained when a
+            // read comes back short: the next wait then goes straight to
+            // epoll instead of a read that finds nothing (nginx's one read
+            // per request). `try_read` would leave the readiness set.
+            match io.read_buf(buf).now_or_never() {
+                Some(Ok(0)) | Some(Err(_)) => return false,
+                Some(Ok(_)) => return true,
+                // Readiness that was stale: give the buffer back and wait.
+                None => read_buffers::give(std::mem::take(buf)),
+            }
+        }
+    }
+
+    async fn close(_io: Idle<TcpStream>) {}
+}
+
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    /// TLS may hold decrypted bytes the socket no longer signals, so the
+    /// wait is a read, with a buffer held meanwhile.
+    async fn wait_for_request(
+        io: &mut Idle<Self>,
+        buf: &mut BytesMut,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if buf.capacity() == 0 {
+            *buf = read_buffers::take();
+        }
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => false,
+            read = io.read_buf(buf) => matches!(read, Ok(n) if n > 0),
+        }
+    }
+
+    /// With a `close_notify`, as hyper ends a TLS connection, so that the
+    /// client reads an end rather than a cut.
+    async fn close(mut io: Idle<Self>) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
+    }
+}
+
+/// Time given to a TLS connection's `close_notify` on the way out.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How [`requests`] ended.
+enum End {
+    /// The connection is over.
+    Closed,
+    /// hyper is to serve the rest, starting with these bytes.
+    HandOff(BytesMut),
+}
+
+/// Serves one HTTP connection until it ends, the listener stops (`stop`
+/// turns true: an idle connection closes at once, a busy one after its
+/// response), or it is handed to hyper.
+pub async fn serve<H: Handler, T: Transport>(
+    svc: H,
+    mut io: Idle<T>,
     mut stop: watch::Receiver<bool>,
     watcher: Watcher,
 ) {
+    match requests(&svc, &mut io, &mut stop).await {
+        End::Closed => T::close(io).await,
+        End::HandOff(buf) => hand_off(svc, io, buf, watcher).await,
+    }
+}
+
+/// The connection's requests, one after another.
+async fn requests<H: Handler, T: Transport>(
+    svc: &H,
+    io: &mut Idle<T>,
+    stop: &mut watch::Receiver<bool>,
+) -> End {
     let mut buf = BytesMut::new();
     loop {
-        if buf.is_empty() && !wait_for_request(&mut io, &mut buf, &mut stop).await {
-            return;
+        if buf.is_empty() && !T::wait_for_request(io, &mut buf, stop).await {
+            return End::Closed;
         }
-        let (req, close) = match read_head(&mut io, &mut buf).await {
+        let (req, close) = match read_head(io, &mut buf).await {
             Some(Head::Request { req, close }) => (req, close),
-            Some(Head::HandOff) => return hand_off(svc, io, buf, watcher).await,
+            Some(Head::HandOff) => return End::HandOff(buf),
             Some(Head::Invalid) => {
                 let _ = io.write_all(BAD_REQUEST).await;
-                return;
+                let _ = io.flush().await;
+                return End::Closed;
             }
-            Some(Head::Partial) | None => return,
+            Some(Head::Partial) | None => return End::Closed,
         };
         let head_request = req.method() == Method::HEAD;
         // Boxed: the connection's task stays small while it is idle.
         let resp = Box::pin(svc.handle(req.map(|()| Received::Empty))).await;
         if resp.extensions().get::<ConnectionRefused>().is_some() {
-            return;
+            return End::Closed;
         }
         let close = close || *stop.borrow();
-        match respond(&mut io, resp, head_request, close).await {
+        match respond(io, resp, head_request, close).await {
             Next::KeepAlive => {}
-            Next::Close => return,
+            Next::Close => return End::Closed,
         }
         if buf.is_empty() {
             // No buffer held while idle: it goes back to the thread's spares.
@@ -102,44 +236,10 @@ pub async fn serve(
     }
 }
 
-/// Waits for the first bytes of the next request and reads them into
-/// `buf`; `false` when the connection is to end instead (closed by the
-/// peer, idle too long, the listener stopping).
-async fn wait_for_request(
-    io: &mut Idle<TcpStream>,
-    buf: &mut BytesMut,
-    stop: &mut watch::Receiver<bool>,
-) -> bool {
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => return false,
-            ready = poll_fn(|cx| io.poll_read_ready(cx)) => {
-                if !matches!(ready, Ok(true)) {
-                    return false;
-                }
-            }
-        }
-        if buf.capacity() == 0 {
-            *buf = read_buffers::take();
-        }
-        // Through `poll_read`, which marks the socket drained when a read
-        // comes back short: the next wait then goes straight to epoll
-        // instead of a read that finds nothing (nginx's one read per
-        // request). `try_read` would leave the readiness set.
-        match io.read_buf(buf).now_or_never() {
-            Some(Ok(0)) | Some(Err(_)) => return false,
-            Some(Ok(_)) => return true,
-            // Readiness that was stale: give the buffer back and wait.
-            None => read_buffers::give(std::mem::take(buf)),
-        }
-    }
-}
-
 /// Reads until `buf` starts with a whole head (or one for hyper), within
 /// the header read timeout; `None` when the connection ends or the time
 /// runs out first.
-async fn read_head(io: &mut Idle<TcpStream>, buf: &mut BytesMut) -> Option<Head> {
+async fn read_head<T: Transport>(io: &mut Idle<T>, buf: &mut BytesMut) -> Option<Head> {
     let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
     loop {
         match head::parse(buf) {
@@ -159,18 +259,18 @@ async fn read_head(io: &mut Idle<TcpStream>, buf: &mut BytesMut) -> Option<Head>
 /// consumed; it serves the rest (and drains on shutdown) as any other.
 /// The builder is made here, not held by every connection for the
 /// hand-off that most never need.
-async fn hand_off(svc: ProxyService, io: Idle<TcpStream>, read: BytesMut, watcher: Watcher) {
+async fn hand_off<H: Handler, T: Transport>(svc: H, io: Idle<T>, read: BytesMut, watcher: Watcher) {
     let io = TokioIo::new(Rewind::new(read.freeze(), io));
     let conn = http_builder()
-        .serve_connection_with_upgrades(io, TowerToHyperService::new(svc))
+        .serve_connection_with_upgrades(io, TowerToHyperService::new(svc.hyper()))
         .into_owned();
     let _ = Box::pin(watcher.watch(conn)).await;
 }
 
 /// Writes `resp`: the head and a small body in one write, a longer body
 /// as its frames come.
-async fn respond(
-    io: &mut Idle<TcpStream>,
+async fn respond<T: Transport>(
+    io: &mut Idle<T>,
     resp: Response<RespBody>,
     head_request: bool,
     close: bool,
@@ -193,6 +293,8 @@ async fn respond(
         Framing::NoBody | Framing::AsDeclared => io.write_all(&out).await.is_ok(),
         Framing::Length(_) | Framing::Chunked => send_body(io, &mut body, framing, out).await,
     };
+    // A no-op on TCP; TLS may hold the last records until flushed.
+    let sent = sent && io.flush().await.is_ok();
     if sent && !close {
         Next::KeepAlive
     } else {
@@ -203,8 +305,8 @@ async fn respond(
 /// Sends `body` after the head already in `out`; `false` when the body
 /// failed (the connection then ends without the last chunk, so that the
 /// client sees the answer cut short) or the write did.
-async fn send_body(
-    io: &mut Idle<TcpStream>,
+async fn send_body<T: Transport>(
+    io: &mut Idle<T>,
     body: &mut RespBody,
     framing: Framing,
     mut out: Vec<u8>,
@@ -217,7 +319,9 @@ async fn send_body(
             Some(frame) => frame,
             None => {
                 // Nothing more yet: what is gathered goes out meanwhile.
-                if !out.is_empty() && io.write_all(&out).await.is_err() {
+                if !out.is_empty()
+                    && (io.write_all(&out).await.is_err() || io.flush().await.is_err())
+                {
                     return false;
                 }
                 out.clear();
