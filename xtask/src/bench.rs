@@ -445,17 +445,19 @@ fn measure(contenders: &[Contender], bench: &Path) -> Result<Vec<Row>> {
 }
 
 /// The mesh rows: a client sidecar and a server sidecar on CPU 0, the
-/// server without a policy (plaintext and mTLS rows) and then with the
+/// server without a policy (mTLS and plaintext rows) and then with the
 /// 100-rule policy. Both servers take the workload's inbound port, so
-/// they cannot run side by side: each round starts each in turn.
+/// they cannot run side by side: each round starts each in turn. The two
+/// mTLS rows come first after their server starts, so that they differ
+/// by the policy alone.
 fn measure_mesh(proxy_bin: &Path, dir: &Path, bench: &Path) -> Result<Vec<Row>> {
     let mut client = sluice(proxy_bin, dir, "sluice-client.yaml", Some("client"))?;
     let stages: [(&str, &[(&'static str, u16)]); 2] = [
         (
             "sluice-server.yaml",
             &[
-                (MESH_ROWS[0], PORTS.chain_plain),
                 (MESH_ROWS[1], PORTS.chain_mtls),
+                (MESH_ROWS[0], PORTS.chain_plain),
             ],
         ),
         (
@@ -480,6 +482,7 @@ fn measure_mesh(proxy_bin: &Path, dir: &Path, bench: &Path) -> Result<Vec<Row>> 
             }
         }
     }
+    rows.sort_by_key(|r| MESH_ROWS.iter().position(|&n| n == r.name));
     Ok(rows)
 }
 
