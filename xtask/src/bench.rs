@@ -185,11 +185,11 @@ struct Row {
 
 impl Row {
     fn cpu_fixed_us(&self) -> f64 {
-        median_or_zero(&self.cpu_fixed_rounds)
+        median(self.cpu_fixed_rounds.clone())
     }
 
     fn cpu_peak_us(&self) -> f64 {
-        median_or_zero(&self.cpu_peak_rounds)
+        median(self.cpu_peak_rounds.clone())
     }
 }
 
@@ -343,19 +343,13 @@ impl Contender {
 /// burst of noise that lands on one.
 const ROUNDS: usize = 5;
 
-/// The median of `values` (not empty).
+/// The median of `values`, 0 for none (a row not measured).
 fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-/// The median of `values`, 0 for none (a row not measured).
-fn median_or_zero(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        0.0
-    } else {
-        median(values.to_vec())
-    }
 }
 
 /// `a / b` round by round: the median ratio, the lowest and the highest.
@@ -681,7 +675,6 @@ const MESH_ROWS: [&str; 3] = [
     "2 sidecars, mTLS + 100-rule policy",
 ];
 
-/// Starts a sluice proxy on CPU 0 with `config` (and a certificate).
 /// nginx pinned to `cpu` with `<dir>/<config>.conf`, logging to
 /// `<dir>/<config>.log` (the backend, and the nginx proxy row).
 fn nginx(name: &'static str, cpu: &str, dir: &Path, config: &str) -> Result<Proc> {
@@ -693,6 +686,7 @@ fn nginx(name: &'static str, cpu: &str, dir: &Path, config: &str) -> Result<Proc
     spawn(name, c, &dir.join(format!("{config}.log")))
 }
 
+/// Starts a sluice proxy on CPU 0 with `config` (and a certificate).
 fn sluice(bin: &Path, dir: &Path, config: &str, cert: Option<&str>) -> Result<Proc> {
     let mut c = pinned("0", &bin.display().to_string());
     c.args([
