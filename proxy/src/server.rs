@@ -233,6 +233,7 @@ async fn accept_loop(
                             tls,
                             svc.over_tls(),
                             builder.clone(),
+                            stop.clone(),
                             graceful.watcher(),
                         ),
                     ));
@@ -256,13 +257,16 @@ async fn accept_loop(
 
 /// Terminates TLS (the certificate picked by SNI, read from the config
 /// current at accept time, so renewed certificates need no rebind), then
-/// serves HTTP/1.1 or HTTP/2 as ALPN settled.
+/// serves HTTP/2 through hyper if ALPN settled on it, and anything else on
+/// the proxy's own HTTP/1 path (which hands an HTTP/2 preface that came
+/// without ALPN to hyper in turn).
 async fn serve_https(
     proxy: Arc<Proxy>,
     stream: tokio::net::TcpStream,
     tls: Termination,
     svc: ProxyService,
     builder: auto::Builder<TokioExecutor>,
+    stop: watch::Receiver<bool>,
     watcher: Watcher,
 ) {
     let failed = || {
@@ -280,6 +284,9 @@ async fn serve_https(
         }
         Err(_) => return failed(),
     };
+    if io.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return crate::h1::serve(svc, proxy.idle(io), stop, watcher).await;
+    }
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(proxy.idle(io)), TowerToHyperService::new(svc))
         .into_owned();

@@ -917,15 +917,16 @@ async fn https_listeners_pick_the_certificate_by_sni_and_tell_upstream_https() {
     );
     let p = ProxyProcess::start(&config, addr(admin)).await;
     let root = reqwest::Certificate::from_pem(ca.0.pem().as_bytes()).unwrap();
-    let client = reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(root)
-        .resolve("a.test", addr(port))
-        .resolve("x.w.test", addr(port))
-        .resolve("other.test", addr(port))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let builder = || {
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(root.clone())
+            .resolve("a.test", addr(port))
+            .resolve("x.w.test", addr(port))
+            .resolve("other.test", addr(port))
+            .timeout(Duration::from_secs(10))
+    };
+    let client = builder().build().unwrap();
 
     // Each name gets the certificate that names it (the client checks the
     // name), over HTTP/2 as ALPN settles; upstream hears https whatever
@@ -945,6 +946,34 @@ async fn https_listeners_pick_the_certificate_by_sni_and_tell_upstream_https() {
             "{headers}"
         );
     }
+    // A client that offers only HTTP/1.1 is served on the proxy's own
+    // HTTP/1 path: requests without a body, then one with a body (which
+    // that path hands to hyper mid-connection), on the kept-alive
+    // connection.
+    let h1 = builder().http1_only().build().unwrap();
+    for _ in 0..3 {
+        let r = h1
+            .get(format!("https://a.test:{port}/headers"))
+            .header("x-forwarded-proto", "http")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), http::Version::HTTP_11);
+        let headers = r.text().await.unwrap();
+        assert!(
+            headers.contains(r#""x-forwarded-proto": "https""#),
+            "{headers}"
+        );
+    }
+    let posted = h1
+        .post(format!("https://a.test:{port}/"))
+        .body(vec![b'x'; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.version(), http::Version::HTTP_11);
+    assert_eq!(posted.text().await.unwrap(), "blue");
+    assert_eq!(up.body_bytes.load(Ordering::Relaxed), 100_000);
     // No certificate serves other.test and there is no default: refused
     // in the handshake, and counted.
     let refused = client

@@ -1,5 +1,6 @@
-//! The proxy's own HTTP/1.1 path for plaintext listeners and a sidecar's
-//! inbound side (plaintext or mTLS).
+//! The proxy's own HTTP/1.1 path for plaintext listeners, HTTPS listeners
+//! where ALPN did not settle on HTTP/2, and a sidecar's inbound side
+//! (plaintext or mTLS).
 //!
 //! One task per connection reads request heads with `httparse` straight
 //! off the connection, hands them to its [`Handler`] (the forwarding
