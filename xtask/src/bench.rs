@@ -9,8 +9,9 @@
 //! rate` (open loop); CPU per request from the proxy's threads' CPU time
 //! over each of those runs; memory from `/proc` idle and with 1,000 open
 //! keep-alive connections held by `sluice-bench hold`. The single proxies
-//! run side by side and take turns, three rounds of each load, and every
-//! figure is the median of its rounds.
+//! run side by side and take turns, [`ROUNDS`] rounds of each load; every
+//! figure is the median of its rounds, and every comparison of two
+//! proxies the median of their round-by-round ratios or differences.
 //!
 //! The mesh rows chain two sluice proxies (a client sidecar and a server
 //! sidecar, both on CPU 0) in front of the same backend: plaintext between
@@ -181,6 +182,10 @@ struct Row {
     cpu_fixed_rounds: Vec<f64>,
     /// The proxy's CPU per request at peak throughput, in µs, by round.
     cpu_peak_rounds: Vec<f64>,
+    /// Peak requests per second, by round.
+    peak_rounds: Vec<f64>,
+    /// p99 at the fixed rate, in µs, by round.
+    p99_rounds: Vec<f64>,
 }
 
 impl Row {
@@ -352,18 +357,59 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// `a / b` round by round: the median ratio, the lowest and the highest.
-/// Two contenders measured in the same round ran seconds apart, so their
-/// ratio cancels the drift of the machine that the medians of each alone
-/// keep.
-fn paired(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
-    let ratios: Vec<f64> = a.iter().zip(b).map(|(&a, &b)| ratio(a, b)).collect();
-    if ratios.is_empty() {
-        return (0.0, 0.0, 0.0);
+/// Two rows compared round by round: the median of the rounds'
+/// comparisons, the lowest and the highest. Two contenders measured in the
+/// same round ran seconds apart, so comparing them there cancels the drift
+/// of the machine that the medians of each alone keep.
+#[derive(Debug, PartialEq)]
+struct Paired {
+    mid: f64,
+    low: f64,
+    high: f64,
+}
+
+impl Paired {
+    /// `f(a, b)` in each round.
+    fn by(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Paired {
+        let each: Vec<f64> = a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect();
+        if each.is_empty() {
+            return Paired {
+                mid: 0.0,
+                low: 0.0,
+                high: 0.0,
+            };
+        }
+        let low = each.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = each.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Paired {
+            mid: median(each),
+            low,
+            high,
+        }
     }
-    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let high = ratios.iter().copied().fold(0.0, f64::max);
-    (median(ratios), low, high)
+
+    /// `a / b` in each round.
+    fn ratio(a: &[f64], b: &[f64]) -> Paired {
+        Paired::by(a, b, ratio)
+    }
+
+    /// `a - b` in each round.
+    fn difference(a: &[f64], b: &[f64]) -> Paired {
+        Paired::by(a, b, |a, b| a - b)
+    }
+
+    /// As a ratio: "1.04x (rounds 0.99-1.10)".
+    fn times(&self) -> String {
+        format!("{:.2}x (rounds {:.2}-{:.2})", self.mid, self.low, self.high)
+    }
+
+    /// As a difference in µs: "+12 µs (rounds -40 to +90)".
+    fn micros(&self) -> String {
+        format!(
+            "{:+.0} µs (rounds {:+.0} to {:+.0})",
+            self.mid, self.low, self.high
+        )
+    }
 }
 
 /// What one round measured of one contender: peak throughput and the
@@ -411,6 +457,8 @@ fn row(c: &Contender, rounds: &[Round], bench: &Path) -> Result<Row> {
     Ok(Row {
         name: c.name,
         peak_rps: median(rounds.iter().map(|r| r.peak_rps).collect()),
+        peak_rounds: rounds.iter().map(|r| r.peak_rps).collect(),
+        p99_rounds: rounds.iter().map(|r| r.fixed.p99_us as f64).collect(),
         cpu_peak_rounds: rounds.iter().map(|r| r.cpu_peak_us).collect(),
         p50_us: of_fixed(|f| f.p50_us) as u64,
         p99_us: of_fixed(|f| f.p99_us) as u64,
@@ -439,44 +487,31 @@ fn measure(contenders: &[Contender], bench: &Path) -> Result<Vec<Row>> {
 }
 
 /// The mesh rows: a client sidecar and a server sidecar on CPU 0, the
-/// server without a policy (mTLS and plaintext rows) and then with the
-/// 100-rule policy. Both servers take the workload's inbound port, so
-/// they cannot run side by side: each round starts each in turn. The two
-/// mTLS rows come first after their server starts, so that they differ
-/// by the policy alone.
+/// server without a policy (plaintext and mTLS rows) or with the 100-rule
+/// policy. Each row of each round starts its own server sidecar and stops
+/// it after: the servers take the workload's inbound port, so they cannot
+/// run side by side, and a row measured on a server that another row had
+/// already run on would not be measured alike.
 fn measure_mesh(proxy_bin: &Path, dir: &Path, bench: &Path) -> Result<Vec<Row>> {
     let mut client = sluice(proxy_bin, dir, "sluice-client.yaml", Some("client"))?;
-    let stages: [(&str, &[(&'static str, u16)]); 2] = [
-        (
-            "sluice-server.yaml",
-            &[
-                (MESH_ROWS[1], PORTS.chain_mtls),
-                (MESH_ROWS[0], PORTS.chain_plain),
-            ],
-        ),
-        (
-            "sluice-server-authz.yaml",
-            &[(MESH_ROWS[2], PORTS.chain_mtls)],
-        ),
+    let mesh: [(&'static str, &str, u16); 3] = [
+        (MESH_ROWS[0], "sluice-server.yaml", PORTS.chain_plain),
+        (MESH_ROWS[1], "sluice-server.yaml", PORTS.chain_mtls),
+        (MESH_ROWS[2], "sluice-server-authz.yaml", PORTS.chain_mtls),
     ];
-    let mut rounds: Vec<Vec<Round>> = MESH_ROWS.iter().map(|_| Vec::new()).collect();
+    let mut rounds: Vec<Vec<Round>> = mesh.iter().map(|_| Vec::new()).collect();
     let mut rows = Vec::new();
     for round in 1..=ROUNDS {
-        let mut row_rounds = rounds.iter_mut();
-        for (config, stage_rows) in stages {
+        for (&(name, config, port), rounds) in mesh.iter().zip(&mut rounds) {
             let mut server = sluice(proxy_bin, dir, config, Some("server"))?;
             wait_http(PORTS.server_plain, &mut server)?;
-            for &(name, port) in stage_rows {
-                let c = Contender::ready(name, port, Some(&mut client), Some(&server))?;
-                let rounds = row_rounds.next().context("a mesh row without rounds")?;
-                rounds.push(one_round(&c, bench, round)?);
-                if round == ROUNDS {
-                    rows.push(row(&c, rounds, bench)?);
-                }
+            let c = Contender::ready(name, port, Some(&mut client), Some(&server))?;
+            rounds.push(one_round(&c, bench, round)?);
+            if round == ROUNDS {
+                rows.push(row(&c, rounds, bench)?);
             }
         }
     }
-    rows.sort_by_key(|r| MESH_ROWS.iter().position(|&n| n == r.name));
     Ok(rows)
 }
 
@@ -623,18 +658,18 @@ fn table(rows: &[Row]) -> String {
         ));
     }
     s.push('\n');
-    s.push_str(&ratios(&get("sluice-proxy"), &direct, &PEERS.map(get)));
+    s.push_str(&ratios(&get("sluice-proxy"), &PEERS.map(get)));
     let (plain, mtls, authz) = (get(MESH_ROWS[0]), get(MESH_ROWS[1]), get(MESH_ROWS[2]));
     if plain.peak_rps > 0.0 {
-        s.push_str(&format!(
-            "two sidecars against plaintext: mTLS {:.2}x throughput, {:.2}x CPU/req, added p99 {} µs; mTLS + 100-rule policy {:.2}x throughput, {:.2}x CPU/req, added p99 {} µs\n",
-            ratio(mtls.peak_rps, plain.peak_rps),
-            ratio(mtls.cpu_fixed_us(), plain.cpu_fixed_us()),
-            mtls.p99_us as i64 - plain.p99_us as i64,
-            ratio(authz.peak_rps, plain.peak_rps),
-            ratio(authz.cpu_fixed_us(), plain.cpu_fixed_us()),
-            authz.p99_us as i64 - plain.p99_us as i64,
-        ));
+        let policy = "two sidecars, mTLS + 100-rule policy";
+        for line in [
+            against("two sidecars, mTLS", &mtls, "plaintext", &plain),
+            against(policy, &authz, "plaintext", &plain),
+            against(policy, &authz, "mTLS", &mtls),
+        ] {
+            s.push_str(&line);
+            s.push('\n');
+        }
     }
     s
 }
@@ -647,25 +682,32 @@ fn ratio(a: f64, b: f64) -> f64 {
 }
 
 /// sluice-proxy against each peer: CPU per request (the target,
-/// ≤ 1.0x) paired round by round, throughput, memory with 1,000
-/// connections and added p99.
-fn ratios(sluice: &Row, direct: &Row, peers: &[Row]) -> String {
-    let shown =
-        |(mid, low, high): (f64, f64, f64)| format!("{mid:.2}x (rounds {low:.2}-{high:.2})");
+/// ≤ 1.0x) and p99 at the fixed rate (the added p99 against the same
+/// direct connection, so ≤ 0 is the target) paired round by round, and
+/// memory with 1,000 connections.
+fn ratios(sluice: &Row, peers: &[Row]) -> String {
     let mut s = String::new();
     for peer in peers.iter().filter(|p| p.peak_rps > 0.0) {
         s.push_str(&format!(
-            "sluice/{}: CPU/req at {FIXED_RPS} req/s {}, at peak {}; throughput {:.2}x; RSS with 1,000 conns {:.2}x; added p99 {} µs against {} µs\n",
-            peer.name,
-            shown(paired(&sluice.cpu_fixed_rounds, &peer.cpu_fixed_rounds)),
-            shown(paired(&sluice.cpu_peak_rounds, &peer.cpu_peak_rounds)),
-            ratio(sluice.peak_rps, peer.peak_rps),
+            "{}; RSS with 1,000 conns {:.2}x\n",
+            against("sluice-proxy", sluice, peer.name, peer),
             ratio(sluice.rss_conns_kib as f64, peer.rss_conns_kib as f64),
-            sluice.p99_us as i64 - direct.p99_us as i64,
-            peer.p99_us as i64 - direct.p99_us as i64,
         ));
     }
     s
+}
+
+/// `a` against `b`, paired round by round: CPU per request at the fixed
+/// rate and at peak, throughput, and the difference of p99 at the fixed
+/// rate.
+fn against(a_name: &str, a: &Row, b_name: &str, b: &Row) -> String {
+    format!(
+        "{a_name} against {b_name}: CPU/req at {FIXED_RPS} req/s {}, at peak {}; throughput {}; p99 at {FIXED_RPS} req/s {}",
+        Paired::ratio(&a.cpu_fixed_rounds, &b.cpu_fixed_rounds).times(),
+        Paired::ratio(&a.cpu_peak_rounds, &b.cpu_peak_rounds).times(),
+        Paired::ratio(&a.peak_rounds, &b.peak_rounds).times(),
+        Paired::difference(&a.p99_rounds, &b.p99_rounds).micros(),
+    )
 }
 
 /// The mesh rows' names: plaintext, mTLS, mTLS with the policy.
@@ -853,12 +895,30 @@ mod tests {
     fn paired_ratios_take_the_median_round_and_show_the_spread() {
         let sluice = [10.0, 12.0, 9.0];
         let nginx = [10.0, 10.0, 10.0];
-        assert_eq!(paired(&sluice, &nginx), (1.0, 0.9, 1.2));
+        let paired = Paired::ratio(&sluice, &nginx);
+        assert_eq!(
+            paired,
+            Paired {
+                mid: 1.0,
+                low: 0.9,
+                high: 1.2
+            }
+        );
+        assert_eq!(paired.times(), "1.00x (rounds 0.90-1.20)");
+    }
+
+    #[test]
+    fn paired_differences_keep_their_sign_when_every_round_is_lower() {
+        let sluice = [300.0, 250.0, 420.0];
+        let nginx = [350.0, 390.0, 430.0];
+        let paired = Paired::difference(&sluice, &nginx);
+        assert_eq!(paired.mid, -50.0);
+        assert_eq!(paired.micros(), "-50 µs (rounds -140 to -10)");
     }
 
     #[test]
     fn a_row_not_measured_pairs_to_zero_instead_of_panicking() {
-        assert_eq!(paired(&[], &[]), (0.0, 0.0, 0.0));
+        assert_eq!(Paired::ratio(&[], &[]).times(), "0.00x (rounds 0.00-0.00)");
         assert_eq!(Row::default().cpu_peak_us(), 0.0);
     }
 }
