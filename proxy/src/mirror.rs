@@ -168,7 +168,9 @@ pub async fn send(
     let target = b.target(endpoint.addr, &proxy.identity);
     let in_flight = endpoint.begin();
     let copy = async {
-        let resp = pool::send(target, proto, b.connect_timeout, req, &proxy.telemetry).await?;
+        let resp = pool::send(target, proto, b.connect_timeout, req, &proxy.telemetry)
+            .await?
+            .response;
         let status = resp.status().as_u16();
         // Read to the end, so that the connection goes back to the pool.
         let _ = resp.into_body().collect().await;

@@ -514,6 +514,90 @@ async fn an_endpoint_answering_5xx_in_a_row_is_ejected_not_favoured() {
     );
 }
 
+/// A pod still being wired drops a connection's first SYN, and the proxy's
+/// connect completes only on its retransmission a second later. The
+/// endpoint is judged on how fast it answers once connected: had the
+/// second of connecting counted as its latency, the balancer would pass it
+/// over for ten seconds and more while that estimate decayed.
+#[tokio::test]
+async fn a_slow_first_connect_is_not_held_against_the_endpoint() {
+    let (late, _held) = full_listener().await;
+    let overflows = listen_overflows();
+    // It starts accepting once the kernel has dropped a SYN (the proxy's):
+    // the connect then completes on the SYN's retransmission.
+    let opens = async move {
+        while listen_overflows() == overflows {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let late = serving(late, "late", 200, opens);
+    let prompt = upstream("prompt").await;
+    let (_p, port) = pair_behind_proxy(late.addr, prompt.addr, "{attempts: 0}").await;
+    let c = client();
+    // Both are unsampled, so the late one is among the first two picks.
+    let mut first_late = None;
+    for _ in 0..2 {
+        let t = Instant::now();
+        let (status, body) = get(&c, port, "/").await;
+        assert_eq!(status, 200);
+        if body == "late" {
+            first_late = Some(t.elapsed());
+        }
+    }
+    let took = first_late.expect("the unsampled endpoint was not tried");
+    assert!(
+        took >= Duration::from_millis(500),
+        "the first request to it took {took:?}: no SYN was dropped, so this test shows nothing"
+    );
+    // Sampled on its connect, its estimate would be ~10,000 times its
+    // peer's and take log2 of that, ~13 s of halvings, to come back into
+    // the choice; sampled on its answer, well under one.
+    let since = Instant::now();
+    let mut sent = 0;
+    loop {
+        let back = since.elapsed();
+        assert!(
+            sent < 50_000 && back < Duration::from_secs(2),
+            "after a {took:?} connect, the endpoint got none of {sent} requests in {back:?}"
+        );
+        sent += 1;
+        if get(&c, port, "/").await.1 == "late" {
+            break;
+        }
+    }
+}
+
+/// A listener whose backlog is full, and the connections that fill it: a
+/// further SYN to it is dropped.
+async fn full_listener() -> (TcpListener, Vec<TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(addr(0)).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let to = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(to)).await {
+            Ok(conn) => held.push(conn.unwrap()),
+            Err(_) => return (listener, held),
+        }
+    }
+    panic!("a backlog of 1 took 8 connections");
+}
+
+/// The kernel's count of SYNs dropped for a full listen backlog
+/// (`TcpExt: ListenOverflows`).
+fn listen_overflows() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap()
+}
+
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests() {
     let (up, mut p, port) = proxied_blue().await;

@@ -23,7 +23,7 @@ use crate::body::{Downstream, ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
 use crate::framing;
 use crate::local_reply::LocalReply;
-use crate::pool::{self, UpBody, UpstreamError};
+use crate::pool::{self, Sent, UpstreamError};
 use crate::state::Proxy;
 use crate::telemetry::Cell;
 
@@ -173,7 +173,7 @@ impl Forwarding<'_> {
     fn settle(
         &self,
         attempt: &Attempt<'_>,
-        result: Result<Response<UpBody>, UpstreamError>,
+        result: Result<Sent, UpstreamError>,
         cell: &Arc<Cell>,
         endpoint: Arc<Endpoint>,
         upgrade: Option<OnUpgrade>,
@@ -181,8 +181,8 @@ impl Forwarding<'_> {
         let start = self.start;
         let backend = &self.compiled.backends[attempt.backend].name;
         match result {
-            Ok(resp)
-                if resp.status() == StatusCode::SERVICE_UNAVAILABLE
+            Ok(Sent { response, .. })
+                if response.status() == StatusCode::SERVICE_UNAVAILABLE
                     && attempt.retries.after_failure(attempt.n) =>
             {
                 endpoint.observe_error();
@@ -190,14 +190,20 @@ impl Forwarding<'_> {
                 debug!(%backend, "503 from upstream; retrying");
                 Tried::Failed(endpoint)
             }
-            Ok(resp) => {
-                if resp.status().is_server_error() {
+            Ok(Sent {
+                response,
+                dispatched,
+            }) => {
+                // The endpoint is judged on its own answer's time; the
+                // request's (connects and earlier attempts included) is
+                // the route's.
+                if response.status().is_server_error() {
                     endpoint.observe_error();
                 } else {
-                    endpoint.observe(start.elapsed());
+                    endpoint.observe(dispatched.elapsed());
                 }
-                cell.record(resp.status().as_u16(), start.elapsed(), false);
-                Tried::Answer(answer::pass_on(self.proxy, resp, cell, upgrade))
+                cell.record(response.status().as_u16(), start.elapsed(), false);
+                Tried::Answer(answer::pass_on(self.proxy, response, cell, upgrade))
             }
             Err(e) if e.is_access_denied() => {
                 debug!(%backend, "{e}: the destination's policy refused this workload");

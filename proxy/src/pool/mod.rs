@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -376,6 +376,18 @@ fn put_h1(addr: Key, sender: http1::SendRequest<ReqBody>) {
     });
 }
 
+/// An upstream's answer to one request, and when the request went out.
+#[derive(Debug)]
+pub struct Sent {
+    /// The response head; its body streams.
+    pub response: Response<UpBody>,
+    /// When the request went out on a ready connection. An endpoint's
+    /// latency counts from here: a new connection's TCP and TLS handshakes
+    /// (or a SYN retransmitted to a pod still being wired) would otherwise
+    /// be held against the endpoint that took it, long after.
+    pub dispatched: Instant,
+}
+
 /// Sends `req` to `target`, on a pooled connection when one is free.
 ///
 /// What is rare is boxed: a new connection's future (TCP, TLS and HTTP
@@ -388,15 +400,19 @@ pub async fn send(
     connect_timeout: Duration,
     req: Request<ReqBody>,
     telemetry: &Telemetry,
-) -> Result<Response<UpBody>, UpstreamError> {
+) -> Result<Sent, UpstreamError> {
+    let hyper = |(resp, dispatched): (Response<Incoming>, Instant)| Sent {
+        response: resp.map(UpBody::Hyper),
+        dispatched,
+    };
     match proto {
         Proto::H1 if own_h1::takes(&req) => send_own(target, connect_timeout, req, telemetry).await,
         Proto::H1 => send_h1(target, connect_timeout, req, telemetry)
             .await
-            .map(|r| r.map(UpBody::Hyper)),
+            .map(hyper),
         Proto::H2 => send_h2(target, connect_timeout, req, telemetry)
             .await
-            .map(|r| r.map(UpBody::Hyper)),
+            .map(hyper),
     }
 }
 
@@ -407,12 +423,18 @@ async fn send_own(
     connect_timeout: Duration,
     req: Request<ReqBody>,
     telemetry: &Telemetry,
-) -> Result<Response<UpBody>, UpstreamError> {
+) -> Result<Sent, UpstreamError> {
     let key = (target.addr, target.mesh.is_some());
     let out = own_h1::Outgoing::new(req);
     if let Some(conn) = own_h1::take_idle(key) {
+        let dispatched = Instant::now();
         match own_h1::exchange(conn, key, &out).await {
-            Ok(resp) => return Ok(resp.map(UpBody::Own)),
+            Ok(resp) => {
+                return Ok(Sent {
+                    response: resp.map(UpBody::Own),
+                    dispatched,
+                });
+            }
             // The kept connection was closed under the request before any
             // answer: a fresh one is safe for a request that may be sent
             // twice.
@@ -428,13 +450,17 @@ async fn send_own_fresh(
     connect_timeout: Duration,
     out: &own_h1::Outgoing,
     telemetry: &Telemetry,
-) -> Result<Response<UpBody>, UpstreamError> {
+) -> Result<Sent, UpstreamError> {
     let key = (target.addr, target.mesh.is_some());
     let io = connect(target, Carried::Http(Proto::H1), connect_timeout, telemetry).await?;
-    own_h1::exchange(own_h1::Conn::new(io), key, out)
+    let dispatched = Instant::now();
+    let resp = own_h1::exchange(own_h1::Conn::new(io), key, out)
         .await
-        .map(|r| r.map(UpBody::Own))
-        .map_err(|e| UpstreamError::Exchange(target.addr, e))
+        .map_err(|e| UpstreamError::Exchange(target.addr, e))?;
+    Ok(Sent {
+        response: resp.map(UpBody::Own),
+        dispatched,
+    })
 }
 
 async fn send_h1(
@@ -442,17 +468,18 @@ async fn send_h1(
     connect_timeout: Duration,
     req: Request<ReqBody>,
     telemetry: &Telemetry,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<(Response<Incoming>, Instant), UpstreamError> {
     let key = (target.addr, target.mesh.is_some());
     let mut sender = match take_idle_h1(key) {
         Some(s) => s,
         None => Box::pin(connect_h1(target, connect_timeout, telemetry)).await?,
     };
+    let dispatched = Instant::now();
     match sender.try_send_request(req).await {
         Ok(resp) => {
             // Busy until the body is read; `is_ready` tells when it is free.
             put_h1(key, sender);
-            Ok(resp)
+            Ok((resp, dispatched))
         }
         Err(mut e) => match e.take_message() {
             // The pooled connection had closed before the request went
@@ -468,14 +495,15 @@ async fn resend_h1(
     connect_timeout: Duration,
     req: Request<ReqBody>,
     telemetry: &Telemetry,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<(Response<Incoming>, Instant), UpstreamError> {
     let mut fresh = connect_h1(target, connect_timeout, telemetry).await?;
+    let dispatched = Instant::now();
     let resp = fresh
         .send_request(req)
         .await
         .map_err(|e| UpstreamError::Request(target.addr, e))?;
     put_h1((target.addr, target.mesh.is_some()), fresh);
-    Ok(resp)
+    Ok((resp, dispatched))
 }
 
 async fn send_h2(
@@ -483,7 +511,7 @@ async fn send_h2(
     connect_timeout: Duration,
     req: Request<ReqBody>,
     telemetry: &Telemetry,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<(Response<Incoming>, Instant), UpstreamError> {
     let key = (target.addr, target.mesh.is_some());
     let cached = H2_CONN.with_borrow_mut(|m| {
         let s = m.get(&key)?;
@@ -502,8 +530,9 @@ async fn send_h2(
             s
         }
     };
+    let dispatched = Instant::now();
     match sender.try_send_request(req).await {
-        Ok(resp) => Ok(resp),
+        Ok(resp) => Ok((resp, dispatched)),
         Err(mut e) => match e.take_message() {
             Some(req) => Box::pin(resend_h2(target, connect_timeout, req, telemetry)).await,
             None => Err(UpstreamError::Request(target.addr, e.into_error())),
@@ -516,14 +545,16 @@ async fn resend_h2(
     connect_timeout: Duration,
     req: Request<ReqBody>,
     telemetry: &Telemetry,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<(Response<Incoming>, Instant), UpstreamError> {
     let key = (target.addr, target.mesh.is_some());
     let mut fresh = connect_h2(target, connect_timeout, telemetry).await?;
     H2_CONN.with_borrow_mut(|m| m.insert(key, fresh.clone()));
-    fresh
+    let dispatched = Instant::now();
+    let resp = fresh
         .send_request(req)
         .await
-        .map_err(|e| UpstreamError::Request(target.addr, e))
+        .map_err(|e| UpstreamError::Request(target.addr, e))?;
+    Ok((resp, dispatched))
 }
 
 #[cfg(test)]

@@ -211,12 +211,25 @@ pub async fn upstream(name: &'static str) -> Upstream {
 /// 200.
 pub async fn answering(name: &'static str, status: u16) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serving(listener, name, status, std::future::ready(()))
+}
+
+/// An upstream like [`answering`] on `listener`, which it starts accepting
+/// from once `opens` is ready: until then, connections wait in the
+/// listener's backlog, or find it full.
+pub fn serving(
+    listener: TcpListener,
+    name: &'static str,
+    status: u16,
+    opens: impl Future<Output = ()> + Send + 'static,
+) -> Upstream {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicU64::new(0));
     let body_bytes = Arc::new(AtomicU64::new(0));
     let counter = hits.clone();
     let bytes = body_bytes.clone();
     let task = tokio::spawn(async move {
+        opens.await;
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
