@@ -9,9 +9,15 @@
 //!   holds them open until stdin closes, so that a proxy's memory with many
 //!   connections can be read.
 //! - `certs`: writes a mesh root and two workload certificates (`client`,
-//!   `server`) for the mTLS rows, as the operator's CA would issue them.
+//!   `server`) for the mTLS rows, as the operator's CA would issue them,
+//!   and a gateway certificate for `app.test` for the TLS rows.
+//!
+//! `rate` and `hold` speak TLS (HTTP/1.1 by ALPN, the name `--host`)
+//! when given `--tls-roots`.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -24,6 +30,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::{self, pki_types::ServerName};
 
 #[derive(Parser)]
 #[command(about = "Load tools for Sluice's benchmarks")]
@@ -36,12 +44,8 @@ struct Cli {
 enum Cmd {
     /// Fixed-rate open-loop load; prints JSON percentiles.
     Rate {
-        /// Target address.
-        #[arg(long)]
-        addr: SocketAddr,
-        /// Host header.
-        #[arg(long, default_value = "app.test")]
-        host: String,
+        #[command(flatten)]
+        target: TargetArgs,
         /// Requests per second.
         #[arg(long, default_value_t = 2000)]
         rps: u32,
@@ -54,22 +58,77 @@ enum Cmd {
     },
     /// Hold N idle keep-alive connections until stdin closes.
     Hold {
-        /// Target address.
-        #[arg(long)]
-        addr: SocketAddr,
-        /// Host header.
-        #[arg(long, default_value = "app.test")]
-        host: String,
+        #[command(flatten)]
+        target: TargetArgs,
         /// How many connections.
         #[arg(long, default_value_t = 1000)]
         connections: usize,
     },
-    /// Write `roots.pem`, `client.{crt,key}` and `server.{crt,key}` to DIR
-    /// (trust domain `bench.local`, namespace `bench`).
+    /// Write `roots.pem`, `client.{crt,key}` and `server.{crt,key}` (trust
+    /// domain `bench.local`, namespace `bench`) and `gateway.{crt,key}`
+    /// (`app.test`) to DIR.
     Certs {
         /// Output directory.
-        dir: std::path::PathBuf,
+        dir: PathBuf,
     },
+}
+
+/// Where `rate` and `hold` connect.
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// Target address.
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Host header, and the TLS server name.
+    #[arg(long, default_value = "app.test")]
+    host: String,
+    /// Speak TLS, trusting the roots in this PEM file.
+    #[arg(long)]
+    tls_roots: Option<PathBuf>,
+}
+
+/// A target ready to connect to.
+struct Target {
+    addr: SocketAddr,
+    host: String,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+}
+
+impl Target {
+    fn new(args: TargetArgs) -> Result<Target> {
+        let tls = match &args.tls_roots {
+            Some(roots) => Some((
+                connector(roots)?,
+                ServerName::try_from(args.host.clone())
+                    .with_context(|| format!("{:?} as a TLS server name", args.host))?,
+            )),
+            None => None,
+        };
+        Ok(Target {
+            addr: args.addr,
+            host: args.host,
+            tls,
+        })
+    }
+}
+
+/// A TLS client trusting the roots in `path`, offering HTTP/1.1 alone (as
+/// `wrk` does) so that every row is measured over the same protocol.
+fn connector(path: &Path) -> Result<TlsConnector> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+    {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 /// A root and two leaves, `spiffe://bench.local/ns/bench/sa/<name>`.
@@ -102,14 +161,30 @@ fn certs(dir: &std::path::Path) -> Result<()> {
         std::fs::write(dir.join(format!("{name}.crt")), cert.pem())?;
         std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
     }
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::new(vec!["app.test".to_owned()])?;
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &issuer)?;
+    std::fs::write(dir.join("gateway.crt"), cert.pem())?;
+    std::fs::write(dir.join("gateway.key"), key.serialize_pem())?;
     Ok(())
 }
 
-async fn connect(addr: SocketAddr) -> Result<http1::SendRequest<Empty<Bytes>>> {
+async fn connect(target: &Target) -> Result<http1::SendRequest<Empty<Bytes>>> {
+    let addr = target.addr;
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;
+    let Some((tls, name)) = &target.tls else {
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        return Ok(sender);
+    };
+    let stream = tls
+        .connect(name.clone(), stream)
+        .await
+        .with_context(|| format!("TLS handshake with {addr}"))?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     Ok(sender)
@@ -132,13 +207,7 @@ pub fn raise_fd_limit() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
-async fn rate(
-    addr: SocketAddr,
-    host: String,
-    rps: u32,
-    seconds: u64,
-    connections: usize,
-) -> Result<()> {
+async fn rate(target: Target, rps: u32, seconds: u64, connections: usize) -> Result<()> {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rps.max(1)));
     let warmup = u64::from(rps);
     let total = warmup + u64::from(rps) * seconds;
@@ -147,8 +216,8 @@ async fn rate(
     for _ in 0..connections {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, bool)>();
         queues.push(tx);
-        let mut sender = connect(addr).await?;
-        let (host, results) = (host.clone(), result_tx.clone());
+        let mut sender = connect(&target).await?;
+        let (host, results) = (target.host.clone(), result_tx.clone());
         tokio::spawn(async move {
             while let Some((due, measured)) = rx.recv().await {
                 let ok = get(&mut sender, &host).await.is_ok();
@@ -207,14 +276,14 @@ async fn rate(
     Ok(())
 }
 
-async fn hold(addr: SocketAddr, host: String, connections: usize) -> Result<()> {
+async fn hold(target: Target, connections: usize) -> Result<()> {
     raise_fd_limit();
     let mut held = Vec::with_capacity(connections);
     for i in 0..connections {
-        let mut s = connect(addr)
+        let mut s = connect(&target)
             .await
             .with_context(|| format!("connection {i}"))?;
-        get(&mut s, &host)
+        get(&mut s, &target.host)
             .await
             .with_context(|| format!("request on connection {i}"))?;
         held.push(s);
@@ -234,17 +303,15 @@ fn main() -> Result<()> {
         .build()?;
     match Cli::parse().cmd {
         Cmd::Rate {
-            addr,
-            host,
+            target,
             rps,
             seconds,
             connections,
-        } => rt.block_on(rate(addr, host, rps, seconds, connections.max(1))),
+        } => rt.block_on(rate(Target::new(target)?, rps, seconds, connections.max(1))),
         Cmd::Hold {
-            addr,
-            host,
+            target,
             connections,
-        } => rt.block_on(hold(addr, host, connections)),
+        } => rt.block_on(hold(Target::new(target)?, connections)),
         Cmd::Certs { dir } => certs(&dir),
     }
 }

@@ -13,6 +13,10 @@
 //! figure is the median of its rounds, and every comparison of two
 //! proxies the median of their round-by-round ratios or differences.
 //!
+//! The TLS rows are nginx and sluice-proxy, each another process of one
+//! worker on CPU 0, terminating TLS (the gateway certificate from
+//! `sluice-bench certs`, HTTP/1.1) in front of the same plaintext backend.
+//!
 //! The mesh rows chain two sluice proxies (a client sidecar and a server
 //! sidecar, both on CPU 0) in front of the same backend: plaintext between
 //! them, mTLS between them (certificates from `sluice-bench certs`), and
@@ -74,17 +78,16 @@ fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Proc> {
 
 /// Waits until `port` answers an HTTP request with 200.
 fn wait_http(port: u16, proc: &mut Proc) -> Result<()> {
+    wait_url(&format!("http://127.0.0.1:{port}/"), proc)
+}
+
+/// Waits until `url` answers 200 (over TLS without checking the
+/// certificate: `sluice-bench` checks it).
+fn wait_url(url: &str, proc: &mut Proc) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let ok = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!("http://127.0.0.1:{port}/"),
-            ])
+            .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", url])
             .output()
             .map(|o| o.stdout == b"200")
             .unwrap_or(false);
@@ -95,7 +98,7 @@ fn wait_http(port: u16, proc: &mut Proc) -> Result<()> {
             bail!("{} exited ({status}) before serving", proc.name);
         }
         if Instant::now() > deadline {
-            bail!("{} did not serve on port {port} within 15 s", proc.name);
+            bail!("{} did not serve {url} within 15 s", proc.name);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -204,14 +207,9 @@ struct Peak {
     requests: u64,
 }
 
-fn wrk_peak(port: u16, seconds: u32) -> Result<Peak> {
+fn wrk_peak(url: &str, seconds: u32) -> Result<Peak> {
     let out = pinned("1", "wrk")
-        .args([
-            "-t1",
-            "-c50",
-            &format!("-d{seconds}s"),
-            &format!("http://127.0.0.1:{port}/"),
-        ])
+        .args(["-t1", "-c50", &format!("-d{seconds}s"), url])
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -227,7 +225,7 @@ fn wrk_peak(port: u16, seconds: u32) -> Result<Peak> {
         .and_then(|(n, _)| n.trim().parse::<u64>().ok())
         .with_context(|| format!("no request count in wrk output:\n{text}"))?;
     if text.contains("Non-2xx") || text.contains("Socket errors") {
-        bail!("wrk saw errors against port {port}:\n{text}");
+        bail!("wrk saw errors against {url}:\n{text}");
     }
     Ok(Peak { rps, requests })
 }
@@ -244,12 +242,11 @@ struct Fixed {
 /// Seconds of each fixed-rate round (after its own 1 s warm-up).
 const FIXED_SECONDS: u64 = 5;
 
-fn fixed_rate(bench: &Path, port: u16) -> Result<Fixed> {
+fn fixed_rate(bench: &Path, target: &[String]) -> Result<Fixed> {
     let out = pinned("1", &bench.display().to_string())
+        .arg("rate")
+        .args(target)
         .args([
-            "rate",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
             "--rps",
             &FIXED_RPS.to_string(),
             "--seconds",
@@ -279,15 +276,11 @@ fn fixed_rate(bench: &Path, port: u16) -> Result<Fixed> {
     })
 }
 
-fn hold_and_measure(bench: &Path, port: u16, pid: u32) -> Result<u64> {
+fn hold_and_measure(bench: &Path, target: &[String], pid: u32) -> Result<u64> {
     let mut holder = pinned("1", &bench.display().to_string())
-        .args([
-            "hold",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-            "--connections",
-            "1000",
-        ])
+        .arg("hold")
+        .args(target)
+        .args(["--connections", "1000"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -311,6 +304,8 @@ fn hold_and_measure(bench: &Path, port: u16, pid: u32) -> Result<u64> {
 struct Contender {
     name: &'static str,
     port: u16,
+    /// Over TLS, trusting these roots (HTTP/1.1 either way).
+    tls_roots: Option<PathBuf>,
     pid: Option<u32>,
     cpu_pids: Vec<u32>,
     rss_idle_kib: u64,
@@ -325,20 +320,58 @@ impl Contender {
         proc: Option<&mut Proc>,
         also: Option<&Proc>,
     ) -> Result<Contender> {
-        let pid = proc.as_ref().map(|p| p.child.id());
-        if let Some(p) = proc {
-            wait_http(port, p)?;
-        }
-        let rss_idle_kib = pid.map(rss_kib).unwrap_or(0);
-        eprintln!("    {name}: warming up");
-        wrk_peak(port, 2)?;
-        Ok(Contender {
+        Contender::ready_over(name, port, None, proc, also)
+    }
+
+    /// [`Contender::ready`] over TLS when `tls_roots` is given (the
+    /// gateway certificate of `sluice-bench certs`, whose roots they are).
+    fn ready_over(
+        name: &'static str,
+        port: u16,
+        tls_roots: Option<PathBuf>,
+        proc: Option<&mut Proc>,
+        also: Option<&Proc>,
+    ) -> Result<Contender> {
+        let mut c = Contender {
             name,
             port,
-            pid,
-            cpu_pids: pid.into_iter().chain(also.map(|p| p.child.id())).collect(),
-            rss_idle_kib,
-        })
+            tls_roots,
+            pid: proc.as_ref().map(|p| p.child.id()),
+            cpu_pids: Vec::new(),
+            rss_idle_kib: 0,
+        };
+        if let Some(p) = proc {
+            wait_url(&c.url(), p)?;
+        }
+        c.cpu_pids = c
+            .pid
+            .into_iter()
+            .chain(also.map(|p| p.child.id()))
+            .collect();
+        c.rss_idle_kib = c.pid.map(rss_kib).unwrap_or(0);
+        eprintln!("    {name}: warming up");
+        wrk_peak(&c.url(), 2)?;
+        Ok(c)
+    }
+
+    /// What `wrk` is pointed at.
+    fn url(&self) -> String {
+        let scheme = if self.tls_roots.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// Where `sluice-bench rate` and `hold` connect, as their flags.
+    fn bench_target(&self) -> Vec<String> {
+        let mut args = vec!["--addr".to_owned(), format!("127.0.0.1:{}", self.port)];
+        if let Some(roots) = &self.tls_roots {
+            args.push("--tls-roots".to_owned());
+            args.push(roots.display().to_string());
+        }
+        args
     }
 }
 
@@ -429,11 +462,12 @@ fn one_round(c: &Contender, bench: &Path, round: usize) -> Result<Round> {
     );
     let (peak, cpu_peak_us) = with_cpu_per_request(
         &c.cpu_pids,
-        || wrk_peak(c.port, PEAK_SECONDS),
+        || wrk_peak(&c.url(), PEAK_SECONDS),
         |p| p.requests,
     )?;
+    let target = c.bench_target();
     let (fixed, cpu_fixed_us) =
-        with_cpu_per_request(&c.cpu_pids, || fixed_rate(bench, c.port), |f| f.answered)?;
+        with_cpu_per_request(&c.cpu_pids, || fixed_rate(bench, &target), |f| f.answered)?;
     Ok(Round {
         peak_rps: peak.rps,
         cpu_peak_us,
@@ -448,7 +482,7 @@ fn row(c: &Contender, rounds: &[Round], bench: &Path) -> Result<Row> {
     let rss_conns_kib = match c.pid {
         Some(pid) => {
             eprintln!("    {}: memory with 1,000 open connections", c.name);
-            hold_and_measure(bench, c.port, pid)?
+            hold_and_measure(bench, &c.bench_target(), pid)?
         }
         None => 0,
     };
@@ -534,7 +568,15 @@ fn write_configs(dir: &Path) -> Result<()> {
         format!(
             "{nginx_common}pid {d}/nginx.pid;\nhttp {{ access_log off; {temp} keepalive_requests 10000000;\n  upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 256; keepalive_requests 10000000; }}\n  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
             d = dir.display(),
-            port = PORTS.nginx
+            port = PORTS.nginx,
+        ),
+    )?;
+    std::fs::write(
+        dir.join("nginx-tls.conf"),
+        format!(
+            "{nginx_common}pid {d}/nginx-tls.pid;\nhttp {{ access_log off; {temp} keepalive_requests 10000000;\n  upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 256; keepalive_requests 10000000; }}\n  server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/certs/gateway.crt; ssl_certificate_key {d}/certs/gateway.key; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+            d = dir.display(),
+            port = PORTS.nginx_tls,
         ),
     )?;
     std::fs::write(
@@ -548,10 +590,27 @@ fn write_configs(dir: &Path) -> Result<()> {
         dir.join("sluice.yaml"),
         format!(
             "backends:\n  - name: backend\n    endpoints: [\"127.0.0.1:{BACKEND_PORT}\"]\n    protocol: http1\nlisteners:\n  - name: bench\n    address: 127.0.0.1:{}\n    routes:\n      - name: all\n        backends: [{{name: backend}}]\n",
-            PORTS.sluice
+            PORTS.sluice,
+        ),
+    )?;
+    std::fs::write(
+        dir.join("sluice-tls.yaml"),
+        format!(
+            "backends:\n  - name: backend\n    endpoints: [\"127.0.0.1:{BACKEND_PORT}\"]\n    protocol: http1\nlisteners:\n  - name: bench-tls\n    address: 127.0.0.1:{}\n    routes:\n      - name: all\n        backends: [{{name: backend}}]\n    tls:\n      certificates:\n        - hostnames: []\n          chain_pem: \"{}\"\n          key_pem: \"{}\"\n",
+            PORTS.sluice_tls,
+            pem_in_yaml(&dir.join("certs/gateway.crt"))?,
+            pem_in_yaml(&dir.join("certs/gateway.key"))?,
         ),
     )?;
     Ok(())
+}
+
+/// The PEM file at `path` as the inside of a YAML double-quoted string:
+/// PEM is base64, dashes and newlines.
+fn pem_in_yaml(path: &Path) -> Result<String> {
+    let pem =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(pem.replace('\n', "\\n"))
 }
 
 struct Ports {
@@ -559,6 +618,9 @@ struct Ports {
     haproxy: u16,
     pingora: u16,
     sluice: u16,
+    /// The TLS rows' nginx and sluice-proxy.
+    nginx_tls: u16,
+    sluice_tls: u16,
     /// Client sidecar → server sidecar's plain listener.
     chain_plain: u16,
     /// The server sidecar's plain listener.
@@ -571,6 +633,8 @@ const PORTS: Ports = Ports {
     haproxy: 19_102,
     pingora: 19_107,
     sluice: 19_103,
+    nginx_tls: 19_108,
+    sluice_tls: 19_109,
     chain_plain: 19_104,
     server_plain: 19_105,
     chain_mtls: 19_106,
@@ -579,11 +643,9 @@ const PORTS: Ports = Ports {
 /// The two sidecars' configs: the client's, and the server's without and
 /// with the 100-rule policy.
 fn write_mesh_configs(dir: &Path) -> Result<()> {
-    let roots = std::fs::read_to_string(dir.join("certs/roots.pem"))?;
-    // PEM is base64, dashes and newlines: a YAML double-quoted string.
     let mesh_tls = format!(
         "mesh_tls:\n  trust_domain: bench.local\n  roots_pem: [\"{}\"]\n",
-        roots.replace('\n', "\\n")
+        pem_in_yaml(&dir.join("certs/roots.pem"))?
     );
     std::fs::write(
         dir.join("sluice-client.yaml"),
@@ -659,6 +721,7 @@ fn table(rows: &[Row]) -> String {
     }
     s.push('\n');
     s.push_str(&ratios(&get("sluice-proxy"), &PEERS.map(get)));
+    s.push_str(&ratios(&get(TLS_ROWS[1]), &[get(TLS_ROWS[0])]));
     let (plain, mtls, authz) = (get(MESH_ROWS[0]), get(MESH_ROWS[1]), get(MESH_ROWS[2]));
     if plain.peak_rps > 0.0 {
         let policy = "two sidecars, mTLS + 100-rule policy";
@@ -677,11 +740,16 @@ fn table(rows: &[Row]) -> String {
 /// The proxies sluice-proxy is compared with, in the table's order.
 const PEERS: [&str; 3] = ["nginx", "haproxy", "pingora"];
 
+/// The rows that terminate TLS (HTTP/1.1 from the client, plaintext to the
+/// backend): nginx and sluice-proxy, each a process of its own, so that
+/// TLS leaves the plaintext rows' memory as it was.
+const TLS_ROWS: [&str; 2] = ["nginx, TLS", "sluice-proxy, TLS"];
+
 fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }
 }
 
-/// sluice-proxy against each peer: CPU per request (the target,
+/// `sluice` (sluice-proxy's row) against each peer: CPU per request (the target,
 /// ≤ 1.0x) and p99 at the fixed rate (the added p99 against the same
 /// direct connection, so ≤ 0 is the target) paired round by round, and
 /// memory with 1,000 connections.
@@ -690,7 +758,7 @@ fn ratios(sluice: &Row, peers: &[Row]) -> String {
     for peer in peers.iter().filter(|p| p.peak_rps > 0.0) {
         s.push_str(&format!(
             "{}; RSS with 1,000 conns {:.2}x\n",
-            against("sluice-proxy", sluice, peer.name, peer),
+            against(sluice.name, sluice, peer.name, peer),
             ratio(sluice.rss_conns_kib as f64, peer.rss_conns_kib as f64),
         ));
     }
@@ -785,9 +853,14 @@ pub fn proxy() -> Result<()> {
     let target = crate::target::dir();
     let dir = target.join("bench/proxy");
     std::fs::create_dir_all(&dir)?;
-    write_configs(&dir)?;
     let bench: PathBuf = target.join("release/sluice-bench");
     let proxy_bin = target.join("release/sluice-proxy");
+    run("certificates (the TLS rows' and the mesh rows')", {
+        let mut c = Command::new(&bench);
+        c.arg("certs").arg(dir.join("certs"));
+        c
+    })?;
+    write_configs(&dir)?;
 
     eprintln!("\n==> backend: nginx answering 200 on 127.0.0.1:{BACKEND_PORT} (CPU 1)");
     let mut backend = nginx("backend", "1", &dir, "backend")?;
@@ -819,25 +892,42 @@ pub fn proxy() -> Result<()> {
         &dir.join("pingora.log"),
     )?;
     let mut sluice_proxy = sluice(&proxy_bin, &dir, "sluice.yaml", None)?;
+    let mut nginx_tls = nginx("nginx, TLS", "0", &dir, "nginx-tls")?;
+    let mut sluice_tls = sluice(&proxy_bin, &dir, "sluice-tls.yaml", None)?;
+    let roots = dir.join("certs/roots.pem");
     let contenders = [
         Contender::ready("direct", BACKEND_PORT, None, None)?,
         Contender::ready("nginx", PORTS.nginx, Some(&mut nginx_proxy), None)?,
         Contender::ready("haproxy", PORTS.haproxy, Some(&mut haproxy), None)?,
         Contender::ready("pingora", PORTS.pingora, Some(&mut pingora), None)?,
         Contender::ready("sluice-proxy", PORTS.sluice, Some(&mut sluice_proxy), None)?,
+        Contender::ready_over(
+            TLS_ROWS[0],
+            PORTS.nginx_tls,
+            Some(roots.clone()),
+            Some(&mut nginx_tls),
+            None,
+        )?,
+        Contender::ready_over(
+            TLS_ROWS[1],
+            PORTS.sluice_tls,
+            Some(roots),
+            Some(&mut sluice_tls),
+            None,
+        )?,
     ];
     let mut rows = measure(&contenders, &bench)?;
-    drop((nginx_proxy, haproxy, pingora, sluice_proxy));
-    {
-        run("mesh certificates", {
-            let mut c = Command::new(&bench);
-            c.arg("certs").arg(dir.join("certs"));
-            c
-        })?;
-        write_mesh_configs(&dir)?;
-        eprintln!("\n==> two sluice sidecars (1 worker each, both on CPU 0)");
-        rows.extend(measure_mesh(&proxy_bin, &dir, &bench)?);
-    }
+    drop((
+        nginx_proxy,
+        haproxy,
+        pingora,
+        sluice_proxy,
+        nginx_tls,
+        sluice_tls,
+    ));
+    write_mesh_configs(&dir)?;
+    eprintln!("\n==> two sluice sidecars (1 worker each, both on CPU 0)");
+    rows.extend(measure_mesh(&proxy_bin, &dir, &bench)?);
     drop(backend);
     let out = table(&rows);
     println!("\n{out}");
