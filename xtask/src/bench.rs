@@ -172,12 +172,11 @@ fn with_cpu_per_request<T>(
     Ok((measured, per_request))
 }
 
+/// One contender's figures: its rounds' (every comparison pairs them
+/// round by round; the table shows their medians) and its memory.
 #[derive(Debug, Default, Clone)]
 struct Row {
     name: &'static str,
-    peak_rps: f64,
-    p50_us: u64,
-    p99_us: u64,
     errors: u64,
     rss_idle_kib: u64,
     rss_conns_kib: u64,
@@ -187,17 +186,36 @@ struct Row {
     cpu_peak_rounds: Vec<f64>,
     /// Peak requests per second, by round.
     peak_rounds: Vec<f64>,
-    /// p99 at the fixed rate, in µs, by round.
+    /// p50 and p99 at the fixed rate, in µs, by round.
+    p50_rounds: Vec<f64>,
     p99_rounds: Vec<f64>,
 }
 
 impl Row {
+    /// Whether it was measured at all (a row that is not is left out of
+    /// the comparisons).
+    fn measured(&self) -> bool {
+        !self.peak_rounds.is_empty()
+    }
+
+    fn peak_rps(&self) -> f64 {
+        median(self.peak_rounds.clone())
+    }
+
     fn cpu_fixed_us(&self) -> f64 {
         median(self.cpu_fixed_rounds.clone())
     }
 
     fn cpu_peak_us(&self) -> f64 {
         median(self.cpu_peak_rounds.clone())
+    }
+
+    fn p50_us(&self) -> u64 {
+        median(self.p50_rounds.clone()) as u64
+    }
+
+    fn p99_us(&self) -> u64 {
+        median(self.p99_rounds.clone()) as u64
     }
 }
 
@@ -476,7 +494,7 @@ fn one_round(c: &Contender, bench: &Path, round: usize) -> Result<Round> {
     })
 }
 
-/// `c`'s row: the medians of its rounds, and its memory with 1,000 open
+/// `c`'s row: its rounds, and its memory with 1,000 open
 /// connections (measured now, after the rounds).
 fn row(c: &Contender, rounds: &[Round], bench: &Path) -> Result<Row> {
     let rss_conns_kib = match c.pid {
@@ -486,18 +504,15 @@ fn row(c: &Contender, rounds: &[Round], bench: &Path) -> Result<Row> {
         }
         None => 0,
     };
-    let of_fixed =
-        |f: fn(&Fixed) -> u64| median(rounds.iter().map(|r| f(&r.fixed) as f64).collect());
+    let by_round = |f: fn(&Round) -> f64| rounds.iter().map(f).collect();
     Ok(Row {
         name: c.name,
-        peak_rps: median(rounds.iter().map(|r| r.peak_rps).collect()),
-        peak_rounds: rounds.iter().map(|r| r.peak_rps).collect(),
-        p99_rounds: rounds.iter().map(|r| r.fixed.p99_us as f64).collect(),
-        cpu_peak_rounds: rounds.iter().map(|r| r.cpu_peak_us).collect(),
-        p50_us: of_fixed(|f| f.p50_us) as u64,
-        p99_us: of_fixed(|f| f.p99_us) as u64,
         errors: rounds.iter().map(|r| r.fixed.errors).sum(),
-        cpu_fixed_rounds: rounds.iter().map(|r| r.cpu_fixed_us).collect(),
+        cpu_fixed_rounds: by_round(|r| r.cpu_fixed_us),
+        cpu_peak_rounds: by_round(|r| r.cpu_peak_us),
+        peak_rounds: by_round(|r| r.peak_rps),
+        p50_rounds: by_round(|r| r.fixed.p50_us as f64),
+        p99_rounds: by_round(|r| r.fixed.p99_us as f64),
         rss_idle_kib: c.rss_idle_kib,
         rss_conns_kib,
     })
@@ -707,13 +722,13 @@ fn table(rows: &[Row]) -> String {
         s.push_str(&format!(
             "| {} | {:.0} | {} | {} | {} µs | {} µs | {} | {} | {} | {} | {} |\n",
             r.name,
-            r.peak_rps,
+            r.peak_rps(),
             cpu(r.cpu_fixed_us()),
             cpu(r.cpu_peak_us()),
-            r.p50_us,
-            r.p99_us,
-            added(r.p50_us, direct.p50_us),
-            added(r.p99_us, direct.p99_us),
+            r.p50_us(),
+            r.p99_us(),
+            added(r.p50_us(), direct.p50_us()),
+            added(r.p99_us(), direct.p99_us()),
             r.errors,
             mem(r.rss_idle_kib),
             mem(r.rss_conns_kib),
@@ -723,7 +738,7 @@ fn table(rows: &[Row]) -> String {
     s.push_str(&ratios(&get("sluice-proxy"), &PEERS.map(get)));
     s.push_str(&ratios(&get(TLS_ROWS[1]), &[get(TLS_ROWS[0])]));
     let (plain, mtls, authz) = (get(MESH_ROWS[0]), get(MESH_ROWS[1]), get(MESH_ROWS[2]));
-    if plain.peak_rps > 0.0 {
+    if plain.measured() {
         let policy = "two sidecars, mTLS + 100-rule policy";
         for line in [
             against("two sidecars, mTLS", &mtls, "plaintext", &plain),
@@ -755,7 +770,7 @@ fn ratio(a: f64, b: f64) -> f64 {
 /// memory with 1,000 connections.
 fn ratios(sluice: &Row, peers: &[Row]) -> String {
     let mut s = String::new();
-    for peer in peers.iter().filter(|p| p.peak_rps > 0.0) {
+    for peer in peers.iter().filter(|p| p.measured()) {
         s.push_str(&format!(
             "{}; RSS with 1,000 conns {:.2}x\n",
             against(sluice.name, sluice, peer.name, peer),
