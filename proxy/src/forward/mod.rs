@@ -50,7 +50,8 @@ pub struct Forwarding<'a> {
     pub route: &'a CompiledRoute,
     /// The downstream peer, for logs.
     pub peer: SocketAddr,
-    /// When the request arrived: deadlines and latencies count from then.
+    /// When the request arrived: deadlines and the route's latencies count
+    /// from then (an endpoint's, from its attempt's dispatch).
     pub start: Instant,
 }
 
