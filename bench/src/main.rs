@@ -177,15 +177,21 @@ async fn connect(target: &Target) -> Result<http1::SendRequest<Empty<Bytes>>> {
         .with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;
     let Some((tls, name)) = &target.tls else {
-        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        return Ok(sender);
+        return http1_over(stream).await;
     };
     let stream = tls
         .connect(name.clone(), stream)
         .await
         .with_context(|| format!("TLS handshake with {addr}"))?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    http1_over(stream).await
+}
+
+/// An HTTP/1.1 client on `io`, its connection driven by a task of its own.
+async fn http1_over<S>(io: S) -> Result<http1::SendRequest<Empty<Bytes>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await?;
     tokio::spawn(conn);
     Ok(sender)
 }

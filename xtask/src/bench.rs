@@ -578,20 +578,24 @@ fn write_configs(dir: &Path) -> Result<()> {
             d = dir.display()
         ),
     )?;
-    std::fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "{nginx_common}pid {d}/nginx.pid;\nhttp {{ access_log off; {temp} keepalive_requests 10000000;\n  upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 256; keepalive_requests 10000000; }}\n  server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
-            d = dir.display(),
-            port = PORTS.nginx,
-        ),
-    )?;
-    std::fs::write(
-        dir.join("nginx-tls.conf"),
-        format!(
-            "{nginx_common}pid {d}/nginx-tls.pid;\nhttp {{ access_log off; {temp} keepalive_requests 10000000;\n  upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 256; keepalive_requests 10000000; }}\n  server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {d}/certs/gateway.crt; ssl_certificate_key {d}/certs/gateway.key; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
-            d = dir.display(),
-            port = PORTS.nginx_tls,
+    // One proxy config for both nginx rows: the TLS row only listens with
+    // `ssl` and the gateway certificate.
+    let nginx_proxy = |name: &str, port: u16, listen: &str| {
+        std::fs::write(
+            dir.join(format!("{name}.conf")),
+            format!(
+                "{nginx_common}pid {d}/{name}.pid;\nhttp {{ access_log off; {temp} keepalive_requests 10000000;\n  upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 256; keepalive_requests 10000000; }}\n  server {{ listen 127.0.0.1:{port}{listen}; location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+                d = dir.display(),
+            ),
+        )
+    };
+    nginx_proxy("nginx", PORTS.nginx, "")?;
+    nginx_proxy(
+        "nginx-tls",
+        PORTS.nginx_tls,
+        &format!(
+            " ssl; ssl_certificate {d}/certs/gateway.crt; ssl_certificate_key {d}/certs/gateway.key",
+            d = dir.display()
         ),
     )?;
     std::fs::write(
@@ -601,18 +605,23 @@ fn write_configs(dir: &Path) -> Result<()> {
             PORTS.haproxy
         ),
     )?;
-    std::fs::write(
-        dir.join("sluice.yaml"),
-        format!(
-            "backends:\n  - name: backend\n    endpoints: [\"127.0.0.1:{BACKEND_PORT}\"]\n    protocol: http1\nlisteners:\n  - name: bench\n    address: 127.0.0.1:{}\n    routes:\n      - name: all\n        backends: [{{name: backend}}]\n",
-            PORTS.sluice,
-        ),
-    )?;
-    std::fs::write(
-        dir.join("sluice-tls.yaml"),
-        format!(
-            "backends:\n  - name: backend\n    endpoints: [\"127.0.0.1:{BACKEND_PORT}\"]\n    protocol: http1\nlisteners:\n  - name: bench-tls\n    address: 127.0.0.1:{}\n    routes:\n      - name: all\n        backends: [{{name: backend}}]\n    tls:\n      certificates:\n        - hostnames: []\n          chain_pem: \"{}\"\n          key_pem: \"{}\"\n",
-            PORTS.sluice_tls,
+    // Likewise for both sluice-proxy rows: the TLS row's listener only
+    // adds its certificate.
+    let sluice_proxy = |file: &str, listener: &str, port: u16, listener_extra: &str| {
+        std::fs::write(
+            dir.join(file),
+            format!(
+                "backends:\n  - name: backend\n    endpoints: [\"127.0.0.1:{BACKEND_PORT}\"]\n    protocol: http1\nlisteners:\n  - name: {listener}\n    address: 127.0.0.1:{port}\n    routes:\n      - name: all\n        backends: [{{name: backend}}]\n{listener_extra}",
+            ),
+        )
+    };
+    sluice_proxy("sluice.yaml", "bench", PORTS.sluice, "")?;
+    sluice_proxy(
+        "sluice-tls.yaml",
+        "bench-tls",
+        PORTS.sluice_tls,
+        &format!(
+            "    tls:\n      certificates:\n        - hostnames: []\n          chain_pem: \"{}\"\n          key_pem: \"{}\"\n",
             pem_in_yaml(&dir.join("certs/gateway.crt"))?,
             pem_in_yaml(&dir.join("certs/gateway.key"))?,
         ),
