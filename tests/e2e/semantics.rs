@@ -17,9 +17,10 @@ use serde_json::json;
 use sluice_crds::{Rollout, RolloutPhase, RolloutReason};
 use sluice_tests::Cluster;
 use sluice_tests::operator::demo_app_container;
+use sluice_tests::wait::poll;
 
 use super::rollouts::{
-    HANDS_ON_STEPS, healthy_blue, host, phase, rollout, set_image, step_index, until,
+    HANDS_ON_STEPS, event_note, healthy_blue, host, phase, rollout, set_image, step_index, until,
     wait_condition, weight,
 };
 use super::{mesh, tally};
@@ -45,7 +46,8 @@ fn sluice(cluster: &Cluster, ns: &str, args: &[&str]) -> anyhow::Result<String> 
 
 /// `kubectl sluice promote` at the first (timed) pause ends that pause
 /// only: the rollout goes on to `setWeight 50` and stops at the next pause;
-/// `promote --full` then goes to 100%.
+/// `promote --full` then goes to 100%. A promote whose first pass cannot
+/// write the route is kept, not dropped, and still ends one pause only.
 pub async fn promote_ends_one_pause_only(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     let ns = "ro-promote";
     let steps = HANDS_ON_STEPS.replace("5s", "1h");
@@ -56,11 +58,22 @@ pub async fn promote_ends_one_pause_only(cluster: Arc<Cluster>) -> anyhow::Resul
         weight(ro) == 20 && step_index(ro) == Some(1) && phase(ro) == Some(RolloutPhase::Paused)
     })
     .await?;
+    // The pass that takes the promote cannot set the weight.
+    let frozen = FrozenRoute::freeze(&cluster, ns, "handson").await?;
     sluice(&cluster, ns, &["promote", "handson"])?;
+    let note = event_note(&cluster, ns, "RequestPending").await?;
+    let ro = rollout(&cluster, ns).await?;
+    ensure!(
+        weight(&ro) == 20 && step_index(&ro) == Some(1),
+        "while the route refused the weight ({note}): {:?}",
+        ro.status
+    );
+    frozen.thaw()?;
     let ro = until(&cluster, ns, "paused again at step 4, weight 50", |ro| {
         step_index(ro) == Some(3) && weight(ro) == 50
     })
     .await?;
+    eprintln!("semantics: a promote whose pass could not set the weight was kept: {note}");
     ensure!(
         phase(&ro) == Some(RolloutPhase::Paused)
             && reason(&ro) == Some(RolloutReason::PausedUntilPromoted),
@@ -78,6 +91,95 @@ pub async fn promote_ends_one_pause_only(cluster: Arc<Cluster>) -> anyhow::Resul
     })
     .await?;
     Ok(())
+}
+
+/// An HTTPRoute whose updates the API server refuses (a
+/// ValidatingAdmissionPolicy on a label), so that a pass fails after it
+/// has taken a request.
+struct FrozenRoute<'a> {
+    cluster: &'a Cluster,
+    ns: &'a str,
+    route: &'a str,
+}
+
+/// The policy: an update of a route labelled `sluice-test/frozen` that
+/// keeps the label is refused; adding or removing the label is not.
+fn freeze_policy(ns: &str) -> String {
+    format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: sluice-test-frozen-routes-{ns}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - {{apiGroups: [gateway.networking.k8s.io], apiVersions: ["*"], operations: [UPDATE], resources: [httproutes]}}
+  validations:
+  - expression: >-
+      !(has(oldObject.metadata.labels) && 'sluice-test/frozen' in oldObject.metadata.labels
+      && has(object.metadata.labels) && 'sluice-test/frozen' in object.metadata.labels)
+    message: the route is frozen
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: sluice-test-frozen-routes-{ns}}}
+spec:
+  policyName: sluice-test-frozen-routes-{ns}
+  validationActions: [Deny]
+  matchResources: {{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: {ns}}}}}}}
+"#
+    )
+}
+
+impl<'a> FrozenRoute<'a> {
+    /// Freezes `route` and waits until the API server refuses an update of
+    /// it (the policy takes a moment to be in force).
+    async fn freeze(
+        cluster: &'a Cluster,
+        ns: &'a str,
+        route: &'a str,
+    ) -> anyhow::Result<FrozenRoute<'a>> {
+        cluster.apply(&freeze_policy(ns))?;
+        let kind_name = format!("httproute/{route}");
+        cluster.kubectl(
+            &["label", "-n", ns, &kind_name, "sluice-test/frozen=1"],
+            None,
+        )?;
+        let mut probe = 0u32;
+        poll(
+            "the frozen route to refuse an update",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                probe += 1;
+                let note = format!("sluice-test/probe={probe}");
+                let tried = cluster.kubectl(
+                    &["annotate", "--overwrite", "-n", ns, &kind_name, &note],
+                    None,
+                );
+                async move {
+                    Ok(match tried {
+                        Err(e) if e.to_string().contains("the route is frozen") => Some(()),
+                        _ => None,
+                    })
+                }
+            },
+        )
+        .await?;
+        Ok(FrozenRoute { cluster, ns, route })
+    }
+
+    /// Lets the route be updated again and removes the policy.
+    fn thaw(self) -> anyhow::Result<()> {
+        let kind_name = format!("httproute/{}", self.route);
+        self.cluster.kubectl(
+            &["label", "-n", self.ns, &kind_name, "sluice-test/frozen-"],
+            None,
+        )?;
+        self.cluster
+            .kubectl(&["delete", "-f", "-"], Some(&freeze_policy(self.ns)))?;
+        Ok(())
+    }
 }
 
 /// A Rollout without `trafficRouting`: `replicas` demo-app pods behind a

@@ -16,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 use sluice_crds::Rollout;
 use sluice_crds::rollout::{Request, RolloutSpec, RolloutStatus};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::canary_routes::{self, CanaryRoutes};
 use super::model::{Decision, Event, Observed};
@@ -27,8 +27,73 @@ use super::workload::{self, Adoption, WORKLOAD_LABEL};
 use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL};
 use crate::status::{FIELD_MANAGER, apply_status, to_conditions};
 
-/// Observe, decide, apply.
+/// How soon a pass that found the cache behind this process's own last
+/// write looks again: the watch event of that write normally wakes it
+/// first; this is the fallback.
+const CACHE_BEHIND_RECHECK: Duration = Duration::from_secs(1);
+
+/// The writes of one pass to its Rollout.
+#[derive(Debug, Default)]
+struct Writes {
+    /// The versions they produced, in order.
+    versions: Vec<String>,
+    /// The request this pass acts on, until its decision is in the status.
+    unsettled: Option<Request>,
+}
+
+/// Observe, decide, apply; unless the cache still shows a version this
+/// process's own writes replaced (see [`super::freshness`]).
 pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Action, Error> {
+    let uid = rollout.uid().unwrap_or_default();
+    let read = rollout.resource_version().unwrap_or_default();
+    if ctx.written.superseded(&uid, &read) {
+        debug!(version = %read, "the cache is behind this process's last write; waiting for it");
+        return Ok(Action::requeue(CACHE_BEHIND_RECHECK));
+    }
+    let mut writes = Writes::default();
+    let result = pass(rollout, ns, ctx, &mut writes).await;
+    if let Err(e) = &result {
+        keep_unsettled_request(rollout, &uid, ctx, &mut writes, e).await;
+    }
+    ctx.written.record(&uid, &read, &writes.versions);
+    result
+}
+
+/// After a failed pass: keeps the request it acted on, if its decision
+/// did not reach the status, for the next pass (see
+/// [`super::unsettled`]), and says so in a Warning event: a user whose
+/// `promote` seems ignored learns why.
+async fn keep_unsettled_request(
+    rollout: &Rollout,
+    uid: &str,
+    ctx: &Context,
+    writes: &mut Writes,
+    error: &Error,
+) {
+    let Some(request) = writes.unsettled.take() else {
+        return;
+    };
+    ctx.unsettled.keep(uid, request);
+    let event = Event {
+        warning: true,
+        reason: "RequestPending",
+        note: format!(
+            "{} could not be carried out ({}); it is kept for the next attempt",
+            request.as_str(),
+            error.brief()
+        ),
+    };
+    record_event(rollout, ctx, &event).await;
+}
+
+/// One pass: observe, decide, apply; its writes to the Rollout go to
+/// `writes`.
+async fn pass(
+    rollout: &Rollout,
+    ns: &str,
+    ctx: &Context,
+    writes: &mut Writes,
+) -> Result<Action, Error> {
     let status = rollout.status.clone().unwrap_or_default();
     let world = observe::world(rollout, ns, ctx).await?;
     let adopted = world
@@ -39,11 +104,22 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
     let hash = revisions::current_hash(&world.owned, &rollout.spec.template);
     // Taken (removed) before it is acted on, and acted on only if this
     // pass removed it: the cache may still show a request that an earlier
-    // pass handled, and a promote must not end two pauses.
-    let request = match rollout.annotations().get(Request::ANNOTATION) {
-        Some(seen) if take_request(rollout, ns, ctx, seen).await? => Request::parse(seen),
-        _ => None,
+    // pass handled, and a promote must not end two pauses. One that an
+    // earlier pass took but could not carry out comes from memory.
+    let taken = match rollout.annotations().get(Request::ANNOTATION) {
+        Some(seen) => match take_request(rollout, ns, ctx, seen).await? {
+            Some(version) => {
+                writes.versions.push(version);
+                Request::parse(seen)
+            }
+            None => None,
+        },
+        None => None,
     };
+    let request = ctx
+        .unsettled
+        .next(&rollout.uid().unwrap_or_default(), taken);
+    writes.unsettled = request;
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     // Templates that cannot run hold the Rollout as an invalid spec.
     let (evaluation, unrunnable) = match observe::evaluation_due(rollout, &hash, now) {
@@ -72,7 +148,10 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
     if adoption != Some(Adoption::Waiting) {
         apply_services(rollout, ns, ctx, &world.services, &decision).await?;
     }
-    write_status(rollout, ns, ctx, &decision, &world.ready).await?;
+    if let Some(version) = write_status(rollout, ns, ctx, &decision, &world.ready).await? {
+        writes.versions.push(version);
+    }
+    writes.unsettled = None;
     record_events(rollout, ctx, &decision).await;
     ctx.notifier
         .notify(rollout, &decision.status, &decision.events, now);
@@ -142,16 +221,17 @@ async fn take_over(
     Ok(Some(step))
 }
 
-/// Removes the request annotation if it still holds `seen`, and says
-/// whether it did. Not removed: already taken by an earlier pass (this one
-/// read a stale cache), or replaced by a newer request (a `promote --full`
-/// right after a `promote`), which the next pass takes.
+/// Removes the request annotation if it still holds `seen`; the Rollout's
+/// version after the removal when it did. Not removed: already taken by an
+/// earlier pass (this one read a stale cache), or replaced by a newer
+/// request (a `promote --full` right after a `promote`), which the next
+/// pass takes.
 async fn take_request(
     rollout: &Rollout,
     ns: &str,
     ctx: &Context,
     seen: &str,
-) -> Result<bool, Error> {
+) -> Result<Option<String>, Error> {
     let api: Api<Rollout> = Api::namespaced(ctx.client.clone(), ns);
     let path = format!(
         "/metadata/annotations/{}",
@@ -169,9 +249,9 @@ async fn take_request(
         )
         .await
     {
-        Ok(_) => Ok(true),
+        Ok(taken) => Ok(Some(taken.resource_version().unwrap_or_default())),
         // Gone or changed: the test failed.
-        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => Ok(false),
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 409 => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -192,7 +272,7 @@ async fn record_event(rollout: &Rollout, ctx: &Context, e: &Event) {
             EventType::Normal
         },
         reason: e.reason.into(),
-        note: Some(e.note.clone()),
+        note: Some(event_note(&e.note).to_owned()),
         action: "Reconcile".into(),
         secondary: None,
     };
@@ -200,6 +280,17 @@ async fn record_event(rollout: &Rollout, ctx: &Context, e: &Event) {
     if let Err(err) = ctx.recorder.publish(&event, &rollout.object_ref(&())).await {
         tracing::warn!("recording event {}: {err}", e.reason);
     }
+}
+
+/// The most of `note` an Event holds (the API server refuses a note over
+/// 1,024 bytes, and the Event with it), cut at a character boundary.
+fn event_note(note: &str) -> &str {
+    const MAX: usize = 1024;
+    let mut end = note.len().min(MAX);
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    &note[..end]
 }
 
 /// The JSON Patch (RFC 6902) that sets the weights of `route`'s backendRefs
@@ -511,7 +602,7 @@ async fn write_status(
     ctx: &Context,
     d: &Decision,
     ready: &BTreeMap<String, i32>,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let ready = |h: &str| ready.get(h).copied().unwrap_or(0);
     let mut st = d.status.clone();
     let spec = &rollout.spec;
@@ -548,12 +639,27 @@ async fn write_status(
         .map(serde_json::to_value)
         .transpose()?
         .unwrap_or(Value::Null);
-    apply_status(
+    let written = apply_status(
         Api::<Rollout>::namespaced(ctx.client.clone(), ns),
         &rollout.name_any(),
         current,
         status,
     )
     .await?;
-    Ok(())
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_note;
+
+    #[test]
+    fn a_long_note_is_cut_to_what_an_event_holds_at_a_character_boundary() {
+        assert_eq!(event_note("short"), "short");
+        // 'é' is two bytes: 1,023 of them end mid-character at byte 1,024.
+        let long = format!("a{}", "é".repeat(600));
+        let cut = event_note(&long);
+        assert_eq!(cut.len(), 1023);
+        assert!(long.starts_with(cut));
+    }
 }

@@ -12,6 +12,7 @@ pub mod apply;
 pub mod canary_routes;
 pub mod conditions;
 pub mod edit;
+pub mod freshness;
 pub mod lint;
 pub mod model;
 pub mod notify;
@@ -20,6 +21,7 @@ pub mod phase;
 pub mod replicas;
 pub mod replicasets;
 pub mod revisions;
+pub mod unsettled;
 pub mod workload;
 
 use std::sync::Arc;
@@ -60,6 +62,17 @@ pub enum Error {
     NoNamespace,
 }
 
+impl Error {
+    /// What went wrong in a line: the API server's own message rather than
+    /// its whole status (an Event's note holds at most 1,024 bytes).
+    pub fn brief(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(status)) => status.message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
     client: Client,
@@ -77,6 +90,10 @@ pub struct Context {
     world: World,
     /// The Rollouts' ReplicaSets.
     replicasets: replicasets::ReplicaSets,
+    /// The versions of each Rollout this process's writes replaced.
+    written: freshness::Written,
+    /// Requests taken by passes that failed before acting on them.
+    unsettled: unsettled::Unsettled,
 }
 
 /// How many Rollouts are reconciled at once: a burst (thousands of
@@ -138,6 +155,8 @@ pub async fn run(
         supervisor,
         world,
         replicasets,
+        written: freshness::Written::default(),
+        unsettled: unsettled::Unsettled::default(),
     });
     info!("Rollout controller started");
     // The controller's own store, trimmed: managed fields are a large share

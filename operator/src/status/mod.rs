@@ -167,18 +167,19 @@ fn status_value<S: serde::Serialize>(status: Option<&S>) -> Value {
 
 /// Patches the status of `name` (server-side apply, forced, as
 /// [`FIELD_MANAGER`]) when `desired` differs from `current`: every status
-/// the operator writes goes through here.
+/// the operator writes goes through here. The object's new resource
+/// version when written.
 pub async fn apply_status<K>(
     api: Api<K>,
     name: &str,
     current: Value,
     desired: Value,
-) -> Result<(), kube::Error>
+) -> Result<Option<String>, kube::Error>
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     if current == desired {
-        return Ok(());
+        return Ok(None);
     }
     let kind = K::kind(&());
     debug!(%kind, %name, "writing status");
@@ -189,7 +190,7 @@ where
         &Patch::Apply(body),
     )
     .await
-    .map(|_| ())
+    .map(|written| kube::ResourceExt::resource_version(&written))
 }
 
 /// Writes every AuthorizationPolicy's and RequestAuthentication's
