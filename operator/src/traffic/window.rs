@@ -227,11 +227,20 @@ impl TrafficWindow {
                 _ => {
                     let mut b = Bucket::at(second);
                     b.add(d);
+                    grow_within(q, self.most_buckets());
                     q.push_back(b);
                 }
             }
         }
         overflow
+    }
+
+    /// The most buckets a series holds: one per second of the span, both
+    /// ends included.
+    fn most_buckets(&self) -> usize {
+        usize::try_from(self.span.as_secs())
+            .unwrap_or(usize::MAX)
+            .saturating_add(1)
     }
 
     /// Adds one proxy's deltas now.
@@ -323,6 +332,17 @@ impl TrafficWindow {
     }
 }
 
+/// Makes room for one more bucket in `q`: doubling, as a deque grows, but
+/// never past `most`. A series that fills a 300 s window then holds room
+/// for 301 buckets (21.7 KB), not the 512 that doubling from 256 leaves.
+fn grow_within(q: &mut VecDeque<Bucket>, most: usize) {
+    if q.len() < q.capacity() {
+        return;
+    }
+    let room = (q.capacity() * 2).max(4).min(most).max(q.len() + 1);
+    q.reserve_exact(room - q.len());
+}
+
 /// Drops buckets before `oldest`, and the series left empty; gives the
 /// memory of a flood back once it has aged out.
 fn sweep(series: &mut HashMap<TrafficKey, VecDeque<Bucket>>, oldest: u64) {
@@ -400,6 +420,21 @@ mod tests {
         w.record_at(1100, &[delta("a", 1, 0, cells(1, 0))]);
         assert_eq!(by_rev(1100, 1000)["a"].requests, 1);
         assert_eq!(w.series_count(), 1, "series b aged out");
+    }
+
+    #[test]
+    fn a_series_busy_every_second_holds_room_for_its_span_and_no_more() {
+        let w = TrafficWindow::new(Duration::from_secs(300), 10);
+        for second in 1000..1000 + 2 * 300 {
+            w.record_at(second, &[delta("a", 1, 0, cells(1, 0))]);
+        }
+        let guard = w.series.lock().unwrap_or_else(|p| p.into_inner());
+        let q = guard
+            .by_key
+            .values()
+            .next()
+            .map(|q| (q.len(), q.capacity()));
+        assert_eq!(q, Some((301, 301)));
     }
 
     #[test]
