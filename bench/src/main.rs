@@ -131,8 +131,9 @@ fn connector(path: &Path) -> Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// A root and two leaves, `spiffe://bench.local/ns/bench/sa/<name>`.
-fn certs(dir: &std::path::Path) -> Result<()> {
+/// A root, two leaves `spiffe://bench.local/ns/bench/sa/<name>` (`client`,
+/// `server`) and the gateway's leaf for `app.test`.
+fn certs(dir: &Path) -> Result<()> {
     use rcgen::{
         BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
         KeyUsagePurpose, SanType,
@@ -148,8 +149,15 @@ fn certs(dir: &std::path::Path) -> Result<()> {
     let root_cert = root.self_signed(&root_key)?;
     std::fs::write(dir.join("roots.pem"), root_cert.pem())?;
     let issuer = Issuer::new(root, root_key);
-    for name in ["client", "server"] {
+    // Signs `p` for a new key and writes `<name>.crt` and `<name>.key`.
+    let leaf = |name: &str, p: CertificateParams| -> Result<()> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = p.signed_by(&key, &issuer)?;
+        std::fs::write(dir.join(format!("{name}.crt")), cert.pem())?;
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+        Ok(())
+    };
+    for name in ["client", "server"] {
         let mut p = CertificateParams::default();
         let id = format!("spiffe://bench.local/ns/bench/sa/{name}");
         p.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
@@ -157,17 +165,11 @@ fn certs(dir: &std::path::Path) -> Result<()> {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let cert = p.signed_by(&key, &issuer)?;
-        std::fs::write(dir.join(format!("{name}.crt")), cert.pem())?;
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem())?;
+        leaf(name, p)?;
     }
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut p = CertificateParams::new(vec!["app.test".to_owned()])?;
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = p.signed_by(&key, &issuer)?;
-    std::fs::write(dir.join("gateway.crt"), cert.pem())?;
-    std::fs::write(dir.join("gateway.key"), key.serialize_pem())?;
-    Ok(())
+    leaf("gateway", p)
 }
 
 async fn connect(target: &Target) -> Result<http1::SendRequest<Empty<Bytes>>> {

@@ -51,7 +51,7 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
         return Ok(Action::requeue(CACHE_BEHIND_RECHECK));
     }
     let mut writes = Writes::default();
-    let result = pass(rollout, ns, ctx, &mut writes).await;
+    let result = pass(rollout, ns, &uid, ctx, &mut writes).await;
     if let Err(e) = &result {
         keep_unsettled_request(rollout, &uid, ctx, &mut writes, e).await;
     }
@@ -86,11 +86,12 @@ async fn keep_unsettled_request(
     record_event(rollout, ctx, &event).await;
 }
 
-/// One pass: observe, decide, apply; its writes to the Rollout go to
-/// `writes`.
+/// One pass over Rollout `uid`: observe, decide, apply; its writes to the
+/// Rollout go to `writes`.
 async fn pass(
     rollout: &Rollout,
     ns: &str,
+    uid: &str,
     ctx: &Context,
     writes: &mut Writes,
 ) -> Result<Action, Error> {
@@ -116,9 +117,7 @@ async fn pass(
         },
         None => None,
     };
-    let request = ctx
-        .unsettled
-        .next(&rollout.uid().unwrap_or_default(), taken);
+    let request = ctx.unsettled.next(uid, taken);
     writes.unsettled = request;
     let now = k8s_openapi::jiff::Timestamp::now().as_second();
     // Templates that cannot run hold the Rollout as an invalid spec.
