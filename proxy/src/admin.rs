@@ -86,6 +86,13 @@ pub fn answer(
                     "text/plain",
                     "the workload certificate has expired; renewing\n",
                 )
+            } else if proxy.configured() && !proxy.listening.bound() {
+                // Ready only once the ports take connections.
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "configured; the workers are binding its listeners\n",
+                )
             } else if proxy.configured()
                 && t.managed.load(Relaxed)
                 && !t.control_plane_connected.load(Relaxed)
@@ -229,10 +236,16 @@ mod tests {
     }
 
     #[test]
-    fn ready_once_configured_and_holding_a_wanted_certificate() {
+    fn ready_once_configured_listening_and_holding_a_wanted_certificate() {
         let proxy = Proxy::new();
+        let worker = proxy.listening.register();
         assert_eq!(ready(&proxy), StatusCode::SERVICE_UNAVAILABLE);
         proxy.apply(Config::default(), Some("1".into()));
+        assert_eq!(ready(&proxy), StatusCode::SERVICE_UNAVAILABLE);
+        // Its listeners bound (as the worker does on the change).
+        proxy
+            .listening
+            .reconciled(&worker, *proxy.subscribe().borrow());
         assert_eq!(ready(&proxy), StatusCode::OK);
         // A proxy with a token waits for its certificate.
         proxy.identity.want();

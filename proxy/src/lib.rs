@@ -27,6 +27,7 @@ pub mod identity;
 pub mod idle;
 pub mod inbound;
 pub mod intercept;
+pub mod listening;
 pub mod local_reply;
 pub mod mirror;
 pub mod original_dst;

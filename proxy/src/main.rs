@@ -331,12 +331,14 @@ fn start_workers(
     (0..n)
         .map(|i| {
             let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
+            // Registered here, before the thread runs, so `/ready` counts it.
+            let slot = proxy.listening.register();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             Ok(std::thread::Builder::new()
                 .name(format!("sluice-worker-{i}"))
-                .spawn(move || runtime.block_on(server::worker(proxy, shutdown, drain)))?)
+                .spawn(move || runtime.block_on(server::worker(proxy, slot, shutdown, drain)))?)
         })
         .collect()
 }

@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use crate::compiled::{CompiledListener, Termination};
 use crate::config::ListenerProtocol;
 use crate::http_proxy::ProxyService;
+use crate::listening::WorkerSlot;
 use crate::state::Proxy;
 
 /// Largest request head accepted; larger gets `431` (HTTP/1.1) or a
@@ -78,12 +79,22 @@ struct ListenerKey {
 }
 
 /// Runs one worker until `shutdown` turns true, then drains its
-/// connections for up to `drain`.
-pub async fn worker(proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+/// connections for up to `drain`. `slot` is where it records the config
+/// generation its listeners are bound for.
+pub async fn worker(
+    proxy: Arc<Proxy>,
+    slot: WorkerSlot,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+) {
     let mut running: HashMap<ListenerKey, Running> = HashMap::new();
     let mut changes = proxy.subscribe();
     loop {
+        // Read before reconciling: the config stored with this generation
+        // (or a newer one) is what `reconcile` binds.
+        let generation = *changes.borrow_and_update();
         reconcile(&proxy, &mut running, drain);
+        proxy.listening.reconciled(&slot, generation);
         tokio::select! {
             r = changes.changed() => if r.is_err() { break },
             _ = shutdown.wait_for(|s| *s) => break,

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::compiled::{Compiled, EndpointRegistry, compile};
 use crate::config::Config;
 use crate::identity::MeshIdentity;
+use crate::listening::Listening;
 use crate::telemetry::Telemetry;
 
 /// Shared by the workers, the admin endpoint and the config sources.
@@ -21,8 +22,11 @@ pub struct Proxy {
     pub telemetry: Arc<Telemetry>,
     /// The workload certificate and mesh roots (sidecars and gateways).
     pub identity: Arc<MeshIdentity>,
+    /// Which config generation each worker's listeners are bound for.
+    pub listening: Listening,
     registry: EndpointRegistry,
-    /// Bumped on every applied config; workers reconcile listeners on it.
+    /// The config generation, bumped on every applied config; workers
+    /// reconcile listeners on it.
     changes: watch::Sender<u64>,
     /// Whether a real configuration has been applied yet.
     configured: AtomicBool,
@@ -42,6 +46,7 @@ impl Proxy {
             config: ArcSwap::from_pointee(empty),
             telemetry,
             identity: Arc::new(MeshIdentity::default()),
+            listening: Listening::default(),
             registry,
             changes: watch::channel(0).0,
             configured: AtomicBool::new(false),
@@ -86,7 +91,12 @@ impl Proxy {
         self.config.store(Arc::new(compiled));
         self.configured.store(true, Relaxed);
         self.telemetry.reloads_ok.fetch_add(1, Relaxed);
-        self.changes.send_modify(|n| *n += 1);
+        let mut generation = 0;
+        self.changes.send_modify(|n| {
+            *n += 1;
+            generation = *n;
+        });
+        self.listening.applied(generation);
     }
 
     /// Counts a refused document (the running config stays).

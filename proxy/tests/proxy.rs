@@ -940,6 +940,55 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
     server.abort();
 }
 
+/// `/ready` answers 200 only once every worker has bound every listener, so
+/// a client that connects the moment it reads 200 is never refused. Each
+/// start polls `/ready` back to back to land in the window between the
+/// config being applied and the workers binding its sockets.
+#[tokio::test]
+async fn ready_means_every_worker_has_bound_every_listener() {
+    const STARTS: usize = 100;
+    let mut refused = Vec::new();
+    for start in 0..STARTS {
+        let admin = addr(free_port());
+        let ports: Vec<u16> = (0..8).map(|_| free_port()).collect();
+        let mut cfg = format!(
+            "admin:\n  address: {admin}\nbackends:\n  - name: none\n    endpoints: [\"127.0.0.1:9\"]\nlisteners:\n"
+        );
+        for port in &ports {
+            cfg.push_str(&format!(
+                "  - name: l{port}\n    address: 127.0.0.1:{port}\n    protocol: tcp\n    backends: [{{name: none}}]\n"
+            ));
+        }
+        let p = ProxyProcess::spawn(&cfg, admin, &["--workers", "4"]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !answers_200(admin, "/ready").await {
+            assert!(Instant::now() < deadline, "never ready:\n{}", p.log_text());
+        }
+        for port in ports {
+            if let Err(e) = TcpStream::connect(addr(port)).await {
+                refused.push(format!("start {start}, port {port}: {e}"));
+            }
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "refused after /ready said 200: {refused:#?}"
+    );
+}
+
+/// One plain HTTP/1.1 GET of `path` on its own connection, without the
+/// pauses of a client's retry loop: whether it answered 200.
+async fn answers_200(at: std::net::SocketAddr, path: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(at).await else {
+        return false;
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let mut head = [0u8; 16];
+    s.write_all(request.as_bytes()).await.is_ok()
+        && s.read_exact(&mut head).await.is_ok()
+        && head.starts_with(b"HTTP/1.1 200 ")
+}
+
 /// A CA and leaf certificates it signs, as PEM: (chain, key).
 struct TestCa(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
 
