@@ -10,14 +10,13 @@
 //! and a pass that reads one of them waits for the cache instead of acting.
 //! Versions are compared for equality only, as the API conventions allow.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use super::by_uid::ByUid;
 
 /// The versions of each Rollout (by UID) that this process's writes have
 /// replaced and its cache has not yet moved past.
 #[derive(Debug, Default)]
 pub struct Written {
-    superseded: Mutex<HashMap<String, Vec<String>>>,
+    superseded: ByUid<Vec<String>>,
 }
 
 impl Written {
@@ -25,7 +24,7 @@ impl Written {
     /// already written past. A version not recorded is fresh (the cache
     /// caught up, or someone else wrote since), and the record goes.
     pub fn superseded(&self, uid: &str, read: &str) -> bool {
-        let mut map = self.lock();
+        let mut map = self.superseded.lock();
         match map.get(uid) {
             Some(versions) if versions.iter().any(|v| v == read) => true,
             Some(_) => {
@@ -46,20 +45,13 @@ impl Written {
         let mut versions = Vec::with_capacity(wrote.len());
         versions.push(read.to_owned());
         versions.extend(replaced.iter().cloned());
-        self.lock().insert(uid.to_owned(), versions);
+        self.superseded.lock().insert(uid.to_owned(), versions);
     }
 
     /// Whether no Rollout has a record.
     #[cfg(test)]
     fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<String>>> {
-        // The map holds no invariant a panicking holder could break.
-        self.superseded
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.superseded.lock().is_empty()
     }
 }
 

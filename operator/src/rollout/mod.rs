@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod apply;
+pub mod by_uid;
 pub mod canary_routes;
 pub mod conditions;
 pub mod edit;
@@ -20,6 +21,7 @@ pub mod observe;
 pub mod phase;
 pub mod replicas;
 pub mod replicasets;
+pub mod retry;
 pub mod revisions;
 pub mod unsettled;
 pub mod workload;
@@ -94,6 +96,8 @@ pub struct Context {
     written: freshness::Written,
     /// Requests taken by passes that failed before acting on them.
     unsettled: unsettled::Unsettled,
+    /// Failed passes in a row, for the wait before the next.
+    retry: retry::Backoff,
 }
 
 /// How many Rollouts are reconciled at once: a burst (thousands of
@@ -157,6 +161,7 @@ pub async fn run(
         replicasets,
         written: freshness::Written::default(),
         unsettled: unsettled::Unsettled::default(),
+        retry: retry::Backoff::default(),
     });
     info!("Rollout controller started");
     // The controller's own store, trimmed: managed fields are a large share
@@ -217,12 +222,22 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
             "reconciled"
         )
     });
+    if result.is_ok() {
+        ctx.retry.succeeded(&rollout.uid().unwrap_or_default());
+    }
     result
 }
 
-fn error_policy(_: Arc<Rollout>, err: &Error, _: Arc<Context>) -> Action {
-    warn!("rollout: {err}; retrying in 2s");
-    Action::requeue(Duration::from_secs(2))
+/// Retries a failed pass after a wait that grows while it keeps failing
+/// (see [`retry`]).
+fn error_policy(rollout: Arc<Rollout>, err: &Error, ctx: Arc<Context>) -> Action {
+    let wait = ctx.retry.failed(&rollout.uid().unwrap_or_default());
+    warn!(
+        namespace = rollout.namespace().unwrap_or_default(),
+        name = rollout.name_any(),
+        "rollout: {err}; retrying in {wait:?}"
+    );
+    Action::requeue(wait)
 }
 
 /// The revision hash of a pod template: stable across restarts and

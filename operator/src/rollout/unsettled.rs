@@ -9,36 +9,28 @@
 //! Not written back to the Rollout: that write would wake the next pass at
 //! once and turn a lasting refusal into a loop of passes.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use sluice_crds::rollout::Request;
+
+use super::by_uid::ByUid;
 
 /// The request each Rollout (by UID) is owed.
 #[derive(Debug, Default)]
 pub struct Unsettled {
-    by_uid: Mutex<HashMap<String, Request>>,
+    by_uid: ByUid<Request>,
 }
 
 impl Unsettled {
     /// Keeps `request` of Rollout `uid` for its next pass.
     pub fn keep(&self, uid: &str, request: Request) {
-        self.lock().insert(uid.to_owned(), request);
+        self.by_uid.lock().insert(uid.to_owned(), request);
     }
 
     /// The request the next pass of Rollout `uid` acts on: `taken` (just
     /// taken from the annotation, the newer) if there is one, else the one
     /// kept. Either way nothing stays kept.
     pub fn next(&self, uid: &str, taken: Option<Request>) -> Option<Request> {
-        let kept = self.lock().remove(uid);
+        let kept = self.by_uid.lock().remove(uid);
         taken.or(kept)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Request>> {
-        // The map holds no invariant a panicking holder could break.
-        self.by_uid
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
