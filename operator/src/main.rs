@@ -513,9 +513,10 @@ fn spawn_leader_tasks(
     );
     let (step_down, supervisor) = (parts.step_down.clone(), parts.supervisor.clone());
     let faults = args.test_faults;
+    let metrics = parts.metrics.clone();
     let notifier = sluice_operator::rollout::notify::Notifier::start(
         args.notify_webhooks.clone(),
-        parts.metrics.clone(),
+        metrics.clone(),
     );
     tokio::spawn(async move {
         if let (Some(settings), Some(step_down)) = (election, step_down)
@@ -532,6 +533,7 @@ fn spawn_leader_tasks(
             t,
             supervisor.clone(),
             notifier,
+            metrics,
             faults,
         );
         supervise(&supervisor, "rollout controller", controller);

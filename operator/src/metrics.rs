@@ -56,6 +56,35 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Label of the Rollout pass counter: how a pass ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabel {
+    /// See [`PassResult`].
+    pub result: &'static str,
+}
+
+/// How a pass of the Rollout controller ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassResult {
+    /// It observed, decided and applied.
+    Done,
+    /// It failed (the API server refused or failed) and is retried.
+    Failed,
+    /// It found the cache behind this process's own last write and waited.
+    CacheBehind,
+}
+
+impl PassResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassResult::Done => "done",
+            PassResult::Failed => "failed",
+            PassResult::CacheBehind => "cache_behind",
+        }
+    }
+}
+
 /// Every metric the operator exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -93,6 +122,8 @@ pub struct Metrics {
     pub http_refused: Family<RefusedLabels, Counter>,
     /// Webhook notifications by result (`sent`, `failed`, `dropped`).
     pub notifications: Family<ResultLabel, Counter>,
+    /// Rollout controller passes, by how they ended.
+    pub rollout_passes: Family<PassLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -115,6 +146,7 @@ impl Default for Metrics {
             telemetry_series: Gauge::default(),
             http_refused: Family::default(),
             notifications: Family::default(),
+            rollout_passes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -198,6 +230,11 @@ impl Default for Metrics {
             "Webhook notifications of rollout decisions, by result (sent; failed after every retry; dropped with the queue full)",
             m.notifications.clone(),
         );
+        registry.register(
+            "rollout_passes",
+            "Rollout controller passes, by result (done; failed and retried with a growing wait; cache_behind: waited for the cache to show this process's own last write)",
+            m.rollout_passes.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -219,6 +256,15 @@ impl Metrics {
         self.notifications
             .get_or_create(&ResultLabel {
                 result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a Rollout controller pass.
+    pub fn rollout_pass(&self, result: PassResult) {
+        self.rollout_passes
+            .get_or_create(&PassLabel {
+                result: result.as_str(),
             })
             .inc();
     }

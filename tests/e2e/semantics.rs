@@ -58,6 +58,13 @@ pub async fn promote_ends_one_pause_only(cluster: Arc<Cluster>) -> anyhow::Resul
         weight(ro) == 20 && step_index(ro) == Some(1) && phase(ro) == Some(RolloutPhase::Paused)
     })
     .await?;
+    let mesh = mesh(&cluster).await?;
+    let failed_passes = || async {
+        let op = mesh.operator.lock().await;
+        let labels = r#"result="failed""#;
+        anyhow::Ok(op.counter("sluice_rollout_passes_total", labels).await?)
+    };
+    let failed_before = failed_passes().await?;
     // The pass that takes the promote cannot set the weight.
     let frozen = FrozenRoute::freeze(&cluster, ns, "handson").await?;
     sluice(&cluster, ns, &["promote", "handson"])?;
@@ -67,6 +74,11 @@ pub async fn promote_ends_one_pause_only(cluster: Arc<Cluster>) -> anyhow::Resul
         weight(&ro) == 20 && step_index(&ro) == Some(1),
         "while the route refused the weight ({note}): {:?}",
         ro.status
+    );
+    let failed = failed_passes().await?;
+    ensure!(
+        failed > failed_before,
+        "the refused pass was not counted: sluice_rollout_passes_total{{result=\"failed\"}} {failed_before} -> {failed}"
     );
     frozen.thaw()?;
     let ro = until(&cluster, ns, "paused again at step 4, weight 50", |ro| {

@@ -482,7 +482,8 @@ fn sum_of(text: &str, name: &str, labels: &str) -> f64 {
     series(text, name)
         .filter(|(line, _)| line.contains(labels))
         .map(|(_, v)| v)
-        .sum()
+        // From +0.0: `sum` of no floats is -0.0, which prints as "-0".
+        .fold(0.0, |total, v| total + v)
 }
 
 /// The series of metric `name` in Prometheus text: each line and its value.

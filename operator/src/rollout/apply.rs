@@ -25,6 +25,7 @@ use super::phase::decide;
 use super::revisions::{self, REVISION_ANNOTATION};
 use super::workload::{self, Adoption, WORKLOAD_LABEL};
 use super::{Context, Error, HASH_LABEL, ROLLOUT_LABEL};
+use crate::metrics::PassResult;
 use crate::status::{FIELD_MANAGER, apply_status, to_conditions};
 
 /// How soon a pass that found the cache behind this process's own last
@@ -48,12 +49,17 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
     let read = rollout.resource_version().unwrap_or_default();
     if ctx.written.superseded(&uid, &read) {
         debug!(version = %read, "the cache is behind this process's last write; waiting for it");
+        ctx.metrics.rollout_pass(PassResult::CacheBehind);
         return Ok(Action::requeue(CACHE_BEHIND_RECHECK));
     }
     let mut writes = Writes::default();
     let result = pass(rollout, ns, &uid, ctx, &mut writes).await;
-    if let Err(e) = &result {
-        keep_unsettled_request(rollout, &uid, ctx, &mut writes, e).await;
+    match &result {
+        Ok(_) => ctx.metrics.rollout_pass(PassResult::Done),
+        Err(e) => {
+            ctx.metrics.rollout_pass(PassResult::Failed);
+            keep_unsettled_request(rollout, &uid, ctx, &mut writes, e).await;
+        }
     }
     ctx.written.record(&uid, &read, &writes.versions);
     result

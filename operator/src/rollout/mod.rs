@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::{Instrument, debug, info, warn};
 
+use crate::metrics::Metrics;
 use crate::stored::Stored;
 use crate::traffic::window::TrafficWindow;
 use crate::world::World;
@@ -98,6 +99,8 @@ pub struct Context {
     unsettled: unsettled::Unsettled,
     /// Failed passes in a row, for the wait before the next.
     retry: retry::Backoff,
+    /// Where passes are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// How many Rollouts are reconciled at once: a burst (thousands of
@@ -121,6 +124,7 @@ pub async fn run(
     traffic: Arc<TrafficWindow>,
     supervisor: crate::health::Supervisor,
     notifier: notify::Notifier,
+    metrics: Arc<Metrics>,
     test_faults: bool,
 ) {
     let rollouts: Api<Rollout> = Api::all(client.clone());
@@ -162,6 +166,7 @@ pub async fn run(
         written: freshness::Written::default(),
         unsettled: unsettled::Unsettled::default(),
         retry: retry::Backoff::default(),
+        metrics,
     });
     info!("Rollout controller started");
     // The controller's own store, trimmed: managed fields are a large share
