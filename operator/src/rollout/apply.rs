@@ -43,7 +43,9 @@ struct Writes {
 }
 
 /// Observe, decide, apply; unless the cache still shows a version this
-/// process's own writes replaced (see [`super::freshness`]).
+/// process's own writes replaced (see [`super::freshness`]). Counts the
+/// pass; one that succeeds starts the failure backoff over
+/// ([`super::retry`]).
 pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Action, Error> {
     let uid = rollout.uid().unwrap_or_default();
     let read = rollout.resource_version().unwrap_or_default();
@@ -55,7 +57,10 @@ pub async fn reconcile(rollout: &Rollout, ns: &str, ctx: &Context) -> Result<Act
     let mut writes = Writes::default();
     let result = pass(rollout, ns, &uid, ctx, &mut writes).await;
     match &result {
-        Ok(_) => ctx.metrics.rollout_pass(PassResult::Done),
+        Ok(_) => {
+            ctx.metrics.rollout_pass(PassResult::Done);
+            ctx.retry.succeeded(&uid);
+        }
         Err(e) => {
             ctx.metrics.rollout_pass(PassResult::Failed);
             keep_unsettled_request(rollout, &uid, ctx, &mut writes, e).await;

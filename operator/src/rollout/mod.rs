@@ -227,9 +227,6 @@ async fn reconcile(rollout: Arc<Rollout>, ctx: Arc<Context>) -> Result<Action, E
             "reconciled"
         )
     });
-    if result.is_ok() {
-        ctx.retry.succeeded(&rollout.uid().unwrap_or_default());
-    }
     result
 }
 
