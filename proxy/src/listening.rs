@@ -8,22 +8,20 @@
 //! worker's next turn, and readiness that flaps on every push would take the
 //! pod out of its Service for nothing.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// The generation of the empty config every proxy starts with; each
+/// applied config bumps it ([`crate::state::Proxy::apply`]), so a worker
+/// past it has bound the listeners of an applied config.
+pub(crate) const STARTING_GENERATION: u64 = 0;
 
 /// Config generations reconciled per worker; see the module docs.
 #[derive(Debug, Default)]
 pub struct Listening {
-    /// The state, locked only on a config change and on `/ready`: never on
-    /// a connection's path.
-    state: Mutex<State>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// Per registered worker, the last generation it reconciled.
-    workers: Vec<u64>,
-    /// The generation of the first applied config (`None`: not yet).
-    first: Option<u64>,
+    /// Per registered worker, the last generation it reconciled. Locked
+    /// only on a config change and on `/ready`: never on a connection's
+    /// path.
+    workers: Mutex<Vec<u64>>,
 }
 
 /// A worker's place in [`Listening`], handed out before its thread starts so
@@ -34,36 +32,28 @@ pub struct WorkerSlot(usize);
 impl Listening {
     /// Adds a worker that has reconciled nothing yet.
     pub fn register(&self) -> WorkerSlot {
-        let mut s = self.lock();
-        s.workers.push(0);
-        WorkerSlot(s.workers.len() - 1)
+        let mut workers = self.lock();
+        workers.push(STARTING_GENERATION);
+        WorkerSlot(workers.len() - 1)
     }
 
     /// Records that the worker's listeners match config `generation`.
     pub fn reconciled(&self, slot: &WorkerSlot, generation: u64) {
-        if let Some(g) = self.lock().workers.get_mut(slot.0) {
+        if let Some(g) = self.lock().get_mut(slot.0) {
             *g = (*g).max(generation);
         }
     }
 
-    /// Records an applied config's generation; only the first one counts.
-    pub fn applied(&self, generation: u64) {
-        self.lock().first.get_or_insert(generation);
-    }
-
-    /// Whether a config has been applied and every worker has bound its
-    /// listeners since.
+    /// Whether every worker has bound the listeners of an applied config
+    /// (the first, or a later one).
     pub fn bound(&self) -> bool {
-        let s = self.lock();
-        match s.first {
-            Some(first) => !s.workers.is_empty() && s.workers.iter().all(|g| *g >= first),
-            None => false,
-        }
+        let workers = self.lock();
+        !workers.is_empty() && workers.iter().all(|g| *g > STARTING_GENERATION)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state stays consistent even if a holder panicked.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Vec<u64>> {
+        // The generations stay consistent even if a holder panicked.
+        self.workers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -75,7 +65,7 @@ mod tests {
     fn nothing_is_bound_before_a_config_is_applied() {
         let l = Listening::default();
         let w = l.register();
-        l.reconciled(&w, 0);
+        l.reconciled(&w, STARTING_GENERATION);
         assert!(!l.bound());
     }
 
@@ -83,7 +73,6 @@ mod tests {
     fn the_first_config_is_bound_once_every_worker_has_reconciled_it() {
         let l = Listening::default();
         let (a, b) = (l.register(), l.register());
-        l.applied(1);
         l.reconciled(&a, 1);
         assert!(!l.bound(), "one worker of two has bound");
         l.reconciled(&b, 1);
@@ -94,9 +83,8 @@ mod tests {
     fn a_later_config_does_not_take_readiness_away() {
         let l = Listening::default();
         let w = l.register();
-        l.applied(1);
         l.reconciled(&w, 1);
-        l.applied(2);
+        // Config 2 is applied; the worker has not reconciled it yet.
         assert!(l.bound());
     }
 
@@ -106,14 +94,13 @@ mod tests {
         let w = l.register();
         l.reconciled(&w, 3);
         l.reconciled(&w, 2);
-        l.applied(3);
+        assert_eq!(*l.lock(), [3]);
         assert!(l.bound());
     }
 
     #[test]
     fn a_proxy_without_workers_has_nothing_bound() {
         let l = Listening::default();
-        l.applied(1);
         assert!(!l.bound());
     }
 }

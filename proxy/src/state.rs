@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::compiled::{Compiled, EndpointRegistry, compile};
 use crate::config::Config;
 use crate::identity::MeshIdentity;
-use crate::listening::Listening;
+use crate::listening::{Listening, STARTING_GENERATION};
 use crate::telemetry::Telemetry;
 
 /// Shared by the workers, the admin endpoint and the config sources.
@@ -48,7 +48,7 @@ impl Proxy {
             identity: Arc::new(MeshIdentity::default()),
             listening: Listening::default(),
             registry,
-            changes: watch::channel(0).0,
+            changes: watch::channel(STARTING_GENERATION).0,
             configured: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             connection_idle_ms: AtomicU64::new(0),
@@ -91,12 +91,7 @@ impl Proxy {
         self.config.store(Arc::new(compiled));
         self.configured.store(true, Relaxed);
         self.telemetry.reloads_ok.fetch_add(1, Relaxed);
-        let mut generation = 0;
-        self.changes.send_modify(|n| {
-            *n += 1;
-            generation = *n;
-        });
-        self.listening.applied(generation);
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Counts a refused document (the running config stays).
