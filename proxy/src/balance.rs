@@ -7,12 +7,15 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Milliseconds since the process started (a monotonic clock in a u64).
+use tokio::time::Instant;
+
+/// Milliseconds since the process started (a monotonic clock in a u64),
+/// by the task's time ([`crate::clock`]).
 pub fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    crate::clock::since(*START.get_or_init(Instant::now)).as_millis() as u64
 }
 
 /// First ejection; doubles with consecutive failures up to [`EJECT_MAX_MS`].

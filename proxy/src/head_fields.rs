@@ -3,7 +3,12 @@
 //! buffer, every value shares those bytes instead of being copied. Used
 //! for request heads (the own HTTP/1 server path) and response heads (the
 //! own HTTP/1 upstream client) alike; and written back as lines.
+//!
+//! A proxied request's two maps (its own and its answer's) are given back
+//! once their heads are written, and the thread's next heads are parsed
+//! into them: four allocations and frees per request fewer.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use bytes::Bytes;
@@ -27,10 +32,37 @@ pub fn spans(buf: &[u8], parsed: &[httparse::Header<'_>], out: &mut [Field]) -> 
     parsed.len().min(out.len())
 }
 
+/// Empty maps a thread keeps: as many as the buffers it keeps
+/// ([`crate::read_buffers`]), a few dozen KiB.
+const KEPT_MAPS: usize = 128;
+
+/// A map with room for more fields than this is not kept: one odd head
+/// does not leave its size to every later one.
+const KEPT_MAP_FIELDS: usize = 48;
+
+thread_local! {
+    static SPARE_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keeps `map`'s memory for a head parsed later on this thread; its
+/// fields are dropped now.
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > KEPT_MAP_FIELDS {
+        return;
+    }
+    map.clear();
+    SPARE_MAPS.with_borrow_mut(|spare| {
+        if spare.len() < KEPT_MAPS {
+            spare.push(map);
+        }
+    });
+}
+
 /// The header map of `fields` in `head`, with room for `room` more; `None`
 /// when `http` refuses a name or value that `httparse` took.
 pub fn header_map(head: &Bytes, fields: &[Field], room: usize) -> Option<HeaderMap> {
-    let mut headers = HeaderMap::with_capacity(fields.len() + room);
+    let mut headers = SPARE_MAPS.with_borrow_mut(Vec::pop).unwrap_or_default();
+    headers.reserve(fields.len() + room);
     for (name, value) in fields {
         let name = HeaderName::from_bytes(&head[name.clone()]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(value.clone())).ok()?;
@@ -63,5 +95,30 @@ mod tests {
         let values: Vec<_> = map.get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);
         assert_eq!(values[0].as_bytes().as_ptr(), head[22..].as_ptr());
+    }
+
+    #[test]
+    fn a_recycled_map_comes_back_empty_and_is_parsed_into_again() {
+        let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n");
+        let fields = [(17..18, 20..21), (23..24, 26..27)];
+        let first = header_map(&head, &fields, 0).expect("valid");
+        let capacity = first.capacity();
+        recycle(first);
+        let spare = SPARE_MAPS.with_borrow(|s| s.last().map(HeaderMap::len));
+        assert_eq!(spare, Some(0), "kept, and its fields dropped");
+        let second = header_map(&head, &fields[..1], 0).expect("valid");
+        assert_eq!(second.capacity(), capacity, "the same map again");
+        assert_eq!(second.len(), 1);
+        assert_eq!(second["a"], "1");
+        assert!(second.get("b").is_none());
+    }
+
+    #[test]
+    fn a_map_grown_past_the_kept_size_is_dropped() {
+        let mut big = HeaderMap::with_capacity(KEPT_MAP_FIELDS + 1);
+        big.insert("x", http::HeaderValue::from_static("1"));
+        let before = SPARE_MAPS.with_borrow(Vec::len);
+        recycle(big);
+        assert_eq!(SPARE_MAPS.with_borrow(Vec::len), before);
     }
 }

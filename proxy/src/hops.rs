@@ -19,6 +19,38 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Drops the hop-by-hop headers, and those `Connection` names; an upgrade
 /// keeps `Connection` and `Upgrade`, which the next hop needs to agree.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names first, so that only the names present are
+    // removed: each removal costs a hash and a probe, and most heads carry
+    // none of these or only `Connection`. Bit `i`: `HOP_BY_HOP[i]`.
+    let mut present = 0u8;
+    let (mut connection, mut te) = (false, false);
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+        connection |= name == header::CONNECTION;
+        te |= name == header::TE;
+    }
+    if connection {
+        drop_connection_names(headers);
+    }
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) == 0 {
+            continue;
+        }
+        if keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(n);
+    }
+    // `te` may only say `trailers` (gRPC needs it end to end).
+    if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+}
+
+/// Drops the headers `Connection` names beyond the fixed list.
+fn drop_connection_names(headers: &mut HeaderMap) {
     // Only names beyond the fixed list are collected: the usual
     // `Connection: keep-alive` costs no allocation per request.
     let named: Vec<HeaderName> = headers
@@ -36,16 +68,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .collect();
     for n in named {
         headers.remove(n);
-    }
-    for n in &HOP_BY_HOP {
-        if keep_upgrade && (n == header::CONNECTION || n == header::UPGRADE) {
-            continue;
-        }
-        headers.remove(n);
-    }
-    // `te` may only say `trailers` (gRPC needs it end to end).
-    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
-        headers.remove(header::TE);
     }
 }
 
@@ -75,6 +97,9 @@ pub fn forwarded_for(peer: SocketAddr) -> HeaderValue {
     HeaderValue::try_from(peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 /// Fields [`append_forwarded`] may add to a request, so that a request's
 /// header map is made with room for them instead of growing.
 pub const FORWARDED_FIELDS: usize = 2;
@@ -83,7 +108,7 @@ pub const FORWARDED_FIELDS: usize = 2;
 /// the scheme in `x-forwarded-proto`: `https` whenever this proxy
 /// terminated TLS, whatever the client claimed.
 pub fn append_forwarded(headers: &mut HeaderMap, peer: &HeaderValue, tls: bool) {
-    let value = match headers.get("x-forwarded-for") {
+    let value = match headers.get(X_FORWARDED_FOR) {
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
             v.extend_from_slice(prev.as_bytes());
@@ -94,18 +119,12 @@ pub fn append_forwarded(headers: &mut HeaderMap, peer: &HeaderValue, tls: bool) 
         None => Some(peer.clone()),
     };
     if let Some(v) = value {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), v);
+        headers.insert(X_FORWARDED_FOR, v);
     }
     if tls {
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("https"),
-        );
-    } else if !headers.contains_key("x-forwarded-proto") {
-        headers.insert(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    } else if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
 }
 
@@ -179,5 +198,22 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h, headers(&[("x-kept", "1")]));
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_dropped() {
+        let alone = [
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic eA=="),
+            ("te", "gzip"),
+        ];
+        for pair in alone {
+            let mut h = headers(&[("x-kept", "1"), pair]);
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h, headers(&[("x-kept", "1")]), "{}", pair.0);
+        }
     }
 }

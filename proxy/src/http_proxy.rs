@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http::HeaderValue;
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
+use tokio::time::Instant;
 
 use crate::body::{Downstream, Received, ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledRoute};
@@ -87,7 +87,7 @@ impl ProxyService {
     /// [`ConnectionRefused`] in its extensions is not to be sent: the
     /// connection is to be closed instead.
     pub(crate) async fn handle(&self, mut req: Request<Received>) -> Response<RespBody> {
-        let start = Instant::now();
+        let start = crate::clock::now();
         let compiled = self.proxy.current();
         let Some(listener) = compiled.listener(&self.listener).cloned() else {
             return LocalReply::ListenerGone.response();
@@ -235,7 +235,7 @@ fn redirect_reply(
     let status = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND);
     route
         .no_backend
-        .record(status.as_u16(), start.elapsed(), false);
+        .record(status.as_u16(), crate::clock::since(start), false);
     let mut resp = Response::new(RespBody::text(""));
     *resp.status_mut() = status;
     *resp.headers_mut() = filters::redirect_headers(&location);

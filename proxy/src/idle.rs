@@ -3,9 +3,10 @@
 //! hyper ends it (HTTP/1 keep-alive, HTTP/2) and a TCP splice finishes
 //! (Envoy's `idle_timeout`, one hour by default, as Istio leaves it).
 //!
-//! The cost on the hot path is one clock read per read or write: the timer
-//! is armed once per idle period and, when it fires, re-armed from the
-//! last activity instead of being reset on every byte.
+//! The cost on the hot path is a copy of the task's time ([`crate::clock`])
+//! per read or write: the timer is armed once per idle period and, when it
+//! fires, re-armed from the last activity instead of being reset on every
+//! byte.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,7 +34,7 @@ pub struct Idle<S> {
 impl<S> Idle<S> {
     /// Tracks `inner`; an expiry is counted in `telemetry`.
     pub fn new(inner: S, idle: Option<Duration>, telemetry: Arc<Telemetry>) -> Idle<S> {
-        let last = Instant::now();
+        let last = crate::clock::now();
         Idle {
             inner,
             idle: idle.unwrap_or_default(),
@@ -60,7 +61,7 @@ impl<S> Idle<S> {
         };
         while timer.as_mut().poll(cx).is_ready() {
             let deadline = self.last + self.idle;
-            if Instant::now() >= deadline {
+            if crate::clock::now() >= deadline {
                 self.expired = true;
                 self.telemetry.idle_timeouts.fetch_add(1, Relaxed);
                 return true;
@@ -94,7 +95,7 @@ impl<S> Idle<S> {
         }
         let n = ready!(write(&mut self.inner))?;
         if n > 0 {
-            self.last = Instant::now();
+            self.last = crate::clock::now();
         }
         Poll::Ready(Ok(n))
     }
@@ -114,7 +115,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         if buf.filled().len() > before {
-            this.last = Instant::now();
+            this.last = crate::clock::now();
         }
         Poll::Ready(Ok(()))
     }

@@ -13,6 +13,7 @@ pub mod app_health;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod clock;
 pub mod compiled;
 pub mod config;
 pub mod control;

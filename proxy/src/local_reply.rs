@@ -3,10 +3,9 @@
 //! whether the upstream is to blame, so that every place that gives up on
 //! a request answers and counts it the same way.
 
-use std::time::Instant;
-
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
+use tokio::time::Instant;
 
 use crate::body::RespBody;
 use crate::telemetry::Cell;
@@ -116,7 +115,7 @@ impl LocalReply {
     pub fn count(self, cell: &Cell, start: Instant) {
         cell.record(
             self.status().as_u16(),
-            start.elapsed(),
+            crate::clock::since(start),
             self.upstream_failure(),
         );
     }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -153,7 +153,7 @@ pub async fn send(
     req: Request<ReqBody>,
     abort: Option<oneshot::Receiver<()>>,
 ) {
-    let start = Instant::now();
+    let start = crate::clock::now();
     let Some(b) = compiled.backends.get(backend) else {
         return;
     };
@@ -185,7 +185,7 @@ pub async fn send(
         }
     };
     match outcome {
-        Ok(Ok(status)) => cell.record(status, start.elapsed(), false),
+        Ok(Ok(status)) => cell.record(status, crate::clock::since(start), false),
         Ok(Err(e)) if e.is_connect() => {
             tracing::debug!(backend = %b.name, "mirror: {e}");
             LocalReply::ConnectFailed.count(&cell, start);

@@ -316,16 +316,17 @@ fn routes_to(listener: &CompiledListener, dst: SocketAddr) -> bool {
 }
 
 /// `fut`, a connection's task, counted among the open connections from
-/// now until it ends or is dropped (a drain deadline cancels it). Not an
-/// `async fn`: its state would hold `fut` twice, as the argument and as
-/// the future awaited, and a connection's task is most of what the proxy
-/// holds per idle connection.
+/// now until it ends or is dropped (a drain deadline cancels it), and
+/// reading the clock once per poll ([`crate::clock`]). Not an `async fn`:
+/// its state would hold `fut` twice, as the argument and as the future
+/// awaited, and a connection's task is most of what the proxy holds per
+/// idle connection.
 fn counted<F>(proxy: Arc<Proxy>, fut: F) -> impl std::future::Future<Output = ()>
 where
     F: std::future::Future<Output = ()>,
 {
     let open = OpenConnection::new(proxy);
-    fut.map(move |()| drop(open))
+    crate::clock::per_poll(fut.map(move |()| drop(open)))
 }
 
 /// One open connection in the proxy's count, for as long as it lives.

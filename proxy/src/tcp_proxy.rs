@@ -6,10 +6,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::balance::pick;
@@ -25,14 +26,14 @@ pub async fn serve<S>(proxy: Arc<Proxy>, listener: Arc<str>, downstream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let start = Instant::now();
+    let start = crate::clock::now();
     let (backend, cell) = {
         let compiled = proxy.current();
         let Some(l) = compiled.listener(&listener) else {
             return;
         };
         let Some(idx) = l.tcp_split.choose() else {
-            l.unrouted.record(503, start.elapsed(), true);
+            l.unrouted.record(503, crate::clock::since(start), true);
             return;
         };
         let cell = l
@@ -80,8 +81,8 @@ async fn to_backend<S>(
             return;
         }
     };
-    endpoint.observe(start.elapsed());
-    cell.record(200, start.elapsed(), false);
+    endpoint.observe(crate::clock::since(start));
+    cell.record(200, crate::clock::since(start), false);
     if let Ok((sent, received)) = splice(proxy, downstream, upstream).await {
         cell.add_bytes(sent, received);
     }
@@ -92,7 +93,7 @@ async fn to_backend<S>(
 /// sidecar, to that sidecar; both over mTLS (counted as
 /// `sluice_mesh_tcp_connections`). Anything else passes through.
 pub async fn outbound(proxy: Arc<Proxy>, downstream: TcpStream, dst: SocketAddr) {
-    let start = Instant::now();
+    let start = crate::clock::now();
     let (service, workload) = {
         let compiled = proxy.current();
         let service = compiled

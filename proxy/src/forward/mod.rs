@@ -11,11 +11,11 @@ mod retry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::{Response, StatusCode};
 use hyper::body::Body;
 use hyper::upgrade::OnUpgrade;
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::balance::{Endpoint, pick};
@@ -148,7 +148,7 @@ impl Forwarding<'_> {
         let telemetry = &self.proxy.telemetry;
         let sent = pool::send(target, proto, backend.connect_timeout, req, telemetry);
         let result = match self.attempt_deadline() {
-            Some(d) => tokio::time::timeout_at(d.into(), sent).await.ok(),
+            Some(d) => tokio::time::timeout_at(d, sent).await.ok(),
             None => Some(sent.await),
         };
         drop(in_flight);
@@ -161,7 +161,7 @@ impl Forwarding<'_> {
     /// The route's deadline, or the attempt's if that comes first.
     fn attempt_deadline(&self) -> Option<Instant> {
         let whole = self.route.timeout.map(|t| self.start + t);
-        let own = self.route.attempt_timeout.map(|t| Instant::now() + t);
+        let own = self.route.attempt_timeout.map(|t| crate::clock::now() + t);
         match (whole, own) {
             (Some(w), Some(o)) => Some(w.min(o)),
             (w, o) => w.or(o),
@@ -187,7 +187,7 @@ impl Forwarding<'_> {
                     && attempt.retries.after_failure(attempt.n) =>
             {
                 endpoint.observe_error();
-                cell.record(503, start.elapsed(), false);
+                cell.record(503, crate::clock::since(start), false);
                 debug!(%backend, "503 from upstream; retrying");
                 Tried::Failed(endpoint)
             }
@@ -201,14 +201,18 @@ impl Forwarding<'_> {
                 if response.status().is_server_error() {
                     endpoint.observe_error();
                 } else {
-                    endpoint.observe(dispatched.elapsed());
+                    endpoint.observe(crate::clock::since(dispatched));
                 }
-                cell.record(response.status().as_u16(), start.elapsed(), false);
+                cell.record(
+                    response.status().as_u16(),
+                    crate::clock::since(start),
+                    false,
+                );
                 Tried::Answer(answer::pass_on(self.proxy, response, cell, upgrade))
             }
             Err(e) if e.is_access_denied() => {
                 debug!(%backend, "{e}: the destination's policy refused this workload");
-                cell.record(403, start.elapsed(), false);
+                cell.record(403, crate::clock::since(start), false);
                 let mut resp = Response::new(RespBody::empty());
                 resp.extensions_mut().insert(ConnectionRefused);
                 Tried::Answer(resp)
@@ -250,7 +254,7 @@ impl Forwarding<'_> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.listener
             .unrouted
-            .record(400, self.start.elapsed(), false);
+            .record(400, crate::clock::since(self.start), false);
         framing::refusal()
     }
 }

@@ -241,7 +241,9 @@ async fn requests<H: Handler, T: Transport>(
 /// the header read timeout; `None` when the connection ends or the time
 /// runs out first.
 async fn read_head<T: Transport>(io: &mut Idle<T>, buf: &mut BytesMut) -> Option<Head> {
-    let deadline = tokio::time::Instant::now() + HEADER_READ_TIMEOUT;
+    // Set at the first read this head needs; a head that came whole with
+    // the request's first bytes (most do) needs none.
+    let mut deadline = None;
     loop {
         match head::parse(buf) {
             Head::Partial if buf.len() >= HAND_OFF_AT => return Some(Head::HandOff),
@@ -249,6 +251,7 @@ async fn read_head<T: Transport>(io: &mut Idle<T>, buf: &mut BytesMut) -> Option
             done => return Some(done),
         }
         buf.reserve(READ_CHUNK);
+        let deadline = *deadline.get_or_insert_with(|| crate::clock::now() + HEADER_READ_TIMEOUT);
         match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return None,
@@ -290,6 +293,7 @@ async fn respond<T: Transport>(
     };
     let mut out = Vec::with_capacity(256 + small);
     encode::head(&parts, framing, close, &mut out);
+    crate::head_fields::recycle(parts.headers);
     let sent = match framing {
         Framing::NoBody | Framing::AsDeclared => io.write_all(&out).await.is_ok(),
         Framing::Length(_) | Framing::Chunked => send_body(io, &mut body, framing, out).await,

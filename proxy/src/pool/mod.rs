@@ -24,7 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -34,6 +34,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -233,12 +234,17 @@ impl Body for UpBody {
 /// Pools are keyed by endpoint and whether the connection is mTLS.
 type Key = (SocketAddr, bool);
 
+/// A pool by [`Key`]. Its keys are the control plane's endpoint addresses,
+/// never what a client sends, so a fast hash without resistance to chosen
+/// keys serves (SipHash cost two hashes per proxied request).
+type ByKey<V> = rustc_hash::FxHashMap<Key, V>;
+
 /// Client TLS configs by (expected identity, protocol).
 type TlsConfigs = HashMap<(Arc<str>, Carried), Arc<rustls::ClientConfig>>;
 
 thread_local! {
-    static H1_IDLE: RefCell<HashMap<Key, Vec<http1::SendRequest<ReqBody>>>> = RefCell::new(HashMap::new());
-    static H2_CONN: RefCell<HashMap<Key, http2::SendRequest<ReqBody>>> = RefCell::new(HashMap::new());
+    static H1_IDLE: RefCell<ByKey<Vec<http1::SendRequest<ReqBody>>>> = RefCell::new(ByKey::default());
+    static H2_CONN: RefCell<ByKey<http2::SendRequest<ReqBody>>> = RefCell::new(ByKey::default());
     /// Client TLS configs per (expected identity, protocol); they read the
     /// current certificate and roots on each handshake, so they never go stale.
     static TLS_CONFIGS: RefCell<TlsConfigs> = RefCell::new(HashMap::new());
@@ -427,7 +433,7 @@ async fn send_own(
     let key = (target.addr, target.mesh.is_some());
     let out = own_h1::Outgoing::new(req);
     if let Some(conn) = own_h1::take_idle(key) {
-        let dispatched = Instant::now();
+        let dispatched = crate::clock::now();
         match own_h1::exchange(conn, key, &out).await {
             Ok(resp) => {
                 return Ok(Sent {
@@ -453,7 +459,7 @@ async fn send_own_fresh(
 ) -> Result<Sent, UpstreamError> {
     let key = (target.addr, target.mesh.is_some());
     let io = connect(target, Carried::Http(Proto::H1), connect_timeout, telemetry).await?;
-    let dispatched = Instant::now();
+    let dispatched = crate::clock::now();
     let resp = own_h1::exchange(own_h1::Conn::new(io), key, out)
         .await
         .map_err(|e| UpstreamError::Exchange(target.addr, e))?;
@@ -474,7 +480,7 @@ async fn send_h1(
         Some(s) => s,
         None => Box::pin(connect_h1(target, connect_timeout, telemetry)).await?,
     };
-    let dispatched = Instant::now();
+    let dispatched = crate::clock::now();
     match sender.try_send_request(req).await {
         Ok(resp) => {
             // Busy until the body is read; `is_ready` tells when it is free.
@@ -497,7 +503,7 @@ async fn resend_h1(
     telemetry: &Telemetry,
 ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
     let mut fresh = connect_h1(target, connect_timeout, telemetry).await?;
-    let dispatched = Instant::now();
+    let dispatched = crate::clock::now();
     let resp = fresh
         .send_request(req)
         .await
@@ -530,7 +536,7 @@ async fn send_h2(
             s
         }
     };
-    let dispatched = Instant::now();
+    let dispatched = crate::clock::now();
     match sender.try_send_request(req).await {
         Ok(resp) => Ok((resp, dispatched)),
         Err(mut e) => match e.take_message() {
@@ -549,7 +555,7 @@ async fn resend_h2(
     let key = (target.addr, target.mesh.is_some());
     let mut fresh = connect_h2(target, connect_timeout, telemetry).await?;
     H2_CONN.with_borrow_mut(|m| m.insert(key, fresh.clone()));
-    let dispatched = Instant::now();
+    let dispatched = crate::clock::now();
     let resp = fresh
         .send_request(req)
         .await

@@ -9,7 +9,6 @@
 //! when its framing is ambiguous ([`response_head`]).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -24,7 +23,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::chunked::{ChunkError, Chunked, Step};
 use super::response_head::{self, BodyFraming, Malformed};
-use super::{Io, Key, MAX_IDLE_PER_ENDPOINT};
+use super::{ByKey, Io, Key, MAX_IDLE_PER_ENDPOINT};
 use crate::body::request::ReqBody;
 use crate::head_fields::write_field;
 use crate::read_buffers::{self, READ_CHUNK};
@@ -80,7 +79,7 @@ impl Conn {
 }
 
 thread_local! {
-    static IDLE: RefCell<HashMap<Key, Vec<Conn>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<ByKey<Vec<Conn>>> = RefCell::new(ByKey::default());
 }
 
 /// An idle connection to `key`, if one is still usable.
@@ -129,6 +128,7 @@ impl Outgoing {
         while let Some(Some(Ok(_))) = body.frame().now_or_never() {}
         let mut head = Vec::with_capacity(256);
         encode_head(&parts.method, &parts.uri, &parts.headers, &mut head);
+        crate::head_fields::recycle(parts.headers);
         Outgoing {
             head,
             head_request: parts.method == Method::HEAD,
