@@ -58,7 +58,11 @@ pub fn head(parts: &Parts, framing: Framing, close: bool, out: &mut Vec<u8>) {
     }
     match framing {
         Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            // Not `write!`: the formatting machinery cost more than the
+            // rest of the head's encoding.
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::NoBody | Framing::AsDeclared => {}
