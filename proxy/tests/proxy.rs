@@ -624,6 +624,62 @@ async fn sigterm_drains_in_flight_requests() {
     );
 }
 
+/// At SIGTERM every listener stops: a keep-alive connection waiting for
+/// its next request is closed at once, while one whose request is with
+/// the upstream gets its answer, marked `connection: close`, and only
+/// then ends.
+#[tokio::test]
+async fn sigterm_closes_idle_connections_at_once_and_busy_ones_after_their_answer() {
+    let (up, p, port) = proxied_blue().await;
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n");
+    /// Reads until the end of the stream, or until `done` says the bytes
+    /// so far are enough.
+    async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let read = async {
+            while !done(&got) {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("within 5 s");
+        got
+    }
+    let mut idle = TcpStream::connect(addr(port)).await.unwrap();
+    idle.write_all(request("/").as_bytes()).await.unwrap();
+    let first = read_until(&mut idle, |b| b.ends_with(b"blue")).await;
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{first:?}");
+    let mut busy = TcpStream::connect(addr(port)).await.unwrap();
+    let before = up.hits.load(Ordering::Relaxed);
+    busy.write_all(request("/slow").as_bytes()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.hits.load(Ordering::Relaxed) == before {
+        assert!(Instant::now() < deadline, "/slow never reached upstream");
+        tokio::task::yield_now().await;
+    }
+    p.signal(libc::SIGTERM);
+    // The upstream holds `/slow` for 500 ms: the idle connection's end
+    // comes first.
+    let ended = tokio::select! {
+        biased;
+        rest = read_until(&mut idle, |_| false) => format!("idle ended with {} bytes", rest.len()),
+        answer = read_until(&mut busy, |b| b.ends_with(b"blue")) => {
+            format!("the busy answer came first: {}", String::from_utf8_lossy(&answer))
+        }
+    };
+    assert_eq!(ended, "idle ended with 0 bytes");
+    let answer = read_until(&mut busy, |_| false).await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(answer.ends_with("blue"), "{answer}");
+}
+
 /// The request-smuggling shapes proxies are known for, sent as raw bytes:
 /// two lengths, a non-chunked Transfer-Encoding, obs-fold and a bad chunk
 /// get a 400, their connection closed, nothing forwarded; a length with

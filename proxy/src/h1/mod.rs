@@ -96,16 +96,24 @@ impl Handler for ProxyService {
     }
 }
 
+/// The listener's stop as one connection waits for it: done once the
+/// listener stops (or is gone). It is made once per connection, so that its
+/// waiter is registered once: a wait made afresh for each request
+/// registered and removed a waiter under the watch's lock every time.
+/// Never polled again once done: the connection then ends.
+pub type Stopped<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send)>;
+
 /// A connection this path serves: how it waits for the next request and
 /// how it ends.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sized + 'static {
     /// Waits for the first bytes of the next request and reads them into
     /// `buf`; `false` when the connection is to end instead (closed by the
-    /// peer, idle too long, the listener stopping).
+    /// peer, idle too long, the listener stopping). Bytes that came before
+    /// the stop are served.
     fn wait_for_request(
         io: &mut Idle<Self>,
         buf: &mut BytesMut,
-        stop: &mut watch::Receiver<bool>,
+        stopped: Stopped<'_>,
     ) -> impl Future<Output = bool> + Send;
 
     /// Ends the connection once this path is done with it.
@@ -116,17 +124,17 @@ impl Transport for TcpStream {
     async fn wait_for_request(
         io: &mut Idle<TcpStream>,
         buf: &mut BytesMut,
-        stop: &mut watch::Receiver<bool>,
+        mut stopped: Stopped<'_>,
     ) -> bool {
         loop {
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => return false,
                 ready = poll_fn(|cx| io.poll_read_ready(cx)) => {
                     if !matches!(ready, Ok(true)) {
                         return false;
                     }
                 }
+                () = stopped.as_mut() => return false,
             }
             if buf.capacity() == 0 {
                 *buf = read_buffers::take();
@@ -153,15 +161,15 @@ impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
     async fn wait_for_request(
         io: &mut Idle<Self>,
         buf: &mut BytesMut,
-        stop: &mut watch::Receiver<bool>,
+        stopped: Stopped<'_>,
     ) -> bool {
         if buf.capacity() == 0 {
             *buf = read_buffers::take();
         }
         tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => false,
             read = io.read_buf(buf) => matches!(read, Ok(n) if n > 0),
+            () = stopped => false,
         }
     }
 
@@ -189,10 +197,10 @@ enum End {
 pub async fn serve<H: Handler, T: Transport>(
     svc: H,
     mut io: Idle<T>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     watcher: Watcher,
 ) {
-    match requests(&svc, &mut io, &mut stop).await {
+    match requests(&svc, &mut io, stop).await {
         End::Closed => T::close(io).await,
         End::HandOff(buf) => hand_off(svc, io, buf, watcher).await,
     }
@@ -202,11 +210,19 @@ pub async fn serve<H: Handler, T: Transport>(
 async fn requests<H: Handler, T: Transport>(
     svc: &H,
     io: &mut Idle<T>,
-    stop: &mut watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> End {
+    // The value is read once; after it, whether it changed, which is an
+    // atomic load where reading the value takes the watch's lock. It only
+    // ever changes to true.
+    let mut stopping = *stop.borrow();
+    let mut watch = stop.clone();
+    let mut stopped = std::pin::pin!(async move {
+        let _ = watch.wait_for(|s| *s).await;
+    });
     let mut buf = BytesMut::new();
     loop {
-        if buf.is_empty() && !T::wait_for_request(io, &mut buf, stop).await {
+        if buf.is_empty() && !T::wait_for_request(io, &mut buf, stopped.as_mut()).await {
             return End::Closed;
         }
         let (req, close) = match read_head(io, &mut buf).await {
@@ -225,7 +241,8 @@ async fn requests<H: Handler, T: Transport>(
         if resp.extensions().get::<ConnectionRefused>().is_some() {
             return End::Closed;
         }
-        let close = close || *stop.borrow();
+        stopping = stopping || stop.has_changed().unwrap_or(true);
+        let close = close || stopping;
         match respond(io, resp, head_request, close).await {
             Next::KeepAlive => {}
             Next::Close => return End::Closed,
