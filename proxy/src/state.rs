@@ -2,7 +2,7 @@
 //! telemetry and endpoint load. One `Proxy` serves every worker.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -28,8 +28,6 @@ pub struct Proxy {
     /// The config generation, bumped on every applied config; workers
     /// reconcile listeners on it.
     changes: watch::Sender<u64>,
-    /// Whether a real configuration has been applied yet.
-    configured: AtomicBool,
     /// Static reloads applied, for version labels.
     generation: AtomicU64,
     /// Downstream connections idle this long are closed (ms; 0: never).
@@ -49,7 +47,6 @@ impl Proxy {
             listening: Listening::default(),
             registry,
             changes: watch::channel(STARTING_GENERATION).0,
-            configured: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             connection_idle_ms: AtomicU64::new(0),
         })
@@ -89,7 +86,6 @@ impl Proxy {
         }
         let compiled = compile(config, version, &self.telemetry, &self.registry);
         self.config.store(Arc::new(compiled));
-        self.configured.store(true, Relaxed);
         self.telemetry.reloads_ok.fetch_add(1, Relaxed);
         self.changes.send_modify(|n| *n += 1);
     }
@@ -99,9 +95,10 @@ impl Proxy {
         self.telemetry.reloads_failed.fetch_add(1, Relaxed);
     }
 
-    /// Whether any configuration has been applied.
+    /// Whether any configuration has been applied: the generation is past
+    /// the empty starting config's.
     pub fn configured(&self) -> bool {
-        self.configured.load(Relaxed)
+        *self.changes.borrow() > STARTING_GENERATION
     }
 
     /// Notified on every applied config.
