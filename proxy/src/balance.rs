@@ -24,7 +24,7 @@ const EJECT_MAX_MS: u64 = 30_000;
 /// 5xx answers in a row that eject an endpoint (Envoy's outlier detection
 /// default): without it, an endpoint that fails fast would look fastest
 /// and draw the most traffic.
-const EJECT_AFTER_ERRORS: u32 = 5;
+pub const EJECT_AFTER_ERRORS: u32 = 5;
 /// Weight of a new latency sample in the moving average.
 const EWMA_ALPHA: f64 = 0.3;
 /// An endpoint with no samples yet is assumed to be fast, so that a new
@@ -115,19 +115,41 @@ impl Endpoint {
     }
 
     /// It answered 5xx: its latency says nothing of how fast it serves,
-    /// and a run of these ejects it.
-    pub fn observe_error(&self) {
+    /// and a run of these ejects it (for the time returned).
+    pub fn observe_error(&self) -> Option<Duration> {
         if self.errors.fetch_add(1, Relaxed) + 1 >= EJECT_AFTER_ERRORS {
             self.errors.store(0, Relaxed);
-            self.eject();
+            return Some(self.eject());
         }
+        None
     }
 
-    /// The endpoint refused a connection: eject it, longer each time in a row.
-    pub fn eject(&self) {
+    /// The endpoint could not be reached: eject it, longer each time in a
+    /// row. Returns how long it is out.
+    pub fn eject(&self) -> Duration {
         let streak = self.failures.fetch_add(1, Relaxed).min(5);
         let ms = (EJECT_BASE_MS << streak).min(EJECT_MAX_MS);
         self.ejected_until_ms.store(now_ms() + ms, Relaxed);
+        Duration::from_millis(ms)
+    }
+}
+
+/// Why an endpoint was taken out of rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ejection {
+    /// A connection to it failed (refused, unreachable, timed out).
+    Unreachable,
+    /// It answered 5xx [`EJECT_AFTER_ERRORS`] times in a row.
+    Failing,
+}
+
+impl Ejection {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ejection::Unreachable => "unreachable",
+            Ejection::Failing => "5xx",
+        }
     }
 }
 
@@ -346,15 +368,38 @@ mod tests {
     fn a_run_of_5xx_answers_ejects_and_a_success_breaks_the_run() {
         let e = Endpoint::new("127.0.0.1:1".parse().unwrap());
         for _ in 0..EJECT_AFTER_ERRORS - 1 {
-            e.observe_error();
+            assert_eq!(e.observe_error(), None);
         }
         e.observe(Duration::from_millis(1));
-        e.observe_error();
+        assert_eq!(e.observe_error(), None);
         assert!(!e.ejected(now_ms()));
-        for _ in 1..EJECT_AFTER_ERRORS {
-            e.observe_error();
+        for _ in 2..EJECT_AFTER_ERRORS {
+            assert_eq!(e.observe_error(), None);
         }
+        let out = e.observe_error();
+        assert_eq!(out, Some(Duration::from_millis(EJECT_BASE_MS)));
         assert!(e.ejected(now_ms()));
+    }
+
+    #[test]
+    fn ejections_in_a_row_double_up_to_the_cap_and_a_success_resets_them() {
+        let e = Endpoint::new("127.0.0.1:1".parse().unwrap());
+        let outs: Vec<u64> = (0..8).map(|_| e.eject().as_millis() as u64).collect();
+        assert_eq!(
+            outs,
+            [
+                1_000,
+                2_000,
+                4_000,
+                8_000,
+                16_000,
+                EJECT_MAX_MS,
+                EJECT_MAX_MS,
+                EJECT_MAX_MS
+            ]
+        );
+        e.observe(Duration::from_millis(1));
+        assert_eq!(e.eject(), Duration::from_millis(EJECT_BASE_MS));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::balance::pick;
+use crate::balance::{Ejection, pick};
 use crate::compiled::CompiledBackend;
 use crate::local_reply::LocalReply;
 use crate::pool::Target;
@@ -75,7 +75,9 @@ async fn to_backend<S>(
         Err(e) => {
             debug!(backend = %backend.name, "{e}");
             if e.is_connect() {
-                endpoint.eject();
+                let out = endpoint.eject();
+                let t = &proxy.telemetry;
+                t.ejected(&backend.name, endpoint.addr, Ejection::Unreachable, out, &e);
             }
             LocalReply::ConnectFailed.count(cell, start);
             return;

@@ -18,6 +18,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 pub use sluice_proto::telemetry::LATENCY_BUCKETS_MS;
 
+use crate::balance::Ejection;
+
 /// What a cell counts for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CellKey {
@@ -133,6 +135,8 @@ pub struct Telemetry {
     pub upstream_connects: AtomicU64,
     /// Upstream connection attempts that failed.
     pub upstream_connect_failures: AtomicU64,
+    /// Endpoint ejections, indexed by [`Ejection`].
+    ejections: [AtomicU64; 2],
     /// Intercepted connections passed to their original destination.
     pub passthrough_connections: AtomicU64,
     /// Intercepted outbound TCP carried over mTLS to another sidecar.
@@ -186,6 +190,28 @@ impl Telemetry {
         over
     }
 
+    /// Endpoint `endpoint` of `backend` is out of rotation for `out`
+    /// because of `cause`: counted, and logged, since an ejection is the
+    /// first sign of a workload going bad (at most one line per endpoint
+    /// per second: an ejected endpoint is not tried again until it ends).
+    pub fn ejected(
+        &self,
+        backend: &str,
+        endpoint: std::net::SocketAddr,
+        why: Ejection,
+        out: Duration,
+        cause: &dyn std::fmt::Display,
+    ) {
+        self.ejections[why as usize].fetch_add(1, Relaxed);
+        tracing::info!(
+            %backend,
+            %endpoint,
+            reason = why.as_str(),
+            out_ms = out.as_millis() as u64,
+            "endpoint ejected: {cause}"
+        );
+    }
+
     /// The cell for `key`, created on first use. Called when a config is
     /// compiled, never per request.
     pub fn cell(&self, key: CellKey) -> Arc<Cell> {
@@ -218,232 +244,262 @@ pub struct TelemetryCollector(pub Arc<Telemetry>);
 impl Collector for TelemetryCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let t = &self.0;
-        let cells = t.cells();
-        {
-            let mut family = encoder.encode_descriptor(
-                "sluice_requests",
-                "HTTP requests by listener, route, backend, revision and status code.",
-                None,
-                MetricType::Counter,
-            )?;
-            for cell in &cells {
-                for (i, c) in cell.codes.iter().enumerate() {
-                    let n = c.load(Relaxed);
-                    if n == 0 {
-                        continue;
-                    }
-                    let code = (i + 100).to_string();
-                    let labels = labels(&cell.key, &[("code", &code)]);
-                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "sluice_request_duration_seconds",
-                "Time from request to upstream response headers.",
-                None,
-                MetricType::Histogram,
-            )?;
-            for cell in &cells {
-                let counts: Vec<u64> = cell.latency.iter().map(|c| c.load(Relaxed)).collect();
-                let count: u64 = counts.iter().sum();
-                if count == 0 {
+        encode_cells(&t.cells(), &mut encoder)?;
+        encode_counters(t, &mut encoder)?;
+        encode_gauges(t, &mut encoder)
+    }
+}
+
+/// The per-(listener, route, backend, revision) families.
+fn encode_cells(cells: &[Arc<Cell>], encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    {
+        let mut family = encoder.encode_descriptor(
+            "sluice_requests",
+            "HTTP requests by listener, route, backend, revision and status code.",
+            None,
+            MetricType::Counter,
+        )?;
+        for cell in cells {
+            for (i, c) in cell.codes.iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n == 0 {
                     continue;
                 }
-                let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_MS
-                    .iter()
-                    .map(|ms| ms / 1000.0)
-                    .chain([f64::INFINITY])
-                    .zip(counts.iter().copied())
-                    .collect();
-                let sum = cell.latency_sum_us.load(Relaxed) as f64 / 1e6;
-                let labels = labels(&cell.key, &[]);
-                family
-                    .encode_family(&labels)?
-                    .encode_histogram::<Vec<(String, String)>>(sum, count, &buckets, None)?;
+                let code = (i + 100).to_string();
+                let labels = labels(&cell.key, &[("code", &code)]);
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
-        {
-            let mut family = encoder.encode_descriptor(
-                "sluice_upstream_failures",
-                "Requests answered by the proxy because the backend gave no response.",
-                None,
-                MetricType::Counter,
-            )?;
-            for cell in &cells {
-                let n = cell.upstream_failures.load(Relaxed);
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "sluice_request_duration_seconds",
+            "Time from request to upstream response headers.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for cell in cells {
+            let counts: Vec<u64> = cell.latency.iter().map(|c| c.load(Relaxed)).collect();
+            let count: u64 = counts.iter().sum();
+            if count == 0 {
+                continue;
+            }
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_MS
+                .iter()
+                .map(|ms| ms / 1000.0)
+                .chain([f64::INFINITY])
+                .zip(counts.iter().copied())
+                .collect();
+            let sum = cell.latency_sum_us.load(Relaxed) as f64 / 1e6;
+            let labels = labels(&cell.key, &[]);
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<Vec<(String, String)>>(sum, count, &buckets, None)?;
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "sluice_upstream_failures",
+            "Requests answered by the proxy because the backend gave no response.",
+            None,
+            MetricType::Counter,
+        )?;
+        for cell in cells {
+            let n = cell.upstream_failures.load(Relaxed);
+            if n > 0 {
+                ConstCounter::new(n).encode(family.encode_family(&labels(&cell.key, &[]))?)?;
+            }
+        }
+    }
+    {
+        let mut family = encoder.encode_descriptor(
+            "sluice_bytes",
+            "Bytes proxied, by direction.",
+            None,
+            MetricType::Counter,
+        )?;
+        for cell in cells {
+            for (dir, v) in [("in", &cell.bytes_in), ("out", &cell.bytes_out)] {
+                let n = v.load(Relaxed);
                 if n > 0 {
-                    ConstCounter::new(n).encode(family.encode_family(&labels(&cell.key, &[]))?)?;
+                    ConstCounter::new(n)
+                        .encode(family.encode_family(&labels(&cell.key, &[("direction", dir)]))?)?;
                 }
             }
         }
-        {
-            let mut family = encoder.encode_descriptor(
-                "sluice_bytes",
-                "Bytes proxied, by direction.",
-                None,
-                MetricType::Counter,
-            )?;
-            for cell in &cells {
-                for (dir, v) in [("in", &cell.bytes_in), ("out", &cell.bytes_out)] {
-                    let n = v.load(Relaxed);
-                    if n > 0 {
-                        ConstCounter::new(n).encode(
-                            family.encode_family(&labels(&cell.key, &[("direction", dir)]))?,
-                        )?;
-                    }
-                }
-            }
+    }
+    Ok(())
+}
+
+/// The proxy-wide counters without labels: (name, help, value).
+fn plain_counters(t: &Telemetry) -> [(&'static str, &'static str, &AtomicU64); 18] {
+    [
+        (
+            "sluice_connections_accepted",
+            "Downstream connections accepted.",
+            &t.accepted_connections,
+        ),
+        (
+            "sluice_upstream_connects",
+            "Upstream connections opened.",
+            &t.upstream_connects,
+        ),
+        (
+            "sluice_upstream_connect_failures",
+            "Upstream connection attempts that failed.",
+            &t.upstream_connect_failures,
+        ),
+        (
+            "sluice_passthrough_connections",
+            "Intercepted connections the mesh does not route, passed to their original destination.",
+            &t.passthrough_connections,
+        ),
+        (
+            "sluice_mesh_tcp_connections",
+            "Intercepted outbound TCP connections no route takes, carried over mTLS to the destination's sidecar.",
+            &t.mesh_tcp_connections,
+        ),
+        (
+            "sluice_authz_denied_requests",
+            "Inbound HTTP requests denied by an authorization policy (403).",
+            &t.authz_denied_requests,
+        ),
+        (
+            "sluice_jwt_refused_requests",
+            "Inbound HTTP requests refused because their JWT failed verification (401).",
+            &t.jwt_refused_requests,
+        ),
+        (
+            "sluice_authz_denied_connections",
+            "Inbound connections closed by an authorization policy.",
+            &t.authz_denied_connections,
+        ),
+        (
+            "sluice_authz_audited",
+            "Requests and connections that matched an AUDIT policy.",
+            &t.authz_audited,
+        ),
+        (
+            "sluice_admin_config_refused",
+            "Requests for /config on the admin port from off the pod, refused (403).",
+            &t.admin_config_refused,
+        ),
+        (
+            "sluice_idle_timeouts",
+            "Connections closed after --connection-idle-timeout without a byte either way.",
+            &t.idle_timeouts,
+        ),
+        (
+            "sluice_connections_over_limit",
+            "Downstream connections closed at once: the proxy had its --max-connections open.",
+            &t.connections_over_limit,
+        ),
+        (
+            "sluice_framing_refused",
+            "HTTP/1 requests refused for ambiguous or broken framing (400, connection closed).",
+            &t.framing_refused,
+        ),
+        (
+            "sluice_mirror_copies_given_up",
+            "Mirror copies given up (not counted for the mirror backend): their upstream fell behind the original's body, or the original failed.",
+            &t.mirror_copies_given_up,
+        ),
+        (
+            "sluice_plaintext_refused",
+            "Inbound plaintext connections refused by STRICT mTLS.",
+            &t.plaintext_refused,
+        ),
+        (
+            "sluice_tls_handshake_failures",
+            "Inbound mTLS handshakes that failed (no, expired or foreign certificate).",
+            &t.tls_handshake_failures,
+        ),
+        (
+            "sluice_certificates_issued",
+            "Workload certificates received from the control plane.",
+            &t.certificates_issued,
+        ),
+        (
+            "sluice_certificate_failures",
+            "Workload certificate requests that failed.",
+            &t.certificate_failures,
+        ),
+    ]
+}
+
+/// The proxy-wide counters.
+fn encode_counters(t: &Telemetry, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    for (name, help, v) in plain_counters(t) {
+        ConstCounter::new(v.load(Relaxed)).encode(encoder.encode_descriptor(
+            name,
+            help,
+            None,
+            MetricType::Counter,
+        )?)?;
+    }
+    {
+        let mut reloads = encoder.encode_descriptor(
+            "sluice_config_reloads",
+            "Configuration documents applied or refused.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, v) in [("applied", &t.reloads_ok), ("refused", &t.reloads_failed)] {
+            ConstCounter::new(v.load(Relaxed))
+                .encode(reloads.encode_family(&[("result", result)])?)?;
         }
-        let gauge = ConstGauge::new(t.open_connections.load(Relaxed));
-        gauge.encode(encoder.encode_descriptor(
-            "sluice_open_connections",
-            "Open downstream connections.",
+    }
+    let mut ejections = encoder.encode_descriptor(
+            "sluice_upstream_ejections",
+            "Endpoints taken out of rotation for a while, by reason: unreachable (a connection failed) or 5xx (a run of 5xx answers).",
+            None,
+            MetricType::Counter,
+        )?;
+    for why in [Ejection::Unreachable, Ejection::Failing] {
+        ConstCounter::new(t.ejections[why as usize].load(Relaxed))
+            .encode(ejections.encode_family(&[("reason", why.as_str())])?)?;
+    }
+    Ok(())
+}
+
+/// The proxy-wide gauges.
+fn encode_gauges(t: &Telemetry, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    let gauge = ConstGauge::new(t.open_connections.load(Relaxed));
+    gauge.encode(encoder.encode_descriptor(
+        "sluice_open_connections",
+        "Open downstream connections.",
+        None,
+        MetricType::Gauge,
+    )?)?;
+    let expiry = t.certificate_expiry.load(Relaxed);
+    if expiry > 0 {
+        ConstGauge::new(expiry).encode(encoder.encode_descriptor(
+            "sluice_certificate_expiry_timestamp_seconds",
+            "When the workload certificate in use expires (Unix time).",
             None,
             MetricType::Gauge,
         )?)?;
-        for (name, help, v) in [
-            (
-                "sluice_connections_accepted",
-                "Downstream connections accepted.",
-                &t.accepted_connections,
-            ),
-            (
-                "sluice_upstream_connects",
-                "Upstream connections opened.",
-                &t.upstream_connects,
-            ),
-            (
-                "sluice_upstream_connect_failures",
-                "Upstream connection attempts that failed.",
-                &t.upstream_connect_failures,
-            ),
-            (
-                "sluice_passthrough_connections",
-                "Intercepted connections the mesh does not route, passed to their original destination.",
-                &t.passthrough_connections,
-            ),
-            (
-                "sluice_mesh_tcp_connections",
-                "Intercepted outbound TCP connections no route takes, carried over mTLS to the destination's sidecar.",
-                &t.mesh_tcp_connections,
-            ),
-            (
-                "sluice_authz_denied_requests",
-                "Inbound HTTP requests denied by an authorization policy (403).",
-                &t.authz_denied_requests,
-            ),
-            (
-                "sluice_jwt_refused_requests",
-                "Inbound HTTP requests refused because their JWT failed verification (401).",
-                &t.jwt_refused_requests,
-            ),
-            (
-                "sluice_authz_denied_connections",
-                "Inbound connections closed by an authorization policy.",
-                &t.authz_denied_connections,
-            ),
-            (
-                "sluice_authz_audited",
-                "Requests and connections that matched an AUDIT policy.",
-                &t.authz_audited,
-            ),
-            (
-                "sluice_admin_config_refused",
-                "Requests for /config on the admin port from off the pod, refused (403).",
-                &t.admin_config_refused,
-            ),
-            (
-                "sluice_idle_timeouts",
-                "Connections closed after --connection-idle-timeout without a byte either way.",
-                &t.idle_timeouts,
-            ),
-            (
-                "sluice_connections_over_limit",
-                "Downstream connections closed at once: the proxy had its --max-connections open.",
-                &t.connections_over_limit,
-            ),
-            (
-                "sluice_framing_refused",
-                "HTTP/1 requests refused for ambiguous or broken framing (400, connection closed).",
-                &t.framing_refused,
-            ),
-            (
-                "sluice_mirror_copies_given_up",
-                "Mirror copies given up (not counted for the mirror backend): their upstream fell behind the original's body, or the original failed.",
-                &t.mirror_copies_given_up,
-            ),
-            (
-                "sluice_plaintext_refused",
-                "Inbound plaintext connections refused by STRICT mTLS.",
-                &t.plaintext_refused,
-            ),
-            (
-                "sluice_tls_handshake_failures",
-                "Inbound mTLS handshakes that failed (no, expired or foreign certificate).",
-                &t.tls_handshake_failures,
-            ),
-            (
-                "sluice_certificates_issued",
-                "Workload certificates received from the control plane.",
-                &t.certificates_issued,
-            ),
-            (
-                "sluice_certificate_failures",
-                "Workload certificate requests that failed.",
-                &t.certificate_failures,
-            ),
-        ] {
-            ConstCounter::new(v.load(Relaxed)).encode(encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                MetricType::Counter,
-            )?)?;
-        }
-        {
-            let mut reloads = encoder.encode_descriptor(
-                "sluice_config_reloads",
-                "Configuration documents applied or refused.",
-                None,
-                MetricType::Counter,
-            )?;
-            for (result, v) in [("applied", &t.reloads_ok), ("refused", &t.reloads_failed)] {
-                ConstCounter::new(v.load(Relaxed))
-                    .encode(reloads.encode_family(&[("result", result)])?)?;
-            }
-        }
-        let expiry = t.certificate_expiry.load(Relaxed);
-        if expiry > 0 {
-            ConstGauge::new(expiry).encode(encoder.encode_descriptor(
-                "sluice_certificate_expiry_timestamp_seconds",
-                "When the workload certificate in use expires (Unix time).",
-                None,
-                MetricType::Gauge,
-            )?)?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            ConstGauge::new(i64::from(expiry > now)).encode(encoder.encode_descriptor(
-                "sluice_certificate_valid",
-                "1 while the workload certificate in use is valid; 0 once it has expired (renewal keeps being retried, and /ready fails).",
-                None,
-                MetricType::Gauge,
-            )?)?;
-        }
-        if t.managed.load(Relaxed) {
-            ConstGauge::new(i64::from(t.control_plane_connected.load(Relaxed))).encode(
-                encoder.encode_descriptor(
-                    "sluice_control_plane_connected",
-                    "1 while the config stream to the control plane is up; 0 while the proxy serves its last good config alone.",
-                    None,
-                    MetricType::Gauge,
-                )?,
-            )?;
-        }
-        Ok(())
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        ConstGauge::new(i64::from(expiry > now)).encode(encoder.encode_descriptor(
+            "sluice_certificate_valid",
+            "1 while the workload certificate in use is valid; 0 once it has expired (renewal keeps being retried, and /ready fails).",
+            None,
+            MetricType::Gauge,
+        )?)?;
     }
+    if t.managed.load(Relaxed) {
+        ConstGauge::new(i64::from(t.control_plane_connected.load(Relaxed))).encode(
+            encoder.encode_descriptor(
+                "sluice_control_plane_connected",
+                "1 while the config stream to the control plane is up; 0 while the proxy serves its last good config alone.",
+                None,
+                MetricType::Gauge,
+            )?,
+        )?;
+    }
+    Ok(())
 }
 
 fn labels(key: &CellKey, extra: &[(&'static str, &str)]) -> Vec<(String, String)> {

@@ -462,12 +462,23 @@ async fn invalid_config_is_refused_and_the_running_one_stays() {
 async fn retries_route_around_a_dead_endpoint() {
     let up = upstream("blue").await;
     let dead = addr(free_port());
-    let (_p, port) = pair_behind_proxy(dead, up.addr, "{attempts: 2}").await;
+    let (p, port) = pair_behind_proxy(dead, up.addr, "{attempts: 2}").await;
     let c = client();
     for _ in 0..50 {
         let (status, body) = get(&c, port, "/").await;
         assert_eq!((status, body.as_str()), (200, "blue"));
     }
+    // Out of rotation at its first refusal (a second more only if the
+    // requests outlast the first ejection), counted and logged by address.
+    let ejections = p
+        .counter(r#"sluice_upstream_ejections_total{reason="unreachable"}"#)
+        .await;
+    assert!((1..=2).contains(&ejections), "{ejections} ejections");
+    let log = p.log_text();
+    assert!(
+        log.contains("endpoint ejected") && log.contains(&format!("endpoint={dead}")),
+        "{log}"
+    );
 }
 
 /// A hundred requests that succeed at once earn the route's retry budget
@@ -497,7 +508,7 @@ async fn attempts_that_succeed_spend_none_of_the_retry_budget() {
 #[tokio::test]
 async fn an_endpoint_answering_5xx_in_a_row_is_ejected_not_favoured() {
     let (up, down) = (upstream("blue").await, answering("down", 503).await);
-    let (_p, port) = pair_behind_proxy(down.addr, up.addr, "{attempts: 0}").await;
+    let (p, port) = pair_behind_proxy(down.addr, up.addr, "{attempts: 0}").await;
     let c = client();
     let mut failed = 0;
     for _ in 0..200 {
@@ -505,6 +516,11 @@ async fn an_endpoint_answering_5xx_in_a_row_is_ejected_not_favoured() {
             failed += 1;
         }
     }
+    // One ejection for each run of five.
+    let ejections = p
+        .counter(r#"sluice_upstream_ejections_total{reason="5xx"}"#)
+        .await;
+    assert_eq!(ejections, failed / 5, "{failed} 503s");
     // Five per ejection; more only if the requests outlast the first one
     // (a second): then a probe or five, and an ejection twice as long.
     assert!(

@@ -26,7 +26,7 @@ use sluice_tests::operator::{
     ADMIN_PORT, GATEWAY_NS, Operator, demo_app_container, http, proxy_env, proxy_volumes,
     start_mesh_with,
 };
-use sluice_tests::wait::{deployment_available, pod_names, pod_ready, poll, ready_endpoints};
+use sluice_tests::wait::{deployment_available, pod_ready, poll, ready_endpoints};
 use tokio::sync::{Mutex, OnceCell};
 
 mod adoption;
@@ -912,15 +912,24 @@ async fn scaling_and_deletion(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         "scale: endpoints reached the gateway {in_gateway:?} after the EndpointSlice showed them ready"
     );
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let names = pod_names(&client, ns, "version=yellow").await?;
-    ensure!(names.len() == 3, "pods: {names:?}");
+    // Names with addresses: a pod that never answers is looked up by its
+    // address in the gateway's log (an ejection says why).
+    let ips: BTreeMap<String, String> =
+        sluice_tests::wait::pods_by_label(&client, ns, "version=yellow")
+            .await?
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.name?, p.status?.pod_ip?)))
+            .collect();
+    let names: Vec<String> = ips.keys().cloned().collect();
+    ensure!(names.len() == 3, "pods: {ips:?}");
     // Every pod, the new ones included, answers within a bounded run.
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut sent = 0;
     while !names.iter().all(|n| seen.contains_key(n)) {
         ensure!(
             sent < 5_000 && ready_at.elapsed() < Duration::from_secs(10),
-            "after {sent} requests only {seen:?} answered (pods {names:?})"
+            "after {sent} requests in {:?} only {seen:?} answered (pods {ips:?})",
+            ready_at.elapsed()
         );
         let r = get(&mesh.gateway_ip, GATEWAY_PORT, host, "/").await?;
         *seen.entry(r.served_by).or_insert(0) += 1;

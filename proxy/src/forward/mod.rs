@@ -18,7 +18,7 @@ use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::balance::{Endpoint, pick};
+use crate::balance::{EJECT_AFTER_ERRORS, Ejection, Endpoint, pick};
 use crate::body::{Downstream, ReqBody, RespBody};
 use crate::compiled::{Compiled, CompiledListener, CompiledRoute};
 use crate::framing;
@@ -168,6 +168,16 @@ impl Forwarding<'_> {
         }
     }
 
+    /// A 5xx answer from `endpoint`: one more in its run, which may eject it.
+    fn observe_error(&self, backend: &str, endpoint: &Endpoint) {
+        if let Some(out) = endpoint.observe_error() {
+            let cause = format_args!("{EJECT_AFTER_ERRORS} 5xx answers in a row");
+            self.proxy
+                .telemetry
+                .ejected(backend, endpoint.addr, Ejection::Failing, out, &cause);
+        }
+    }
+
     /// What an attempt's result means for the request, counted: the answer
     /// to pass on, or a failure that may be retried (a retry token is
     /// taken only then); an endpoint that could not be reached is ejected.
@@ -186,7 +196,7 @@ impl Forwarding<'_> {
                 if response.status() == StatusCode::SERVICE_UNAVAILABLE
                     && attempt.retries.after_failure(attempt.n) =>
             {
-                endpoint.observe_error();
+                self.observe_error(backend, &endpoint);
                 cell.record(503, crate::clock::since(start), false);
                 debug!(%backend, "503 from upstream; retrying");
                 Tried::Failed(endpoint)
@@ -199,7 +209,7 @@ impl Forwarding<'_> {
                 // request's (connects and earlier attempts included) is
                 // the route's.
                 if response.status().is_server_error() {
-                    endpoint.observe_error();
+                    self.observe_error(backend, &endpoint);
                 } else {
                     endpoint.observe(crate::clock::since(dispatched));
                 }
@@ -221,7 +231,9 @@ impl Forwarding<'_> {
                 // Refused, unreachable or silent: out of rotation for a
                 // while, and not this request's next try.
                 if !matches!(e, UpstreamError::Handshake(..)) {
-                    endpoint.eject();
+                    let out = endpoint.eject();
+                    let t = &self.proxy.telemetry;
+                    t.ejected(backend, endpoint.addr, Ejection::Unreachable, out, &e);
                 }
                 let retry = attempt.retries.after_failure(attempt.n);
                 debug!(%backend, attempt = attempt.n, retry, "{e}");

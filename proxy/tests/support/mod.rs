@@ -123,6 +123,16 @@ impl ProxyProcess {
             .unwrap()
     }
 
+    /// The value of the unlabelled-or-fully-labelled series `series`
+    /// (as the text format writes it), 0 when absent.
+    pub async fn counter(&self, series: &str) -> u64 {
+        let metrics = self.metrics().await;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
     /// Waits until the metrics show `line`: what the client saw first may be
     /// counted just after (a handshake's alert leaves before its failure is
     /// counted).
