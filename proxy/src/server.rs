@@ -89,14 +89,26 @@ pub async fn worker(
 ) {
     let mut running: HashMap<ListenerKey, Running> = HashMap::new();
     let mut changes = proxy.subscribe();
+    let mut failed_in_a_row = 0u32;
     loop {
         // Read before reconciling: the config stored with this generation
         // (or a newer one) is what `reconcile` binds.
         let generation = *changes.borrow_and_update();
-        reconcile(&proxy, &mut running, drain);
+        let all_bound = reconcile(&proxy, &mut running, drain);
         proxy.listening.reconciled(&slot, generation);
+        // A port still held (by the process this one replaces, by another
+        // workload) is tried again, less often the longer it stays taken,
+        // until it frees or a config drops the listener.
+        failed_in_a_row = if all_bound { 0 } else { failed_in_a_row + 1 };
+        let retry = async {
+            match failed_in_a_row {
+                0 => std::future::pending::<()>().await,
+                n => tokio::time::sleep(bind_retry_wait(n)).await,
+            }
+        };
         tokio::select! {
             r = changes.changed() => if r.is_err() { break },
+            () = retry => {}
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }
@@ -119,7 +131,19 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn reconcile(proxy: &Arc<Proxy>, running: &mut HashMap<ListenerKey, Running>, drain: Duration) {
+/// The wait before binding again after `n` failed attempts in a row:
+/// 250 ms, doubling up to 30 s.
+fn bind_retry_wait(n: u32) -> Duration {
+    Duration::from_millis(250u64 << n.saturating_sub(1).min(7)).min(Duration::from_secs(30))
+}
+
+/// Binds what the current config adds and stops what it drops; false when
+/// a listener could not be bound (counted, and left for a retry).
+fn reconcile(
+    proxy: &Arc<Proxy>,
+    running: &mut HashMap<ListenerKey, Running>,
+    drain: Duration,
+) -> bool {
     let compiled = proxy.current();
     let mut wanted: Vec<ListenerKey> = compiled
         .listeners
@@ -147,6 +171,7 @@ fn reconcile(proxy: &Arc<Proxy>, running: &mut HashMap<ListenerKey, Running>, dr
         }
         keep
     });
+    let mut all_bound = true;
     for key in wanted {
         if running.contains_key(&key) {
             continue;
@@ -164,9 +189,14 @@ fn reconcile(proxy: &Arc<Proxy>, running: &mut HashMap<ListenerKey, Running>, dr
                 ));
                 running.insert(key, Running { stop, task });
             }
-            Err(e) => warn!(listener = %key.name, address = %key.address, "cannot listen: {e}"),
+            Err(e) => {
+                proxy.telemetry.listener_bind_failures.fetch_add(1, Relaxed);
+                warn!(listener = %key.name, address = %key.address, "cannot listen (retrying): {e}");
+                all_bound = false;
+            }
         }
     }
+    all_bound
 }
 
 /// Accepts until stopped, then drains this listener's connections: HTTP
@@ -342,5 +372,23 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.telemetry.open_connections.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_tried_again_soon_then_at_most_every_thirty_seconds() {
+        let waits: Vec<u64> = (1..=10)
+            .map(|n| bind_retry_wait(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                250, 500, 1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000
+            ]
+        );
     }
 }

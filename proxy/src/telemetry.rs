@@ -125,6 +125,9 @@ pub struct Telemetry {
     pub connections_over_limit: AtomicU64,
     /// Connections closed after their idle timeout.
     pub idle_timeouts: AtomicU64,
+    /// Attempts to bind a listener's address that failed (each retry
+    /// counts).
+    pub listener_bind_failures: AtomicU64,
     /// Accepted downstream connections.
     pub accepted_connections: AtomicU64,
     /// Configs applied.
@@ -332,7 +335,7 @@ fn encode_cells(cells: &[Arc<Cell>], encoder: &mut DescriptorEncoder) -> std::fm
 }
 
 /// The proxy-wide counters without labels: (name, help, value).
-fn plain_counters(t: &Telemetry) -> [(&'static str, &'static str, &AtomicU64); 18] {
+fn plain_counters(t: &Telemetry) -> [(&'static str, &'static str, &AtomicU64); 19] {
     [
         (
             "sluice_connections_accepted",
@@ -383,6 +386,11 @@ fn plain_counters(t: &Telemetry) -> [(&'static str, &'static str, &AtomicU64); 1
             "sluice_admin_config_refused",
             "Requests for /config on the admin port from off the pod, refused (403).",
             &t.admin_config_refused,
+        ),
+        (
+            "sluice_listener_bind_failures",
+            "Attempts to bind a listener's address that failed (the port is taken); retried, 250 ms doubling to 30 s.",
+            &t.listener_bind_failures,
         ),
         (
             "sluice_idle_timeouts",

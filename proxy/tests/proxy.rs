@@ -458,6 +458,44 @@ async fn invalid_config_is_refused_and_the_running_one_stays() {
     assert_eq!((status, body.as_str()), (200, "blue"));
 }
 
+/// A listener whose port is taken when its config arrives is bound once
+/// the port frees, with no new config; each failed attempt is counted.
+#[tokio::test]
+async fn a_listener_whose_port_is_taken_is_bound_once_it_frees() {
+    let up = upstream("blue").await;
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let admin = free_port();
+    let cfg = http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], "");
+    let p = ProxyProcess::start(&cfg, addr(admin)).await;
+    let failures = "sluice_listener_bind_failures_total";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.counter(failures).await == 0 {
+        assert!(Instant::now() < deadline, "no failed bind counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(holder);
+    let c = client();
+    loop {
+        let answer = c
+            .get(format!("http://127.0.0.1:{port}/"))
+            .header("host", "app.test")
+            .send()
+            .await;
+        if let Ok(r) = answer {
+            assert_eq!(r.text().await.unwrap(), "blue");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed port was never bound: {}",
+            p.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(p.log_text().contains("cannot listen (retrying)"));
+}
+
 #[tokio::test]
 async fn retries_route_around_a_dead_endpoint() {
     let up = upstream("blue").await;
