@@ -11,6 +11,7 @@
 //! Versions are compared for equality only, as the API conventions allow.
 
 use super::by_uid::ByUid;
+use super::gone::Forget;
 
 /// The versions of each Rollout (by UID) that this process's writes have
 /// replaced and its cache has not yet moved past.
@@ -52,6 +53,11 @@ impl Written {
     #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.superseded.lock().is_empty()
+    }
+
+    /// Drops the records of Rollouts that are gone.
+    pub fn forget(&self, gone: &Forget) {
+        self.superseded.forget(gone);
     }
 }
 

@@ -14,6 +14,7 @@ pub mod canary_routes;
 pub mod conditions;
 pub mod edit;
 pub mod freshness;
+pub mod gone;
 pub mod lint;
 pub mod model;
 pub mod notify;
@@ -29,7 +30,7 @@ pub mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -103,6 +104,15 @@ pub struct Context {
     metrics: Arc<Metrics>,
 }
 
+impl Context {
+    /// Drops what the passes keep for Rollouts that are gone.
+    fn forget(&self, gone: &gone::Forget) {
+        self.written.forget(gone);
+        self.unsettled.forget(gone);
+        self.retry.forget(gone);
+    }
+}
+
 /// How many Rollouts are reconciled at once: a burst (thousands of
 /// Rollouts created, or the operator starting) queues rather than opening
 /// thousands of API calls at the same time.
@@ -173,9 +183,16 @@ pub async fn run(
     // of each Rollout written by server-side apply, and `kubectl apply`
     // keeps a whole copy in an annotation.
     let (store, writer) = reflector::store();
+    let records = ctx.clone();
+    let mut gone = gone::Gone::default();
     let events = watcher(rollouts, watcher::Config::default())
         .default_backoff()
-        .modify(Rollout::slim);
+        .modify(Rollout::slim)
+        .inspect_ok(move |e| {
+            if let Some(f) = gone.follow(e) {
+                records.forget(&f);
+            }
+        });
     let rollouts = reflector(writer, events).applied_objects();
     Controller::for_stream(rollouts, store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))

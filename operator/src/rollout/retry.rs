@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use super::by_uid::ByUid;
+use super::gone::Forget;
 
 /// The wait after a first failure.
 const FIRST: Duration = Duration::from_millis(500);
@@ -37,6 +38,11 @@ impl Backoff {
     /// A pass of Rollout `uid` succeeded: its next failure starts over.
     pub fn succeeded(&self, uid: &str) {
         self.failures.lock().remove(uid);
+    }
+
+    /// Drops the records of Rollouts that are gone.
+    pub fn forget(&self, gone: &Forget) {
+        self.failures.forget(gone);
     }
 }
 

@@ -12,6 +12,7 @@
 use sluice_crds::rollout::Request;
 
 use super::by_uid::ByUid;
+use super::gone::Forget;
 
 /// The request each Rollout (by UID) is owed.
 #[derive(Debug, Default)]
@@ -31,6 +32,11 @@ impl Unsettled {
     pub fn next(&self, uid: &str, taken: Option<Request>) -> Option<Request> {
         let kept = self.by_uid.lock().remove(uid);
         taken.or(kept)
+    }
+
+    /// Drops the records of Rollouts that are gone.
+    pub fn forget(&self, gone: &Forget) {
+        self.by_uid.forget(gone);
     }
 }
 
