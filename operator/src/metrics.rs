@@ -29,7 +29,7 @@ pub struct RoleLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// e.g. `issued` or `refused`.
-    pub result: String,
+    pub result: &'static str,
 }
 
 /// Label of the config bytes counter: how a snapshot was sent.
@@ -252,11 +252,9 @@ impl Metrics {
     }
 
     /// Counts a webhook notification's outcome.
-    pub fn notification(&self, result: &str) {
+    pub fn notification(&self, result: &'static str) {
         self.notifications
-            .get_or_create(&ResultLabel {
-                result: result.to_owned(),
-            })
+            .get_or_create(&ResultLabel { result })
             .inc();
     }
 

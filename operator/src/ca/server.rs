@@ -86,7 +86,7 @@ impl Certificates for CertificateServer {
         }
         .await;
         let label = ResultLabel {
-            result: if result.is_ok() { "issued" } else { "refused" }.into(),
+            result: if result.is_ok() { "issued" } else { "refused" },
         };
         self.metrics.certificates.get_or_create(&label).inc();
         if let Err(e) = &result {
