@@ -119,18 +119,31 @@ impl Endpoint {
     pub fn observe_error(&self) -> Option<Duration> {
         if self.errors.fetch_add(1, Relaxed) + 1 >= EJECT_AFTER_ERRORS {
             self.errors.store(0, Relaxed);
-            return Some(self.eject());
+            return self.eject();
         }
         None
     }
 
     /// The endpoint could not be reached: eject it, longer each time in a
-    /// row. Returns how long it is out.
-    pub fn eject(&self) -> Duration {
-        let streak = self.failures.fetch_add(1, Relaxed).min(5);
+    /// row. Returns how long it is out; `None` when it already was, since
+    /// requests sent before the ejection that fail after it say nothing
+    /// new (fifty of them must not make it fifty ejections in a row).
+    pub fn eject(&self) -> Option<Duration> {
+        let now = now_ms();
+        let until = self.ejected_until_ms.load(Relaxed);
+        let streak = self.failures.load(Relaxed).min(5);
         let ms = (EJECT_BASE_MS << streak).min(EJECT_MAX_MS);
-        self.ejected_until_ms.store(now_ms() + ms, Relaxed);
-        Duration::from_millis(ms)
+        // One of several concurrent failures wins the ejection.
+        if until > now
+            || self
+                .ejected_until_ms
+                .compare_exchange(until, now + ms, Relaxed, Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        self.failures.fetch_add(1, Relaxed);
+        Some(Duration::from_millis(ms))
     }
 }
 
@@ -381,10 +394,16 @@ mod tests {
         assert!(e.ejected(now_ms()));
     }
 
+    /// Each ejection once the last one is over (its time pretended past).
+    fn eject_after_the_last(e: &Endpoint) -> Option<u64> {
+        e.ejected_until_ms.store(0, Relaxed);
+        e.eject().map(|d| d.as_millis() as u64)
+    }
+
     #[test]
     fn ejections_in_a_row_double_up_to_the_cap_and_a_success_resets_them() {
         let e = Endpoint::new("127.0.0.1:1".parse().unwrap());
-        let outs: Vec<u64> = (0..8).map(|_| e.eject().as_millis() as u64).collect();
+        let outs: Vec<u64> = (0..8).filter_map(|_| eject_after_the_last(&e)).collect();
         assert_eq!(
             outs,
             [
@@ -399,7 +418,17 @@ mod tests {
             ]
         );
         e.observe(Duration::from_millis(1));
-        assert_eq!(e.eject(), Duration::from_millis(EJECT_BASE_MS));
+        assert_eq!(eject_after_the_last(&e), Some(EJECT_BASE_MS));
+    }
+
+    #[test]
+    fn failures_while_ejected_neither_eject_again_nor_lengthen_the_next() {
+        let e = Endpoint::new("127.0.0.1:1".parse().unwrap());
+        assert_eq!(e.eject(), Some(Duration::from_millis(EJECT_BASE_MS)));
+        for _ in 0..50 {
+            assert_eq!(e.eject(), None);
+        }
+        assert_eq!(eject_after_the_last(&e), Some(2 * EJECT_BASE_MS));
     }
 
     #[test]

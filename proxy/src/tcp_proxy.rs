@@ -74,8 +74,9 @@ async fn to_backend<S>(
         Ok(s) => s,
         Err(e) => {
             debug!(backend = %backend.name, "{e}");
-            if e.is_connect() {
-                let out = endpoint.eject();
+            if e.is_connect()
+                && let Some(out) = endpoint.eject()
+            {
                 let t = &proxy.telemetry;
                 t.ejected(&backend.name, endpoint.addr, Ejection::Unreachable, out, &e);
             }

@@ -230,8 +230,9 @@ impl Forwarding<'_> {
             Err(e) if e.is_connect() => {
                 // Refused, unreachable or silent: out of rotation for a
                 // while, and not this request's next try.
-                if !matches!(e, UpstreamError::Handshake(..)) {
-                    let out = endpoint.eject();
+                if !matches!(e, UpstreamError::Handshake(..))
+                    && let Some(out) = endpoint.eject()
+                {
                     let t = &self.proxy.telemetry;
                     t.ejected(backend, endpoint.addr, Ejection::Unreachable, out, &e);
                 }
