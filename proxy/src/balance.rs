@@ -124,8 +124,9 @@ impl Endpoint {
         None
     }
 
-    /// The endpoint could not be reached: eject it, longer each time in a
-    /// row. Returns how long it is out; `None` when it already was, since
+    /// Takes the endpoint out of rotation (it could not be reached, or
+    /// answered 5xx time after time), longer each time in a row. Returns
+    /// how long it is out; `None` when it already was, since
     /// requests sent before the ejection that fail after it say nothing
     /// new (fifty of them must not make it fifty ejections in a row).
     pub fn eject(&self) -> Option<Duration> {
