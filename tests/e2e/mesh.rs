@@ -945,12 +945,7 @@ async fn scaling_and_deletion(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     // Delete one pod under load: once its endpoint has left the gateway's
     // config, no request may reach it, and no request may fail.
     let victim = names[0].clone();
-    let victim_ip = pods
-        .get(&victim)
-        .await?
-        .status
-        .and_then(|s| s.pod_ip)
-        .context("victim has no IP")?;
+    let victim_ip = ips[&victim].clone();
     let load = Load::start(mesh.gateway_ip.clone(), host.into());
     pods.delete(&victim, &DeleteParams::default()).await?;
     let gone_at = poll(
