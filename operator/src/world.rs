@@ -14,11 +14,11 @@ use gateway_api::httproutes::HttpRoute;
 use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tracing::{info, warn};
 
 use crate::mesh::{self, MeshInput, MeshOutput, MeshSettings};
@@ -26,6 +26,10 @@ use crate::metrics::Metrics;
 use crate::push::{Registry, SnapshotSet, Snapshots};
 use crate::stored::Stored;
 use sluice_crds::{AuthorizationPolicy, RequestAuthentication};
+
+/// How many route moves a slow receiver of [`World::route_moves`] may be
+/// behind before it loses the oldest.
+const ROUTE_MOVES_HELD: usize = 256;
 
 /// The reflectors' stores.
 #[derive(Clone)]
@@ -47,6 +51,9 @@ pub struct World {
     jwks: crate::jwks::Documents,
     mesh: Arc<ArcSwap<MeshSettings>>,
     changed: Arc<Notify>,
+    /// HTTPRoutes whose translated input moved, told once the store holds
+    /// the change (see [`World::route_moves`]).
+    route_moves: broadcast::Sender<ObjectRef<HttpRoute>>,
     /// True once every store has listed. A store's own readiness wakes
     /// only the last task that waited on it, so one task waits on the
     /// stores and every other waiter watches this.
@@ -58,11 +65,18 @@ where
     K: Stored + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    reflect_with(api, watcher::Config::default(), changed)
+    reflect_with(api, watcher::Config::default(), changed, |_| {})
 }
 
-/// [`reflect`] with a selection (fields or labels) of what is watched.
-fn reflect_with<K>(api: Api<K>, config: watcher::Config, changed: Arc<Notify>) -> Store<K>
+/// [`reflect`] with a selection (fields or labels) of what is watched, and
+/// `moved` called with each object applied or deleted whose input moved,
+/// after the store took it in.
+fn reflect_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+    moved: impl Fn(&K) + Send + 'static,
+) -> Store<K>
 where
     K: Stored + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
@@ -80,6 +94,9 @@ where
                 Ok(event) => {
                     if inputs.moved(&event) {
                         changed.notify_one();
+                        if let watcher::Event::Apply(k) | watcher::Event::Delete(k) = &event {
+                            moved(k);
+                        }
                     }
                 }
                 Err(e) => warn!(kind = %K::kind(&Default::default()), "watch: {e}"),
@@ -163,14 +180,22 @@ impl World {
         }
         let opt = |on: bool| on.then_some(());
         let (synced_tx, synced) = watch::channel(false);
+        let (route_moves, _) = broadcast::channel(ROUTE_MOVES_HELD);
+        let tell = route_moves.clone();
         let world = World {
             classes: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             gateways: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
-            routes: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
+            routes: opt(gateway_api).map(|_| {
+                let all = watcher::Config::default();
+                reflect_with(Api::all(client.clone()), all, changed.clone(), move |r| {
+                    // No receiver (no Rollout controller) is not an error.
+                    let _ = tell.send(ObjectRef::from_obj(r));
+                })
+            }),
             grants: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             tls_secrets: opt(gateway_api).map(|_| {
                 let tls_only = watcher::Config::default().fields("type=kubernetes.io/tls");
-                reflect_with(Api::all(client.clone()), tls_only, changed.clone())
+                reflect_with(Api::all(client.clone()), tls_only, changed.clone(), |_| {})
             }),
             services: reflect(Api::all(client.clone()), changed.clone()),
             slices: reflect(Api::all(client.clone()), changed.clone()),
@@ -182,6 +207,7 @@ impl World {
             jwks: Default::default(),
             mesh: Arc::new(ArcSwap::from_pointee(mesh)),
             changed,
+            route_moves,
             synced,
         };
         if let Some(store) = world.authentications.clone() {
@@ -229,8 +255,18 @@ impl World {
             jwks: Default::default(),
             mesh: Arc::new(ArcSwap::from_pointee(mesh)),
             changed: Arc::new(Notify::new()),
+            route_moves: broadcast::channel(1).0,
             synced: watch::channel(true).1,
         }
+    }
+
+    /// HTTPRoutes whose translated input (their spec) moved or that were
+    /// deleted, each told after the route store holds the change: a Rollout
+    /// naming one is decided again at once, and reads the route as it is.
+    /// A receiver that falls more than a few hundred behind loses the
+    /// oldest (its Rollouts' requeue still comes).
+    pub fn route_moves(&self) -> broadcast::Receiver<ObjectRef<HttpRoute>> {
+        self.route_moves.subscribe()
     }
 
     /// Waits until every store has listed once; any number of tasks may.

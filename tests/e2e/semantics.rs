@@ -398,10 +398,12 @@ spec:
     .await?;
     let routes: Api<HttpRoute> = Api::namespaced(cluster.client(), ns);
     routes.delete("second", &DeleteParams::default()).await?;
+    let deleted = std::time::Instant::now();
     let ro = until(&cluster, ns, "Degraded, naming the route", |ro| {
         reason(ro) == Some(RolloutReason::TrafficRouteMissing)
     })
     .await?;
+    let noticed = deleted.elapsed();
     let message = ro
         .status
         .as_ref()
@@ -444,12 +446,16 @@ spec:
         },
     )
     .await?;
-    eprintln!("semantics: route gone: {message}; remaining route {weights:?}; {counts:?}");
     cluster.apply(&second)?;
+    let recreated = std::time::Instant::now();
     until(&cluster, ns, "back at weight 50 with the route", |ro| {
         weight(ro) == 50 && phase(ro) == Some(RolloutPhase::Paused)
     })
     .await?;
+    eprintln!(
+        "semantics: route gone, Degraded {noticed:.1?} after the delete: {message}; remaining route {weights:?}; {counts:?}; back at weight 50 {:.1?} after the route came back",
+        recreated.elapsed()
+    );
     Ok(())
 }
 

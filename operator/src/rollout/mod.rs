@@ -24,6 +24,7 @@ pub mod replicas;
 pub mod replicasets;
 pub mod retry;
 pub mod revisions;
+pub mod route_moves;
 pub mod unsettled;
 pub mod workload;
 
@@ -194,9 +195,12 @@ pub async fn run(
             }
         });
     let rollouts = reflector(writer, events).applied_objects();
+    let naming_moved_routes =
+        route_moves::rollouts_to_decide(ctx.world.route_moves(), store.clone());
     Controller::for_stream(rollouts, store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(ReceiverStream::new(touched).map(Ok))
+        .reconcile_on(naming_moved_routes)
         // Adopted Deployments only: their template is a Rollout's.
         .watches(
             Api::<Deployment>::all(client),
