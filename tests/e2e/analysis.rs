@@ -32,7 +32,8 @@ const NS: &str = "ro-analysis";
 const STEPS: &str = "[{setWeight: 50}, {analysis: {interval: 1s, templates: [{templateName: error-rate}, {templateName: smoke, clusterScope: true}, {templateName: judge}], args: [{name: prometheus, value: \"PROMETHEUS\"}, {name: judge, value: \"JUDGE\"}]}}, {pause: {}}]";
 
 /// A PromQL error rate of the canary revision as the gateway proxy counts
-/// it; a ClusterAnalysisTemplate that curls the canary from a Job; a web
+/// it, on this namespace's backends alone (other scenarios run the same
+/// template, so the same revision); a ClusterAnalysisTemplate that curls the canary from a Job; a web
 /// metric and a failing dry-run one on a pod's JSON.
 fn templates() -> String {
     format!(
@@ -52,8 +53,8 @@ spec:
       prometheus:
         address: "{{{{args.prometheus}}}}"
         query: |
-          (sum(rate(sluice_requests_total{{revision="{{{{rollout.canaryRevision}}}}",code=~"5.."}}[10s])) or vector(0))
-          / sum(rate(sluice_requests_total{{revision="{{{{rollout.canaryRevision}}}}"}}[10s]))
+          (sum(rate(sluice_requests_total{{backend=~"{NS}/.*",revision="{{{{rollout.canaryRevision}}}}",code=~"5.."}}[10s])) or vector(0))
+          / sum(rate(sluice_requests_total{{backend=~"{NS}/.*",revision="{{{{rollout.canaryRevision}}}}"}}[10s]))
 ---
 apiVersion: sluice.dev/v1alpha1
 kind: ClusterAnalysisTemplate

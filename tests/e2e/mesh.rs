@@ -319,8 +319,9 @@ async fn mesh(cluster: &Cluster) -> anyhow::Result<Arc<Mesh>> {
                 "--cert-ttl=6s",
                 "--test-faults",
                 "--dashboard-actions",
-                // Short, so that the flood scenario sees its series age out.
-                "--telemetry-window=60s",
+                // Short, so that the flood scenario sees its series age out;
+                // longer than every analysis interval and dashboard wait here.
+                "--telemetry-window=30s",
             ],
         )
         .await?;
@@ -1127,9 +1128,11 @@ async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .find_map(|p| p.status?.pod_ip)
         .context("the second gateway has no IP")?;
-    let before = {
+    // The log spans the whole run: only what is written from here counts.
+    let (before, log_from) = {
         let op = mesh.operator.lock().await;
-        op.metric("sluice_config_nacks_total").await?.unwrap_or(0.0)
+        let nacks = op.metric("sluice_config_nacks_total").await?.unwrap_or(0.0);
+        (nacks, op.log().len())
     };
     let admin = gateway_admin(&cluster, "app=sluice-gateway-alt", &alt_ip, ALT_ADMIN_PORT).await?;
     let version_of = || async {
@@ -1153,8 +1156,11 @@ async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         )
         .await?;
         let log = op.log();
+        let since = log.get(log_from..).unwrap_or_default();
         ensure!(
-            log.contains("NACK") && log.contains("admin address"),
+            since
+                .lines()
+                .any(|l| l.contains("NACK") && l.contains("admin address")),
             "the operator log does not show the NACK"
         );
     }

@@ -30,8 +30,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::rollouts::{
-    HANDS_ON_STEPS, healthy_blue, host, phase, rollout, set_image, step_index, until,
-    wait_condition, weight,
+    HANDS_ON_STEPS, healthy_blue, host, phase, rollout, set_image, step_index, until, weight,
 };
 use super::{Load, mesh};
 
@@ -354,21 +353,41 @@ pub async fn diluting_reports_do_not_save_a_failing_canary(
     let mesh = mesh(&cluster).await?;
     let grpc = mesh.operator.lock().await.grpc;
     let diluter = Impostor::start(&cluster, grpc, "diluter").await?;
+    let before = refused_not_own(&*mesh.operator.lock().await).await?;
     let load = Load::start(mesh.gateway_ip.clone(), host(ns));
     set_image(&cluster, ns, "red", 0.5).await?;
     let revision = canary_revision(&cluster, ns).await?;
+    // 20 s of reports, sent while the canary is judged: the wait for the
+    // rollback is polled beside them, never blocking their task.
     let diluting = {
         let deltas = forged(ns, &revision, 100_000, 0);
         async move { diluter.report(400, &deltas).await }
     };
-    let rolled_back = async { wait_condition(&cluster, ns, "handson", "RolledBack", 60) };
+    let rolled_back = async {
+        let ro = until(&cluster, ns, "RolledBack", |ro| {
+            ro.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "RolledBack" && c.status == "True")
+            })
+        })
+        .await?;
+        // Read at the rollback, while the diluter still streams.
+        let refused = refused_not_own(&*mesh.operator.lock().await).await? - before;
+        anyhow::Ok((ro, refused))
+    };
     let (sent, waited) = tokio::join!(diluting, rolled_back);
-    waited?;
+    let (ro, refused_by_then) = waited?;
     let sent = sent?;
     load.finish().await?;
-    let ro = rollout(&cluster, ns).await?;
     ensure!(weight(&ro) == 0, "after the rollback: {:?}", ro.status);
-    println!("trust: the failing canary was rolled back under {sent} diluting deltas");
+    ensure!(
+        refused_by_then > 0.0,
+        "no diluting delta had reached the operator when the canary was rolled back"
+    );
+    println!(
+        "trust: the failing canary was rolled back under {sent} diluting deltas ({refused_by_then} refused as not its own pod's by then)"
+    );
     Ok(())
 }
 
@@ -574,7 +593,7 @@ pub async fn a_flood_of_keys_is_capped_and_ages_out(cluster: Arc<Cluster>) -> an
         rss_flooded <= rss_before + FLOOD_RSS_BOUND_KIB,
         "RSS grew from {rss_before} KiB to {rss_flooded} KiB under the flood"
     );
-    // The window is 60 s in this mesh: the flood's series age out.
+    // The window is 30 s in this mesh: the flood's series age out.
     let aged = poll(
         "the flood's series to age out",
         Duration::from_secs(90),
