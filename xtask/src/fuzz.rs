@@ -1,5 +1,6 @@
 //! `cargo xtask fuzz`, and the fuzzing `cargo xtask test` does: every
-//! cargo-fuzz target of `fuzz/` for a bounded time.
+//! cargo-fuzz target of `fuzz/` for a bounded time, as many at once as the
+//! machine has cores.
 //!
 //! cargo-fuzz wants nightly flags; `RUSTC_BOOTSTRAP=1` lets the stable
 //! toolchain take them. The sanitizer builds go to the cache. So do the
@@ -12,7 +13,8 @@ use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
@@ -65,18 +67,88 @@ pub fn run_all(seconds: u64) -> Result<()> {
         );
     }
     let targets = String::from_utf8(listed.stdout)?;
-    for target in targets.split_whitespace() {
-        run(&format!("fuzz {target} for {seconds}s"), {
-            let mut c = fuzz(&["run"]);
-            c.arg("--target-dir").arg(&build).args([
-                target,
-                "--",
-                &format!("-max_total_time={seconds}"),
-            ]);
-            c
-        })?;
+    let targets: Vec<&str> = targets.split_whitespace().collect();
+    // One cargo invocation builds them all; each `run` below then finds its
+    // target built and only fuzzes.
+    run("build the fuzz targets", {
+        let mut c = fuzz(&["build"]);
+        c.arg("--target-dir").arg(&build);
+        c
+    })?;
+    // libFuzzer keeps one core busy: as many targets at once as there are
+    // cores, each writing to a log of its own so that their lines do not mix.
+    let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let logs = cache_dir().join("fuzz-logs");
+    std::fs::create_dir_all(&logs)?;
+    for batch in targets.chunks(at_once) {
+        let started: Vec<_> = batch
+            .iter()
+            .map(|target| {
+                let log = logs.join(format!("{target}.log"));
+                let mut c = fuzz(&["run"]);
+                c.arg("--target-dir")
+                    .arg(&build)
+                    .args([target, "--"])
+                    .arg(format!("-max_total_time={seconds}"));
+                Fuzzing::start(target, c, log)
+            })
+            .collect::<Result<_>>()?;
+        // Every one of the batch is waited for before a failure is told.
+        let finished: Vec<Result<()>> = started.into_iter().map(|f| f.finish(seconds)).collect();
+        finished.into_iter().collect::<Result<()>>()?;
     }
     Ok(())
+}
+
+/// One fuzz target running, its output going to `log`.
+struct Fuzzing<'a> {
+    target: &'a str,
+    child: Child,
+    log: PathBuf,
+    began: Instant,
+}
+
+impl<'a> Fuzzing<'a> {
+    fn start(target: &'a str, mut cmd: Command, log: PathBuf) -> Result<Self> {
+        eprintln!("==> fuzz {target} (log: {})", log.display());
+        let out = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
+        let child = cmd
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting the fuzzing of {target}"))?;
+        Ok(Fuzzing {
+            target,
+            child,
+            log,
+            began: Instant::now(),
+        })
+    }
+
+    /// Waits for the target; on a failure (a crash, a leak, a timeout), shows
+    /// the end of its log, where libFuzzer names the input that did it.
+    fn finish(mut self, seconds: u64) -> Result<()> {
+        let status = self.child.wait()?;
+        let took = self.began.elapsed().as_secs_f64();
+        let target = self.target;
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if status.success() {
+            // libFuzzer's last word: "Done N runs in S second(s)".
+            let done = log.lines().rev().find(|l| l.starts_with("Done "));
+            eprintln!(
+                "<== fuzz {target} for {seconds}s: ok in {took:.1}s ({})",
+                done.unwrap_or("no summary")
+            );
+            return Ok(());
+        }
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+        eprintln!("{tail}\n<== fuzz {target} for {seconds}s: FAILED in {took:.1}s");
+        bail!(
+            "fuzzing {target} failed ({status}); its log: {}",
+            self.log.display()
+        )
+    }
 }
 
 /// Makes `to` hold the checkout's sources (git's tracked and untracked

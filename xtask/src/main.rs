@@ -181,11 +181,13 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
             c
         })?;
     }
-    // One cargo invocation per profile builds the whole workspace: the pods'
-    // binaries must exist before the end-to-end tests start them.
-    run("build the workspace", {
+    // One cargo invocation builds the whole workspace, the pods' binaries
+    // (which must exist before the end-to-end tests start them) and the
+    // tests together, so that the two cores stay busy through both; `cargo
+    // test` below finds them built.
+    run("build the workspace and its tests", {
         let mut c = cargo();
-        c.args(["build", "--workspace", "--bins"]);
+        c.args(["build", "--workspace", "--bins", "--tests"]);
         c
     })?;
     if !no_lint {
