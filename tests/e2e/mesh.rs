@@ -1115,9 +1115,30 @@ spec:
 /// operator counts it and says so on the Gateway, the other proxy applies
 /// it; removing the Gateway lets the next snapshot through.
 async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
-    let mesh = mesh(&cluster).await?;
+    let result = nack_then_fix(&cluster).await;
+    // After a failure too: the second gateway left running would refuse
+    // the snapshots of the scenarios after this one, and fail them as well.
+    let removed = cluster.kubectl(
+        &[
+            "delete",
+            "deployment",
+            "-n",
+            GATEWAY_NS,
+            "sluice-gateway-alt",
+            "--ignore-not-found",
+        ],
+        None,
+    );
+    result?;
+    removed?;
+    Ok(())
+}
+
+/// [`nack_keeps_old_config`] but for the removal of the second gateway.
+async fn nack_then_fix(cluster: &Arc<Cluster>) -> anyhow::Result<()> {
+    let mesh = mesh(cluster).await?;
     let (ns, host) = ("nack", "nack.example.com");
-    two_versions(&cluster, &mesh, ns, host, 100, 0).await?;
+    two_versions(cluster, &mesh, ns, host, 100, 0).await?;
     let url = mesh.operator.lock().await.grpc_url();
     cluster.apply(&alt_gateway(&url))?;
     let client = cluster.client();
@@ -1134,7 +1155,7 @@ async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         let nacks = op.metric("sluice_config_nacks_total").await?.unwrap_or(0.0);
         (nacks, op.log().len())
     };
-    let admin = gateway_admin(&cluster, "app=sluice-gateway-alt", &alt_ip, ALT_ADMIN_PORT).await?;
+    let admin = gateway_admin(cluster, "app=sluice-gateway-alt", &alt_ip, ALT_ADMIN_PORT).await?;
     let version_of = || async {
         let doc = running_config(&admin).await?;
         anyhow::Ok(doc["version"].as_str().unwrap_or_default().to_owned())
@@ -1213,16 +1234,6 @@ async fn nack_keeps_old_config(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         counts.get("blue") == Some(&50),
         "after the fix the gateway answered {counts:?}"
     );
-    cluster.kubectl(
-        &[
-            "delete",
-            "deployment",
-            "-n",
-            GATEWAY_NS,
-            "sluice-gateway-alt",
-        ],
-        None,
-    )?;
     Ok(())
 }
 
