@@ -229,7 +229,10 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
         let dir = demo_dir().with_file_name("demo-ci");
         eprintln!("\n==> the demo, end to end ({})", dir.display());
         counted(&mut totals, "the demo", || {
-            let result = demo_up(&dir, None);
+            // Built above with the tests: a build of the binaries alone
+            // would compile them again (without the tests' dev-dependencies,
+            // cargo unifies other features) for the same sources.
+            let result = demo_up(&dir, None, Built::Already);
             result.and(demo_down(&dir))
         })?;
         // The Gateway API conformance suite's GATEWAY-HTTP profile, core
@@ -493,7 +496,16 @@ fn demo_down(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
+/// Whether `demo_up` builds Sluice first.
+#[derive(Clone, Copy, PartialEq)]
+enum Built {
+    /// The binaries are built from these sources already.
+    Already,
+    /// Build them (cargo skips what is fresh).
+    NotYet,
+}
+
+fn demo_up(dir: &Path, step: Option<u32>, built: Built) -> Result<()> {
     run(
         "install the test bed (Debian packages, Kubernetes, etcd, helm)",
         {
@@ -502,11 +514,13 @@ fn demo_up(dir: &Path, step: Option<u32>) -> Result<()> {
             c
         },
     )?;
-    run("build Sluice", {
-        let mut c = cargo();
-        c.args(["build", "--workspace", "--bins"]);
-        c
-    })?;
+    if built == Built::NotYet {
+        run("build Sluice", {
+            let mut c = cargo();
+            c.args(["build", "--workspace", "--bins"]);
+            c
+        })?;
+    }
     if running_pid(dir).is_some() && dir.join("ready").exists() {
         eprintln!("\n==> the sandbox cluster is already running; reusing it");
     } else {
@@ -638,7 +652,7 @@ fn task(task: Task) -> Result<()> {
         Task::Demo { action, step } => match action.as_str() {
             "up" => {
                 target::use_cache();
-                demo_up(&demo_dir(), step)
+                demo_up(&demo_dir(), step, Built::NotYet)
             }
             "down" => demo_down(&demo_dir()),
             other => bail!("unknown demo action {other:?}: use `up` or `down`"),
