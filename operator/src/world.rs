@@ -27,9 +27,19 @@ use crate::push::{Registry, SnapshotSet, Snapshots};
 use crate::stored::Stored;
 use sluice_crds::{AuthorizationPolicy, RequestAuthentication};
 
-/// How many route moves a slow receiver of [`World::route_moves`] may be
-/// behind before it loses the oldest.
-const ROUTE_MOVES_HELD: usize = 256;
+/// How many moves a slow receiver of [`World::moves`] may be behind before
+/// it loses the oldest.
+const MOVES_HELD: usize = 256;
+
+/// An object of a kind a Rollout names whose translated input (its spec)
+/// moved, or that was deleted.
+#[derive(Clone, Debug)]
+pub enum Moved {
+    /// An HTTPRoute (a Rollout's `trafficRouting.httpRoutes`).
+    Route(ObjectRef<HttpRoute>),
+    /// A Service (a Rollout's stable, canary, active or preview Service).
+    Service(ObjectRef<Service>),
+}
 
 /// The reflectors' stores.
 #[derive(Clone)]
@@ -51,9 +61,9 @@ pub struct World {
     jwks: crate::jwks::Documents,
     mesh: Arc<ArcSwap<MeshSettings>>,
     changed: Arc<Notify>,
-    /// HTTPRoutes whose translated input moved, told once the store holds
-    /// the change (see [`World::route_moves`]).
-    route_moves: broadcast::Sender<ObjectRef<HttpRoute>>,
+    /// Routes and Services that moved, told once their store holds the
+    /// change (see [`World::moves`]).
+    moves: broadcast::Sender<Moved>,
     /// True once every store has listed. A store's own readiness wakes
     /// only the last task that waited on it, so one task waits on the
     /// stores and every other waiter watches this.
@@ -180,24 +190,38 @@ impl World {
         }
         let opt = |on: bool| on.then_some(());
         let (synced_tx, synced) = watch::channel(false);
-        let (route_moves, _) = broadcast::channel(ROUTE_MOVES_HELD);
-        let tell = route_moves.clone();
+        let (moves, _) = broadcast::channel(MOVES_HELD);
+        // No receiver (no Rollout controller) is not an error.
+        let route_moved = {
+            let moves = moves.clone();
+            move |r: &HttpRoute| {
+                let _ = moves.send(Moved::Route(ObjectRef::from_obj(r)));
+            }
+        };
+        let service_moved = {
+            let moves = moves.clone();
+            move |s: &Service| {
+                let _ = moves.send(Moved::Service(ObjectRef::from_obj(s)));
+            }
+        };
         let world = World {
             classes: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             gateways: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             routes: opt(gateway_api).map(|_| {
                 let all = watcher::Config::default();
-                reflect_with(Api::all(client.clone()), all, changed.clone(), move |r| {
-                    // No receiver (no Rollout controller) is not an error.
-                    let _ = tell.send(ObjectRef::from_obj(r));
-                })
+                reflect_with(Api::all(client.clone()), all, changed.clone(), route_moved)
             }),
             grants: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             tls_secrets: opt(gateway_api).map(|_| {
                 let tls_only = watcher::Config::default().fields("type=kubernetes.io/tls");
                 reflect_with(Api::all(client.clone()), tls_only, changed.clone(), |_| {})
             }),
-            services: reflect(Api::all(client.clone()), changed.clone()),
+            services: reflect_with(
+                Api::all(client.clone()),
+                watcher::Config::default(),
+                changed.clone(),
+                service_moved,
+            ),
             slices: reflect(Api::all(client.clone()), changed.clone()),
             pods: reflect(Api::all(client.clone()), changed.clone()),
             namespaces: reflect(Api::all(client.clone()), changed.clone()),
@@ -207,7 +231,7 @@ impl World {
             jwks: Default::default(),
             mesh: Arc::new(ArcSwap::from_pointee(mesh)),
             changed,
-            route_moves,
+            moves,
             synced,
         };
         if let Some(store) = world.authentications.clone() {
@@ -255,18 +279,19 @@ impl World {
             jwks: Default::default(),
             mesh: Arc::new(ArcSwap::from_pointee(mesh)),
             changed: Arc::new(Notify::new()),
-            route_moves: broadcast::channel(1).0,
+            moves: broadcast::channel(1).0,
             synced: watch::channel(true).1,
         }
     }
 
-    /// HTTPRoutes whose translated input (their spec) moved or that were
-    /// deleted, each told after the route store holds the change: a Rollout
-    /// naming one is decided again at once, and reads the route as it is.
+    /// HTTPRoutes and Services whose translated input (their spec) moved or
+    /// that were deleted, each told after its store holds the change: a
+    /// Rollout naming one is decided again at once, and reads it as it is.
     /// A receiver that falls more than a few hundred behind loses the
-    /// oldest (its Rollouts' requeue still comes).
-    pub fn route_moves(&self) -> broadcast::Receiver<ObjectRef<HttpRoute>> {
-        self.route_moves.subscribe()
+    /// oldest, and a change the watch missed while it was down comes back
+    /// with the re-list, untold: for those the Rollouts' requeue remains.
+    pub fn moves(&self) -> broadcast::Receiver<Moved> {
+        self.moves.subscribe()
     }
 
     /// Waits until every store has listed once; any number of tasks may.

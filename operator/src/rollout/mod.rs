@@ -17,6 +17,7 @@ pub mod freshness;
 pub mod gone;
 pub mod lint;
 pub mod model;
+pub mod named_moves;
 pub mod notify;
 pub mod observe;
 pub mod phase;
@@ -24,7 +25,6 @@ pub mod replicas;
 pub mod replicasets;
 pub mod retry;
 pub mod revisions;
-pub mod route_moves;
 pub mod unsettled;
 pub mod workload;
 
@@ -195,12 +195,11 @@ pub async fn run(
             }
         });
     let rollouts = reflector(writer, events).applied_objects();
-    let naming_moved_routes =
-        route_moves::rollouts_to_decide(ctx.world.route_moves(), store.clone());
+    let naming_what_moved = named_moves::rollouts_to_decide(ctx.world.moves(), store.clone());
     Controller::for_stream(rollouts, store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(ReceiverStream::new(touched).map(Ok))
-        .reconcile_on(naming_moved_routes)
+        .reconcile_on(naming_what_moved)
         // Adopted Deployments only: their template is a Rollout's.
         .watches(
             Api::<Deployment>::all(client),
