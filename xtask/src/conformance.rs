@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, root, run};
+use crate::{Built, cargo, root, run};
 
 /// Which of the suite's profiles runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +33,15 @@ MeshHTTPRouteSchemeRedirect";
 
 /// Builds the suite and its echo backend (`scripts/conformance.sh`), then
 /// runs `sluice-conformance` with what it printed and `args`. The report
-/// goes to `report`, or else to `docs/conformance/`.
-pub fn conformance(profile: Profile, args: &[String], report: Option<PathBuf>) -> Result<()> {
+/// goes to `report`, or else to `docs/conformance/`. With
+/// [`Built::Already`], Sluice's binaries (`sluice-conformance` among them)
+/// are taken as built, not built again.
+pub fn conformance(
+    profile: Profile,
+    args: &[String],
+    report: Option<PathBuf>,
+    built: Built,
+) -> Result<()> {
     run(
         "install the test bed (Kubernetes, etcd, Gateway API CRDs)",
         {
@@ -99,15 +106,27 @@ pub fn conformance(profile: Profile, args: &[String], report: Option<PathBuf>) -
     run(
         "run the conformance suite against Sluice on the test bed",
         {
-            let mut c = cargo();
+            let mut c = match built {
+                Built::Already => {
+                    let mut c = Command::new(crate::target::dir().join("debug/sluice-conformance"));
+                    c.current_dir(root()).env("SLUICE_SKIP_CARGO_BUILD", "1");
+                    c
+                }
+                Built::NotYet => {
+                    let mut c = cargo();
+                    c.args([
+                        "run",
+                        "--quiet",
+                        "-p",
+                        "sluice-tests",
+                        "--bin",
+                        "sluice-conformance",
+                        "--",
+                    ]);
+                    c
+                }
+            };
             c.args([
-                "run",
-                "--quiet",
-                "-p",
-                "sluice-tests",
-                "--bin",
-                "sluice-conformance",
-                "--",
                 "--suite",
                 &value("SUITE")?,
                 "--echo-basic",

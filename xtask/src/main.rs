@@ -229,9 +229,6 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
         let dir = demo_dir().with_file_name("demo-ci");
         eprintln!("\n==> the demo, end to end ({})", dir.display());
         counted(&mut totals, "the demo", || {
-            // Built above with the tests: a build of the binaries alone
-            // would compile them again (without the tests' dev-dependencies,
-            // cargo unifies other features) for the same sources.
             let result = demo_up(&dir, None, Built::Already);
             result.and(demo_down(&dir))
         })?;
@@ -239,7 +236,12 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
         // and the extended features Sluice claims; a failed test fails CI.
         let report = target::dir().join("conformance/report.yaml");
         counted(&mut totals, "the Gateway API conformance suite", || {
-            conformance::conformance(conformance::Profile::Gateway, &[], Some(report))
+            conformance::conformance(
+                conformance::Profile::Gateway,
+                &[],
+                Some(report),
+                Built::Already,
+            )
         })?;
     }
     eprintln!(
@@ -405,13 +407,28 @@ fn demo_dir() -> PathBuf {
     cache_dir().join("demo")
 }
 
+/// The sandbox cluster's process, while it runs.
 fn running_pid(dir: &Path) -> Option<i32> {
     let pid: i32 = std::fs::read_to_string(dir.join("pid"))
         .ok()?
         .trim()
         .parse()
         .ok()?;
-    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    runs(&stat).then_some(pid)
+}
+
+/// Whether the process of `/proc/<pid>/stat` text `stat` runs. One that
+/// exited but is not reaped yet (a zombie) does not: `cargo xtask test`
+/// starts the sandbox and stops it from the same process, which never
+/// waits for it, so its `/proc` entry stays until that process ends.
+fn runs(stat: &str) -> bool {
+    // The state follows the command name, which is in parentheses and may
+    // hold spaces and parentheses itself.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, None | Some("Z" | "X" | "x"))
 }
 
 /// `kubectl ARGS` against the sandbox in `dir`, with the workspace's
@@ -496,7 +513,11 @@ fn demo_down(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether `demo_up` builds Sluice first.
+/// Whether the demo and the conformance run build Sluice first. Within
+/// `cargo xtask test` they use what its build made with the tests: a build
+/// of the binaries alone would compile them again (without the tests'
+/// dev-dependencies cargo unifies other features, tokio's among them) for
+/// the same sources, about 35 s each time.
 #[derive(Clone, Copy, PartialEq)]
 enum Built {
     /// The binaries are built from these sources already.
@@ -667,7 +688,7 @@ fn task(task: Task) -> Result<()> {
             } else {
                 conformance::Profile::Gateway
             };
-            conformance::conformance(profile, &args, None)
+            conformance::conformance(profile, &args, None, Built::NotYet)
         }
         Task::Bench { what, args } => match what.as_str() {
             "proxy" => bench::proxy(),
@@ -675,5 +696,19 @@ fn task(task: Task) -> Result<()> {
             "scale" => bench::scale(&args),
             other => bail!("unknown benchmark {other:?}: use `proxy`, `control-plane` or `scale`"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn a_zombie_does_not_run_and_a_sleeping_process_does() {
+        assert!(runs("2876 (sluice-cluster) S 1 2876 2876 0 -1 4194560"));
+        assert!(!runs("2876 (sluice-cluster) Z 1 2876 2876 0 -1 4194560"));
+        assert!(runs("7 (a) b (c)) R 1 7"));
+        assert!(!runs("7 (a) b) Z 1 7"));
+        assert!(!runs(""));
     }
 }
