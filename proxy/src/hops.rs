@@ -5,15 +5,27 @@ use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
+use smallvec::SmallVec;
 
-/// Headers that describe one hop and are never forwarded.
+/// Headers that describe one hop and are never forwarded, by name: the
+/// bytes [`NextHop`] compares a head's names with.
+const HOP_BY_HOP_NAMES: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// The same headers, as a header map's names.
 const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static(HOP_BY_HOP_NAMES[0]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[1]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[2]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[3]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[4]),
+    HeaderName::from_static(HOP_BY_HOP_NAMES[5]),
 ];
 
 /// Drops the hop-by-hop headers, and those `Connection` names; an upgrade
@@ -47,6 +59,54 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if te && headers.get(header::TE).is_some_and(|v| v != "trailers") {
         headers.remove(header::TE);
     }
+}
+
+/// The same rule as [`strip_hop_by_hop`] (without an upgrade), for a head
+/// read field by field: its hop-by-hop fields are left out as its header
+/// map is built, instead of hashed in and then removed. The own HTTP/1
+/// client reads every upstream response head this way.
+pub struct NextHop<'a> {
+    /// Names `Connection` lists beyond the fixed list (usually none).
+    listed: SmallVec<[&'a [u8]; 2]>,
+}
+
+impl<'a> NextHop<'a> {
+    /// The rule for a head with these fields (name, value).
+    pub fn of(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> NextHop<'a> {
+        let mut listed = SmallVec::new();
+        for (name, value) in fields {
+            if name.eq_ignore_ascii_case(b"connection") {
+                listed.extend(
+                    value
+                        .split(|&b| b == b',')
+                        .map(<[u8]>::trim_ascii)
+                        .filter(|n| !n.is_empty() && !is_fixed_hop(n)),
+                );
+            }
+        }
+        NextHop { listed }
+    }
+
+    /// Whether the field `name: value` goes on to the next hop.
+    pub fn passes(&self, name: &[u8], value: &[u8]) -> bool {
+        if is_fixed_hop(name) {
+            return false;
+        }
+        // `te` may only say `trailers` (gRPC needs it end to end).
+        if name.eq_ignore_ascii_case(b"te") {
+            return value == b"trailers";
+        }
+        !self.listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Whether `name` is on the fixed hop-by-hop list, in any case.
+fn is_fixed_hop(name: &[u8]) -> bool {
+    // Their lengths first: most fields of a head have none of them.
+    matches!(name.len(), 7 | 10 | 16 | 17 | 19)
+        && HOP_BY_HOP_NAMES
+            .iter()
+            .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Drops the headers `Connection` names beyond the fixed list.
@@ -198,6 +258,70 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h, headers(&[("x-kept", "1")]));
+    }
+
+    /// What [`NextHop`] passes of `pairs`, for comparing with what
+    /// [`strip_hop_by_hop`] leaves of the same head.
+    fn passed(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let hop = NextHop::of(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+        let kept: Vec<_> = pairs
+            .iter()
+            .copied()
+            .filter(|(k, v)| hop.passes(k.as_bytes(), v.as_bytes()))
+            .collect();
+        any_case(&kept)
+    }
+
+    /// A map of `pairs` whose names may be in any case, as a head has them.
+    fn any_case(pairs: &[(&str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                let name = HeaderName::from_bytes(k.as_bytes()).expect("a valid name");
+                (name, HeaderValue::from_static(v))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_head_read_field_by_field_passes_what_stripping_its_map_leaves() {
+        let heads: [&[(&'static str, &'static str)]; 5] = [
+            &[
+                ("connection", "keep-alive, x-secret"),
+                ("x-secret", "1"),
+                ("keep-alive", "timeout=5"),
+                ("te", "gzip"),
+                ("x-kept", "1"),
+            ],
+            &[
+                ("Connection", "Keep-Alive, Upgrade, X-Trace-Hop"),
+                ("X-Trace-Hop", "1"),
+                ("upgrade", "h2c"),
+                ("x-kept", "1"),
+            ],
+            &[("te", "trailers"), ("content-length", "3")],
+            &[
+                ("proxy-connection", "keep-alive"),
+                ("Transfer-Encoding", "chunked"),
+                ("proxy-authorization", "Basic eA=="),
+                ("server", "nginx"),
+            ],
+            &[("connection", " , close ,"), ("date", "x")],
+        ];
+        for pairs in heads {
+            let mut stripped = any_case(pairs);
+            strip_hop_by_hop(&mut stripped, false);
+            assert_eq!(passed(pairs), stripped, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn the_length_gate_lets_every_fixed_name_through() {
+        for h in &HOP_BY_HOP {
+            assert!(is_fixed_hop(h.as_str().to_uppercase().as_bytes()), "{h}");
+        }
+        assert!(!is_fixed_hop(b"content-length"));
+        assert!(!is_fixed_hop(b"upgraded"));
     }
 
     #[test]

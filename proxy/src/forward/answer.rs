@@ -31,7 +31,10 @@ pub fn pass_on(
         let (parts, _) = resp.into_parts();
         return Response::from_parts(parts, RespBody::empty());
     }
-    strip_hop_by_hop(resp.headers_mut(), false);
+    // The own client's heads come without them (`pool::response_head`).
+    if let UpBody::Hyper(_) = resp.body() {
+        strip_hop_by_hop(resp.headers_mut(), false);
+    }
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, small_body_now(body, cell.clone()))
 }

@@ -12,7 +12,7 @@ use std::mem::MaybeUninit;
 use bytes::BytesMut;
 use http::{Method, Request, Uri, Version};
 
-use crate::head_fields::{Field, header_map, span, spans};
+use crate::head_fields::{Fields, header_map, span, spans};
 use crate::hops::{FORWARDED_FIELDS, has_token};
 
 /// Header lines a head may have on this path; a head with more goes to
@@ -79,7 +79,7 @@ pub fn parse(buf: &mut BytesMut) -> Head {
     // Where each piece lies in `buf`, so that it can be shared once the
     // head is split off (the parsed slices borrow `buf`).
     let target = span(buf, path.as_bytes());
-    let mut fields: [Field; MAX_HEADERS] = std::array::from_fn(|_| (0..0, 0..0));
+    let mut fields = Fields::<MAX_HEADERS>::new();
     let mut close = false;
     for h in parsed.headers.iter() {
         if hand_off_for(h.name.as_bytes(), h.value) {
@@ -87,12 +87,12 @@ pub fn parse(buf: &mut BytesMut) -> Head {
         }
         close |= h.name.eq_ignore_ascii_case("connection") && has_token(h.value, "close");
     }
-    let count = spans(buf, parsed.headers, &mut fields);
+    spans(buf, parsed.headers.iter(), &mut fields);
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target)) else {
         return Head::Invalid;
     };
-    let Some(headers) = header_map(&head, &fields[..count], FORWARDED_FIELDS) else {
+    let Some(headers) = header_map(&head, &fields, FORWARDED_FIELDS) else {
         return Head::Invalid;
     };
     let mut req = Request::new(());

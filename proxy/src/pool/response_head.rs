@@ -8,8 +8,8 @@ use std::mem::MaybeUninit;
 use bytes::BytesMut;
 use http::{Response, StatusCode, Version};
 
-use crate::head_fields::{Field, header_map, spans};
-use crate::hops::has_token;
+use crate::head_fields::{Fields, header_map, spans};
+use crate::hops::{NextHop, has_token};
 
 /// Header lines a response head may have (as hyper's client).
 const MAX_HEADERS: usize = 100;
@@ -97,10 +97,19 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
             _ => Version::HTTP_10,
         };
         let (framing, close) = framing_of(parsed.headers, status, head_request)?;
-        let mut fields: [Field; MAX_HEADERS] = std::array::from_fn(|_| (0..0, 0..0));
-        let count = spans(buf, parsed.headers, &mut fields);
+        // Without the hop-by-hop fields: the response is passed on as its
+        // map holds it (`forward::answer` strips only hyper's).
+        let mut fields = Fields::<MAX_HEADERS>::new();
+        {
+            let hop = NextHop::of(parsed.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
+            let passing = parsed
+                .headers
+                .iter()
+                .filter(|h| hop.passes(h.name.as_bytes(), h.value));
+            spans(buf, passing, &mut fields);
+        }
         let head = buf.split_to(len).freeze();
-        let headers = header_map(&head, &fields[..count], 0).ok_or(Malformed::Field)?;
+        let headers = header_map(&head, &fields, 0).ok_or(Malformed::Field)?;
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
@@ -198,6 +207,22 @@ mod tests {
         assert_eq!(h.framing, BodyFraming::Length(3));
         assert!(h.keep_alive);
         assert_eq!(&left[..], b"ok\n");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_read_for_framing_and_left_out_of_the_map() {
+        let (parsed, _) = head(
+            b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nServer: up\r\n\r\n",
+            false,
+        );
+        let h = parsed.expect("valid").expect("complete");
+        assert_eq!(h.framing, BodyFraming::Chunked);
+        assert!(
+            !h.keep_alive,
+            "the upstream's `close` still ends the connection"
+        );
+        let names: Vec<_> = h.response.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["server"]);
     }
 
     #[test]
