@@ -22,6 +22,13 @@
 //! them, mTLS between them (certificates from `sluice-bench certs`), and
 //! mTLS with a 100-rule ALLOW policy on the server side whose last rule is
 //! the one that matches.
+//!
+//! Last, [`instructions`] counts each single proxy's user-space
+//! instructions per request under callgrind: a figure without the
+//! machine's noise, for the part of the CPU per request that is the
+//! proxy's own.
+
+mod instructions;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -44,6 +51,10 @@ struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // Already stopped (and reaped): its pid may be another process's.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -84,7 +95,12 @@ fn wait_http(port: u16, proc: &mut Proc) -> Result<()> {
 /// Waits until `url` answers 200 (over TLS without checking the
 /// certificate: `sluice-bench` checks it).
 fn wait_url(url: &str, proc: &mut Proc) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    wait_url_within(url, proc, Duration::from_secs(15))
+}
+
+/// [`wait_url`], for up to `within`.
+fn wait_url_within(url: &str, proc: &mut Proc, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
     loop {
         let ok = Command::new("curl")
             .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", url])
@@ -98,7 +114,7 @@ fn wait_url(url: &str, proc: &mut Proc) -> Result<()> {
             bail!("{} exited ({status}) before serving", proc.name);
         }
         if Instant::now() > deadline {
-            bail!("{} did not serve {url} within 15 s", proc.name);
+            bail!("{} did not serve {url} within {within:?}", proc.name);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -261,15 +277,15 @@ struct Fixed {
 const FIXED_SECONDS: u64 = 5;
 
 fn fixed_rate(bench: &Path, target: &[String]) -> Result<Fixed> {
+    rate(bench, target, FIXED_RPS, FIXED_SECONDS)
+}
+
+/// `sluice-bench rate` at `rps` for `seconds` (after its 1 s warm-up).
+fn rate(bench: &Path, target: &[String], rps: u32, seconds: u64) -> Result<Fixed> {
     let out = pinned("1", &bench.display().to_string())
         .arg("rate")
         .args(target)
-        .args([
-            "--rps",
-            &FIXED_RPS.to_string(),
-            "--seconds",
-            &FIXED_SECONDS.to_string(),
-        ])
+        .args(["--rps", &rps.to_string(), "--seconds", &seconds.to_string()])
         .output()
         .context("running sluice-bench rate")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -590,6 +606,12 @@ fn write_configs(dir: &Path) -> Result<()> {
         )
     };
     nginx_proxy("nginx", PORTS.nginx, "")?;
+    // The instruction count's nginx: the same worker, without its master
+    // process (callgrind follows the one process it starts).
+    let worker_only = std::fs::read_to_string(dir.join("nginx.conf"))?
+        .replace("master_process on;", "master_process off;")
+        .replace("/nginx.pid;", "/nginx-callgrind.pid;");
+    std::fs::write(dir.join("nginx-callgrind.conf"), worker_only)?;
     nginx_proxy(
         "nginx-tls",
         PORTS.nginx_tls,
@@ -854,9 +876,71 @@ fn build_pingora() -> Result<PathBuf> {
     Ok(target.join("release/sluice-bench-pingora"))
 }
 
-/// Runs the proxy benchmark and prints (and saves) the table.
-pub fn proxy() -> Result<()> {
-    run("install nginx, HAProxy and wrk", {
+/// Pingora's arguments: where it listens, and its one upstream.
+fn pingora_args() -> [String; 2] {
+    [
+        format!("127.0.0.1:{}", PORTS.pingora),
+        format!("127.0.0.1:{BACKEND_PORT}"),
+    ]
+}
+
+/// The single plaintext proxies as [`instructions`] runs them: as in the
+/// rows above, nginx without its master process.
+fn counted_proxies(dir: &Path, pingora: &Path, sluice: &Path) -> Vec<instructions::Subject> {
+    let path = |p: &Path| p.display().to_string();
+    let file = |name: &str| path(&dir.join(name));
+    let owned = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    vec![
+        instructions::Subject {
+            name: "nginx",
+            port: PORTS.nginx,
+            command: owned(&[
+                "nginx",
+                "-p",
+                &path(dir),
+                "-c",
+                &file("nginx-callgrind.conf"),
+            ]),
+        },
+        instructions::Subject {
+            name: "haproxy",
+            port: PORTS.haproxy,
+            command: owned(&["haproxy", "-db", "-f", &file("haproxy.cfg")]),
+        },
+        instructions::Subject {
+            name: "pingora",
+            port: PORTS.pingora,
+            command: std::iter::once(path(pingora))
+                .chain(pingora_args())
+                .collect(),
+        },
+        instructions::Subject {
+            name: "sluice-proxy",
+            port: PORTS.sluice,
+            command: owned(&[
+                &path(sluice),
+                "run",
+                "--workers",
+                "1",
+                "--config",
+                &file("sluice.yaml"),
+            ]),
+        },
+    ]
+}
+
+/// What the proxy benchmarks run: their directory (configs, certificates,
+/// logs), the load tool and the two proxies built.
+struct Prepared {
+    dir: PathBuf,
+    bench: PathBuf,
+    proxy_bin: PathBuf,
+    pingora_bin: PathBuf,
+}
+
+/// Installs the peers, builds the binaries and writes the configs.
+fn prepare() -> Result<Prepared> {
+    run("install nginx, HAProxy, wrk and valgrind", {
         let mut c = Command::new("bash");
         c.arg(root().join("scripts/bench-tools.sh"));
         c
@@ -873,7 +957,7 @@ pub fn proxy() -> Result<()> {
         ]);
         c
     })?;
-    let pingora = build_pingora()?;
+    let pingora_bin = build_pingora()?;
     let target = crate::target::dir();
     let dir = target.join("bench/proxy");
     std::fs::create_dir_all(&dir)?;
@@ -885,6 +969,39 @@ pub fn proxy() -> Result<()> {
         c
     })?;
     write_configs(&dir)?;
+    Ok(Prepared {
+        dir,
+        bench,
+        proxy_bin,
+        pingora_bin,
+    })
+}
+
+/// The instruction counts alone (`cargo xtask bench instructions`): a few
+/// minutes, for checking a change to the request path.
+pub fn instructions() -> Result<()> {
+    let p = prepare()?;
+    let mut backend = nginx("backend", "1", &p.dir, "backend")?;
+    wait_http(BACKEND_PORT, &mut backend)?;
+    eprintln!("\n==> user-space instructions per request (callgrind, CPU 0, one at a time)");
+    let counted = instructions::measure(
+        &counted_proxies(&p.dir, &p.pingora_bin, &p.proxy_bin),
+        &p.dir,
+        &p.bench,
+    )?;
+    drop(backend);
+    println!("\n{}", instructions::table(&counted, "sluice-proxy"));
+    Ok(())
+}
+
+/// Runs the proxy benchmark and prints (and saves) the table.
+pub fn proxy() -> Result<()> {
+    let Prepared {
+        dir,
+        bench,
+        proxy_bin,
+        pingora_bin,
+    } = prepare()?;
 
     eprintln!("\n==> backend: nginx answering 200 on 127.0.0.1:{BACKEND_PORT} (CPU 1)");
     let mut backend = nginx("backend", "1", &dir, "backend")?;
@@ -906,11 +1023,8 @@ pub fn proxy() -> Result<()> {
     let mut pingora = spawn(
         "pingora",
         {
-            let mut c = pinned("0", &pingora.display().to_string());
-            c.args([
-                format!("127.0.0.1:{}", PORTS.pingora),
-                format!("127.0.0.1:{BACKEND_PORT}"),
-            ]);
+            let mut c = pinned("0", &pingora_bin.display().to_string());
+            c.args(pingora_args());
             c
         },
         &dir.join("pingora.log"),
@@ -952,8 +1066,18 @@ pub fn proxy() -> Result<()> {
     write_mesh_configs(&dir)?;
     eprintln!("\n==> two sluice sidecars (1 worker each, both on CPU 0)");
     rows.extend(measure_mesh(&proxy_bin, &dir, &bench)?);
+    eprintln!("\n==> user-space instructions per request (callgrind, CPU 0, one at a time)");
+    let counted = instructions::measure(
+        &counted_proxies(&dir, &pingora_bin, &proxy_bin),
+        &dir,
+        &bench,
+    )?;
     drop(backend);
-    let out = table(&rows);
+    let out = format!(
+        "{}\n{}",
+        table(&rows),
+        instructions::table(&counted, "sluice-proxy")
+    );
     println!("\n{out}");
     let mut f = std::fs::File::create(dir.join("results.md"))?;
     f.write_all(out.as_bytes())?;

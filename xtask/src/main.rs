@@ -6,7 +6,9 @@
 //! - `cargo xtask crds [--check]`: regenerate (or check) the CRD YAML.
 //! - `cargo xtask test-bed`: build or reuse the Kubernetes binaries.
 //! - `cargo xtask images`: Sluice's OCI image archives from a release build.
-//! - `cargo xtask bench proxy`: the proxy against nginx and HAProxy.
+//! - `cargo xtask bench proxy`: the proxy against nginx, HAProxy and Pingora.
+//! - `cargo xtask bench instructions`: its user-space instructions per
+//!   request against theirs (callgrind), alone.
 //! - `cargo xtask bench control-plane`: HTTPRoute change to every proxy's ACK.
 //! - `cargo xtask bench scale`: 10,000 Rollouts on one operator.
 //! - `cargo xtask conformance`: the Gateway API conformance suite.
@@ -75,13 +77,15 @@ enum Task {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
-    /// Benchmarks: `proxy` (sluice-proxy against a direct connection, nginx
-    /// and HAProxy), `control-plane` (an HTTPRoute change to every
+    /// Benchmarks: `proxy` (sluice-proxy against a direct connection, nginx,
+    /// HAProxy and Pingora), `instructions` (its user-space instructions per
+    /// request against theirs, alone), `control-plane` (an HTTPRoute change to every
     /// connected proxy's ACK, with 1, 100 and 1,000 proxies) or `scale`
     /// (10,000 Rollouts on one operator: time to Healthy, RSS, change
     /// latency, soak).
     Bench {
-        /// What to benchmark: `proxy`, `control-plane` or `scale`.
+        /// What to benchmark: `proxy`, `instructions`, `control-plane` or
+        /// `scale`.
         what: String,
         /// Passed on to the benchmark (e.g. `--proxies 1,100 --changes 20`).
         #[arg(last = true)]
@@ -692,9 +696,12 @@ fn task(task: Task) -> Result<()> {
         }
         Task::Bench { what, args } => match what.as_str() {
             "proxy" => bench::proxy(),
+            "instructions" => bench::instructions(),
             "control-plane" => bench::control_plane(&args),
             "scale" => bench::scale(&args),
-            other => bail!("unknown benchmark {other:?}: use `proxy`, `control-plane` or `scale`"),
+            other => bail!(
+                "unknown benchmark {other:?}: use `proxy`, `instructions`, `control-plane` or `scale`"
+            ),
         },
     }
 }
