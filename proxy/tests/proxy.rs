@@ -1448,12 +1448,7 @@ async fn answers_of_unknown_length_are_chunked_and_keep_the_connection() {
         }
     })
     .await;
-    let (port, admin) = (free_port(), free_port());
-    let p = ProxyProcess::start(
-        &http_config(addr(port), addr(admin), &[("raw", raw_addr, 1)], ""),
-        addr(admin),
-    )
-    .await;
+    let (p, port) = proxying_to(raw_addr).await;
     let mut s = TcpStream::connect(addr(port)).await.unwrap();
     let mut answers = String::new();
     for path in ["/chunked", "/close"] {
@@ -1485,6 +1480,49 @@ async fn answers_of_unknown_length_are_chunked_and_keep_the_connection() {
         .collect();
     assert_eq!(bodies, ["hello world", "until the end"], "{answers}");
     drop(p);
+}
+
+/// An upstream answer's hop-by-hop fields stop at the proxy: the fixed
+/// ones and those its `Connection` names; the rest pass on as sent.
+#[tokio::test]
+async fn an_answers_hop_by_hop_fields_are_not_passed_on() {
+    let (raw_addr, _) = raw_upstream(|_| {
+        (
+            &[b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: gzip\r\nX-Kept: 1\r\ncontent-length: 2\r\n\r\nok"],
+            false,
+        )
+    })
+    .await;
+    let (_p, port) = proxying_to(raw_addr).await;
+    let text = exchange_until_closed(
+        port,
+        b"GET /hops HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert_eq!(body, "ok");
+    let names: Vec<String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .collect();
+    assert!(names.contains(&"x-kept".to_owned()), "{head}");
+    for hop in ["x-hop", "keep-alive", "proxy-connection", "te"] {
+        assert!(!names.contains(&hop.to_owned()), "{hop} passed on: {head}");
+    }
+}
+
+/// A proxy whose one route goes to `raw_addr`, and the port it listens on.
+async fn proxying_to(raw_addr: std::net::SocketAddr) -> (ProxyProcess, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let p = ProxyProcess::start(
+        &http_config(addr(port), addr(admin), &[("raw", raw_addr, 1)], ""),
+        addr(admin),
+    )
+    .await;
+    (p, port)
 }
 
 /// A raw upstream that reads each request head and answers with the
@@ -1552,12 +1590,7 @@ async fn the_own_upstream_client_refuses_ambiguous_answers_and_survives_closed_c
         }
     })
     .await;
-    let (port, admin) = (free_port(), free_port());
-    let _p = ProxyProcess::start(
-        &http_config(addr(port), addr(admin), &[("raw", raw_addr, 1)], ""),
-        addr(admin),
-    )
-    .await;
+    let (_p, port) = proxying_to(raw_addr).await;
     let c = client();
     assert_eq!(get(&c, port, "/two-lengths").await.0, 502);
     for i in 0..20 {
