@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 use smallvec::SmallVec;
 
@@ -168,23 +168,29 @@ pub const FORWARDED_FIELDS: usize = 2;
 /// the scheme in `x-forwarded-proto`: `https` whenever this proxy
 /// terminated TLS, whatever the client claimed.
 pub fn append_forwarded(headers: &mut HeaderMap, peer: &HeaderValue, tls: bool) {
-    let value = match headers.get(X_FORWARDED_FOR) {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
-            v.extend_from_slice(prev.as_bytes());
+    // Through entries: one hash and probe per name, where a lookup and
+    // then an insert took two.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Occupied(mut prev) => {
+            let first = prev.get();
+            let mut v = Vec::with_capacity(first.len() + 2 + peer.len());
+            v.extend_from_slice(first.as_bytes());
             v.extend_from_slice(b", ");
             v.extend_from_slice(peer.as_bytes());
-            HeaderValue::from_bytes(&v).ok()
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                prev.insert(v);
+            }
         }
-        None => Some(peer.clone()),
-    };
-    if let Some(v) = value {
-        headers.insert(X_FORWARDED_FOR, v);
+        Entry::Vacant(none) => {
+            none.insert(peer.clone());
+        }
     }
     if tls {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    } else if !headers.contains_key(X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    } else {
+        headers
+            .entry(X_FORWARDED_PROTO)
+            .or_insert(HeaderValue::from_static("http"));
     }
 }
 
@@ -234,6 +240,19 @@ mod tests {
         append_forwarded(&mut h, &peer, true);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn of_two_forwarded_for_fields_the_first_is_extended_and_both_replaced() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.4"),
+        ]);
+        let peer = forwarded_for("10.0.0.1:5000".parse().unwrap());
+        append_forwarded(&mut h, &peer, false);
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["203.0.113.9, 10.0.0.1"]);
+        assert_eq!(h["x-forwarded-proto"], "http");
     }
 
     #[test]
