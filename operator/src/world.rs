@@ -78,6 +78,21 @@ where
     reflect_with(api, watcher::Config::default(), changed, |_| {})
 }
 
+/// What a store calls with each object whose input moved: tells `moves`,
+/// as `kind` of move. No receiver (no Rollout controller) is not an error.
+fn telling<K>(
+    moves: &broadcast::Sender<Moved>,
+    kind: fn(ObjectRef<K>) -> Moved,
+) -> impl Fn(&K) + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + 'static,
+{
+    let moves = moves.clone();
+    move |object| {
+        let _ = moves.send(kind(ObjectRef::from_obj(object)));
+    }
+}
+
 /// [`reflect`] with a selection (fields or labels) of what is watched, and
 /// `moved` called with each object applied or deleted whose input moved,
 /// after the store took it in.
@@ -191,25 +206,13 @@ impl World {
         let opt = |on: bool| on.then_some(());
         let (synced_tx, synced) = watch::channel(false);
         let (moves, _) = broadcast::channel(MOVES_HELD);
-        // No receiver (no Rollout controller) is not an error.
-        let route_moved = {
-            let moves = moves.clone();
-            move |r: &HttpRoute| {
-                let _ = moves.send(Moved::Route(ObjectRef::from_obj(r)));
-            }
-        };
-        let service_moved = {
-            let moves = moves.clone();
-            move |s: &Service| {
-                let _ = moves.send(Moved::Service(ObjectRef::from_obj(s)));
-            }
-        };
         let world = World {
             classes: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             gateways: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             routes: opt(gateway_api).map(|_| {
                 let all = watcher::Config::default();
-                reflect_with(Api::all(client.clone()), all, changed.clone(), route_moved)
+                let moved = telling(&moves, Moved::Route);
+                reflect_with(Api::all(client.clone()), all, changed.clone(), moved)
             }),
             grants: opt(gateway_api).map(|_| reflect(Api::all(client.clone()), changed.clone())),
             tls_secrets: opt(gateway_api).map(|_| {
@@ -220,7 +223,7 @@ impl World {
                 Api::all(client.clone()),
                 watcher::Config::default(),
                 changed.clone(),
-                service_moved,
+                telling(&moves, Moved::Service),
             ),
             slices: reflect(Api::all(client.clone()), changed.clone()),
             pods: reflect(Api::all(client.clone()), changed.clone()),

@@ -15,24 +15,24 @@ use crate::world::Moved;
 /// Whether `rollout` names `moved` (routes and Services are named within
 /// the Rollout's namespace).
 pub fn names(rollout: &Rollout, moved: &Moved) -> bool {
-    let (namespace, name) = match moved {
-        Moved::Route(r) => (&r.namespace, &r.name),
-        Moved::Service(s) => (&s.namespace, &s.name),
-    };
-    if rollout.metadata.namespace != *namespace {
-        return false;
-    }
+    let in_namespace = |namespace: &Option<String>| rollout.metadata.namespace == *namespace;
     match moved {
-        Moved::Route(_) => rollout
-            .spec
-            .strategy
-            .canary
-            .traffic_routing
-            .as_ref()
-            .is_some_and(|t| t.http_routes.iter().any(|r| r.name == *name)),
-        Moved::Service(_) => services_of(&rollout.spec)
-            .into_iter()
-            .any(|(_, service)| service == name),
+        Moved::Route(route) => {
+            in_namespace(&route.namespace)
+                && rollout
+                    .spec
+                    .strategy
+                    .canary
+                    .traffic_routing
+                    .as_ref()
+                    .is_some_and(|t| t.http_routes.iter().any(|r| r.name == route.name))
+        }
+        Moved::Service(service) => {
+            in_namespace(&service.namespace)
+                && services_of(&rollout.spec)
+                    .into_iter()
+                    .any(|(_, name)| *name == service.name)
+        }
     }
 }
 
