@@ -49,24 +49,34 @@ struct Proc {
     child: Child,
 }
 
+impl Proc {
+    /// Sends `signal` (`-TERM`, `-INT`) and waits up to `within` for the
+    /// process to exit; whether it did.
+    fn stop(&mut self, signal: &str, within: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         // Already stopped (and reaped): its pid may be another process's.
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !self.stop("-TERM", Duration::from_secs(5)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -977,18 +987,29 @@ fn prepare() -> Result<Prepared> {
     })
 }
 
+impl Prepared {
+    /// The instruction counts of the single proxies (the backend is up).
+    fn count_instructions(&self) -> Result<Vec<instructions::Counted>> {
+        eprintln!("\n==> user-space instructions per request (callgrind, CPU 0, one at a time)");
+        let proxies = counted_proxies(&self.dir, &self.pingora_bin, &self.proxy_bin);
+        instructions::measure(&proxies, &self.dir, &self.bench)
+    }
+}
+
+/// The backend on CPU 1, serving.
+fn backend(dir: &Path) -> Result<Proc> {
+    eprintln!("\n==> backend: nginx answering 200 on 127.0.0.1:{BACKEND_PORT} (CPU 1)");
+    let mut backend = nginx("backend", "1", dir, "backend")?;
+    wait_http(BACKEND_PORT, &mut backend)?;
+    Ok(backend)
+}
+
 /// The instruction counts alone (`cargo xtask bench instructions`): a few
 /// minutes, for checking a change to the request path.
 pub fn instructions() -> Result<()> {
     let p = prepare()?;
-    let mut backend = nginx("backend", "1", &p.dir, "backend")?;
-    wait_http(BACKEND_PORT, &mut backend)?;
-    eprintln!("\n==> user-space instructions per request (callgrind, CPU 0, one at a time)");
-    let counted = instructions::measure(
-        &counted_proxies(&p.dir, &p.pingora_bin, &p.proxy_bin),
-        &p.dir,
-        &p.bench,
-    )?;
+    let backend = backend(&p.dir)?;
+    let counted = p.count_instructions()?;
     drop(backend);
     println!("\n{}", instructions::table(&counted, "sluice-proxy"));
     Ok(())
@@ -996,21 +1017,14 @@ pub fn instructions() -> Result<()> {
 
 /// Runs the proxy benchmark and prints (and saves) the table.
 pub fn proxy() -> Result<()> {
-    let Prepared {
-        dir,
-        bench,
-        proxy_bin,
-        pingora_bin,
-    } = prepare()?;
-
-    eprintln!("\n==> backend: nginx answering 200 on 127.0.0.1:{BACKEND_PORT} (CPU 1)");
-    let mut backend = nginx("backend", "1", &dir, "backend")?;
-    wait_http(BACKEND_PORT, &mut backend)?;
+    let p = prepare()?;
+    let (dir, bench, proxy_bin) = (&p.dir, &p.bench, &p.proxy_bin);
+    let backend = backend(dir)?;
 
     // The single proxies run side by side (an idle one costs the others
     // nothing) and take turns round by round.
     eprintln!("\n==> nginx, HAProxy, Pingora and sluice-proxy, each 1 worker on CPU 0");
-    let mut nginx_proxy = nginx("nginx", "0", &dir, "nginx")?;
+    let mut nginx_proxy = nginx("nginx", "0", dir, "nginx")?;
     let mut haproxy = spawn(
         "haproxy",
         {
@@ -1023,15 +1037,15 @@ pub fn proxy() -> Result<()> {
     let mut pingora = spawn(
         "pingora",
         {
-            let mut c = pinned("0", &pingora_bin.display().to_string());
+            let mut c = pinned("0", &p.pingora_bin.display().to_string());
             c.args(pingora_args());
             c
         },
         &dir.join("pingora.log"),
     )?;
-    let mut sluice_proxy = sluice(&proxy_bin, &dir, "sluice.yaml", None)?;
-    let mut nginx_tls = nginx("nginx, TLS", "0", &dir, "nginx-tls")?;
-    let mut sluice_tls = sluice(&proxy_bin, &dir, "sluice-tls.yaml", None)?;
+    let mut sluice_proxy = sluice(proxy_bin, dir, "sluice.yaml", None)?;
+    let mut nginx_tls = nginx("nginx, TLS", "0", dir, "nginx-tls")?;
+    let mut sluice_tls = sluice(proxy_bin, dir, "sluice-tls.yaml", None)?;
     let roots = dir.join("certs/roots.pem");
     let contenders = [
         Contender::ready("direct", BACKEND_PORT, None, None)?,
@@ -1054,7 +1068,7 @@ pub fn proxy() -> Result<()> {
             None,
         )?,
     ];
-    let mut rows = measure(&contenders, &bench)?;
+    let mut rows = measure(&contenders, bench)?;
     drop((
         nginx_proxy,
         haproxy,
@@ -1063,15 +1077,10 @@ pub fn proxy() -> Result<()> {
         nginx_tls,
         sluice_tls,
     ));
-    write_mesh_configs(&dir)?;
+    write_mesh_configs(dir)?;
     eprintln!("\n==> two sluice sidecars (1 worker each, both on CPU 0)");
-    rows.extend(measure_mesh(&proxy_bin, &dir, &bench)?);
-    eprintln!("\n==> user-space instructions per request (callgrind, CPU 0, one at a time)");
-    let counted = instructions::measure(
-        &counted_proxies(&dir, &pingora_bin, &proxy_bin),
-        &dir,
-        &bench,
-    )?;
+    rows.extend(measure_mesh(proxy_bin, dir, bench)?);
+    let counted = p.count_instructions()?;
     drop(backend);
     let out = format!(
         "{}\n{}",

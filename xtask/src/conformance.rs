@@ -108,8 +108,8 @@ pub fn conformance(
         {
             let mut c = match built {
                 Built::Already => {
-                    let mut c = Command::new(crate::target::dir().join("debug/sluice-conformance"));
-                    c.current_dir(root()).env("SLUICE_SKIP_CARGO_BUILD", "1");
+                    let mut c = crate::built_binary("sluice-conformance");
+                    c.current_dir(root());
                     c
                 }
                 Built::NotYet => {

@@ -530,6 +530,14 @@ enum Built {
     NotYet,
 }
 
+/// The workspace's debug binary `name`, told that Sluice is built (so
+/// that it builds nothing itself).
+fn built_binary(name: &str) -> Command {
+    let mut c = Command::new(target::dir().join("debug").join(name));
+    c.env("SLUICE_SKIP_CARGO_BUILD", "1");
+    c
+}
+
 fn demo_up(dir: &Path, step: Option<u32>, built: Built) -> Result<()> {
     run(
         "install the test bed (Debian packages, Kubernetes, etcd, helm)",
@@ -550,7 +558,6 @@ fn demo_up(dir: &Path, step: Option<u32>, built: Built) -> Result<()> {
         eprintln!("\n==> the sandbox cluster is already running; reusing it");
     } else {
         std::fs::create_dir_all(dir)?;
-        let bin = target::dir().join("debug/sluice-cluster");
         let log = std::fs::File::create(dir.join("cluster.log"))?;
         eprintln!(
             "\n==> start the local cluster (log: {})",
@@ -558,16 +565,15 @@ fn demo_up(dir: &Path, step: Option<u32>, built: Built) -> Result<()> {
         );
         let child = {
             use std::os::unix::process::CommandExt;
-            Command::new(&bin)
+            built_binary("sluice-cluster")
                 .args(["up", "--state-dir"])
                 .arg(dir)
-                .env("SLUICE_SKIP_CARGO_BUILD", "1")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .process_group(0)
                 .spawn()
-                .with_context(|| format!("starting {}", bin.display()))?
+                .context("starting sluice-cluster")?
         };
         std::fs::write(dir.join("pid"), child.id().to_string())?;
         let start = Instant::now();

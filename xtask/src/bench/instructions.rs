@@ -15,7 +15,7 @@
 //! time is. (`rep movs`/`rep stos` count once per byte they move.)
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -138,22 +138,13 @@ fn run_once(s: &Subject, out: &Path, bench: &Path, serve: bool) -> Result<Run> {
 /// the same as SIGTERM for sluice-proxy) and waits for it, so that
 /// callgrind writes its counts; a kill would lose them.
 fn stop(mut proc: Proc) -> Result<()> {
-    let pid = proc.child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .context("kill -INT")?;
-    let deadline = Instant::now() + STOP_WITHIN;
-    while Instant::now() < deadline {
-        if proc.child.try_wait()?.is_some() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !proc.stop("-INT", STOP_WITHIN) {
+        bail!(
+            "{} did not stop within {STOP_WITHIN:?} of SIGINT",
+            proc.name
+        );
     }
-    bail!(
-        "{} did not stop within {STOP_WITHIN:?} of SIGINT",
-        proc.name
-    )
+    Ok(())
 }
 
 /// The total instruction count of a callgrind output file.
@@ -199,36 +190,24 @@ pub fn table(counted: &[Counted], sluice: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A run that counted `instructions` and served `requests`.
+    fn run(instructions: u64, requests: u64) -> Run {
+        Run {
+            instructions,
+            requests,
+        }
+    }
+
     #[test]
     fn the_count_per_request_is_the_difference_of_the_two_runs_over_the_requests() {
-        let idle = Run {
-            instructions: 10_000_000,
-            requests: 0,
-        };
-        let served = Run {
-            instructions: 61_000_000,
-            requests: 2_200,
-        };
-        let n = per_request(idle, served).expect("counted");
+        let n = per_request(run(10_000_000, 0), run(61_000_000, 2_200)).expect("counted");
         assert!((n - 23_181.8).abs() < 0.1, "{n}");
     }
 
     #[test]
     fn a_served_run_that_counted_less_than_the_idle_one_is_an_error_not_a_negative_count() {
-        let idle = Run {
-            instructions: 10,
-            requests: 0,
-        };
-        let served = Run {
-            instructions: 9,
-            requests: 5,
-        };
-        assert!(per_request(idle, served).is_err());
-        let none = Run {
-            instructions: 20,
-            requests: 0,
-        };
-        assert!(per_request(idle, none).is_err());
+        assert!(per_request(run(10, 0), run(9, 5)).is_err());
+        assert!(per_request(run(10, 0), run(20, 0)).is_err());
     }
 
     #[test]
