@@ -68,14 +68,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub struct NextHop<'a> {
     /// Names `Connection` lists beyond the fixed list (usually none).
     listed: SmallVec<[&'a [u8]; 2]>,
+    /// Whether `te` goes on: as in [`strip_hop_by_hop`], its first field
+    /// decides for all of them.
+    te_passes: bool,
 }
 
 impl<'a> NextHop<'a> {
     /// The rule for a head with these fields (name, value).
     pub fn of(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> NextHop<'a> {
         let mut listed = SmallVec::new();
+        let mut first_te = None;
         for (name, value) in fields {
-            if name.eq_ignore_ascii_case(b"connection") {
+            if name.eq_ignore_ascii_case(b"te") {
+                first_te.get_or_insert(value);
+            } else if name.eq_ignore_ascii_case(b"connection") {
                 listed.extend(
                     value
                         .split(|&b| b == b',')
@@ -84,17 +90,20 @@ impl<'a> NextHop<'a> {
                 );
             }
         }
-        NextHop { listed }
+        NextHop {
+            listed,
+            // `te` may only say `trailers` (gRPC needs it end to end).
+            te_passes: first_te.is_none_or(|v| v == b"trailers"),
+        }
     }
 
-    /// Whether the field `name: value` goes on to the next hop.
-    pub fn passes(&self, name: &[u8], value: &[u8]) -> bool {
+    /// Whether a field named `name` goes on to the next hop.
+    pub fn passes(&self, name: &[u8]) -> bool {
         if is_fixed_hop(name) {
             return false;
         }
-        // `te` may only say `trailers` (gRPC needs it end to end).
         if name.eq_ignore_ascii_case(b"te") {
-            return value == b"trailers";
+            return self.te_passes;
         }
         !self.listed.iter().any(|l| l.eq_ignore_ascii_case(name))
     }
@@ -286,7 +295,7 @@ mod tests {
         let kept: Vec<_> = pairs
             .iter()
             .copied()
-            .filter(|(k, v)| hop.passes(k.as_bytes(), v.as_bytes()))
+            .filter(|(k, _)| hop.passes(k.as_bytes()))
             .collect();
         any_case(&kept)
     }
@@ -304,7 +313,7 @@ mod tests {
 
     #[test]
     fn a_head_read_field_by_field_passes_what_stripping_its_map_leaves() {
-        let heads: [&[(&'static str, &'static str)]; 5] = [
+        let heads: [&[(&'static str, &'static str)]; 7] = [
             &[
                 ("connection", "keep-alive, x-secret"),
                 ("x-secret", "1"),
@@ -326,6 +335,8 @@ mod tests {
                 ("server", "nginx"),
             ],
             &[("connection", " , close ,"), ("date", "x")],
+            &[("te", "trailers"), ("TE", "gzip")],
+            &[("te", "gzip"), ("te", "trailers")],
         ];
         for pairs in heads {
             let mut stripped = any_case(pairs);
