@@ -51,7 +51,9 @@ impl<S> Idle<S> {
     }
 
     /// Whether the idle time has passed; arms the timer (and registers
-    /// `cx`) while it has not.
+    /// `cx`) while it has not. Asked only when the stream would wait: a
+    /// stream with bytes ready is not idle, and a timer polled on every
+    /// read cost a registration of the task's waker each time.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
         if self.expired {
             return true;
@@ -76,10 +78,16 @@ impl Idle<tokio::net::TcpStream> {
     /// Waits until the socket has bytes (or an end) to read: `false` when
     /// the idle time passed first. Holds no buffer while it waits.
     pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        if self.expired {
+            return Poll::Ready(Ok(false));
+        }
+        if let Poll::Ready(ready) = self.inner.poll_read_ready(cx) {
+            return Poll::Ready(ready.map(|()| true));
+        }
         if self.poll_expired(cx) {
             return Poll::Ready(Ok(false));
         }
-        self.inner.poll_read_ready(cx).map_ok(|()| true)
+        Poll::Pending
     }
 }
 
@@ -108,16 +116,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for Idle<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.poll_expired(cx) {
+        if this.expired {
             // End of stream: the connection is over.
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if buf.filled().len() > before {
-            this.last = crate::clock::now();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(read) => {
+                if buf.filled().len() > before {
+                    this.last = crate::clock::now();
+                }
+                Poll::Ready(read)
+            }
+            // End of stream once the idle time has passed.
+            Poll::Pending if this.poll_expired(cx) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
         }
-        Poll::Ready(Ok(()))
     }
 }
 
