@@ -67,14 +67,16 @@ pub fn request_authority(parts: &Parts) -> Option<(&str, Option<u16>)> {
         Some(a) => a.as_str(),
         None => parts.headers.get(http::header::HOST)?.to_str().ok()?,
     };
-    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
+    // Byte searches (`memchr`): `str`'s char searches were a third of
+    // the route lookup's cost.
+    let raw = memchr::memrchr(b'@', raw.as_bytes()).map_or(raw, |at| &raw[at + 1..]);
     if let Some(v6) = raw.strip_prefix('[') {
         // [v6]:port
         let (h, rest) = v6.split_once(']')?;
         return Some((h, rest.strip_prefix(':').and_then(|p| p.parse().ok())));
     }
-    Some(match raw.split_once(':') {
-        Some((h, p)) => (h, p.parse().ok()),
+    Some(match memchr::memchr(b':', raw.as_bytes()) {
+        Some(at) => (&raw[..at], raw[at + 1..].parse().ok()),
         None => (raw, None),
     })
 }
