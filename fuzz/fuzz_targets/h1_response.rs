@@ -1,6 +1,7 @@
 //! Arbitrary bytes as an upstream's answer on the proxy's own HTTP/1
 //! client: the response head parser and the chunked decoder never panic;
-//! a head is consumed from the front and what follows stays; a body
+//! a head is consumed from the front and what follows stays; its fields
+//! pass on as whole lines, without hop-by-hop ones; a body
 //! decoded by its chunks only ever shrinks the buffer, and bytes after its
 //! end stay for the next message.
 #![no_main]
@@ -36,6 +37,20 @@ fuzz_target!(|input: &[u8]| {
     if head.framing == BodyFraming::UntilClose {
         assert!(!head.keep_alive);
     }
+    // The fields as they are passed on: whole lines, each a field, none
+    // of them hop-by-hop; made into a map, no more of them.
+    let mut out = Vec::new();
+    head.fields.write(&mut out, true);
+    let mut lines = 0;
+    for line in out.split_inclusive(|&b| b == b'\n') {
+        lines += 1;
+        assert!(line.ends_with(b"\r\n"));
+        let colon = line.iter().position(|&b| b == b':').expect("a field line");
+        let name = &line[..colon];
+        assert!(!name.eq_ignore_ascii_case(b"connection"));
+        assert!(!name.eq_ignore_ascii_case(b"transfer-encoding"));
+    }
+    assert!(head.fields.clone().into_map().len() <= lines);
     if head.framing != BodyFraming::Chunked {
         return;
     }

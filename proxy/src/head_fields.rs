@@ -4,9 +4,10 @@
 //! for request heads (the own HTTP/1 server path) and response heads (the
 //! own HTTP/1 upstream client) alike; and written back as lines.
 //!
-//! A proxied request's two maps (its own and its answer's) are given back
-//! once their heads are written, and the thread's next heads are parsed
-//! into them: four allocations and frees per request fewer.
+//! A request's map is given back once its head is written, and the
+//! thread's next heads are parsed into it: two allocations and frees per
+//! request fewer. An upstream answer's fields get no map unless something
+//! reads them ([`PassedFields`]).
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -90,6 +91,185 @@ pub fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// An upstream answer's fields, kept as its head's bytes and passed on as
+/// they came (names in the upstream's case, as nginx passes them), less
+/// the hop-by-hop ones: parsing them into a header map only to write the
+/// map out again cost about a tenth of the proxy's instructions per
+/// request. They ride with the answer's body ([`crate::pool::UpBody`],
+/// [`crate::body::RespBody`]), while its header map stays empty (carried
+/// in the response's extensions instead, they cost three allocations and
+/// a hash map); whatever reads or changes the fields (a response filter,
+/// hyper's server) gets them as a map through [`headers_mut`]. Boxed, so
+/// that the bodies it rides in stay small: each is moved several times.
+#[derive(Debug, Clone)]
+pub struct PassedFields(Box<Passed>);
+
+#[derive(Debug, Clone)]
+struct Passed {
+    /// The whole head, status line included.
+    head: Bytes,
+    /// Where its first field line starts.
+    fields_at: usize,
+    /// Which of its fields pass, and what they are.
+    marks: FieldMarks,
+}
+
+/// What [`FieldMarks::new`] is told of one field.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldNote {
+    /// It is passed on.
+    pub passes: bool,
+    /// It is a `Content-Length`.
+    pub length: bool,
+    /// It is a `Date`.
+    pub date: bool,
+}
+
+/// Field lines [`FieldMarks`] can describe: an answer's head may have no
+/// more than this.
+pub const MAX_PASSED_FIELDS: usize = 128;
+
+/// A head's fields as bits, by their order: which pass, which are a
+/// `Content-Length`, and whether a `Date` passes. In `u64` halves rather
+/// than `u128`s, whose 16-byte alignment would widen every response that
+/// carries them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FieldMarks {
+    /// Bit `i`: field `i` is not passed on.
+    dropped: [u64; 2],
+    /// Bit `i`: field `i` is a `Content-Length`.
+    lengths: [u64; 2],
+    dated: bool,
+}
+
+/// Whether bit `i` of `bits` is set; `None` past them.
+fn bit(bits: &[u64; 2], i: usize) -> Option<bool> {
+    Some(bits.get(i / 64)? & (1 << (i % 64)) != 0)
+}
+
+impl FieldMarks {
+    /// From one note per field, in order; a field past
+    /// [`MAX_PASSED_FIELDS`] is dropped.
+    pub fn new(notes: impl IntoIterator<Item = FieldNote>) -> FieldMarks {
+        let mut marks = FieldMarks::default();
+        for (i, note) in notes.into_iter().take(MAX_PASSED_FIELDS).enumerate() {
+            let (word, bit) = (i / 64, 1u64 << (i % 64));
+            if !note.passes {
+                marks.dropped[word] |= bit;
+                continue;
+            }
+            if note.length {
+                marks.lengths[word] |= bit;
+            }
+            marks.dated |= note.date;
+        }
+        marks
+    }
+}
+
+impl PassedFields {
+    /// The fields of `head` from `fields_at` on, as `marks` says.
+    pub fn new(head: Bytes, fields_at: usize, marks: FieldMarks) -> PassedFields {
+        PassedFields(Box::new(Passed {
+            head,
+            fields_at,
+            marks,
+        }))
+    }
+
+    /// The passed field lines as ranges of the head, without their line
+    /// ends; with each, whether it is a `Content-Length`. The lines were
+    /// checked when the head was parsed (`httparse`: a name, a colon, a
+    /// value, no folding).
+    fn lines(&self) -> impl Iterator<Item = (Range<usize>, bool)> + '_ {
+        let mut at = self.0.fields_at;
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            loop {
+                let rest = self.0.head.get(at..)?;
+                let end = at + memchr::memchr(b'\n', rest)?;
+                let line = at..end - usize::from(end > at && self.0.head[end - 1] == b'\r');
+                at = end + 1;
+                if line.is_empty() {
+                    return None;
+                }
+                let dropped = bit(&self.0.marks.dropped, i)?;
+                let length = bit(&self.0.marks.lengths, i)?;
+                i += 1;
+                if !dropped {
+                    return Some((line, length));
+                }
+            }
+        })
+    }
+
+    /// Writes the passed field lines, a `Content-Length` only
+    /// `with_length` (the own path writes its own framing); whether one
+    /// was a `Date`.
+    pub fn write(&self, out: &mut Vec<u8>, with_length: bool) -> bool {
+        for (line, length) in self.lines() {
+            if with_length || !length {
+                out.extend_from_slice(&self.0.head[line]);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        self.0.marks.dated
+    }
+
+    /// The passed fields as a header map. `http` takes every name and
+    /// value that `httparse` does; one it refused would be left out.
+    pub fn into_map(self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (line, _) in self.lines() {
+            let text = &self.0.head[line.clone()];
+            let Some(colon) = text.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let after = &text[colon + 1..];
+            let value = after.trim_ascii();
+            let start = line.start + colon + 1 + (after.len() - after.trim_ascii_start().len());
+            let name = HeaderName::from_bytes(&text[..colon]);
+            let value =
+                HeaderValue::from_maybe_shared(self.0.head.slice(start..start + value.len()));
+            if let (Ok(name), Ok(value)) = (name, value) {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
+
+    #[cfg(test)]
+    /// The fields of `head` (a response head), every one passing but
+    /// `Connection` (tests).
+    pub(crate) fn parsed(head: &'static [u8]) -> PassedFields {
+        let head = Bytes::from_static(head);
+        let mut slots = [httparse::EMPTY_HEADER; 8];
+        let mut parsed = httparse::Response::new(&mut slots);
+        assert!(parsed.parse(&head).expect("parses").is_complete());
+        let notes = parsed.headers.iter().map(|h| FieldNote {
+            passes: !h.name.eq_ignore_ascii_case("connection"),
+            length: h.name.eq_ignore_ascii_case("content-length"),
+            date: h.name.eq_ignore_ascii_case("date"),
+        });
+        let marks = FieldMarks::new(notes);
+        let at = parsed
+            .headers
+            .first()
+            .map_or(head.len(), |h| span(&head, h.name.as_bytes()).start);
+        PassedFields::new(head.clone(), at, marks)
+    }
+}
+
+/// `resp`'s header map, made first from the [`PassedFields`] its body
+/// carries if it still does; fields already in the map follow them.
+pub fn headers_mut(resp: &mut http::Response<crate::body::RespBody>) -> &mut HeaderMap {
+    if let Some(passed) = resp.body_mut().take_fields() {
+        let added = std::mem::replace(resp.headers_mut(), passed.into_map());
+        resp.headers_mut().extend(added);
+    }
+    resp.headers_mut()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +302,76 @@ mod tests {
         assert_eq!(second.len(), 1);
         assert_eq!(second["a"], "1");
         assert!(second.get("b").is_none());
+    }
+
+    #[test]
+    fn passed_fields_are_written_as_they_came_less_the_dropped_ones() {
+        let fields = PassedFields::parsed(
+            b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: close\r\nContent-Length: 2\r\nDate: d\r\nX-Bare: lf\n\r\n",
+        );
+        let mut out = Vec::new();
+        assert!(fields.write(&mut out, false), "a date passed");
+        assert_eq!(out, b"Server: up\r\nDate: d\r\nX-Bare: lf\r\n");
+        out.clear();
+        fields.write(&mut out, true);
+        assert_eq!(
+            out,
+            b"Server: up\r\nContent-Length: 2\r\nDate: d\r\nX-Bare: lf\r\n"
+        );
+        let undated = PassedFields::parsed(b"HTTP/1.1 204 No Content\r\nDate: d\r\n\r\n");
+        assert!(undated.write(&mut Vec::new(), false));
+        let none = PassedFields::parsed(b"HTTP/1.1 204 No Content\r\n\r\n");
+        out.clear();
+        assert!(!none.write(&mut out, true));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn passed_fields_become_a_map_whose_values_share_the_head() {
+        let fields = PassedFields::parsed(
+            b"HTTP/1.1 200 OK\r\nX-A:  1 \r\nConnection: x-a\r\nx-a: 2\r\nB:\r\n\r\n",
+        );
+        let head = fields.0.head.clone();
+        let map = fields.into_map();
+        let values: Vec<_> = map.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(values[0].as_bytes().as_ptr(), head[23..].as_ptr());
+        assert_eq!(map["b"], "");
+        assert!(map.get("connection").is_none());
+        assert_eq!(map.len(), 3);
+    }
+
+    #[test]
+    fn the_map_of_an_answer_is_made_once_from_its_passed_fields_then_its_own() {
+        let fields = PassedFields::parsed(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n");
+        let body = crate::body::RespBody::Arrived {
+            data: None,
+            fields: Some(fields),
+        };
+        let mut resp = http::Response::new(body);
+        resp.headers_mut()
+            .insert("x-added", HeaderValue::from_static("2"));
+        let names: Vec<_> = headers_mut(&mut resp).keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-a", "x-added"]);
+        assert!(resp.body().fields().is_none(), "taken");
+        assert_eq!(headers_mut(&mut resp).len(), 2, "made once");
+    }
+
+    #[test]
+    fn a_field_past_the_marks_is_dropped() {
+        let notes = (0..MAX_PASSED_FIELDS + 2).map(|_| FieldNote {
+            passes: true,
+            length: false,
+            date: false,
+        });
+        let marks = FieldMarks::new(notes);
+        let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..MAX_PASSED_FIELDS + 2 {
+            head.extend_from_slice(format!("x-{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let fields = PassedFields::new(Bytes::from(head), 17, marks);
+        assert_eq!(fields.into_map().len(), MAX_PASSED_FIELDS);
     }
 
     #[test]

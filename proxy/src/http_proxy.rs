@@ -21,6 +21,7 @@ use crate::compiled::{Compiled, CompiledRoute};
 use crate::config::OUTBOUND_PORT;
 use crate::filters::{self, CompiledFilters};
 use crate::forward::{ConnectionRefused, Forwarding, Prepared, upstream_proto};
+use crate::head_fields::headers_mut;
 use crate::hops::{append_forwarded, forwarded_for, is_upgrade, strip_hop_by_hop};
 use crate::local_reply::LocalReply;
 use crate::mirror;
@@ -72,12 +73,14 @@ impl tower::Service<Request<Incoming>> for ProxyService {
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let resp = this.handle(req.map(Received::Hyper)).await;
+            let mut resp = this.handle(req.map(Received::Hyper)).await;
             // hyper closes the connection when the service fails.
-            match resp.extensions().get::<ConnectionRefused>() {
-                Some(e) => Err(*e),
-                None => Ok(resp),
+            if let Some(e) = resp.extensions().get::<ConnectionRefused>() {
+                return Err(*e);
             }
+            // hyper writes the map alone.
+            headers_mut(&mut resp);
+            Ok(resp)
         })
     }
 }
@@ -144,7 +147,7 @@ impl ProxyService {
         };
         let mut resp = forwarding.forward(prepared, body, upgrade).await;
         if let Some(changes) = &filters.response_headers {
-            changes.apply(resp.headers_mut());
+            changes.apply(headers_mut(&mut resp));
         }
         resp
     }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
+use crate::head_fields::PassedFields;
 use crate::pool::{BodyError, UpBody};
 use crate::telemetry::Cell;
 
@@ -25,6 +26,14 @@ pub enum RespBody {
     /// A short body written by the proxy, or a small upstream body that
     /// had fully arrived with its headers.
     Local(Option<Bytes>),
+    /// A small upstream body of the own client that had fully arrived
+    /// with its head, and the head's fields (taken as [`Self::Local`]'s).
+    Arrived {
+        /// The body.
+        data: Option<Bytes>,
+        /// The answer's fields, until written or made into its map.
+        fields: Option<PassedFields>,
+    },
     /// An upstream body whose first frame was already read.
     Prefixed {
         /// The frame read ahead.
@@ -47,6 +56,25 @@ impl RespBody {
         RespBody::Local(None)
     }
 
+    /// The fields of the own client's answer, which its header map lacks
+    /// ([`PassedFields`]), taken out.
+    pub fn take_fields(&mut self) -> Option<PassedFields> {
+        match self {
+            RespBody::Stream { body, .. } | RespBody::Prefixed { body, .. } => body.take_fields(),
+            RespBody::Arrived { fields, .. } => fields.take(),
+            RespBody::Local(_) => None,
+        }
+    }
+
+    /// The fields of the own client's answer, as [`Self::take_fields`].
+    pub fn fields(&self) -> Option<&PassedFields> {
+        match self {
+            RespBody::Stream { body, .. } | RespBody::Prefixed { body, .. } => body.fields(),
+            RespBody::Arrived { fields, .. } => fields.as_ref(),
+            RespBody::Local(_) => None,
+        }
+    }
+
     /// Reads the whole body (tests and small admin answers).
     pub async fn collect_bytes(self) -> Result<Bytes, BodyError> {
         Ok(self.collect().await?.to_bytes())
@@ -62,7 +90,7 @@ impl Body for RespBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let (polled, cell) = match self.get_mut() {
-            RespBody::Local(data) => {
+            RespBody::Local(data) | RespBody::Arrived { data, .. } => {
                 return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
             }
             RespBody::Stream { body, cell } => (Pin::new(body).poll_frame(cx), cell),
@@ -83,7 +111,7 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RespBody::Stream { body, .. } => body.is_end_stream(),
-            RespBody::Local(data) => data.is_none(),
+            RespBody::Local(data) | RespBody::Arrived { data, .. } => data.is_none(),
             RespBody::Prefixed { first, body, .. } => first.is_none() && body.is_end_stream(),
         }
     }
@@ -91,8 +119,9 @@ impl Body for RespBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RespBody::Stream { body, .. } => body.size_hint(),
-            RespBody::Local(Some(d)) => SizeHint::with_exact(d.len() as u64),
-            RespBody::Local(None) => SizeHint::with_exact(0),
+            RespBody::Local(data) | RespBody::Arrived { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             RespBody::Prefixed { first, body, .. } => {
                 let rest = body.size_hint();
                 let n = first

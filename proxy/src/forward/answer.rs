@@ -48,16 +48,20 @@ fn small_body_now(mut body: UpBody, cell: Arc<Cell>) -> RespBody {
     if body.size_hint().exact().is_none_or(|n| n > SMALL) {
         return RespBody::Stream { body, cell };
     }
+    let arrived = |body: &mut UpBody, data| RespBody::Arrived {
+        data,
+        fields: body.take_fields(),
+    };
     match body.frame().now_or_never() {
         Some(Some(Ok(frame))) if body.is_end_stream() => match frame.into_data() {
             Ok(data) => {
                 cell.add_bytes(0, data.len() as u64);
-                RespBody::Local(Some(data))
+                arrived(&mut body, Some(data))
             }
             // A trailers frame: nothing else can follow.
-            Err(_) => RespBody::Local(None),
+            Err(_) => arrived(&mut body, None),
         },
-        Some(None) => RespBody::Local(None),
+        Some(None) => arrived(&mut body, None),
         Some(Some(Ok(frame))) => RespBody::Prefixed {
             first: Some(frame),
             body,

@@ -10,7 +10,7 @@ use http::StatusCode;
 use http::header;
 use http::response::Parts;
 
-use crate::head_fields::write_field;
+use crate::head_fields::{PassedFields, write_field};
 
 /// How a response's body is delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,22 +38,31 @@ pub fn framing(status: StatusCode, head: bool, exact: Option<u64>) -> Framing {
     exact.map_or(Framing::Chunked, Framing::Length)
 }
 
-/// Writes the status line and headers; the framing headers are this
-/// path's own (what the headers said of length gives way to what the body
-/// is), and so is `connection`, which says `close` when the connection
-/// ends after this response.
-pub fn head(parts: &Parts, framing: Framing, close: bool, out: &mut Vec<u8>) {
+/// Writes the status line and headers (an upstream answer's `passed`
+/// fields first, then the map's); the framing headers are this path's own
+/// (what the headers said of length gives way to what the body is), and
+/// so is `connection`, which says `close` when the connection ends after
+/// this response.
+pub fn head(
+    parts: &Parts,
+    passed: Option<&PassedFields>,
+    framing: Framing,
+    close: bool,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let own_length = framing != Framing::AsDeclared;
+    let mut dated = passed.is_some_and(|passed| passed.write(out, !own_length));
     for (name, value) in &parts.headers {
         let framing_header = *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING;
         if (own_length && framing_header) || *name == header::CONNECTION {
             continue;
         }
+        dated |= *name == header::DATE;
         write_field(out, name, value.as_bytes());
     }
     match framing {
@@ -70,7 +79,7 @@ pub fn head(parts: &Parts, framing: Framing, close: bool, out: &mut Vec<u8>) {
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !dated {
         out.extend_from_slice(b"date: ");
         date(out);
         out.extend_from_slice(b"\r\n");
@@ -122,7 +131,7 @@ mod tests {
     fn written(resp: Response<()>, framing: Framing, close: bool) -> String {
         let (parts, ()) = resp.into_parts();
         let mut out = Vec::new();
-        head(&parts, framing, close, &mut out);
+        head(&parts, None, framing, close, &mut out);
         String::from_utf8(out).expect("ASCII")
     }
 
@@ -184,6 +193,26 @@ mod tests {
         assert_eq!(
             text,
             "HTTP/1.1 200 OK\r\ncontent-length: 42\r\ndate: d\r\nconnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn an_answers_passed_fields_come_first_and_their_date_is_kept() {
+        let passed = PassedFields::parsed(
+            b"HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 99\r\nDate: d\r\n\r\n",
+        );
+        let (parts, ()) = response(200, &[("x-added", "1")]).into_parts();
+        let mut out = Vec::new();
+        head(&parts, Some(&passed), Framing::Length(5), false, &mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("ASCII"),
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: d\r\nx-added: 1\r\ncontent-length: 5\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        head(&parts, Some(&passed), Framing::AsDeclared, false, &mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("ASCII"),
+            "HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 99\r\nDate: d\r\nx-added: 1\r\n\r\n"
         );
     }
 

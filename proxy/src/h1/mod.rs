@@ -309,7 +309,7 @@ async fn respond<T: Transport>(
         _ => 0,
     };
     let mut out = Vec::with_capacity(256 + small);
-    encode::head(&parts, framing, close, &mut out);
+    encode::head(&parts, body.fields(), framing, close, &mut out);
     crate::head_fields::recycle(parts.headers);
     let sent = match framing {
         Framing::NoBody | Framing::AsDeclared => io.write_all(&out).await.is_ok(),

@@ -40,6 +40,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::body::request::ReqBody;
 use crate::config::{INBOUND_PORT, inbound_server_name};
+use crate::head_fields::PassedFields;
 use crate::identity::MeshIdentity;
 use crate::identity::verify::{client_config, is_access_denied};
 use crate::telemetry::Telemetry;
@@ -200,6 +201,25 @@ pub enum UpBody {
     Hyper(Incoming),
     /// Read by [`own_h1`].
     Own(own_h1::OwnBody),
+}
+
+impl UpBody {
+    /// The own client's answer's fields, which its header map lacks
+    /// ([`PassedFields`]); hyper's answers have theirs in the map.
+    pub fn take_fields(&mut self) -> Option<PassedFields> {
+        match self {
+            UpBody::Hyper(_) => None,
+            UpBody::Own(b) => b.take_fields(),
+        }
+    }
+
+    /// The own client's answer's fields, as [`UpBody::take_fields`].
+    pub fn fields(&self) -> Option<&PassedFields> {
+        match self {
+            UpBody::Hyper(_) => None,
+            UpBody::Own(b) => b.fields(),
+        }
+    }
 }
 
 impl Body for UpBody {

@@ -25,7 +25,7 @@ use super::chunked::{ChunkError, Chunked, Step};
 use super::response_head::{self, BodyFraming, Malformed};
 use super::{ByKey, Io, Key, MAX_IDLE_PER_ENDPOINT};
 use crate::body::request::ReqBody;
-use crate::head_fields::write_field;
+use crate::head_fields::{PassedFields, write_field};
 use crate::read_buffers::{self, READ_CHUNK};
 
 /// Why an exchange on the own client failed.
@@ -203,6 +203,7 @@ pub async fn exchange(
         key,
         progress,
         keep_alive: head.keep_alive,
+        fields: Some(head.fields),
     };
     if matches!(body.progress, Progress::Done) {
         body.finish();
@@ -228,9 +229,21 @@ pub struct OwnBody {
     key: Key,
     progress: Progress,
     keep_alive: bool,
+    /// The answer's fields, until written or made into its map.
+    fields: Option<PassedFields>,
 }
 
 impl OwnBody {
+    /// The answer's fields, if they were not taken yet.
+    pub fn take_fields(&mut self) -> Option<PassedFields> {
+        self.fields.take()
+    }
+
+    /// The answer's fields, if they were not taken yet.
+    pub fn fields(&self) -> Option<&PassedFields> {
+        self.fields.as_ref()
+    }
+
     /// The body is over: its connection is kept if it may carry another
     /// request and nothing was sent after the body.
     fn finish(&mut self) {

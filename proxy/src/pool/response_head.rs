@@ -8,11 +8,12 @@ use std::mem::MaybeUninit;
 use bytes::BytesMut;
 use http::{Response, StatusCode, Version};
 
-use crate::head_fields::{Fields, header_map, spans};
+use crate::head_fields::{FieldMarks, FieldNote, PassedFields, span};
 use crate::hops::{NextHop, has_token};
 
 /// Header lines a response head may have (as hyper's client).
 const MAX_HEADERS: usize = 100;
+const _: () = assert!(MAX_HEADERS <= crate::head_fields::MAX_PASSED_FIELDS);
 
 /// A response head not complete within this many bytes is refused.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -33,8 +34,11 @@ pub enum BodyFraming {
 /// A parsed response head.
 #[derive(Debug)]
 pub struct ResponseHead {
-    /// Status, version and fields (the body comes separately).
+    /// Status and version; its header map is empty (the body comes
+    /// separately).
     pub response: Response<()>,
+    /// Its fields, to be passed on.
+    pub fields: PassedFields,
     /// How its body is delimited.
     pub framing: BodyFraming,
     /// Whether the connection may carry another request once the body is
@@ -51,9 +55,6 @@ pub enum Malformed {
     /// Longer than [`MAX_HEAD`].
     #[error("response head too large")]
     TooLarge,
-    /// A field `http` refuses.
-    #[error("invalid response header field")]
-    Field,
     /// `Content-Length` values that are not one number.
     #[error("invalid Content-Length")]
     ContentLength,
@@ -97,27 +98,28 @@ pub fn parse(buf: &mut BytesMut, head_request: bool) -> Result<Option<ResponseHe
             _ => Version::HTTP_10,
         };
         let (framing, close) = framing_of(parsed.headers, status, head_request)?;
-        // Without the hop-by-hop fields: the response is passed on as its
-        // map holds it (`forward::answer` strips only hyper's).
-        let mut fields = Fields::<MAX_HEADERS>::new();
-        {
+        // Passed on without the hop-by-hop fields (`forward::answer`
+        // strips only hyper's).
+        let marks = {
             let hop = NextHop::of(parsed.headers.iter().map(|h| (h.name.as_bytes(), h.value)));
-            let passing = parsed
-                .headers
-                .iter()
-                .filter(|h| hop.passes(h.name.as_bytes()));
-            spans(buf, passing, &mut fields);
-        }
+            FieldMarks::new(parsed.headers.iter().map(|h| FieldNote {
+                passes: hop.passes(h.name.as_bytes()),
+                length: h.name.eq_ignore_ascii_case("content-length"),
+                date: h.name.eq_ignore_ascii_case("date"),
+            }))
+        };
+        let fields_at =
+            (parsed.headers.first()).map_or(len, |h| span(buf, h.name.as_bytes()).start);
         let head = buf.split_to(len).freeze();
-        let headers = header_map(&head, &fields, 0).ok_or(Malformed::Field)?;
+        let fields = PassedFields::new(head, fields_at, marks);
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.version_mut() = version;
-        *response.headers_mut() = headers;
         let keep_alive =
             version == Version::HTTP_11 && !close && framing != BodyFraming::UntilClose;
         return Ok(Some(ResponseHead {
             response,
+            fields,
             framing,
             keep_alive,
         }));
@@ -203,14 +205,15 @@ mod tests {
         );
         let h = parsed.expect("valid").expect("complete");
         assert_eq!(h.response.status(), StatusCode::OK);
-        assert_eq!(h.response.headers()["x-a"], "b");
+        assert!(h.response.headers().is_empty(), "passed as bytes");
+        assert_eq!(h.fields.clone().into_map()["x-a"], "b");
         assert_eq!(h.framing, BodyFraming::Length(3));
         assert!(h.keep_alive);
         assert_eq!(&left[..], b"ok\n");
     }
 
     #[test]
-    fn hop_by_hop_fields_are_read_for_framing_and_left_out_of_the_map() {
+    fn hop_by_hop_fields_are_read_for_framing_and_not_passed_on() {
         let (parsed, _) = head(
             b"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nServer: up\r\n\r\n",
             false,
@@ -221,7 +224,11 @@ mod tests {
             !h.keep_alive,
             "the upstream's `close` still ends the connection"
         );
-        let names: Vec<_> = h.response.headers().keys().map(|k| k.as_str()).collect();
+        let mut written = Vec::new();
+        h.fields.write(&mut written, true);
+        assert_eq!(written, b"Server: up\r\n");
+        let map = h.fields.into_map();
+        let names: Vec<_> = map.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["server"]);
     }
 
