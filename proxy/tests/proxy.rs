@@ -38,19 +38,23 @@ async fn http1_and_http2_share_one_port() {
     let (_up, _p, port) = proxied_blue().await;
     let (s, body) = get(&client(), port, "/").await;
     assert_eq!((s, body.as_str()), (200, "blue"));
+    let r = h2_get_app(port).await;
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "blue");
+}
+
+/// `GET http://app.test:{port}/` over HTTP/2 with prior knowledge.
+async fn h2_get_app(port: u16) -> reqwest::Response {
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .resolve("app.test", addr(port))
         .build()
         .unwrap();
-    let r = h2
-        .get(format!("http://app.test:{port}/"))
+    h2.get(format!("http://app.test:{port}/"))
         .send()
         .await
-        .unwrap();
-    assert_eq!(r.version(), http::Version::HTTP_2);
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "blue");
+        .unwrap()
 }
 
 /// Sends `n` requests over `conc` keep-alive clients; counts bodies.
@@ -1512,6 +1516,92 @@ async fn an_answers_hop_by_hop_fields_are_not_passed_on() {
     for hop in ["x-hop", "keep-alive", "proxy-connection", "te"] {
         assert!(!names.contains(&hop.to_owned()), "{hop} passed on: {head}");
     }
+}
+
+/// An upstream answer's fields reach an HTTP/1.1 client as the upstream
+/// wrote them (the proxy's own path passes its head's lines on), and
+/// reach clients hyper serves (HTTP/2, HTTP/1.0) and a route's response
+/// filters as fields all the same.
+#[tokio::test]
+async fn an_answers_fields_reach_every_client_and_the_response_filters() {
+    let (raw_addr, _) = raw_upstream(|_| {
+        (
+            &[b"HTTP/1.1 200 OK\r\nX-Case: Kept\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\nx-two: 1\r\nConnection: keep-alive\r\nX-Two: 2\r\nContent-Length: 2\r\n\r\nok"],
+            false,
+        )
+    })
+    .await;
+    // HTTP/1.1 upstream whatever the client speaks; with the filters on
+    // a route of its own.
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
+        r#"admin: {{address: "{admin}"}}
+backends:
+  - {{name: raw, endpoints: ["{raw_addr}"], protocol: http1}}
+listeners:
+  - name: web
+    address: "{listen}"
+    routes:
+      - name: filtered
+        hosts: [filtered.test]
+        backends: [{{name: raw}}]
+        filters:
+          response_headers: {{set: [[x-case, changed]], add: [[x-route, r]]}}
+      - name: app
+        hosts: [app.test]
+        backends: [{{name: raw}}]
+"#,
+        admin = addr(admin),
+        listen = addr(port),
+    );
+    let _p = ProxyProcess::start(&config, addr(admin)).await;
+    let date = "Tue, 01 Dec 2026 00:00:00 GMT";
+
+    let text = exchange_until_closed(
+        port,
+        b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, body) = text.split_once("\r\n\r\n").expect("a whole answer");
+    assert_eq!(body, "ok");
+    let date_line = format!("Date: {date}");
+    for line in ["X-Case: Kept", &date_line, "x-two: 1", "X-Two: 2"] {
+        assert!(head.lines().any(|l| l == line), "{line} missing: {head}");
+    }
+    let lower = head.to_ascii_lowercase();
+    assert_eq!(lower.matches("\r\ndate:").count(), 1, "{head}");
+    assert_eq!(lower.matches("\r\ncontent-length:").count(), 1, "{head}");
+
+    // HTTP/1.0 goes to hyper.
+    let text = exchange_until_closed(port, b"GET / HTTP/1.0\r\nHost: app.test\r\n\r\n").await;
+    let lower = text.to_ascii_lowercase();
+    assert!(lower.contains("\r\nx-case: kept\r\n"), "{text}");
+    assert!(
+        lower.contains(&format!("\r\ndate: {}\r\n", date.to_ascii_lowercase())),
+        "{text}"
+    );
+
+    let r = h2_get_app(port).await;
+    assert_eq!(r.version(), http::Version::HTTP_2);
+    let fields = r.headers();
+    assert_eq!(fields["x-case"], "Kept");
+    assert_eq!(fields["date"], date);
+    let twos: Vec<_> = fields.get_all("x-two").iter().collect();
+    assert_eq!(twos, ["1", "2"]);
+    assert!(fields.get("connection").is_none());
+
+    let r = client()
+        .get(format!("http://127.0.0.1:{port}/"))
+        .header("host", "filtered.test")
+        .send()
+        .await
+        .unwrap();
+    let fields = r.headers();
+    assert_eq!(fields["x-case"], "changed");
+    assert_eq!(fields["x-route"], "r");
+    assert_eq!(fields["date"], date);
+    let twos: Vec<_> = fields.get_all("x-two").iter().collect();
+    assert_eq!(twos, ["1", "2"]);
 }
 
 /// A proxy whose one route goes to `raw_addr`, and the port it listens on.
