@@ -238,9 +238,9 @@ impl PassedFields {
         headers
     }
 
-    #[cfg(test)]
     /// The fields of `head` (a response head), every one passing but
     /// `Connection` (tests).
+    #[cfg(test)]
     pub(crate) fn parsed(head: &'static [u8]) -> PassedFields {
         let head = Bytes::from_static(head);
         let mut slots = [httparse::EMPTY_HEADER; 8];

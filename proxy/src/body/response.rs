@@ -23,11 +23,10 @@ pub enum RespBody {
         /// Where its bytes are counted.
         cell: Arc<Cell>,
     },
-    /// A short body written by the proxy, or a small upstream body that
-    /// had fully arrived with its headers.
+    /// A short body written by the proxy.
     Local(Option<Bytes>),
-    /// A small upstream body of the own client that had fully arrived
-    /// with its head, and the head's fields (taken as [`Self::Local`]'s).
+    /// A small upstream body that had fully arrived with its head, and,
+    /// from the own client, the head's fields ([`PassedFields`]).
     Arrived {
         /// The body.
         data: Option<Bytes>,
