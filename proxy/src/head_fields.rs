@@ -99,8 +99,9 @@ pub fn write_field(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
 /// [`crate::body::RespBody`]), while its header map stays empty (carried
 /// in the response's extensions instead, they cost three allocations and
 /// a hash map); whatever reads or changes the fields (a response filter,
-/// hyper's server) gets them as a map through [`headers_mut`]. Boxed, so
-/// that the bodies it rides in stay small: each is moved several times.
+/// hyper's server) gets them as a map through
+/// [`crate::body::headers_mut`]. Boxed, so that the bodies it rides in
+/// stay small: each is moved several times.
 #[derive(Debug, Clone)]
 pub struct PassedFields(Box<Passed>);
 
@@ -260,16 +261,6 @@ impl PassedFields {
     }
 }
 
-/// `resp`'s header map, made first from the [`PassedFields`] its body
-/// carries if it still does; fields already in the map follow them.
-pub fn headers_mut(resp: &mut http::Response<crate::body::RespBody>) -> &mut HeaderMap {
-    if let Some(passed) = resp.body_mut().take_fields() {
-        let added = std::mem::replace(resp.headers_mut(), passed.into_map());
-        resp.headers_mut().extend(added);
-    }
-    resp.headers_mut()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,22 +330,6 @@ mod tests {
         assert_eq!(map["b"], "");
         assert!(map.get("connection").is_none());
         assert_eq!(map.len(), 3);
-    }
-
-    #[test]
-    fn the_map_of_an_answer_is_made_once_from_its_passed_fields_then_its_own() {
-        let fields = PassedFields::parsed(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n");
-        let body = crate::body::RespBody::Arrived {
-            data: None,
-            fields: Some(fields),
-        };
-        let mut resp = http::Response::new(body);
-        resp.headers_mut()
-            .insert("x-added", HeaderValue::from_static("2"));
-        let names: Vec<_> = headers_mut(&mut resp).keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-a", "x-added"]);
-        assert!(resp.body().fields().is_none(), "taken");
-        assert_eq!(headers_mut(&mut resp).len(), 2, "made once");
     }
 
     #[test]

@@ -16,12 +16,11 @@ use http::{Request, Response, StatusCode};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
-use crate::body::{Downstream, Received, ReqBody, RespBody};
+use crate::body::{Downstream, Received, ReqBody, RespBody, headers_mut};
 use crate::compiled::{Compiled, CompiledRoute};
 use crate::config::OUTBOUND_PORT;
 use crate::filters::{self, CompiledFilters};
 use crate::forward::{ConnectionRefused, Forwarding, Prepared, upstream_proto};
-use crate::head_fields::headers_mut;
 use crate::hops::{append_forwarded, forwarded_for, is_upgrade, strip_hop_by_hop};
 use crate::local_reply::LocalReply;
 use crate::mirror;

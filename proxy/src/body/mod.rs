@@ -6,4 +6,4 @@ pub mod request;
 pub mod response;
 
 pub use request::{Downstream, Received, ReqBody};
-pub use response::RespBody;
+pub use response::{RespBody, headers_mut};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{HeaderMap, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
@@ -80,6 +81,16 @@ impl RespBody {
     }
 }
 
+/// `resp`'s header map, made first from the [`PassedFields`] its body
+/// carries if it still does; fields already in the map follow them.
+pub fn headers_mut(resp: &mut Response<RespBody>) -> &mut HeaderMap {
+    if let Some(passed) = resp.body_mut().take_fields() {
+        let added = std::mem::replace(resp.headers_mut(), passed.into_map());
+        resp.headers_mut().extend(added);
+    }
+    resp.headers_mut()
+}
+
 impl Body for RespBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -137,5 +148,27 @@ impl Body for RespBody {
                 hint
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn the_map_of_an_answer_is_made_once_from_its_passed_fields_then_its_own() {
+        let fields = PassedFields::parsed(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\n");
+        let body = RespBody::Arrived {
+            data: None,
+            fields: Some(fields),
+        };
+        let mut resp = Response::new(body);
+        resp.headers_mut()
+            .insert("x-added", HeaderValue::from_static("2"));
+        let names: Vec<_> = headers_mut(&mut resp).keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-a", "x-added"]);
+        assert!(resp.body().fields().is_none(), "taken");
+        assert_eq!(headers_mut(&mut resp).len(), 2, "made once");
     }
 }
