@@ -1,8 +1,9 @@
 //! Header fields of an HTTP/1 head parsed by `httparse`, kept as ranges
 //! of the head's bytes so that, once the head is split off its read
-//! buffer, every value shares those bytes instead of being copied. Used
-//! for request heads (the own HTTP/1 server path) and response heads (the
-//! own HTTP/1 upstream client) alike; and written back as lines.
+//! buffer, every value shares those bytes instead of being copied: a
+//! request head's (the own HTTP/1 server path), made into a header map,
+//! and an upstream answer's (the own HTTP/1 upstream client), passed on
+//! as lines.
 //!
 //! A request's map is given back once its head is written, and the
 //! thread's next heads are parsed into it: two allocations and frees per
@@ -31,14 +32,10 @@ pub fn span(buf: &[u8], part: &[u8]) -> Range<usize> {
 }
 
 /// The fields of `parsed` as ranges of `buf`, appended to `out`.
-pub fn spans<'h, 'b: 'h, const N: usize>(
-    buf: &[u8],
-    parsed: impl IntoIterator<Item = &'h httparse::Header<'b>>,
-    out: &mut Fields<N>,
-) {
+pub fn spans<const N: usize>(buf: &[u8], parsed: &[httparse::Header<'_>], out: &mut Fields<N>) {
     out.extend(
         parsed
-            .into_iter()
+            .iter()
             .map(|h| (span(buf, h.name.as_bytes()), span(buf, h.value))),
     );
 }
@@ -130,21 +127,24 @@ pub struct FieldNote {
 /// more than this.
 pub const MAX_PASSED_FIELDS: usize = 128;
 
+/// The `u64` words of a [`FieldMarks`] bit set.
+const MARK_WORDS: usize = MAX_PASSED_FIELDS.div_ceil(64);
+
 /// A head's fields as bits, by their order: which pass, which are a
-/// `Content-Length`, and whether a `Date` passes. In `u64` halves rather
+/// `Content-Length`, and whether a `Date` passes. In `u64` words rather
 /// than `u128`s, whose 16-byte alignment would widen every response that
 /// carries them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FieldMarks {
     /// Bit `i`: field `i` is not passed on.
-    dropped: [u64; 2],
+    dropped: [u64; MARK_WORDS],
     /// Bit `i`: field `i` is a `Content-Length`.
-    lengths: [u64; 2],
+    lengths: [u64; MARK_WORDS],
     dated: bool,
 }
 
 /// Whether bit `i` of `bits` is set; `None` past them.
-fn bit(bits: &[u64; 2], i: usize) -> Option<bool> {
+fn bit(bits: &[u64; MARK_WORDS], i: usize) -> Option<bool> {
     Some(bits.get(i / 64)? & (1 << (i % 64)) != 0)
 }
 
@@ -272,7 +272,7 @@ mod tests {
         let mut parsed = httparse::Response::new(&mut slots);
         assert!(parsed.parse(&head).expect("parses").is_complete());
         let mut fields = Fields::<4>::new();
-        spans(&head, parsed.headers.iter(), &mut fields);
+        spans(&head, parsed.headers, &mut fields);
         let map = header_map(&head, &fields, 0).expect("valid");
         let values: Vec<_> = map.get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);

@@ -87,7 +87,7 @@ pub fn parse(buf: &mut BytesMut) -> Head {
         }
         close |= h.name.eq_ignore_ascii_case("connection") && has_token(h.value, "close");
     }
-    spans(buf, parsed.headers.iter(), &mut fields);
+    spans(buf, parsed.headers, &mut fields);
     let head = buf.split_to(len).freeze();
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target)) else {
         return Head::Invalid;
