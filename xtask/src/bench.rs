@@ -845,24 +845,24 @@ const MESH_ROWS: [&str; 3] = [
 /// `<dir>/<config>.log` (the backend, and the nginx proxy row).
 fn nginx(name: &'static str, cpu: &str, dir: &Path, config: &str) -> Result<Proc> {
     let mut c = pinned(cpu, "nginx");
-    c.arg("-p")
-        .arg(dir)
-        .arg("-c")
-        .arg(dir.join(format!("{config}.conf")));
+    c.args(nginx_args(dir, config));
     spawn(name, c, &dir.join(format!("{config}.log")))
+}
+
+/// nginx's arguments: prefix `dir`, its `config`.conf there.
+fn nginx_args(dir: &Path, config: &str) -> [String; 4] {
+    [
+        "-p".to_owned(),
+        dir.display().to_string(),
+        "-c".to_owned(),
+        dir.join(format!("{config}.conf")).display().to_string(),
+    ]
 }
 
 /// Starts a sluice proxy on CPU 0 with `config` (and a certificate).
 fn sluice(bin: &Path, dir: &Path, config: &str, cert: Option<&str>) -> Result<Proc> {
     let mut c = pinned("0", &bin.display().to_string());
-    c.args([
-        "run",
-        "--workers",
-        "1",
-        "--config",
-        &dir.join(config).display().to_string(),
-    ])
-    .env("RUST_LOG", "warn");
+    c.args(sluice_args(dir, config)).env("RUST_LOG", "warn");
     if let Some(name) = cert {
         c.arg("--cert")
             .arg(dir.join(format!("certs/{name}.crt")))
@@ -886,6 +886,21 @@ fn build_pingora() -> Result<PathBuf> {
     Ok(target.join("release/sluice-bench-pingora"))
 }
 
+/// sluice-proxy's arguments: one worker, the static `config` in `dir`.
+fn sluice_args(dir: &Path, config: &str) -> [String; 5] {
+    let config = dir.join(config).display().to_string();
+    ["run", "--workers", "1", "--config", config.as_str()].map(str::to_owned)
+}
+
+/// HAProxy's arguments: in the foreground, with the config in `dir`.
+fn haproxy_args(dir: &Path) -> [String; 3] {
+    [
+        "-db".to_owned(),
+        "-f".to_owned(),
+        dir.join("haproxy.cfg").display().to_string(),
+    ]
+}
+
 /// Pingora's arguments: where it listens, and its one upstream.
 fn pingora_args() -> [String; 2] {
     [
@@ -897,44 +912,34 @@ fn pingora_args() -> [String; 2] {
 /// The single plaintext proxies as [`instructions`] runs them: as in the
 /// rows above, nginx without its master process.
 fn counted_proxies(dir: &Path, pingora: &Path, sluice: &Path) -> Vec<instructions::Subject> {
-    let path = |p: &Path| p.display().to_string();
-    let file = |name: &str| path(&dir.join(name));
-    let owned = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    let with = |program: String, args: &[String]| -> Vec<String> {
+        std::iter::once(program)
+            .chain(args.iter().cloned())
+            .collect()
+    };
     vec![
         instructions::Subject {
             name: "nginx",
             port: PORTS.nginx,
-            command: owned(&[
-                "nginx",
-                "-p",
-                &path(dir),
-                "-c",
-                &file("nginx-callgrind.conf"),
-            ]),
+            command: with("nginx".to_owned(), &nginx_args(dir, "nginx-callgrind")),
         },
         instructions::Subject {
             name: "haproxy",
             port: PORTS.haproxy,
-            command: owned(&["haproxy", "-db", "-f", &file("haproxy.cfg")]),
+            command: with("haproxy".to_owned(), &haproxy_args(dir)),
         },
         instructions::Subject {
             name: "pingora",
             port: PORTS.pingora,
-            command: std::iter::once(path(pingora))
-                .chain(pingora_args())
-                .collect(),
+            command: with(pingora.display().to_string(), &pingora_args()),
         },
         instructions::Subject {
             name: "sluice-proxy",
             port: PORTS.sluice,
-            command: owned(&[
-                &path(sluice),
-                "run",
-                "--workers",
-                "1",
-                "--config",
-                &file("sluice.yaml"),
-            ]),
+            command: with(
+                sluice.display().to_string(),
+                &sluice_args(dir, "sluice.yaml"),
+            ),
         },
     ]
 }
@@ -1029,7 +1034,7 @@ pub fn proxy() -> Result<()> {
         "haproxy",
         {
             let mut c = pinned("0", "haproxy");
-            c.args(["-db", "-f", &dir.join("haproxy.cfg").display().to_string()]);
+            c.args(haproxy_args(dir));
             c
         },
         &dir.join("haproxy.log"),
