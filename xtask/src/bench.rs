@@ -9,9 +9,10 @@
 //! rate` (open loop); CPU per request from the proxy's threads' CPU time
 //! over each of those runs; memory from `/proc` idle and with 1,000 open
 //! keep-alive connections held by `sluice-bench hold`. The single proxies
-//! run side by side and take turns, [`ROUNDS`] rounds of each load; every
-//! figure is the median of its rounds, and every comparison of two
-//! proxies the median of their round-by-round ratios or differences.
+//! run side by side and take turns (in an order reversed every other
+//! round), [`ROUNDS`] rounds of each load; every figure is the median of
+//! its rounds, and every comparison of two proxies the median of their
+//! round-by-round ratios or differences.
 //!
 //! The TLS rows are nginx and sluice-proxy, each another process of one
 //! worker on CPU 0, terminating TLS (the gateway certificate from
@@ -544,14 +545,26 @@ fn row(c: &Contender, rounds: &[Round], bench: &Path) -> Result<Row> {
     })
 }
 
-/// Measures `contenders` side by side: they take turns, each running both
-/// loads once per round for [`ROUNDS`] rounds; then memory with 1,000
-/// open connections, one after the other.
+/// The order `n` contenders take their turns in round `round` (from 1):
+/// as listed in odd rounds, reversed in even ones, so that none always
+/// runs right after the same one (and so always finds the machine as that
+/// one left it).
+fn turn_order(n: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if round.is_multiple_of(2) {
+        order.reverse();
+    }
+    order
+}
+
+/// Measures `contenders` side by side: they take turns ([`turn_order`]),
+/// each running both loads once per round for [`ROUNDS`] rounds; then
+/// memory with 1,000 open connections, one after the other.
 fn measure(contenders: &[Contender], bench: &Path) -> Result<Vec<Row>> {
     let mut rounds: Vec<Vec<Round>> = contenders.iter().map(|_| Vec::new()).collect();
     for round in 1..=ROUNDS {
-        for (c, rounds) in contenders.iter().zip(&mut rounds) {
-            rounds.push(one_round(c, bench, round)?);
+        for i in turn_order(contenders.len(), round) {
+            rounds[i].push(one_round(&contenders[i], bench, round)?);
         }
     }
     contenders
@@ -1166,6 +1179,14 @@ mod tests {
         let paired = Paired::difference(&sluice, &nginx);
         assert_eq!(paired.mid, -50.0);
         assert_eq!(paired.micros(), "-50 µs (rounds -140 to -10)");
+    }
+
+    #[test]
+    fn contenders_take_turns_in_an_order_reversed_every_other_round() {
+        assert_eq!(turn_order(3, 1), [0, 1, 2]);
+        assert_eq!(turn_order(3, 2), [2, 1, 0]);
+        assert_eq!(turn_order(3, 3), [0, 1, 2]);
+        assert!(turn_order(0, 2).is_empty());
     }
 
     #[test]

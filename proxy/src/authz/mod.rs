@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 
+use futures::future::Either;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tracing::debug;
@@ -118,10 +119,12 @@ impl<S> Authorize<S> {
 impl Handler for Authorize<ProxyService> {
     type Hyper = Self;
 
-    async fn handle(&self, req: Request<Received>) -> Response<RespBody> {
+    /// Not an `async fn`, which would hold the request beside the inner
+    /// service's future.
+    fn handle(&self, req: Request<Received>) -> impl Future<Output = Response<RespBody>> + Send {
         match self.admit(req) {
-            Ok(req) => self.inner.handle(req).await,
-            Err(refused) => refused.answer(),
+            Ok(req) => Either::Left(self.inner.handle(req)),
+            Err(refused) => Either::Right(std::future::ready(refused.answer())),
         }
     }
 

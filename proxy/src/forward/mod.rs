@@ -9,9 +9,12 @@ mod answer;
 mod request;
 mod retry;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures::FutureExt;
+use futures::future::Either;
 use http::{Response, StatusCode};
 use hyper::body::Body;
 use hyper::upgrade::OnUpgrade;
@@ -43,16 +46,29 @@ pub struct Forwarding<'a> {
     /// The proxy (its identity, pools and telemetry).
     pub proxy: &'a Arc<Proxy>,
     /// The config the request was routed by.
-    pub compiled: &'a Compiled,
+    pub compiled: Arc<Compiled>,
     /// The listener it came in on.
-    pub listener: &'a CompiledListener,
-    /// The route it matched.
-    pub route: &'a CompiledRoute,
+    pub listener: Arc<CompiledListener>,
+    /// The route it matched, by position in the listener's.
+    pub route: usize,
     /// The downstream peer, for logs.
-    pub peer: SocketAddr,
+    pub peer: &'a SocketAddr,
     /// When the request arrived: deadlines and the route's latencies count
     /// from then (an endpoint's, from its attempt's dispatch).
     pub start: Instant,
+}
+
+/// What is left of a routed request to send upstream: what every attempt
+/// is built from, and what only one attempt can take (the body as it
+/// streams, the client's side of an upgrade).
+#[derive(Debug)]
+pub struct Pending {
+    /// The request's head, as its route's filters changed it.
+    pub prepared: Prepared,
+    /// Its body, until an attempt takes it.
+    pub body: Option<Downstream>,
+    /// The client's side of an upgrade, until an attempt takes it.
+    pub upgrade: Option<OnUpgrade>,
 }
 
 /// One attempt: its number (from 1), its backend, and the endpoint that
@@ -76,65 +92,80 @@ enum Tried {
 }
 
 impl Forwarding<'_> {
+    /// The route the request matched.
+    pub fn route(&self) -> &CompiledRoute {
+        &self.listener.routes[self.route]
+    }
+
     /// Forwards the request, retrying what is safe to retry, and answers
     /// with the upstream's response or the proxy's own.
-    pub async fn forward(
-        &self,
-        mut prepared: Prepared,
-        body: Downstream,
-        mut upgrade: Option<OnUpgrade>,
-    ) -> Response<RespBody> {
-        let route = self.route;
+    ///
+    /// Not an `async fn`: what is decided before the first attempt is
+    /// decided here, and the future holds each value once, used in place
+    /// (an `async fn` keeps its arguments beside their working copies, and
+    /// every request's future is boxed and moved whole).
+    pub fn forward<'f>(
+        &'f self,
+        pending: &'f mut Pending,
+    ) -> impl Future<Output = Response<RespBody>> + Send + 'f {
+        let route = self.route();
         let Some(first) = route.split.choose() else {
-            return LocalReply::NoBackend.counted(&route.no_backend, self.start);
+            let reply = LocalReply::NoBackend.counted(&route.no_backend, self.start);
+            return Either::Left(std::future::ready(reply));
         };
-        let replayable = body.body.is_end_stream() && upgrade.is_none();
-        let retries = Retries::plan(route.retry.as_ref(), &prepared.method, replayable);
-        let mut body = Some(body);
-        let mut attempt = Attempt {
-            n: 1,
-            backend: first,
-            avoid: None,
-            retries: &retries,
-        };
-        loop {
-            let tried = self
-                .attempt(&attempt, &mut prepared, body.take(), upgrade.take())
-                .await;
-            let failed = match tried {
-                Tried::Answer(resp) => return resp,
-                Tried::Failed(endpoint) => endpoint,
+        let replayable = pending.upgrade.is_none()
+            && pending.body.as_ref().is_none_or(|b| b.body.is_end_stream());
+        let retries = Retries::plan(route.retry.as_ref(), &pending.prepared.method, replayable);
+        Either::Right(async move {
+            let mut attempt = Attempt {
+                n: 1,
+                backend: first,
+                avoid: None,
+                retries: &retries,
             };
-            attempt.backend = retry::next_backend(
-                &route.split,
-                &self.compiled.backends,
-                attempt.backend,
-                &failed,
-                first,
-            );
-            attempt.avoid = Some(failed);
-            attempt.n += 1;
-        }
+            loop {
+                let tried = self.attempt(&attempt, pending).await;
+                let failed = match tried {
+                    Tried::Answer(resp) => return resp,
+                    Tried::Failed(endpoint) => endpoint,
+                };
+                attempt.backend = retry::next_backend(
+                    &route.split,
+                    &self.compiled.backends,
+                    attempt.backend,
+                    &failed,
+                    first,
+                );
+                attempt.avoid = Some(failed);
+                attempt.n += 1;
+            }
+        })
     }
 
     /// Sends one attempt to an endpoint of its backend, within its deadline.
-    async fn attempt(
-        &self,
-        attempt: &Attempt<'_>,
-        prepared: &mut Prepared,
-        body: Option<Downstream>,
-        upgrade: Option<OnUpgrade>,
-    ) -> Tried {
+    ///
+    /// Everything up to the send is done here; the future is the send
+    /// (under the deadline, if any) and what its result means, with no
+    /// second copy of what it holds (see [`Forwarding::forward`]).
+    fn attempt<'f>(
+        &'f self,
+        attempt: &'f Attempt<'_>,
+        pending: &mut Pending,
+    ) -> impl Future<Output = Tried> + Send + 'f {
         let backend = &self.compiled.backends[attempt.backend];
-        let cell = self.route.cell(attempt.backend);
+        let cell = self.route().cell(attempt.backend);
         if let Some(status) = backend.respond {
-            return Tried::Answer(LocalReply::Unresolved(status).counted(cell, self.start));
+            let reply = LocalReply::Unresolved(status).counted(cell, self.start);
+            return Either::Left(std::future::ready(Tried::Answer(reply)));
         }
         let Some(endpoint) = pick(&backend.endpoints, attempt.avoid.as_ref()).cloned() else {
-            return Tried::Answer(LocalReply::NoEndpoint.counted(cell, self.start));
+            let reply = LocalReply::NoEndpoint.counted(cell, self.start);
+            return Either::Left(std::future::ready(Tried::Answer(reply)));
         };
+        let prepared = &mut pending.prepared;
+        let upgrade = pending.upgrade.take();
         let proto = upstream_proto(backend.protocol, prepared.version);
-        let req_body = match body {
+        let req_body = match pending.body.take() {
             Some(Downstream { body, tee }) => ReqBody::Stream {
                 body,
                 cell: cell.clone(),
@@ -147,21 +178,26 @@ impl Forwarding<'_> {
         let target = backend.target(endpoint.addr, &self.proxy.identity);
         let telemetry = &self.proxy.telemetry;
         let sent = pool::send(target, proto, backend.connect_timeout, req, telemetry);
-        let result = match self.attempt_deadline() {
-            Some(d) => tokio::time::timeout_at(d, sent).await.ok(),
-            None => Some(sent.await),
+        let timed = match self.attempt_deadline() {
+            Some(d) => Either::Left(tokio::time::timeout_at(d, sent).map(Result::ok)),
+            None => Either::Right(sent.map(Some)),
         };
-        drop(in_flight);
-        match result {
-            Some(result) => self.settle(attempt, result, cell, endpoint, upgrade),
-            None => Tried::Answer(LocalReply::Timeout.counted(cell, self.start)),
-        }
+        Either::Right(timed.map(move |result| {
+            drop(in_flight);
+            match result {
+                Some(result) => self.settle(attempt, result, cell, endpoint, upgrade),
+                None => Tried::Answer(LocalReply::Timeout.counted(cell, self.start)),
+            }
+        }))
     }
 
     /// The route's deadline, or the attempt's if that comes first.
     fn attempt_deadline(&self) -> Option<Instant> {
-        let whole = self.route.timeout.map(|t| self.start + t);
-        let own = self.route.attempt_timeout.map(|t| crate::clock::now() + t);
+        let whole = self.route().timeout.map(|t| self.start + t);
+        let own = self
+            .route()
+            .attempt_timeout
+            .map(|t| crate::clock::now() + t);
         match (whole, own) {
             (Some(w), Some(o)) => Some(w.min(o)),
             (w, o) => w.or(o),

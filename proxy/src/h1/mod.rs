@@ -290,12 +290,16 @@ async fn hand_off<H: Handler, T: Transport>(svc: H, io: Idle<T>, read: BytesMut,
 
 /// Writes `resp`: the head and a small body in one write, a longer body
 /// as its frames come.
-async fn respond<T: Transport>(
+///
+/// The head is encoded here, before any wait; the future holds only the
+/// body and the bytes to write (an `async fn` would hold the response
+/// twice, once as given and once in parts).
+fn respond<T: Transport>(
     io: &mut Idle<T>,
     resp: Response<RespBody>,
     head_request: bool,
     close: bool,
-) -> Next {
+) -> impl Future<Output = Next> + Send + '_ {
     let (parts, mut body) = resp.into_parts();
     // The proxy's own answer may end the connection (refused framing).
     let close = close
@@ -311,16 +315,18 @@ async fn respond<T: Transport>(
     let mut out = Vec::with_capacity(256 + small);
     encode::head(&parts, body.fields(), framing, close, &mut out);
     crate::head_fields::recycle(parts.headers);
-    let sent = match framing {
-        Framing::NoBody | Framing::AsDeclared => io.write_all(&out).await.is_ok(),
-        Framing::Length(_) | Framing::Chunked => send_body(io, &mut body, framing, out).await,
-    };
-    // A no-op on TCP; TLS may hold the last records until flushed.
-    let sent = sent && io.flush().await.is_ok();
-    if sent && !close {
-        Next::KeepAlive
-    } else {
-        Next::Close
+    async move {
+        let sent = match framing {
+            Framing::NoBody | Framing::AsDeclared => io.write_all(&out).await.is_ok(),
+            Framing::Length(_) | Framing::Chunked => send_body(io, &mut body, framing, out).await,
+        };
+        // A no-op on TCP; TLS may hold the last records until flushed.
+        let sent = sent && io.flush().await.is_ok();
+        if sent && !close {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
     }
 }
 
