@@ -62,10 +62,14 @@ fn small_body_now(mut body: UpBody, cell: Arc<Cell>) -> RespBody {
             Err(_) => arrived(&mut body, None),
         },
         Some(None) => arrived(&mut body, None),
-        Some(Some(Ok(frame))) => RespBody::Prefixed {
-            first: Some(frame),
-            body,
-            cell,
+        Some(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) => RespBody::Prefixed {
+                first: Some(data),
+                body,
+                cell,
+            },
+            // Trailers end a body, whatever its stream says yet.
+            Err(_) => arrived(&mut body, None),
         },
         // Not here yet, or an error that the stream will report.
         _ => RespBody::Stream { body, cell },

@@ -470,7 +470,7 @@ fn send_own<'a>(
         let key = (target.addr, target.mesh.is_some());
         if let Some(conn) = own_h1::take_idle(key) {
             let dispatched = crate::clock::now();
-            match own_h1::exchange(conn, key, &out).await {
+            match own_h1::exchange(conn, &out).await {
                 Ok(resp) => {
                     return Ok(Sent {
                         response: resp.map(UpBody::Own),
@@ -497,7 +497,7 @@ async fn send_own_fresh(
     let key = (target.addr, target.mesh.is_some());
     let io = connect(target, Carried::Http(Proto::H1), connect_timeout, telemetry).await?;
     let dispatched = crate::clock::now();
-    let resp = own_h1::exchange(own_h1::Conn::new(io), key, out)
+    let resp = own_h1::exchange(own_h1::Conn::new(io, key), out)
         .await
         .map_err(|e| UpstreamError::Exchange(target.addr, e))?;
     Ok(Sent {

@@ -50,20 +50,25 @@ pub enum OwnError {
 }
 
 /// An upstream connection of the own client, with what was read from it
-/// and not yet used.
+/// and not yet used. It lives boxed (one allocation per connection, not
+/// per request), so that every response body that holds it, moved several
+/// times per request, carries a pointer instead.
 #[derive(Debug)]
 pub struct Conn {
     io: Io,
     buf: BytesMut,
+    /// The pool it goes back to.
+    key: Key,
 }
 
 impl Conn {
-    /// A fresh connection.
-    pub fn new(io: Io) -> Conn {
-        Conn {
+    /// A fresh connection to `key`.
+    pub fn new(io: Io, key: Key) -> Box<Conn> {
+        Box::new(Conn {
             io,
             buf: BytesMut::new(),
-        }
+            key,
+        })
     }
 
     /// Whether an idle connection is still open and silent: a read that
@@ -80,11 +85,14 @@ impl Conn {
 }
 
 thread_local! {
-    static IDLE: RefCell<ByKey<Vec<Conn>>> = RefCell::new(ByKey::default());
+    /// Boxed as they are in use: taking one out and putting it back moves
+    /// a pointer, with no allocation per request.
+    #[allow(clippy::vec_box, reason = "a connection is boxed for its whole life")]
+    static IDLE: RefCell<ByKey<Vec<Box<Conn>>>> = RefCell::new(ByKey::default());
 }
 
 /// An idle connection to `key`, if one is still usable.
-pub fn take_idle(key: Key) -> Option<Conn> {
+pub fn take_idle(key: Key) -> Option<Box<Conn>> {
     IDLE.with_borrow_mut(|pool| {
         let list = pool.get_mut(&key)?;
         while let Some(mut conn) = list.pop() {
@@ -96,12 +104,12 @@ pub fn take_idle(key: Key) -> Option<Conn> {
     })
 }
 
-/// Keeps `conn` for the next request to `key`; it holds no buffer while
-/// idle (its buffer goes to the thread's spares).
-fn put_idle(key: Key, mut conn: Conn) {
+/// Keeps `conn` for the next request to its endpoint; it holds no buffer
+/// while idle (its buffer goes to the thread's spares).
+fn put_idle(mut conn: Box<Conn>) {
     read_buffers::give(std::mem::take(&mut conn.buf));
     IDLE.with_borrow_mut(|pool| {
-        let list = pool.entry(key).or_default();
+        let list = pool.entry(conn.key).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(conn);
         }
@@ -156,14 +164,13 @@ fn encode_head(method: &Method, uri: &http::Uri, headers: &HeaderMap, out: &mut 
 
 /// Writes `request` on `conn` and reads the response head; the body is
 /// read as the returned response's body is polled. Not an `async fn`,
-/// which would hold a second copy of the connection in its future.
+/// which would hold a second copy of its arguments in its future.
 #[allow(
     clippy::manual_async_fn,
     reason = "an `async fn` holds its arguments twice"
 )]
 pub fn exchange(
-    mut conn: Conn,
-    key: Key,
+    mut conn: Box<Conn>,
     request: &Outgoing,
 ) -> impl Future<Output = Result<Response<OwnBody>, OwnError>> + Send + '_ {
     async move {
@@ -209,7 +216,6 @@ pub fn exchange(
         };
         let mut body = OwnBody {
             conn: Some(conn),
-            key,
             progress,
             keep_alive: head.keep_alive,
             fields: Some(head.fields),
@@ -235,8 +241,7 @@ enum Progress {
 /// before).
 #[derive(Debug)]
 pub struct OwnBody {
-    conn: Option<Conn>,
-    key: Key,
+    conn: Option<Box<Conn>>,
     progress: Progress,
     keep_alive: bool,
     /// The answer's fields, until written or made into its map.
@@ -262,7 +267,7 @@ impl OwnBody {
             && self.keep_alive
             && conn.buf.is_empty()
         {
-            put_idle(self.key, conn);
+            put_idle(conn);
         }
     }
 
