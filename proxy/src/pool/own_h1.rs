@@ -9,7 +9,6 @@
 //! when its framing is ambiguous ([`response_head`]).
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -163,68 +162,59 @@ fn encode_head(method: &Method, uri: &http::Uri, headers: &HeaderMap, out: &mut 
 }
 
 /// Writes `request` on `conn` and reads the response head; the body is
-/// read as the returned response's body is polled. Not an `async fn`,
-/// which would hold a second copy of its arguments in its future.
-#[allow(
-    clippy::manual_async_fn,
-    reason = "an `async fn` holds its arguments twice"
-)]
-pub fn exchange(
+/// read as the returned response's body is polled.
+pub async fn exchange(
     mut conn: Box<Conn>,
     request: &Outgoing,
-) -> impl Future<Output = Result<Response<OwnBody>, OwnError>> + Send + '_ {
-    async move {
-        // Flushed: over mTLS, a write may leave records in the session.
-        let written = async {
-            conn.io.write_all(&request.head).await?;
-            conn.io.flush().await
-        };
-        if let Err(e) = written.await {
-            return Err(match e.kind() {
-                // A kept connection the upstream had closed: nothing was read.
-                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
-                    OwnError::ClosedBeforeResponse
-                }
-                _ => OwnError::Io(e),
-            });
-        }
-        if conn.buf.capacity() == 0 {
-            conn.buf = read_buffers::take();
-        }
-        let head = loop {
-            if let Some(head) = response_head::parse(&mut conn.buf, request.head_request)? {
-                break head;
+) -> Result<Response<OwnBody>, OwnError> {
+    // Flushed: over mTLS, a write may leave records in the session.
+    let written = async {
+        conn.io.write_all(&request.head).await?;
+        conn.io.flush().await
+    };
+    if let Err(e) = written.await {
+        return Err(match e.kind() {
+            // A kept connection the upstream had closed: nothing was read.
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                OwnError::ClosedBeforeResponse
             }
-            conn.buf.reserve(READ_CHUNK);
-            match conn.io.read_buf(&mut conn.buf).await {
-                Ok(0) if conn.buf.is_empty() => return Err(OwnError::ClosedBeforeResponse),
-                Ok(0) => return Err(OwnError::Cut),
-                Ok(_) => {}
-                Err(e)
-                    if conn.buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset =>
-                {
-                    return Err(OwnError::ClosedBeforeResponse);
-                }
-                Err(e) => return Err(OwnError::Io(e)),
-            }
-        };
-        let progress = match head.framing {
-            BodyFraming::Empty | BodyFraming::Length(0) => Progress::Done,
-            BodyFraming::Length(n) => Progress::Length(n),
-            BodyFraming::Chunked => Progress::Chunked(Chunked::default()),
-            BodyFraming::UntilClose => Progress::UntilClose,
-        };
-        let mut body = OwnBody {
-            conn: Some(conn),
-            progress,
-            keep_alive: head.keep_alive,
-            fields: Some(head.fields),
-        };
-        if matches!(body.progress, Progress::Done) {
-            body.finish();
-        }
-        Ok(head.response.map(|()| body))
+            _ => OwnError::Io(e),
+        });
     }
+    if conn.buf.capacity() == 0 {
+        conn.buf = read_buffers::take();
+    }
+    let head = loop {
+        if let Some(head) = response_head::parse(&mut conn.buf, request.head_request)? {
+            break head;
+        }
+        conn.buf.reserve(READ_CHUNK);
+        match conn.io.read_buf(&mut conn.buf).await {
+            Ok(0) if conn.buf.is_empty() => return Err(OwnError::ClosedBeforeResponse),
+            Ok(0) => return Err(OwnError::Cut),
+            Ok(_) => {}
+            Err(e) if conn.buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(OwnError::ClosedBeforeResponse);
+            }
+            Err(e) => return Err(OwnError::Io(e)),
+        }
+    };
+    let progress = match head.framing {
+        BodyFraming::Empty | BodyFraming::Length(0) => Progress::Done,
+        BodyFraming::Length(n) => Progress::Length(n),
+        BodyFraming::Chunked => Progress::Chunked(Chunked::default()),
+        BodyFraming::UntilClose => Progress::UntilClose,
+    };
+    let mut body = OwnBody {
+        conn: Some(conn),
+        progress,
+        keep_alive: head.keep_alive,
+        fields: Some(head.fields),
+    };
+    if matches!(body.progress, Progress::Done) {
+        body.finish();
+    }
+    Ok(head.response.map(|()| body))
 }
 
 /// How much of a body is left.
