@@ -1,6 +1,7 @@
 //! `cargo xtask fuzz`, and the fuzzing `cargo xtask test` does: every
 //! cargo-fuzz target of `fuzz/` for a bounded time, as many at once as the
-//! machine has cores.
+//! machine has cores. `cargo xtask test` builds the targets beside its
+//! other checks, at the lowest CPU priority, and fuzzes them at its end.
 //!
 //! cargo-fuzz wants nightly flags; `RUSTC_BOOTSTRAP=1` lets the stable
 //! toolchain take them. The sanitizer builds go to the cache. So do the
@@ -13,7 +14,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -36,68 +37,206 @@ const KEPT: [&str; 4] = [
 
 /// Fuzzes every target for `seconds`.
 pub fn run_all(seconds: u64) -> Result<()> {
-    let tools = tools_dir();
-    let cargo_fuzz = tools.join("bin/cargo-fuzz");
-    if !cargo_fuzz.exists() {
-        run("install cargo-fuzz", {
-            let mut c = cargo();
-            c.args(["install", "--locked", "cargo-fuzz"])
-                .env("CARGO_INSTALL_ROOT", &tools);
-            c
-        })?;
+    let targets = Targets::prepare()?;
+    run("build the fuzz targets", targets.build_command())?;
+    targets.fuzz(seconds)
+}
+
+/// The fuzz targets of a copy of the checkout's sources, cargo-fuzz
+/// installed.
+pub struct Targets {
+    cargo_fuzz: PathBuf,
+    sources: PathBuf,
+    build: PathBuf,
+    names: Vec<String>,
+}
+
+impl Targets {
+    /// Installs cargo-fuzz when missing, brings the copy of the sources up
+    /// to date and lists its targets.
+    pub fn prepare() -> Result<Self> {
+        let tools = tools_dir();
+        let cargo_fuzz = tools.join("bin/cargo-fuzz");
+        if !cargo_fuzz.exists() {
+            run("install cargo-fuzz", {
+                let mut c = cargo();
+                c.args(["install", "--locked", "cargo-fuzz"])
+                    .env("CARGO_INSTALL_ROOT", &tools);
+                c
+            })?;
+        }
+        let sources = cache_dir().join("fuzz-src");
+        sync_sources(&root(), &sources)?;
+        let mut targets = Targets {
+            cargo_fuzz,
+            sources,
+            build: cache_dir().join("fuzz-target"),
+            names: Vec::new(),
+        };
+        let listed = targets
+            .command(&["list"])
+            .output()
+            .context("cargo fuzz list")?;
+        if !listed.status.success() {
+            bail!(
+                "cargo fuzz list: {}",
+                String::from_utf8_lossy(&listed.stderr)
+            );
+        }
+        targets.names = String::from_utf8(listed.stdout)?
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        Ok(targets)
     }
-    let sources = cache_dir().join("fuzz-src");
-    sync_sources(&root(), &sources)?;
-    let build = cache_dir().join("fuzz-target");
-    let fuzz = |args: &[&str]| {
-        let mut c = Command::new(&cargo_fuzz);
-        c.current_dir(&sources)
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.cargo_fuzz);
+        c.current_dir(&self.sources)
             .env("RUSTC_BOOTSTRAP", "1")
             .args(args)
             .args(["--fuzz-dir", "fuzz"]);
         // The same environment as `cargo()`'s (see there).
         cargo_env::clear_run_vars(&mut c);
         c
-    };
-    let listed = fuzz(&["list"]).output().context("cargo fuzz list")?;
-    if !listed.status.success() {
-        bail!(
-            "cargo fuzz list: {}",
-            String::from_utf8_lossy(&listed.stderr)
-        );
     }
-    let targets = String::from_utf8(listed.stdout)?;
-    let targets: Vec<&str> = targets.split_whitespace().collect();
-    // One cargo invocation builds them all; each `run` below then finds its
-    // target built and only fuzzes.
-    run("build the fuzz targets", {
-        let mut c = fuzz(&["build"]);
-        c.arg("--target-dir").arg(&build);
+
+    /// One cargo invocation that builds every target; each run of
+    /// [`Targets::fuzz`] then finds its target built and only fuzzes.
+    fn build_command(&self) -> Command {
+        let mut c = self.command(&["build"]);
+        c.arg("--target-dir").arg(&self.build);
         c
-    })?;
-    // libFuzzer keeps one core busy: as many targets at once as there are
-    // cores, each writing to a log of its own so that their lines do not mix.
-    let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let logs = cache_dir().join("fuzz-logs");
-    std::fs::create_dir_all(&logs)?;
-    for batch in targets.chunks(at_once) {
-        let started: Vec<_> = batch
-            .iter()
-            .map(|target| {
-                let log = logs.join(format!("{target}.log"));
-                let mut c = fuzz(&["run"]);
-                c.arg("--target-dir")
-                    .arg(&build)
-                    .args([target, "--"])
-                    .arg(format!("-max_total_time={seconds}"));
-                Fuzzing::start(target, c, log)
-            })
-            .collect::<Result<_>>()?;
-        // Every one of the batch is waited for before a failure is told.
-        let finished: Vec<Result<()>> = started.into_iter().map(|f| f.finish(seconds)).collect();
-        finished.into_iter().collect::<Result<()>>()?;
     }
-    Ok(())
+
+    /// Starts the build of every target beside other work, at the lowest
+    /// CPU priority and with its output in a log: it takes only the CPU
+    /// that work leaves idle (the end-to-end tests mostly wait on the
+    /// cluster), so the build is done, or nearly, when fuzzing begins.
+    pub fn build_beside(self) -> Result<Building> {
+        use std::os::unix::process::CommandExt;
+        let log = cache_dir().join("fuzz-logs/build.log");
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let out = std::fs::File::create(&log).with_context(|| format!("{}", log.display()))?;
+        eprintln!(
+            "\n==> build the fuzz targets beside what follows, at nice 19 (log: {})",
+            log.display()
+        );
+        let child = niced(&self.build_command())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            // Its own group, so that a run ended early stops cargo's
+            // rustcs too.
+            .process_group(0)
+            .spawn()
+            .context("starting the fuzz targets' build")?;
+        Ok(Building {
+            targets: Some(self),
+            child,
+            log,
+            began: Instant::now(),
+        })
+    }
+
+    /// Fuzzes every built target for `seconds`.
+    pub fn fuzz(&self, seconds: u64) -> Result<()> {
+        // libFuzzer keeps one core busy: as many targets at once as there
+        // are cores, each writing to a log of its own so that their lines
+        // do not mix.
+        let at_once = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let logs = cache_dir().join("fuzz-logs");
+        std::fs::create_dir_all(&logs)?;
+        for batch in self.names.chunks(at_once) {
+            let started: Vec<_> = batch
+                .iter()
+                .map(|target| {
+                    let log = logs.join(format!("{target}.log"));
+                    let mut c = self.command(&["run"]);
+                    c.arg("--target-dir")
+                        .arg(&self.build)
+                        .args([target, "--"])
+                        .arg(format!("-max_total_time={seconds}"));
+                    Fuzzing::start(target, c, log)
+                })
+                .collect::<Result<_>>()?;
+            // Every one of the batch is waited for before a failure is told.
+            let finished: Vec<Result<()>> =
+                started.into_iter().map(|f| f.finish(seconds)).collect();
+            finished.into_iter().collect::<Result<()>>()?;
+        }
+        Ok(())
+    }
+}
+
+/// `cmd` at the lowest CPU priority (`nice -n 19`), with its arguments,
+/// environment and directory.
+fn niced(cmd: &Command) -> Command {
+    let mut niced = Command::new("nice");
+    niced
+        .args(["-n", "19"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => niced.env(key, value),
+            None => niced.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        niced.current_dir(dir);
+    }
+    niced
+}
+
+/// The fuzz targets' build running beside other work; dropped unfinished
+/// (a run that failed before fuzzing), it stops the build.
+pub struct Building {
+    targets: Option<Targets>,
+    child: Child,
+    log: PathBuf,
+    began: Instant,
+}
+
+impl Building {
+    /// Waits for the build; on a failure, shows the end of its log.
+    pub fn finish(mut self) -> Result<Targets> {
+        let status = self.child.wait()?;
+        let took = self.began.elapsed().as_secs_f64();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if !status.success() {
+            eprintln!("{}", tail(&log, 60));
+            eprintln!("<== build the fuzz targets: FAILED after {took:.1}s");
+            bail!(
+                "building the fuzz targets failed ({status}); its log: {}",
+                self.log.display()
+            );
+        }
+        eprintln!("<== build the fuzz targets: ok, {took:.1}s after it started");
+        self.targets
+            .take()
+            .context("the fuzz targets were taken already")
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        if self.targets.is_none() || matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// The last `n` lines of `log`.
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// One fuzz target running, its output going to `log`.
@@ -141,9 +280,10 @@ impl<'a> Fuzzing<'a> {
             );
             return Ok(());
         }
-        let lines: Vec<&str> = log.lines().collect();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-        eprintln!("{tail}\n<== fuzz {target} for {seconds}s: FAILED in {took:.1}s");
+        eprintln!(
+            "{}\n<== fuzz {target} for {seconds}s: FAILED in {took:.1}s",
+            tail(&log, 60)
+        );
         bail!(
             "fuzzing {target} failed ({status}); its log: {}",
             self.log.display()
