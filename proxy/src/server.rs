@@ -95,7 +95,11 @@ pub async fn worker(
         // (or a newer one) is what `reconcile` binds.
         let generation = *changes.borrow_and_update();
         let all_bound = reconcile(&proxy, &mut running, drain);
-        proxy.listening.reconciled(&slot, generation);
+        // Only a full bind counts: a proxy whose port is still taken must
+        // not say it is ready, or its clients would be refused.
+        if all_bound {
+            proxy.listening.reconciled(&slot, generation);
+        }
         // A port still held (by the process this one replaces, by another
         // workload) is tried again, less often the longer it stays taken,
         // until it frees or a config drops the listener.

@@ -463,7 +463,8 @@ async fn invalid_config_is_refused_and_the_running_one_stays() {
 }
 
 /// A listener whose port is taken when its config arrives is bound once
-/// the port frees, with no new config; each failed attempt is counted.
+/// the port frees, with no new config; each failed attempt is counted, and
+/// the proxy is not ready until then.
 #[tokio::test]
 async fn a_listener_whose_port_is_taken_is_bound_once_it_frees() {
     let up = upstream("blue").await;
@@ -471,13 +472,23 @@ async fn a_listener_whose_port_is_taken_is_bound_once_it_frees() {
     let port = holder.local_addr().unwrap().port();
     let admin = free_port();
     let cfg = http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], "");
-    let p = ProxyProcess::start(&cfg, addr(admin)).await;
+    let p = ProxyProcess::spawn(&cfg, addr(admin), &["--workers", "1"]);
+    let ready = format!("http://127.0.0.1:{admin}/ready");
     let failures = "sluice_listener_bind_failures_total";
     let deadline = Instant::now() + Duration::from_secs(10);
-    while p.counter(failures).await == 0 {
+    while reqwest::get(&ready).await.is_err() || p.counter(failures).await == 0 {
         assert!(Instant::now() < deadline, "no failed bind counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let answer = reqwest::get(&ready).await.unwrap();
+    assert_eq!(answer.status(), 503, "ready while its port is taken");
+    assert!(
+        answer
+            .text()
+            .await
+            .unwrap()
+            .contains("binding its listeners")
+    );
     drop(holder);
     let c = client();
     loop {
@@ -497,6 +508,7 @@ async fn a_listener_whose_port_is_taken_is_bound_once_it_frees() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    p.wait_ready().await;
     assert!(p.log_text().contains("cannot listen (retrying)"));
 }
 
