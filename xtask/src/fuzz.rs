@@ -203,18 +203,28 @@ pub struct Building {
 impl Building {
     /// Waits for the build; on a failure, shows the end of its log.
     pub fn finish(mut self) -> Result<Targets> {
+        let waiting = Instant::now();
         let status = self.child.wait()?;
-        let took = self.began.elapsed().as_secs_f64();
+        let waited = waiting.elapsed().as_secs_f64();
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         if !status.success() {
             eprintln!("{}", tail(&log, 60));
-            eprintln!("<== build the fuzz targets: FAILED after {took:.1}s");
+            eprintln!(
+                "<== build the fuzz targets: FAILED ({:.1}s after it started)",
+                self.began.elapsed().as_secs_f64()
+            );
             bail!(
                 "building the fuzz targets failed ({status}); its log: {}",
                 self.log.display()
             );
         }
-        eprintln!("<== build the fuzz targets: ok, {took:.1}s after it started");
+        // cargo's own last word says how long the build took.
+        let finished = log
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix("Finished "))
+            .unwrap_or("no summary");
+        eprintln!("<== build the fuzz targets: ok ({finished}), waited for it {waited:.1}s");
         self.targets
             .take()
             .context("the fuzz targets were taken already")
