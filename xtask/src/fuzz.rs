@@ -114,7 +114,6 @@ impl Targets {
     /// that work leaves idle (the end-to-end tests mostly wait on the
     /// cluster), so the build is done, or nearly, when fuzzing begins.
     pub fn build_beside(self) -> Result<Building> {
-        use std::os::unix::process::CommandExt;
         let log = cache_dir().join("fuzz-logs/build.log");
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir)?;
@@ -128,9 +127,8 @@ impl Targets {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
-            // Its own group, so that a run ended early stops cargo's
-            // rustcs too.
-            .process_group(0)
+            // In the run's process group: a Ctrl-C, or `timeout` ending
+            // the run, reaches the build's rustcs too.
             .spawn()
             .context("starting the fuzz targets' build")?;
         Ok(Building {
@@ -236,11 +234,49 @@ impl Drop for Building {
         if self.targets.is_none() || matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
+        // cargo-fuzz, the cargo it runs and that cargo's rustcs.
+        let pid = self.child.id();
         let _ = Command::new("kill")
-            .args(["-TERM", "--", &format!("-{}", self.child.id())])
+            .arg("-TERM")
+            .arg("--")
+            .args(descendants(pid).iter().map(u32::to_string))
+            .arg(pid.to_string())
             .status();
         let _ = self.child.wait();
     }
+}
+
+/// The processes below `pid` (its children, theirs, and so on), read from
+/// `/proc`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            Some((child, parent_in_stat(&stat)?))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut next = 0;
+    while let Some(&p) = found.get(next) {
+        found.extend(parents.iter().filter(|&&(_, pp)| pp == p).map(|&(c, _)| c));
+        next += 1;
+    }
+    found.split_off(1)
+}
+
+/// The parent pid in a `/proc/PID/stat` line: "pid (comm) state ppid ...",
+/// where comm may hold spaces and parentheses.
+fn parent_in_stat(stat: &str) -> Option<u32> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// The last `n` lines of `log`.
@@ -359,4 +395,31 @@ fn remove_stale(top: &Path, dir: &Path, sources: &BTreeSet<PathBuf>) -> Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_lines_parent_is_found_past_a_command_with_parentheses() {
+        assert_eq!(
+            parent_in_stat("4242 (rustc) S 4200 4100 4100 0"),
+            Some(4200)
+        );
+        assert_eq!(parent_in_stat("7 (a) b (c) R 1 7 7 0"), Some(1));
+        assert_eq!(parent_in_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_process_has_its_children_among_its_descendants() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("starting sleep");
+        let found = descendants(std::process::id());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(found.contains(&child.id()), "{found:?}");
+    }
 }
