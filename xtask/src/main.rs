@@ -170,14 +170,6 @@ fn counted(totals: &mut Totals, what: &str, check: impl FnOnce() -> Result<()>) 
 
 fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
     let start = Instant::now();
-    // The fuzz targets' sanitizer build (minutes) takes the CPU that the
-    // test bed's downloads, the builds and the end-to-end tests below
-    // leave idle; it needs nothing of theirs.
-    let fuzz_build = if extra.is_empty() {
-        Some(fuzz::Targets::prepare()?.build_beside()?)
-    } else {
-        None
-    };
     run(
         "install the test bed (Debian packages, Kubernetes, etcd, helm)",
         {
@@ -223,10 +215,10 @@ fn task_test(no_lint: bool, extra: Vec<String>) -> Result<()> {
         c.arg("--").args(&extra);
     }
     let mut totals = run_counting("cargo test --workspace", c)?;
-    if let Some(building) = fuzz_build {
+    if extra.is_empty() {
         eprintln!("\n==> fuzzing, {}s per target", fuzz::TEST_SECONDS);
         counted(&mut totals, "the fuzz targets", || {
-            building.finish()?.fuzz(fuzz::TEST_SECONDS)
+            fuzz::run_all(fuzz::TEST_SECONDS)
         })?;
     }
     // The main job itself, non-interactively: every step checks what it
