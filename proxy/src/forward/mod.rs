@@ -193,11 +193,9 @@ impl Forwarding<'_> {
 
     /// The route's deadline, or the attempt's if that comes first.
     fn attempt_deadline(&self) -> Option<Instant> {
-        let whole = self.route().timeout.map(|t| self.start + t);
-        let own = self
-            .route()
-            .attempt_timeout
-            .map(|t| crate::clock::now() + t);
+        let route = self.route();
+        let whole = route.timeout.map(|t| self.start + t);
+        let own = route.attempt_timeout.map(|t| crate::clock::now() + t);
         match (whole, own) {
             (Some(w), Some(o)) => Some(w.min(o)),
             (w, o) => w.or(o),

@@ -127,6 +127,13 @@ pub struct Target<'a> {
     pub mesh: Option<(&'a Arc<MeshIdentity>, &'a Arc<str>)>,
 }
 
+impl Target<'_> {
+    /// The pool its connections go to and come from.
+    fn key(&self) -> Key {
+        (self.addr, self.mesh.is_some())
+    }
+}
+
 /// A plaintext or mTLS upstream connection.
 #[derive(Debug)]
 pub enum Io {
@@ -467,7 +474,7 @@ fn send_own<'a>(
     telemetry: &'a Telemetry,
 ) -> impl Future<Output = Result<Sent, UpstreamError>> + Send + 'a {
     async move {
-        let key = (target.addr, target.mesh.is_some());
+        let key = target.key();
         if let Some(conn) = own_h1::take_idle(key) {
             let dispatched = crate::clock::now();
             match own_h1::exchange(conn, &out).await {
@@ -494,7 +501,7 @@ async fn send_own_fresh(
     out: &own_h1::Outgoing,
     telemetry: &Telemetry,
 ) -> Result<Sent, UpstreamError> {
-    let key = (target.addr, target.mesh.is_some());
+    let key = target.key();
     let io = connect(target, Carried::Http(Proto::H1), connect_timeout, telemetry).await?;
     let dispatched = crate::clock::now();
     let resp = own_h1::exchange(own_h1::Conn::new(io, key), out)
@@ -512,7 +519,7 @@ async fn send_h1(
     req: Request<ReqBody>,
     telemetry: &Telemetry,
 ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
-    let key = (target.addr, target.mesh.is_some());
+    let key = target.key();
     let mut sender = match take_idle_h1(key) {
         Some(s) => s,
         None => Box::pin(connect_h1(target, connect_timeout, telemetry)).await?,
@@ -545,7 +552,7 @@ async fn resend_h1(
         .send_request(req)
         .await
         .map_err(|e| UpstreamError::Request(target.addr, e))?;
-    put_h1((target.addr, target.mesh.is_some()), fresh);
+    put_h1(target.key(), fresh);
     Ok((resp, dispatched))
 }
 
@@ -555,7 +562,7 @@ async fn send_h2(
     req: Request<ReqBody>,
     telemetry: &Telemetry,
 ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
-    let key = (target.addr, target.mesh.is_some());
+    let key = target.key();
     let cached = H2_CONN.with_borrow_mut(|m| {
         let s = m.get(&key)?;
         if s.is_closed() {
@@ -589,7 +596,7 @@ async fn resend_h2(
     req: Request<ReqBody>,
     telemetry: &Telemetry,
 ) -> Result<(Response<Incoming>, Instant), UpstreamError> {
-    let key = (target.addr, target.mesh.is_some());
+    let key = target.key();
     let mut fresh = connect_h2(target, connect_timeout, telemetry).await?;
     H2_CONN.with_borrow_mut(|m| m.insert(key, fresh.clone()));
     let dispatched = crate::clock::now();
