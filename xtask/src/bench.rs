@@ -24,12 +24,16 @@
 //! mTLS with a 100-rule ALLOW policy on the server side whose last rule is
 //! the one that matches.
 //!
+//! The "PGO" row is sluice-proxy built with a profile of the benchmark's
+//! own loads ([`pgo`]), beside the plain release build's row.
+//!
 //! Last, [`instructions`] counts each single proxy's user-space
 //! instructions per request under callgrind: a figure without the
 //! machine's noise, for the part of the CPU per request that is the
 //! proxy's own.
 
 mod instructions;
+mod pgo;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -582,15 +586,10 @@ fn measure(contenders: &[Contender], bench: &Path) -> Result<Vec<Row>> {
 /// already run on would not be measured alike.
 fn measure_mesh(proxy_bin: &Path, dir: &Path, bench: &Path) -> Result<Vec<Row>> {
     let mut client = sluice(proxy_bin, dir, "sluice-client.yaml", Some("client"))?;
-    let mesh: [(&'static str, &str, u16); 3] = [
-        (MESH_ROWS[0], "sluice-server.yaml", PORTS.chain_plain),
-        (MESH_ROWS[1], "sluice-server.yaml", PORTS.chain_mtls),
-        (MESH_ROWS[2], "sluice-server-authz.yaml", PORTS.chain_mtls),
-    ];
-    let mut rounds: Vec<Vec<Round>> = mesh.iter().map(|_| Vec::new()).collect();
+    let mut rounds: Vec<Vec<Round>> = MESH.iter().map(|_| Vec::new()).collect();
     let mut rows = Vec::new();
     for round in 1..=ROUNDS {
-        for (&(name, config, port), rounds) in mesh.iter().zip(&mut rounds) {
+        for (&(name, config, port), rounds) in MESH.iter().zip(&mut rounds) {
             let mut server = sluice(proxy_bin, dir, config, Some("server"))?;
             wait_http(PORTS.server_plain, &mut server)?;
             let c = Contender::ready(name, port, Some(&mut client), Some(&server))?;
@@ -661,6 +660,7 @@ fn write_configs(dir: &Path) -> Result<()> {
         )
     };
     sluice_proxy("sluice.yaml", "bench", PORTS.sluice, "")?;
+    sluice_proxy("sluice-pgo.yaml", "bench", PORTS.sluice_pgo, "")?;
     sluice_proxy(
         "sluice-tls.yaml",
         "bench-tls",
@@ -696,6 +696,8 @@ struct Ports {
     server_plain: u16,
     /// Client sidecar → server sidecar's inbound port, mTLS.
     chain_mtls: u16,
+    /// The profile-guided build's row.
+    sluice_pgo: u16,
 }
 const PORTS: Ports = Ports {
     nginx: 19_101,
@@ -707,6 +709,7 @@ const PORTS: Ports = Ports {
     chain_plain: 19_104,
     server_plain: 19_105,
     chain_mtls: 19_106,
+    sluice_pgo: 19_110,
 };
 
 /// The two sidecars' configs: the client's, and the server's without and
@@ -790,6 +793,17 @@ fn table(rows: &[Row]) -> String {
     }
     s.push('\n');
     s.push_str(&ratios(&get("sluice-proxy"), &PEERS.map(get)));
+    let pgo = get(PGO_ROW);
+    if pgo.measured() {
+        s.push_str(&ratios(&pgo, &PEERS.map(get)));
+        s.push_str(&against(
+            PGO_ROW,
+            &pgo,
+            "sluice-proxy",
+            &get("sluice-proxy"),
+        ));
+        s.push('\n');
+    }
     s.push_str(&ratios(&get(TLS_ROWS[1]), &[get(TLS_ROWS[0])]));
     let (plain, mtls, authz) = (get(MESH_ROWS[0]), get(MESH_ROWS[1]), get(MESH_ROWS[2]));
     if plain.measured() {
@@ -854,6 +868,17 @@ const MESH_ROWS: [&str; 3] = [
     "2 sidecars, mTLS + 100-rule policy",
 ];
 
+/// Each mesh row's name, its server sidecar's config and the client
+/// sidecar's port it is reached through.
+const MESH: [(&str, &str, u16); 3] = [
+    (MESH_ROWS[0], "sluice-server.yaml", PORTS.chain_plain),
+    (MESH_ROWS[1], "sluice-server.yaml", PORTS.chain_mtls),
+    (MESH_ROWS[2], "sluice-server-authz.yaml", PORTS.chain_mtls),
+];
+
+/// The row of the profile-guided build ([`pgo`]).
+const PGO_ROW: &str = "sluice-proxy, PGO";
+
 /// nginx pinned to `cpu` with `<dir>/<config>.conf`, logging to
 /// `<dir>/<config>.log` (the backend, and the nginx proxy row).
 fn nginx(name: &'static str, cpu: &str, dir: &Path, config: &str) -> Result<Proc> {
@@ -874,6 +899,12 @@ fn nginx_args(dir: &Path, config: &str) -> [String; 4] {
 
 /// Starts a sluice proxy on CPU 0 with `config` (and a certificate).
 fn sluice(bin: &Path, dir: &Path, config: &str, cert: Option<&str>) -> Result<Proc> {
+    let c = sluice_command(bin, dir, config, cert);
+    spawn("sluice-proxy", c, &dir.join(format!("{config}.log")))
+}
+
+/// The command [`sluice`] starts.
+fn sluice_command(bin: &Path, dir: &Path, config: &str, cert: Option<&str>) -> Command {
     let mut c = pinned("0", &bin.display().to_string());
     c.args(sluice_args(dir, config)).env("RUST_LOG", "warn");
     if let Some(name) = cert {
@@ -882,7 +913,7 @@ fn sluice(bin: &Path, dir: &Path, config: &str, cert: Option<&str>) -> Result<Pr
             .arg("--key")
             .arg(dir.join(format!("certs/{name}.key")));
     }
-    spawn("sluice-proxy", c, &dir.join(format!("{config}.log")))
+    c
 }
 
 /// Builds the Pingora peer (its own lock file, its own target directory in
@@ -968,6 +999,19 @@ struct Prepared {
 
 /// Installs the peers, builds the binaries and writes the configs.
 fn prepare() -> Result<Prepared> {
+    let (dir, bench, proxy_bin) = prepare_sluice()?;
+    Ok(Prepared {
+        dir,
+        bench,
+        proxy_bin,
+        pingora_bin: build_pingora()?,
+    })
+}
+
+/// What [`prepare`] does but the Pingora peer: the tools, sluice-proxy and
+/// the load tool built, certificates and configs written. The directory,
+/// the load tool and the proxy.
+fn prepare_sluice() -> Result<(PathBuf, PathBuf, PathBuf)> {
     run("install nginx, HAProxy, wrk and valgrind", {
         let mut c = Command::new("bash");
         c.arg(root().join("scripts/bench-tools.sh"));
@@ -985,7 +1029,6 @@ fn prepare() -> Result<Prepared> {
         ]);
         c
     })?;
-    let pingora_bin = build_pingora()?;
     let target = crate::target::dir();
     let dir = target.join("bench/proxy");
     std::fs::create_dir_all(&dir)?;
@@ -997,19 +1040,36 @@ fn prepare() -> Result<Prepared> {
         c
     })?;
     write_configs(&dir)?;
-    Ok(Prepared {
-        dir,
-        bench,
-        proxy_bin,
-        pingora_bin,
-    })
+    Ok((dir, bench, proxy_bin))
+}
+
+/// The profile-guided build of sluice-proxy alone, trained as for the
+/// benchmark's PGO row ([`pgo`]): what `cargo xtask images --pgo` puts
+/// into the proxy's image.
+pub fn pgo_proxy() -> Result<PathBuf> {
+    let (dir, bench, _) = prepare_sluice()?;
+    let backend = backend(&dir)?;
+    write_mesh_configs(&dir)?;
+    let bin = pgo::build(&dir, &bench)?;
+    drop(backend);
+    Ok(bin)
 }
 
 impl Prepared {
-    /// The instruction counts of the single proxies (the backend is up).
-    fn count_instructions(&self) -> Result<Vec<instructions::Counted>> {
+    /// The instruction counts of the single proxies (the backend is up),
+    /// and of the profile-guided build if given.
+    fn count_instructions(&self, pgo: Option<&Path>) -> Result<Vec<instructions::Counted>> {
         eprintln!("\n==> user-space instructions per request (callgrind, CPU 0, one at a time)");
-        let proxies = counted_proxies(&self.dir, &self.pingora_bin, &self.proxy_bin);
+        let mut proxies = counted_proxies(&self.dir, &self.pingora_bin, &self.proxy_bin);
+        if let Some(bin) = pgo {
+            proxies.push(instructions::Subject {
+                name: PGO_ROW,
+                port: PORTS.sluice_pgo,
+                command: std::iter::once(bin.display().to_string())
+                    .chain(sluice_args(&self.dir, "sluice-pgo.yaml"))
+                    .collect(),
+            });
+        }
         instructions::measure(&proxies, &self.dir, &self.bench)
     }
 }
@@ -1027,7 +1087,7 @@ fn backend(dir: &Path) -> Result<Proc> {
 pub fn instructions() -> Result<()> {
     let p = prepare()?;
     let backend = backend(&p.dir)?;
-    let counted = p.count_instructions()?;
+    let counted = p.count_instructions(None)?;
     drop(backend);
     println!("\n{}", instructions::table(&counted, "sluice-proxy"));
     Ok(())
@@ -1038,6 +1098,9 @@ pub fn proxy() -> Result<()> {
     let p = prepare()?;
     let (dir, bench, proxy_bin) = (&p.dir, &p.bench, &p.proxy_bin);
     let backend = backend(dir)?;
+    // The training's loads include the mesh rows'.
+    write_mesh_configs(dir)?;
+    let pgo_bin = pgo::build(dir, bench)?;
 
     // The single proxies run side by side (an idle one costs the others
     // nothing) and take turns round by round.
@@ -1062,6 +1125,7 @@ pub fn proxy() -> Result<()> {
         &dir.join("pingora.log"),
     )?;
     let mut sluice_proxy = sluice(proxy_bin, dir, "sluice.yaml", None)?;
+    let mut sluice_pgo = sluice(&pgo_bin, dir, "sluice-pgo.yaml", None)?;
     let mut nginx_tls = nginx("nginx, TLS", "0", dir, "nginx-tls")?;
     let mut sluice_tls = sluice(proxy_bin, dir, "sluice-tls.yaml", None)?;
     let roots = dir.join("certs/roots.pem");
@@ -1071,6 +1135,7 @@ pub fn proxy() -> Result<()> {
         Contender::ready("haproxy", PORTS.haproxy, Some(&mut haproxy), None)?,
         Contender::ready("pingora", PORTS.pingora, Some(&mut pingora), None)?,
         Contender::ready("sluice-proxy", PORTS.sluice, Some(&mut sluice_proxy), None)?,
+        Contender::ready(PGO_ROW, PORTS.sluice_pgo, Some(&mut sluice_pgo), None)?,
         Contender::ready_over(
             TLS_ROWS[0],
             PORTS.nginx_tls,
@@ -1092,22 +1157,27 @@ pub fn proxy() -> Result<()> {
         haproxy,
         pingora,
         sluice_proxy,
+        sluice_pgo,
         nginx_tls,
         sluice_tls,
     ));
-    write_mesh_configs(dir)?;
     eprintln!("\n==> two sluice sidecars (1 worker each, both on CPU 0)");
     rows.extend(measure_mesh(proxy_bin, dir, bench)?);
-    let counted = p.count_instructions()?;
+    // Saved before the instruction counts too, which a peer that will not
+    // stop under callgrind could otherwise take down with it.
+    let timed = table(&rows);
+    save(dir, &timed)?;
+    let counted = p.count_instructions(Some(&pgo_bin))?;
     drop(backend);
-    let out = format!(
-        "{}\n{}",
-        table(&rows),
-        instructions::table(&counted, "sluice-proxy")
-    );
+    let out = format!("{timed}\n{}", instructions::table(&counted, "sluice-proxy"));
     println!("\n{out}");
+    save(dir, &out)
+}
+
+/// Writes the benchmark's results to `<dir>/results.md`.
+fn save(dir: &Path, results: &str) -> Result<()> {
     let mut f = std::fs::File::create(dir.join("results.md"))?;
-    f.write_all(out.as_bytes())?;
+    f.write_all(results.as_bytes())?;
     eprintln!("saved to {}", dir.join("results.md").display());
     Ok(())
 }

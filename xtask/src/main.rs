@@ -70,6 +70,10 @@ enum Task {
         /// Use the debug build instead (what the test bed runs).
         #[arg(long)]
         debug: bool,
+        /// Build the proxy with a profile of the proxy benchmark's loads
+        /// (PGO; the benchmark's tools, about 20 minutes more).
+        #[arg(long, conflicts_with = "debug")]
+        pgo: bool,
     },
     /// Run the cargo-fuzz targets of `fuzz/` (installs cargo-fuzz into the cache).
     Fuzz {
@@ -329,6 +333,26 @@ fn run_counting(what: &str, mut cmd: Command) -> Result<Totals> {
     Ok(totals)
 }
 
+/// A directory of the release binaries in `release`, with the
+/// profile-guided build as `sluice-proxy`.
+fn with_pgo_proxy(release: &Path) -> Result<PathBuf> {
+    let proxy = bench::pgo_proxy()?;
+    let bins = target::dir().join("images-pgo-bins");
+    let _ = std::fs::remove_dir_all(&bins);
+    std::fs::create_dir_all(&bins)?;
+    for name in [
+        "sluice-operator",
+        "demo-app",
+        "sluice-images",
+        "sluice-pause",
+    ] {
+        std::fs::copy(release.join(name), bins.join(name))
+            .with_context(|| format!("copying {name} from {}", release.display()))?;
+    }
+    std::fs::copy(&proxy, bins.join("sluice-proxy"))?;
+    Ok(bins)
+}
+
 /// The project's cache outside the checkout (`SLUICE_CACHE`, else
 /// `~/.cache/sluice`): what a new clone would otherwise download or build again.
 fn cache_dir() -> PathBuf {
@@ -343,8 +367,9 @@ fn tools_dir() -> PathBuf {
 }
 
 /// The binaries the images hold, built in one cargo invocation, then the
-/// archives written by `sluice-images`.
-fn task_images(debug: bool) -> Result<()> {
+/// archives written by `sluice-images`; with `pgo`, the proxy's image
+/// holds the profile-guided build instead.
+fn task_images(debug: bool, pgo: bool) -> Result<()> {
     let profile = if debug { "debug" } else { "release" };
     run(&format!("build the {profile} binaries"), {
         let mut c = cargo();
@@ -362,7 +387,10 @@ fn task_images(debug: bool) -> Result<()> {
         }
         c
     })?;
-    let bins = target::dir().join(profile);
+    let mut bins = target::dir().join(profile);
+    if pgo {
+        bins = with_pgo_proxy(&bins)?;
+    }
     let out = target::dir().join("images");
     run("write the image archives", {
         let mut c = Command::new(bins.join("sluice-images"));
@@ -690,7 +718,7 @@ fn task(task: Task) -> Result<()> {
         },
         Task::Crds { check } => task_crds(check),
         Task::TestBed => run("install the test bed", test_bed()?),
-        Task::Images { debug } => task_images(debug),
+        Task::Images { debug, pgo } => task_images(debug, pgo),
         Task::Fuzz { seconds } => fuzz::run_all(seconds),
         Task::Conformance { mesh, args } => {
             let profile = if mesh {

@@ -136,11 +136,20 @@ fn run_once(s: &Subject, out: &Path, bench: &Path, serve: bool) -> Result<Run> {
 
 /// Stops `proc` with SIGINT (a fast stop for nginx, HAProxy and Pingora,
 /// the same as SIGTERM for sluice-proxy) and waits for it, so that
-/// callgrind writes its counts; a kill would lose them.
+/// callgrind writes its counts; a kill would lose them. SIGTERM follows if
+/// SIGINT was not enough (HAProxy once sat out 90 s of it under
+/// callgrind): callgrind writes its counts on either.
 fn stop(mut proc: Proc) -> Result<()> {
-    if !proc.stop("-INT", STOP_WITHIN) {
+    if proc.stop("-INT", STOP_WITHIN) {
+        return Ok(());
+    }
+    eprintln!(
+        "    {} did not stop within {STOP_WITHIN:?} of SIGINT: SIGTERM",
+        proc.name
+    );
+    if !proc.stop("-TERM", STOP_WITHIN) {
         bail!(
-            "{} did not stop within {STOP_WITHIN:?} of SIGINT",
+            "{} did not stop within {STOP_WITHIN:?} of SIGINT, nor of SIGTERM after",
             proc.name
         );
     }
