@@ -30,8 +30,8 @@ const TRAIN_SECONDS: u32 = 2;
 /// (configs and certificates in `dir`, `bench` the load tool) and returns
 /// the path of the build that used its profile.
 pub fn build(dir: &Path, bench: &Path) -> Result<PathBuf> {
-    let profdata = llvm_profdata()?;
     let host = host_triple()?;
+    let profdata = llvm_profdata(&host)?;
     let pgo = cache_dir().join("pgo");
     let raw = pgo.join("raw");
     let instrumented = build_with(
@@ -143,11 +143,10 @@ fn finish(mut p: Proc) -> Result<()> {
     Ok(())
 }
 
-/// The toolchain's `llvm-profdata` (rustup's `llvm-tools`, added if
-/// missing: its LLVM must be rustc's, which Debian's is not).
-fn llvm_profdata() -> Result<PathBuf> {
+/// The toolchain's `llvm-profdata` for `host` (rustup's `llvm-tools`,
+/// added if missing: its LLVM must be rustc's, which Debian's is not).
+fn llvm_profdata(host: &str) -> Result<PathBuf> {
     let sysroot = output(Command::new("rustc").args(["--print", "sysroot"]))?;
-    let host = host_triple()?;
     let path = Path::new(sysroot.trim()).join(format!("lib/rustlib/{host}/bin/llvm-profdata"));
     if !path.exists() {
         run("add rustup's llvm-tools (llvm-profdata)", {
