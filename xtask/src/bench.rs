@@ -10,9 +10,11 @@
 //! over each of those runs; memory from `/proc` idle and with 1,000 open
 //! keep-alive connections held by `sluice-bench hold`. The single proxies
 //! run side by side and take turns (in an order reversed every other
-//! round), [`ROUNDS`] rounds of each load; every figure is the median of
-//! its rounds, and every comparison of two proxies the median of their
-//! round-by-round ratios or differences.
+//! round), [`ROUNDS`] rounds of the peak and [`FIXED_ROUNDS`] of the fixed
+//! rate; every figure is the median of its rounds, and every comparison
+//! of two proxies the median of their round-by-round ratios or
+//! differences, with an interval for it that says whether a target is met,
+//! missed or within the noise ([`paired`]).
 //!
 //! The TLS rows are nginx and sluice-proxy, each another process of one
 //! worker on CPU 0, terminating TLS (the gateway certificate from
@@ -33,6 +35,7 @@
 //! proxy's own.
 
 mod instructions;
+mod paired;
 mod pgo;
 
 use std::io::{BufRead, BufReader, Write};
@@ -43,6 +46,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::{cargo, root, run};
+use paired::{Paired, median, ratio};
 
 const BACKEND_PORT: u16 = 19_001;
 /// Seconds of each peak-throughput round.
@@ -430,96 +434,44 @@ impl Contender {
 /// burst of noise that lands on one.
 const ROUNDS: usize = 5;
 
-/// The median of `values`, 0 for none (a row not measured).
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// Two rows compared round by round: the median of the rounds'
-/// comparisons, the lowest and the highest. Two contenders measured in the
-/// same round ran seconds apart, so comparing them there cancels the drift
-/// of the machine that the medians of each alone keep.
-#[derive(Debug, PartialEq)]
-struct Paired {
-    mid: f64,
-    low: f64,
-    high: f64,
-}
-
-impl Paired {
-    /// `f(a, b)` in each round.
-    fn by(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Paired {
-        let each: Vec<f64> = a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect();
-        if each.is_empty() {
-            return Paired {
-                mid: 0.0,
-                low: 0.0,
-                high: 0.0,
-            };
-        }
-        let low = each.iter().copied().fold(f64::INFINITY, f64::min);
-        let high = each.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        Paired {
-            mid: median(each),
-            low,
-            high,
-        }
-    }
-
-    /// `a / b` in each round.
-    fn ratio(a: &[f64], b: &[f64]) -> Paired {
-        Paired::by(a, b, ratio)
-    }
-
-    /// `a - b` in each round.
-    fn difference(a: &[f64], b: &[f64]) -> Paired {
-        Paired::by(a, b, |a, b| a - b)
-    }
-
-    /// As a ratio: "1.04x (rounds 0.99-1.10)".
-    fn times(&self) -> String {
-        format!("{:.2}x (rounds {:.2}-{:.2})", self.mid, self.low, self.high)
-    }
-
-    /// As a difference in µs: "+12 µs (rounds -40 to +90)".
-    fn micros(&self) -> String {
-        format!(
-            "{:+.0} µs (rounds {:+.0} to {:+.0})",
-            self.mid, self.low, self.high
-        )
-    }
-}
+/// Rounds of the fixed rate for the single proxies: more than of the
+/// peak, since a fixed-rate round is cheap (6 s) and its CPU per request
+/// and p99 are the noisiest figures, and the comparisons' interval narrows
+/// with the rounds ([`paired`]).
+const FIXED_ROUNDS: usize = 15;
 
 /// What one round measured of one contender: peak throughput and the
-/// CPU per request at it, then the fixed rate and the CPU per request at it.
+/// CPU per request at it (in the first [`ROUNDS`] rounds), then the fixed
+/// rate and the CPU per request at it.
 struct Round {
-    peak_rps: f64,
-    cpu_peak_us: f64,
+    /// Requests per second and CPU µs per request.
+    peak: Option<(f64, f64)>,
     fixed: Fixed,
     cpu_fixed_us: f64,
 }
 
-/// Round `round` of both loads on `c`.
-fn one_round(c: &Contender, bench: &Path, round: usize) -> Result<Round> {
+/// Round `round` on `c`: the peak load if `with_peak`, then the fixed rate.
+fn one_round(c: &Contender, bench: &Path, round: usize, with_peak: bool) -> Result<Round> {
+    let peak = if with_peak {
+        eprintln!("    {}: round {round}: peak ({PEAK_SECONDS} s)", c.name);
+        let (peak, cpu_us) = with_cpu_per_request(
+            &c.cpu_pids,
+            || wrk_peak(&c.url(), PEAK_SECONDS),
+            |p| p.requests,
+        )?;
+        Some((peak.rps, cpu_us))
+    } else {
+        None
+    };
     eprintln!(
-        "    {}: round {round}: peak ({PEAK_SECONDS} s), then {FIXED_RPS} rps ({FIXED_SECONDS} s)",
+        "    {}: round {round}: {FIXED_RPS} rps ({FIXED_SECONDS} s)",
         c.name
     );
-    let (peak, cpu_peak_us) = with_cpu_per_request(
-        &c.cpu_pids,
-        || wrk_peak(&c.url(), PEAK_SECONDS),
-        |p| p.requests,
-    )?;
     let target = c.bench_target();
     let (fixed, cpu_fixed_us) =
         with_cpu_per_request(&c.cpu_pids, || fixed_rate(bench, &target), |f| f.answered)?;
     Ok(Round {
-        peak_rps: peak.rps,
-        cpu_peak_us,
+        peak,
         fixed,
         cpu_fixed_us,
     })
@@ -536,12 +488,13 @@ fn row(c: &Contender, rounds: &[Round], bench: &Path) -> Result<Row> {
         None => 0,
     };
     let by_round = |f: fn(&Round) -> f64| rounds.iter().map(f).collect();
+    let peaks = || rounds.iter().filter_map(|r| r.peak);
     Ok(Row {
         name: c.name,
         errors: rounds.iter().map(|r| r.fixed.errors).sum(),
         cpu_fixed_rounds: by_round(|r| r.cpu_fixed_us),
-        cpu_peak_rounds: by_round(|r| r.cpu_peak_us),
-        peak_rounds: by_round(|r| r.peak_rps),
+        cpu_peak_rounds: peaks().map(|(_, cpu)| cpu).collect(),
+        peak_rounds: peaks().map(|(rps, _)| rps).collect(),
         p50_rounds: by_round(|r| r.fixed.p50_us as f64),
         p99_rounds: by_round(|r| r.fixed.p99_us as f64),
         rss_idle_kib: c.rss_idle_kib,
@@ -562,13 +515,14 @@ fn turn_order(n: usize, round: usize) -> Vec<usize> {
 }
 
 /// Measures `contenders` side by side: they take turns ([`turn_order`]),
-/// each running both loads once per round for [`ROUNDS`] rounds; then
-/// memory with 1,000 open connections, one after the other.
+/// each running the peak load in the first [`ROUNDS`] rounds and the fixed
+/// rate in each of [`FIXED_ROUNDS`]; then memory with 1,000 open
+/// connections, one after the other.
 fn measure(contenders: &[Contender], bench: &Path) -> Result<Vec<Row>> {
     let mut rounds: Vec<Vec<Round>> = contenders.iter().map(|_| Vec::new()).collect();
-    for round in 1..=ROUNDS {
+    for round in 1..=FIXED_ROUNDS {
         for i in turn_order(contenders.len(), round) {
-            rounds[i].push(one_round(&contenders[i], bench, round)?);
+            rounds[i].push(one_round(&contenders[i], bench, round, round <= ROUNDS)?);
         }
     }
     contenders
@@ -593,7 +547,7 @@ fn measure_mesh(proxy_bin: &Path, dir: &Path, bench: &Path) -> Result<Vec<Row>> 
             let mut server = sluice(proxy_bin, dir, config, Some("server"))?;
             wait_http(PORTS.server_plain, &mut server)?;
             let c = Contender::ready(name, port, Some(&mut client), Some(&server))?;
-            rounds.push(one_round(&c, bench, round)?);
+            rounds.push(one_round(&c, bench, round, true)?);
             if round == ROUNDS {
                 rows.push(row(&c, rounds, bench)?);
             }
@@ -828,10 +782,6 @@ const PEERS: [&str; 3] = ["nginx", "haproxy", "pingora"];
 /// TLS leaves the plaintext rows' memory as it was.
 const TLS_ROWS: [&str; 2] = ["nginx, TLS", "sluice-proxy, TLS"];
 
-fn ratio(a: f64, b: f64) -> f64 {
-    if b > 0.0 { a / b } else { 0.0 }
-}
-
 /// `sluice` (sluice-proxy's row) against each peer: CPU per request (the target,
 /// ≤ 1.0x) and p99 at the fixed rate (the added p99 against the same
 /// direct connection, so ≤ 0 is the target) paired round by round, and
@@ -839,10 +789,18 @@ fn ratio(a: f64, b: f64) -> f64 {
 fn ratios(sluice: &Row, peers: &[Row]) -> String {
     let mut s = String::new();
     for peer in peers.iter().filter(|p| p.measured()) {
+        let rss = ratio(sluice.rss_conns_kib as f64, peer.rss_conns_kib as f64);
         s.push_str(&format!(
-            "{}; RSS with 1,000 conns {:.2}x\n",
+            "{}; RSS with 1,000 conns {rss:.2}x\n",
             against(sluice.name, sluice, peer.name, peer),
-            ratio(sluice.rss_conns_kib as f64, peer.rss_conns_kib as f64),
+        ));
+        s.push_str(&format!(
+            "  targets against {}: CPU/req ≤ 1.0x at {FIXED_RPS} req/s {}, at peak {}; p99 at {FIXED_RPS} req/s ≤ its {}; RSS with 1,000 conns ≤ 1.0x {}\n",
+            peer.name,
+            Paired::ratio(&sluice.cpu_fixed_rounds, &peer.cpu_fixed_rounds).at_most(1.0),
+            Paired::ratio(&sluice.cpu_peak_rounds, &peer.cpu_peak_rounds).at_most(1.0),
+            Paired::difference(&sluice.p99_rounds, &peer.p99_rounds).at_most(0.0),
+            if rss <= 1.0 { "met" } else { "missed" },
         ));
     }
     s
@@ -1227,31 +1185,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paired_ratios_take_the_median_round_and_show_the_spread() {
-        let sluice = [10.0, 12.0, 9.0];
-        let nginx = [10.0, 10.0, 10.0];
-        let paired = Paired::ratio(&sluice, &nginx);
-        assert_eq!(
-            paired,
-            Paired {
-                mid: 1.0,
-                low: 0.9,
-                high: 1.2
-            }
-        );
-        assert_eq!(paired.times(), "1.00x (rounds 0.90-1.20)");
-    }
-
-    #[test]
-    fn paired_differences_keep_their_sign_when_every_round_is_lower() {
-        let sluice = [300.0, 250.0, 420.0];
-        let nginx = [350.0, 390.0, 430.0];
-        let paired = Paired::difference(&sluice, &nginx);
-        assert_eq!(paired.mid, -50.0);
-        assert_eq!(paired.micros(), "-50 µs (rounds -140 to -10)");
-    }
-
-    #[test]
     fn contenders_take_turns_in_an_order_reversed_every_other_round() {
         assert_eq!(turn_order(3, 1), [0, 1, 2]);
         assert_eq!(turn_order(3, 2), [2, 1, 0]);
@@ -1260,8 +1193,7 @@ mod tests {
     }
 
     #[test]
-    fn a_row_not_measured_pairs_to_zero_instead_of_panicking() {
-        assert_eq!(Paired::ratio(&[], &[]).times(), "0.00x (rounds 0.00-0.00)");
+    fn a_row_not_measured_has_zero_medians_instead_of_panicking() {
         assert_eq!(Row::default().cpu_peak_us(), 0.0);
     }
 }

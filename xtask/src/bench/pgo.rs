@@ -12,7 +12,10 @@
 //! Both builds go to target directories of their own in the project's
 //! cache, for the target triple named (so that build scripts and proc
 //! macros are neither instrumented nor profiled), and leave the
-//! workspace's release build as it is.
+//! workspace's release build as it is. A profile is kept beside the
+//! instrumented build it was trained on, and reused while that build is
+//! unchanged: a rerun on the same code skips the training and the second
+//! build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,7 +34,6 @@ const TRAIN_SECONDS: u32 = 2;
 /// the path of the build that used its profile.
 pub fn build(dir: &Path, bench: &Path) -> Result<PathBuf> {
     let host = host_triple()?;
-    let profdata = llvm_profdata(&host)?;
     let pgo = cache_dir().join("pgo");
     let raw = pgo.join("raw");
     let instrumented = build_with(
@@ -40,22 +42,32 @@ pub fn build(dir: &Path, bench: &Path) -> Result<PathBuf> {
         &host,
         &format!("-Cprofile-generate={}", raw.display()),
     )?;
-    // Only what the training writes.
-    let _ = std::fs::remove_dir_all(&raw);
-    std::fs::create_dir_all(&raw)?;
-    train(&instrumented, &raw, dir, bench)?;
-    let merged = pgo.join("merged.profdata");
-    run("merge the training's profiles", {
-        let mut c = Command::new(&profdata);
-        c.arg("merge").arg("-o").arg(&merged).arg(&raw);
-        c
-    })?;
-    // Named by its content: cargo does not look into the file a flag
-    // names, so a new profile under the same name would not rebuild.
-    let bytes = std::fs::read(&merged)?;
-    let named = pgo.join(format!("proxy-{:016x}.profdata", fnv1a(&bytes)));
-    std::fs::rename(&merged, &named)?;
-    remove_other_profiles(&pgo, &named);
+    // A profile is kept for the instrumented build it was trained on:
+    // while the proxy's code is unchanged, the next run reuses it, and
+    // cargo finds the build that used it up to date.
+    let named = pgo.join(format!(
+        "proxy-{:016x}.profdata",
+        fnv1a(&std::fs::read(&instrumented)?)
+    ));
+    if named.exists() {
+        eprintln!(
+            "\n==> reuse the profile of this instrumented build: {}",
+            named.display()
+        );
+    } else {
+        // Only what the training writes.
+        let _ = std::fs::remove_dir_all(&raw);
+        std::fs::create_dir_all(&raw)?;
+        train(&instrumented, &raw, dir, bench)?;
+        let merged = pgo.join("merged.profdata");
+        run("merge the training's profiles", {
+            let mut c = Command::new(llvm_profdata(&host)?);
+            c.arg("merge").arg("-o").arg(&merged).arg(&raw);
+            c
+        })?;
+        std::fs::rename(&merged, &named)?;
+        remove_other_profiles(&pgo, &named);
+    }
     build_with(
         "build sluice-proxy with the profile (release)",
         &pgo.join("use"),
@@ -209,7 +221,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_profile_is_named_by_its_content() {
+    fn a_build_is_named_by_its_bytes_in_their_order() {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_ne!(fnv1a(b"ab"), fnv1a(b"ba"));
