@@ -12,10 +12,10 @@
 //! Both builds go to target directories of their own in the project's
 //! cache, for the target triple named (so that build scripts and proc
 //! macros are neither instrumented nor profiled), and leave the
-//! workspace's release build as it is. A profile is kept beside the
-//! instrumented build it was trained on, and reused while that build is
-//! unchanged: a rerun on the same code skips the training and the second
-//! build.
+//! workspace's release build as it is. A profile is kept under the name
+//! of the instrumented build it was trained on and of the training, and
+//! reused while neither changes: a rerun on the same code skips the
+//! training and the second build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,13 +42,11 @@ pub fn build(dir: &Path, bench: &Path) -> Result<PathBuf> {
         &host,
         &format!("-Cprofile-generate={}", raw.display()),
     )?;
-    // A profile is kept for the instrumented build it was trained on:
-    // while the proxy's code is unchanged, the next run reuses it, and
-    // cargo finds the build that used it up to date.
-    let named = pgo.join(format!(
-        "proxy-{:016x}.profdata",
-        fnv1a(&std::fs::read(&instrumented)?)
-    ));
+    // A profile is kept for the instrumented build it was trained on and
+    // the training that ran (this file): while neither changes, the next
+    // run reuses it, and cargo finds the build that used it up to date.
+    let key = fnv1a(&std::fs::read(&instrumented)?) ^ fnv1a(include_bytes!("pgo.rs"));
+    let named = pgo.join(format!("proxy-{key:016x}.profdata"));
     if named.exists() {
         eprintln!(
             "\n==> reuse the profile of this instrumented build: {}",
