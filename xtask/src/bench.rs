@@ -789,14 +789,14 @@ const TLS_ROWS: [&str; 2] = ["nginx, TLS", "sluice-proxy, TLS"];
 fn ratios(sluice: &Row, peers: &[Row]) -> String {
     let mut s = String::new();
     for peer in peers.iter().filter(|p| p.measured()) {
+        let p = peer.name;
         let rss = ratio(sluice.rss_conns_kib as f64, peer.rss_conns_kib as f64);
         s.push_str(&format!(
             "{}; RSS with 1,000 conns {rss:.2}x\n",
             against(sluice.name, sluice, peer.name, peer),
         ));
         s.push_str(&format!(
-            "  targets against {}: CPU/req ≤ 1.0x at {FIXED_RPS} req/s {}, at peak {}; p99 at {FIXED_RPS} req/s ≤ its {}; RSS with 1,000 conns ≤ 1.0x {}\n",
-            peer.name,
+            "  targets against {p}: CPU/req ≤ 1.0x at {FIXED_RPS} req/s {}, at peak {}; added p99 at {FIXED_RPS} req/s ≤ {p}'s {}; RSS with 1,000 conns ≤ 1.0x {}\n",
             Paired::ratio(&sluice.cpu_fixed_rounds, &peer.cpu_fixed_rounds).at_most(1.0),
             Paired::ratio(&sluice.cpu_peak_rounds, &peer.cpu_peak_rounds).at_most(1.0),
             Paired::difference(&sluice.p99_rounds, &peer.p99_rounds).at_most(0.0),
@@ -1125,11 +1125,44 @@ pub fn proxy() -> Result<()> {
     // stop under callgrind could otherwise take down with it.
     let timed = table(&rows);
     save(dir, &timed)?;
+    save_rounds(dir, &rows)?;
     let counted = p.count_instructions(Some(&pgo_bin))?;
     drop(backend);
     let out = format!("{timed}\n{}", instructions::table(&counted, "sluice-proxy"));
     println!("\n{out}");
     save(dir, &out)
+}
+
+/// Writes every row's figures round by round to `<dir>/rounds.tsv`
+/// (row, figure, then one column per round), so that rounds can be
+/// compared or pooled across runs later.
+fn save_rounds(dir: &Path, rows: &[Row]) -> Result<()> {
+    let path = dir.join("rounds.tsv");
+    std::fs::write(&path, rounds_tsv(rows))?;
+    eprintln!("rounds saved to {}", path.display());
+    Ok(())
+}
+
+fn rounds_tsv(rows: &[Row]) -> String {
+    let mut s = String::new();
+    for r in rows {
+        for (figure, values) in [
+            ("cpu_fixed_us", &r.cpu_fixed_rounds),
+            ("cpu_peak_us", &r.cpu_peak_rounds),
+            ("peak_rps", &r.peak_rounds),
+            ("p50_us", &r.p50_rounds),
+            ("p99_us", &r.p99_rounds),
+        ] {
+            s.push_str(r.name);
+            s.push('\t');
+            s.push_str(figure);
+            for v in values {
+                s.push_str(&format!("\t{v:.1}"));
+            }
+            s.push('\n');
+        }
+    }
+    s
 }
 
 /// Writes the benchmark's results to `<dir>/results.md`.
@@ -1190,6 +1223,22 @@ mod tests {
         assert_eq!(turn_order(3, 2), [2, 1, 0]);
         assert_eq!(turn_order(3, 3), [0, 1, 2]);
         assert!(turn_order(0, 2).is_empty());
+    }
+
+    #[test]
+    fn rounds_are_saved_one_figure_of_one_row_per_line() {
+        let row = Row {
+            name: "nginx",
+            cpu_fixed_rounds: vec![70.25, 71.0],
+            p99_rounds: vec![340.0, 352.0],
+            ..Row::default()
+        };
+        let tsv = rounds_tsv(&[row]);
+        let lines: Vec<&str> = tsv.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert_eq!(lines[0], "nginx\tcpu_fixed_us\t70.2\t71.0");
+        assert_eq!(lines[1], "nginx\tcpu_peak_us");
+        assert_eq!(lines[4], "nginx\tp99_us\t340.0\t352.0");
     }
 
     #[test]
