@@ -790,33 +790,58 @@ fn ratios(sluice: &Row, peers: &[Row]) -> String {
     let mut s = String::new();
     for peer in peers.iter().filter(|p| p.measured()) {
         let p = peer.name;
+        let c = Compared::new(sluice, peer);
         let rss = ratio(sluice.rss_conns_kib as f64, peer.rss_conns_kib as f64);
         s.push_str(&format!(
             "{}; RSS with 1,000 conns {rss:.2}x\n",
-            against(sluice.name, sluice, peer.name, peer),
+            c.line(sluice.name, p),
         ));
         s.push_str(&format!(
             "  targets against {p}: CPU/req ≤ 1.0x at {FIXED_RPS} req/s {}, at peak {}; added p99 at {FIXED_RPS} req/s ≤ {p}'s {}; RSS with 1,000 conns ≤ 1.0x {}\n",
-            Paired::ratio(&sluice.cpu_fixed_rounds, &peer.cpu_fixed_rounds).at_most(1.0),
-            Paired::ratio(&sluice.cpu_peak_rounds, &peer.cpu_peak_rounds).at_most(1.0),
-            Paired::difference(&sluice.p99_rounds, &peer.p99_rounds).at_most(0.0),
+            c.cpu_fixed.at_most(1.0),
+            c.cpu_peak.at_most(1.0),
+            c.p99.at_most(0.0),
             if rss <= 1.0 { "met" } else { "missed" },
         ));
     }
     s
 }
 
-/// `a` against `b`, paired round by round: CPU per request at the fixed
-/// rate and at peak, throughput, and the difference of p99 at the fixed
-/// rate.
+/// One row against another, paired round by round: CPU per request at
+/// the fixed rate and at peak, throughput, and the difference of p99 at
+/// the fixed rate.
+struct Compared {
+    cpu_fixed: Paired,
+    cpu_peak: Paired,
+    throughput: Paired,
+    p99: Paired,
+}
+
+impl Compared {
+    fn new(a: &Row, b: &Row) -> Compared {
+        Compared {
+            cpu_fixed: Paired::ratio(&a.cpu_fixed_rounds, &b.cpu_fixed_rounds),
+            cpu_peak: Paired::ratio(&a.cpu_peak_rounds, &b.cpu_peak_rounds),
+            throughput: Paired::ratio(&a.peak_rounds, &b.peak_rounds),
+            p99: Paired::difference(&a.p99_rounds, &b.p99_rounds),
+        }
+    }
+
+    /// "`a_name` against `b_name`: …", one line.
+    fn line(&self, a_name: &str, b_name: &str) -> String {
+        format!(
+            "{a_name} against {b_name}: CPU/req at {FIXED_RPS} req/s {}, at peak {}; throughput {}; p99 at {FIXED_RPS} req/s {}",
+            self.cpu_fixed.times(),
+            self.cpu_peak.times(),
+            self.throughput.times(),
+            self.p99.micros(),
+        )
+    }
+}
+
+/// `a` against `b` ([`Compared`]), as a line.
 fn against(a_name: &str, a: &Row, b_name: &str, b: &Row) -> String {
-    format!(
-        "{a_name} against {b_name}: CPU/req at {FIXED_RPS} req/s {}, at peak {}; throughput {}; p99 at {FIXED_RPS} req/s {}",
-        Paired::ratio(&a.cpu_fixed_rounds, &b.cpu_fixed_rounds).times(),
-        Paired::ratio(&a.cpu_peak_rounds, &b.cpu_peak_rounds).times(),
-        Paired::ratio(&a.peak_rounds, &b.peak_rounds).times(),
-        Paired::difference(&a.p99_rounds, &b.p99_rounds).micros(),
-    )
+    Compared::new(a, b).line(a_name, b_name)
 }
 
 /// The mesh rows' names: plaintext, mTLS, mTLS with the policy.
@@ -912,14 +937,28 @@ fn pingora_args() -> [String; 2] {
 }
 
 /// The single plaintext proxies as [`instructions`] runs them: as in the
-/// rows above, nginx without its master process.
-fn counted_proxies(dir: &Path, pingora: &Path, sluice: &Path) -> Vec<instructions::Subject> {
+/// rows above, nginx without its master process; the profile-guided build
+/// last, if given.
+fn counted_proxies(
+    dir: &Path,
+    pingora: &Path,
+    sluice: &Path,
+    pgo: Option<&Path>,
+) -> Vec<instructions::Subject> {
     let with = |program: String, args: &[String]| -> Vec<String> {
         std::iter::once(program)
             .chain(args.iter().cloned())
             .collect()
     };
-    vec![
+    let pgo = pgo.map(|bin| instructions::Subject {
+        name: PGO_ROW,
+        port: PORTS.sluice_pgo,
+        command: with(
+            bin.display().to_string(),
+            &sluice_args(dir, "sluice-pgo.yaml"),
+        ),
+    });
+    let mut subjects = vec![
         instructions::Subject {
             name: "nginx",
             port: PORTS.nginx,
@@ -943,7 +982,9 @@ fn counted_proxies(dir: &Path, pingora: &Path, sluice: &Path) -> Vec<instruction
                 &sluice_args(dir, "sluice.yaml"),
             ),
         },
-    ]
+    ];
+    subjects.extend(pgo);
+    subjects
 }
 
 /// What the proxy benchmarks run: their directory (configs, certificates,
@@ -1018,16 +1059,7 @@ impl Prepared {
     /// and of the profile-guided build if given.
     fn count_instructions(&self, pgo: Option<&Path>) -> Result<Vec<instructions::Counted>> {
         eprintln!("\n==> user-space instructions per request (callgrind, CPU 0, one at a time)");
-        let mut proxies = counted_proxies(&self.dir, &self.pingora_bin, &self.proxy_bin);
-        if let Some(bin) = pgo {
-            proxies.push(instructions::Subject {
-                name: PGO_ROW,
-                port: PORTS.sluice_pgo,
-                command: std::iter::once(bin.display().to_string())
-                    .chain(sluice_args(&self.dir, "sluice-pgo.yaml"))
-                    .collect(),
-            });
-        }
+        let proxies = counted_proxies(&self.dir, &self.pingora_bin, &self.proxy_bin, pgo);
         instructions::measure(&proxies, &self.dir, &self.bench)
     }
 }
@@ -1239,6 +1271,27 @@ mod tests {
         assert_eq!(lines[0], "nginx\tcpu_fixed_us\t70.2\t71.0");
         assert_eq!(lines[1], "nginx\tcpu_peak_us");
         assert_eq!(lines[4], "nginx\tp99_us\t340.0\t352.0");
+    }
+
+    #[test]
+    fn a_row_against_a_peer_is_one_line_and_its_verdicts() {
+        let row = |name, cpu: f64, p99: f64| Row {
+            name,
+            cpu_fixed_rounds: vec![cpu; 5],
+            cpu_peak_rounds: vec![cpu / 4.0; 5],
+            peak_rounds: vec![40_000.0; 5],
+            p99_rounds: vec![p99; 5],
+            rss_conns_kib: 10_240,
+            ..Row::default()
+        };
+        let lines = ratios(
+            &row("sluice-proxy", 60.0, 330.0),
+            &[row("nginx", 75.0, 340.0)],
+        );
+        assert_eq!(
+            lines,
+            "sluice-proxy against nginx: CPU/req at 2000 req/s 0.80x (rounds 0.80-0.80; 94 % interval 0.80-0.80), at peak 0.80x (rounds 0.80-0.80; 94 % interval 0.80-0.80); throughput 1.00x (rounds 1.00-1.00; 94 % interval 1.00-1.00); p99 at 2000 req/s -10 µs (rounds -10 to -10; 94 % interval -10 to -10); RSS with 1,000 conns 1.00x\n  targets against nginx: CPU/req ≤ 1.0x at 2000 req/s met, at peak met; added p99 at 2000 req/s ≤ nginx's met; RSS with 1,000 conns ≤ 1.0x met\n"
+        );
     }
 
     #[test]

@@ -334,20 +334,24 @@ fn run_counting(what: &str, mut cmd: Command) -> Result<Totals> {
 }
 
 /// A directory of the release binaries in `release`, with the
-/// profile-guided build as `sluice-proxy`.
+/// profile-guided build as `sluice-proxy`. Every file of `release` is
+/// linked there (not a list of names), so that what `sluice-images`'
+/// catalog reads is there as it is in `release`.
 fn with_pgo_proxy(release: &Path) -> Result<PathBuf> {
     let proxy = bench::pgo_proxy()?;
     let bins = target::dir().join("images-pgo-bins");
     let _ = std::fs::remove_dir_all(&bins);
     std::fs::create_dir_all(&bins)?;
-    for name in [
-        "sluice-operator",
-        "demo-app",
-        "sluice-images",
-        "sluice-pause",
-    ] {
-        std::fs::copy(release.join(name), bins.join(name))
-            .with_context(|| format!("copying {name} from {}", release.display()))?;
+    for entry in std::fs::read_dir(release)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_file() || entry.file_name() == "sluice-proxy" {
+            continue;
+        }
+        let to = bins.join(entry.file_name());
+        if std::fs::hard_link(entry.path(), &to).is_err() {
+            std::fs::copy(entry.path(), &to)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
     }
     std::fs::copy(&proxy, bins.join("sluice-proxy"))?;
     Ok(bins)
