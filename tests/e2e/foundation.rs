@@ -470,6 +470,9 @@ fn container_ids(pod: &Pod) -> Vec<String> {
         .collect()
 }
 
+/// The kubelet's container GC period, a constant in the kubelet (not configurable).
+const KUBELET_CONTAINER_GC_PERIOD: Duration = Duration::from_secs(60);
+
 async fn deletion_cleans_up(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     let ns = "delete";
     cluster.create_namespace(ns).await?;
@@ -514,21 +517,29 @@ async fn deletion_cleans_up(cluster: Arc<Cluster>) -> anyhow::Result<()> {
     )
     .await?;
     poll(
-        "containers and processes gone",
+        "processes of the deleted pods gone",
         Duration::from_secs(30),
         Duration::from_millis(200),
         || async {
             let tasks = node_tasks(&cluster)?;
+            let live = ids.iter().any(|id| tasks.contains_key(id))
+                || pids
+                    .iter()
+                    .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            Ok((!live).then_some(()))
+        },
+    )
+    .await?;
+    // The kubelet keeps a pod's last dead container while it still sees the pod, and
+    // its container GC, which removes the rest once the pod is gone, runs once a minute.
+    poll(
+        "containers of the deleted pods removed",
+        KUBELET_CONTAINER_GC_PERIOD + Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
             let containers = cluster.node().ctr(&["containers", "ls", "-q"])?;
-            let ids_left: Vec<&String> = ids
-                .iter()
-                .filter(|id| tasks.contains_key(*id) || containers.contains(id.as_str()))
-                .collect();
-            let pids_left: Vec<&u32> = pids
-                .iter()
-                .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-                .collect();
-            Ok((ids_left.is_empty() && pids_left.is_empty()).then_some(()))
+            let left = ids.iter().any(|id| containers.contains(id.as_str()));
+            Ok((!left).then_some(()))
         },
     )
     .await?;
