@@ -45,6 +45,11 @@ impl<S> Idle<S> {
         }
     }
 
+    /// The proxy's counters, for what the connection's reader refuses.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
     /// The wrapped stream.
     pub fn get_ref(&self) -> &S {
         &self.inner

@@ -15,7 +15,6 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpStream;
@@ -29,9 +28,6 @@ use crate::config::{ListenerProtocol, MtlsMode, inbound_port_of};
 use crate::http_proxy::ProxyService;
 use crate::identity::verify::server_config;
 use crate::state::Proxy;
-
-/// Time allowed for a client's first bytes and its TLS handshake.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one connection accepted on the inbound port.
 pub async fn serve(
@@ -77,8 +73,10 @@ pub async fn serve(
         }
         return;
     }
+    // The client's first byte and its TLS handshake share the bound.
+    let handshake = proxy.handshake_timeout();
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+    match tokio::time::timeout(handshake, stream.peek(&mut first)).await {
         Ok(Ok(1)) => {}
         _ => return,
     }
@@ -86,7 +84,7 @@ pub async fn serve(
     // 0x16: a TLS handshake record.
     if first[0] == 0x16 {
         let accept = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
-        let Ok(Ok(start)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await else {
+        let Ok(Ok(start)) = tokio::time::timeout(handshake, accept).await else {
             telemetry.tls_handshake_failures.fetch_add(1, Relaxed);
             return;
         };
@@ -120,7 +118,7 @@ pub async fn serve(
         let Ok(config) = server_config(&proxy.identity, check) else {
             return;
         };
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config)).await {
+        let tls = match tokio::time::timeout(handshake, start.into_stream(config)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 debug!(%peer, "inbound mTLS handshake: {e}");
@@ -215,7 +213,7 @@ async fn serve_port<S>(
                     proxy.clone(),
                     info.clone(),
                 );
-                crate::h1::serve(svc, proxy.idle(io), stop, watcher).await;
+                crate::h1::serve(svc, &proxy, io, stop, watcher).await;
             }
         }
     };

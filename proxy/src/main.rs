@@ -18,7 +18,7 @@ use sluice_identity::channel::ControlPlaneAddress;
 use sluice_proto::mesh::ProxyIdentity;
 use sluice_proto::mesh::proxy_identity::Role;
 use sluice_proxy::config::parse_duration;
-use sluice_proxy::state::Proxy;
+use sluice_proxy::state::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, Proxy};
 use sluice_proxy::{admin, control, server, static_source};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -151,6 +151,18 @@ struct RuntimeArgs {
     /// (`sluice_idle_timeouts_total`), as Envoy's idle timeout; 0: never.
     #[arg(long, env = "SLUICE_CONNECTION_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     connection_idle_timeout: Duration,
+    /// An HTTP/1 request head that has started must arrive whole within
+    /// this, or the connection is closed and counted
+    /// (`sluice_header_read_timeouts_total`): a client trickling its head
+    /// cannot hold a connection (nginx's `client_header_timeout`).
+    /// Default: 30s.
+    #[arg(long, env = "SLUICE_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+    header_read_timeout: Option<Duration>,
+    /// A downstream TLS handshake (gateway HTTPS listeners, inbound mTLS)
+    /// must finish within this, or the connection is closed and counted
+    /// (`sluice_tls_handshake_failures_total`). Default: 10s.
+    #[arg(long, env = "SLUICE_HANDSHAKE_TIMEOUT", value_parser = parse_duration)]
+    handshake_timeout: Option<Duration>,
 }
 
 fn main() -> ExitCode {
@@ -286,6 +298,11 @@ fn serve(
     let health = Arc::new(sluice_proxy::app_health::AppHealth::from_env()?);
     proxy.telemetry.set_max_connections(rt.max_connections);
     proxy.set_connection_idle_timeout(rt.connection_idle_timeout);
+    proxy.set_slow_client_timeouts(
+        rt.header_read_timeout
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+        rt.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
+    );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let workers = start_workers(&proxy, rt.workers, &shutdown_rx, rt.drain_timeout)?;
     let main_rt = tokio::runtime::Builder::new_current_thread()

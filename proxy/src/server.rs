@@ -46,17 +46,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Time allowed for a request head to arrive once it has started.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The connection builder: HTTP/1.1 and HTTP/2 detected per connection.
-pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
+/// The connection builder: HTTP/1.1 and HTTP/2 detected per connection;
+/// an HTTP/1 request head must arrive within `header_read` once started.
+pub(crate) fn http_builder(header_read: Duration) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .max_buf_size(MAX_HEADER_BYTES)
         .keep_alive(true)
         .timer(hyper_util::rt::TokioTimer::new());
-    b.http1().header_read_timeout(HEADER_READ_TIMEOUT);
+    b.http1().header_read_timeout(header_read);
     // Rapid reset (CVE-2023-44487): a connection whose client resets
     // streams faster than they are served, or keeps provoking resets, gets
     // a GOAWAY. Set here rather than left to hyper's defaults, which may
@@ -213,7 +211,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let builder = http_builder();
+    let builder = http_builder(proxy.header_read_timeout());
     let graceful = GracefulShutdown::new();
     let mut tcp_conns = tokio::task::JoinSet::new();
     loop {
@@ -284,8 +282,7 @@ async fn accept_loop(
                     ));
                     continue;
                 }
-                let conn =
-                    crate::h1::serve(svc, proxy.idle(stream), stop.clone(), graceful.watcher());
+                let conn = crate::h1::serve(svc, &proxy, stream, stop.clone(), graceful.watcher());
                 tokio::spawn(counted(proxy.clone(), conn));
             }
         }
@@ -321,7 +318,7 @@ async fn serve_https(
         return failed();
     };
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-    let io = match tokio::time::timeout(crate::inbound::HANDSHAKE_TIMEOUT, accept).await {
+    let io = match tokio::time::timeout(proxy.handshake_timeout(), accept).await {
         Ok(Ok(io)) => io,
         Ok(Err(e)) => {
             debug!("TLS handshake: {e}");
@@ -330,7 +327,7 @@ async fn serve_https(
         Err(_) => return failed(),
     };
     if io.get_ref().1.alpn_protocol() != Some(b"h2") {
-        return crate::h1::serve(svc, proxy.idle(io), stop, watcher).await;
+        return crate::h1::serve(svc, &proxy, io, stop, watcher).await;
     }
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(proxy.idle(io)), TowerToHyperService::new(svc))

@@ -32,6 +32,21 @@ pub struct Proxy {
     generation: AtomicU64,
     /// Downstream connections idle this long are closed (ms; 0: never).
     connection_idle_ms: AtomicU64,
+    /// How long a request head may take once its first byte came (ms).
+    header_read_ms: AtomicU64,
+    /// How long a downstream TLS handshake may take (ms).
+    handshake_ms: AtomicU64,
+}
+
+/// Time allowed for a request head to arrive once it has started (nginx's
+/// `client_header_timeout` is 60 s; Envoy has none by default).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Time allowed for a downstream TLS handshake.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Proxy {
@@ -49,13 +64,31 @@ impl Proxy {
             changes: watch::channel(STARTING_GENERATION).0,
             generation: AtomicU64::new(0),
             connection_idle_ms: AtomicU64::new(0),
+            header_read_ms: AtomicU64::new(millis(DEFAULT_HEADER_READ_TIMEOUT)),
+            handshake_ms: AtomicU64::new(millis(DEFAULT_HANDSHAKE_TIMEOUT)),
         })
     }
 
     /// Closes downstream connections idle for `d` (zero: never).
     pub fn set_connection_idle_timeout(&self, d: Duration) {
-        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        self.connection_idle_ms.store(ms, Relaxed);
+        self.connection_idle_ms.store(millis(d), Relaxed);
+    }
+
+    /// Bounds slow clients: a request head must arrive within
+    /// `header_read` of its first byte, a TLS handshake within `handshake`.
+    pub fn set_slow_client_timeouts(&self, header_read: Duration, handshake: Duration) {
+        self.header_read_ms.store(millis(header_read), Relaxed);
+        self.handshake_ms.store(millis(handshake), Relaxed);
+    }
+
+    /// How long a request head may take once its first byte came.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_ms.load(Relaxed))
+    }
+
+    /// How long a downstream TLS handshake may take.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_ms.load(Relaxed))
     }
 
     /// `stream`, closed once idle for the configured time ([`crate::idle`]).

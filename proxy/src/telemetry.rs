@@ -125,6 +125,9 @@ pub struct Telemetry {
     pub connections_over_limit: AtomicU64,
     /// Connections closed after their idle timeout.
     pub idle_timeouts: AtomicU64,
+    /// HTTP/1 connections closed for a request head that did not arrive
+    /// within the header read timeout.
+    pub header_read_timeouts: AtomicU64,
     /// Attempts to bind a listener's address that failed (each retry
     /// counts).
     pub listener_bind_failures: AtomicU64,
@@ -335,7 +338,7 @@ fn encode_cells(cells: &[Arc<Cell>], encoder: &mut DescriptorEncoder) -> std::fm
 }
 
 /// The proxy-wide counters without labels: (name, help, value).
-fn plain_counters(t: &Telemetry) -> [(&'static str, &'static str, &AtomicU64); 19] {
+fn plain_counters(t: &Telemetry) -> [(&'static str, &'static str, &AtomicU64); 20] {
     [
         (
             "sluice_connections_accepted",
@@ -396,6 +399,11 @@ fn plain_counters(t: &Telemetry) -> [(&'static str, &'static str, &AtomicU64); 1
             "sluice_idle_timeouts",
             "Connections closed after --connection-idle-timeout without a byte either way.",
             &t.idle_timeouts,
+        ),
+        (
+            "sluice_header_read_timeouts",
+            "HTTP/1 connections closed because a request head, once started, did not arrive within --header-read-timeout.",
+            &t.header_read_timeouts,
         ),
         (
             "sluice_connections_over_limit",

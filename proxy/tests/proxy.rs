@@ -705,24 +705,6 @@ async fn sigterm_drains_in_flight_requests() {
 async fn sigterm_closes_idle_connections_at_once_and_busy_ones_after_their_answer() {
     let (up, p, port) = proxied_blue().await;
     let request = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n");
-    /// Reads until the end of the stream, or until `done` says the bytes
-    /// so far are enough.
-    async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 1024];
-        let read = async {
-            while !done(&got) {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&chunk[..n]),
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), read)
-            .await
-            .expect("within 5 s");
-        got
-    }
     let mut idle = TcpStream::connect(addr(port)).await.unwrap();
     idle.write_all(request("/").as_bytes()).await.unwrap();
     let first = read_until(&mut idle, |b| b.ends_with(b"blue")).await;
@@ -987,6 +969,104 @@ async fn http2_rapid_reset_is_cut_off_and_others_keep_being_served() {
     assert_eq!((s, body.as_str()), (200, "blue"));
 }
 
+/// Whether the proxy closes `s` within `within`: a read gives 0 (or a
+/// reset) before the deadline.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Slow clients: a request head trickled past `--header-read-timeout` and
+/// a TLS handshake never finished within `--handshake-timeout` lose their
+/// connections, each counted; a head that arrives in pieces within the
+/// bound is served, and a keep-alive connection waiting longer than it
+/// for its next request is not cut (that wait is the idle timeout's).
+#[tokio::test]
+async fn slow_clients_are_cut_off_by_the_header_read_and_handshake_timeouts() {
+    let up = upstream("blue").await;
+    let bound = Duration::from_millis(500);
+    let flags = [
+        "--header-read-timeout",
+        "500ms",
+        "--handshake-timeout",
+        "500ms",
+    ];
+
+    let (port, admin) = (free_port(), free_port());
+    let cfg = http_config(addr(port), addr(admin), &[("blue", up.addr, 1)], "");
+    let p = ProxyProcess::spawn(&cfg, addr(admin), &flags);
+    p.wait_ready().await;
+    let mut trickled = TcpStream::connect(addr(port)).await.unwrap();
+    trickled
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut trickled, Duration::from_secs(5)).await);
+    assert!(
+        started.elapsed() >= bound - Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    p.wait_metric("sluice_header_read_timeouts_total 1").await;
+
+    // The same head in two pieces, the second well within the bound; then
+    // the connection waits twice the bound before its next request.
+    let mut slow = TcpStream::connect(addr(port)).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(bound / 5).await;
+    slow.write_all(b"Host: app.test\r\n\r\n").await.unwrap();
+    let answer = read_until(&mut slow, |b| b.ends_with(b"blue")).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    tokio::time::sleep(bound * 2).await;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until(&mut slow, |b| b.ends_with(b"blue")).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    p.wait_metric("sluice_header_read_timeouts_total 1").await;
+
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["a.test"]);
+    let (tls_port, tls_admin) = (free_port(), free_port());
+    let tls = ProxyProcess::spawn(
+        &https_config(tls_port, tls_admin, up.addr, &[(&["a.test"], &leaf)]),
+        addr(tls_admin),
+        &flags,
+    );
+    tls.wait_ready().await;
+    let mut silent = TcpStream::connect(addr(tls_port)).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(5)).await);
+    tls.wait_metric("sluice_tls_handshake_failures_total 1")
+        .await;
+}
+
+/// Reads until the end of the stream, or until `done` says the bytes so
+/// far are enough; within 5 s.
+async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let read = async {
+        while !done(&got) {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("within 5 s");
+    got
+}
+
 /// Idle timeouts: a keep-alive HTTP/1 connection, an HTTP/2 connection and
 /// a TCP splice on which nothing moves are closed after
 /// `--connection-idle-timeout` and counted; one with steady traffic is not.
@@ -1016,18 +1096,6 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
     let p = ProxyProcess::spawn(&cfg, addr(admin), &["--connection-idle-timeout", "600ms"]);
     p.wait_ready().await;
 
-    // Closed within the deadline: read gives 0 (or a reset).
-    async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
-        let mut buf = [0u8; 1024];
-        let deadline = Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
-                Err(_) => return false,
-                Ok(Ok(0) | Err(_)) => return true,
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
     let request = b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
     let mut h1 = TcpStream::connect(addr(port)).await.unwrap();
     h1.write_all(request).await.unwrap();

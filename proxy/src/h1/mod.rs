@@ -23,6 +23,8 @@ mod rewind;
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use futures::FutureExt;
@@ -41,7 +43,8 @@ use crate::forward::ConnectionRefused;
 use crate::http_proxy::ProxyService;
 use crate::idle::Idle;
 use crate::read_buffers::{self, READ_CHUNK};
-use crate::server::{HEADER_READ_TIMEOUT, http_builder};
+use crate::server::http_builder;
+use crate::state::Proxy;
 use encode::Framing;
 use head::Head;
 use rewind::Rewind;
@@ -194,15 +197,35 @@ enum End {
 /// Serves one HTTP connection until it ends, the listener stops (`stop`
 /// turns true: an idle connection closes at once, a busy one after its
 /// response), or it is handed to hyper.
-pub async fn serve<H: Handler, T: Transport>(
+///
+/// The connection gets `proxy`'s idle timeout and header read timeout,
+/// read here once.
+pub fn serve<H: Handler, T: Transport>(
+    svc: H,
+    proxy: &Proxy,
+    io: T,
+    stop: watch::Receiver<bool>,
+    watcher: Watcher,
+) -> impl Future<Output = ()> + use<H, T> {
+    serve_idle(
+        svc,
+        proxy.idle(io),
+        proxy.header_read_timeout(),
+        stop,
+        watcher,
+    )
+}
+
+async fn serve_idle<H: Handler, T: Transport>(
     svc: H,
     mut io: Idle<T>,
+    header_read: Duration,
     stop: watch::Receiver<bool>,
     watcher: Watcher,
 ) {
-    match requests(&svc, &mut io, stop).await {
+    match requests(&svc, &mut io, header_read, stop).await {
         End::Closed => T::close(io).await,
-        End::HandOff(buf) => hand_off(svc, io, buf, watcher).await,
+        End::HandOff(buf) => hand_off(svc, io, buf, header_read, watcher).await,
     }
 }
 
@@ -210,6 +233,7 @@ pub async fn serve<H: Handler, T: Transport>(
 async fn requests<H: Handler, T: Transport>(
     svc: &H,
     io: &mut Idle<T>,
+    header_read: Duration,
     stop: watch::Receiver<bool>,
 ) -> End {
     // The value is read once; after it, whether it changed, which is an
@@ -225,7 +249,7 @@ async fn requests<H: Handler, T: Transport>(
         if buf.is_empty() && !T::wait_for_request(io, &mut buf, stopped.as_mut()).await {
             return End::Closed;
         }
-        let (req, close) = match read_head(io, &mut buf).await {
+        let (req, close) = match read_head(io, &mut buf, header_read).await {
             Some(Head::Request { req, close }) => (req, close),
             Some(Head::HandOff) => return End::HandOff(buf),
             Some(Head::Invalid) => {
@@ -257,7 +281,11 @@ async fn requests<H: Handler, T: Transport>(
 /// Reads until `buf` starts with a whole head (or one for hyper), within
 /// the header read timeout; `None` when the connection ends or the time
 /// runs out first.
-async fn read_head<T: Transport>(io: &mut Idle<T>, buf: &mut BytesMut) -> Option<Head> {
+async fn read_head<T: Transport>(
+    io: &mut Idle<T>,
+    buf: &mut BytesMut,
+    header_read: Duration,
+) -> Option<Head> {
     // Set at the first read this head needs; a head that came whole with
     // the request's first bytes (most do) needs none.
     let mut deadline = None;
@@ -268,10 +296,14 @@ async fn read_head<T: Transport>(io: &mut Idle<T>, buf: &mut BytesMut) -> Option
             done => return Some(done),
         }
         buf.reserve(READ_CHUNK);
-        let deadline = *deadline.get_or_insert_with(|| crate::clock::now() + HEADER_READ_TIMEOUT);
+        let deadline = *deadline.get_or_insert_with(|| crate::clock::now() + header_read);
         match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
             Ok(Ok(n)) if n > 0 => {}
-            _ => return None,
+            Ok(_) => return None,
+            Err(_) => {
+                io.telemetry().header_read_timeouts.fetch_add(1, Relaxed);
+                return None;
+            }
         }
     }
 }
@@ -280,9 +312,15 @@ async fn read_head<T: Transport>(io: &mut Idle<T>, buf: &mut BytesMut) -> Option
 /// consumed; it serves the rest (and drains on shutdown) as any other.
 /// The builder is made here, not held by every connection for the
 /// hand-off that most never need.
-async fn hand_off<H: Handler, T: Transport>(svc: H, io: Idle<T>, read: BytesMut, watcher: Watcher) {
+async fn hand_off<H: Handler, T: Transport>(
+    svc: H,
+    io: Idle<T>,
+    read: BytesMut,
+    header_read: Duration,
+    watcher: Watcher,
+) {
     let io = TokioIo::new(Rewind::new(read.freeze(), io));
-    let conn = http_builder()
+    let conn = http_builder(header_read)
         .serve_connection_with_upgrades(io, TowerToHyperService::new(svc.hyper()))
         .into_owned();
     let _ = Box::pin(watcher.watch(conn)).await;
