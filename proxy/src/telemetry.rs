@@ -161,7 +161,8 @@ pub struct Telemetry {
     pub authz_audited: AtomicU64,
     /// Inbound plaintext connections refused by `STRICT` mTLS.
     pub plaintext_refused: AtomicU64,
-    /// Inbound TLS handshakes that failed (bad or foreign certificate).
+    /// Downstream TLS handshakes that failed or ran past
+    /// `--handshake-timeout`: inbound mTLS and gateway HTTPS listeners.
     pub tls_handshake_failures: AtomicU64,
     /// Admin requests for the running config from off the pod (refused).
     pub admin_config_refused: AtomicU64,
@@ -427,7 +428,7 @@ fn plain_counters(t: &Telemetry) -> [(&'static str, &'static str, &AtomicU64); 2
         ),
         (
             "sluice_tls_handshake_failures",
-            "Inbound mTLS handshakes that failed (no, expired or foreign certificate).",
+            "Downstream TLS handshakes that failed (inbound mTLS: no, expired or foreign certificate; gateway HTTPS: no certificate for the name) or ran past --handshake-timeout.",
             &t.tls_handshake_failures,
         ),
         (
