@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use k8s_openapi::api::core::v1::Service;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -210,12 +209,7 @@ pub async fn templates_judge_the_canary(cluster: Arc<Cluster>) -> anyhow::Result
         "{refused}"
     );
     deployment_available(&cluster.client(), NS, "judge", super::TIMEOUT).await?;
-    let judge_ip = Api::<Service>::namespaced(cluster.client(), NS)
-        .get("judge")
-        .await?
-        .spec
-        .and_then(|s| s.cluster_ip)
-        .context("the judge Service has no ClusterIP")?;
+    let judge_ip = cluster.cluster_ip(NS, "judge").await?;
     let judge = format!("http://{judge_ip}:8080");
     let steps = STEPS
         .replace("PROMETHEUS", &prometheus.url)

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail, ensure};
 use gateway_api::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -16,12 +16,14 @@ use kube::{Api, ResourceExt};
 use sluice_tests::Cluster;
 use sluice_tests::wait::{deployment_available, poll};
 
-use super::{GATEWAY_PORT, TIMEOUT, get, mesh, version};
+use super::{GATEWAY_PORT, TIMEOUT, described, get, mesh, until_answers, version};
 
 const NS: &str = "edge";
 /// What the operator names the Gateway's objects: `<gateway>-<class>`.
 const OBJECTS: &str = "edge-sluice-dedicated";
 const HOST: &str = "edge.example.com";
+/// The Gateway's pods: the Gateway API's name label, which they carry.
+const PODS: &str = "gateway.networking.k8s.io/gateway-name=edge";
 
 /// The Gateway's status once it is Programmed with an address: that address.
 async fn programmed_address(gateways: &Api<Gateway>) -> anyhow::Result<String> {
@@ -89,7 +91,7 @@ spec:
         .get(OBJECTS)
         .await?;
     let pods = Api::<Pod>::namespaced(client.clone(), NS)
-        .list(&ListParams::default().labels("gateway.networking.k8s.io/gateway-name=edge"))
+        .list(&ListParams::default().labels(PODS))
         .await?;
     ensure!(!pods.items.is_empty(), "no pod of the Gateway's own");
     let metas = [&deployment.metadata, &service.metadata]
@@ -132,19 +134,10 @@ spec:
         address == cluster_ip,
         "status address {address}, Service {cluster_ip}"
     );
-    poll(
-        "the Gateway's address answers its route",
-        TIMEOUT,
-        Duration::from_millis(200),
-        || async {
-            Ok(get(&address, 80, HOST, "/")
-                .await
-                .ok()
-                .filter(|r| r.status == 200 && r.colour() == "blue")
-                .map(|_| ()))
-        },
-    )
-    .await?;
+    if let Err(e) = until_answers(&address, 80, HOST, "blue").await {
+        let path = path_to_pods(&client, &address).await;
+        bail!("the Gateway's address does not answer its route: {e:#}\n{path}");
+    }
     // The shared gateway does not serve it (nor listen at all on that
     // port while no shared Gateway does).
     if let Ok(shared) = get(&mesh.gateway_ip, GATEWAY_PORT, HOST, "/").await {
@@ -171,4 +164,58 @@ spec:
     )
     .await?;
     Ok(())
+}
+
+/// How the Service's `address` reaches the Gateway's pods, for a failure
+/// that says which link is missing: each pod asked directly (no
+/// kube-proxy between), and kube-proxy's NAT rules for the address.
+async fn path_to_pods(client: &kube::Client, address: &str) -> String {
+    let mut out = String::new();
+    let pods = Api::<Pod>::namespaced(client.clone(), NS)
+        .list(&ListParams::default().labels(PODS))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for pod in pods {
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let direct = match &ip {
+            Some(ip) => described(&get(ip, 80, HOST, "/").await),
+            None => "no pod IP".to_owned(),
+        };
+        out.push_str(&format!(
+            "pod {} at {ip:?} asked directly: {direct}\n",
+            pod.name_any()
+        ));
+    }
+    match sluice_tests::process::run("iptables-save", &["-t", "nat"]) {
+        Ok(rules) => out.push_str(&nat_rules_for(&rules, address)),
+        Err(e) => out.push_str(&format!("iptables-save: {e}\n")),
+    }
+    out
+}
+
+/// The NAT rules that match `address`, and those of the chains they jump
+/// to, two levels down (kube-proxy's service chain, then its endpoints').
+fn nat_rules_for(rules: &str, address: &str) -> String {
+    let target = |line: &str| {
+        line.split_whitespace()
+            .skip_while(|w| *w != "-j")
+            .nth(1)
+            .map(str::to_owned)
+    };
+    let host = format!("{address}/32");
+    let mut picked: Vec<&str> = rules.lines().filter(|l| l.contains(&host)).collect();
+    let mut chains: Vec<String> = picked.iter().filter_map(|l| target(l)).collect();
+    for _ in 0..2 {
+        let below: Vec<&str> = rules
+            .lines()
+            .filter(|l| chains.iter().any(|c| l.starts_with(&format!("-A {c} "))))
+            .collect();
+        chains = below.iter().filter_map(|l| target(l)).collect();
+        picked.extend(below);
+    }
+    if picked.is_empty() {
+        return format!("no NAT rule for {address}\n");
+    }
+    picked.iter().map(|l| format!("{l}\n")).collect()
 }

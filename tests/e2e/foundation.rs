@@ -5,17 +5,19 @@ mod chart;
 mod main_support;
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use sluice_crds::Rollout;
 use sluice_tests::Cluster;
+use sluice_tests::control_plane::SERVICE_CIDR;
 use sluice_tests::operator::demo_app_container;
 use sluice_tests::wait::{deployment_available, poll, ready_endpoints};
 
@@ -412,6 +414,7 @@ async fn deployment_serves(cluster: Arc<Cluster>) -> anyhow::Result<()> {
             out.stdout
         );
     }
+    service_range_from_the_host(&cluster, ns).await?;
     // A NodePort answers on the node's address, from the host and from pods.
     cluster.apply(
         "apiVersion: v1\nkind: Service\nmetadata: {name: blue-node, namespace: serve}\nspec:\n  type: NodePort\n  selector: {app: blue}\n  ports: [{name: http, port: 8080, targetPort: http, nodePort: 30080}]\n",
@@ -443,6 +446,69 @@ async fn deployment_serves(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         out.stderr
     );
     Ok(())
+}
+
+/// From the host, Service `blue`'s cluster IP leads to an endpoint, and an
+/// address of the Service range that no Service holds stays on the node's
+/// bridge: it never leaves by the machine's default route, where something
+/// else could answer (and a client keep that connection).
+async fn service_range_from_the_host(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
+    let services: Api<Service> = Api::all(cluster.client());
+    let blue_ip = cluster.cluster_ip(ns, "blue").await?;
+    let url = format!("http://{blue_ip}:8080/color");
+    let http = sluice_tests::operator::http();
+    let body = poll(
+        "Service blue's cluster IP from the host",
+        TIMEOUT,
+        Duration::from_millis(200),
+        || async {
+            let answer = match http.get(&url).send().await {
+                Ok(r) => Some(r.text().await?),
+                Err(_) => None,
+            };
+            Ok(answer)
+        },
+    )
+    .await?;
+    ensure!(body.trim() == "blue", "{url} from the host: {body:?}");
+
+    let taken: BTreeSet<String> = services
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| s.spec?.cluster_ip)
+        .collect();
+    let unused = last_addresses(SERVICE_CIDR)?
+        .map(|ip| ip.to_string())
+        .find(|ip| !taken.contains(ip))
+        .context("no unused address at the end of the Service range")?;
+    let route = sluice_tests::process::run("ip", &["route", "get", &unused])?;
+    let node = cluster.node().address().to_string();
+    ensure!(
+        route.split_whitespace().skip_while(|w| *w != "src").nth(1) == Some(node.as_str()),
+        "the host routes {unused} off the node's bridge ({node}): {route}"
+    );
+    let port = 80;
+    let connect = tokio::net::TcpStream::connect((unused.as_str(), port));
+    if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(3), connect).await {
+        bail!(
+            "{unused}:{port}, which no Service holds, took a connection (from {:?})",
+            stream.peer_addr()
+        );
+    }
+    Ok(())
+}
+
+/// The last 254 host addresses of `cidr`, highest first.
+fn last_addresses(cidr: &str) -> anyhow::Result<impl Iterator<Item = Ipv4Addr>> {
+    let (network, len) = cidr
+        .split_once('/')
+        .with_context(|| format!("{cidr} is not a CIDR"))?;
+    let network: Ipv4Addr = network.parse()?;
+    let len: u32 = len.parse()?;
+    let broadcast = u32::from(network) | u32::MAX.checked_shr(len).unwrap_or(0);
+    Ok((1..=254).map(move |i| Ipv4Addr::from(broadcast - i)))
 }
 
 /// The containerd tasks of the node: container id → process id.

@@ -383,20 +383,47 @@ async fn get_with(
 
 /// Waits until `host` answers `want` through the gateway.
 async fn until_gateway_answers(mesh: &Mesh, host: &str, want: &str) -> anyhow::Result<()> {
-    poll(
-        &format!("the gateway to answer {want:?} for {host}"),
+    until_answers(&mesh.gateway_ip, GATEWAY_PORT, host, want).await
+}
+
+/// Waits until `ip:port` answers 200 `want` for `host`. A timeout says
+/// what came last (a status and body, or why no answer came), which tells
+/// a route not yet pushed from a network path not yet made.
+async fn until_answers(ip: &str, port: u16, host: &str, want: &str) -> anyhow::Result<()> {
+    let last = std::sync::Mutex::new(String::from("nothing yet"));
+    let outcome = poll(
+        &format!("{ip}:{port} to answer {want:?} for {host}"),
         TIMEOUT,
         Duration::from_millis(100),
         || async {
-            Ok(get(&mesh.gateway_ip, GATEWAY_PORT, host, "/")
-                .await
-                .ok()
-                .filter(|r| r.status == 200 && r.colour() == want)
-                .map(|_| ()))
+            let reply = get(ip, port, host, "/").await;
+            if reply
+                .as_ref()
+                .is_ok_and(|r| r.status == 200 && r.colour() == want)
+            {
+                return Ok(Some(()));
+            }
+            *last.lock().unwrap_or_else(|p| p.into_inner()) = described(&reply);
+            Ok(None)
         },
     )
-    .await?;
-    Ok(())
+    .await;
+    outcome.map_err(|e| {
+        let last = last.into_inner().unwrap_or_else(|p| p.into_inner());
+        anyhow::anyhow!("{e}; the last answer: {last}")
+    })
+}
+
+/// One attempt's outcome in a line: the status, who served it and the
+/// start of the body, or the error's whole chain.
+fn described(reply: &anyhow::Result<Reply>) -> String {
+    match reply {
+        Ok(r) => {
+            let body: String = r.body.chars().take(120).collect();
+            format!("{} from {:?}: {body:?}", r.status, r.served_by)
+        }
+        Err(e) => format!("{e:#}"),
+    }
 }
 
 /// Pod `client`: curl beside a hand-written sidecar (no injection), which

@@ -19,7 +19,8 @@ use super::rollouts::{
     healthy_blue, host, phase, rollout, set_image, step_index, until, wait_condition, weight,
 };
 use super::{
-    GATEWAY_PORT, Load, Mesh, TIMEOUT, gateway, get_with, mesh, sidecar_client, tally_with, version,
+    GATEWAY_PORT, Load, Mesh, TIMEOUT, gateway, mesh, sidecar_client, tally_with,
+    until_gateway_answers, version,
 };
 
 /// Two header routes (an exact value, and a prefix the proxies match as a
@@ -234,19 +235,7 @@ spec:
         }
     };
     // Until the route is live.
-    poll(
-        "the mirrored route to answer blue",
-        TIMEOUT,
-        Duration::from_millis(100),
-        || async {
-            let r = get_with(&mesh.gateway_ip, GATEWAY_PORT, &host, "/", &[])
-                .await
-                .ok();
-            Ok(r.filter(|r| r.status == 200 && r.colour() == "blue")
-                .map(|_| ()))
-        },
-    )
-    .await?;
+    until_gateway_answers(&mesh, &host, "blue").await?;
     let before = counted("blue").await?;
     let seen = through_gateway(&mesh, ns, &[], 50).await?;
     ensure!(seen.get("blue") == Some(&50), "clients saw {seen:?}");

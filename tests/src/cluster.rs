@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::LogParams;
@@ -144,6 +144,17 @@ impl Cluster {
     /// An admin client.
     pub fn client(&self) -> kube::Client {
         self.client.clone()
+    }
+
+    /// Service `namespace/name`'s cluster IP.
+    pub async fn cluster_ip(&self, namespace: &str, name: &str) -> Result<String, Error> {
+        Api::<Service>::namespaced(self.client.clone(), namespace)
+            .get(name)
+            .await?
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .filter(|ip| !ip.is_empty() && ip != "None")
+            .ok_or_else(|| Error::Check(format!("Service {namespace}/{name} has no cluster IP")))
     }
 
     /// The API server's `https://ip:port`, as pods reach it too.

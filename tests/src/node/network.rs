@@ -8,7 +8,10 @@
 //! `198.18.N.1`, which is the node's InternalIP and where its apiserver
 //! listens; Services are in 198.19.0.0/16. Pods get no default route: only
 //! their bridge and the Service range (through the node, where kube-proxy
-//! translates it) are reachable from them. Forwarding is turned on for the
+//! translates it) are reachable from them. The host routes the Service
+//! range to the bridge as well, so that an address kube-proxy has not
+//! translated (yet) ends there instead of leaving by the machine's default
+//! route, where something else may answer it. Forwarding is turned on for the
 //! bridge alone (never `net.ipv4.ip_forward`, which would reset every
 //! interface's setting), and a filter chain rejects anything forwarded off
 //! the bridge.
@@ -55,6 +58,19 @@ impl PodNetwork {
                 ],
             )?;
             run("ip", &["link", "set", &bridge, "up"])?;
+            // Goes with the bridge when it is deleted.
+            run(
+                "ip",
+                &[
+                    "route",
+                    "replace",
+                    SERVICE_CIDR,
+                    "dev",
+                    &bridge,
+                    "src",
+                    &net.gateway.to_string(),
+                ],
+            )?;
             install_guard(index, &bridge)?;
             return Ok(net);
         }
