@@ -420,22 +420,7 @@ async fn deployment_serves(cluster: Arc<Cluster>) -> anyhow::Result<()> {
         "apiVersion: v1\nkind: Service\nmetadata: {name: blue-node, namespace: serve}\nspec:\n  type: NodePort\n  selector: {app: blue}\n  ports: [{name: http, port: 8080, targetPort: http, nodePort: 30080}]\n",
     )?;
     let url = format!("http://{}:30080/color", cluster.node().address());
-    let from_host = poll(
-        "the NodePort from the host",
-        TIMEOUT,
-        Duration::from_millis(200),
-        || async {
-            Ok(match http.get(&url).send().await {
-                Ok(r) => Some(r.text().await?),
-                Err(_) => None,
-            })
-        },
-    )
-    .await?;
-    ensure!(
-        from_host.trim() == "blue",
-        "{url} from the host: {from_host:?}"
-    );
+    host_gets_blue("the NodePort from the host", &url).await?;
     let out = cluster
         .exec_in_pod(ns, "curl", &["curl", "-sS", "--max-time", "5", &url])
         .await?;
@@ -453,26 +438,11 @@ async fn deployment_serves(cluster: Arc<Cluster>) -> anyhow::Result<()> {
 /// bridge: it never leaves by the machine's default route, where something
 /// else could answer (and a client keep that connection).
 async fn service_range_from_the_host(cluster: &Cluster, ns: &str) -> anyhow::Result<()> {
-    let services: Api<Service> = Api::all(cluster.client());
     let blue_ip = cluster.cluster_ip(ns, "blue").await?;
     let url = format!("http://{blue_ip}:8080/color");
-    let http = sluice_tests::operator::http();
-    let body = poll(
-        "Service blue's cluster IP from the host",
-        TIMEOUT,
-        Duration::from_millis(200),
-        || async {
-            let answer = match http.get(&url).send().await {
-                Ok(r) => Some(r.text().await?),
-                Err(_) => None,
-            };
-            Ok(answer)
-        },
-    )
-    .await?;
-    ensure!(body.trim() == "blue", "{url} from the host: {body:?}");
+    host_gets_blue("Service blue's cluster IP from the host", &url).await?;
 
-    let taken: BTreeSet<String> = services
+    let taken: BTreeSet<String> = Api::<Service>::all(cluster.client())
         .list(&ListParams::default())
         .await?
         .items
@@ -497,6 +467,21 @@ async fn service_range_from_the_host(cluster: &Cluster, ns: &str) -> anyhow::Res
             stream.peer_addr()
         );
     }
+    Ok(())
+}
+
+/// Waits until a GET of `url` from the host answers, then checks that it
+/// answered blue.
+async fn host_gets_blue(what: &str, url: &str) -> anyhow::Result<()> {
+    let http = sluice_tests::operator::http();
+    let body = poll(what, TIMEOUT, Duration::from_millis(200), || async {
+        Ok(match http.get(url).send().await {
+            Ok(r) => Some(r.text().await?),
+            Err(_) => None,
+        })
+    })
+    .await?;
+    ensure!(body.trim() == "blue", "{url} from the host: {body:?}");
     Ok(())
 }
 
